@@ -1,0 +1,409 @@
+"""The durable message broker: send, long-poll recv, ack, redelivery, retention.
+
+Rules (SPEC §5) live in plain functions: :func:`resolve_recipients` decides who receives a
+send, and the ``sql_*`` functions are the synchronous transactions on ``broker.sqlite``.
+:class:`Broker` is the trio side: it queues those transactions, wakes parked receivers
+when a send commits (no polling), and publishes ``sent``/``delivered`` events.
+
+Delivery is at-least-once: ``recv`` marks rows delivered (and acked unless ``ack=False``);
+an unacked delivered row is handed out again, flagged ``redelivered``, after its recipient's
+harness says ``hello`` again (:meth:`Broker.requeue_unacked`).
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import time
+from collections.abc import Callable, Collection, Iterable
+from typing import Final
+
+import attrs
+import trio
+
+from hyperhive.config import MAX_BODY_BYTES, MAX_RECENT, MAX_RECV_BATCH, MAX_RECV_WAIT_SECONDS
+from hyperhive.errors import RequestRefused
+from hyperhive.events import EventHub
+from hyperhive.names import BROADCAST, MANAGER, OPERATOR, SYSTEM, InvalidAgentName, parse_agent_name
+from hyperhive.protocol import Message, RecentMessage
+from hyperhive.store import Database
+
+BROADCAST_PREFIX: Final = "[broadcast to all agents] "
+
+
+@attrs.frozen
+class Outgoing:
+    """One row to insert: the sans-IO result of resolving a send."""
+
+    sender: str
+    recipient: str
+    body: str
+    in_reply_to: int | None = None
+    transient: bool = False
+
+
+@attrs.frozen
+class SentMessage:
+    id: int
+    sender: str
+    recipient: str
+    body: str
+    sent_at: float
+    in_reply_to: int | None
+
+
+def check_body(body: str) -> None:
+    if not body.strip():
+        raise RequestRefused("message body is empty")
+    size = len(body.encode("utf-8", "surrogatepass"))
+    if size > MAX_BODY_BYTES:
+        raise RequestRefused(
+            f"message body is {size} bytes, over the {MAX_BODY_BYTES}-byte limit: write large "
+            "content to a file in your state directory and send its path"
+        )
+
+
+def resolve_recipients(
+    sender: str,
+    to: str,
+    *,
+    known: Collection[str],
+    live: Collection[str],
+    allowed: Collection[str] | None = None,
+) -> list[str]:
+    """Who receives ``sender``'s message addressed to ``to``.
+
+    ``known`` is every agent a message may wait for (tombstones included), ``live`` the agents
+    a broadcast reaches, ``allowed`` the sender's ``allowed_recipients`` (None or empty: any).
+    Raises :class:`RequestRefused` with the reason, so a typo never swallows a message.
+    """
+    restricted = bool(allowed)
+    if to == BROADCAST:
+        if restricted:
+            raise RequestRefused(
+                f"{sender} may not broadcast: its allowed recipients are "
+                f"{', '.join(sorted(allowed or ()))}, manager and operator"
+            )
+        targets = sorted(name for name in live if name != sender)
+        if not targets:
+            raise RequestRefused("broadcast reaches nobody: there are no other agents")
+        return targets
+    if to not in (OPERATOR, MANAGER):
+        try:
+            parse_agent_name(to)
+        except InvalidAgentName as exc:
+            raise RequestRefused(f"unknown recipient: {exc}") from None
+        if to not in known:
+            raise RequestRefused(
+                f"unknown recipient {to!r}: no agent has that name "
+                "(send to an agent, 'manager', 'operator' or '*')"
+            )
+    if restricted and to not in (OPERATOR, MANAGER) and to not in (allowed or ()):
+        raise RequestRefused(
+            f"{sender} may not send to {to}: its allowed recipients are "
+            f"{', '.join(sorted(allowed or ()))}, manager and operator"
+        )
+    return [to]
+
+
+# ---------------------------------------------------------------- transactions (sync)
+
+
+def sql_insert(conn: sqlite3.Connection, rows: Iterable[Outgoing], now: float) -> list[SentMessage]:
+    sent = []
+    for row in rows:
+        cur = conn.execute(
+            "INSERT INTO messages (sender, recipient, body, sent_at, in_reply_to, transient) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (row.sender, row.recipient, row.body, now, row.in_reply_to, int(row.transient)),
+        )
+        assert cur.lastrowid is not None
+        sent.append(
+            SentMessage(cur.lastrowid, row.sender, row.recipient, row.body, now, row.in_reply_to)
+        )
+    return sent
+
+
+def sql_message_exists(conn: sqlite3.Connection, message_id: int) -> bool:
+    return conn.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone() is not None
+
+
+def sql_take(
+    conn: sqlite3.Connection, recipient: str, limit: int, ack: bool, now: float
+) -> list[Message]:
+    rows = conn.execute(
+        "SELECT id, sender, recipient, body, sent_at, in_reply_to, redelivered FROM messages "
+        "WHERE recipient = ? AND acked_at IS NULL AND delivered_at IS NULL ORDER BY id LIMIT ?",
+        (recipient, limit),
+    ).fetchall()
+    if not rows:
+        return []
+    ids = [r["id"] for r in rows]
+    marks = ",".join("?" * len(ids))
+    conn.execute(
+        f"UPDATE messages SET delivered_at = ?, acked_at = ? WHERE id IN ({marks})",
+        (now, now if ack else None, *ids),
+    )
+    return [
+        Message(
+            id=r["id"],
+            from_=r["sender"],
+            to=r["recipient"],
+            body=r["body"],
+            sent_at=r["sent_at"],
+            in_reply_to=r["in_reply_to"],
+            redelivered=bool(r["redelivered"]),
+        )
+        for r in rows
+    ]
+
+
+def sql_ack(conn: sqlite3.Connection, recipient: str, ids: list[int], now: float) -> int:
+    if not ids:
+        return 0
+    marks = ",".join("?" * len(ids))
+    cur = conn.execute(
+        f"UPDATE messages SET acked_at = ? WHERE recipient = ? AND id IN ({marks}) "
+        "AND delivered_at IS NOT NULL AND acked_at IS NULL",
+        (now, recipient, *ids),
+    )
+    return cur.rowcount
+
+
+def sql_requeue(conn: sqlite3.Connection, recipient: str) -> int:
+    cur = conn.execute(
+        "UPDATE messages SET delivered_at = NULL, redelivered = 1 "
+        "WHERE recipient = ? AND delivered_at IS NOT NULL AND acked_at IS NULL",
+        (recipient,),
+    )
+    return cur.rowcount
+
+
+def sql_unread(conn: sqlite3.Connection, recipient: str) -> int:
+    row = conn.execute(
+        "SELECT COUNT(*) FROM messages WHERE recipient = ? AND acked_at IS NULL "
+        "AND delivered_at IS NULL",
+        (recipient,),
+    ).fetchone()
+    return int(row[0])
+
+
+def sql_unread_by_recipient(conn: sqlite3.Connection) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT recipient, COUNT(*) FROM messages WHERE acked_at IS NULL "
+        "AND delivered_at IS NULL GROUP BY recipient"
+    ).fetchall()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def sql_recent(conn: sqlite3.Connection, recipient: str, limit: int) -> list[RecentMessage]:
+    rows = conn.execute(
+        "SELECT * FROM (SELECT id, sender, recipient, body, sent_at, in_reply_to, delivered_at, "
+        "acked_at FROM messages WHERE recipient = ? ORDER BY id DESC LIMIT ?) ORDER BY id",
+        (recipient, limit),
+    ).fetchall()
+    return [
+        RecentMessage(
+            id=r["id"],
+            from_=r["sender"],
+            to=r["recipient"],
+            body=r["body"],
+            sent_at=r["sent_at"],
+            in_reply_to=r["in_reply_to"],
+            delivered_at=r["delivered_at"],
+            acked_at=r["acked_at"],
+        )
+        for r in rows
+    ]
+
+
+def sql_vacuum(conn: sqlite3.Connection, acked_before: float) -> int:
+    """Delete acked rows older than the cutoff (transient ones as soon as acked)."""
+    cur = conn.execute(
+        "DELETE FROM messages WHERE acked_at IS NOT NULL AND (acked_at < ? OR transient = 1)",
+        (acked_before,),
+    )
+    deleted = cur.rowcount
+    if deleted:
+        conn.execute("PRAGMA incremental_vacuum")
+    return deleted
+
+
+# ---------------------------------------------------------------- trio side
+
+
+class Broker:
+    """Sends, receives and acknowledges messages on behalf of identified callers.
+
+    ``directory`` answers who exists: it returns ``(known, live)`` agent names.
+    ``allowed_recipients`` returns a sender's allow-list (None: unrestricted).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        events: EventHub,
+        *,
+        directory: Callable[[], tuple[Collection[str], Collection[str]]],
+        allowed_recipients: Callable[[str], Collection[str] | None] = lambda _: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._events = events
+        self._directory = directory
+        self._allowed = allowed_recipients
+        self._clock = clock
+        self._waiters: dict[str, trio.Event] = {}
+
+    def parked(self) -> int:
+        """How many recipients have a receiver parked right now."""
+        return len(self._waiters)
+
+    def prepare(
+        self, sender: str, to: str, body: str, in_reply_to: int | None = None
+    ) -> list[Outgoing]:
+        """Validate a send and return the rows it writes (no I/O)."""
+        check_body(body)
+        known, live = self._directory()
+        allowed = None if sender in (OPERATOR, SYSTEM) else self._allowed(sender)
+        recipients = resolve_recipients(sender, to, known=known, live=live, allowed=allowed)
+        text = BROADCAST_PREFIX + body if to == BROADCAST else body
+        return [Outgoing(sender, r, text, in_reply_to) for r in recipients]
+
+    async def send(
+        self, sender: str, to: str, body: str, in_reply_to: int | None = None
+    ) -> list[SentMessage]:
+        rows = self.prepare(sender, to, body, in_reply_to)
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> list[SentMessage]:
+            if in_reply_to is not None and not sql_message_exists(conn, in_reply_to):
+                raise RequestRefused(f"in_reply_to {in_reply_to}: no such message")
+            return sql_insert(conn, rows, now)
+
+        sent = await self._db.transaction(tx)
+        self.committed(sent)
+        return sent
+
+    async def inject(self, rows: list[Outgoing]) -> list[SentMessage]:
+        """Write rows that need no recipient check (system messages, wakes)."""
+        now = self._clock()
+        sent = await self._db.transaction(lambda conn: sql_insert(conn, rows, now))
+        self.committed(sent)
+        return sent
+
+    def committed(self, sent: Iterable[SentMessage]) -> None:
+        """After a commit that inserted messages: publish them and wake their recipients."""
+        for m in sent:
+            self._events.publish(
+                "sent",
+                id=m.id,
+                sender=m.sender,
+                recipient=m.recipient,
+                body=m.body,
+                sent_at=m.sent_at,
+                in_reply_to=m.in_reply_to,
+            )
+            waiter = self._waiters.pop(m.recipient, None)
+            if waiter is not None:
+                waiter.set()
+
+    async def recv(
+        self, recipient: str, *, wait_seconds: float = 0, limit: int = 1, ack: bool = True
+    ) -> list[Message]:
+        if not 0 <= wait_seconds <= MAX_RECV_WAIT_SECONDS:
+            raise RequestRefused(f"wait_seconds must be between 0 and {MAX_RECV_WAIT_SECONDS}")
+        if not 1 <= limit <= MAX_RECV_BATCH:
+            raise RequestRefused(f"max must be between 1 and {MAX_RECV_BATCH}")
+        deadline = trio.current_time() + wait_seconds
+        while True:
+            # Take the waiter before looking, so a send committing after the look wakes us.
+            waiter = self._waiters.get(recipient)
+            if waiter is None:
+                waiter = self._waiters[recipient] = trio.Event()
+            messages = await self._db.transaction(
+                functools.partial(
+                    sql_take, recipient=recipient, limit=limit, ack=ack, now=self._clock()
+                )
+            )
+            if messages:
+                for m in messages:
+                    self._events.publish(
+                        "delivered",
+                        id=m.id,
+                        sender=m.from_,
+                        recipient=recipient,
+                        redelivered=m.redelivered,
+                        acked=ack,
+                    )
+                return messages
+            if trio.current_time() >= deadline:
+                return []
+            with trio.move_on_at(deadline):
+                await waiter.wait()
+
+    async def ack(self, recipient: str, ids: list[int]) -> int:
+        now = self._clock()
+        unique = sorted(set(ids))
+        return await self._db.transaction(lambda conn: sql_ack(conn, recipient, unique, now))
+
+    async def requeue_unacked(self, recipient: str) -> int:
+        """Hand delivered-but-unacked messages out again (a harness restarted)."""
+        count = await self._db.transaction(lambda conn: sql_requeue(conn, recipient))
+        if count:
+            waiter = self._waiters.pop(recipient, None)
+            if waiter is not None:
+                waiter.set()
+        return count
+
+    async def unread(self, recipient: str) -> int:
+        return await self._db.transaction(lambda conn: sql_unread(conn, recipient))
+
+    async def unread_by_recipient(self) -> dict[str, int]:
+        return await self._db.transaction(sql_unread_by_recipient)
+
+    async def recent(self, recipient: str, limit: int) -> list[RecentMessage]:
+        if not 1 <= limit <= MAX_RECENT:
+            raise RequestRefused(f"limit must be between 1 and {MAX_RECENT}")
+        return await self._db.transaction(lambda conn: sql_recent(conn, recipient, limit))
+
+    async def read_view(self, recipient: str, limit: int) -> list[RecentMessage]:
+        """A person reading an inbox (the operator's): the last messages, now marked read."""
+        if not 1 <= limit <= MAX_RECENT:
+            raise RequestRefused(f"limit must be between 1 and {MAX_RECENT}")
+        now = self._clock()
+        messages, fresh = await self._db.transaction(
+            lambda conn: sql_read_view(conn, recipient, limit, now)
+        )
+        for m in fresh:
+            self._events.publish(
+                "delivered",
+                id=m.id,
+                sender=m.from_,
+                recipient=recipient,
+                redelivered=False,
+                acked=True,
+            )
+        return messages
+
+    async def vacuum(self, retention_seconds: float) -> int:
+        cutoff = self._clock() - retention_seconds
+        deleted = await self._db.transaction(lambda conn: sql_vacuum(conn, cutoff))
+        self._events.publish("vacuumed", deleted=deleted)
+        return deleted
+
+
+def sql_read_view(
+    conn: sqlite3.Connection, recipient: str, limit: int, now: float
+) -> tuple[list[RecentMessage], list[RecentMessage]]:
+    """The last ``limit`` messages of an inbox read by a person; marks them read."""
+    messages = sql_recent(conn, recipient, limit)
+    fresh = [m for m in messages if m.acked_at is None]
+    if fresh:
+        marks = ",".join("?" * len(fresh))
+        conn.execute(
+            f"UPDATE messages SET delivered_at = IFNULL(delivered_at, ?), acked_at = ? "
+            f"WHERE id IN ({marks})",
+            (now, now, *(m.id for m in fresh)),
+        )
+    return messages, fresh

@@ -1,0 +1,442 @@
+"""``hyperhive``: run the daemon, or talk to it over its host socket as the operator.
+
+Every command takes ``--run-dir``/``--state-dir`` (or ``HYPERHIVE_RUN_DIR``/
+``HYPERHIVE_STATE_DIR``) and prints a table for people or, with ``--json``, the daemon's
+reply for scripts. Errors go to stderr with exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import trio
+import typer
+
+from hyperhive.client import Client
+from hyperhive.config import BACKENDS, Config, Paths, default_run_dir, default_state_dir
+from hyperhive.errors import AlreadyRunning, ClientError
+from hyperhive.protocol import CONVERTER, json_schema
+
+app = typer.Typer(
+    name="hyperhive",
+    help="Run a swarm of Claude Code agents, and steer it as the operator.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+RunDir = Annotated[
+    Path,
+    typer.Option(
+        "--run-dir",
+        envvar="HYPERHIVE_RUN_DIR",
+        default_factory=default_run_dir,
+        show_default=False,
+        help="Runtime dir holding host.sock [default: /run/hyperhive, or per user].",
+    ),
+]
+StateDir = Annotated[
+    Path,
+    typer.Option(
+        "--state-dir",
+        envvar="HYPERHIVE_STATE_DIR",
+        default_factory=default_state_dir,
+        show_default=False,
+        help="State dir holding broker.sqlite [default: /var/lib/hyperhive, or per user].",
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print the daemon's reply as JSON.")]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"hyperhive: {message}", err=True)
+    return typer.Exit(1)
+
+
+def _call(run_dir: Path, payload: dict[str, Any]) -> dict[str, Any]:
+    socket = run_dir / "host.sock"
+
+    async def go() -> dict[str, Any]:
+        async with await Client.connect(socket) as client:
+            hello = await client.request({"cmd": "hello", "role": "cli", "protocol": 1})
+            if not hello.get("ok"):
+                raise ClientError(str(hello.get("error")))
+            return await client.request(payload)
+
+    try:
+        reply = trio.run(go)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise _fail(
+            f"no daemon is listening on {socket}; start one with 'hyperhive run' "
+            "or point --run-dir at its runtime dir"
+        ) from None
+    except PermissionError:
+        raise _fail(
+            f"permission denied on {socket}; are you in the daemon's admin group?"
+        ) from None
+    except (ClientError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    if not reply.get("ok"):
+        raise _fail(str(reply.get("error", "request failed")))
+    reply.pop("ok")
+    return reply
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    age = time.time() - ts
+    if age < 0:
+        return f"in {_span(-age)}"
+    return f"{_span(age)} ago"
+
+
+def _span(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str) -> None:
+    if not rows:
+        typer.echo(empty)
+        return
+    cells = [[str(c).replace("\n", " ") for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, c in enumerate(row[:-1]):
+            widths[i] = max(widths[i], min(len(c), 40))
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v[:40].ljust(widths[i]) for i, v in enumerate(values[:-1])]
+        return "  ".join([*parts, values[-1]]).rstrip()
+
+    typer.echo(line(list(headers)))
+    for row in cells:
+        typer.echo(line(row))
+
+
+def _emit(reply: dict[str, Any], as_json: bool, human: Any) -> None:
+    if as_json:
+        typer.echo(json.dumps(reply, indent=2, ensure_ascii=False))
+    else:
+        human(reply)
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+@app.command()
+def run(
+    state_dir: StateDir,
+    run_dir: RunDir,
+    backend: Annotated[
+        str,
+        typer.Option(envvar="HYPERHIVE_BACKEND", help=f"Container backend: {', '.join(BACKENDS)}."),
+    ] = "external",
+    log_level: Annotated[str, typer.Option(envvar="HYPERHIVE_LOG_LEVEL")] = "info",
+) -> None:
+    """Run the host daemon until SIGTERM or Ctrl-C."""
+    from hyperhive.supervisor import main as daemon_main
+
+    if backend not in BACKENDS:
+        raise _fail(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    config = Config(paths=Paths(state_dir=state_dir, run_dir=run_dir), backend=backend)
+    try:
+        trio.run(daemon_main, config)
+    except AlreadyRunning as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of every request and reply of the three sockets."""
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+# ---------------------------------------------------------------- operator commands
+
+
+@app.command()
+def status(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
+    """Show the daemon's health and what waits for the operator."""
+    reply = _call(run_dir, {"cmd": "status"})
+
+    def human(r: dict[str, Any]) -> None:
+        typer.echo(
+            f"hyperhive {r['version']} (protocol {r['protocol']}), pid {r['pid']}, "
+            f"backend {r['backend']}, up {_span(time.time() - r['started_at'])}"
+        )
+        typer.echo(
+            f"agents: {r['agents']}  pending approvals: {r['pending_approvals']}  "
+            f"open questions: {r['open_questions']}  unread for operator: {r['operator_unread']}"
+        )
+
+    _emit(reply, as_json, human)
+
+
+def _agents_table(r: dict[str, Any]) -> None:
+    _table(
+        ["NAME", "ROLE", "STATE", "HARNESS", "UNREAD", "MODEL", "STATUS"],
+        [
+            [
+                a["name"],
+                a["role"],
+                a["state"],
+                "connected" if a["harness_connected"] else "-",
+                a["unread"],
+                a["model"],
+                a["status_text"] or "-",
+            ]
+            for a in r["agents"]
+        ],
+        "no agents",
+    )
+
+
+@app.command("list")
+def list_agents(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
+    """List agents with their state."""
+    _emit(_call(run_dir, {"cmd": "list"}), as_json, _agents_table)
+
+
+@app.command()
+def spawn(name: str, run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
+    """Create an agent directly, without an approval."""
+    reply = _call(run_dir, {"cmd": "spawn", "name": name})
+    _emit(
+        reply,
+        as_json,
+        lambda r: typer.echo(f"spawned {r['agent']['name']} ({r['agent']['state']})"),
+    )
+
+
+def _approval_line(r: dict[str, Any]) -> None:
+    a = r["approval"]
+    note = f" — {a['note']}" if a["note"] else ""
+    typer.echo(f"approval {a['id']}: {a['kind']} {a['agent']} is {a['status']}{note}")
+
+
+@app.command("request-spawn")
+def request_spawn(
+    name: str,
+    run_dir: RunDir,
+    state_dir: StateDir,
+    description: Annotated[str | None, typer.Option(help="Why this agent is needed.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Queue a spawn approval for a new agent."""
+    payload: dict[str, Any] = {"cmd": "request_spawn", "name": name}
+    if description:
+        payload["description"] = description
+    _emit(_call(run_dir, payload), as_json, _approval_line)
+
+
+def _approvals_table(r: dict[str, Any]) -> None:
+    _table(
+        ["ID", "KIND", "AGENT", "COMMIT", "REQUESTED", "DESCRIPTION"],
+        [
+            [
+                a["id"],
+                a["kind"],
+                a["agent"],
+                a["commit_ref"] or "-",
+                _when(a["requested_at"]),
+                a["description"] or "-",
+            ]
+            for a in r["approvals"]
+        ],
+        "no pending approvals",
+    )
+
+
+@app.command()
+def pending(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
+    """List approvals waiting for a decision."""
+    _emit(_call(run_dir, {"cmd": "pending"}), as_json, _approvals_table)
+
+
+@app.command()
+def approve(approval_id: int, run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
+    """Approve a pending request and carry it out."""
+    _emit(_call(run_dir, {"cmd": "approve", "id": approval_id}), as_json, _approval_line)
+
+
+@app.command()
+def deny(
+    approval_id: int,
+    run_dir: RunDir,
+    state_dir: StateDir,
+    note: Annotated[str | None, typer.Option(help="Why; the requester reads it.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Deny a pending request, optionally with a note."""
+    payload: dict[str, Any] = {"cmd": "deny", "id": approval_id}
+    if note:
+        payload["note"] = note
+    _emit(_call(run_dir, payload), as_json, _approval_line)
+
+
+@app.command()
+def send(
+    to: str,
+    body: Annotated[str, typer.Argument(help="Message text; '-' reads it from stdin.")],
+    run_dir: RunDir,
+    state_dir: StateDir,
+    in_reply_to: Annotated[int | None, typer.Option(help="Id of the message answered.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Send a message as the operator (to an agent, 'manager' or '*')."""
+    if body == "-":
+        body = sys.stdin.read()
+    payload: dict[str, Any] = {"cmd": "send", "to": to, "body": body}
+    if in_reply_to is not None:
+        payload["in_reply_to"] = in_reply_to
+    reply = _call(run_dir, payload)
+    _emit(reply, as_json, lambda r: typer.echo(f"sent message {', '.join(map(str, r['ids']))}"))
+
+
+def _messages_table(r: dict[str, Any]) -> None:
+    _table(
+        ["ID", "FROM", "SENT", "BODY"],
+        [[m["id"], m["from"], _when(m["sent_at"]), m["body"]] for m in r["messages"]],
+        "inbox is empty",
+    )
+
+
+@app.command()
+def inbox(
+    run_dir: RunDir,
+    state_dir: StateDir,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many (newest).")] = 50,
+    as_json: Json = False,
+) -> None:
+    """Show the newest messages to the operator (and mark them read)."""
+    _emit(_call(run_dir, {"cmd": "inbox", "limit": limit}), as_json, _messages_table)
+
+
+def _questions_table(r: dict[str, Any]) -> None:
+    _table(
+        ["ID", "ASKER", "TO", "ASKED", "DEADLINE", "OPTIONS", "QUESTION"],
+        [
+            [
+                q["id"],
+                q["asker"],
+                q["target"] or "operator",
+                _when(q["asked_at"]),
+                _when(q["deadline_at"]),
+                " | ".join(q["options"]) or "-",
+                q["question"],
+            ]
+            for q in r["questions"]
+        ],
+        "no open questions",
+    )
+
+
+@app.command()
+def questions(
+    run_dir: RunDir,
+    state_dir: StateDir,
+    all_: Annotated[bool, typer.Option("--all", help="Include resolved questions.")] = False,
+    as_json: Json = False,
+) -> None:
+    """List open questions (to the operator and between agents)."""
+    reply = _call(run_dir, {"cmd": "questions", "include_answered": all_})
+    _emit(reply, as_json, _questions_table)
+
+
+def _question_line(r: dict[str, Any]) -> None:
+    q = r["question"]
+    typer.echo(f"question {q['id']} resolved: {q['answer']} (by {q['answerer']})")
+
+
+@app.command()
+def answer(
+    question_id: int,
+    text: Annotated[str, typer.Argument(help="The answer; free text is always allowed.")],
+    run_dir: RunDir,
+    state_dir: StateDir,
+    as_json: Json = False,
+) -> None:
+    """Answer a question as the operator."""
+    reply = _call(run_dir, {"cmd": "answer", "id": question_id, "answer": text})
+    _emit(reply, as_json, _question_line)
+
+
+@app.command("cancel-question")
+def cancel_question(
+    question_id: int, run_dir: RunDir, state_dir: StateDir, as_json: Json = False
+) -> None:
+    """Cancel an open question; its asker gets '[cancelled]'."""
+    reply = _call(run_dir, {"cmd": "cancel_question", "id": question_id})
+    _emit(reply, as_json, _question_line)
+
+
+@app.command()
+def destroy(
+    name: str,
+    run_dir: RunDir,
+    state_dir: StateDir,
+    purge: Annotated[bool, typer.Option(help="Also wipe the kept state; no undo.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Destroy an agent, keeping its state as a tombstone (or --purge it)."""
+    reply = _call(run_dir, {"cmd": "destroy", "name": name, "purge": purge})
+    _emit(reply, as_json, lambda _: typer.echo(f"{'purged' if purge else 'destroyed'} {name}"))
+
+
+@app.command()
+def tombstones(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
+    """List destroyed agents whose state is kept."""
+    _emit(
+        _call(run_dir, {"cmd": "tombstones"}),
+        as_json,
+        lambda r: _table(
+            ["NAME", "SIZE", "MODIFIED"],
+            [[t["name"], f"{t['size_bytes']} B", _when(t["modified_at"])] for t in r["tombstones"]],
+            "no tombstones",
+        ),
+    )
+
+
+@app.command("set-model")
+def set_model(
+    name: str, model: str, run_dir: RunDir, state_dir: StateDir, as_json: Json = False
+) -> None:
+    """Set the model an agent uses from its next turn on."""
+    reply = _call(run_dir, {"cmd": "set_model", "name": name, "model": model})
+    _emit(reply, as_json, lambda _: typer.echo(f"{name} uses {model} from its next turn"))
+
+
+@app.command()
+def vacuum(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
+    """Run retention now: delete acked messages older than 30 days."""
+    reply = _call(run_dir, {"cmd": "vacuum"})
+    _emit(reply, as_json, lambda r: typer.echo(f"deleted {r['deleted']} messages"))
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["CONVERTER", "app", "main"]

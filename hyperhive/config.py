@@ -1,0 +1,112 @@
+"""Every default and bound of the daemon, and where its files live.
+
+The bounds are typed ``Final`` constants; ``docs/protocol.md`` explains each one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Final
+
+import attrs
+
+from hyperhive.names import MANAGER, parse_agent_name
+
+PROTOCOL_VERSION: Final = 1
+#: Longest request or response line, newline excluded.
+MAX_LINE_BYTES: Final = 1024 * 1024
+#: Longest message body (UTF-8 bytes); a body must also fit in one line.
+MAX_BODY_BYTES: Final = 1024 * 1024 - 4096
+MAX_RECV_WAIT_SECONDS: Final = 180
+MAX_RECV_BATCH: Final = 32
+MAX_RECENT: Final = 200
+MAX_QUESTION_TTL_SECONDS: Final = 6 * 60 * 60
+MAX_STATUS_TEXT: Final = 200
+#: Retention: acked messages older than this are deleted by the hourly loop and by ``vacuum``.
+RETENTION_SECONDS: Final = 30 * 24 * 60 * 60
+RETENTION_INTERVAL_SECONDS: Final = 60 * 60
+#: Dashboard event ring buffer and per-subscriber queue.
+EVENT_RING_SIZE: Final = 4096
+EVENT_SUBSCRIBER_QUEUE: Final = 256
+#: Graceful shutdown budget after SIGTERM/SIGINT.
+SHUTDOWN_GRACE_SECONDS: Final = 10.0
+BACKENDS: Final = ("external",)
+#: Longest path a unix socket can be bound at (sun_path is 108 bytes with its NUL).
+MAX_SOCKET_PATH: Final = 107
+
+
+def _default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/hyperhive")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "hyperhive"
+
+
+def _default_run_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/run/hyperhive")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "hyperhive"
+    return Path(tempfile.gettempdir()) / f"hyperhive-{os.geteuid()}"
+
+
+def default_state_dir() -> Path:
+    """``HYPERHIVE_STATE_DIR``, else the root or per-user default."""
+    env = os.environ.get("HYPERHIVE_STATE_DIR")
+    return Path(env) if env else _default_state_dir()
+
+
+def default_run_dir() -> Path:
+    """``HYPERHIVE_RUN_DIR``, else the root or per-user default."""
+    env = os.environ.get("HYPERHIVE_RUN_DIR")
+    return Path(env) if env else _default_run_dir()
+
+
+@attrs.frozen
+class Paths:
+    """Where every file of one daemon lives. Agent paths take only validated names."""
+
+    state_dir: Path
+    run_dir: Path
+
+    @property
+    def broker_db(self) -> Path:
+        return self.state_dir / "broker.sqlite"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / "hyperhive.lock"
+
+    @property
+    def host_socket(self) -> Path:
+        return self.run_dir / "host.sock"
+
+    def agent_socket(self, name: str) -> Path:
+        name = parse_agent_name(name, allow_manager=True)
+        if name == MANAGER:
+            return self.run_dir / "manager" / "mcp.sock"
+        return self.run_dir / "agents" / name / "mcp.sock"
+
+    def agent_dir(self, name: str) -> Path:
+        return self.state_dir / "agents" / parse_agent_name(name, allow_manager=True)
+
+    def applied_dir(self, name: str) -> Path:
+        return self.state_dir / "applied" / parse_agent_name(name, allow_manager=True)
+
+    def model_file(self, name: str) -> Path:
+        return self.agent_dir(name) / "state" / "hyperhive-model"
+
+
+@attrs.frozen
+class Config:
+    """Settings of one ``hyperhive run``."""
+
+    paths: Paths
+    backend: str = "external"
+    #: ``synchronous`` level of broker.sqlite; FULL so acknowledged writes survive power loss.
+    synchronous: str = "FULL"
+    retention_seconds: float = RETENTION_SECONDS
+    retention_interval_seconds: float = RETENTION_INTERVAL_SECONDS

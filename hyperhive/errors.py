@@ -1,0 +1,34 @@
+"""The exceptions hyperhive raises, and what a caller may do about each.
+
+    HyperhiveError
+    ├── ProtocolError     a request that could not be decoded (framing, JSON, fields, types)
+    ├── RequestRefused    a well-formed request the daemon will not carry out (unknown
+    │                     recipient, not the question's target, name taken, ...)
+    ├── AlreadyRunning    another daemon holds the state directory's lock
+    └── ClientError       the daemon answered ``ok: false`` (raised on the client side)
+
+Each of the first two becomes ``{"ok": false, "error": str(exc)}`` on the wire and leaves the
+connection usable.
+"""
+
+from __future__ import annotations
+
+
+class HyperhiveError(Exception):
+    """Base class of every error hyperhive raises on purpose."""
+
+
+class ProtocolError(HyperhiveError):
+    """A request line that could not be decoded into a request."""
+
+
+class RequestRefused(HyperhiveError):
+    """A valid request that the daemon refuses; the message says why."""
+
+
+class AlreadyRunning(HyperhiveError):
+    """Another ``hyperhive run`` holds the lock on this state directory."""
+
+
+class ClientError(HyperhiveError):
+    """The daemon answered a request with ``ok: false``."""

@@ -1,0 +1,83 @@
+"""The daemon's in-process event stream: every state change, numbered by a monotonic ``seq``.
+
+Publishers never block: each subscriber has a bounded queue, and one that falls behind is
+disconnected (its channel closes) rather than slowing the broker. A bounded ring of recent
+events lets a reconnecting subscriber (the dashboard's ``Last-Event-ID``) catch up, or learn
+that the gap is too old and it must resync from a snapshot.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import attrs
+import trio
+
+from hyperhive.config import EVENT_RING_SIZE, EVENT_SUBSCRIBER_QUEUE
+
+
+@attrs.frozen
+class Event:
+    seq: int
+    ts: float
+    kind: str
+    data: dict[str, Any]
+
+
+@attrs.frozen
+class EventHubStatistics:
+    seq: int
+    subscribers: int
+    buffered: int
+    dropped_subscribers: int
+
+
+class EventHub:
+    def __init__(
+        self, *, ring_size: int = EVENT_RING_SIZE, queue_size: int = EVENT_SUBSCRIBER_QUEUE
+    ) -> None:
+        self._seq = 0
+        self._ring: deque[Event] = deque(maxlen=ring_size)
+        self._queue_size = queue_size
+        self._subscribers: set[trio.MemorySendChannel[Event]] = set()
+        self._dropped = 0
+
+    @property
+    def seq(self) -> int:
+        """The ``seq`` of the newest event (0 before the first)."""
+        return self._seq
+
+    def statistics(self) -> EventHubStatistics:
+        return EventHubStatistics(self._seq, len(self._subscribers), len(self._ring), self._dropped)
+
+    def publish(self, kind: str, **data: Any) -> Event:
+        self._seq += 1
+        event = Event(self._seq, time.time(), kind, data)
+        self._ring.append(event)
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait(event)
+            except trio.WouldBlock:
+                # Too slow: cut it off; it reconnects and catches up from the ring or resyncs.
+                self._subscribers.discard(channel)
+                channel.close()
+                self._dropped += 1
+            except trio.BrokenResourceError:
+                self._subscribers.discard(channel)
+        return event
+
+    def since(self, seq: int) -> list[Event] | None:
+        """Events after ``seq``, or None when some of them already left the ring."""
+        if seq >= self._seq:
+            return []
+        if not self._ring or self._ring[0].seq > seq + 1:
+            return None
+        return [e for e in self._ring if e.seq > seq]
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[Event]:
+        """A channel of every event published from now on; close it to unsubscribe."""
+        send, receive = trio.open_memory_channel[Event](self._queue_size)
+        self._subscribers.add(send)
+        return receive

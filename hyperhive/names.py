@@ -1,0 +1,45 @@
+"""Agent names: the one place that decides whether a string may name an agent.
+
+Every path under the state and run directories that contains an agent name is built
+only after the name passed through :func:`parse_agent_name`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+#: 1 to 9 characters, so the container machine name ``h-<name>`` stays within 11.
+AGENT_NAME_RE: Final = re.compile(r"[a-z][a-z0-9-]{0,8}")
+MANAGER: Final = "manager"
+OPERATOR: Final = "operator"
+SYSTEM: Final = "system"
+BROADCAST: Final = "*"
+RESERVED_NAMES: Final = frozenset({OPERATOR, SYSTEM, MANAGER, "reminder"})
+
+
+class InvalidAgentName(ValueError):
+    """A string that cannot name an agent; the message says why."""
+
+
+def parse_agent_name(raw: object, *, allow_manager: bool = False) -> str:
+    """Return ``raw`` if it is a valid agent name, else raise :class:`InvalidAgentName`.
+
+    ``allow_manager`` admits the built-in ``manager``; the other reserved names never pass.
+    """
+    if not isinstance(raw, str):
+        raise InvalidAgentName(f"agent name must be a string, not {type(raw).__name__}")
+    if AGENT_NAME_RE.fullmatch(raw) is None:
+        shown = raw if len(raw) <= 40 else raw[:40] + "…"
+        raise InvalidAgentName(
+            f"invalid agent name {shown!r}: use 1-9 characters, a lowercase letter first, "
+            "then lowercase letters, digits or '-'"
+        )
+    if raw in RESERVED_NAMES and not (allow_manager and raw == MANAGER):
+        raise InvalidAgentName(f"agent name {raw!r} is reserved")
+    return raw
+
+
+def machine_name(name: str) -> str:
+    """The container machine name of an agent (``hm1nd`` for the manager)."""
+    return "hm1nd" if name == MANAGER else f"h-{name}"

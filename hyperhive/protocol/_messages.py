@@ -1,0 +1,587 @@
+"""Every request and reply of the three sockets, as attrs classes (no I/O here).
+
+A request class carries its wire tag in ``CMD``; its fields are the request's fields.
+A field whose name ends in ``_`` (``from_``) travels without the underscore. Fields with
+a default are optional on the wire. Reply classes hold the fields that follow ``"ok": true``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import attrs
+
+Role = Literal["harness", "mcp", "cli"]
+
+
+@attrs.frozen
+class Request:
+    CMD: ClassVar[str] = ""
+
+
+@attrs.frozen
+class Reply:
+    pass
+
+
+# ---------------------------------------------------------------- shared records
+
+
+@attrs.frozen
+class Message:
+    id: int
+    from_: str
+    to: str
+    body: str
+    sent_at: float
+    in_reply_to: int | None
+    redelivered: bool
+
+
+@attrs.frozen
+class RecentMessage:
+    id: int
+    from_: str
+    to: str
+    body: str
+    sent_at: float
+    in_reply_to: int | None
+    delivered_at: float | None
+    acked_at: float | None
+
+
+@attrs.frozen
+class QuestionInfo:
+    id: int
+    asker: str
+    target: str | None
+    question: str
+    options: list[str]
+    multi: bool
+    asked_at: float
+    deadline_at: float | None
+    answered_at: float | None
+    answer: str | None
+    answerer: str | None
+
+
+@attrs.frozen
+class ApprovalInfo:
+    id: int
+    agent: str
+    kind: str
+    commit_ref: str | None
+    requested_at: float
+    status: str
+    resolved_at: float | None
+    note: str | None
+    description: str | None
+    fetched_sha: str | None
+
+
+@attrs.frozen
+class AgentInfo:
+    name: str
+    role: str
+    state: str
+    backend: str
+    created_at: float
+    parent: str | None
+    model: str
+    status_text: str
+    unread: int
+    harness_connected: bool
+
+
+# ---------------------------------------------------------------- every socket
+
+
+@attrs.frozen
+class Hello(Request):
+    CMD = "hello"
+    role: Role
+    protocol: int
+
+
+@attrs.frozen
+class HelloReply(Reply):
+    protocol: int
+    name: str
+    role: str
+
+
+@attrs.frozen
+class Empty(Reply):
+    pass
+
+
+# ---------------------------------------------------------------- agent socket
+
+
+@attrs.frozen
+class Send(Request):
+    CMD = "send"
+    to: str
+    body: str
+    in_reply_to: int | None = None
+
+
+@attrs.frozen
+class SendReply(Reply):
+    id: int
+    #: Every id written: one per recipient for a broadcast, else ``[id]``.
+    ids: list[int]
+
+
+@attrs.frozen
+class Recv(Request):
+    CMD = "recv"
+    wait_seconds: float = 0
+    max: int = 1
+    ack: bool = True
+
+
+@attrs.frozen
+class RecvReply(Reply):
+    messages: list[Message]
+
+
+@attrs.frozen
+class Ack(Request):
+    CMD = "ack"
+    ids: list[int]
+
+
+@attrs.frozen
+class AckReply(Reply):
+    acked: int
+
+
+@attrs.frozen
+class Status(Request):
+    CMD = "status"
+
+
+@attrs.frozen
+class StatusReply(Reply):
+    unread: int
+
+
+@attrs.frozen
+class Recent(Request):
+    CMD = "recent"
+    limit: int = 30
+
+
+@attrs.frozen
+class RecentReply(Reply):
+    messages: list[RecentMessage]
+
+
+@attrs.frozen
+class Ask(Request):
+    CMD = "ask"
+    question: str
+    options: list[str] = attrs.Factory(list)
+    multi: bool = False
+    ttl_seconds: int | None = None
+    to: str | None = None
+
+
+@attrs.frozen
+class IdReply(Reply):
+    id: int
+
+
+@attrs.frozen
+class Answer(Request):
+    CMD = "answer"
+    id: int
+    answer: str
+
+
+@attrs.frozen
+class GetLooseEnds(Request):
+    CMD = "get_loose_ends"
+
+
+@attrs.frozen
+class LooseEndsReply(Reply):
+    questions: list[QuestionInfo]
+    #: Pending approvals; filled for the manager only.
+    approvals: list[ApprovalInfo]
+
+
+@attrs.frozen
+class CancelLooseEnd(Request):
+    CMD = "cancel_loose_end"
+    kind: Literal["question"]
+    id: int
+
+
+@attrs.frozen
+class Wake(Request):
+    CMD = "wake"
+    from_: str
+    body: str
+    transient: bool = False
+
+
+@attrs.frozen
+class SetStatus(Request):
+    CMD = "set_status"
+    text: str
+
+
+@attrs.frozen
+class GetAgentMeta(Request):
+    CMD = "get_agent_meta"
+    name: str | None = None
+
+
+@attrs.frozen
+class AgentMetaReply(Reply):
+    name: str
+    role: str
+    model: str
+    status_text: str
+    parent: str | None
+    state: str
+
+
+# ---------------------------------------------------------------- manager socket
+
+
+@attrs.frozen
+class RequestSpawn(Request):
+    CMD = "request_spawn"
+    name: str
+    description: str | None = None
+
+
+@attrs.frozen
+class RequestApplyCommit(Request):
+    CMD = "request_apply_commit"
+    agent: str
+    commit_ref: str
+    description: str | None = None
+
+
+@attrs.frozen
+class Kill(Request):
+    CMD = "kill"
+    name: str
+
+
+@attrs.frozen
+class Start(Request):
+    CMD = "start"
+    name: str
+
+
+@attrs.frozen
+class Restart(Request):
+    CMD = "restart"
+    name: str
+
+
+@attrs.frozen
+class Update(Request):
+    CMD = "update"
+    name: str
+
+
+@attrs.frozen
+class ListContainers(Request):
+    CMD = "list_containers"
+
+
+@attrs.frozen
+class AgentsReply(Reply):
+    agents: list[AgentInfo]
+
+
+@attrs.frozen
+class GetLogs(Request):
+    CMD = "get_logs"
+    agent: str
+    lines: int = 50
+
+
+@attrs.frozen
+class LogsReply(Reply):
+    lines: list[str]
+
+
+# ---------------------------------------------------------------- host socket
+
+
+@attrs.frozen
+class HostStatus(Request):
+    CMD = "status"
+
+
+@attrs.frozen
+class HostStatusReply(Reply):
+    version: str
+    protocol: int
+    pid: int
+    backend: str
+    started_at: float
+    agents: int
+    pending_approvals: int
+    open_questions: int
+    operator_unread: int
+
+
+@attrs.frozen
+class List(Request):
+    CMD = "list"
+
+
+@attrs.frozen
+class Tombstones(Request):
+    CMD = "tombstones"
+
+
+@attrs.frozen
+class Tombstone(Reply):
+    name: str
+    size_bytes: int
+    modified_at: float
+
+
+@attrs.frozen
+class TombstonesReply(Reply):
+    tombstones: list[Tombstone]
+
+
+@attrs.frozen
+class Pending(Request):
+    CMD = "pending"
+
+
+@attrs.frozen
+class ApprovalsReply(Reply):
+    approvals: list[ApprovalInfo]
+
+
+@attrs.frozen
+class Approve(Request):
+    CMD = "approve"
+    id: int
+
+
+@attrs.frozen
+class Deny(Request):
+    CMD = "deny"
+    id: int
+    note: str | None = None
+
+
+@attrs.frozen
+class ApprovalReply(Reply):
+    approval: ApprovalInfo
+
+
+@attrs.frozen
+class HostRequestSpawn(Request):
+    CMD = "request_spawn"
+    name: str
+    description: str | None = None
+
+
+@attrs.frozen
+class Spawn(Request):
+    CMD = "spawn"
+    name: str
+
+
+@attrs.frozen
+class AgentReply(Reply):
+    agent: AgentInfo
+
+
+@attrs.frozen
+class Rebuild(Request):
+    CMD = "rebuild"
+    name: str
+
+
+@attrs.frozen
+class Destroy(Request):
+    CMD = "destroy"
+    name: str
+    purge: bool = False
+
+
+@attrs.frozen
+class Revive(Request):
+    CMD = "revive"
+    name: str
+
+
+@attrs.frozen
+class Questions(Request):
+    CMD = "questions"
+    include_answered: bool = False
+
+
+@attrs.frozen
+class QuestionsReply(Reply):
+    questions: list[QuestionInfo]
+
+
+@attrs.frozen
+class HostAnswer(Request):
+    CMD = "answer"
+    id: int
+    answer: str
+
+
+@attrs.frozen
+class QuestionReply(Reply):
+    question: QuestionInfo
+
+
+@attrs.frozen
+class CancelQuestion(Request):
+    CMD = "cancel_question"
+    id: int
+
+
+@attrs.frozen
+class HostSend(Request):
+    CMD = "send"
+    to: str
+    body: str
+    in_reply_to: int | None = None
+
+
+@attrs.frozen
+class Inbox(Request):
+    CMD = "inbox"
+    limit: int = 50
+
+
+@attrs.frozen
+class SetModel(Request):
+    CMD = "set_model"
+    name: str
+    model: str
+
+
+@attrs.frozen
+class Logs(Request):
+    CMD = "logs"
+    name: str
+    lines: int = 50
+
+
+@attrs.frozen
+class Vacuum(Request):
+    CMD = "vacuum"
+
+
+@attrs.frozen
+class VacuumReply(Reply):
+    deleted: int
+
+
+# ---------------------------------------------------------------- which socket takes what
+
+AGENT_REQUESTS: tuple[type[Request], ...] = (
+    Hello,
+    Send,
+    Recv,
+    Ack,
+    Status,
+    Recent,
+    Ask,
+    Answer,
+    GetLooseEnds,
+    CancelLooseEnd,
+    Wake,
+    SetStatus,
+    GetAgentMeta,
+)
+MANAGER_REQUESTS: tuple[type[Request], ...] = (
+    *AGENT_REQUESTS,
+    RequestSpawn,
+    RequestApplyCommit,
+    Kill,
+    Start,
+    Restart,
+    Update,
+    ListContainers,
+    GetLogs,
+)
+HOST_REQUESTS: tuple[type[Request], ...] = (
+    Hello,
+    HostStatus,
+    List,
+    Tombstones,
+    Pending,
+    Approve,
+    Deny,
+    HostRequestSpawn,
+    Spawn,
+    Start,
+    Kill,
+    Restart,
+    Rebuild,
+    Destroy,
+    Revive,
+    Questions,
+    HostAnswer,
+    CancelQuestion,
+    HostSend,
+    Inbox,
+    SetModel,
+    Logs,
+    Vacuum,
+)
+
+#: The reply class of each request class (the schema and the client use it).
+REPLIES: dict[type[Request], type[Reply]] = {
+    Hello: HelloReply,
+    Send: SendReply,
+    Recv: RecvReply,
+    Ack: AckReply,
+    Status: StatusReply,
+    Recent: RecentReply,
+    Ask: IdReply,
+    Answer: Empty,
+    GetLooseEnds: LooseEndsReply,
+    CancelLooseEnd: Empty,
+    Wake: IdReply,
+    SetStatus: Empty,
+    GetAgentMeta: AgentMetaReply,
+    RequestSpawn: ApprovalReply,
+    RequestApplyCommit: ApprovalReply,
+    Kill: Empty,
+    Start: Empty,
+    Restart: Empty,
+    Update: Empty,
+    ListContainers: AgentsReply,
+    GetLogs: LogsReply,
+    HostStatus: HostStatusReply,
+    List: AgentsReply,
+    Tombstones: TombstonesReply,
+    Pending: ApprovalsReply,
+    Approve: ApprovalReply,
+    Deny: ApprovalReply,
+    HostRequestSpawn: ApprovalReply,
+    Spawn: AgentReply,
+    Rebuild: Empty,
+    Destroy: Empty,
+    Revive: ApprovalReply,
+    Questions: QuestionsReply,
+    HostAnswer: QuestionReply,
+    CancelQuestion: QuestionReply,
+    HostSend: SendReply,
+    Inbox: RecentReply,
+    SetModel: Empty,
+    Logs: LogsReply,
+    Vacuum: VacuumReply,
+}

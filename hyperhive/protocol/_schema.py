@@ -1,0 +1,97 @@
+"""JSON Schema of every request and reply, generated from the attrs classes."""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, Literal, get_args, get_origin
+
+import attrs
+
+from hyperhive.protocol._codec import AGENT_TABLE, HOST_TABLE, MANAGER_TABLE, _wire_name
+from hyperhive.protocol._messages import REPLIES, Reply, Request
+
+
+def _type_schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    origin = get_origin(tp)
+    if tp is int:
+        return {"type": "integer"}
+    if tp is float:
+        return {"type": "number"}
+    if tp is str:
+        return {"type": "string"}
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is type(None):
+        return {"type": "null"}
+    if origin is list:
+        (item,) = get_args(tp)
+        return {"type": "array", "items": _type_schema(item, defs)}
+    if origin is Literal:
+        return {"enum": list(get_args(tp))}
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [_type_schema(a, defs) for a in get_args(tp)]}
+    if attrs.has(tp):
+        name = tp.__name__
+        if name not in defs:
+            defs[name] = {}
+            defs[name] = _object_schema(tp, defs)
+        return {"$ref": f"#/$defs/{name}"}
+    raise TypeError(f"no JSON Schema for {tp!r}")
+
+
+def _object_schema(cls: type[Any], defs: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    props: dict[str, Any] = {}
+    required: list[str] = []
+    for field in attrs.fields(cls):
+        wire = _wire_name(field.name)
+        props[wire] = _type_schema(hints[field.name], defs)
+        if field.default is attrs.NOTHING:
+            required.append(wire)
+    props = {**extra.pop("props", {}), **props}
+    required = extra.pop("required", []) + required
+    schema: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        schema["required"] = required
+    if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):
+        schema["description"] = cls.__doc__.strip()
+    return schema
+
+
+def _request_schema(cls: type[Request], defs: dict[str, Any]) -> dict[str, Any]:
+    return _object_schema(cls, defs, props={"cmd": {"const": cls.CMD}}, required=["cmd"])
+
+
+def _reply_schema(cls: type[Reply], defs: dict[str, Any]) -> dict[str, Any]:
+    return _object_schema(cls, defs, props={"ok": {"const": True}}, required=["ok"])
+
+
+def json_schema() -> dict[str, Any]:
+    """One document: per socket, each command's request and reply schema."""
+    defs: dict[str, Any] = {}
+    sockets: dict[str, Any] = {}
+    for table in (AGENT_TABLE, MANAGER_TABLE, HOST_TABLE):
+        commands: dict[str, Any] = {}
+        for cmd, cls in sorted(table.by_cmd.items()):
+            commands[cmd] = {
+                "request": _request_schema(cls, defs),
+                "reply": _reply_schema(REPLIES[cls], defs),
+            }
+        sockets[table.socket_name] = commands
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "hyperhive wire protocol",
+        "description": (
+            "One JSON object per line. Every reply is either the command's reply with "
+            '"ok": true, or {"ok": false, "error": "<reason>"}.'
+        ),
+        "sockets": sockets,
+        "error": {
+            "type": "object",
+            "properties": {"ok": {"const": False}, "error": {"type": "string"}},
+            "required": ["ok", "error"],
+            "additionalProperties": False,
+        },
+        "$defs": defs,
+    }

@@ -1,0 +1,300 @@
+"""Questions: an agent asks the operator or a peer; exactly one resolution wins.
+
+The rules are plain functions (:func:`check_ask`, :func:`sql_resolve`, :class:`DeadlineSchedule`);
+:class:`QuestionBook` wires them to the database, the broker and one watchdog task that
+sleeps until the earliest deadline (woken early when a nearer one arrives) and expires
+due questions with the answer ``[expired]``. The watchdog is re-armed from the table at
+start, so deadlines that passed while the daemon was down expire at once.
+
+Resolution is one ``UPDATE … WHERE answered_at IS NULL`` in the same transaction as the
+``question_answered`` system message to the asker: answer, cancel and expiry race only
+for that row, and the asker hears exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Collection
+from typing import Final
+
+import trio
+
+from hyperhive.broker import Broker, Outgoing, SentMessage, sql_insert
+from hyperhive.config import MAX_QUESTION_TTL_SECONDS
+from hyperhive.errors import RequestRefused
+from hyperhive.events import EventHub
+from hyperhive.names import MANAGER, OPERATOR, SYSTEM, InvalidAgentName, parse_agent_name
+from hyperhive.protocol import CONVERTER, QuestionInfo
+from hyperhive.store import Database
+
+EXPIRED: Final = "[expired]"
+CANCELLED: Final = "[cancelled]"
+TTL_ANSWERER: Final = "ttl"
+MAX_QUESTION_CHARS: Final = 4000
+MAX_OPTIONS: Final = 32
+
+
+def system_body(event: str, /, **fields: object) -> str:
+    """The body of a system message: its kind, then its fields as JSON."""
+    return f"{event} {json.dumps(fields, ensure_ascii=False, sort_keys=True)}"
+
+
+def check_ask(
+    asker: str,
+    question: str,
+    options: list[str],
+    ttl_seconds: int | None,
+    to: str | None,
+    *,
+    known: Collection[str],
+) -> str | None:
+    """Validate an ``ask``; return the target (None for the operator)."""
+    if not question.strip():
+        raise RequestRefused("question is empty")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise RequestRefused(f"question is longer than {MAX_QUESTION_CHARS} characters")
+    if len(options) > MAX_OPTIONS:
+        raise RequestRefused(f"at most {MAX_OPTIONS} options")
+    if any(not o.strip() for o in options):
+        raise RequestRefused("options must not be empty")
+    if ttl_seconds is not None and not 1 <= ttl_seconds <= MAX_QUESTION_TTL_SECONDS:
+        raise RequestRefused(f"ttl_seconds must be between 1 and {MAX_QUESTION_TTL_SECONDS}")
+    if to is None or to == OPERATOR:
+        return None
+    if to != MANAGER:
+        try:
+            parse_agent_name(to)
+        except InvalidAgentName as exc:
+            raise RequestRefused(f"cannot ask {to!r}: {exc}") from None
+    if to == asker:
+        raise RequestRefused("an agent cannot ask itself")
+    if to not in known:
+        raise RequestRefused(f"cannot ask {to!r}: no agent has that name")
+    return to
+
+
+def _row_to_info(row: sqlite3.Row) -> QuestionInfo:
+    return QuestionInfo(
+        id=row["id"],
+        asker=row["asker"],
+        target=row["target"],
+        question=row["question"],
+        options=json.loads(row["options_json"]),
+        multi=bool(row["multi"]),
+        asked_at=row["asked_at"],
+        deadline_at=row["deadline_at"],
+        answered_at=row["answered_at"],
+        answer=row["answer"],
+        answerer=row["answerer"],
+    )
+
+
+def sql_get(conn: sqlite3.Connection, question_id: int) -> QuestionInfo:
+    row = conn.execute("SELECT * FROM operator_questions WHERE id = ?", (question_id,)).fetchone()
+    if row is None:
+        raise RequestRefused(f"no question with id {question_id}")
+    return _row_to_info(row)
+
+
+def sql_resolve(
+    conn: sqlite3.Connection,
+    question_id: int,
+    answer: str,
+    answerer: str,
+    now: float,
+    may_resolve: Callable[[QuestionInfo], None] = lambda _: None,
+) -> tuple[QuestionInfo, list[SentMessage]]:
+    """Resolve an open question once and tell its asker; refuse if already resolved."""
+    question = sql_get(conn, question_id)
+    may_resolve(question)
+    if question.answered_at is not None:
+        raise RequestRefused(
+            f"question {question_id} is already resolved "
+            f"(answer {question.answer!r} by {question.answerer})"
+        )
+    conn.execute(
+        "UPDATE operator_questions SET answered_at = ?, answer = ?, answerer = ? "
+        "WHERE id = ? AND answered_at IS NULL",
+        (now, answer, answerer, question_id),
+    )
+    body = system_body(
+        "question_answered",
+        id=question_id,
+        question=question.question,
+        answer=answer,
+        answerer=answerer,
+    )
+    sent = sql_insert(conn, [Outgoing(SYSTEM, question.asker, body)], now)
+    return sql_get(conn, question_id), sent
+
+
+class DeadlineSchedule:
+    """Open questions by deadline (sans-IO): what is due, and when to look next."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int]] = []
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, question_id: int, deadline: float) -> None:
+        heapq.heappush(self._heap, (deadline, question_id))
+
+    def next_deadline(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> list[int]:
+        due = []
+        while self._heap and self._heap[0][0] <= now:
+            due.append(heapq.heappop(self._heap)[1])
+        return due
+
+
+class QuestionBook:
+    def __init__(
+        self,
+        db: Database,
+        broker: Broker,
+        events: EventHub,
+        *,
+        known_agents: Callable[[], Collection[str]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._broker = broker
+        self._events = events
+        self._known = known_agents
+        self._clock = clock
+        self._schedule = DeadlineSchedule()
+        self._changed = trio.Event()
+
+    async def ask(
+        self,
+        asker: str,
+        question: str,
+        options: list[str],
+        multi: bool,
+        ttl_seconds: int | None,
+        to: str | None,
+    ) -> QuestionInfo:
+        target = check_ask(asker, question, options, ttl_seconds, to, known=self._known())
+        now = self._clock()
+        deadline = now + ttl_seconds if ttl_seconds is not None else None
+
+        def tx(conn: sqlite3.Connection) -> tuple[QuestionInfo, list[SentMessage]]:
+            cur = conn.execute(
+                "INSERT INTO operator_questions (asker, target, question, options_json, multi, "
+                "asked_at, deadline_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (asker, target, question, json.dumps(options), int(multi), now, deadline),
+            )
+            assert cur.lastrowid is not None
+            sent: list[SentMessage] = []
+            if target is not None:
+                body = system_body(
+                    "question_asked",
+                    id=cur.lastrowid,
+                    asker=asker,
+                    question=question,
+                    options=options,
+                    multi=multi,
+                    deadline_at=deadline,
+                )
+                sent = sql_insert(conn, [Outgoing(SYSTEM, target, body)], now)
+            return sql_get(conn, cur.lastrowid), sent
+
+        info, sent = await self._db.transaction(tx)
+        self._broker.committed(sent)
+        if deadline is not None:
+            self._arm(info.id, deadline)
+        self._events.publish("question_added", question=_info_dict(info))
+        return info
+
+    async def resolve(
+        self,
+        question_id: int,
+        answer: str,
+        answerer: str,
+        may_resolve: Callable[[QuestionInfo], None] = lambda _: None,
+    ) -> QuestionInfo:
+        """Answer (or cancel, or expire) a question; :class:`RequestRefused` if not open."""
+        now = self._clock()
+        info, sent = await self._db.transaction(
+            lambda conn: sql_resolve(conn, question_id, answer, answerer, now, may_resolve)
+        )
+        self._broker.committed(sent)
+        self._events.publish("question_resolved", question=_info_dict(info))
+        return info
+
+    async def answer_as_agent(self, agent: str, question_id: int, answer: str) -> QuestionInfo:
+        def only_target(q: QuestionInfo) -> None:
+            if q.target != agent:
+                raise RequestRefused(f"only the question's target may answer question {q.id}")
+
+        if not answer.strip():
+            raise RequestRefused("answer is empty")
+        return await self.resolve(question_id, answer, agent, only_target)
+
+    async def cancel_as_agent(self, agent: str, question_id: int) -> QuestionInfo:
+        def owner_or_manager(q: QuestionInfo) -> None:
+            if agent not in (q.asker, MANAGER):
+                raise RequestRefused(f"question {q.id} was asked by {q.asker}, not {agent}")
+
+        return await self.resolve(question_id, f"[cancelled by {agent}]", agent, owner_or_manager)
+
+    async def answer_as_operator(self, question_id: int, answer: str) -> QuestionInfo:
+        if not answer.strip():
+            raise RequestRefused("answer is empty")
+        return await self.resolve(question_id, answer, OPERATOR)
+
+    async def cancel_as_operator(self, question_id: int) -> QuestionInfo:
+        return await self.resolve(question_id, CANCELLED, OPERATOR)
+
+    async def get(self, question_id: int) -> QuestionInfo:
+        return await self._db.transaction(lambda conn: sql_get(conn, question_id))
+
+    async def list(
+        self, *, include_answered: bool = False, involving: str | None = None
+    ) -> list[QuestionInfo]:
+        def tx(conn: sqlite3.Connection) -> list[QuestionInfo]:
+            sql = "SELECT * FROM operator_questions WHERE 1 = 1"
+            args: list[object] = []
+            if not include_answered:
+                sql += " AND answered_at IS NULL"
+            if involving is not None:
+                sql += " AND (asker = ? OR target = ?)"
+                args += [involving, involving]
+            return [_row_to_info(r) for r in conn.execute(sql + " ORDER BY id", args)]
+
+        return await self._db.transaction(tx)
+
+    def _arm(self, question_id: int, deadline: float) -> None:
+        self._schedule.add(question_id, deadline)
+        self._changed.set()
+
+    async def watchdog(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Expire questions at their deadline; re-armed from the table at start."""
+        for q in await self.list():
+            if q.deadline_at is not None:
+                self._schedule.add(q.id, q.deadline_at)
+        task_status.started()
+        while True:
+            for question_id in self._schedule.pop_due(self._clock()):
+                # Answered or cancelled first: the expiry loses the race, as it should.
+                with contextlib.suppress(RequestRefused):
+                    await self.resolve(question_id, EXPIRED, TTL_ANSWERER)
+            self._changed = trio.Event()
+            deadline = self._schedule.next_deadline()
+            timeout = float("inf") if deadline is None else max(0.0, deadline - self._clock())
+            with trio.move_on_after(timeout):
+                await self._changed.wait()
+
+
+def _info_dict(info: QuestionInfo) -> dict[str, object]:
+    result: dict[str, object] = CONVERTER.unstructure(info)
+    return result

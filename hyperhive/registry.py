@@ -1,0 +1,304 @@
+"""The agent registry: who exists, in which state, and the socket that is each agent.
+
+Registering an agent creates its state directories and binds its socket
+(``<run>/agents/<name>/mcp.sock``, the manager's at ``<run>/manager/mcp.sock``); registering
+twice is harmless. Destroying keeps the state directories (a tombstone) and removes the
+socket. The table ``agents`` is the source of truth; this class keeps a copy in memory so
+that hot paths (recipient checks on every send) never wait on the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+import time
+import tomllib
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Final
+
+import attrs
+import trio
+
+from hyperhive.config import Paths
+from hyperhive.errors import RequestRefused
+from hyperhive.events import EventHub
+from hyperhive.names import MANAGER, InvalidAgentName, parse_agent_name
+from hyperhive.server import Principal, SocketKind
+from hyperhive.store import Database
+
+log = logging.getLogger(__name__)
+DEFAULT_MODEL: Final = "haiku"
+
+
+class AgentState(StrEnum):
+    #: Socket bound; nothing started by the daemon (external backend).
+    REGISTERED = "registered"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    CRASH_LOOP = "crash_loop"
+    #: Container gone, state directories kept: a tombstone that can be revived.
+    DESTROYED = "destroyed"
+
+
+@attrs.frozen
+class AgentRecord:
+    name: str
+    role: str
+    state: AgentState
+    backend: str
+    created_at: float
+    updated_at: float
+    parent: str | None
+    status_text: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> AgentRecord:
+        return cls(
+            name=row["name"],
+            role=row["role"],
+            state=AgentState(row["state"]),
+            backend=row["backend"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            parent=row["parent"],
+            status_text=row["status_text"],
+        )
+
+
+def _load_all(conn: sqlite3.Connection) -> list[AgentRecord]:
+    return [AgentRecord.from_row(r) for r in conn.execute("SELECT * FROM agents ORDER BY name")]
+
+
+def _upsert(conn: sqlite3.Connection, record: AgentRecord) -> None:
+    conn.execute(
+        "INSERT INTO agents (name, role, state, backend, created_at, updated_at, parent, "
+        "status_text) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+        "role = excluded.role, state = excluded.state, backend = excluded.backend, "
+        "updated_at = excluded.updated_at, parent = excluded.parent, "
+        "status_text = excluded.status_text",
+        (
+            record.name,
+            record.role,
+            record.state.value,
+            record.backend,
+            record.created_at,
+            record.updated_at,
+            record.parent,
+            record.status_text,
+        ),
+    )
+
+
+def read_allowed_recipients(agent_toml: Path) -> frozenset[str] | None:
+    """``allowed_recipients`` of an agent.toml; None when absent, empty or unreadable."""
+    try:
+        data = tomllib.loads(agent_toml.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        log.warning("cannot read %s: %s", agent_toml, exc)
+        return None
+    raw = data.get("allowed_recipients", [])
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        log.warning("%s: allowed_recipients must be a list of names; ignored", agent_toml)
+        return None
+    return frozenset(raw) or None
+
+
+SocketServer = Callable[[Path, Principal], Awaitable[None]]
+
+
+class Registry:
+    def __init__(
+        self,
+        db: Database,
+        paths: Paths,
+        events: EventHub,
+        *,
+        backend: str,
+        serve_socket: Callable[..., Awaitable[None]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._paths = paths
+        self._events = events
+        self._backend = backend
+        self._serve_socket = serve_socket
+        self._clock = clock
+        self._agents: dict[str, AgentRecord] = {}
+        self._allowed: dict[str, frozenset[str] | None] = {}
+        self._sockets: dict[str, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+        self.harnesses: Counter[str] = Counter()
+
+    # ------------------------------------------------------------ queries (no I/O)
+
+    def get(self, name: str) -> AgentRecord:
+        try:
+            parse_agent_name(name, allow_manager=True)
+        except InvalidAgentName as exc:
+            raise RequestRefused(str(exc)) from None
+        record = self._agents.get(name)
+        if record is None:
+            raise RequestRefused(f"no agent named {name!r}")
+        return record
+
+    def all(self) -> list[AgentRecord]:
+        return sorted(self._agents.values(), key=lambda r: (r.name != MANAGER, r.name))
+
+    def known(self) -> frozenset[str]:
+        """Every name a message may wait for: live agents and tombstones."""
+        return frozenset(self._agents)
+
+    def live(self) -> frozenset[str]:
+        return frozenset(n for n, r in self._agents.items() if r.state != AgentState.DESTROYED)
+
+    def directory(self) -> tuple[frozenset[str], frozenset[str]]:
+        return self.known(), self.live()
+
+    def allowed_recipients(self, name: str) -> frozenset[str] | None:
+        return self._allowed.get(name)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load the table, make sure the manager exists, bind every live agent's socket."""
+        records = await self._db.transaction(_load_all)
+        self._agents = {r.name: r for r in records}
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self.register(MANAGER, role="manager")
+            for record in records:
+                if record.state != AgentState.DESTROYED and record.name != MANAGER:
+                    await self._bind(record.name)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def register(
+        self, name: str, *, role: str = "agent", parent: str | None = None
+    ) -> AgentRecord:
+        """Create (or revive) an agent's directories, row and socket. Idempotent."""
+        try:
+            name = parse_agent_name(name, allow_manager=role == "manager")
+        except InvalidAgentName as exc:
+            raise RequestRefused(str(exc)) from None
+        existing = self._agents.get(name)
+        if existing is not None and existing.state != AgentState.DESTROYED:
+            await self._bind(name)
+            return existing
+        await trio.to_thread.run_sync(self._make_dirs, name)
+        now = self._clock()
+        record = AgentRecord(
+            name=name,
+            role=role,
+            state=AgentState.REGISTERED,
+            backend=self._backend,
+            created_at=existing.created_at if existing else now,
+            updated_at=now,
+            parent=parent if existing is None else existing.parent,
+            status_text="",
+        )
+        await self._db.transaction(lambda conn: _upsert(conn, record))
+        self._agents[name] = record
+        self._allowed[name] = await trio.to_thread.run_sync(
+            read_allowed_recipients, self._paths.applied_dir(name) / "agent.toml"
+        )
+        await self._bind(name)
+        self._events.publish("agent_registered", name=name, role=role, state=record.state.value)
+        return record
+
+    async def destroy(self, name: str) -> AgentRecord:
+        """Remove the socket, keep the state: the name becomes a tombstone."""
+        record = self.get(name)
+        if name == MANAGER:
+            raise RequestRefused("the manager cannot be destroyed")
+        if record.state == AgentState.DESTROYED:
+            raise RequestRefused(f"{name} is already destroyed")
+        record = attrs.evolve(record, state=AgentState.DESTROYED, updated_at=self._clock())
+        await self._db.transaction(lambda conn: _upsert(conn, record))
+        self._agents[name] = record
+        scope = self._sockets.pop(name, None)
+        if scope is not None:
+            scope.cancel()
+        self._events.publish("agent_destroyed", name=name)
+        return record
+
+    async def purge(self, name: str) -> None:
+        """Forget a tombstone and wipe its state; refused for the manager and live agents."""
+        record = self.get(name)
+        if name == MANAGER:
+            raise RequestRefused("the manager cannot be purged")
+        if record.state != AgentState.DESTROYED:
+            raise RequestRefused(f"{name} is live: destroy it before purging")
+        await self._db.transaction(
+            lambda conn: conn.execute("DELETE FROM agents WHERE name = ?", (name,))
+        )
+        del self._agents[name]
+        self._allowed.pop(name, None)
+        for path in (self._paths.agent_dir(name), self._paths.applied_dir(name)):
+            await trio.to_thread.run_sync(shutil.rmtree, path, True)
+        self._events.publish("agent_purged", name=name)
+
+    async def set_status_text(self, name: str, text: str) -> None:
+        record = attrs.evolve(self.get(name), status_text=text, updated_at=self._clock())
+        await self._db.transaction(lambda conn: _upsert(conn, record))
+        self._agents[name] = record
+        self._events.publish("status_changed", name=name, status_text=text)
+
+    async def model(self, name: str) -> str:
+        path = trio.Path(self._paths.model_file(name))
+        try:
+            text = (await path.read_text()).strip()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return DEFAULT_MODEL
+        return text or DEFAULT_MODEL
+
+    async def set_model(self, name: str, model: str) -> None:
+        self.get(name)
+        path = trio.Path(self._paths.model_file(name))
+        await path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        await tmp.write_text(model + "\n")
+        await tmp.replace(path)
+        self._events.publish("model_changed", name=name, model=model)
+
+    def tombstone_size(self, name: str) -> tuple[int, float]:
+        """Bytes kept for a tombstone and the newest modification time (blocking)."""
+        total, newest = 0, 0.0
+        for root in (self._paths.agent_dir(name), self._paths.applied_dir(name)):
+            if not root.exists():
+                continue
+            for path in [root, *root.rglob("*")]:
+                try:
+                    st = path.lstat()
+                except OSError:
+                    continue
+                total += st.st_size if path.is_file() else 0
+                newest = max(newest, st.st_mtime)
+        return total, newest
+
+    def _make_dirs(self, name: str) -> None:
+        agent_dir = self._paths.agent_dir(name)
+        for sub in ("config", "claude", "state"):
+            (agent_dir / sub).mkdir(parents=True, exist_ok=True)
+        (agent_dir / "claude").chmod(0o700)
+        self._paths.applied_dir(name).mkdir(parents=True, exist_ok=True)
+
+    async def _bind(self, name: str) -> None:
+        if name in self._sockets:
+            return
+        assert self._nursery is not None, "Registry.serve() is not running"
+        principal = Principal(SocketKind.MANAGER if name == MANAGER else SocketKind.AGENT, name)
+        path = self._paths.agent_socket(name)
+        scope = trio.CancelScope()
+        self._sockets[name] = scope
+
+        async def serve(task_status: trio.TaskStatus[None]) -> None:
+            with scope:
+                await self._serve_socket(path, principal, task_status=task_status)
+
+        await self._nursery.start(serve)

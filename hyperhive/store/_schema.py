@@ -1,0 +1,87 @@
+"""Schema of ``broker.sqlite``: forward migrations, one function per ``user_version`` step."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+from hyperhive.store._db import Migration
+
+
+def _execute_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run statements one by one: ``executescript`` would commit the migration's transaction."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            conn.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {statement.strip()[:80]}")
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    _execute_script(
+        conn,
+        """
+        CREATE TABLE agents (
+            name        TEXT PRIMARY KEY,
+            role        TEXT NOT NULL,          -- 'agent' | 'manager'
+            state       TEXT NOT NULL,          -- see hyperhive.registry.AgentState
+            backend     TEXT NOT NULL,
+            created_at  REAL NOT NULL,
+            updated_at  REAL NOT NULL,
+            parent      TEXT,
+            status_text TEXT NOT NULL DEFAULT ''
+        );
+        CREATE TABLE messages (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            sender       TEXT NOT NULL,
+            recipient    TEXT NOT NULL,
+            body         TEXT NOT NULL,
+            sent_at      REAL NOT NULL,
+            delivered_at REAL,
+            acked_at     REAL,
+            in_reply_to  INTEGER,
+            redelivered  INTEGER NOT NULL DEFAULT 0,
+            transient    INTEGER NOT NULL DEFAULT 0
+        );
+        -- The inbox: what a recipient still has to receive or acknowledge, in id order.
+        CREATE INDEX messages_unacked ON messages (recipient, id) WHERE acked_at IS NULL;
+        CREATE INDEX messages_recipient ON messages (recipient, id);
+        CREATE INDEX messages_acked_at ON messages (acked_at) WHERE acked_at IS NOT NULL;
+        CREATE TABLE approvals (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            agent        TEXT NOT NULL,
+            kind         TEXT NOT NULL,         -- 'spawn' | 'apply_commit'
+            commit_ref   TEXT,
+            requested_at REAL NOT NULL,
+            status       TEXT NOT NULL,         -- 'pending' | 'approved' | 'denied' | 'failed'
+            resolved_at  REAL,
+            note         TEXT,
+            description  TEXT,
+            fetched_sha  TEXT,
+            requested_by TEXT NOT NULL
+        );
+        -- At most one pending approval per (agent, kind, commit_ref).
+        CREATE UNIQUE INDEX approvals_one_pending
+            ON approvals (agent, kind, IFNULL(commit_ref, '')) WHERE status = 'pending';
+        CREATE TABLE operator_questions (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            asker        TEXT NOT NULL,
+            target       TEXT,                  -- NULL = the operator
+            question     TEXT NOT NULL,
+            options_json TEXT NOT NULL DEFAULT '[]',
+            multi        INTEGER NOT NULL DEFAULT 0,
+            asked_at     REAL NOT NULL,
+            deadline_at  REAL,
+            answered_at  REAL,
+            answer       TEXT,
+            answerer     TEXT
+        );
+        CREATE INDEX questions_open ON operator_questions (id) WHERE answered_at IS NULL;
+        """,
+    )
+
+
+BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (_v1,)

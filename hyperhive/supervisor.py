@@ -1,0 +1,278 @@
+"""``hyperhive run``: the one nursery tree of the daemon.
+
+    main()                              signals, sd_notify, readiness line
+    └── run()                           lock on state + run dir, broker.sqlite
+        ├── Database.serve              the one writer of broker.sqlite
+        ├── Registry.serve              the manager's and every agent's socket
+        │   └── serve_unix_socket xN    one per agent, cancelled on destroy
+        ├── QuestionBook.watchdog       expires questions at their deadline
+        ├── retention_loop              hourly: delete old acked messages
+        └── serve_unix_socket           host.sock (operator authority)
+
+Each child reports readiness through ``nursery.start``; :func:`run` is ready when every
+socket listens. A failure of the database ends the tree (and the daemon) rather than
+leaving it half alive.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import IO
+
+import trio
+
+from hyperhive.api import Api, tombstone
+from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref
+from hyperhive.broker import Broker
+from hyperhive.config import Config
+from hyperhive.errors import AlreadyRunning, RequestRefused
+from hyperhive.events import EventHub
+from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
+from hyperhive.protocol import ApprovalInfo, LogsReply, RecentMessage, Tombstone
+from hyperhive.questions import QuestionBook
+from hyperhive.registry import AgentRecord, AgentState, Registry
+from hyperhive.sdnotify import Notifier
+from hyperhive.server import Principal, SocketKind, serve_unix_socket
+from hyperhive.store import BROKER_MIGRATIONS, Database, open_database
+
+log = logging.getLogger("hyperhive")
+
+
+class Hive:
+    """Everything one daemon holds, wired together; the API calls into it."""
+
+    def __init__(self, config: Config, db: Database) -> None:
+        self.config = config
+        self.db = db
+        self.started_at = time.time()
+        self.events = EventHub()
+        self.api = Api(self)
+        self.registry = Registry(
+            db,
+            config.paths,
+            self.events,
+            backend=config.backend,
+            serve_socket=self._serve_agent_socket,
+        )
+        self.broker = Broker(
+            db,
+            self.events,
+            directory=self.registry.directory,
+            allowed_recipients=self.registry.allowed_recipients,
+        )
+        self.questions = QuestionBook(
+            db, self.broker, self.events, known_agents=self.registry.known
+        )
+        self.approvals = ApprovalQueue(
+            db, self.broker, self.events, executors={ApprovalKind.SPAWN: self._approved_spawn}
+        )
+
+    async def _serve_agent_socket(
+        self, path: Path, principal: Principal, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        await serve_unix_socket(
+            path, principal, self.api.dispatch, self.api.closed, mode=0o660, task_status=task_status
+        )
+
+    # ------------------------------------------------------------ operations
+
+    def _new_agent_name(self, name: str) -> str:
+        try:
+            name = parse_agent_name(name)
+        except InvalidAgentName as exc:
+            raise RequestRefused(str(exc)) from None
+        if name in self.registry.live():
+            raise RequestRefused(f"an agent named {name!r} already exists")
+        return name
+
+    async def request_spawn(
+        self, name: str, description: str | None, requested_by: str
+    ) -> ApprovalInfo:
+        name = self._new_agent_name(name)
+        if name in self.registry.known():
+            raise RequestRefused(f"{name!r} is a tombstone with kept state: revive it instead")
+        return await self.approvals.request(
+            name, ApprovalKind.SPAWN, requested_by=requested_by, description=description
+        )
+
+    async def revive(self, name: str) -> ApprovalInfo:
+        record = self.registry.get(name)
+        if record.state != AgentState.DESTROYED:
+            raise RequestRefused(f"{name} is not destroyed; nothing to revive")
+        return await self.approvals.request(
+            name, ApprovalKind.SPAWN, requested_by=OPERATOR, description="revive kept state"
+        )
+
+    async def request_apply_commit(
+        self, agent: str, commit_ref: str, description: str | None
+    ) -> ApprovalInfo:
+        record = self.registry.get(agent)
+        if record.state == AgentState.DESTROYED:
+            raise RequestRefused(f"{agent} is destroyed")
+        return await self.approvals.request(
+            agent,
+            ApprovalKind.APPLY_COMMIT,
+            requested_by=MANAGER,
+            commit_ref=check_commit_ref(commit_ref),
+            description=description,
+        )
+
+    async def _approved_spawn(self, approval: ApprovalInfo) -> None:
+        if approval.agent in self.registry.live():
+            raise RequestRefused(f"an agent named {approval.agent!r} already exists")
+        await self.registry.register(approval.agent)
+
+    async def spawn(self, name: str) -> AgentRecord:
+        """Operator's direct spawn: no approval; idempotent for an existing agent."""
+        try:
+            name = parse_agent_name(name)
+        except InvalidAgentName as exc:
+            raise RequestRefused(str(exc)) from None
+        return await self.registry.register(name)
+
+    async def lifecycle(self, verb: str, name: str) -> None:
+        record = self.registry.get(name)
+        if record.state == AgentState.DESTROYED:
+            raise RequestRefused(f"{name} is destroyed; revive it first")
+        raise RequestRefused(
+            f"cannot {verb} {name}: the {record.backend} backend starts nothing; "
+            f"run its harness by hand against {self.config.paths.agent_socket(name)}"
+        )
+
+    async def destroy(self, name: str, *, purge: bool) -> None:
+        record = self.registry.get(name)
+        if name == MANAGER:
+            raise RequestRefused("the manager cannot be destroyed or purged")
+        if record.state != AgentState.DESTROYED:
+            await self.registry.destroy(name)
+            await self.approvals.fail_pending_for(name, "agent destroyed")
+        if purge:
+            await self.registry.purge(name)
+
+    async def tombstones(self) -> list[Tombstone]:
+        dead = [r.name for r in self.registry.all() if r.state == AgentState.DESTROYED]
+        result = []
+        for name in dead:
+            size, modified = await trio.to_thread.run_sync(self.registry.tombstone_size, name)
+            result.append(tombstone(name, size, modified))
+        return result
+
+    async def operator_inbox(self, limit: int) -> list[RecentMessage]:
+        return await self.broker.read_view(OPERATOR, limit)
+
+    def logs(self, name: str, lines: int) -> LogsReply:
+        record = self.registry.get(name)
+        raise RequestRefused(
+            f"no logs for {name}: the {record.backend} backend does not run it, so its output "
+            "is wherever its harness was started by hand"
+        )
+
+
+# ---------------------------------------------------------------- single instance
+
+
+@contextmanager
+def instance_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` or raise :class:`AlreadyRunning`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle: IO[str] = open(path, "a+")  # noqa: SIM115 - held for the daemon's life
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise AlreadyRunning(
+                f"another hyperhive daemon (pid {holder}) is already running with "
+                f"{path.parent}; stop it first, or use another --state-dir/--run-dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+# ---------------------------------------------------------------- the tree
+
+
+async def retention_loop(
+    hive: Hive, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    task_status.started()
+    while True:
+        deleted = await hive.broker.vacuum(hive.config.retention_seconds)
+        if deleted:
+            log.info("retention: deleted %d acked messages", deleted)
+        await trio.sleep(hive.config.retention_interval_seconds)
+
+
+@asynccontextmanager
+async def open_hive(config: Config) -> AsyncIterator[Hive]:
+    """Run the daemon's tree for the duration of the ``async with``; yields once ready."""
+    paths = config.paths
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(paths.run_dir, 0o751)
+    with instance_lock(paths.lock_file), instance_lock(paths.run_dir / "hyperhive.lock"):
+        async with open_database(
+            paths.broker_db, synchronous=config.synchronous, migrations=BROKER_MIGRATIONS
+        ) as db:
+            hive = Hive(config, db)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(hive.registry.serve)
+                await nursery.start(hive.questions.watchdog)
+                await nursery.start(retention_loop, hive)
+                await nursery.start(
+                    serve_unix_socket,
+                    paths.host_socket,
+                    Principal(SocketKind.HOST, OPERATOR),
+                    hive.api.dispatch,
+                    hive.api.closed,
+                )
+                try:
+                    yield hive
+                finally:
+                    nursery.cancel_scope.cancel()
+
+
+async def _watchdog_pings(hive: Hive, notifier: Notifier, interval: float) -> None:
+    while True:
+        # A round trip through the database writer: a wedged writer stops the pings.
+        await hive.db.transaction(lambda conn: conn.execute("SELECT 1").fetchone())
+        notifier.notify("WATCHDOG=1")
+        await trio.sleep(interval)
+
+
+async def main(config: Config, *, out: IO[str] = sys.stdout) -> None:
+    """Run until SIGTERM or SIGINT, then shut down within the grace period."""
+    notifier = Notifier.from_env()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with open_hive(config) as hive, trio.open_nursery() as nursery:
+            if notifier.watchdog_interval is not None:
+                nursery.start_soon(_watchdog_pings, hive, notifier, notifier.watchdog_interval)
+            print(
+                f"hyperhive: ready; host socket {config.paths.host_socket}, "
+                f"state {config.paths.state_dir}, backend {config.backend}, pid {os.getpid()}",
+                file=out,
+                flush=True,
+            )
+            notifier.notify("READY=1")
+            async for signum in signals:
+                log.info("received %s; shutting down", signal.Signals(signum).name)
+                break
+            notifier.notify("STOPPING=1")
+            # Cancellation reaches every task at once; only the database's in-flight batch
+            # is shielded, and that takes milliseconds.
+            nursery.cancel_scope.cancel()
+    print("hyperhive: stopped", file=out, flush=True)

@@ -1,0 +1,1 @@
+"""hyperhive-harness: what runs inside each agent's container (turn loop, Bus, MCP server)."""
