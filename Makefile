@@ -1,0 +1,58 @@
+# hyperhive — make run: start a daemon; make test: install what the tests need, lint, test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# make run keeps its state beside the checkout, so it works as a normal user.
+RUN_STATE ?= $(CURDIR)/.run/state
+RUN_DIR ?= $(CURDIR)/.run/run
+
+# The real Claude Code CLI, project-local (never global), for the end-to-end tests.
+CLAUDE := .tools/node_modules/.bin/claude
+
+.PHONY: run test lint check pytest bench clean tools
+
+$(PY):
+	@if ! $(PYTHON) -m venv $(VENV) 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); \
+	  else echo "python3 -m venv failed: install python3-venv (Debian/Ubuntu)"; exit 1; fi; \
+	fi
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	@mkdir -p $(RUN_STATE) $(RUN_DIR)
+	$(VENV)/bin/hyperhive run --state-dir $(RUN_STATE) --run-dir $(RUN_DIR)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hyperhive hyperhive_harness tests bench
+	$(VENV)/bin/ruff format --check hyperhive hyperhive_harness tests bench
+	$(VENV)/bin/mypy
+
+$(CLAUDE):
+	@if ! command -v npm >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq nodejs npm; \
+	  else echo "npm is needed to install Claude Code for the tests"; exit 1; fi; \
+	fi
+	npm install --prefix .tools --no-audit --no-fund --loglevel=error @anthropic-ai/claude-code@latest
+	@$(CLAUDE) --version
+
+tools: $(CLAUDE)
+
+pytest: $(STAMP) $(CLAUDE)
+	HYPERHIVE_TEST_CLAUDE=$(CURDIR)/$(CLAUDE) $(PY) -m pytest -q
+
+test: lint pytest
+
+bench: $(STAMP)
+	@mkdir -p bench/results
+	$(PY) -m bench.broker --out bench/results/broker.json
+
+clean:
+	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache .hypothesis

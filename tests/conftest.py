@@ -1,0 +1,184 @@
+"""Fixtures that start real daemons: in-process (``hive``) or as a subprocess (``daemon``).
+
+Both use real unix sockets and real sqlite files under a short temporary directory (unix
+socket paths are limited to 107 bytes, so pytest's long tmp paths are not used for them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from hyperhive.client import Client
+from hyperhive.config import Config, Paths
+from hyperhive.supervisor import Hive, open_hive
+
+#: Wall-clock limit of one trio test; a hung test fails instead of hanging the run.
+TRIO_TEST_TIMEOUT = float(os.environ.get("HYPERHIVE_TEST_TIMEOUT", "120"))
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip when a real component is missing, but fail in CI, where it must be there."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"missing in CI: {reason}")
+    pytest.skip(reason)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Function) and item.get_closest_marker("trio"):
+            item.fixturenames.append("_trio_deadline")
+
+
+@pytest.fixture
+async def _trio_deadline() -> AsyncIterator[None]:
+    """Fail a trio test that runs past the wall-clock limit (a watchdog thread, not a signal)."""
+    finished = threading.Event()
+
+    async def watchdog() -> None:
+        expired = await trio.to_thread.run_sync(
+            lambda: not finished.wait(TRIO_TEST_TIMEOUT), abandon_on_cancel=True
+        )
+        if expired:
+            raise TimeoutError(f"test ran longer than {TRIO_TEST_TIMEOUT} s")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watchdog)
+        yield
+        finished.set()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="hh-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make_paths(root: Path) -> Paths:
+    return Paths(state_dir=root / "state", run_dir=root / "run")
+
+
+@pytest.fixture
+async def hive(short_tmp: Path) -> AsyncIterator[Hive]:
+    """A daemon running inside the test's trio run, on real sockets and a real database."""
+    async with open_hive(Config(paths=make_paths(short_tmp))) as h:
+        yield h
+
+
+async def connect_agent(paths: Paths, name: str, *, role: str | None = None) -> Client:
+    return await Client.connect(paths.agent_socket(name), hello_role=role)
+
+
+@attrs.define
+class DaemonProcess:
+    """``hyperhive run`` as a real subprocess, for crash, signal and CPU tests."""
+
+    paths: Paths
+    env: dict[str, str]
+    proc: trio.Process | None = None
+    output: list[str] = attrs.Factory(list)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "hyperhive",
+            "run",
+            "--state-dir",
+            str(self.paths.state_dir),
+            "--run-dir",
+            str(self.paths.run_dir),
+        ]
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self.output = []
+        self.proc = await trio.lowlevel.open_process(
+            self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env
+        )
+        ready = trio.Event()
+        nursery.start_soon(self._pump, self.proc, ready)
+        with trio.fail_after(30):
+            await ready.wait()
+        if not any("ready" in line for line in self.output):
+            raise RuntimeError("daemon exited before it was ready:\n" + "".join(self.output))
+
+    async def _pump(self, proc: trio.Process, ready: trio.Event) -> None:
+        assert proc.stdout is not None
+        buf = b""
+        async with proc.stdout:
+            while True:
+                data = await proc.stdout.receive_some(65536)
+                if not data:
+                    break
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    text = line.decode(errors="replace") + "\n"
+                    self.output.append(text)
+                    if "hyperhive: ready" in text:
+                        ready.set()
+        ready.set()
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        with trio.fail_after(15):
+            return await self.proc.wait()
+
+    async def kill(self) -> None:
+        await self.stop(signal.SIGKILL)
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the daemon from /proc/<pid>/stat."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    async def host(self) -> Client:
+        return await Client.connect(self.paths.host_socket, hello_role="cli")
+
+    async def call(self, payload: dict[str, Any]) -> dict[str, Any]:
+        async with await self.host() as client:
+            return await client.request(payload)
+
+
+@pytest.fixture
+async def daemon(short_tmp: Path, nursery: trio.Nursery) -> AsyncIterator[DaemonProcess]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("NOTIFY_SOCKET", None)
+    d = DaemonProcess(make_paths(short_tmp), env)
+    await d.start(nursery)
+    yield d
+    if d.proc is not None and d.proc.returncode is None:
+        d.proc.send_signal(signal.SIGKILL)
+        with trio.CancelScope(shield=True), trio.fail_after(15):
+            await d.proc.wait()
