@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,27 @@ async def hive(short_tmp: Path) -> AsyncIterator[Hive]:
 
 async def connect_agent(paths: Paths, name: str, *, role: str | None = None) -> Client:
     return await Client.connect(paths.agent_socket(name), hello_role=role)
+
+
+Connect = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def connect(hive: Hive) -> AsyncIterator[Connect]:
+    """Open agent connections on ``hive`` that are closed at teardown."""
+    opened: list[Client] = []
+
+    async def _connect(name: str, *, role: str | None = None, spawn: bool = True) -> Client:
+        if spawn and name != "manager":
+            await hive.spawn(name)
+        client = await connect_agent(hive.config.paths, name, role=role)
+        opened.append(client)
+        return client
+
+    yield _connect
+    for client in opened:
+        with trio.CancelScope(shield=True):
+            await client.aclose()
 
 
 @attrs.define
@@ -182,3 +203,61 @@ async def daemon(short_tmp: Path, nursery: trio.Nursery) -> AsyncIterator[Daemon
         d.proc.send_signal(signal.SIGKILL)
         with trio.CancelScope(shield=True), trio.fail_after(15):
             await d.proc.wait()
+
+
+@attrs.define
+class SyncDaemon:
+    """A daemon subprocess for synchronous (e.g. hypothesis) tests, talked to with stdlib sockets."""
+
+    paths: Paths
+    proc: subprocess.Popen[bytes]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@pytest.fixture
+def sync_daemon(short_tmp: Path) -> Iterator[SyncDaemon]:
+    import select
+
+    paths = make_paths(short_tmp)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("NOTIFY_SOCKET", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "hyperhive",
+        "run",
+        "--state-dir",
+        str(paths.state_dir),
+        "--run-dir",
+        str(paths.run_dir),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    assert proc.stdout is not None
+    seen = b""
+    deadline = 30.0
+    import time
+
+    end = time.monotonic() + deadline
+    while b"hyperhive: ready" not in seen:
+        left = end - time.monotonic()
+        if left <= 0 or proc.poll() is not None:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            raise RuntimeError(f"daemon did not become ready: {seen.decode(errors='replace')}")
+        ready, _, _ = select.select([proc.stdout], [], [], left)
+        if ready:
+            seen += os.read(proc.stdout.fileno(), 65536)
+    try:
+        yield SyncDaemon(paths, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()

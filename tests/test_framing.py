@@ -1,0 +1,44 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hyperhive.protocol import OVERSIZED, LineBuffer
+
+
+def test_lines_split_across_chunks() -> None:
+    buf = LineBuffer(max_line=100)
+    assert list(buf.feed(b'{"a":')) == []
+    assert list(buf.feed(b'1}\n{"b"')) == [b'{"a":1}']
+    assert list(buf.feed(b":2}\n\n")) == [b'{"b":2}', b""]
+
+
+def test_oversized_line_is_discarded_up_to_its_newline() -> None:
+    buf = LineBuffer(max_line=10)
+    out = []
+    for _ in range(100):
+        out += list(buf.feed(b"x" * 7))
+        assert buf.buffered <= 10
+    out += list(buf.feed(b"tail\nok\n"))
+    assert out == [OVERSIZED, b"ok"]
+
+
+def test_exact_bound_is_accepted() -> None:
+    buf = LineBuffer(max_line=5)
+    assert list(buf.feed(b"12345\n123456\n1\n")) == [b"12345", OVERSIZED, b"1"]
+
+
+@given(
+    st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")), max_size=10),
+    st.lists(st.integers(min_value=1, max_value=17), min_size=1, max_size=20),
+)
+def test_chunking_does_not_change_the_lines(lines: list[bytes], cuts: list[int]) -> None:
+    data = b"".join(line + b"\n" for line in lines)
+    buf = LineBuffer(max_line=20)
+    out: list[object] = []
+    pos, i = 0, 0
+    while pos < len(data):
+        step = cuts[i % len(cuts)]
+        out += list(buf.feed(data[pos : pos + step]))
+        assert buf.buffered <= 20
+        pos += step
+        i += 1
+    assert out == [line if len(line) <= 20 else OVERSIZED for line in lines]
