@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from typing import Final
 
@@ -254,10 +255,17 @@ class Broker:
         self._allowed = allowed_recipients
         self._clock = clock
         self._waiters: dict[str, trio.Event] = {}
+        self._parked: Counter[str] = Counter()
+        self._parked_changed = trio.Event()
 
-    def parked(self) -> int:
-        """How many recipients have a receiver parked right now."""
-        return len(self._waiters)
+    def parked(self, recipient: str | None = None) -> int:
+        """How many receivers are parked right now (for one recipient, or in all)."""
+        return self._parked[recipient] if recipient else self._parked.total()
+
+    async def wait_parked(self, recipient: str, count: int = 1) -> None:
+        """Return once at least ``count`` receivers of ``recipient`` are parked."""
+        while self._parked[recipient] < count:
+            await self._parked_changed.wait()
 
     def prepare(
         self, sender: str, to: str, body: str, in_reply_to: int | None = None
@@ -339,8 +347,19 @@ class Broker:
                 return messages
             if trio.current_time() >= deadline:
                 return []
-            with trio.move_on_at(deadline):
-                await waiter.wait()
+            self._park(recipient, +1)
+            try:
+                with trio.move_on_at(deadline):
+                    await waiter.wait()
+            finally:
+                self._park(recipient, -1)
+
+    def _park(self, recipient: str, delta: int) -> None:
+        self._parked[recipient] += delta
+        if self._parked[recipient] <= 0:
+            del self._parked[recipient]
+        self._parked_changed.set()
+        self._parked_changed = trio.Event()
 
     async def ack(self, recipient: str, ids: list[int]) -> int:
         now = self._clock()

@@ -207,7 +207,7 @@ async def daemon(short_tmp: Path, nursery: trio.Nursery) -> AsyncIterator[Daemon
 
 @attrs.define
 class SyncDaemon:
-    """A daemon subprocess for synchronous (e.g. hypothesis) tests, talked to with stdlib sockets."""
+    """A daemon subprocess for synchronous tests (hypothesis), reached with stdlib sockets."""
 
     paths: Paths
     proc: subprocess.Popen[bytes]

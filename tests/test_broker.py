@@ -182,8 +182,7 @@ async def test_parked_recv_is_woken_by_the_send(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(park)
         with trio.fail_after(5):
-            while hive.broker.parked() == 0:
-                await trio.sleep(0.001)
+            await hive.broker.wait_parked("bob")
         await c["alice"].call(Send("bob", "wake up"))
     assert got == ["wake up"]
 
