@@ -225,6 +225,7 @@ class Api:
                     pending_approvals=len(await hive.approvals.list(pending_only=True)),
                     open_questions=len(await hive.questions.list()),
                     operator_unread=unread.get(OPERATOR, 0),
+                    parked_receivers=hive.broker.parked(),
                 )
             case List():
                 return AgentsReply(agents=await self._agent_infos())

@@ -151,11 +151,12 @@ class Hive:
         record = self.registry.get(name)
         if name == MANAGER:
             raise RequestRefused("the manager cannot be destroyed or purged")
-        if record.state != AgentState.DESTROYED:
-            await self.registry.destroy(name)
-            await self.approvals.fail_pending_for(name, "agent destroyed")
         if purge:
+            # Purge wipes state for good; it only takes a tombstone, never a live agent.
             await self.registry.purge(name)
+            return
+        await self.registry.destroy(name)
+        await self.approvals.fail_pending_for(name, "agent destroyed")
 
     async def tombstones(self) -> list[Tombstone]:
         dead = [r.name for r in self.registry.all() if r.state == AgentState.DESTROYED]

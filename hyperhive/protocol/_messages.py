@@ -332,6 +332,8 @@ class HostStatusReply(Reply):
     pending_approvals: int
     open_questions: int
     operator_unread: int
+    #: Receivers parked in a long-poll ``recv`` right now.
+    parked_receivers: int
 
 
 @attrs.frozen

@@ -1,0 +1,154 @@
+"""The approval queue: dedupe, approve/deny with notes, the manager always hears."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hyperhive.approvals import check_commit_ref
+from hyperhive.errors import RequestRefused
+from hyperhive.supervisor import Hive
+from tests.conftest import Connect
+
+
+async def manager_events(hive: Hive) -> list[dict[str, object]]:
+    messages = await hive.broker.recv("manager", limit=32)
+    out = []
+    for m in messages:
+        kind, _, payload = m.body.partition(" ")
+        assert m.from_ == "system" and kind == "approval_resolved"
+        out.append(json.loads(payload))
+    return out
+
+
+async def test_spawn_request_dedupes_and_approve_creates_the_agent(
+    hive: Hive, connect: Connect
+) -> None:
+    manager = await connect("manager")
+    first = await manager.request({"cmd": "request_spawn", "name": "alice", "description": "dev"})
+    again = await manager.request({"cmd": "request_spawn", "name": "alice"})
+    assert first["approval"]["id"] == again["approval"]["id"]
+    assert [a.agent for a in await hive.approvals.list(pending_only=True)] == ["alice"]
+    assert "alice" not in hive.registry.known()
+    assert not hive.config.paths.agent_dir("alice").exists()
+
+    approved = await hive.approvals.approve(first["approval"]["id"])
+    assert approved.status == "approved" and approved.resolved_at is not None
+    assert "alice" in hive.registry.live()
+    assert hive.config.paths.agent_socket("alice").exists()
+    for sub in ("config", "claude", "state"):
+        assert (hive.config.paths.agent_dir("alice") / sub).is_dir()
+    [event] = await manager_events(hive)
+    assert event == {
+        "id": approved.id,
+        "agent": "alice",
+        "kind": "spawn",
+        "commit_ref": None,
+        "status": "approved",
+        "note": None,
+    }
+    # Decided once: a second decision is refused.
+    with pytest.raises(RequestRefused, match="already approved"):
+        await hive.approvals.deny(approved.id, "late")
+    # A new request for the same name is refused now that the agent exists.
+    reply = await manager.request({"cmd": "request_spawn", "name": "alice"})
+    assert reply["ok"] is False and "already exists" in reply["error"]
+
+
+async def test_deny_with_note_creates_nothing(hive: Hive, connect: Connect) -> None:
+    manager = await connect("manager")
+    req = await manager.request({"cmd": "request_spawn", "name": "bob"})
+    denied = await hive.approvals.deny(req["approval"]["id"], "not today")
+    assert (denied.status, denied.note) == ("denied", "not today")
+    assert "bob" not in hive.registry.known()
+    assert not hive.config.paths.agent_dir("bob").exists()
+    [event] = await manager_events(hive)
+    assert event["status"] == "denied" and event["note"] == "not today"
+    # History keeps the decision; a fresh request makes a new row.
+    again = await manager.request({"cmd": "request_spawn", "name": "bob"})
+    assert again["approval"]["id"] != req["approval"]["id"]
+
+
+async def test_spawn_names_are_validated_before_anything(hive: Hive, connect: Connect) -> None:
+    manager = await connect("manager")
+    for name in ["../x", "a/b", "UPPER", "toolongname1", "operator", "manager", ""]:
+        reply = await manager.request({"cmd": "request_spawn", "name": name})
+        assert reply["ok"] is False, name
+        assert "name" in reply["error"] or "exists" in reply["error"], reply
+    assert await hive.approvals.list(pending_only=False) == []
+    assert sorted(p.name for p in (hive.config.paths.state_dir / "agents").iterdir()) == ["manager"]
+
+
+async def test_apply_commit_request_validation_and_dedupe(hive: Hive, connect: Connect) -> None:
+    manager = await connect("manager")
+    await hive.spawn("alice")
+    for ref in ["main", "HEAD~1", "abc", "ABCDEF1", "g" * 7, "a" * 41]:
+        reply = await manager.request(
+            {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": ref}
+        )
+        assert reply["ok"] is False and "commit" in reply["error"], ref
+    one = await manager.request(
+        {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": "abcdef1"}
+    )
+    two = await manager.request(
+        {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": "abcdef1"}
+    )
+    other = await manager.request(
+        {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": "abcdef2"}
+    )
+    assert one["approval"]["id"] == two["approval"]["id"] != other["approval"]["id"]
+    ghost = await manager.request(
+        {"cmd": "request_apply_commit", "agent": "ghost", "commit_ref": "abcdef1"}
+    )
+    assert ghost["ok"] is False and "no agent" in ghost["error"]
+
+
+async def test_apply_commit_approval_fails_visibly_until_deploys_exist(
+    hive: Hive, connect: Connect
+) -> None:
+    await hive.spawn("alice")
+    info = await hive.request_apply_commit("alice", "abcdef1", None)
+    result = await hive.approvals.approve(info.id)
+    assert result.status == "failed" and "cannot be carried out" in (result.note or "")
+    [event] = await manager_events(hive)
+    assert event["status"] == "failed" and event["note"] == result.note
+
+
+async def test_destroy_fails_pending_approvals(hive: Hive) -> None:
+    await hive.spawn("alice")
+    info = await hive.request_apply_commit("alice", "abcdef1", None)
+    await hive.destroy("alice", purge=False)
+    after = await hive.approvals.get(info.id)
+    assert (after.status, after.note) == ("failed", "agent destroyed")
+    assert (await manager_events(hive))[0]["note"] == "agent destroyed"
+    assert not hive.config.paths.agent_socket("alice").exists()
+    assert hive.config.paths.agent_dir("alice").exists()  # tombstone keeps state
+    [tomb] = await hive.tombstones()
+    assert tomb.name == "alice"
+    # Revive goes through a spawn approval that reuses the kept state.
+    revive = await hive.revive("alice")
+    (hive.config.paths.agent_dir("alice") / "state" / "notes.md").write_text("kept")
+    await hive.approvals.approve(revive.id)
+    assert "alice" in hive.registry.live()
+    assert (hive.config.paths.agent_dir("alice") / "state" / "notes.md").read_text() == "kept"
+
+
+async def test_purge_rules(hive: Hive) -> None:
+    await hive.spawn("alice")
+    with pytest.raises(RequestRefused, match="manager"):
+        await hive.destroy("manager", purge=True)
+    with pytest.raises(RequestRefused, match="live"):
+        await hive.destroy("alice", purge=True)
+    assert hive.config.paths.agent_dir("alice").exists()
+    await hive.destroy("alice", purge=False)
+    await hive.destroy("alice", purge=True)
+    assert not hive.config.paths.agent_dir("alice").exists()
+    assert "alice" not in hive.registry.known()
+
+
+def test_commit_ref_rule() -> None:
+    assert check_commit_ref("0123abc") == "0123abc"
+    assert check_commit_ref("f" * 40) == "f" * 40
+    with pytest.raises(RequestRefused):
+        check_commit_ref("0123ab")
