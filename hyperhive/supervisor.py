@@ -148,7 +148,7 @@ class Hive:
         )
 
     async def destroy(self, name: str, *, purge: bool) -> None:
-        record = self.registry.get(name)
+        self.registry.get(name)
         if name == MANAGER:
             raise RequestRefused("the manager cannot be destroyed or purged")
         if purge:

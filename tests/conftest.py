@@ -30,6 +30,15 @@ TRIO_TEST_TIMEOUT = float(os.environ.get("HYPERHIVE_TEST_TIMEOUT", "120"))
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]], *, limit: float = 10, interval: float = 0.005
+) -> None:
+    """Poll a condition held by another process, with a deadline (no event exists for it)."""
+    with trio.fail_after(limit):
+        while not await predicate():  # noqa: ASYNC110 - the state lives in another process
+            await trio.sleep(interval)
+
+
 def need(condition: bool, reason: str) -> None:
     """Skip when a real component is missing, but fail in CI, where it must be there."""
     if condition:

@@ -11,7 +11,7 @@ import trio
 
 from hyperhive.client import Client
 from hyperhive.protocol import Recv, Send, Spawn
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, wait_until
 
 
 async def spawn_agents(daemon: DaemonProcess, names: list[str]) -> None:
@@ -33,7 +33,11 @@ async def test_parked_recv_returns_within_milliseconds_of_the_send(
             received = trio.Event()
             sent_at: list[float] = []
 
-            async def park(expected: str = f"ping {i}", done: trio.Event = received) -> None:
+            async def park(
+                expected: str = f"ping {i}",
+                done: trio.Event = received,
+                sent_at: list[float] = sent_at,
+            ) -> None:
                 reply = await bob.call(Recv(wait_seconds=180))
                 assert [m.body for m in reply.messages] == [expected]  # type: ignore[attr-defined]
                 latencies.append(time.perf_counter() - sent_at[0])
@@ -54,9 +58,11 @@ async def test_parked_recv_returns_within_milliseconds_of_the_send(
 
 async def wait_until_parked(daemon: DaemonProcess, count: int) -> None:
     """Poll the daemon's own count of parked receivers, with a deadline."""
-    with trio.fail_after(10):
-        while (await daemon.call({"cmd": "status"}))["parked_receivers"] < count:
-            await trio.sleep(0.002)
+
+    async def parked() -> bool:
+        return bool((await daemon.call({"cmd": "status"}))["parked_receivers"] >= count)
+
+    await wait_until(parked)
 
 
 async def test_fifty_parked_receivers_cost_no_cpu(daemon: DaemonProcess) -> None:
