@@ -1,0 +1,202 @@
+"""``hyperhive run`` as an operator starts it: lock, signals, sd_notify, normal users, make run."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from hyperhive.client import Client
+from hyperhive.errors import ClientError
+from tests.conftest import DaemonProcess, need, wait_until
+
+
+async def _parked(daemon: DaemonProcess) -> bool:
+    return bool((await daemon.call({"cmd": "status"}))["parked_receivers"] >= 1)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def test_second_daemon_refuses_and_first_keeps_serving(daemon: DaemonProcess) -> None:
+    async with await Client.connect(daemon.paths.agent_socket("manager")) as manager:
+        assert (await manager.request({"cmd": "status"}))["ok"]
+        result = await trio.run_process(
+            daemon.command(), capture_stdout=True, capture_stderr=True, check=False
+        )
+        assert result.returncode == 1
+        err = result.stderr.decode()
+        assert "already running" in err and str(daemon.pid) in err
+        # The first daemon's sockets were not touched: the open connection and new ones work.
+        assert (await manager.request({"cmd": "status"}))["ok"]
+    assert (await daemon.call({"cmd": "status"}))["pid"] == daemon.pid
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_stops_gracefully(daemon: DaemonProcess, sig: int) -> None:
+    hung_up: list[str] = []
+
+    async def park(manager: Client) -> None:
+        try:
+            await manager.request({"cmd": "recv", "wait_seconds": 180})
+        except ClientError as exc:
+            hung_up.append(str(exc))
+
+    async with (
+        await Client.connect(daemon.paths.agent_socket("manager")) as manager,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(park, manager)
+        await wait_until(
+            lambda: _parked(daemon)  # a parked receiver must not hold the shutdown up
+        )
+        start = time.monotonic()
+        assert await daemon.stop(sig) == 0
+    assert time.monotonic() - start < 10
+    assert hung_up == ["the daemon closed the connection"]
+    assert any("hyperhive: stopped" in line for line in daemon.output)
+    assert not daemon.paths.host_socket.exists()
+    assert not daemon.paths.agent_socket("manager").exists()
+
+
+async def test_sd_notify_ready_watchdog_stopping(short_tmp: Path) -> None:
+    notify_path = short_tmp / "notify.sock"
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    await sock.bind(str(notify_path))
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": str(notify_path),
+        "WATCHDOG_USEC": "200000",  # ping every 0.1 s
+        "PYTHONUNBUFFERED": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "hyperhive",
+        "run",
+        "--state-dir",
+        str(short_tmp / "s"),
+        "--run-dir",
+        str(short_tmp / "r"),
+    ]
+    proc = await trio.lowlevel.open_process(cmd, env=env, stdout=subprocess.DEVNULL)
+    seen: list[str] = []
+    try:
+        with trio.fail_after(20):
+            while seen.count("WATCHDOG=1") < 3:
+                seen.append((await sock.recv(1024)).decode())
+        assert seen[0] == "READY=1"
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            while "STOPPING=1" not in seen:
+                seen.append((await sock.recv(1024)).decode())
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        sock.close()
+
+
+async def test_runs_as_a_normal_user_with_default_dirs(short_tmp: Path) -> None:
+    need(shutil.which("setpriv") is not None, "setpriv (util-linux) is needed")
+    if os.geteuid() != 0:
+        pytest.skip("already a normal user: every other test covers this")
+    nobody = pwd.getpwnam("nobody")
+    home = short_tmp / "home"
+    home.mkdir()
+    os.chown(home, nobody.pw_uid, nobody.pw_gid)
+    short_tmp.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYPERHIVE_", "XDG_"))}
+    env |= {"HOME": str(home), "XDG_RUNTIME_DIR": str(home / "rt"), "PYTHONUNBUFFERED": "1"}
+    (home / "rt").mkdir()
+    os.chown(home / "rt", nobody.pw_uid, nobody.pw_gid)
+    cmd = [
+        "setpriv",
+        f"--reuid={nobody.pw_uid}",
+        f"--regid={nobody.pw_gid}",
+        "--clear-groups",
+        sys.executable,
+        "-m",
+        "hyperhive",
+        "run",
+    ]
+    proc = await trio.lowlevel.open_process(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(home)
+    )
+    assert proc.stdout is not None
+    out = b""
+    try:
+        with trio.fail_after(30):
+            while b"hyperhive: ready" not in out:
+                chunk = await proc.stdout.receive_some(4096)
+                assert chunk, out.decode()
+                out += chunk
+        state = home / ".local" / "state" / "hyperhive"
+        assert (state / "broker.sqlite").exists()
+        assert (home / "rt" / "hyperhive" / "host.sock").exists()
+        assert (state / "broker.sqlite").stat().st_uid == nobody.pw_uid
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        with trio.fail_after(15):
+            assert await proc.wait() == 0
+        rest = await proc.stdout.receive_some(4096)
+        assert b"hyperhive: stopped" in out + rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await proc.stdout.aclose()
+
+
+async def test_make_run_starts_and_ctrl_c_stops(short_tmp: Path) -> None:
+    need(shutil.which("make") is not None, "make is needed")
+    venv = Path(sys.prefix)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERHIVE_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    cmd = [
+        "make",
+        "--no-print-directory",
+        "-C",
+        str(REPO),
+        "run",
+        f"VENV={venv}",
+        f"RUN_STATE={short_tmp}/state",
+        f"RUN_DIR={short_tmp}/run",
+    ]
+    proc = await trio.lowlevel.open_process(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    assert proc.stdout is not None
+    out = b""
+    try:
+        with trio.fail_after(120):
+            while b"hyperhive: ready" not in out:
+                chunk = await proc.stdout.receive_some(4096)
+                assert chunk, out.decode()
+                out += chunk
+        assert (short_tmp / "run" / "host.sock").exists()
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        with trio.fail_after(15):
+            while True:
+                chunk = await proc.stdout.receive_some(4096)
+                if not chunk:
+                    break
+                out += chunk
+            await proc.wait()
+        assert b"hyperhive: stopped" in out, out.decode()
+        assert b"Traceback" not in out, out.decode()
+        assert not (short_tmp / "run" / "host.sock").exists()
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        await proc.stdout.aclose()
