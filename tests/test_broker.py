@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -245,3 +246,27 @@ async def test_empty_body_refused(hive: Hive, agents: Agents, connect: Connect) 
         assert "empty" in str(exc)
     else:
         raise AssertionError("empty body accepted")
+
+
+async def test_retention_deletes_only_old_acked_messages(hive: Hive, agents: Agents) -> None:
+    c = await agents("alice", "bob")
+    ids = [(await c["alice"].call(Send("bob", f"m{i}"))).id for i in range(4)]  # type: ignore[attr-defined]
+    await c["bob"].call(Recv(max=2))  # m0, m1 acked now
+    await c["bob"].call(Recv(ack=False))  # m2 delivered, not acked; m3 never delivered
+    month_ago = 31 * 24 * 3600
+
+    def backdate(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE messages SET sent_at = sent_at - ?, "
+            "acked_at = acked_at - ? WHERE id IN (?, ?, ?)",
+            (month_ago, month_ago, ids[0], ids[2], ids[3]),
+        )
+
+    await hive.db.transaction(backdate)
+    reply = await c["bob"].request({"cmd": "status"})
+    assert reply["unread"] == 1
+    assert await hive.broker.vacuum(hive.config.retention_seconds) == 1  # only m0
+    left = await hive.db.transaction(
+        lambda conn: [r[0] for r in conn.execute("SELECT id FROM messages ORDER BY id")]
+    )
+    assert left == ids[1:]
