@@ -332,7 +332,8 @@ class Broker:
             messages = await self._db.transaction(
                 functools.partial(
                     sql_take, recipient=recipient, limit=limit, ack=ack, now=self._clock()
-                )
+                ),
+                durable=False,
             )
             if messages:
                 for m in messages:

@@ -6,6 +6,11 @@ and runs it in a single ``BEGIN IMMEDIATE … COMMIT`` on one worker-thread hop 
 each function inside its own savepoint, so a failing function rolls back alone and a burst of
 concurrent writers shares one fsync. A function's result is returned only after the commit,
 so whatever the caller was told is durable at the database's ``synchronous`` level.
+
+Work that may be lost in a power cut without breaking a promise (marking a message as
+handed out: the worst case is handing it out again, which at-least-once delivery allows)
+is queued with ``durable=False``; a batch made only of such work commits at ``NORMAL``
+(no fsync in WAL mode), and any durable job in the batch makes it fsync as configured.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class DatabaseClosed(RuntimeError):
 @attrs.define(eq=False)
 class _Job(Generic[T]):
     fn: Callable[[sqlite3.Connection], T]
+    durable: bool = True
     done: trio.Event = attrs.field(factory=trio.Event)
     result: T | None = None
     error: BaseException | None = None
@@ -85,8 +91,10 @@ def _check_sync(level: str) -> str:
 class Database:
     """Serialises every transaction of one sqlite file through one connection."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, synchronous: str = "FULL") -> None:
         self._conn = conn
+        self._synchronous = _check_sync(synchronous)
+        self._current_sync = self._synchronous
         self._queue: list[_Job[Any]] = []
         self._wakeup = trio.Event()
         self._closed = False
@@ -96,8 +104,13 @@ class Database:
     def statistics(self) -> DatabaseStatistics:
         return DatabaseStatistics(self._transactions, self._batches, len(self._queue))
 
-    async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def transaction(
+        self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True
+    ) -> T:
         """Run ``fn`` inside a committed transaction and return its result.
+
+        ``durable=False`` lets the commit skip the fsync when nothing else in its batch
+        needs one (see the module docstring for what may use it).
 
         Once queued, the work runs even if the caller is cancelled, so the caller waits for
         it shielded: a half-known outcome (a message marked delivered to nobody) is worse
@@ -105,7 +118,7 @@ class Database:
         """
         if self._closed:
             raise DatabaseClosed("the database is closed")
-        job: _Job[T] = _Job(fn)
+        job: _Job[T] = _Job(fn, durable)
         self._queue.append(job)
         self._wakeup.set()
         with trio.CancelScope(shield=True):
@@ -144,7 +157,13 @@ class Database:
     def _run_batch(self, batch: list[_Job[Any]]) -> sqlite3.Error | None:
         """Run one batch; return the error if the transaction itself failed."""
         conn = self._conn
+        level = self._synchronous
+        if level in ("FULL", "EXTRA") and not any(job.durable for job in batch):
+            level = "NORMAL"
         try:
+            if level != self._current_sync:
+                conn.execute(f"PRAGMA synchronous = {level}")
+                self._current_sync = level
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             for job in batch:
@@ -180,7 +199,7 @@ async def open_database(
     conn = await trio.to_thread.run_sync(
         lambda: connect(path, synchronous=synchronous, migrations=migrations)
     )
-    db = Database(conn)
+    db = Database(conn, synchronous)
     async with trio.open_nursery() as nursery:
         await nursery.start(db.serve)
         try:
