@@ -13,14 +13,15 @@ CLAUDE := .tools/node_modules/.bin/claude
 
 .PHONY: run test lint check pytest bench clean tools
 
-$(PY):
+# pyvenv.cfg marks the venv (bin/python may be a link into a directory others cannot stat).
+$(VENV)/pyvenv.cfg:
 	@if ! $(PYTHON) -m venv $(VENV) 2>/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); \
 	  else echo "python3 -m venv failed: install python3-venv (Debian/Ubuntu)"; exit 1; fi; \
 	fi
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml | $(VENV)/pyvenv.cfg
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)

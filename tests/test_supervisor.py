@@ -158,6 +158,7 @@ async def test_runs_as_a_normal_user_with_default_dirs(short_tmp: Path) -> None:
 
 
 async def test_make_run_starts_and_ctrl_c_stops(short_tmp: Path) -> None:
+    """``make run`` as the current user, then Ctrl-C (the normal-user case is tested above)."""
     need(shutil.which("make") is not None, "make is needed")
     venv = Path(sys.prefix)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERHIVE_")}
@@ -184,6 +185,7 @@ async def test_make_run_starts_and_ctrl_c_stops(short_tmp: Path) -> None:
                 assert chunk, out.decode()
                 out += chunk
         assert (short_tmp / "run" / "host.sock").exists()
+        assert (short_tmp / "state" / "broker.sqlite").exists()
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         with trio.fail_after(15):
             while True:
