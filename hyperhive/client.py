@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import trio
 
 from hyperhive.config import MAX_LINE_BYTES, PROTOCOL_VERSION
-from hyperhive.errors import ClientError
+from hyperhive.errors import ClientError, ConnectionLost
 from hyperhive.protocol import (
     OVERSIZED,
     REPLIES,
@@ -77,7 +77,7 @@ class Client:
         while not self._lines:
             data = await self._stream.receive_some(65536)
             if not data:
-                raise ClientError("the daemon closed the connection")
+                raise ConnectionLost("the daemon closed the connection")
             for line in self._buffer.feed(data):
                 if line is OVERSIZED:
                     raise ClientError("reply longer than the protocol allows")

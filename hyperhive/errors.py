@@ -6,6 +6,7 @@
     │                     recipient, not the question's target, name taken, ...)
     ├── AlreadyRunning    another daemon holds the state directory's lock
     └── ClientError       the daemon answered ``ok: false`` (raised on the client side)
+        └── ConnectionLost    the daemon closed the connection (it stopped or restarted)
 
 Each of the first two becomes ``{"ok": false, "error": str(exc)}`` on the wire and leaves the
 connection usable.
@@ -32,3 +33,7 @@ class AlreadyRunning(HyperhiveError):
 
 class ClientError(HyperhiveError):
     """The daemon answered a request with ``ok: false``."""
+
+
+class ConnectionLost(ClientError):
+    """The daemon closed the connection before replying; reconnecting may help."""

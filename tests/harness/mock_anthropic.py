@@ -42,7 +42,24 @@ Read what was sent::
     req.last_user_text, req.tool_results     # newest user turn; tool_result blocks seen
     mock.requests                            # everything, side requests and probes included
 
-``wait_for_requests`` waits on an event (no polling) with a deadline (``timeout``, 30 s).
+``wait_for_requests`` waits on an event (no polling) with a deadline (``within``, 30 s).
+
+What Claude Code 2.1.x sends, seen with this mock (``claude_env`` settings):
+
+- One ``POST /v1/messages?beta=true`` per model step, ``stream: true``, carrying every tool
+  (built-ins plus ``mcp__<server>__<tool>``); the prompt is the last text block of the first
+  user message (earlier blocks are ``<system-reminder>``s; ``last_user_text`` skips them).
+  ``messages`` may also hold ``role: "system"`` entries. ``x-api-key`` is the env's key.
+- No side requests at all with ``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`` (without it
+  a ``HEAD /api/hello`` probe comes first). ``--continue`` sends no extra request either.
+- A failed stream (``stream_error``) is retried streaming, then once *without* streaming:
+  that is when the JSON path answers.
+- ``CLAUDE_CODE_MAX_RETRIES=0`` makes an error final after one request (~0.4 s); with 1, one
+  retry after ~0.5 s (or ``retry-after``). The run then exits 1; its ``result`` event has
+  ``is_error: true``, ``terminal_reason: "api_error"``, ``api_error_status`` (429/401/500)
+  and ``api_error_type``, and the ``assistant`` event before it has ``error``
+  (``rate_limit``, ``authentication_failed``, ...) — while ``subtype`` still says "success".
+- ``--allowedTools`` takes several values: put the prompt after ``--``.
 """
 
 from __future__ import annotations
@@ -218,11 +235,20 @@ class RecordedRequest:
 
     @property
     def last_user_text(self) -> str:
-        """Text blocks of the newest user message (tool results excluded)."""
+        """Text of the newest user message, without tool results and ``<system-reminder>``s.
+
+        For the first request of a ``claude -p "<prompt>"`` run this is the prompt.
+        """
         for msg in reversed(self.messages):
             if msg.get("role") == "user":
                 return _content_text(msg.get("content"))
         return ""
+
+    @property
+    def user_texts(self) -> list[str]:
+        """Text of every user message, oldest first (same filtering as ``last_user_text``)."""
+        texts = (_content_text(m.get("content")) for m in self.messages if m.get("role") == "user")
+        return [t for t in texts if t]
 
     @property
     def tool_results(self) -> list[dict[str, Any]]:
@@ -240,12 +266,14 @@ class RecordedRequest:
 
 def _content_text(content: Any) -> str:
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
+        parts = [content]
+    elif isinstance(content, list):
+        parts = [
             b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"
-        )
-    return ""
+        ]
+    else:
+        parts = []
+    return "\n".join(p for p in parts if not p.lstrip().startswith("<system-reminder>"))
 
 
 def tool_result_text(block: dict[str, Any]) -> str:
@@ -254,7 +282,11 @@ def tool_result_text(block: dict[str, Any]) -> str:
 
 
 def classify(method: str, path: str, body: Any) -> Kind:
-    """``main``: a Messages call carrying tools (the agent loop); ``side``: one without."""
+    """``main``: a Messages call carrying tools (the agent loop); ``side``: one without.
+
+    Replace ``MockAnthropic.classify`` for another split (e.g. a run with ``--tools ""``
+    and no MCP server sends its turns without tools).
+    """
     route = path.split("?", 1)[0].rstrip("/")
     if method == "POST" and route == "/v1/messages":
         if isinstance(body, dict) and body.get("tools"):
@@ -282,6 +314,7 @@ class MockAnthropic:
         self._side_queue: list[Scripted] = []
         self._changed = trio.Event()
         self._ids = itertools.count(1)
+        self.classify: Callable[[str, str, Any], Kind] = classify
 
     # -------------------------------------------------------- scripting
 
@@ -318,10 +351,10 @@ class MockAnthropic:
         return [r for r in self.requests if r.kind == kind]
 
     async def wait_for_requests(
-        self, n: int, *, kind: Kind | Literal["all"] = "main", timeout: float = 30
+        self, n: int, *, kind: Kind | Literal["all"] = "main", within: float = 30
     ) -> list[RecordedRequest]:
         """Wait until at least ``n`` requests of ``kind`` arrived; return them."""
-        with trio.fail_after(timeout):
+        with trio.fail_after(within):
             while len(self.of_kind(kind)) < n:
                 await self._changed.wait()
         return self.of_kind(kind)
@@ -383,7 +416,7 @@ class MockAnthropic:
             body = None
         method = request.method.decode()
         path = request.target.decode(errors="replace")
-        rec = RecordedRequest(method, path, headers, body, raw, classify(method, path, body))
+        rec = RecordedRequest(method, path, headers, body, raw, self.classify(method, path, body))
         send = _Sender(conn, stream)
 
         if rec.kind in ("main", "side"):
