@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml | $(VENV)/pyvenv.cfg
 
 run: $(STAMP)
 	@mkdir -p $(RUN_STATE) $(RUN_DIR)
-	$(VENV)/bin/hyperhive run --state-dir $(RUN_STATE) --run-dir $(RUN_DIR)
+	$(VENV)/bin/hyperhive run --state-dir $(RUN_STATE) --run-dir $(RUN_DIR) --stop-agents-on-exit
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hyperhive hyperhive_harness tests bench

@@ -60,6 +60,8 @@ def start_daemon(paths: Paths) -> subprocess.Popen[bytes]:
         str(paths.state_dir),
         "--run-dir",
         str(paths.run_dir),
+        "--backend",
+        "external",
         "--log-level",
         "warning",
     ]

@@ -205,7 +205,7 @@ class Api:
             case ListContainers():
                 return AgentsReply(agents=await self._agent_infos())
             case GetLogs(agent=agent, lines=lines):
-                return hive.logs(_name(agent), lines)
+                return await hive.logs(_name(agent), lines)
         raise RequestRefused(f"{request.CMD!r} is not served on this socket")
 
     # ------------------------------------------------------------ host socket (operator)
@@ -268,7 +268,7 @@ class Api:
                 await hive.registry.set_model(_name(name), model)
                 return Empty()
             case Logs(name=name, lines=lines):
-                return hive.logs(_name(name), lines)
+                return await hive.logs(_name(name), lines)
             case Vacuum():
                 return VacuumReply(deleted=await hive.broker.vacuum(hive.config.retention_seconds))
         raise RequestRefused(f"{request.CMD!r} is not served on the host socket")
@@ -295,6 +295,10 @@ class Api:
             status_text=record.status_text,
             unread=unread,
             harness_connected=self.hive.registry.harnesses[record.name] > 0,
+            transient=record.transient,
+            transient_since=record.transient_since,
+            pid=record.pid,
+            warning=record.warning,
         )
 
 

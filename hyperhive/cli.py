@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -145,7 +146,19 @@ def run(
     backend: Annotated[
         str,
         typer.Option(envvar="HYPERHIVE_BACKEND", help=f"Container backend: {', '.join(BACKENDS)}."),
-    ] = "external",
+    ] = "auto",
+    stop_agents_on_exit: Annotated[
+        bool,
+        typer.Option(help="Stop every agent when the daemon exits (development)."),
+    ] = False,
+    harness_command: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HYPERHIVE_HARNESS_COMMAND",
+            hidden=True,
+            help="Payload each container runs instead of the harness (testing).",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar="HYPERHIVE_LOG_LEVEL")] = "info",
 ) -> None:
     """Run the host daemon until SIGTERM or Ctrl-C."""
@@ -158,7 +171,12 @@ def run(
         stream=sys.stderr,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    config = Config(paths=Paths(state_dir=state_dir, run_dir=run_dir), backend=backend)
+    config = Config(
+        paths=Paths(state_dir=state_dir, run_dir=run_dir),
+        backend=backend,
+        stop_agents_on_exit=stop_agents_on_exit,
+        harness_command=tuple(shlex.split(harness_command)) if harness_command else None,
+    )
     try:
         trio.run(daemon_main, config)
     except AlreadyRunning as exc:

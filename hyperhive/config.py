@@ -24,6 +24,7 @@ MAX_RECV_BATCH: Final = 32
 MAX_RECENT: Final = 200
 MAX_QUESTION_TTL_SECONDS: Final = 6 * 60 * 60
 MAX_STATUS_TEXT: Final = 200
+MAX_LOG_LINES: Final = 500
 #: Retention: acked messages older than this are deleted by the hourly loop and by ``vacuum``.
 RETENTION_SECONDS: Final = 30 * 24 * 60 * 60
 RETENTION_INTERVAL_SECONDS: Final = 60 * 60
@@ -32,7 +33,7 @@ EVENT_RING_SIZE: Final = 4096
 EVENT_SUBSCRIBER_QUEUE: Final = 256
 #: Graceful shutdown budget after SIGTERM/SIGINT.
 SHUTDOWN_GRACE_SECONDS: Final = 10.0
-BACKENDS: Final = ("external",)
+BACKENDS: Final = ("auto", "nspawn", "process", "external")
 #: Longest path a unix socket can be bound at (sun_path is 108 bytes with its NUL).
 MAX_SOCKET_PATH: Final = 107
 
@@ -110,3 +111,7 @@ class Config:
     synchronous: str = "FULL"
     retention_seconds: float = RETENTION_SECONDS
     retention_interval_seconds: float = RETENTION_INTERVAL_SECONDS
+    #: Stop every agent when the daemon exits (development); by default agents outlive it.
+    stop_agents_on_exit: bool = False
+    #: The payload each container runs; None means ``python -m hyperhive_harness serve``.
+    harness_command: tuple[str, ...] | None = None

@@ -9,6 +9,7 @@ that hot paths (recipient checks on every send) never wait on the database.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sqlite3
@@ -18,7 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import trio
@@ -39,6 +40,9 @@ class AgentState(StrEnum):
     REGISTERED = "registered"
     RUNNING = "running"
     STOPPED = "stopped"
+    #: Exited unexpectedly; a restart is scheduled by the restart policy.
+    CRASHED = "crashed"
+    #: Too many crashes: no automatic restart until the operator starts it.
     CRASH_LOOP = "crash_loop"
     #: Container gone, state directories kept: a tombstone that can be revived.
     DESTROYED = "destroyed"
@@ -54,6 +58,18 @@ class AgentRecord:
     updated_at: float
     parent: str | None
     status_text: str
+    #: ``spawning|starting|stopping|restarting|rebuilding|destroying`` while one runs.
+    transient: str | None = None
+    transient_since: float | None = None
+    #: The running payload (to re-adopt it after a daemon restart).
+    pid: int | None = None
+    start_ticks: int | None = None
+    run_started_at: float | None = None
+    crash_times: tuple[float, ...] = ()
+    crash_streak: int = 0
+    last_exit: int | None = None
+    #: Something the operator should see (limits not enforced, last start failed, ...).
+    warning: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> AgentRecord:
@@ -66,6 +82,15 @@ class AgentRecord:
             updated_at=row["updated_at"],
             parent=row["parent"],
             status_text=row["status_text"],
+            transient=row["transient"],
+            transient_since=row["transient_since"],
+            pid=row["pid"],
+            start_ticks=row["start_ticks"],
+            run_started_at=row["run_started_at"],
+            crash_times=tuple(json.loads(row["crash_times_json"])),
+            crash_streak=row["crash_streak"],
+            last_exit=row["last_exit"],
+            warning=row["warning"],
         )
 
 
@@ -73,23 +98,38 @@ def _load_all(conn: sqlite3.Connection) -> list[AgentRecord]:
     return [AgentRecord.from_row(r) for r in conn.execute("SELECT * FROM agents ORDER BY name")]
 
 
+_COLUMNS: Final = (
+    "name", "role", "state", "backend", "created_at", "updated_at", "parent", "status_text",
+    "transient", "transient_since", "pid", "start_ticks", "run_started_at", "crash_times_json",
+    "crash_streak", "last_exit", "warning",
+)  # fmt: skip
+
+
 def _upsert(conn: sqlite3.Connection, record: AgentRecord) -> None:
+    values = (
+        record.name,
+        record.role,
+        record.state.value,
+        record.backend,
+        record.created_at,
+        record.updated_at,
+        record.parent,
+        record.status_text,
+        record.transient,
+        record.transient_since,
+        record.pid,
+        record.start_ticks,
+        record.run_started_at,
+        json.dumps(list(record.crash_times)),
+        record.crash_streak,
+        record.last_exit,
+        record.warning,
+    )
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c not in ("name", "created_at"))
     conn.execute(
-        "INSERT INTO agents (name, role, state, backend, created_at, updated_at, parent, "
-        "status_text) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-        "role = excluded.role, state = excluded.state, backend = excluded.backend, "
-        "updated_at = excluded.updated_at, parent = excluded.parent, "
-        "status_text = excluded.status_text",
-        (
-            record.name,
-            record.role,
-            record.state.value,
-            record.backend,
-            record.created_at,
-            record.updated_at,
-            record.parent,
-            record.status_text,
-        ),
+        f"INSERT INTO agents ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+        f"ON CONFLICT (name) DO UPDATE SET {updates}",
+        values,
     )
 
 
@@ -243,10 +283,23 @@ class Registry:
             await trio.to_thread.run_sync(shutil.rmtree, path, True)
         self._events.publish("agent_purged", name=name)
 
-    async def set_status_text(self, name: str, text: str) -> None:
-        record = attrs.evolve(self.get(name), status_text=text, updated_at=self._clock())
+    async def update(self, name: str, **changes: Any) -> AgentRecord:
+        """Change fields of an agent's record, persist it, and publish ``agent_changed``."""
+        record = attrs.evolve(self.get(name), updated_at=self._clock(), **changes)
         await self._db.transaction(lambda conn: _upsert(conn, record))
         self._agents[name] = record
+        self._events.publish(
+            "agent_changed",
+            name=name,
+            state=record.state.value,
+            transient=record.transient,
+            transient_since=record.transient_since,
+            warning=record.warning,
+        )
+        return record
+
+    async def set_status_text(self, name: str, text: str) -> None:
+        await self.update(name, status_text=text)
         self._events.publish("status_changed", name=name, status_text=text)
 
     async def model(self, name: str) -> str:

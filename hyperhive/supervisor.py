@@ -29,10 +29,18 @@ from typing import IO
 
 import trio
 
+from hyperhive.agent_setup import load_applied_config, prepare_agent_repos
 from hyperhive.api import Api, tombstone
 from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref
 from hyperhive.broker import Broker
-from hyperhive.config import Config
+from hyperhive.config import BACKENDS, MAX_LOG_LINES, Config
+from hyperhive.containers import (
+    AgentSpec,
+    Containers,
+    NspawnBackend,
+    ProcessBackend,
+    default_harness_command,
+)
 from hyperhive.errors import AlreadyRunning, RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
@@ -55,11 +63,12 @@ class Hive:
         self.started_at = time.time()
         self.events = EventHub()
         self.api = Api(self)
+        self.backend = resolve_backend(config.backend)
         self.registry = Registry(
             db,
             config.paths,
             self.events,
-            backend=config.backend,
+            backend=self.backend,
             serve_socket=self._serve_agent_socket,
         )
         self.broker = Broker(
@@ -73,6 +82,33 @@ class Hive:
         )
         self.approvals = ApprovalQueue(
             db, self.broker, self.events, executors={ApprovalKind.SPAWN: self._approved_spawn}
+        )
+        self.containers = Containers(
+            {"process": ProcessBackend(), "nspawn": NspawnBackend()},
+            paths=config.paths,
+            registry=self.registry,
+            broker=self.broker,
+            events=self.events,
+            spec_for=self._spec_for,
+            stop_on_exit=config.stop_agents_on_exit,
+        )
+
+    async def _spec_for(self, name: str) -> AgentSpec:
+        """What the agent's container runs, from the applied config (refused when invalid)."""
+        record = self.registry.get(name)
+        agent_dir = self.config.paths.agent_dir(name)
+        settings = await load_applied_config(self.config.paths.applied_dir(name))
+        return AgentSpec(
+            name=name,
+            role=record.role,
+            socket_dir=self.config.paths.agent_socket(name).parent,
+            state_dir=agent_dir / "state",
+            claude_dir=agent_dir / "claude",
+            log_file=agent_dir / "logs" / "container.log",
+            command=self.config.harness_command or default_harness_command(),
+            env=dict(settings.env),
+            cpu_quota=settings.cpu_quota,
+            memory_max=settings.memory_max,
         )
 
     async def _serve_agent_socket(
@@ -128,7 +164,7 @@ class Hive:
     async def _approved_spawn(self, approval: ApprovalInfo) -> None:
         if approval.agent in self.registry.live():
             raise RequestRefused(f"an agent named {approval.agent!r} already exists")
-        await self.registry.register(approval.agent)
+        await self._create(approval.agent)
 
     async def spawn(self, name: str) -> AgentRecord:
         """Operator's direct spawn: no approval; idempotent for an existing agent."""
@@ -136,25 +172,39 @@ class Hive:
             name = parse_agent_name(name)
         except InvalidAgentName as exc:
             raise RequestRefused(str(exc)) from None
-        return await self.registry.register(name)
+        return await self._create(name)
+
+    async def _create(self, name: str, *, role: str = "agent") -> AgentRecord:
+        """Register (or revive) an agent and hand it to its supervisor, which starts it."""
+        record = await self.registry.register(name, role=role)
+        await prepare_agent_repos(self.config.paths, name)
+        if record.backend != "external":
+            await self.containers.ensure(name)
+        return self.registry.get(name)
 
     async def lifecycle(self, verb: str, name: str) -> None:
         record = self.registry.get(name)
         if record.state == AgentState.DESTROYED:
             raise RequestRefused(f"{name} is destroyed; revive it first")
-        raise RequestRefused(
-            f"cannot {verb} {name}: the {record.backend} backend starts nothing; "
-            f"run its harness by hand against {self.config.paths.agent_socket(name)}"
-        )
+        if record.backend == "external":
+            raise RequestRefused(
+                f"cannot {verb} {name}: the external backend starts nothing; "
+                f"run its harness by hand against {self.config.paths.agent_socket(name)}"
+            )
+        await self.containers.request(name, "rebuild" if verb == "update" else verb)
 
     async def destroy(self, name: str, *, purge: bool) -> None:
-        self.registry.get(name)
+        record = self.registry.get(name)
         if name == MANAGER:
             raise RequestRefused("the manager cannot be destroyed or purged")
         if purge:
             # Purge wipes state for good; it only takes a tombstone, never a live agent.
             await self.registry.purge(name)
             return
+        if record.state == AgentState.DESTROYED:
+            raise RequestRefused(f"{name} is already destroyed")
+        if record.backend != "external":
+            await self.containers.request(name, "destroy")
         await self.registry.destroy(name)
         await self.approvals.fail_pending_for(name, "agent destroyed")
 
@@ -169,12 +219,25 @@ class Hive:
     async def operator_inbox(self, limit: int) -> list[RecentMessage]:
         return await self.broker.read_view(OPERATOR, limit)
 
-    def logs(self, name: str, lines: int) -> LogsReply:
+    async def logs(self, name: str, lines: int) -> LogsReply:
         record = self.registry.get(name)
-        raise RequestRefused(
-            f"no logs for {name}: the {record.backend} backend does not run it, so its output "
-            "is wherever its harness was started by hand"
-        )
+        if not 1 <= lines <= MAX_LOG_LINES:
+            raise RequestRefused(f"lines must be between 1 and {MAX_LOG_LINES}")
+        if record.backend == "external":
+            raise RequestRefused(
+                f"no logs for {name}: the external backend does not run it, so its output "
+                "is wherever its harness was started by hand"
+            )
+        return LogsReply(lines=await trio.to_thread.run_sync(self.containers.logs, name, lines))
+
+
+def resolve_backend(name: str) -> str:
+    """``auto`` is nspawn when it can run (binary present, root), else the process backend."""
+    if name not in BACKENDS:
+        raise RequestRefused(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    if name == "auto":
+        return "nspawn" if NspawnBackend.available() else "process"
+    return name
 
 
 # ---------------------------------------------------------------- single instance
@@ -232,6 +295,8 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
             hive = Hive(config, db)
             async with trio.open_nursery() as nursery:
                 await nursery.start(hive.registry.serve)
+                await prepare_agent_repos(paths, MANAGER)
+                await nursery.start(hive.containers.serve)
                 await nursery.start(hive.questions.watchdog)
                 await nursery.start(retention_loop, hive)
                 await nursery.start(

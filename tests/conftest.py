@@ -140,6 +140,8 @@ class DaemonProcess:
             str(self.paths.state_dir),
             "--run-dir",
             str(self.paths.run_dir),
+            "--backend",
+            "external",
         ]
 
     async def start(self, nursery: trio.Nursery) -> None:
@@ -241,6 +243,8 @@ def sync_daemon(short_tmp: Path) -> Iterator[SyncDaemon]:
         str(paths.state_dir),
         "--run-dir",
         str(paths.run_dir),
+        "--backend",
+        "external",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     assert proc.stdout is not None

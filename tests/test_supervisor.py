@@ -87,6 +87,8 @@ async def test_sd_notify_ready_watchdog_stopping(short_tmp: Path) -> None:
         str(short_tmp / "s"),
         "--run-dir",
         str(short_tmp / "r"),
+        "--backend",
+        "external",
     ]
     proc = await trio.lowlevel.open_process(cmd, env=env, stdout=subprocess.DEVNULL)
     seen: list[str] = []

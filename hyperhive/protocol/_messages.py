@@ -91,6 +91,12 @@ class AgentInfo:
     status_text: str
     unread: int
     harness_connected: bool
+    #: The lifecycle operation running right now (``starting``, ``stopping``, …), if any.
+    transient: str | None
+    transient_since: float | None
+    pid: int | None
+    #: Something the operator should know (limits not enforced, last start failed, …).
+    warning: str | None
 
 
 # ---------------------------------------------------------------- every socket

@@ -84,4 +84,22 @@ def _v1(conn: sqlite3.Connection) -> None:
     )
 
 
-BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (_v1,)
+def _v2(conn: sqlite3.Connection) -> None:
+    """Container supervision: transients, the running payload, the crash history."""
+    _execute_script(
+        conn,
+        """
+        ALTER TABLE agents ADD COLUMN transient TEXT;
+        ALTER TABLE agents ADD COLUMN transient_since REAL;
+        ALTER TABLE agents ADD COLUMN pid INTEGER;
+        ALTER TABLE agents ADD COLUMN start_ticks INTEGER;
+        ALTER TABLE agents ADD COLUMN run_started_at REAL;
+        ALTER TABLE agents ADD COLUMN crash_times_json TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE agents ADD COLUMN crash_streak INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE agents ADD COLUMN last_exit INTEGER;
+        ALTER TABLE agents ADD COLUMN warning TEXT;
+        """,
+    )
+
+
+BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (_v1, _v2)

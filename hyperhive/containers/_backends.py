@@ -1,0 +1,219 @@
+"""The real backends: ``process`` (a plain child, no isolation) and ``nspawn`` (a container).
+
+Both start the payload detached (own session, output to the agent's log file) so that it
+outlives the daemon, and both give the same paths to the harness: the socket, the state
+dir, the claude credentials dir. ``external`` starts nothing and has no class here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Final
+
+from hyperhive.containers._backend import AgentSpec, Handle, spawn_detached
+from hyperhive.errors import RequestRefused
+from hyperhive.names import machine_name
+
+log = logging.getLogger(__name__)
+
+#: Environment passed through from the daemon to every payload (the rest is not inherited).
+PASSTHROUGH_ENV: Final = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_API_KEY",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+    "DISABLE_TELEMETRY",
+    "DISABLE_AUTOUPDATER",
+    "CLAUDE_CODE_MAX_RETRIES",
+    "HYPERHIVE_CLAUDE",
+    "HYPERHIVE_RATE_LIMIT_SLEEP",
+)
+
+
+def _base_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
+
+
+def cpu_max(quota: str) -> str:
+    """``200%`` → the cgroup v2 ``cpu.max`` line ``200000 100000``."""
+    percent = int(quota.rstrip("%"))
+    return f"{percent * 1000} 100000"
+
+
+class CgroupLimits:
+    """CPU/memory limits through cgroup v2 files, when the hierarchy is ours to write."""
+
+    def __init__(self, root: Path = Path("/sys/fs/cgroup")) -> None:
+        self.root = root
+        self.base = root / "hyperhive"
+
+    def available(self) -> bool:
+        return (self.root / "cgroup.controllers").exists() and os.access(self.root, os.W_OK)
+
+    def apply(self, name: str, pid: int, cpu_quota: str, memory_max: str) -> str | None:
+        """Move ``pid`` into ``hyperhive/<name>`` with the limits; a warning if impossible."""
+        if not self.available():
+            return "no writable cgroup v2 hierarchy: CPU and memory limits are not enforced"
+        try:
+            self.base.mkdir(exist_ok=True)
+            (self.base / "cgroup.subtree_control").write_text("+cpu +memory")
+            group = self.base / name
+            group.mkdir(exist_ok=True)
+            (group / "cpu.max").write_text(cpu_max(cpu_quota))
+            (group / "memory.max").write_text(memory_max)
+            (group / "cgroup.procs").write_text(str(pid))
+        except OSError as exc:
+            return f"cannot set cgroup limits: {exc}"
+        return None
+
+
+class ProcessBackend:
+    """The harness as a plain child process. No isolation: for laptops and non-root use."""
+
+    name = "process"
+    isolated = False
+
+    def __init__(self, limits: CgroupLimits | None = None) -> None:
+        self._limits = limits or CgroupLimits()
+        self.last_warning: str | None = None
+
+    def environment(self, spec: AgentSpec) -> dict[str, str]:
+        return {
+            **_base_env(),
+            **spec.env,
+            "HOME": str(spec.claude_dir.parent),
+            "CLAUDE_CONFIG_DIR": str(spec.claude_dir),
+            "HYPERHIVE_SOCKET": str(spec.socket_dir / "mcp.sock"),
+            "HYPERHIVE_STATE_DIR": str(spec.state_dir),
+            "HYPERHIVE_EVENTS_DB": str(spec.state_dir / "hyperhive-events.sqlite"),
+            "HYPERHIVE_MODEL_FILE": str(spec.state_dir / "hyperhive-model"),
+            "HYPERHIVE_AGENT": spec.name,
+            "HYPERHIVE_ROLE": spec.role,
+        }
+
+    async def start(self, spec: AgentSpec, started_at: float) -> Handle:
+        handle = spawn_detached(
+            spec.command,
+            env=self.environment(spec),
+            log_file=spec.log_file,
+            cwd=spec.state_dir,
+            started_at=started_at,
+        )
+        self.last_warning = self._limits.apply(
+            spec.name, handle.pid, spec.cpu_quota, spec.memory_max
+        )
+        return handle
+
+
+def _install_paths() -> list[Path]:
+    """Host paths the payload needs besides /usr: the Python install, the venv, our source."""
+    import hyperhive
+
+    candidates = [
+        Path(sys.prefix),
+        Path(sys.base_prefix),
+        Path(os.path.realpath(sys.executable)).parent.parent,
+        Path(hyperhive.__file__).resolve().parent.parent,
+    ]
+    claude = os.environ.get("HYPERHIVE_CLAUDE")
+    if claude:
+        real = Path(os.path.realpath(claude))
+        # The npm prefix that holds the claude package (…/node_modules/...).
+        parts = real.parts
+        root = (
+            Path(*parts[: parts.index("node_modules")]) if "node_modules" in parts else real.parent
+        )
+        candidates.append(root)
+    return _outermost(p for p in candidates if not _under(p, Path("/usr")))
+
+
+def _under(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _outermost(paths: object) -> list[Path]:
+    unique = sorted({Path(p) for p in paths})  # type: ignore[attr-defined]
+    kept: list[Path] = []
+    for p in unique:
+        if not any(_under(p, k) for k in kept):
+            kept.append(p)
+    return kept
+
+
+class NspawnBackend:
+    """Host-image containers: ``systemd-nspawn -D / --volatile=yes``, one machine per agent."""
+
+    name = "nspawn"
+    isolated = True
+
+    def __init__(self, limits: CgroupLimits | None = None) -> None:
+        self._limits = limits or CgroupLimits()
+        self._systemd = Path("/run/systemd/system").is_dir()
+        self.last_warning: str | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("systemd-nspawn") is not None and os.geteuid() == 0
+
+    def argv(self, spec: AgentSpec) -> list[str]:
+        nspawn = shutil.which("systemd-nspawn")
+        if nspawn is None:
+            raise RequestRefused("systemd-nspawn is not installed (Debian: systemd-container)")
+        argv = [
+            nspawn,
+            "--quiet",
+            "-D",
+            "/",
+            "--volatile=yes",
+            f"--machine={machine_name(spec.name)}",
+        ]
+        if self._systemd:
+            argv += [
+                "--register=yes",
+                f"--property=CPUQuota={spec.cpu_quota}",
+                f"--property=MemoryMax={spec.memory_max}",
+            ]
+        else:
+            argv += ["--register=no", "--keep-unit"]
+        argv += [
+            f"--bind={spec.socket_dir}:/run/hive",
+            f"--bind={spec.state_dir}:/state",
+            f"--bind={spec.claude_dir}:/root/.claude",
+            *(f"--bind-ro={p}" for p in _install_paths()),
+            "--chdir=/state",
+        ]
+        env = {
+            **_base_env(),
+            **spec.env,
+            "HOME": "/root",
+            "HYPERHIVE_SOCKET": "/run/hive/mcp.sock",
+            "HYPERHIVE_STATE_DIR": "/state",
+            "HYPERHIVE_EVENTS_DB": "/state/hyperhive-events.sqlite",
+            "HYPERHIVE_MODEL_FILE": "/state/hyperhive-model",
+            "HYPERHIVE_AGENT": spec.name,
+            "HYPERHIVE_ROLE": spec.role,
+        }
+        argv += [f"--setenv={k}={v}" for k, v in sorted(env.items())]
+        return [*argv, "--", *spec.command]
+
+    async def start(self, spec: AgentSpec, started_at: float) -> Handle:
+        handle = spawn_detached(
+            self.argv(spec),
+            env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
+            log_file=spec.log_file,
+            cwd=Path("/"),
+            started_at=started_at,
+        )
+        self.last_warning = None
+        if not self._systemd:
+            self.last_warning = self._limits.apply(
+                spec.name, handle.pid, spec.cpu_quota, spec.memory_max
+            )
+        return handle

@@ -1,0 +1,97 @@
+"""The agents' containers as a whole: one backend, one runner per agent, lifecycle requests."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import trio
+
+from hyperhive.containers._backend import AgentSpec, Backend, tail_lines
+from hyperhive.containers._runner import AgentRunner
+from hyperhive.errors import RequestRefused
+from hyperhive.registry import AgentState
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from hyperhive.broker import Broker
+    from hyperhive.config import Paths
+    from hyperhive.events import EventHub
+    from hyperhive.registry import Registry
+
+
+def default_harness_command() -> tuple[str, ...]:
+    return (sys.executable, "-m", "hyperhive_harness", "serve")
+
+
+class Containers:
+    def __init__(
+        self,
+        backends: dict[str, Backend],
+        *,
+        paths: Paths,
+        registry: Registry,
+        broker: Broker,
+        events: EventHub,
+        spec_for: Callable[[str], Awaitable[AgentSpec]],
+        stop_on_exit: bool,
+    ) -> None:
+        self.backends = backends
+        self._paths = paths
+        self._registry = registry
+        self._broker = broker
+        self._events = events
+        self._spec_for = spec_for
+        self._stop_on_exit = stop_on_exit
+        self._runners: dict[str, AgentRunner] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Supervise every live agent (re-adopting payloads) until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for record in self._registry.all():
+                if record.state != AgentState.DESTROYED and record.backend in self.backends:
+                    await self.ensure(record.name)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def ensure(self, name: str) -> None:
+        """Make sure a runner supervises ``name`` (it starts the agent if it should run)."""
+        if name in self._runners:
+            return
+        assert self._nursery is not None, "Containers.serve() is not running"
+        backend = self._registry.get(name).backend
+        if backend not in self.backends:
+            raise RequestRefused(f"{name} uses the {backend} backend, which starts nothing")
+        runner = AgentRunner(
+            name,
+            backend=self.backends[backend],
+            registry=self._registry,
+            broker=self._broker,
+            events=self._events,
+            spec_for=self._spec_for,
+            stop_on_exit=self._stop_on_exit,
+        )
+        self._runners[name] = runner
+
+        async def supervise(task_status: trio.TaskStatus[None]) -> None:
+            try:
+                await runner.run(task_status=task_status)
+            finally:
+                self._runners.pop(name, None)
+
+        await self._nursery.start(supervise)
+
+    def runner(self, name: str) -> AgentRunner:
+        runner = self._runners.get(name)
+        if runner is None:
+            raise RequestRefused(f"{name} is not supervised (destroyed?)")
+        return runner
+
+    async def request(self, name: str, verb: str) -> None:
+        await self.runner(name).request(verb)
+
+    def logs(self, name: str, lines: int) -> list[str]:
+        return tail_lines(self._paths.agent_dir(name) / "logs" / "container.log", lines)

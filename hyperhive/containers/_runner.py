@@ -1,0 +1,289 @@
+"""One supervising task per agent: the only thing that starts, stops or restarts it.
+
+Lifecycle requests (start, kill, restart, rebuild, destroy) reach an agent's
+:class:`AgentRunner` as commands and are carried out one at a time, so an operator's
+restart and a crash restart can never race. While a command runs, the agent shows a
+transient (``starting``, ``stopping``, …) that is cleared on every exit path. An exit the
+runner did not cause is a crash: it is published, the manager is told
+(``container_crash``), and the :class:`RestartPolicy` decides when to start again, or that
+the agent is in a crash loop and stays down until the operator starts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import trio
+
+from hyperhive.broker import Outgoing
+from hyperhive.containers._backend import AgentSpec, Backend, Handle, RunRecord, adopt, tail_lines
+from hyperhive.containers._policy import RestartPolicy
+from hyperhive.errors import RequestRefused
+from hyperhive.names import MANAGER, SYSTEM
+from hyperhive.questions import system_body
+from hyperhive.registry import AgentState
+
+if TYPE_CHECKING:
+    from hyperhive.broker import Broker
+    from hyperhive.events import EventHub
+    from hyperhive.registry import Registry
+
+log = logging.getLogger(__name__)
+STDERR_TAIL_LINES: Final = 20
+
+PAST: Final = {"restart": "restarted", "rebuild": "rebuilt"}
+KICK_BODY: Final = (
+    "You were {verb} by hyperhive. Re-read your notes in /state before you go on, "
+    "then check your inbox (recv) and loose ends."
+)
+
+
+@attrs.define(eq=False)
+class Command:
+    verb: str
+    done: trio.Event = attrs.Factory(trio.Event)
+    error: BaseException | None = None
+
+
+SpecFactory = Callable[[str], Awaitable[AgentSpec]]
+
+
+class AgentRunner:
+    def __init__(
+        self,
+        name: str,
+        *,
+        backend: Backend,
+        registry: Registry,
+        broker: Broker,
+        events: EventHub,
+        spec_for: SpecFactory,
+        stop_on_exit: bool,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self._backend = backend
+        self._registry = registry
+        self._broker = broker
+        self._events = events
+        self._spec_for = spec_for
+        self._stop_on_exit = stop_on_exit
+        self._clock = clock
+        self._send, self._commands = trio.open_memory_channel[Command](16)
+        self.handle: Handle | None = None
+        self._restart_at: float | None = None
+        record = registry.get(name)
+        self.policy = RestartPolicy(crashes=record.crash_times, streak=record.crash_streak)
+
+    async def request(self, verb: str) -> None:
+        """Queue a lifecycle command and wait until the runner carried it out."""
+        command = Command(verb)
+        await self._send.send(command)
+        await command.done.wait()
+        if command.error is not None:
+            raise command.error
+
+    # ------------------------------------------------------------ the loop
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._recover()
+        task_status.started()
+        try:
+            while True:
+                event = await self._next_event()
+                if isinstance(event, Command):
+                    await self._execute(event)
+                    if event.verb == "destroy" and event.error is None:
+                        return
+                elif event == "exit":
+                    await self._on_unexpected_exit()
+                elif event == "restart_due":
+                    self._restart_at = None
+                    await self._start_guarded("starting", kick=False)
+        finally:
+            if self._stop_on_exit and self.handle is not None:
+                with trio.CancelScope(shield=True):
+                    await self.handle.stop()
+                    await self._registry.update(self.name, state=AgentState.STOPPED, pid=None)
+            elif self.handle is not None:
+                self.handle.close()  # the payload runs on; a later daemon re-adopts it
+
+    async def _next_event(self) -> Command | str:
+        result: list[Command | str] = []
+        async with trio.open_nursery() as nursery:
+
+            async def command() -> None:
+                result.append(await self._commands.receive())
+                nursery.cancel_scope.cancel()
+
+            async def exited(handle: Handle) -> None:
+                await handle.wait()
+                result.append("exit")
+                nursery.cancel_scope.cancel()
+
+            async def timer(at: float) -> None:
+                await trio.sleep(max(0.0, at - self._clock()))
+                result.append("restart_due")
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(command)
+            if self.handle is not None:
+                nursery.start_soon(exited, self.handle)
+            elif self._restart_at is not None:
+                nursery.start_soon(timer, self._restart_at)
+        return result[0]
+
+    async def _recover(self) -> None:
+        """At daemon start: re-adopt a payload left running, or account for one that died."""
+        record = self._registry.get(self.name)
+        if record.transient is not None:
+            record = await self._registry.update(self.name, transient=None, transient_since=None)
+        if record.pid is not None and record.start_ticks is not None:
+            run = RunRecord(record.pid, record.start_ticks, record.run_started_at or 0.0)
+            self.handle = adopt(run)
+            if self.handle is not None:
+                log.info("%s: re-adopted pid %d", self.name, record.pid)
+                if record.state != AgentState.RUNNING:
+                    await self._registry.update(self.name, state=AgentState.RUNNING)
+                return
+            # It died while the daemon was away: that is a crash like any other.
+            await self._on_unexpected_exit(exit_status=None)
+            return
+        if record.state == AgentState.CRASHED:
+            self._restart_at = self._clock() + self.policy.next_delay()
+        elif record.state in (AgentState.RUNNING, AgentState.REGISTERED):
+            await self._start_guarded("starting", kick=False)
+
+    # ------------------------------------------------------------ commands
+
+    async def _execute(self, command: Command) -> None:
+        try:
+            match command.verb:
+                case "start":
+                    if self.handle is not None:
+                        raise RequestRefused(f"{self.name} is already running")
+                    self._restart_at = None
+                    self.policy = self.policy.cleared()
+                    await self._start("starting", kick=True)
+                case "kill":
+                    if self.handle is None and self._restart_at is None:
+                        raise RequestRefused(f"{self.name} is not running")
+                    self._restart_at = None
+                    async with self._transient("stopping"):
+                        await self._stop()
+                        await self._registry.update(self.name, state=AgentState.STOPPED)
+                case "restart" | "rebuild":
+                    verb = "restarting" if command.verb == "restart" else "rebuilding"
+                    # Build the new spec first: a bad config leaves the running agent alone.
+                    spec = await self._spec_for(self.name)
+                    self._restart_at = None
+                    self.policy = self.policy.cleared()
+                    async with self._transient(verb):
+                        await self._stop()
+                        await self._launch(spec, kick=PAST[command.verb])
+                case "destroy":
+                    self._restart_at = None
+                    async with self._transient("destroying"):
+                        await self._stop()
+                case _:
+                    raise RequestRefused(f"unknown lifecycle command {command.verb!r}")
+        except Exception as exc:  # handed back to the requester
+            command.error = exc if isinstance(exc, RequestRefused) else RequestRefused(str(exc))
+        finally:
+            command.done.set()
+
+    async def _start_guarded(self, transient: str, *, kick: bool) -> None:
+        try:
+            await self._start(transient, kick=kick)
+        except RequestRefused as exc:
+            log.error("%s: %s", self.name, exc)
+            await self._registry.update(self.name, state=AgentState.STOPPED, warning=str(exc))
+
+    async def _start(self, transient: str, *, kick: bool) -> None:
+        spec = await self._spec_for(self.name)
+        async with self._transient(transient):
+            await self._launch(spec, kick="started" if kick else None)
+
+    async def _launch(self, spec: AgentSpec, *, kick: str | None) -> None:
+        started = self._clock()
+        self.handle = await self._backend.start(spec, started)
+        warning = self._backend.last_warning
+        await self._registry.update(
+            self.name,
+            state=AgentState.RUNNING,
+            pid=self.handle.pid,
+            start_ticks=self.handle.record.start_ticks,
+            run_started_at=started,
+            warning=warning,
+            crash_times=self.policy.crashes,
+            crash_streak=self.policy.streak,
+        )
+        self._events.publish("container_started", name=self.name, pid=self.handle.pid)
+        if kick is not None:
+            await self._broker.inject([Outgoing(SYSTEM, self.name, KICK_BODY.format(verb=kick))])
+
+    async def _stop(self) -> None:
+        if self.handle is not None:
+            handle, self.handle = self.handle, None
+            status = await handle.stop()
+            await self._registry.update(self.name, pid=None, start_ticks=None, last_exit=status)
+
+    async def _on_unexpected_exit(self, exit_status: int | None = None) -> None:
+        record = self._registry.get(self.name)
+        if self.handle is not None:
+            exit_status = self.handle.exit_status
+            self.handle = None
+        now = self._clock()
+        self.policy = self.policy.record_crash(now, record.run_started_at)
+        loop = self.policy.in_crash_loop
+        state = AgentState.CRASH_LOOP if loop else AgentState.CRASHED
+        spec = await self._spec_for(self.name)
+        tail = await trio.to_thread.run_sync(tail_lines, spec.log_file, STDERR_TAIL_LINES)
+        await self._registry.update(
+            self.name,
+            state=state,
+            pid=None,
+            start_ticks=None,
+            last_exit=exit_status,
+            crash_times=self.policy.crashes,
+            crash_streak=self.policy.streak,
+        )
+        delay = math.inf if loop else self.policy.next_delay()
+        self._events.publish(
+            "container_crash",
+            name=self.name,
+            exit_status=exit_status,
+            crash_loop=loop,
+            restart_in=None if loop else delay,
+        )
+        body = system_body(
+            "container_crash",
+            agent=self.name,
+            exit_status=exit_status,
+            stderr_tail="\n".join(tail),
+            crash_loop=loop,
+            restart_in_seconds=None if loop else delay,
+        )
+        await self._broker.inject([Outgoing(SYSTEM, MANAGER, body)])
+        log.warning(
+            "%s crashed (exit %s); %s",
+            self.name,
+            exit_status,
+            "crash loop: not restarting" if loop else f"restart in {delay:.0f} s",
+        )
+        self._restart_at = None if loop else now + delay
+
+    @asynccontextmanager
+    async def _transient(self, verb: str) -> AsyncIterator[None]:
+        await self._registry.update(self.name, transient=verb, transient_since=self._clock())
+        try:
+            yield
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._registry.update(self.name, transient=None, transient_since=None)
