@@ -145,7 +145,7 @@ def spawn_detached(
 ) -> Handle:
     """Start ``argv`` in a new session with stdout+stderr appended to ``log_file``."""
     rotate_log(log_file)
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT  # inherited: no O_CLOEXEC
     # posix_spawn has no chdir before 3.13: a tiny shell does it, then execs the payload.
     shell = ("/bin/sh", "-c", 'cd "$0" && exec "$@"', str(cwd), *argv)
     try:

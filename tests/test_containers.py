@@ -1,0 +1,245 @@
+"""Container lifecycle and crash supervision with real payload processes.
+
+The payload is ``tests/payloads/fake_harness.py`` (connects as the harness, then waits), so
+these tests exercise the daemon's supervision, not the turn loop. Each scenario runs with
+the ``process`` backend, and with ``nspawn`` where it is available (root + systemd-nspawn).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from hyperhive.config import Config
+from hyperhive.errors import RequestRefused
+from hyperhive.registry import AgentState
+from hyperhive.supervisor import Hive, open_hive
+from tests.conftest import make_paths, need
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE = (sys.executable, str(REPO / "tests" / "payloads" / "fake_harness.py"))
+CRASHER = (sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)")
+
+BACKENDS = ["process", "nspawn"]
+
+
+def require(backend: str) -> None:
+    if backend == "nspawn":
+        need(shutil.which("systemd-nspawn") is not None, "systemd-nspawn (systemd-container)")
+        need(os.geteuid() == 0, "nspawn needs root")
+
+
+def alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def payload_pid(hive: Hive, name: str) -> int:
+    """The harness process itself: the payload, or nspawn's child for containers."""
+    pid = hive.registry.get(name).pid
+    assert pid is not None
+    if hive.registry.get(name).backend != "nspawn":
+        return pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(children[0])
+
+
+async def wait_state(hive: Hive, name: str, *states: AgentState, limit: float | None = 20) -> None:
+    events = hive.events.subscribe()
+    with trio.fail_after(limit if limit is not None else float("inf")):
+        while hive.registry.get(name).state not in states or hive.registry.get(name).transient:
+            await events.receive()
+    events.close()
+
+
+async def wait_harness(hive: Hive, name: str) -> None:
+    events = hive.events.subscribe()
+    with trio.fail_after(30):
+        while hive.registry.harnesses[name] < 1:
+            await events.receive()
+    events.close()
+
+
+def config(root: Path, backend: str, command: tuple[str, ...] = FAKE, stop: bool = True) -> Config:
+    return Config(
+        paths=make_paths(root), backend=backend, harness_command=command, stop_agents_on_exit=stop
+    )
+
+
+@pytest.fixture(params=BACKENDS)
+async def container_hive(request: pytest.FixtureRequest, short_tmp: Path) -> AsyncIterator[Hive]:
+    require(request.param)
+    async with open_hive(config(short_tmp, request.param)) as hive:
+        yield hive
+
+
+async def system_messages(hive: Hive, name: str) -> list[tuple[str, dict[str, object]]]:
+    out = []
+    for m in await hive.broker.recv(name, limit=32):
+        kind, _, payload = m.body.partition(" ")
+        out.append((kind, json.loads(payload) if payload.startswith("{") else {"text": m.body}))
+    return out
+
+
+async def test_spawn_kill_start_restart(container_hive: Hive) -> None:
+    hive = container_hive
+    await hive.spawn("alice")
+    await wait_state(hive, "alice", AgentState.RUNNING)
+    await wait_harness(hive, "alice")  # the payload reached its socket from inside
+    first = hive.registry.get("alice").pid
+    assert alive(first)
+
+    await hive.lifecycle("kill", "alice")
+    assert hive.registry.get("alice").state == AgentState.STOPPED
+    assert not alive(first)
+    with pytest.raises(RequestRefused, match="not running"):
+        await hive.lifecycle("kill", "alice")
+
+    await hive.lifecycle("start", "alice")
+    second = hive.registry.get("alice").pid
+    assert alive(second) and second != first
+    with pytest.raises(RequestRefused, match="already running"):
+        await hive.lifecycle("start", "alice")
+
+    await hive.lifecycle("restart", "alice")
+    third = hive.registry.get("alice").pid
+    assert alive(third) and not alive(second)
+    messages = [m.body for m in await hive.broker.recv("alice", limit=32)]
+    assert len(messages) == 2
+    assert "You were started" in messages[0] and "You were restarted" in messages[1]
+    assert hive.registry.get("alice").transient is None
+
+    lines = await hive.logs("alice", 50)
+    assert any("fake harness alice" in line for line in lines.lines)
+
+
+async def test_kill_9_is_a_crash_reported_to_the_manager_then_restarted(
+    container_hive: Hive,
+) -> None:
+    hive = container_hive
+    await hive.spawn("alice")
+    await wait_state(hive, "alice", AgentState.RUNNING)
+    await wait_harness(hive, "alice")
+    pid = hive.registry.get("alice").pid
+    events = hive.events.subscribe()
+    os.kill(payload_pid(hive, "alice"), signal.SIGKILL)
+    start = trio.current_time()
+    with trio.fail_after(5):
+        while (event := await events.receive()).kind != "container_crash":
+            pass
+    assert trio.current_time() - start < 1.0, "the crash was not noticed within a second"
+    assert event.data["name"] == "alice" and event.data["crash_loop"] is False
+    crash = [p for k, p in await system_messages(hive, "manager") if k == "container_crash"]
+    assert len(crash) == 1 and crash[0]["agent"] == "alice"
+    assert "fake harness alice" in str(crash[0]["stderr_tail"])
+    # Back after the 1 s backoff, as a new process.
+    await wait_state(hive, "alice", AgentState.RUNNING)
+    assert alive(hive.registry.get("alice").pid) and hive.registry.get("alice").pid != pid
+    assert hive.registry.get("alice").crash_streak == 1
+
+
+async def test_payload_that_always_fails_reaches_crash_loop(
+    short_tmp: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """With trio's MockClock the 1+2+4+8 s of backoff pass in virtual time."""
+    cfg = config(short_tmp, "process", CRASHER)
+    async with open_hive(cfg) as hive:
+        await hive.spawn("alice")
+        # No fail_after here: virtual time jumps; the test's wall-clock watchdog still applies.
+        await wait_state(hive, "alice", AgentState.CRASH_LOOP, limit=None)
+        record = hive.registry.get("alice")
+        assert len(record.crash_times) == 5 and record.last_exit == 3
+        crashes = [
+            p
+            for k, p in await system_messages(hive, "manager")
+            if k == "container_crash" and p["agent"] == "alice"
+        ]
+        assert len(crashes) == 5 and crashes[-1]["crash_loop"] is True
+        assert "boom" in str(crashes[0]["stderr_tail"])
+        # It stays down: the runner has no restart scheduled.
+        assert hive.containers.runner("alice")._restart_at is None
+    # The counters survive a daemon restart; the operator's start clears them.
+    async with open_hive(config(short_tmp, "process")) as hive:
+        await wait_state(hive, "alice", AgentState.CRASH_LOOP, limit=None)
+        assert len(hive.registry.get("alice").crash_times) == 5
+        await hive.lifecycle("start", "alice")
+        assert hive.registry.get("alice").state == AgentState.RUNNING
+        assert hive.registry.get("alice").crash_times == ()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_daemon_restart_readopts_the_same_process(short_tmp: Path, backend: str) -> None:
+    require(backend)
+    async with open_hive(config(short_tmp, backend, stop=False)) as hive:
+        await hive.spawn("alice")
+        await wait_state(hive, "alice", AgentState.RUNNING)
+        await wait_harness(hive, "alice")
+        pid = hive.registry.get("alice").pid
+    assert alive(pid), "agents must outlive the daemon"
+    async with open_hive(config(short_tmp, backend, stop=True)) as hive:
+        assert hive.registry.get("alice").pid == pid
+        assert hive.registry.get("alice").state == AgentState.RUNNING
+        # The payload reconnects its socket to the new daemon by itself (the fake exits when
+        # its connection drops, so here it crashed and came back: either way it is supervised).
+        events = hive.events.subscribe()
+        os.kill(payload_pid(hive, "alice"), signal.SIGKILL)
+        with trio.fail_after(5):
+            while (await events.receive()).kind != "container_crash":
+                pass
+    assert not alive(pid)
+
+
+async def test_destroy_revive_purge(container_hive: Hive) -> None:
+    hive = container_hive
+    await hive.spawn("alice")
+    await wait_state(hive, "alice", AgentState.RUNNING)
+    pid = hive.registry.get("alice").pid
+    notes = hive.config.paths.agent_dir("alice") / "state" / "notes.md"
+    notes.write_text("remember me")
+    creds = hive.config.paths.agent_dir("alice") / "claude" / ".credentials.json"
+    creds.write_text("{}")
+    with pytest.raises(RequestRefused, match="live"):
+        await hive.destroy("alice", purge=True)
+    await hive.destroy("alice", purge=False)
+    assert not alive(pid)
+    assert hive.registry.get("alice").state == AgentState.DESTROYED
+    assert [t.name for t in await hive.tombstones()] == ["alice"]
+    approval = await hive.revive("alice")
+    await hive.approvals.approve(approval.id)
+    await wait_state(hive, "alice", AgentState.RUNNING)
+    assert notes.read_text() == "remember me" and creds.exists()
+    await hive.destroy("alice", purge=False)
+    await hive.destroy("alice", purge=True)
+    assert not hive.config.paths.agent_dir("alice").exists()
+    assert not hive.config.paths.applied_dir("alice").exists()
+    with pytest.raises(RequestRefused, match="manager"):
+        await hive.destroy("manager", purge=True)
+
+
+async def test_bad_names_are_refused_everywhere(container_hive: Hive) -> None:
+    hive = container_hive
+    for name in ["../x", "a/b", "UPPER", "toolongname1"]:
+        for call in (
+            lambda n=name: hive.spawn(n),
+            lambda n=name: hive.lifecycle("start", n),
+            lambda n=name: hive.destroy(n, purge=True),
+            lambda n=name: hive.revive(n),
+            lambda n=name: hive.logs(n, 10),
+        ):
+            with pytest.raises(RequestRefused, match="invalid agent name|no agent"):
+                await call()
+    assert sorted(p.name for p in (hive.config.paths.state_dir / "agents").iterdir()) == ["manager"]
