@@ -240,6 +240,6 @@ async def test_bad_names_are_refused_everywhere(container_hive: Hive) -> None:
             lambda n=name: hive.revive(n),
             lambda n=name: hive.logs(n, 10),
         ):
-            with pytest.raises(RequestRefused, match="invalid agent name|no agent"):
+            with pytest.raises(RequestRefused, match=r"invalid agent name|no agent"):
                 await call()
     assert sorted(p.name for p in (hive.config.paths.state_dir / "agents").iterdir()) == ["manager"]
