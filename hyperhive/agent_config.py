@@ -466,11 +466,15 @@ def load_agent_config(path: Path) -> AgentConfig:
         if exc.errno == errno.ELOOP:
             raise InvalidAgentConfig(["it is a symlink; commit a regular file"]) from None
         raise InvalidAgentConfig([f"cannot be read: {exc.strerror}"]) from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise InvalidAgentConfig(["it is not a regular file"])
-        raw = f.read(MAX_AGENT_TOML_BYTES + 1)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(MAX_AGENT_TOML_BYTES + 1)
+    except OSError as exc:
+        raise InvalidAgentConfig([f"cannot be read: {exc.strerror}"]) from None
+    finally:
+        os.close(fd)
     if len(raw) > MAX_AGENT_TOML_BYTES:
         raise InvalidAgentConfig([f"the file is larger than {MAX_AGENT_TOML_BYTES} bytes"])
     return parse_agent_config(decode_agent_toml(raw))

@@ -212,18 +212,30 @@ def status(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
     _emit(reply, as_json, human)
 
 
+def _agent_state(a: dict[str, Any]) -> str:
+    if a["transient"]:
+        return f"{a['transient']} ({_span(time.time() - a['transient_since'])})"
+    return str(a["state"])
+
+
+def _agent_status(a: dict[str, Any]) -> str:
+    parts = [a["status_text"], a["warning"] and f"(! {a['warning']})"]
+    return " ".join(p for p in parts if p) or "-"
+
+
 def _agents_table(r: dict[str, Any]) -> None:
     _table(
-        ["NAME", "ROLE", "STATE", "HARNESS", "UNREAD", "MODEL", "STATUS"],
+        ["NAME", "ROLE", "STATE", "BACKEND", "HARNESS", "UNREAD", "MODEL", "STATUS"],
         [
             [
                 a["name"],
                 a["role"],
-                a["state"],
+                _agent_state(a),
+                a["backend"],
                 "connected" if a["harness_connected"] else "-",
                 a["unread"],
                 a["model"],
-                a["status_text"] or "-",
+                _agent_status(a),
             ]
             for a in r["agents"]
         ],
@@ -421,6 +433,44 @@ def destroy(
     """Destroy an agent, keeping its state as a tombstone (or --purge it)."""
     reply = _call(run_dir, {"cmd": "destroy", "name": name, "purge": purge})
     _emit(reply, as_json, lambda _: typer.echo(f"{'purged' if purge else 'destroyed'} {name}"))
+
+
+def _lifecycle(verb: str, past: str) -> None:
+    def command(name: str, run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
+        reply = _call(run_dir, {"cmd": verb, "name": name})
+        _emit(reply, as_json, lambda _: typer.echo(f"{name} {past}"))
+
+    command.__doc__ = {
+        "start": "Start a stopped (or crash-looping) agent.",
+        "kill": "Stop an agent gracefully; its state is kept.",
+        "restart": "Stop and start an agent.",
+        "rebuild": "Apply the agent's current config and restart it.",
+    }[verb]
+    app.command(verb)(command)
+
+
+for _verb, _past in [("start", "started"), ("kill", "stopped"), ("restart", "restarted"),
+                     ("rebuild", "rebuilt")]:  # fmt: skip
+    _lifecycle(_verb, _past)
+
+
+@app.command()
+def revive(name: str, run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
+    """Queue a spawn approval that brings a tombstone back with its kept state."""
+    _emit(_call(run_dir, {"cmd": "revive", "name": name}), as_json, _approval_line)
+
+
+@app.command()
+def logs(
+    name: str,
+    run_dir: RunDir,
+    state_dir: StateDir,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines (newest).")] = 50,
+    as_json: Json = False,
+) -> None:
+    """Show the last lines of an agent's container output."""
+    reply = _call(run_dir, {"cmd": "logs", "name": name, "lines": lines})
+    _emit(reply, as_json, lambda r: typer.echo("\n".join(r["lines"])))
 
 
 @app.command()

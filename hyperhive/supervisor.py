@@ -20,6 +20,7 @@ import fcntl
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -46,6 +47,7 @@ from hyperhive.events import EventHub
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import ApprovalInfo, LogsReply, RecentMessage, Tombstone
 from hyperhive.questions import QuestionBook
+from hyperhive.retention import sweep_events_db
 from hyperhive.registry import AgentRecord, AgentState, Registry
 from hyperhive.sdnotify import Notifier
 from hyperhive.server import Principal, SocketKind, serve_unix_socket
@@ -216,6 +218,17 @@ class Hive:
             result.append(tombstone(name, size, modified))
         return result
 
+    async def sweep_events(self) -> int:
+        """Events retention for every agent's events db; rows deleted in all."""
+        total = 0
+        for record in self.registry.all():
+            path = self.config.paths.agent_dir(record.name) / "state" / "hyperhive-events.sqlite"
+            try:
+                total += await trio.to_thread.run_sync(sweep_events_db, path, time.time())
+            except sqlite3.Error as exc:
+                log.warning("events retention for %s failed: %s", record.name, exc)
+        return total
+
     async def operator_inbox(self, limit: int) -> list[RecentMessage]:
         return await self.broker.read_view(OPERATOR, limit)
 
@@ -278,6 +291,7 @@ async def retention_loop(
         deleted = await hive.broker.vacuum(hive.config.retention_seconds)
         if deleted:
             log.info("retention: deleted %d acked messages", deleted)
+        await hive.sweep_events()
         await trio.sleep(hive.config.retention_interval_seconds)
 
 

@@ -47,7 +47,16 @@ async def test_operator_workflow(daemon: DaemonProcess) -> None:
     r = await cli(daemon, "list")
     assert r.code == 0
     lines = r.out.splitlines()
-    assert lines[0].split() == ["NAME", "ROLE", "STATE", "HARNESS", "UNREAD", "MODEL", "STATUS"]
+    assert lines[0].split() == [
+        "NAME",
+        "ROLE",
+        "STATE",
+        "BACKEND",
+        "HARNESS",
+        "UNREAD",
+        "MODEL",
+        "STATUS",
+    ]
     assert [line.split()[0] for line in lines[1:]] == ["manager", "alice"]
     r = await cli(daemon, "list", "--json", via_env=True)
     assert [a["name"] for a in r.json()["agents"]] == ["manager", "alice"]
