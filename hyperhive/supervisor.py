@@ -47,8 +47,8 @@ from hyperhive.events import EventHub
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import ApprovalInfo, LogsReply, RecentMessage, Tombstone
 from hyperhive.questions import QuestionBook
-from hyperhive.retention import sweep_events_db
 from hyperhive.registry import AgentRecord, AgentState, Registry
+from hyperhive.retention import sweep_events_db
 from hyperhive.sdnotify import Notifier
 from hyperhive.server import Principal, SocketKind, serve_unix_socket
 from hyperhive.store import BROKER_MIGRATIONS, Database, open_database
