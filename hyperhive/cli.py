@@ -21,7 +21,7 @@ import typer
 
 from hyperhive.client import Client
 from hyperhive.config import BACKENDS, Config, Paths, default_run_dir, default_state_dir
-from hyperhive.errors import AlreadyRunning, ClientError
+from hyperhive.errors import AlreadyRunning, ClientError, RequestRefused
 from hyperhive.protocol import CONVERTER, json_schema
 
 app = typer.Typer(
@@ -147,6 +147,10 @@ def run(
         str,
         typer.Option(envvar="HYPERHIVE_BACKEND", help=f"Container backend: {', '.join(BACKENDS)}."),
     ] = "auto",
+    admin_group: Annotated[
+        str | None,
+        typer.Option(envvar="HYPERHIVE_ADMIN_GROUP", help="Group allowed on host.sock."),
+    ] = None,
     stop_agents_on_exit: Annotated[
         bool,
         typer.Option(help="Stop every agent when the daemon exits (development)."),
@@ -175,11 +179,12 @@ def run(
         paths=Paths(state_dir=state_dir, run_dir=run_dir),
         backend=backend,
         stop_agents_on_exit=stop_agents_on_exit,
+        admin_group=admin_group,
         harness_command=tuple(shlex.split(harness_command)) if harness_command else None,
     )
     try:
         trio.run(daemon_main, config)
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, RequestRefused) as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
         pass

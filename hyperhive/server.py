@@ -144,13 +144,22 @@ async def serve_unix_socket(
     on_close: OnClose,
     *,
     mode: int = 0o660,
+    group: int | None = None,
+    dir_mode: int | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``path`` until cancelled, then remove the socket file."""
+    """Serve ``path`` until cancelled, then remove the socket file.
+
+    ``mode``/``group`` apply to the socket file, ``dir_mode`` (when given) to its directory.
+    """
     sock = _socket_for(path)
     try:
+        if dir_mode is not None:
+            os.chmod(path.parent, dir_mode)
         await sock.bind(os.fspath(path))
         os.chmod(path, mode)
+        if group is not None:
+            os.chown(path, -1, group)
         sock.listen(128)
         listener = trio.SocketListener(sock)
 

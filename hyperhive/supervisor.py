@@ -17,6 +17,8 @@ leaving it half alive.
 from __future__ import annotations
 
 import fcntl
+import functools
+import grp
 import logging
 import os
 import signal
@@ -116,8 +118,15 @@ class Hive:
     async def _serve_agent_socket(
         self, path: Path, principal: Principal, *, task_status: trio.TaskStatus[None]
     ) -> None:
+        # Only root (the daemon) and the agent's container reach an agent's socket dir.
         await serve_unix_socket(
-            path, principal, self.api.dispatch, self.api.closed, mode=0o660, task_status=task_status
+            path,
+            principal,
+            self.api.dispatch,
+            self.api.closed,
+            mode=0o600,
+            dir_mode=0o700,
+            task_status=task_status,
         )
 
     # ------------------------------------------------------------ operations
@@ -244,6 +253,16 @@ class Hive:
         return LogsReply(lines=await trio.to_thread.run_sync(self.containers.logs, name, lines))
 
 
+def admin_gid(group: str | None) -> int | None:
+    """The gid allowed on host.sock (``--admin-group``); None keeps the daemon's own group."""
+    if group is None:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise RequestRefused(f"admin group {group!r} does not exist") from None
+
+
 def resolve_backend(name: str) -> str:
     """``auto`` is nspawn when it can run (binary present, root), else the process backend."""
     if name not in BACKENDS:
@@ -299,6 +318,9 @@ async def retention_loop(
 async def open_hive(config: Config) -> AsyncIterator[Hive]:
     """Run the daemon's tree for the duration of the ``async with``; yields once ready."""
     paths = config.paths
+    # Settings errors surface here, plainly, before anything is started.
+    gid = admin_gid(config.admin_group)
+    resolve_backend(config.backend)
     paths.state_dir.mkdir(parents=True, exist_ok=True)
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.run_dir, 0o751)
@@ -314,11 +336,15 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
                 await nursery.start(hive.questions.watchdog)
                 await nursery.start(retention_loop, hive)
                 await nursery.start(
-                    serve_unix_socket,
-                    paths.host_socket,
-                    Principal(SocketKind.HOST, OPERATOR),
-                    hive.api.dispatch,
-                    hive.api.closed,
+                    functools.partial(
+                        serve_unix_socket,
+                        paths.host_socket,
+                        Principal(SocketKind.HOST, OPERATOR),
+                        hive.api.dispatch,
+                        hive.api.closed,
+                        mode=0o660,
+                        group=gid,
+                    )
                 )
                 try:
                     yield hive
