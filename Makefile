@@ -11,7 +11,11 @@ RUN_DIR ?= $(CURDIR)/.run/run
 # The real Claude Code CLI, project-local (never global), for the end-to-end tests.
 CLAUDE := .tools/node_modules/.bin/claude
 
-.PHONY: run test lint check pytest bench clean tools
+# Debian packages the tests drive for real: command -> package.
+SYSTEM_DEPS := systemd-nspawn:systemd-container git:git nix-instantiate:nix-bin \
+	systemd-analyze:systemd setpriv:util-linux
+
+.PHONY: run test lint check pytest bench clean tools system-deps
 
 # pyvenv.cfg marks the venv (bin/python may be a link into a directory others cannot stat).
 $(VENV)/pyvenv.cfg:
@@ -46,7 +50,17 @@ $(CLAUDE):
 
 tools: $(CLAUDE)
 
-pytest: $(STAMP) $(CLAUDE)
+# As root (CI, a fresh machine), install missing system packages; otherwise just report them.
+system-deps:
+	@missing=""; for pair in $(SYSTEM_DEPS); do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing system packages:$$missing (tests needing them are skipped)"; fi; \
+	fi
+
+pytest: $(STAMP) $(CLAUDE) system-deps
 	HYPERHIVE_TEST_CLAUDE=$(CURDIR)/$(CLAUDE) $(PY) -m pytest -q
 
 test: lint pytest
