@@ -8,6 +8,7 @@ message to the manager, so the requester always hears of it. Rows are never dele
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
 import time
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Final
 
-import trio
+import attrs
 
 from hyperhive.broker import Broker, Outgoing, SentMessage, sql_insert
 from hyperhive.errors import RequestRefused
@@ -25,6 +26,7 @@ from hyperhive.protocol import CONVERTER, ApprovalInfo
 from hyperhive.questions import system_body
 from hyperhive.store import Database
 
+log = logging.getLogger(__name__)
 COMMIT_REF_RE: Final = re.compile(r"[0-9a-f]{7,40}")
 MAX_NOTE_CHARS: Final = 2000
 
@@ -104,6 +106,11 @@ def sql_request(
     return sql_get(conn, cur.lastrowid), True
 
 
+def sql_set_fetched(conn: sqlite3.Connection, approval_id: int, sha: str) -> ApprovalInfo:
+    conn.execute("UPDATE approvals SET fetched_sha = ? WHERE id = ?", (sha, approval_id))
+    return sql_get(conn, approval_id)
+
+
 def sql_resolve(
     conn: sqlite3.Connection,
     approval_id: int,
@@ -144,12 +151,14 @@ class ApprovalQueue:
         events: EventHub,
         *,
         executors: dict[ApprovalKind, Executor],
+        on_deny: dict[ApprovalKind, Executor] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
         self._broker = broker
         self._events = events
         self._executors = executors
+        self._on_deny = on_deny or {}
         self._clock = clock
         self._deciding: set[int] = set()
 
@@ -187,8 +196,26 @@ class ApprovalQueue:
             return await self._resolve(approval_id, status, note)
 
     async def deny(self, approval_id: int, note: str | None) -> ApprovalInfo:
+        note = check_note(note)
         with self._deciding_on(approval_id):
-            return await self._resolve(approval_id, ApprovalStatus.DENIED, check_note(note))
+            info = await self.get(approval_id)
+            if info.status != ApprovalStatus.PENDING:
+                raise RequestRefused(f"approval {approval_id} is already {info.status}")
+            hook = self._on_deny.get(ApprovalKind(info.kind))
+            if hook is not None:
+                # Record the denial next to the proposal (a tag); it must not block the decision.
+                try:
+                    await hook(attrs.evolve(info, note=note))
+                except (RequestRefused, OSError) as exc:
+                    log.warning("approval %d: recording the denial failed: %s", approval_id, exc)
+            return await self._resolve(approval_id, ApprovalStatus.DENIED, note)
+
+    async def set_fetched_sha(self, approval_id: int, sha: str) -> ApprovalInfo:
+        return await self._db.transaction(lambda conn: sql_set_fetched(conn, approval_id, sha))
+
+    async def fail(self, approval_id: int, note: str) -> ApprovalInfo:
+        """Resolve a pending approval as failed (it could not even be prepared)."""
+        return await self._resolve(approval_id, ApprovalStatus.FAILED, note)
 
     async def fail_pending_for(self, agent: str, note: str) -> list[ApprovalInfo]:
         failed = []
@@ -242,4 +269,4 @@ class _Deciding:
         self._ids.discard(self._id)
 
 
-__all__ = ["ApprovalKind", "ApprovalQueue", "ApprovalStatus", "Executor", "trio"]
+__all__ = ["ApprovalKind", "ApprovalQueue", "ApprovalStatus", "Executor"]

@@ -22,10 +22,10 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import trio
 
@@ -37,7 +37,10 @@ from hyperhive.agent_config import (
     decode_agent_toml,
     load_agent_config,
 )
+from hyperhive.approvals import check_commit_ref
 from hyperhive.errors import RequestRefused
+
+T = TypeVar("T")
 
 BRANCH: Final = "main"
 GIT_NAME: Final = "hyperhive"
@@ -46,7 +49,6 @@ GIT_EMAIL: Final = "hyperhive@localhost"
 #: from the same content without either depending on the other's current state.
 SEED_DATE: Final = "1767225600 +0000"  # 2026-01-01T00:00:00Z
 SEED_MESSAGE: Final = "seed agent.toml\n"
-COMMIT_REF_RE: Final = re.compile(r"[0-9a-f]{7,40}")
 FULL_SHA_RE: Final = re.compile(r"[0-9a-f]{40}")
 #: Longest error kept in a ``failed/<id>`` tag message, and longest diff returned.
 MAX_TAG_MESSAGE_CHARS: Final = 64 * 1024
@@ -72,16 +74,6 @@ GIT_OPTIONS: Final = (
 )
 
 # ---------------------------------------------------------------- rules (pure)
-
-
-def check_commit_ref(ref: str) -> str:
-    """A commit id of 7-40 lowercase hex characters; branch and tag names are refused."""
-    if COMMIT_REF_RE.fullmatch(ref) is None:
-        raise RequestRefused(
-            f"commit_ref {ref[:50]!r} is not a commit id: give 7-40 lowercase hex characters "
-            "(branch and tag names are refused, since they can move)"
-        )
-    return ref
 
 
 def check_approval_id(approval_id: int) -> int:
@@ -324,10 +316,22 @@ def _install(staging: Path, final: Path) -> None:
     staging.rename(final)
 
 
+def _write_seed(staging: Path) -> None:
+    (staging / AGENT_TOML).write_text(SEED_AGENT_TOML, encoding="utf-8")
+
+
+async def _fs(final: Path, fn: Callable[..., T], *args: object) -> T:
+    """A blocking file-system step in a thread; an OSError becomes a readable refusal."""
+    try:
+        return await trio.to_thread.run_sync(fn, *args)
+    except OSError as exc:
+        raise RequestRefused(f"cannot create the config repo at {final}: {exc}") from None
+
+
 async def _seed_repo(final: Path) -> None:
     """A new repo at ``final`` whose ``main`` is the one deterministic seed commit."""
-    staging = await trio.to_thread.run_sync(_prepare_staging, final)
-    await trio.to_thread.run_sync((staging / AGENT_TOML).write_text, SEED_AGENT_TOML, "utf-8")
+    staging = await _fs(final, _prepare_staging, final)
+    await _fs(final, _write_seed, staging)
     await _git(staging, "init", "--quiet", f"--initial-branch={BRANCH}")
     await _set_identity(staging)
     await _git(staging, "add", "--", AGENT_TOML)
@@ -339,12 +343,12 @@ async def _seed_repo(final: Path) -> None:
         f"--message={SEED_MESSAGE}",
         extra_env={"GIT_AUTHOR_DATE": SEED_DATE, "GIT_COMMITTER_DATE": SEED_DATE},
     )
-    await trio.to_thread.run_sync(_install, staging, final)
+    await _fs(final, _install, staging, final)
 
 
 async def _clone_applied(applied: Path, final: Path) -> None:
     """A new proposed repo holding the applied ``main`` history (the manager builds on it)."""
-    staging = await trio.to_thread.run_sync(_prepare_staging, final)
+    staging = await _fs(final, _prepare_staging, final)
     await _git(
         staging,
         "clone",
@@ -358,7 +362,7 @@ async def _clone_applied(applied: Path, final: Path) -> None:
     )
     await _git(staging, "remote", "remove", "origin")
     await _set_identity(staging)
-    await trio.to_thread.run_sync(_install, staging, final)
+    await _fs(final, _install, staging, final)
 
 
 async def _set_identity(repo: Path) -> None:

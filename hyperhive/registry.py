@@ -14,7 +14,6 @@ import logging
 import shutil
 import sqlite3
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -24,6 +23,7 @@ from typing import Any, Final
 import attrs
 import trio
 
+from hyperhive.agent_config import InvalidAgentConfig, load_agent_config
 from hyperhive.config import Paths
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
@@ -134,19 +134,17 @@ def _upsert(conn: sqlite3.Connection, record: AgentRecord) -> None:
 
 
 def read_allowed_recipients(agent_toml: Path) -> frozenset[str] | None:
-    """``allowed_recipients`` of an agent.toml; None when absent, empty or unreadable."""
+    """``allowed_recipients`` of an applied agent.toml (blocking); None means unrestricted.
+
+    An applied file that does not parse (it was valid when deployed, so someone edited it
+    by hand) is logged and treated as unrestricted rather than silencing the agent.
+    """
     try:
-        data = tomllib.loads(agent_toml.read_text())
-    except FileNotFoundError:
+        config = load_agent_config(agent_toml)
+    except InvalidAgentConfig as exc:
+        log.warning("%s: %s; allowed_recipients ignored", agent_toml, exc)
         return None
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        log.warning("cannot read %s: %s", agent_toml, exc)
-        return None
-    raw = data.get("allowed_recipients", [])
-    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-        log.warning("%s: allowed_recipients must be a list of names; ignored", agent_toml)
-        return None
-    return frozenset(raw) or None
+    return frozenset(config.allowed_recipients) or None
 
 
 SocketServer = Callable[[Path, Principal], Awaitable[None]]
@@ -213,6 +211,7 @@ class Registry:
             self._nursery = nursery
             await self.register(MANAGER, role="manager")
             for record in records:
+                await self.reload_config(record.name)
                 if record.state != AgentState.DESTROYED and record.name != MANAGER:
                     await self._bind(record.name)
             task_status.started()
@@ -244,12 +243,16 @@ class Registry:
         )
         await self._db.transaction(lambda conn: _upsert(conn, record))
         self._agents[name] = record
-        self._allowed[name] = await trio.to_thread.run_sync(
-            read_allowed_recipients, self._paths.applied_dir(name) / "agent.toml"
-        )
+        await self.reload_config(name)
         await self._bind(name)
         self._events.publish("agent_registered", name=name, role=role, state=record.state.value)
         return record
+
+    async def reload_config(self, name: str) -> None:
+        """Re-read what the broker enforces from the applied agent.toml (after a deploy)."""
+        self._allowed[name] = await trio.to_thread.run_sync(
+            read_allowed_recipients, self._paths.applied_dir(name) / "agent.toml"
+        )
 
     async def destroy(self, name: str) -> AgentRecord:
         """Remove the socket, keep the state: the name becomes a tombstone."""

@@ -32,11 +32,20 @@ from typing import IO
 
 import trio
 
+from hyperhive.agent_config import AgentConfig, parse_agent_config
 from hyperhive.agent_setup import load_applied_config, prepare_agent_repos
 from hyperhive.api import Api, tombstone
 from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref
 from hyperhive.broker import Broker
 from hyperhive.config import BACKENDS, MAX_LOG_LINES, Config
+from hyperhive.config_repo import (
+    approve_proposal,
+    fetch_proposal,
+    mark_denied,
+    mark_deployed,
+    mark_failed,
+    read_proposed_config,
+)
 from hyperhive.containers import (
     AgentSpec,
     Containers,
@@ -85,8 +94,16 @@ class Hive:
             db, self.broker, self.events, known_agents=self.registry.known
         )
         self.approvals = ApprovalQueue(
-            db, self.broker, self.events, executors={ApprovalKind.SPAWN: self._approved_spawn}
+            db,
+            self.broker,
+            self.events,
+            executors={
+                ApprovalKind.SPAWN: self._approved_spawn,
+                ApprovalKind.APPLY_COMMIT: self._approved_apply_commit,
+            },
+            on_deny={ApprovalKind.APPLY_COMMIT: self._denied_apply_commit},
         )
+        self._deploy_locks: dict[str, trio.Lock] = {}
         self.containers = Containers(
             {"process": ProcessBackend(), "nspawn": NspawnBackend()},
             paths=config.paths,
@@ -164,13 +181,57 @@ class Hive:
         record = self.registry.get(agent)
         if record.state == AgentState.DESTROYED:
             raise RequestRefused(f"{agent} is destroyed")
-        return await self.approvals.request(
+        info = await self.approvals.request(
             agent,
             ApprovalKind.APPLY_COMMIT,
             requested_by=MANAGER,
             commit_ref=check_commit_ref(commit_ref),
             description=description,
         )
+        if info.fetched_sha is not None:
+            return info  # the same request again: already fetched and tagged
+        # Fetch into the applied repo and tag proposal/<id>: from here on the proposal is
+        # immutable, whatever the manager does to its proposed repo.
+        try:
+            sha = await fetch_proposal(
+                self.config.paths.agent_dir(agent) / "config",
+                self.config.paths.applied_dir(agent),
+                info.commit_ref or commit_ref,
+                info.id,
+            )
+        except RequestRefused as exc:
+            await self.approvals.fail(info.id, str(exc))
+            raise
+        return await self.approvals.set_fetched_sha(info.id, sha)
+
+    def _deploy_lock(self, agent: str) -> trio.Lock:
+        return self._deploy_locks.setdefault(agent, trio.Lock())
+
+    async def _approved_apply_commit(self, approval: ApprovalInfo) -> None:
+        """Fast-forward applied main to the proposal, rebuild; tag deployed or failed."""
+        agent, applied = approval.agent, self.config.paths.applied_dir(approval.agent)
+        async with self._deploy_lock(agent):
+            previous: str | None = None
+            try:
+                previous = await approve_proposal(applied, approval.id)
+                # Validate before touching the agent: a bad config leaves it running as it is.
+                config = parse_agent_config(await read_proposed_config(applied, approval.id))
+                await self._deploy(agent, config)
+                await mark_deployed(applied, approval.id)
+            except (RequestRefused, OSError) as exc:
+                await mark_failed(applied, approval.id, previous, str(exc))
+                await self.registry.reload_config(agent)
+                raise RequestRefused(str(exc)) from None
+
+    async def _deploy(self, agent: str, config: AgentConfig) -> None:
+        await self.registry.set_model(agent, config.model)
+        await self.registry.reload_config(agent)
+        record = self.registry.get(agent)
+        if record.backend != "external" and record.state != AgentState.DESTROYED:
+            await self.containers.request(agent, "rebuild")
+
+    async def _denied_apply_commit(self, approval: ApprovalInfo) -> None:
+        await mark_denied(self.config.paths.applied_dir(approval.agent), approval.id, approval.note)
 
     async def _approved_spawn(self, approval: ApprovalInfo) -> None:
         if approval.agent in self.registry.live():
@@ -189,6 +250,10 @@ class Hive:
         """Register (or revive) an agent and hand it to its supervisor, which starts it."""
         record = await self.registry.register(name, role=role)
         await prepare_agent_repos(self.config.paths, name)
+        await self.registry.reload_config(name)
+        if not self.config.paths.model_file(name).exists():
+            config = await load_applied_config(self.config.paths.applied_dir(name))
+            await self.registry.set_model(name, config.model)
         if record.backend != "external":
             await self.containers.ensure(name)
         return self.registry.get(name)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +83,37 @@ async def test_spawn_names_are_validated_before_anything(hive: Hive, connect: Co
     assert sorted(p.name for p in (hive.config.paths.state_dir / "agents").iterdir()) == ["manager"]
 
 
+def git(repo: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "m",
+        "GIT_AUTHOR_EMAIL": "m@x",
+        "GIT_COMMITTER_NAME": "m",
+        "GIT_COMMITTER_EMAIL": "m@x",
+    }
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def propose(hive: Hive, agent: str, toml: str) -> str:
+    """What the manager does: commit a new agent.toml in the proposed repo."""
+    repo = hive.config.paths.agent_dir(agent) / "config"
+    (repo / "agent.toml").write_text(toml)
+    git(repo, "commit", "-qam", "change config")
+    return git(repo, "rev-parse", "HEAD")
+
+
+def tags(hive: Hive, agent: str) -> set[str]:
+    return set(git(hive.config.paths.applied_dir(agent), "tag", "-l").split())
+
+
+def tag_message(hive: Hive, agent: str, tag: str) -> str:
+    return git(hive.config.paths.applied_dir(agent), "tag", "-l", "--format=%(contents)", tag)
+
+
 async def test_apply_commit_request_validation_and_dedupe(hive: Hive, connect: Connect) -> None:
     manager = await connect("manager")
     await hive.spawn("alice")
@@ -88,36 +122,75 @@ async def test_apply_commit_request_validation_and_dedupe(hive: Hive, connect: C
             {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": ref}
         )
         assert reply["ok"] is False and "commit" in reply["error"], ref
-    one = await manager.request(
-        {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": "abcdef1"}
-    )
-    two = await manager.request(
-        {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": "abcdef1"}
-    )
-    other = await manager.request(
-        {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": "abcdef2"}
-    )
-    assert one["approval"]["id"] == two["approval"]["id"] != other["approval"]["id"]
-    ghost = await manager.request(
-        {"cmd": "request_apply_commit", "agent": "ghost", "commit_ref": "abcdef1"}
-    )
+    sha = propose(hive, "alice", 'model = "sonnet"\n')
+    req = {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": sha[:10]}
+    one, two = await manager.request(req), await manager.request(req)
+    assert one["approval"]["id"] == two["approval"]["id"]
+    assert one["approval"]["fetched_sha"] == sha
+    assert f"proposal/{one['approval']['id']}" in tags(hive, "alice")
+    unknown = await manager.request({**req, "commit_ref": "0" * 40})
+    assert unknown["ok"] is False
+    [failed] = [a for a in await hive.approvals.list(pending_only=False) if a.status == "failed"]
+    assert failed.commit_ref == "0" * 40 and failed.note
+    ghost = await manager.request({**req, "agent": "ghost"})
     assert ghost["ok"] is False and "no agent" in ghost["error"]
 
 
-async def test_apply_commit_approval_fails_visibly_until_deploys_exist(
-    hive: Hive, connect: Connect
-) -> None:
+async def test_apply_commit_deploys_fails_and_denies_with_tags(hive: Hive) -> None:
     await hive.spawn("alice")
-    info = await hive.request_apply_commit("alice", "abcdef1", None)
-    result = await hive.approvals.approve(info.id)
-    assert result.status == "failed" and "cannot be carried out" in (result.note or "")
+    applied = hive.config.paths.applied_dir("alice")
+    # A good change: approved, main moves, the model applies to the next turn.
+    good = await hive.request_apply_commit(
+        "alice", propose(hive, "alice", 'model = "sonnet"\n'), None
+    )
+    result = await hive.approvals.approve(good.id)
+    assert result.status == "approved", result.note
+    assert {f"proposal/{good.id}", f"approved/{good.id}", f"deployed/{good.id}"} <= tags(
+        hive, "alice"
+    )
+    assert git(applied, "rev-parse", "main") == good.fetched_sha
+    assert hive.config.paths.model_file("alice").read_text().strip() == "sonnet"
     [event] = await manager_events(hive)
-    assert event["status"] == "failed" and event["note"] == result.note
+    assert event["status"] == "approved" and event["commit_ref"] == good.commit_ref
+
+    # An invalid agent.toml: failed/<id> carries the error, main goes back.
+    bad = await hive.request_apply_commit("alice", propose(hive, "alice", "cpu_quota = 5\n"), None)
+    result = await hive.approvals.approve(bad.id)
+    assert result.status == "failed" and "cpu_quota" in (result.note or "")
+    assert f"failed/{bad.id}" in tags(hive, "alice")
+    assert "cpu_quota" in tag_message(hive, "alice", f"failed/{bad.id}")
+    assert git(applied, "rev-parse", "main") == good.fetched_sha
+    assert hive.config.paths.model_file("alice").read_text().strip() == "sonnet"
+    [event] = await manager_events(hive)
+    assert event["status"] == "failed" and "cpu_quota" in str(event["note"])
+
+    # Denied with a note: denied/<id> carries it; nothing moves.
+    other = await hive.request_apply_commit(
+        "alice", propose(hive, "alice", 'model = "opus"\n'), "try opus"
+    )
+    denied = await hive.approvals.deny(other.id, "too expensive")
+    assert denied.status == "denied"
+    assert tag_message(hive, "alice", f"denied/{other.id}") == "too expensive"
+    assert git(applied, "rev-parse", "main") == good.fetched_sha
+    assert (await manager_events(hive))[0]["note"] == "too expensive"
+
+
+async def test_allowed_recipients_follow_deploys(hive: Hive, connect: Connect) -> None:
+    alice = await connect("alice")
+    await connect("bob")
+    await connect("carol")
+    change = await hive.request_apply_commit(
+        "alice", propose(hive, "alice", 'allowed_recipients = ["bob"]\n'), None
+    )
+    await hive.approvals.approve(change.id)
+    assert (await alice.request({"cmd": "send", "to": "bob", "body": "hi"}))["ok"]
+    refused = await alice.request({"cmd": "send", "to": "carol", "body": "hi"})
+    assert refused["ok"] is False and "may not send to carol" in refused["error"]
 
 
 async def test_destroy_fails_pending_approvals(hive: Hive) -> None:
     await hive.spawn("alice")
-    info = await hive.request_apply_commit("alice", "abcdef1", None)
+    info = await hive.request_apply_commit("alice", propose(hive, "alice", "# x\n"), None)
     await hive.destroy("alice", purge=False)
     after = await hive.approvals.get(info.id)
     assert (after.status, after.note) == ("failed", "agent destroyed")

@@ -115,21 +115,6 @@ async def test_message_to_a_tombstone_waits_for_revival(
     assert got.messages[0].body == "are you there?"  # type: ignore[attr-defined]
 
 
-async def test_allowed_recipients_from_agent_toml(hive: Hive, agents: Agents) -> None:
-    applied = hive.config.paths.applied_dir("alice")
-    applied.mkdir(parents=True)
-    (applied / "agent.toml").write_text('allowed_recipients = ["bob"]\n')
-    c = await agents("alice", "bob", "carol")
-    await c["alice"].call(Send("bob", "ok"))
-    await c["alice"].call(Send("manager", "ok"))
-    await c["alice"].call(Send("operator", "ok"))
-    for to in ("carol", "*"):
-        reply = await c["alice"].request({"cmd": "send", "to": to, "body": "no"})
-        assert reply["ok"] is False and "may not" in reply["error"]
-    assert await hive.broker.unread("carol") == 0
-    await c["carol"].call(Send("alice", "carol is unrestricted"))
-
-
 async def test_ack_false_keeps_message_until_ack_and_hello_redelivers(
     hive: Hive, agents: Agents, connect: Connect
 ) -> None:

@@ -81,7 +81,8 @@ async def test_no_loss_fifo_no_silent_duplicates(
             bodies: dict[int, str] = {}
             clients: dict[str, Client] = {}
             for name in AGENTS:
-                await hive.spawn(name)
+                # Registration alone (socket, row): the config repos are not what is tested.
+                await hive.registry.register(name)
                 clients[name] = await connect_agent(hive.config.paths, name, role="harness")
             try:
                 for n, op in enumerate(ops):

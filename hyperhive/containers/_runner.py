@@ -182,6 +182,8 @@ class AgentRunner:
                     verb = "restarting" if command.verb == "restart" else "rebuilding"
                     # Build the new spec first: a bad config leaves the running agent alone.
                     spec = await self._spec_for(self.name)
+                    if command.verb == "rebuild" and self.handle is None:
+                        return  # not running: the new config applies at its next start
                     self._restart_at = None
                     self.policy = self.policy.cleared()
                     async with self._transient(verb):
