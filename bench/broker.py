@@ -62,6 +62,8 @@ def start_daemon(paths: Paths) -> subprocess.Popen[bytes]:
         str(paths.run_dir),
         "--backend",
         "external",
+        "--dashboard-bind",
+        "off",
         "--log-level",
         "warning",
     ]

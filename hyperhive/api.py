@@ -203,7 +203,7 @@ class Api:
                 await hive.lifecycle(request.CMD, name)
                 return Empty()
             case ListContainers():
-                return AgentsReply(agents=await self._agent_infos())
+                return AgentsReply(agents=await self.agent_infos())
             case GetLogs(agent=agent, lines=lines):
                 return await hive.logs(_name(agent), lines)
         raise RequestRefused(f"{request.CMD!r} is not served on this socket")
@@ -226,9 +226,10 @@ class Api:
                     open_questions=len(await hive.questions.list()),
                     operator_unread=unread.get(OPERATOR, 0),
                     parked_receivers=hive.broker.parked(),
+                    dashboard_url=hive.dashboard_login_url(),
                 )
             case List():
-                return AgentsReply(agents=await self._agent_infos())
+                return AgentsReply(agents=await self.agent_infos())
             case Tombstones():
                 return TombstonesReply(tombstones=await hive.tombstones())
             case Pending():
@@ -273,7 +274,7 @@ class Api:
                 return VacuumReply(deleted=await hive.broker.vacuum(hive.config.retention_seconds))
         raise RequestRefused(f"{request.CMD!r} is not served on the host socket")
 
-    async def _agent_infos(self) -> list[AgentInfo]:
+    async def agent_infos(self) -> list[AgentInfo]:
         unread = await self.hive.broker.unread_by_recipient()
         return [
             await self._agent_info(r, unread.get(r.name, 0))

@@ -197,11 +197,15 @@ def sql_unread_by_recipient(conn: sqlite3.Connection) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
-def sql_recent(conn: sqlite3.Connection, recipient: str, limit: int) -> list[RecentMessage]:
+def sql_messages(
+    conn: sqlite3.Connection, limit: int, recipient: str | None = None
+) -> list[RecentMessage]:
+    """The newest ``limit`` messages (to ``recipient``, or of the whole hive), oldest first."""
+    where, args = ("WHERE recipient = ?", [recipient]) if recipient is not None else ("", [])
     rows = conn.execute(
         "SELECT * FROM (SELECT id, sender, recipient, body, sent_at, in_reply_to, delivered_at, "
-        "acked_at FROM messages WHERE recipient = ? ORDER BY id DESC LIMIT ?) ORDER BY id",
-        (recipient, limit),
+        f"acked_at FROM messages {where} ORDER BY id DESC LIMIT ?) ORDER BY id",
+        (*args, limit),
     ).fetchall()
     return [
         RecentMessage(
@@ -255,6 +259,7 @@ class Broker:
         self._allowed = allowed_recipients
         self._clock = clock
         self._waiters: dict[str, trio.Event] = {}
+        self.sent_total = 0
         self._parked: Counter[str] = Counter()
         self._parked_changed = trio.Event()
 
@@ -303,6 +308,7 @@ class Broker:
     def committed(self, sent: Iterable[SentMessage]) -> None:
         """After a commit that inserted messages: publish them and wake their recipients."""
         for m in sent:
+            self.sent_total += 1
             self._events.publish(
                 "sent",
                 id=m.id,
@@ -385,7 +391,7 @@ class Broker:
     async def recent(self, recipient: str, limit: int) -> list[RecentMessage]:
         if not 1 <= limit <= MAX_RECENT:
             raise RequestRefused(f"limit must be between 1 and {MAX_RECENT}")
-        return await self._db.transaction(lambda conn: sql_recent(conn, recipient, limit))
+        return await self._db.transaction(lambda conn: sql_messages(conn, limit, recipient))
 
     async def read_view(self, recipient: str, limit: int) -> list[RecentMessage]:
         """A person reading an inbox (the operator's): the last messages, now marked read."""
@@ -406,6 +412,9 @@ class Broker:
             )
         return messages
 
+    async def flow(self, limit: int) -> list[RecentMessage]:
+        return await self._db.transaction(lambda conn: sql_messages(conn, limit))
+
     async def vacuum(self, retention_seconds: float) -> int:
         cutoff = self._clock() - retention_seconds
         deleted = await self._db.transaction(lambda conn: sql_vacuum(conn, cutoff))
@@ -417,7 +426,7 @@ def sql_read_view(
     conn: sqlite3.Connection, recipient: str, limit: int, now: float
 ) -> tuple[list[RecentMessage], list[RecentMessage]]:
     """The last ``limit`` messages of an inbox read by a person; marks them read."""
-    messages = sql_recent(conn, recipient, limit)
+    messages = sql_messages(conn, limit, recipient)
     fresh = [m for m in messages if m.acked_at is None]
     if fresh:
         marks = ",".join("?" * len(fresh))

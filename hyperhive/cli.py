@@ -147,6 +147,17 @@ def run(
         str,
         typer.Option(envvar="HYPERHIVE_BACKEND", help=f"Container backend: {', '.join(BACKENDS)}."),
     ] = "auto",
+    dashboard_bind: Annotated[
+        str,
+        typer.Option(
+            envvar="HYPERHIVE_DASHBOARD_BIND",
+            help="Dashboard address, HOST:PORT (port 0 picks a free one), or 'off'.",
+        ),
+    ] = "127.0.0.1:7000",
+    dashboard_socket: Annotated[
+        Path | None,
+        typer.Option(envvar="HYPERHIVE_DASHBOARD_SOCKET", help="Also serve it on a unix socket."),
+    ] = None,
     admin_group: Annotated[
         str | None,
         typer.Option(envvar="HYPERHIVE_ADMIN_GROUP", help="Group allowed on host.sock."),
@@ -180,6 +191,10 @@ def run(
         backend=backend,
         stop_agents_on_exit=stop_agents_on_exit,
         admin_group=admin_group,
+        dashboard_bind=tuple(
+            ([] if dashboard_bind == "off" else [dashboard_bind])
+            + ([f"unix:{dashboard_socket}"] if dashboard_socket else [])
+        ),
         harness_command=tuple(shlex.split(harness_command)) if harness_command else None,
     )
     try:
@@ -188,6 +203,15 @@ def run(
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
         pass
+
+
+@app.command("dashboard-url")
+def dashboard_url(run_dir: RunDir, state_dir: StateDir) -> None:
+    """Print the dashboard's login URL (it carries the token: keep it private)."""
+    url = _call(run_dir, {"cmd": "status"}).get("dashboard_url")
+    if not url:
+        raise _fail("the dashboard is off (start the daemon with --dashboard-bind HOST:PORT)")
+    typer.echo(url)
 
 
 @app.command()

@@ -113,6 +113,8 @@ class Config:
     retention_interval_seconds: float = RETENTION_INTERVAL_SECONDS
     #: Stop every agent when the daemon exits (development); by default agents outlive it.
     stop_agents_on_exit: bool = False
+    #: Where the dashboard listens (hypercorn binds: ``HOST:PORT``, ``unix:PATH``); () = off.
+    dashboard_bind: tuple[str, ...] = ()
     #: Group allowed to use host.sock (mode 0660); None: the daemon's own group.
     admin_group: str | None = None
     #: The payload each container runs; None means ``python -m hyperhive_harness serve``.

@@ -63,6 +63,7 @@ from hyperhive.retention import sweep_events_db
 from hyperhive.sdnotify import Notifier
 from hyperhive.server import Principal, SocketKind, serve_unix_socket
 from hyperhive.store import BROKER_MIGRATIONS, Database, open_database
+from hyperhive.web import Dashboard, serve_dashboard
 
 log = logging.getLogger("hyperhive")
 
@@ -104,6 +105,8 @@ class Hive:
             on_deny={ApprovalKind.APPLY_COMMIT: self._denied_apply_commit},
         )
         self._deploy_locks: dict[str, trio.Lock] = {}
+        self.dashboard: Dashboard | None = None
+        self.dashboard_urls: list[str] = []
         self.containers = Containers(
             {"process": ProcessBackend(), "nspawn": NspawnBackend()},
             paths=config.paths,
@@ -113,6 +116,15 @@ class Hive:
             spec_for=self._spec_for,
             stop_on_exit=config.stop_agents_on_exit,
         )
+
+    def dashboard_login_url(self) -> str | None:
+        """The URL that logs a browser in (the first bind that is not a unix socket)."""
+        if self.dashboard is None:
+            return None
+        urls = [u for u in self.dashboard_urls if u.startswith("http")]
+        if not urls:
+            return None
+        return f"{urls[0]}/login?token={self.dashboard.auth.token}"
 
     async def _spec_for(self, name: str) -> AgentSpec:
         """What the agent's container runs, from the applied config (refused when invalid)."""
@@ -400,6 +412,8 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
                 await nursery.start(hive.containers.serve)
                 await nursery.start(hive.questions.watchdog)
                 await nursery.start(retention_loop, hive)
+                if config.dashboard_bind:
+                    await nursery.start(serve_dashboard, hive, list(config.dashboard_bind))
                 await nursery.start(
                     functools.partial(
                         serve_unix_socket,
@@ -438,6 +452,9 @@ async def main(config: Config, *, out: IO[str] = sys.stdout) -> None:
                 file=out,
                 flush=True,
             )
+            login = hive.dashboard_login_url()
+            if login is not None:
+                print(f"hyperhive: dashboard {login}", file=out, flush=True)
             notifier.notify("READY=1")
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)

@@ -124,6 +124,8 @@ class DaemonProcess:
     env: dict[str, str]
     proc: trio.Process | None = None
     output: list[str] = attrs.Factory(list)
+    #: ``http://127.0.0.1:PORT/login?token=…`` as printed by the daemon.
+    dashboard_login: str | None = None
 
     @property
     def pid(self) -> int:
@@ -142,6 +144,8 @@ class DaemonProcess:
             str(self.paths.run_dir),
             "--backend",
             "external",
+            "--dashboard-bind",
+            "127.0.0.1:0",
         ]
 
     async def start(self, nursery: trio.Nursery) -> None:
@@ -169,6 +173,8 @@ class DaemonProcess:
                 for line in lines:
                     text = line.decode(errors="replace") + "\n"
                     self.output.append(text)
+                    if text.startswith("hyperhive: dashboard "):
+                        self.dashboard_login = text.split(" ", 2)[2].strip()
                     if "hyperhive: ready" in text:
                         ready.set()
         ready.set()
@@ -245,6 +251,8 @@ def sync_daemon(short_tmp: Path) -> Iterator[SyncDaemon]:
         str(paths.run_dir),
         "--backend",
         "external",
+        "--dashboard-bind",
+        "off",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     assert proc.stdout is not None

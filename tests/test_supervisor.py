@@ -89,6 +89,8 @@ async def test_sd_notify_ready_watchdog_stopping(short_tmp: Path) -> None:
         str(short_tmp / "r"),
         "--backend",
         "external",
+        "--dashboard-bind",
+        "off",
     ]
     proc = await trio.lowlevel.open_process(cmd, env=env, stdout=subprocess.DEVNULL)
     seen: list[str] = []
@@ -119,7 +121,12 @@ async def test_runs_as_a_normal_user_with_default_dirs(short_tmp: Path) -> None:
     os.chown(home, nobody.pw_uid, nobody.pw_gid)
     short_tmp.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HYPERHIVE_", "XDG_"))}
-    env |= {"HOME": str(home), "XDG_RUNTIME_DIR": str(home / "rt"), "PYTHONUNBUFFERED": "1"}
+    env |= {
+        "HOME": str(home),
+        "XDG_RUNTIME_DIR": str(home / "rt"),
+        "PYTHONUNBUFFERED": "1",
+        "HYPERHIVE_DASHBOARD_BIND": "127.0.0.1:0",
+    }
     (home / "rt").mkdir()
     os.chown(home / "rt", nobody.pw_uid, nobody.pw_gid)
     cmd = [
@@ -165,6 +172,7 @@ async def test_make_run_starts_and_ctrl_c_stops(short_tmp: Path) -> None:
     venv = Path(sys.prefix)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERHIVE_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env["HYPERHIVE_DASHBOARD_BIND"] = "127.0.0.1:0"
     cmd = [
         "make",
         "--no-print-directory",

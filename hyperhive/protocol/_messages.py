@@ -340,6 +340,8 @@ class HostStatusReply(Reply):
     operator_unread: int
     #: Receivers parked in a long-poll ``recv`` right now.
     parked_receivers: int
+    #: The dashboard's login URL (it carries the token), or None when it is off.
+    dashboard_url: str | None
 
 
 @attrs.frozen

@@ -1,0 +1,69 @@
+"""Serving the dashboard inside the daemon's tree, as its own failure domain.
+
+A crash of the web stack is logged and the server restarted with backoff; it never takes
+the broker down. ``task_status.started`` reports the URLs once the first bind succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from hyperhive.web._app import Dashboard
+from hyperhive.web._auth import Auth, load_or_create_token
+
+if TYPE_CHECKING:
+    from hyperhive.supervisor import Hive
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF = 60.0
+
+
+def hypercorn_config(bind: list[str]) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = bind
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hyperhive.web.server")
+    # Open event streams must not hold a daemon shutdown up for long.
+    config.graceful_timeout = 1.0
+    config.keep_alive_timeout = 75.0
+    return config
+
+
+async def serve_dashboard(
+    hive: Hive,
+    bind: list[str],
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    token_file = hive.config.paths.state_dir / "dashboard-token"
+    token = await trio.to_thread.run_sync(load_or_create_token, token_file)
+    dashboard = Dashboard(hive, Auth(token))
+    hive.dashboard = dashboard
+    backoff = 1.0
+    reported = False
+    while True:
+        try:
+            async with trio.open_nursery() as nursery:
+                urls: list[str] = await nursery.start(
+                    lambda task_status: serve(
+                        dashboard.app(),  # type: ignore[arg-type]
+                        hypercorn_config(bind),
+                        task_status=task_status,
+                    )
+                )
+                hive.dashboard_urls = urls
+                if not reported:
+                    task_status.started(urls)
+                    reported = True
+                backoff = 1.0
+        except Exception:
+            if not reported:
+                raise  # cannot even bind: a configuration error, say so at start
+            log.exception("the dashboard crashed; restarting in %.0f s", backoff)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
