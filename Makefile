@@ -13,7 +13,7 @@ CLAUDE := .tools/node_modules/.bin/claude
 
 # Debian packages the tests drive for real: command -> package.
 SYSTEM_DEPS := systemd-nspawn:systemd-container git:git nix-instantiate:nix-bin \
-	systemd-analyze:systemd setpriv:util-linux
+	systemd-analyze:systemd setpriv:util-linux chromium:chromium
 
 .PHONY: run test lint check pytest bench clean tools system-deps
 
