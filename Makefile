@@ -13,7 +13,8 @@ CLAUDE := .tools/node_modules/.bin/claude
 
 # Debian packages the tests drive for real: command -> package.
 SYSTEM_DEPS := systemd-nspawn:systemd-container git:git nix-instantiate:nix-bin \
-	systemd-analyze:systemd setpriv:util-linux chromium:chromium
+	systemd-analyze:systemd setpriv:util-linux chromium:chromium useradd:passwd \
+	/usr/bin/python3:python3
 
 .PHONY: run test lint check pytest bench clean tools system-deps
 
@@ -35,8 +36,8 @@ run: $(STAMP)
 	$(VENV)/bin/hyperhive run --state-dir $(RUN_STATE) --run-dir $(RUN_DIR) --stop-agents-on-exit
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check hyperhive hyperhive_harness tests bench
-	$(VENV)/bin/ruff format --check hyperhive hyperhive_harness tests bench
+	$(VENV)/bin/ruff check hyperhive hyperhive_harness tests bench scripts
+	$(VENV)/bin/ruff format --check hyperhive hyperhive_harness tests bench scripts
 	$(VENV)/bin/mypy
 
 $(CLAUDE):

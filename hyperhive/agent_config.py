@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import errno
+import json
 import os
 import re
 import stat
@@ -537,3 +538,15 @@ description = ""
 # allowed_tools = ["fetch"]
 # env = { FETCH_USER_AGENT = "hyperhive" }
 """
+
+
+def seed_agent_toml(
+    *, model: str | None = None, cpu_quota: str | None = None, memory_max: str | None = None
+) -> str:
+    """The seed ``agent.toml`` with the daemon's agent defaults; InvalidAgentConfig if bad."""
+    text = SEED_AGENT_TOML
+    for key, value in (("model", model), ("cpu_quota", cpu_quota), ("memory_max", memory_max)):
+        if value is not None:
+            text = re.sub(rf'^{key} = ".*"$', f"{key} = {json.dumps(value)}", text, flags=re.M)
+    parse_agent_config(text)
+    return text

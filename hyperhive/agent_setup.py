@@ -14,6 +14,6 @@ async def load_applied_config(applied_dir: Path) -> AgentConfig:
     return await applied_config(applied_dir)
 
 
-async def prepare_agent_repos(paths: Paths, name: str) -> None:
+async def prepare_agent_repos(paths: Paths, name: str, seed: str) -> None:
     """Create the proposed and applied config repos of an agent when missing."""
-    await ensure_repos(paths.agent_dir(name) / "config", paths.applied_dir(name))
+    await ensure_repos(paths.agent_dir(name) / "config", paths.applied_dir(name), seed)

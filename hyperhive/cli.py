@@ -21,8 +21,9 @@ import typer
 
 from hyperhive.client import Client
 from hyperhive.config import BACKENDS, Config, Paths, default_run_dir, default_state_dir
-from hyperhive.errors import AlreadyRunning, ClientError, RequestRefused
+from hyperhive.errors import AlreadyRunning, ClientError, HyperhiveError, RequestRefused
 from hyperhive.protocol import CONVERTER, json_schema
+from hyperhive.web._serve import DashboardUnavailable
 
 app = typer.Typer(
     name="hyperhive",
@@ -174,7 +175,24 @@ def run(
             help="Payload each container runs instead of the harness (testing).",
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(envvar="HYPERHIVE_LOG_LEVEL")] = "info",
+    agent_model: Annotated[
+        str | None,
+        typer.Option(envvar="HYPERHIVE_AGENT_MODEL", help="Model in a new agent's agent.toml."),
+    ] = None,
+    agent_cpu_quota: Annotated[
+        str | None,
+        typer.Option(envvar="HYPERHIVE_AGENT_CPU_QUOTA", help="cpu_quota for new agents (200%)."),
+    ] = None,
+    agent_memory_max: Annotated[
+        str | None,
+        typer.Option(envvar="HYPERHIVE_AGENT_MEMORY_MAX", help="memory_max for new agents (4G)."),
+    ] = None,
+    log_level: Annotated[
+        str,
+        typer.Option(
+            envvar="HYPERHIVE_LOG_LEVEL", help="debug, info, warning or error (logs go to stderr)."
+        ),
+    ] = "info",
 ) -> None:
     """Run the host daemon until SIGTERM or Ctrl-C."""
     from hyperhive.supervisor import main as daemon_main
@@ -191,6 +209,9 @@ def run(
         backend=backend,
         stop_agents_on_exit=stop_agents_on_exit,
         admin_group=admin_group,
+        agent_model=agent_model,
+        agent_cpu_quota=agent_cpu_quota,
+        agent_memory_max=agent_memory_max,
         dashboard_bind=tuple(
             ([] if dashboard_bind == "off" else [dashboard_bind])
             + ([f"unix:{dashboard_socket}"] if dashboard_socket else [])
@@ -199,10 +220,20 @@ def run(
     )
     try:
         trio.run(daemon_main, config)
-    except (AlreadyRunning, RequestRefused) as exc:
-        raise _fail(str(exc)) from None
     except KeyboardInterrupt:
         pass
+    except BaseException as exc:
+        problem = _setup_problem(exc)
+        if problem is None:
+            raise
+        raise _fail(str(problem)) from None
+
+
+def _setup_problem(exc: BaseException) -> HyperhiveError | None:
+    """A configuration problem at start (possibly inside a task group), to report plainly."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, AlreadyRunning | RequestRefused | DashboardUnavailable) else None
 
 
 @app.command("dashboard-url")

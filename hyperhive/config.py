@@ -115,6 +115,10 @@ class Config:
     stop_agents_on_exit: bool = False
     #: Where the dashboard listens (hypercorn binds: ``HOST:PORT``, ``unix:PATH``); () = off.
     dashboard_bind: tuple[str, ...] = ()
+    #: Defaults written into a new agent's seeded agent.toml (None: the built-in default).
+    agent_model: str | None = None
+    agent_cpu_quota: str | None = None
+    agent_memory_max: str | None = None
     #: Group allowed to use host.sock (mode 0660); None: the daemon's own group.
     admin_group: str | None = None
     #: The payload each container runs; None means ``python -m hyperhive_harness serve``.

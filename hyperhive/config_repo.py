@@ -316,8 +316,8 @@ def _install(staging: Path, final: Path) -> None:
     staging.rename(final)
 
 
-def _write_seed(staging: Path) -> None:
-    (staging / AGENT_TOML).write_text(SEED_AGENT_TOML, encoding="utf-8")
+def _write_seed(staging: Path, seed: str) -> None:
+    (staging / AGENT_TOML).write_text(seed, encoding="utf-8")
 
 
 async def _fs(final: Path, fn: Callable[..., T], *args: object) -> T:
@@ -328,10 +328,10 @@ async def _fs(final: Path, fn: Callable[..., T], *args: object) -> T:
         raise RequestRefused(f"cannot create the config repo at {final}: {exc}") from None
 
 
-async def _seed_repo(final: Path) -> None:
+async def _seed_repo(final: Path, seed: str) -> None:
     """A new repo at ``final`` whose ``main`` is the one deterministic seed commit."""
     staging = await _fs(final, _prepare_staging, final)
-    await _fs(final, _write_seed, staging)
+    await _fs(final, _write_seed, staging, seed)
     await _git(staging, "init", "--quiet", f"--initial-branch={BRANCH}")
     await _set_identity(staging)
     await _git(staging, "add", "--", AGENT_TOML)
@@ -374,7 +374,7 @@ async def _set_identity(repo: Path) -> None:
 # ---------------------------------------------------------------- the operations
 
 
-async def ensure_repos(proposed: Path, applied: Path) -> None:
+async def ensure_repos(proposed: Path, applied: Path, seed: str = SEED_AGENT_TOML) -> None:
     """Create whichever of the two repos is missing; do nothing to an existing one.
 
     Both new repos start at the same seed commit (``agent.toml`` = :data:`SEED_AGENT_TOML`,
@@ -385,9 +385,9 @@ async def ensure_repos(proposed: Path, applied: Path) -> None:
     """
     async with _locked(proposed, applied):
         if not await _is_repo(applied):
-            await _seed_repo(applied)
+            await _seed_repo(applied, seed)
             if not await _is_repo(proposed):
-                await _seed_repo(proposed)
+                await _seed_repo(proposed, seed)
         elif not await _is_repo(proposed):
             await _clone_applied(applied, proposed)
 

@@ -32,7 +32,12 @@ from typing import IO
 
 import trio
 
-from hyperhive.agent_config import AgentConfig, parse_agent_config
+from hyperhive.agent_config import (
+    AgentConfig,
+    InvalidAgentConfig,
+    parse_agent_config,
+    seed_agent_toml,
+)
 from hyperhive.agent_setup import load_applied_config, prepare_agent_repos
 from hyperhive.api import Api, tombstone
 from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref
@@ -78,6 +83,11 @@ class Hive:
         self.events = EventHub()
         self.api = Api(self)
         self.backend = resolve_backend(config.backend)
+        self.seed_toml = seed_agent_toml(
+            model=config.agent_model,
+            cpu_quota=config.agent_cpu_quota,
+            memory_max=config.agent_memory_max,
+        )
         self.registry = Registry(
             db,
             config.paths,
@@ -261,7 +271,7 @@ class Hive:
     async def _create(self, name: str, *, role: str = "agent") -> AgentRecord:
         """Register (or revive) an agent and hand it to its supervisor, which starts it."""
         record = await self.registry.register(name, role=role)
-        await prepare_agent_repos(self.config.paths, name)
+        await prepare_agent_repos(self.config.paths, name, self.seed_toml)
         await self.registry.reload_config(name)
         if not self.config.paths.model_file(name).exists():
             config = await load_applied_config(self.config.paths.applied_dir(name))
@@ -398,7 +408,17 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
     # Settings errors surface here, plainly, before anything is started.
     gid = admin_gid(config.admin_group)
     resolve_backend(config.backend)
+    try:
+        seed_agent_toml(
+            model=config.agent_model,
+            cpu_quota=config.agent_cpu_quota,
+            memory_max=config.agent_memory_max,
+        )
+    except InvalidAgentConfig as exc:
+        raise RequestRefused(f"agent defaults: {exc}") from None
     paths.state_dir.mkdir(parents=True, exist_ok=True)
+    # It holds credentials and the dashboard token: nobody else's business.
+    os.chmod(paths.state_dir, 0o700)
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.run_dir, 0o751)
     with instance_lock(paths.lock_file), instance_lock(paths.run_dir / "hyperhive.lock"):
@@ -408,7 +428,8 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
             hive = Hive(config, db)
             async with trio.open_nursery() as nursery:
                 await nursery.start(hive.registry.serve)
-                await prepare_agent_repos(paths, MANAGER)
+                await hive.registry.update(MANAGER, backend=hive.backend)  # it follows the daemon
+                await prepare_agent_repos(paths, MANAGER, hive.seed_toml)
                 await nursery.start(hive.containers.serve)
                 await nursery.start(hive.questions.watchdog)
                 await nursery.start(retention_loop, hive)
@@ -454,6 +475,9 @@ async def main(config: Config, *, out: IO[str] = sys.stdout) -> None:
             )
             login = hive.dashboard_login_url()
             if login is not None:
+                if os.environ.get("INVOCATION_ID"):
+                    # Under systemd stdout is the journal: keep the token out of it.
+                    login = login.split("?", 1)[0] + "  (run 'hyperhive dashboard-url' to log in)"
                 print(f"hyperhive: dashboard {login}", file=out, flush=True)
             notifier.notify("READY=1")
             async for signum in signals:

@@ -6,7 +6,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -66,49 +65,6 @@ async def test_signal_stops_gracefully(daemon: DaemonProcess, sig: int) -> None:
     assert any("hyperhive: stopped" in line for line in daemon.output)
     assert not daemon.paths.host_socket.exists()
     assert not daemon.paths.agent_socket("manager").exists()
-
-
-async def test_sd_notify_ready_watchdog_stopping(short_tmp: Path) -> None:
-    notify_path = short_tmp / "notify.sock"
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    await sock.bind(str(notify_path))
-    env = {
-        **os.environ,
-        "NOTIFY_SOCKET": str(notify_path),
-        "WATCHDOG_USEC": "200000",  # ping every 0.1 s
-        "PYTHONUNBUFFERED": "1",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "hyperhive",
-        "run",
-        "--state-dir",
-        str(short_tmp / "s"),
-        "--run-dir",
-        str(short_tmp / "r"),
-        "--backend",
-        "external",
-        "--dashboard-bind",
-        "off",
-    ]
-    proc = await trio.lowlevel.open_process(cmd, env=env, stdout=subprocess.DEVNULL)
-    seen: list[str] = []
-    try:
-        with trio.fail_after(20):
-            while seen.count("WATCHDOG=1") < 3:
-                seen.append((await sock.recv(1024)).decode())
-        assert seen[0] == "READY=1"
-        proc.send_signal(signal.SIGTERM)
-        with trio.fail_after(20):
-            while "STOPPING=1" not in seen:
-                seen.append((await sock.recv(1024)).decode())
-            assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        sock.close()
 
 
 async def test_runs_as_a_normal_user_with_default_dirs(short_tmp: Path) -> None:

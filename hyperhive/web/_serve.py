@@ -13,6 +13,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from hyperhive.errors import HyperhiveError
 from hyperhive.web._app import Dashboard
 from hyperhive.web._auth import Auth, load_or_create_token
 
@@ -32,6 +33,16 @@ def hypercorn_config(bind: list[str]) -> HypercornConfig:
     config.graceful_timeout = 1.0
     config.keep_alive_timeout = 75.0
     return config
+
+
+class DashboardUnavailable(HyperhiveError):
+    """The dashboard could not be served at start (its address is taken or invalid)."""
+
+
+def _reason(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return str(exc)
 
 
 async def serve_dashboard(
@@ -61,9 +72,12 @@ async def serve_dashboard(
                     task_status.started(urls)
                     reported = True
                 backoff = 1.0
-        except Exception:
+        except Exception as exc:
             if not reported:
-                raise  # cannot even bind: a configuration error, say so at start
+                # Cannot even bind (port taken, bad address): a configuration error.
+                raise DashboardUnavailable(
+                    f"cannot serve the dashboard on {', '.join(bind)}: {_reason(exc)}"
+                ) from None
             log.exception("the dashboard crashed; restarting in %.0f s", backoff)
             await trio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)

@@ -1,1 +1,284 @@
-// dashboard script
+// The operator dashboard: one /api/state snapshot, then the /api/stream event stream.
+// Events are applied to the in-memory state where that is easy, otherwise a (throttled)
+// refetch of the snapshot; either way the view is re-rendered with keyed, in-place updates.
+import { $, setText, tickClocks, setServerNow, serverNow } from './dom.js';
+import { getJSON, LoggedOut, setCsrf, toast, act } from './ui.js';
+import { renderAgents } from './agents.js';
+import { renderCalls, lingerFor } from './calls.js';
+import { renderFlow, setupComposer, flowToBottom } from './flow.js';
+import { setupNotifications, notify } from './notify.js';
+
+// Every kind the daemon publishes (EventSource only delivers kinds it listens for).
+const KINDS = [
+  'sent', 'delivered', 'vacuumed', 'resync',
+  'agent_registered', 'agent_changed', 'agent_destroyed', 'agent_purged',
+  'status_changed', 'model_changed', 'harness_connected', 'harness_disconnected',
+  'container_started', 'container_crash',
+  'question_added', 'question_resolved', 'approval_added', 'approval_resolved',
+];
+const FLOW_KEEP = 1000;
+const RECENT_KEEP = 2000;
+
+const state = {
+  seq: 0,
+  agents: new Map(),
+  isolated: {},
+  tombstones: [],
+  approvals: new Map(),
+  questions: new Map(),
+  inbox: new Map(),
+  flow: new Map(),
+  lingering: new Map(),
+};
+const recent = []; // events seen on the stream, re-applied on top of a newer snapshot
+let streamSeq = 0;
+let stream = null;
+let loggedOut = false;
+
+const byId = (items) => new Map(items.map((x) => [x.id, x]));
+
+function load(snap) {
+  state.seq = snap.seq;
+  setCsrf(snap.csrf);
+  setServerNow(snap.now);
+  setText($('version'), `v${snap.version}`);
+  setText($('backend'), `backend ${snap.backend}`);
+  state.agents = new Map(snap.agents.map((a) => [a.name, a]));
+  state.isolated = snap.isolated;
+  state.tombstones = snap.tombstones;
+  state.approvals = byId(snap.approvals);
+  state.questions = byId(snap.questions);
+  state.inbox = byId(snap.inbox);
+  for (const m of snap.flow) state.flow.set(m.id, m);
+  const ids = [...state.flow.keys()].sort((a, b) => a - b);
+  for (const id of ids.slice(0, Math.max(0, ids.length - FLOW_KEEP))) state.flow.delete(id);
+  for (const e of recent) if (e.seq > snap.seq) apply(e.kind, e.data, false);
+}
+
+function patchAgent(name, fields) {
+  const agent = state.agents.get(name);
+  if (agent) state.agents.set(name, { ...agent, ...fields });
+  else refetchSoon();
+}
+
+// Apply one event to the state; `live` is false when re-applying over a newer snapshot.
+function apply(kind, d, live) {
+  switch (kind) {
+    case 'sent': {
+      const m = { id: d.id, from: d.sender, to: d.recipient, body: d.body, sent_at: d.sent_at, in_reply_to: d.in_reply_to, delivered_at: null };
+      state.flow.set(m.id, m);
+      if (m.to === 'operator') {
+        state.inbox.set(m.id, { ...m });
+        if (live) notify(`✉ from ${m.from}`, m.body, `message-${m.id}`);
+      }
+      const agent = state.agents.get(m.to);
+      if (agent) patchAgent(m.to, { unread: agent.unread + 1 });
+      break;
+    }
+    case 'delivered':
+      for (const map of [state.flow, state.inbox]) {
+        const m = map.get(d.id);
+        if (m && m.delivered_at == null) map.set(d.id, { ...m, delivered_at: d.ts });
+      }
+      if (!d.redelivered && state.agents.has(d.recipient)) {
+        patchAgent(d.recipient, { unread: Math.max(0, state.agents.get(d.recipient).unread - 1) });
+      }
+      break;
+    case 'agent_changed':
+      patchAgent(d.name, { state: d.state, transient: d.transient, transient_since: d.transient_since, warning: d.warning });
+      break;
+    case 'status_changed':
+      patchAgent(d.name, { status_text: d.status_text });
+      break;
+    case 'model_changed':
+      patchAgent(d.name, { model: d.model });
+      break;
+    case 'harness_connected':
+    case 'harness_disconnected':
+      patchAgent(d.name, { harness_connected: kind === 'harness_connected' });
+      refetchSoon(); // a harness saying hello gets its unacked messages again: unread changes
+      break;
+    case 'container_started':
+      patchAgent(d.name, { pid: d.pid });
+      break;
+    case 'question_added':
+    case 'question_resolved': {
+      const q = d.question;
+      const before = state.questions.get(q.id);
+      state.questions.set(q.id, q);
+      if (live && kind === 'question_added' && q.target == null) notify(`? ${q.asker} asks`, q.question, `question-${q.id}`);
+      if (live && kind === 'question_resolved' && before && before.answered_at == null) lingerFor(state, q.id);
+      break;
+    }
+    case 'approval_added':
+    case 'approval_resolved': {
+      const a = d.approval;
+      state.approvals.set(a.id, a);
+      if (live && kind === 'approval_added') notify(`◆ approval #${a.id}`, `${a.kind} ${a.agent}${a.description ? `: ${a.description}` : ''}`, `approval-${a.id}`);
+      break;
+    }
+    default: // registered, destroyed, purged, crashes, vacuum: take a fresh snapshot
+      refetchSoon();
+  }
+}
+
+// ------------------------------------------------------------------ snapshot and stream
+
+let refetchTimer = null;
+let refetching = false;
+let refetchAgain = false;
+
+function refetchSoon(delay = 150) {
+  if (refetchTimer == null) refetchTimer = setTimeout(refetch, delay);
+}
+
+async function refetch() {
+  refetchTimer = null;
+  if (refetching) { refetchAgain = true; return; }
+  refetching = true;
+  try {
+    load(await getJSON('/api/state'));
+    schedule();
+  } catch (err) {
+    if (err instanceof LoggedOut) endSession();
+    else toast(`could not load the state: ${err.message}`, 'error');
+  } finally {
+    refetching = false;
+    if (refetchAgain) { refetchAgain = false; refetchSoon(); }
+  }
+}
+
+function onEvent(ev) {
+  const data = JSON.parse(ev.data);
+  if (ev.type === 'resync') {
+    streamSeq = data.seq;
+    refetch();
+    return;
+  }
+  if (data.seq <= streamSeq) return;
+  streamSeq = data.seq;
+  recent.push({ seq: data.seq, kind: ev.type, data });
+  if (recent.length > RECENT_KEEP) recent.splice(0, recent.length - RECENT_KEEP);
+  if (data.seq <= state.seq) return; // already part of the snapshot
+  apply(ev.type, data, true);
+  schedule();
+}
+
+function connect() {
+  if (loggedOut) return;
+  // `since` for the first connection; EventSource sends Last-Event-ID on its own reconnects.
+  stream = new EventSource(`/api/stream?since=${streamSeq}`);
+  stream.onopen = () => showConnection('live', '● live');
+  stream.onerror = () => {
+    if (stream.readyState === EventSource.CONNECTING) {
+      showConnection('reconnecting', '○ reconnecting…');
+      return;
+    }
+    showConnection('offline', '✕ offline — retrying');
+    stream.close();
+    getJSON('/api/state').then(() => setTimeout(connect, 2000), (err) => {
+      if (err instanceof LoggedOut) endSession();
+      else setTimeout(connect, 5000);
+    });
+  };
+  for (const kind of KINDS) stream.addEventListener(kind, onEvent);
+}
+
+function showConnection(kind, text) {
+  const el = $('conn');
+  el.dataset.state = kind;
+  setText(el, text);
+}
+
+function endSession() {
+  loggedOut = true;
+  if (stream) stream.close();
+  showConnection('offline', '✕ logged out');
+  const banner = $('banner');
+  banner.textContent = 'The session ended (the dashboard token changed?). Open the login link from `hyperhive dashboard-url` again.';
+  banner.hidden = false;
+}
+
+// ------------------------------------------------------------------ rendering
+
+let renderTimer = null;
+
+function schedule() {
+  if (renderTimer == null) renderTimer = setTimeout(render, 16);
+}
+
+function render() {
+  renderTimer = null;
+  const agents = renderAgents(state);
+  const calls = renderCalls(state);
+  renderFlow(state);
+  setText($('pill-swarm'), agents);
+  setText($('pill-call'), calls);
+  $('pill-call').classList.toggle('hot', calls > 0);
+  document.title = calls > 0 ? `(${calls}) hyperhive` : 'hyperhive';
+  tickClocks();
+}
+
+let ticks = 0;
+function tick() {
+  tickClocks();
+  ticks += 1;
+  const now = serverNow();
+  let expired = false;
+  for (const [id, until] of state.lingering) {
+    if (until < now + 1) { state.lingering.delete(id); expired = true; }
+  }
+  if (expired || ticks % 15 === 0) schedule(); // ages ("3m ago") refresh now and then
+}
+
+// ------------------------------------------------------------------ chrome
+
+function showTab() {
+  const tab = (location.hash || '#swarm').slice(1);
+  const known = ['swarm', 'call', 'flow'].includes(tab) ? tab : 'swarm';
+  for (const view of document.querySelectorAll('.view')) view.hidden = view.id !== `view-${known}`;
+  for (const link of document.querySelectorAll('.tabs a')) {
+    if (link.dataset.tab === known) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
+  }
+  if (known === 'flow') flowToBottom();
+}
+
+function setupForms() {
+  const spawn = $('spawn-form');
+  spawn.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const name = spawn.elements.name.value.trim();
+    const description = spawn.elements.description.value.trim() || null;
+    const result = await act(spawn.querySelector('button'), 'request-spawn', { name, description }, {
+      out: spawn.querySelector('output'),
+      done: (r) => `approval #${r.id} waits below`,
+    });
+    if (result) spawn.reset();
+  });
+  const read = $('inbox-read');
+  read.addEventListener('click', () => act(read, 'inbox-read', {}, { done: (r) => `${r.read} messages marked read` }));
+  $('flow-new').addEventListener('click', flowToBottom);
+}
+
+async function boot() {
+  window.addEventListener('hashchange', showTab);
+  showTab();
+  setupNotifications();
+  setupComposer(state);
+  setupForms();
+  try {
+    load(await getJSON('/api/state'));
+  } catch (err) {
+    if (err instanceof LoggedOut) endSession();
+    else toast(`could not load the state: ${err.message}`, 'error');
+    return;
+  }
+  streamSeq = state.seq;
+  render();
+  document.body.dataset.ready = 'true';
+  connect();
+  setInterval(tick, 1000);
+}
+
+boot();

@@ -1,0 +1,187 @@
+// SW4RM: the agents (a tree by parent) and the kept state of destroyed ones.
+import { $, h, setText, setAttr, reconcile, bytes, ago } from './dom.js';
+import { act, confirmDialog, openDrawer, getJSON } from './ui.js';
+
+const NEEDS_LOGIN = /\b(log ?in|logged out|not authenticated|authentication|credentials)\b/i;
+const RATE_LIMITED = /rate[ -]?limit|usage limit|too many requests/i;
+const LIFECYCLE = [['start', 'ST4RT'], ['kill', 'ST0P'], ['restart', 'R3ST4RT'], ['rebuild', 'R3BU1LD']];
+
+// Depth-first by parent, alphabetical, the manager first; orphans and cycles become roots.
+export function agentTree(agents) {
+  const byName = new Map(agents.map((a) => [a.name, a]));
+  const children = new Map();
+  const roots = [];
+  for (const a of agents) {
+    if (a.parent && a.parent !== a.name && byName.has(a.parent)) {
+      if (!children.has(a.parent)) children.set(a.parent, []);
+      children.get(a.parent).push(a);
+    } else roots.push(a);
+  }
+  const order = (a, b) => (b.role === 'manager') - (a.role === 'manager') || a.name.localeCompare(b.name);
+  const out = [];
+  const seen = new Set();
+  const walk = (agent, prefix, last, depth) => {
+    if (seen.has(agent.name)) return;
+    seen.add(agent.name);
+    out.push({ agent, branch: depth ? prefix + (last ? '└─ ' : '├─ ') : '' });
+    const kids = (children.get(agent.name) || []).sort(order);
+    const inner = depth ? prefix + (last ? '   ' : '│  ') : '';
+    kids.forEach((kid, i) => walk(kid, inner, i === kids.length - 1, depth + 1));
+  };
+  roots.sort(order).forEach((a) => walk(a, '', true, 0));
+  agents.filter((a) => !seen.has(a.name)).sort(order).forEach((a) => walk(a, '', true, 0));
+  return out;
+}
+
+function badge(cls, text, title) {
+  return h('span', { class: `badge ${cls}`, title, hidden: true, text });
+}
+
+function show(el, visible, text) {
+  el.hidden = !visible;
+  if (visible && text !== undefined) setText(el, text);
+}
+
+function makeAgent(state) {
+  return ({ agent: first }) => {
+    let agent = first;
+    const branch = h('span', { class: 'branch', 'aria-hidden': 'true' });
+    const name = h('span', { class: 'name', text: first.name });
+    const role = badge('role', 'manager');
+    const stateBadge = h('span', { class: 'badge state' });
+    const since = h('span', { class: 'since' });
+    const transient = h('span', { class: 'badge transient', hidden: true }, h('span'), ' · ', since);
+    const crashLoop = badge('bad', 'CR4SH L00P', 'crashed too often: start it by hand');
+    const login = badge('warn', 'needs login', 'the status says it needs a login');
+    const rate = badge('warn', '⊘ rate limited', 'the status says it is rate limited');
+    const harness = h('span', { class: 'badge harness' });
+    const unread = badge('unread', '');
+    const model = h('span', { class: 'model' });
+    const backend = h('span', { class: 'backend' });
+    const isolation = badge('warn', 'no isolation', 'this backend runs agents as plain processes');
+    const pid = h('span', { class: 'pid' });
+    const status = h('p', { class: 'status' });
+    const warning = h('p', { class: 'warning', hidden: true });
+    const buttons = LIFECYCLE.map(([verb, label]) => h('button', {
+      type: 'button', text: label, 'aria-label': `${verb} ${first.name}`,
+      onclick: (e) => act(e.currentTarget, verb, { name: agent.name }, { done: `${verb}: ${agent.name}` }),
+    }));
+    const logs = h('button', { type: 'button', text: 'L0GS', 'aria-label': `logs of ${first.name}`, onclick: () => showLogs(agent.name) });
+    const destroy = h('button', {
+      type: 'button', class: 'danger', text: 'DESTR0Y', 'aria-label': `destroy ${first.name}`,
+      onclick: async (e) => {
+        const button = e.currentTarget;
+        const ok = await confirmDialog({
+          title: `DESTR0Y ${agent.name}?`,
+          text: 'The container goes away; its state is kept and can be revived or purged later.',
+          ok: 'DESTR0Y',
+        });
+        if (ok) act(button, 'destroy', { name: agent.name }, { done: `${agent.name} destroyed; state kept` });
+      },
+    });
+    const el = h('article', { class: 'row agent', 'data-name': first.name, 'aria-label': `agent ${first.name}` },
+      h('div', { class: 'line' }, branch, name, role, stateBadge, transient, crashLoop, login, rate, harness, unread),
+      h('div', { class: 'line meta' }, model, backend, isolation, pid),
+      status, warning,
+      h('div', { class: 'actions' }, ...buttons, logs, destroy));
+    const update = ({ agent: a, branch: b }) => {
+      agent = a;
+      setText(branch, b);
+      setAttr(el, 'data-state', a.state);
+      show(role, a.role === 'manager');
+      setText(stateBadge, a.state.replace('_', ' '));
+      setAttr(stateBadge, 'data-state', a.state);
+      show(transient, !!a.transient);
+      if (a.transient) {
+        setText(transient.firstChild, `⟳ ${a.transient}`);
+        setAttr(since, 'data-since', a.transient_since ?? '');
+      }
+      show(crashLoop, a.state === 'crash_loop');
+      show(login, NEEDS_LOGIN.test(a.status_text));
+      show(rate, RATE_LIMITED.test(a.status_text));
+      setText(harness, a.harness_connected ? '● connected' : '○ no harness');
+      setAttr(harness, 'data-on', a.harness_connected ? 'yes' : 'no');
+      show(unread, a.unread > 0, `✉ ${a.unread}`);
+      setAttr(unread, 'title', `${a.unread} unread`);
+      setText(model, a.model);
+      setText(backend, a.backend);
+      show(isolation, state.isolated[a.backend] === false);
+      setText(pid, a.pid ? `pid ${a.pid}` : '');
+      setText(status, a.status_text || '—');
+      show(warning, !!a.warning, `⚠ ${a.warning}`);
+      const external = a.backend === 'external';
+      const hint = external ? 'the external backend starts nothing: run its harness by hand' : null;
+      for (const b2 of [...buttons, logs]) { b2.disabled = external; setAttr(b2, 'title', hint); }
+      destroy.hidden = a.role === 'manager';
+    };
+    return { el, update };
+  };
+}
+
+function showLogs(name) {
+  openDrawer(`L0GS · ${name}`, (body, tools) => {
+    const lines = h('select', { 'aria-label': 'lines' },
+      ...[100, 200, 1000, 5000].map((n) => h('option', { value: n, text: `${n} lines` })));
+    lines.value = '200';
+    const load = async () => {
+      body.textContent = 'loading…';
+      try {
+        const data = await getJSON(`/api/logs/${encodeURIComponent(name)}?lines=${lines.value}`);
+        body.textContent = data.lines.join('\n') || '(empty)';
+        body.scrollTop = body.scrollHeight;
+      } catch (err) {
+        body.textContent = `error: ${err.message}`;
+      }
+    };
+    lines.addEventListener('change', load);
+    tools.append(lines, h('button', { type: 'button', text: '↻ refresh', onclick: load }));
+    load();
+  });
+}
+
+function makeTombstone(t0) {
+  let t = t0;
+  const size = h('span', { class: 'size' });
+  const age = h('span', { class: 'age' });
+  const revive = h('button', {
+    type: 'button', text: 'R3V1V3', 'aria-label': `revive ${t0.name}`,
+    onclick: (e) => act(e.currentTarget, 'revive', { name: t.name }, {
+      done: (r) => `revive of ${t.name} asked: approve #${r.id} in Y3R C4LL`,
+    }),
+  });
+  const purge = h('button', {
+    type: 'button', class: 'danger', text: 'PURG3', 'aria-label': `purge ${t0.name}`,
+    onclick: async (e) => {
+      const button = e.currentTarget;
+      const ok = await confirmDialog({
+        title: `PURG3 ${t.name}?`,
+        text: 'This deletes its state, notes, credentials and config history for good. No undo.',
+        ok: 'PURG3',
+        typed: t.name,
+      });
+      if (ok) act(button, 'purge', { name: t.name, confirm: t.name }, { done: `${t.name} purged` });
+    },
+  });
+  const el = h('article', { class: 'row tomb', 'data-name': t0.name, 'aria-label': `kept state of ${t0.name}` },
+    h('div', { class: 'line' }, h('span', { class: 'name', text: t0.name }), size, age),
+    h('div', { class: 'actions' }, revive, purge));
+  return {
+    el,
+    update(next) {
+      t = next;
+      setText(size, bytes(t.size_bytes));
+      setText(age, `last change ${ago(t.modified_at)}`);
+    },
+  };
+}
+
+export function renderAgents(state) {
+  const agents = [...state.agents.values()];
+  reconcile($('agents'), agentTree(agents), (r) => r.agent.name, makeAgent(state));
+  $('agents-empty').hidden = agents.length > 0;
+  setText($('agents-count'), `· ${agents.length}`);
+  reconcile($('kept'), state.tombstones, (t) => t.name, makeTombstone);
+  $('kept-empty').hidden = state.tombstones.length > 0;
+  setText($('kept-count'), state.tombstones.length ? `· ${state.tombstones.length}` : '');
+  return agents.length;
+}
