@@ -7,10 +7,12 @@ the ``process`` backend, and with ``nspawn`` where it is available (root + syste
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -184,23 +186,38 @@ async def test_payload_that_always_fails_reaches_crash_loop(
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_daemon_restart_readopts_the_same_process(short_tmp: Path, backend: str) -> None:
     require(backend)
-    async with open_hive(config(short_tmp, backend, stop=False)) as hive:
-        await hive.spawn("alice")
-        await wait_state(hive, "alice", AgentState.RUNNING)
-        await wait_harness(hive, "alice")
-        pid = hive.registry.get("alice").pid
-    assert alive(pid), "agents must outlive the daemon"
-    async with open_hive(config(short_tmp, backend, stop=True)) as hive:
-        assert hive.registry.get("alice").pid == pid
-        assert hive.registry.get("alice").state == AgentState.RUNNING
-        # The payload reconnects its socket to the new daemon by itself (the fake exits when
-        # its connection drops, so here it crashed and came back: either way it is supervised).
-        events = hive.events.subscribe()
-        os.kill(payload_pid(hive, "alice"), signal.SIGKILL)
-        with trio.fail_after(5):
-            while (await events.receive()).kind != "container_crash":
-                pass
-    assert not alive(pid)
+    try:
+        async with open_hive(config(short_tmp, backend, stop=False)) as hive:
+            await hive.spawn("alice")
+            await wait_state(hive, "alice", AgentState.RUNNING)
+            await wait_harness(hive, "alice")
+            pid = hive.registry.get("alice").pid
+        assert alive(pid), "agents must outlive the daemon"
+        async with open_hive(config(short_tmp, backend, stop=True)) as hive:
+            assert hive.registry.get("alice").pid == pid
+            assert hive.registry.get("alice").state == AgentState.RUNNING
+            # Re-adopted means supervised: a crash now is noticed through the new pidfd.
+            events = hive.events.subscribe()
+            os.kill(payload_pid(hive, "alice"), signal.SIGKILL)
+            with trio.fail_after(5):
+                while (await events.receive()).kind != "container_crash":
+                    pass
+        assert not alive(pid)
+    finally:
+        kill_leftovers(short_tmp)
+
+
+def kill_leftovers(root: Path) -> None:
+    """Agents outlive their daemon by design: a failed test must not leave them behind."""
+    db = make_paths(root).broker_db
+    if not db.exists():
+        return
+    conn = sqlite3.connect(db)
+    pids = [r[0] for r in conn.execute("SELECT pid FROM agents WHERE pid IS NOT NULL")]
+    conn.close()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 async def test_destroy_revive_purge(container_hive: Hive) -> None:
