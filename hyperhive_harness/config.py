@@ -1,0 +1,172 @@
+"""Every setting of the harness, read from the environment in one place (no I/O here).
+
+Inside a container the defaults are right: the agent's socket is ``/run/hive/mcp.sock``, its
+state directory ``/state``. Tests and the ``process`` backend override them through the
+environment (or ``serve``'s flags, which win over the environment).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+
+import attrs
+
+DEFAULT_SOCKET: Final = "/run/hive/mcp.sock"
+DEFAULT_STATE_DIR: Final = "/state"
+DEFAULT_MODEL: Final = "haiku"
+EVENTS_DB_NAME: Final = "hyperhive-events.sqlite"
+MODEL_FILE_NAME: Final = "hyperhive-model"
+#: The UI's port is recorded here so it stays the same across restarts (sticky).
+UI_PORT_FILE_NAME: Final = "hyperhive-ui-port"
+#: The running claude's pid and start time, so a restarted harness can end an orphan.
+CLAUDE_PID_FILE_NAME: Final = "hyperhive-claude.pid"
+#: Reconnect delays after losing the daemon; the last one repeats.
+RECONNECT_SCHEDULE: Final = (2.0, 4.0, 8.0, 16.0, 30.0)
+RECV_WAIT_SECONDS: Final = 180
+RATE_LIMIT_SLEEP_SECONDS: Final = 300.0
+#: How often a parked harness (``needs_login``) looks at the credentials file.
+LOGIN_POLL_SECONDS: Final = 5.0
+#: Attempts of a turn that failed for another reason before its message is acked and reported.
+MAX_TURN_ATTEMPTS: Final = 2
+FAILED_RETRY_DELAY_SECONDS: Final = 10.0
+#: After SIGINT, how long claude gets to flush a result before it is killed.
+CANCEL_GRACE_SECONDS: Final = 10.0
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the variable."""
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r} must not be negative")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={raw!r} must be between {low} and {high}")
+    return value
+
+
+def parse_schedule(raw: str) -> tuple[float, ...]:
+    """``"2,4,8"`` → ``(2.0, 4.0, 8.0)``; raises :class:`ConfigError` on garbage."""
+    try:
+        values = tuple(float(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"backoff schedule {raw!r} is not a comma list of numbers") from None
+    if not values or any(v < 0 for v in values):
+        raise ConfigError(f"backoff schedule {raw!r} needs at least one non-negative number")
+    return values
+
+
+def parse_tool_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.replace(" ", ",").split(",") if part.strip())
+
+
+@attrs.frozen
+class HarnessConfig:
+    socket: Path
+    state_dir: Path
+    events_db: Path
+    model_file: Path
+    claude: str
+    home: Path
+    #: A change of this file ends a ``needs_login`` park (see docs/harness.md).
+    credentials_file: Path
+    ui_host: str = "127.0.0.1"
+    #: None: the sticky port recorded in the state dir, else one the OS picks.
+    ui_port: int | None = None
+    #: Extra ``Host`` names the UI answers to (a reverse proxy's name); loopback always works.
+    ui_allowed_hosts: tuple[str, ...] = ()
+    reconnect_schedule: tuple[float, ...] = RECONNECT_SCHEDULE
+    rate_limit_sleep: float = RATE_LIMIT_SLEEP_SECONDS
+    login_poll: float = LOGIN_POLL_SECONDS
+    max_turn_attempts: int = MAX_TURN_ATTEMPTS
+    failed_retry_delay: float = FAILED_RETRY_DELAY_SECONDS
+    cancel_grace: float = CANCEL_GRACE_SECONDS
+    #: Long-poll length of the loop's ``recv`` (SPEC: 180 s; shorter only for tests).
+    recv_wait: int = RECV_WAIT_SECONDS
+    #: Tools allowed besides the ``mcp__hyperhive__*`` ones (comma list).
+    extra_allowed_tools: tuple[str, ...] = ()
+    #: A ``--settings`` file or JSON string passed to every claude run, if set.
+    claude_settings: str | None = None
+    #: The command the UI's login panel runs (default ``<claude> auth login``).
+    login_command: tuple[str, ...] = ()
+    #: The environment claude and the login command run with (the harness's own).
+    env: Mapping[str, str] = attrs.field(factory=dict)
+
+    @property
+    def ui_port_file(self) -> Path:
+        return self.state_dir / UI_PORT_FILE_NAME
+
+    @property
+    def claude_pid_file(self) -> Path:
+        return self.state_dir / CLAUDE_PID_FILE_NAME
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str],
+        *,
+        socket: str | None = None,
+        port: int | None = None,
+        host: str | None = None,
+    ) -> HarnessConfig:
+        """Build the settings from ``env``; explicit arguments (CLI flags) win."""
+        state_dir = Path(env.get("HYPERHIVE_STATE_DIR") or DEFAULT_STATE_DIR)
+        home = Path(env.get("HOME") or "/root")
+        claude = env.get("HYPERHIVE_CLAUDE") or "claude"
+        raw_port = env.get("HYPERHIVE_UI_PORT")
+        if port is None and raw_port:
+            port = _int(env, "HYPERHIVE_UI_PORT", 0, low=0, high=65535)
+        if port is not None and not 0 <= port <= 65535:
+            raise ConfigError(f"port {port} is out of range")
+        login = env.get("HYPERHIVE_LOGIN_CMD")
+        return cls(
+            socket=Path(socket or env.get("HYPERHIVE_SOCKET") or DEFAULT_SOCKET),
+            state_dir=state_dir,
+            events_db=Path(env.get("HYPERHIVE_EVENTS_DB") or state_dir / EVENTS_DB_NAME),
+            model_file=Path(env.get("HYPERHIVE_MODEL_FILE") or state_dir / MODEL_FILE_NAME),
+            claude=claude,
+            home=home,
+            credentials_file=Path(
+                env.get("HYPERHIVE_CREDENTIALS_FILE") or home / ".claude" / ".credentials.json"
+            ),
+            ui_host=host or env.get("HYPERHIVE_UI_HOST") or "127.0.0.1",
+            ui_port=port or None,
+            ui_allowed_hosts=parse_tool_list(env.get("HYPERHIVE_UI_ALLOWED_HOSTS", "")),
+            reconnect_schedule=parse_schedule(env["HYPERHIVE_RECONNECT_BACKOFF"])
+            if env.get("HYPERHIVE_RECONNECT_BACKOFF")
+            else RECONNECT_SCHEDULE,
+            rate_limit_sleep=_float(env, "HYPERHIVE_RATE_LIMIT_SLEEP", RATE_LIMIT_SLEEP_SECONDS),
+            login_poll=_float(env, "HYPERHIVE_LOGIN_POLL", LOGIN_POLL_SECONDS) or 0.1,
+            max_turn_attempts=_int(
+                env, "HYPERHIVE_MAX_TURN_ATTEMPTS", MAX_TURN_ATTEMPTS, low=1, high=100
+            ),
+            failed_retry_delay=_float(
+                env, "HYPERHIVE_FAILED_RETRY_DELAY", FAILED_RETRY_DELAY_SECONDS
+            ),
+            cancel_grace=_float(env, "HYPERHIVE_CANCEL_GRACE", CANCEL_GRACE_SECONDS),
+            recv_wait=_int(env, "HYPERHIVE_RECV_WAIT", RECV_WAIT_SECONDS, low=1, high=180),
+            extra_allowed_tools=parse_tool_list(env.get("HYPERHIVE_EXTRA_ALLOWED_TOOLS", "")),
+            claude_settings=env.get("HYPERHIVE_CLAUDE_SETTINGS") or None,
+            login_command=tuple(login.split()) if login else (claude, "auth", "login"),
+            env=dict(env),
+        )

@@ -1,0 +1,427 @@
+"""The turn loop: inbox message → one claude run → verdict → ack (SPEC §9).
+
+    connect + hello(harness) ──► deliver what is owed (reports, acks) ──► recv(180 s, ack:false)
+          ▲                                                                   │ message
+          │ backoff 2,4,8,16,30 s                              status ──► turn_start
+          │                                                                   │
+     Disconnected ◄── any socket call                     claude (stream/note events)
+                                                                              │
+                                      judge ──► decide ──► turn_end ──► ack / retry / sleep / park
+
+Only this task holds the ``harness`` connection. Every decision is made by the sans-IO
+functions of :mod:`hyperhive_harness.turns`; this module wires them to the socket, the
+process and the clock.
+
+No work is lost or duplicated across a daemon restart: a message whose turn ended is put in
+``owed`` (with its failure report, if any) before it is acked. If the ack (or the report)
+cannot be delivered because the daemon is down, the loop reconnects and delivers what is
+owed first. The daemon hands unacked messages out again after a ``hello``; one that is
+still owed when it comes back is acked without a new turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections import OrderedDict
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from hyperhive.config import PROTOCOL_VERSION
+from hyperhive.protocol import (
+    Ack,
+    AckReply,
+    AgentMetaReply,
+    GetAgentMeta,
+    Hello,
+    Message,
+    Recv,
+    RecvReply,
+    Send,
+    SetStatus,
+    StatusReply,
+)
+from hyperhive.protocol import Status as StatusRequest
+from hyperhive_harness.bus import Bus
+from hyperhive_harness.claude import TurnControl, kill_orphan, run_claude
+from hyperhive_harness.config import HarnessConfig
+from hyperhive_harness.link import DaemonLink, Disconnected, Refused
+from hyperhive_harness.turns import (
+    Backoff,
+    Next,
+    Outcome,
+    Status,
+    TurnObserver,
+    TurnState,
+    Verdict,
+    allowed_tools,
+    claude_argv,
+    claude_env,
+    decide,
+    failure_report,
+    judge,
+    mcp_config,
+    render_system_prompt,
+    report_recipient,
+    wake_prompt,
+)
+
+#: How many finished-but-unconfirmed message ids are remembered.
+MAX_OWED = 1000
+MAX_STATUS_TEXT = 200
+
+
+def system_prompt_template(role: str) -> str:
+    name = "manager.md" if role == "manager" else "agent.md"
+    return (resources.files("hyperhive_harness") / "prompts" / name).read_text(encoding="utf-8")
+
+
+def credentials_fingerprint(path: Path) -> tuple[int, int, int] | None:
+    """What identifies the credentials file's content cheaply (None: absent)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class TurnLoop:
+    def __init__(
+        self, cfg: HarnessConfig, bus: Bus, runtime_dir: Path, *, python: str = sys.executable
+    ) -> None:
+        self.cfg = cfg
+        self.bus = bus
+        self.runtime_dir = runtime_dir
+        self.python = python
+        self.connected = False
+        self.control: TurnControl | None = None
+        #: Finished messages not yet confirmed acked: id → failure report still to send.
+        self.owed: OrderedDict[int, str | None] = OrderedDict()
+        self.turns = 0
+        self._wakeup = trio.Event()
+        self._saved_status_text: str | None = None
+        self._mcp_config_file = runtime_dir / "claude-mcp-config.json"
+        self._system_prompt_file = runtime_dir / "claude-system-prompt.md"
+
+    # ------------------------------------------------------------ controls (UI)
+
+    def cancel(self) -> bool:
+        """SIGINT the running claude; False when no turn runs."""
+        control = self.control
+        return control.cancel() if control is not None else False
+
+    def retry_now(self) -> None:
+        """End a rate-limit sleep or a login park at once."""
+        self._wakeup.set()
+
+    # ------------------------------------------------------------ the loop
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        killed = kill_orphan(self.cfg.claude_pid_file)
+        if killed is not None:
+            self.bus.note(f"ended claude (pid {killed}) left running by a previous harness")
+        task_status.started()
+        backoff = Backoff(self.cfg.reconnect_schedule)
+        while True:
+            try:
+                link = await DaemonLink.connect(self.cfg.socket, role="harness")
+            except (Disconnected, Refused) as exc:
+                await self._lost(str(exc), backoff)
+                continue
+            async with link:
+                self._on_connect(link, backoff)
+                try:
+                    await self._serve(link)
+                except Disconnected as exc:
+                    self.connected = False
+                    await self._lost(str(exc), backoff)
+                except Refused as exc:
+                    # The daemon refused what the loop needs (recv, ack): start afresh.
+                    self.connected = False
+                    await self._lost(f"the daemon refused a request: {exc}", backoff)
+
+    async def _lost(self, reason: str, backoff: Backoff) -> None:
+        self.connected = False
+        self.bus.set_status(Status.DISCONNECTED)
+        delay = backoff.next()
+        if backoff.attempts <= 5 or backoff.attempts % 10 == 0:
+            self.bus.note(f"daemon unreachable ({reason}); reconnecting in {delay:g} s")
+        await trio.sleep(delay)
+
+    def _on_connect(self, link: DaemonLink, backoff: Backoff) -> None:
+        if backoff.attempts:
+            self.bus.note(f"reconnected to the daemon at {self.cfg.socket}")
+        backoff.reset()
+        self.connected = True
+        self.bus.set_identity(link.name, link.role)
+        self._write_turn_files(link.name, link.role)
+        self.bus.set_status(Status.ONLINE)
+
+    def _write_turn_files(self, label: str, role: str) -> None:
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        config = mcp_config(self.python, os.fspath(self.cfg.socket))
+        self._mcp_config_file.write_text(json.dumps(config, indent=2) + "\n")
+        prompt = render_system_prompt(
+            system_prompt_template(role),
+            label=label,
+            role=role,
+            state_dir=os.fspath(self.cfg.state_dir),
+        )
+        self._system_prompt_file.write_text(prompt)
+
+    async def _serve(self, link: DaemonLink) -> None:
+        await self._pay_debts(link)
+        while True:
+            reply = await link.call(Recv(wait_seconds=self.cfg.recv_wait, max=1, ack=False))
+            assert isinstance(reply, RecvReply)
+            if not reply.messages:
+                await self._reclaim(link)
+            for message in reply.messages:
+                if message.id in self.owed:
+                    self.bus.note(
+                        f"message #{message.id} came back after a reconnect, but its turn "
+                        "already ended: acked without a new turn"
+                    )
+                    await self._pay_debts(link)
+                    continue
+                await self._handle(link, message)
+
+    async def _reclaim(self, link: DaemonLink) -> None:
+        """Say ``hello`` again while idle, so the daemon hands out anything delivered to this
+        agent but never acked.
+
+        Nothing is in flight here, so such a message was taken by a stale long-poll: the
+        daemon keeps a ``recv`` of a closed connection (a previous harness) parked until its
+        wait ends, and that ``recv`` can take a message no one receives. Without this it would
+        wait for the next harness restart; with it, it comes back within one poll.
+        """
+        await link.call(Hello(role="harness", protocol=PROTOCOL_VERSION))
+
+    async def _pay_debts(self, link: DaemonLink) -> None:
+        """Send owed failure reports and acks; keep what the daemon did not confirm."""
+        for message_id in list(self.owed):
+            report = self.owed[message_id]
+            if report is not None:
+                try:
+                    await link.call(Send(to=report_recipient(link.role), body=report))
+                except Refused as exc:
+                    self.bus.note(f"could not report the failure of #{message_id}: {exc}")
+                self.owed[message_id] = None
+            ack = await link.call(Ack(ids=[message_id]))
+            assert isinstance(ack, AckReply)
+            if ack.acked:
+                del self.owed[message_id]
+            # else: the daemon requeued it at our hello; it comes back through recv and is
+            # acked then, without a new turn.
+
+    # ------------------------------------------------------------ one message
+
+    async def _handle(self, link: DaemonLink, message: Message) -> None:
+        failed_attempts = 0
+        fresh_session = False
+        while True:
+            unread = await self._unread(link)
+            fingerprint = credentials_fingerprint(self.cfg.credentials_file)
+            verdict, _ = await self._turn(message, unread, fresh_session=fresh_session)
+            if verdict.outcome is Outcome.FAILED:
+                failed_attempts += 1
+            decision = decide(
+                verdict,
+                attempt=failed_attempts,
+                max_attempts=self.cfg.max_turn_attempts,
+                rate_limit_sleep=self.cfg.rate_limit_sleep,
+                failed_retry_delay=self.cfg.failed_retry_delay,
+            )
+            note = "\n".join(n for n in (verdict.note, decision.note) if n)
+            self.bus.publish(
+                "turn_end",
+                ok=verdict.ok,
+                note=note,
+                id=message.id,
+                outcome=verdict.outcome.value,
+                duration_seconds=self.bus.last_turn_seconds,
+            )
+            fresh_session = decision.fresh_session
+            match decision.next:
+                case Next.ACK:
+                    report = None
+                    if decision.report:
+                        report = failure_report(
+                            agent=link.name,
+                            message_id=message.id,
+                            sender=message.from_,
+                            body=message.body,
+                            attempts=failed_attempts,
+                            note=verdict.note,
+                        )
+                    await self._leave_trouble(link)
+                    self._owe(message.id, report)
+                    await self._pay_debts(link)
+                    return
+                case Next.RETRY:
+                    await self._pause(decision.delay)
+                case Next.SLEEP_AND_RETRY:
+                    until = time.strftime("%H:%M:%S", time.localtime(time.time() + decision.delay))
+                    await self._enter_trouble(
+                        link, Status.RATE_LIMITED, f"⊘ rate limited; retrying at {until}"
+                    )
+                    await self._pause(decision.delay)
+                case Next.PARK_AND_RETRY:
+                    await self._enter_trouble(
+                        link, Status.NEEDS_LOGIN, "needs login: open this agent's UI to log in"
+                    )
+                    await self._park_for_login(fingerprint)
+
+    def _owe(self, message_id: int, report: str | None) -> None:
+        self.owed[message_id] = report
+        while len(self.owed) > MAX_OWED:
+            self.owed.popitem(last=False)
+
+    async def _unread(self, link: DaemonLink) -> int | None:
+        try:
+            reply = await link.call(StatusRequest())
+        except (Refused, Disconnected):
+            # The turn can run without the count; a lost daemon shows up at the ack.
+            return None
+        assert isinstance(reply, StatusReply)
+        return reply.unread
+
+    async def _pause(self, seconds: float) -> None:
+        self._wakeup = trio.Event()
+        with trio.move_on_after(seconds):
+            await self._wakeup.wait()
+
+    async def _park_for_login(self, before: tuple[int, int, int] | None) -> None:
+        """Wait until the credentials file changes (checked every ``login_poll`` seconds) or
+        the UI says the login is done."""
+        self._wakeup = trio.Event()
+        while True:
+            if credentials_fingerprint(self.cfg.credentials_file) != before:
+                self.bus.note("claude credentials changed; replaying the message")
+                return
+            with trio.move_on_after(self.cfg.login_poll):
+                await self._wakeup.wait()
+                self.bus.note("login reported done; replaying the message")
+                return
+
+    async def _enter_trouble(self, link: DaemonLink, status: Status, text: str) -> None:
+        """Show the trouble on the UI and (through the agent's status text) the dashboard."""
+        self.bus.set_status(status)
+        with contextlib.suppress(Refused, Disconnected):
+            if self._saved_status_text is None:
+                meta = await link.call(GetAgentMeta())
+                assert isinstance(meta, AgentMetaReply)
+                self._saved_status_text = meta.status_text
+            await link.call(SetStatus(text=text[:MAX_STATUS_TEXT]))
+
+    async def _leave_trouble(self, link: DaemonLink) -> None:
+        self.bus.set_status(Status.ONLINE)
+        if self._saved_status_text is None:
+            return
+        saved, self._saved_status_text = self._saved_status_text, None
+        with contextlib.suppress(Refused, Disconnected):
+            await link.call(SetStatus(text=saved))
+
+    # ------------------------------------------------------------ one claude run
+
+    async def _turn(
+        self, message: Message, unread: int | None, *, fresh_session: bool
+    ) -> tuple[Verdict, TurnObserver]:
+        bus = self.bus
+        skip_continue = bus.take_skip_continue() or fresh_session
+        model = bus.model()
+        prompt = wake_prompt(
+            message_id=message.id,
+            sender=message.from_,
+            body=message.body,
+            pending=unread or 0,
+            redelivered=message.redelivered,
+            in_reply_to=message.in_reply_to,
+        )
+        argv = claude_argv(
+            self.cfg.claude,
+            model=model,
+            prompt=prompt,
+            mcp_config_file=os.fspath(self._mcp_config_file),
+            system_prompt_file=os.fspath(self._system_prompt_file),
+            tools=allowed_tools(bus.role, self.cfg.extra_allowed_tools),
+            continue_session=not skip_continue,
+            settings=self.cfg.claude_settings,
+        )
+        self.turns += 1
+        bus.current_turn = {
+            "id": message.id,
+            "from": message.from_,
+            "started_at": time.time(),
+            "model": model,
+        }
+        bus.publish(
+            "turn_start",
+            **{"from": message.from_},
+            body=message.body,
+            unread=unread,
+            id=message.id,
+            redelivered=message.redelivered,
+            model=model,
+            new_session=skip_continue,
+        )
+        bus.set_turn_state(TurnState.THINKING)
+        obs = TurnObserver()
+        control = TurnControl()
+        self.control = control
+
+        def on_stdout(line: str) -> None:
+            if not line.strip():
+                return
+            value, state = obs.feed_stdout(line)
+            if value is None:
+                bus.note(line, source="stdout")
+            else:
+                bus.publish("stream", value=value)
+            if state is not None:
+                bus.set_turn_state(state)
+
+        def on_stderr(line: str) -> None:
+            obs.feed_stderr(line)
+            if line.strip():
+                bus.note(line, source="stderr")
+
+        started = trio.current_time()
+        exit_code: int | None = None
+        try:
+            exit_code = await run_claude(
+                argv,
+                env=claude_env(self.cfg.env),
+                cwd=self.cfg.state_dir,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                control=control,
+                pid_file=self.cfg.claude_pid_file,
+                cancel_grace=self.cfg.cancel_grace,
+            )
+        except OSError as exc:
+            on_stderr(f"cannot start {self.cfg.claude}: {exc}")
+        finally:
+            self.control = None
+            bus.current_turn = None
+            bus.last_turn_seconds = round(trio.current_time() - started, 3)
+            bus.set_turn_state(TurnState.IDLE)
+        if obs.ctx is not None or obs.cost is not None:
+            bus.set_token_usage(obs.ctx, obs.cost, obs.cost_usd)
+        return judge(obs, exit_code, cancelled=control.cancelled.is_set()), obs
+
+
+def describe(loop: TurnLoop) -> dict[str, Any]:
+    return {
+        "connected": loop.connected,
+        "turn_running": loop.control is not None,
+        "turns": loop.turns,
+        "owed_acks": list(loop.owed),
+    }

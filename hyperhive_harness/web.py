@@ -1,0 +1,364 @@
+"""The per-agent web UI: hypercorn (trio) + Starlette, one static page, JSON and SSE.
+
+    GET  /                  the page (hyperhive_harness/static/index.html)
+    GET  /api/state         status, turn state (+since), model, ctx/cost, last turn, login
+    GET  /api/inbox         the last 30 inbox messages (``recent`` on the socket)
+    GET  /events/history    {seq, events}: the newest events (up to 2000)
+    GET  /events/stream     SSE, one ``id: <seq>`` frame per event; ``Last-Event-ID`` resumes
+    POST /api/send          {body}: an operator message to this agent (``wake`` from operator)
+    POST /api/model         {model}: the model of the next turns (the model file)
+    POST /api/cancel        SIGINT the running claude
+    POST /api/new-session   the next turn runs without ``--continue``
+    POST /api/retry         end a rate-limit sleep or a login park now
+    POST /api/login/start   run ``claude auth login``; /api/login/code {code} feeds it
+
+Every request must name an allowed ``Host`` (loopback, the bind address, or
+``HYPERHIVE_UI_ALLOWED_HOSTS``): a DNS-rebinding page cannot read the API. Every POST must
+come from the page's own origin (``Origin``, else ``Referer``, equal to ``Host``), so another
+site cannot make the browser act on the agent. POST bodies are JSON or form-encoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from importlib import resources
+from typing import Any, Final, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from hyperhive.protocol import CONVERTER, IdReply, Recent, RecentReply, Wake
+from hyperhive_harness.bus import Bus, InvalidModel, LiveEvent
+from hyperhive_harness.link import Disconnected, Refused, one_call
+from hyperhive_harness.login import LoginSession
+
+INBOX_LIMIT: Final = 30
+HEARTBEAT_SECONDS: Final = 15.0
+MAX_POST_BYTES: Final = 1024 * 1024
+LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+# ---------------------------------------------------------------- request checks (sans-IO)
+
+
+def host_name(host_header: str) -> str:
+    """``"[::1]:8080"`` → ``"::1"``, ``"Example:80"`` → ``"example"``."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def allowed_hosts(bind_host: str, extra: tuple[str, ...] = ()) -> frozenset[str]:
+    names = set(LOOPBACK_HOSTS)
+    if bind_host not in ("0.0.0.0", "::", ""):
+        names.add(host_name(bind_host if ":" not in bind_host else f"[{bind_host}]"))
+    names.update(host_name(h) for h in extra)
+    return frozenset(names)
+
+
+def check_request(method: str, headers: Mapping[str, str], allowed: frozenset[str]) -> str | None:
+    """Why this request must be refused (None: it may pass). ``headers`` keys are lowercase."""
+    host = headers.get("host", "")
+    if not host or host_name(host) not in allowed:
+        return f"host {host!r} is not served here"
+    if method.upper() in SAFE_METHODS:
+        return None
+    site = headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"cross-site request refused (Sec-Fetch-Site: {site})"
+    origin = headers.get("origin")
+    source = origin if origin is not None else headers.get("referer")
+    if source is None:
+        return "a state-changing request must carry an Origin (or Referer) header"
+    parts = urlsplit(source)
+    if parts.scheme not in ("http", "https") or parts.netloc.lower() != host.strip().lower():
+        return f"cross-origin request refused (origin {source!r}, host {host!r})"
+    return None
+
+
+class GuardMiddleware:
+    """Refuses requests that fail :func:`check_request` with 403 before any route runs."""
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+            }
+            reason = check_request(scope["method"], headers, self.allowed)
+            if reason is not None:
+                await JSONResponse({"error": reason}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# ---------------------------------------------------------------- the page
+
+
+def load_page() -> tuple[bytes, str]:
+    """The page and its Content-Security-Policy (inline scripts allowed by their hash)."""
+    html = (resources.files("hyperhive_harness") / "static" / "index.html").read_text("utf-8")
+    hashes = [
+        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
+        for s in re.findall(r"<script>(.*?)</script>", html, flags=re.S)
+    ]
+    script_src = " ".join(hashes) or "'none'"
+    csp = (
+        "default-src 'none'; "
+        f"script-src {script_src}; "
+        "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+    return html.encode(), csp
+
+
+def sse_frame(event: LiveEvent) -> bytes:
+    data = json.dumps(event.to_json(), ensure_ascii=False, separators=(",", ":"), default=str)
+    return f"id: {event.seq}\ndata: {data}\n\n".encode()
+
+
+def parse_last_event_id(raw: str | None) -> int | None:
+    if raw is None or not raw.strip().isdigit():
+        return None
+    return int(raw.strip())
+
+
+# ---------------------------------------------------------------- the app
+
+
+class Controls(Protocol):
+    """What the UI may do to the turn loop."""
+
+    connected: bool
+
+    def cancel(self) -> bool: ...
+
+    def retry_now(self) -> None: ...
+
+
+class UiContext:
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        controls: Controls,
+        socket: str,
+        login: LoginSession,
+        nursery: trio.Nursery,
+        allowed: frozenset[str],
+    ) -> None:
+        self.bus = bus
+        self.controls = controls
+        self.socket = socket
+        self.login = login
+        self.nursery = nursery
+        self.allowed = allowed
+        self.port: int | None = None
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def _fields(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_POST_BYTES:
+        raise BadRequest("request body too large", 413)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not raw.strip():
+        return {}
+    if ctype == "application/json":
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            raise BadRequest("body is not valid JSON") from None
+        if not isinstance(obj, dict):
+            raise BadRequest("body must be a JSON object")
+        return obj
+    if ctype == "application/x-www-form-urlencoded":
+        return {k: v[-1] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+    raise BadRequest(f"unsupported content type {ctype!r}", 415)
+
+
+def _text_field(fields: Mapping[str, Any], name: str) -> str:
+    value = fields.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"{name!r} must be a non-empty string")
+    return value
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _guarded(handler: Handler) -> Handler:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    return wrapped
+
+
+def create_app(ctx: UiContext) -> ASGIApp:
+    bus = ctx.bus
+    page, csp = load_page()
+    page_headers = {
+        "content-security-policy": csp,
+        "x-content-type-options": "nosniff",
+        "referrer-policy": "same-origin",
+        "cache-control": "no-store",
+    }
+
+    async def index(request: Request) -> Response:
+        return Response(page, media_type="text/html; charset=utf-8", headers=page_headers)
+
+    async def state(request: Request) -> Response:
+        snap = bus.snapshot()
+        snap.update(
+            alive=True,
+            connected=ctx.controls.connected,
+            socket=ctx.socket,
+            port=ctx.port,
+            login=ctx.login.state(),
+            subscribers=bus.subscribers,
+        )
+        return JSONResponse(snap)
+
+    async def inbox(request: Request) -> Response:
+        try:
+            reply = await one_call(ctx.socket, Recent(limit=INBOX_LIMIT))
+        except Disconnected as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        except Refused as exc:
+            return JSONResponse({"error": str(exc)}, status_code=502)
+        assert isinstance(reply, RecentReply)
+        return JSONResponse({"messages": [CONVERTER.unstructure(m) for m in reply.messages]})
+
+    async def history(request: Request) -> Response:
+        try:
+            limit = int(request.query_params.get("limit", "2000"))
+        except ValueError:
+            raise BadRequest("limit must be an integer") from None
+        events = bus.history(max(0, min(limit, 2000)))
+        return JSONResponse({"seq": bus.seq, "events": [e.to_json() for e in events]})
+
+    async def stream(request: Request) -> Response:
+        last = parse_last_event_id(
+            request.headers.get("last-event-id") or request.query_params.get("since")
+        )
+        # Subscribe before looking at the ring, so nothing falls between the two.
+        receive = bus.subscribe()
+
+        async def frames() -> AsyncIterator[bytes]:
+            sent = bus.seq if last is None else last
+            with receive:
+                yield b": connected\n\n"
+                if last is not None:
+                    backlog = bus.since(last)
+                    if backlog is None:
+                        yield b"event: resync\ndata: {}\n\n"
+                        backlog = bus.history()
+                    for event in backlog:
+                        yield sse_frame(event)
+                        sent = event.seq
+                while True:
+                    with trio.move_on_after(HEARTBEAT_SECONDS) as idle:
+                        try:
+                            event = await receive.receive()
+                        except (trio.EndOfChannel, trio.ClosedResourceError):
+                            # Dropped for falling behind: end; the browser reconnects with
+                            # Last-Event-ID and catches up from the ring.
+                            return
+                    if idle.cancelled_caught:
+                        yield b": heartbeat\n\n"
+                        continue
+                    if event.seq <= sent:
+                        continue
+                    sent = event.seq
+                    yield sse_frame(event)
+
+        return StreamingResponse(
+            frames(),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+        )
+
+    async def send(request: Request) -> Response:
+        body = _text_field(await _fields(request), "body")
+        try:
+            reply = await one_call(ctx.socket, Wake(from_="operator", body=body))
+        except Disconnected as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        except Refused as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        assert isinstance(reply, IdReply)
+        return JSONResponse({"id": reply.id})
+
+    async def model(request: Request) -> Response:
+        raw = _text_field(await _fields(request), "model")
+        try:
+            chosen = bus.set_model(raw)
+        except InvalidModel as exc:
+            raise BadRequest(str(exc)) from None
+        except OSError as exc:
+            return JSONResponse({"error": f"cannot write the model file: {exc}"}, status_code=500)
+        bus.note(f"operator set the model to {chosen}; it applies from the next turn")
+        return JSONResponse({"model": chosen})
+
+    async def cancel(request: Request) -> Response:
+        cancelled = ctx.controls.cancel()
+        if cancelled:
+            bus.note("operator cancelled the turn (SIGINT sent to claude)", source="operator")
+        return JSONResponse({"cancelled": cancelled})
+
+    async def new_session(request: Request) -> Response:
+        bus.request_new_session()
+        bus.note("operator asked for a new session: the next turn starts without --continue")
+        return JSONResponse({"new_session": True})
+
+    async def retry(request: Request) -> Response:
+        ctx.controls.retry_now()
+        return JSONResponse({"retrying": True})
+
+    async def login_start(request: Request) -> Response:
+        await ctx.login.start(ctx.nursery)
+        return JSONResponse(ctx.login.state())
+
+    async def login_code(request: Request) -> Response:
+        code = _text_field(await _fields(request), "code")
+        if not await ctx.login.send_code(code):
+            raise BadRequest("no login is running", 409)
+        return JSONResponse(ctx.login.state())
+
+    routes = [
+        Route("/", _guarded(index)),
+        Route("/api/state", _guarded(state)),
+        Route("/api/inbox", _guarded(inbox)),
+        Route("/events/history", _guarded(history)),
+        Route("/events/stream", _guarded(stream)),
+        Route("/api/send", _guarded(send), methods=["POST"]),
+        Route("/api/model", _guarded(model), methods=["POST"]),
+        Route("/api/cancel", _guarded(cancel), methods=["POST"]),
+        Route("/api/new-session", _guarded(new_session), methods=["POST"]),
+        Route("/api/retry", _guarded(retry), methods=["POST"]),
+        Route("/api/login/start", _guarded(login_start), methods=["POST"]),
+        Route("/api/login/code", _guarded(login_code), methods=["POST"]),
+    ]
+    return GuardMiddleware(Starlette(routes=routes), ctx.allowed)

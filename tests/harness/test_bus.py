@@ -1,0 +1,172 @@
+"""The Bus on a real sqlite file: persistence, reload, no-store mode, fan-out, model file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from hyperhive_harness.bus import Bus, InvalidModel, open_bus
+from hyperhive_harness.turns import Status, TurnState
+
+
+def rows(db: Path) -> list[tuple[int, str, dict[str, object]]]:
+    conn = sqlite3.connect(db)
+    try:
+        return [
+            (r[0], r[1], json.loads(r[2]))
+            for r in conn.execute("SELECT id, kind, payload_json FROM events ORDER BY id")
+        ]
+    finally:
+        conn.close()
+
+
+async def test_events_are_persisted_and_reloaded_after_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "events.sqlite"
+    async with open_bus(db, tmp_path / "model") as bus:
+        assert bus.stored and bus.store_error is None
+        bus.publish("turn_start", **{"from": "bob"}, body="hi", unread=2)
+        bus.publish("stream", value={"type": "assistant", "n": 1})
+        bus.note("a note")
+        await bus.flush()
+        assert [(k, p) for _, k, p in rows(db)] == [
+            ("turn_start", {"from": "bob", "body": "hi", "unread": 2}),
+            ("stream", {"value": {"type": "assistant", "n": 1}}),
+            ("note", {"text": "a note"}),
+        ]
+    async with open_bus(db, tmp_path / "model") as bus:
+        assert bus.seq == 3
+        assert [e.kind for e in bus.history()] == ["turn_start", "stream", "note"]
+        event = bus.publish("turn_end", ok=True, note="")
+        assert event.seq == 4
+    assert [r[0] for r in rows(db)] == [1, 2, 3, 4]
+
+
+async def test_events_published_before_closing_are_written(tmp_path: Path) -> None:
+    db = tmp_path / "events.sqlite"
+    async with open_bus(db, tmp_path / "model") as bus:
+        for i in range(50):
+            bus.note(f"n{i}")
+        # no flush: leaving the context must write the last batch
+    assert len(rows(db)) == 50
+
+
+async def test_unopenable_db_means_no_store_mode_with_a_note(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    db = blocker / "events.sqlite"
+    async with open_bus(db, tmp_path / "model") as bus:
+        receive = bus.subscribe()
+        assert not bus.stored and bus.store_error
+        notes = [e for e in bus.history() if e.kind == "note"]
+        assert len(notes) == 1 and "no-store mode" in notes[0].payload["text"]
+        assert str(db) in notes[0].payload["text"]
+        bus.publish("turn_start", **{"from": "op"}, body="x", unread=0)
+        event = receive.receive_nowait()
+        assert event.kind == "turn_start"
+        await bus.flush()  # does not hang without a store
+        assert bus.snapshot()["events_stored"] is False
+    assert not db.exists()
+
+
+async def test_a_slow_subscriber_is_dropped_and_the_publisher_never_blocks(
+    tmp_path: Path,
+) -> None:
+    bus = Bus(model_file=tmp_path / "model", queue_size=16)
+    slow = bus.subscribe()
+    fast = bus.subscribe()
+    got: list[int] = []
+
+    async def drain() -> None:
+        async for event in fast:
+            got.append(event.seq)
+            if event.seq == 100:
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain)
+        for _ in range(100):
+            bus.note("x")  # synchronous: it cannot block
+            await trio.lowlevel.checkpoint()
+    assert got == list(range(1, 101))
+    assert bus.dropped_subscribers == 1
+    received = []
+    with pytest.raises(trio.EndOfChannel):
+        while True:
+            received.append((await slow.receive()).seq)
+    assert received == list(range(1, 17))  # what fitted before it was cut off
+
+
+async def test_ring_since(tmp_path: Path) -> None:
+    bus = Bus(model_file=tmp_path / "model", history_size=5)
+    for i in range(8):
+        bus.note(str(i))
+    assert [e.seq for e in bus.since(5) or []] == [6, 7, 8]
+    assert bus.since(8) == []
+    assert bus.since(2) is None  # 3 already left the ring
+    assert [e.seq for e in bus.history(2)] == [7, 8]
+
+
+async def test_model_file_is_read_afresh(tmp_path: Path) -> None:
+    model_file = tmp_path / "state" / "hyperhive-model"
+    bus = Bus(model_file=model_file)
+    assert bus.model() == "haiku"
+    assert bus.set_model(" sonnet ") == "sonnet"
+    assert model_file.read_text() == "sonnet\n"
+    assert bus.history()[-1].kind == "model_changed"
+    assert bus.history()[-1].payload == {"model": "sonnet"}
+    model_file.write_text("opus\n")  # e.g. `hyperhive set-model` on the host
+    assert bus.model() == "opus"
+    assert bus.history()[-1].payload == {"model": "opus"}
+    seq = bus.seq
+    assert bus.model() == "opus" and bus.seq == seq  # no event when nothing changed
+    model_file.write_text("")
+    assert bus.model() == "haiku"
+    for bad in ("", "two words", "x" * 101, "bad\x00"):
+        with pytest.raises(InvalidModel):
+            bus.set_model(bad)
+
+
+async def test_status_and_turn_state_events_only_on_change(tmp_path: Path) -> None:
+    clock = iter(range(100, 200))
+    bus = Bus(model_file=tmp_path / "m", clock=lambda: float(next(clock)))
+    bus.set_status(Status.ONLINE)
+    bus.set_status(Status.ONLINE)
+    bus.set_turn_state(TurnState.THINKING)
+    bus.set_turn_state(TurnState.THINKING)
+    bus.set_turn_state(TurnState.IDLE)
+    kinds = [(e.kind, e.payload) for e in bus.history()]
+    assert kinds[0] == ("status_changed", {"status": "online"})
+    assert [k for k, _ in kinds] == ["status_changed", "turn_state_changed", "turn_state_changed"]
+    assert kinds[1][1]["state"] == "thinking" and kinds[2][1]["state"] == "idle"
+    assert kinds[2][1]["since"] > kinds[1][1]["since"]
+
+
+async def test_new_session_flag_is_taken_once(tmp_path: Path) -> None:
+    bus = Bus(model_file=tmp_path / "m")
+    assert not bus.take_skip_continue()
+    bus.request_new_session()
+    assert bus.snapshot()["new_session_pending"] is True
+    assert bus.take_skip_continue()
+    assert not bus.take_skip_continue()
+
+
+async def test_persists_at_least_5000_events_per_second(tmp_path: Path) -> None:
+    db = tmp_path / "events.sqlite"
+    n = 20_000
+    value = {"type": "assistant", "message": {"content": [{"type": "text", "text": "x" * 200}]}}
+    async with open_bus(db, tmp_path / "model") as bus:
+        started = time.perf_counter()
+        for i in range(n):
+            bus.publish("stream", value=value)
+            if i % 500 == 0:
+                await trio.lowlevel.checkpoint()
+        await bus.flush()
+        elapsed = time.perf_counter() - started
+    assert len(rows(db)) == n
+    rate = n / elapsed
+    assert rate >= 5000, f"persisted only {rate:.0f} events/s"

@@ -1,0 +1,163 @@
+"""Nothing lost, nothing done twice: ``kill -9`` of the harness mid-turn, and a daemon restart
+while a turn runs (its ack fails, is retried after reconnecting, and no second turn runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from hyperhive.supervisor import Hive
+
+from ..conftest import DaemonProcess
+from .fixtures import (
+    eventually,
+    make_harness,
+    message,
+    operator_send,
+    pid_alive,
+    running,
+)
+from .mock_anthropic import MockAnthropic, hold
+
+
+async def test_kill_9_mid_turn_turns_the_same_message_again_once(
+    hive: Hive,
+    mock_api: MockAnthropic,
+    claude_bin: Path,
+    short_tmp: Path,
+    nursery: trio.Nursery,
+) -> None:
+    paths = hive.config.paths
+    socket = paths.agent_socket("alice")
+    await hive.spawn("alice")
+    gate = hold()
+    mock_api.script(gate)
+    alice = make_harness("alice", mock_api, claude_bin, short_tmp, socket)
+    await alice.start(nursery)
+    sent = await operator_send(paths.host_socket, "alice", "important-task")
+    with trio.fail_after(30):
+        await gate.arrived.wait()  # mid-turn: claude is waiting for the API
+    pid_file = alice.state_dir / "hyperhive-claude.pid"
+    orphan = int(pid_file.read_text().split()[0])
+    assert pid_alive(orphan)
+    first = await alice.wait_for("turn_start", lambda p: p["id"] == sent)
+    assert first[0]["payload"]["redelivered"] is False
+    await alice.kill()
+    assert (await message(socket, sent)).acked_at is None
+
+    async with running(alice, nursery):
+        # The restarted harness ends the orphaned claude of its previous life ...
+        await eventually(lambda: not pid_alive(orphan), what="the orphaned claude to end")
+        # ... and turns the same message again, flagged as redelivered.
+        again = await alice.wait_for("turn_start", lambda p: p["id"] == sent, count=2)
+        assert again[1]["payload"]["redelivered"] is True
+        end = await alice.wait_for("turn_end", lambda p: p["id"] == sent)
+        assert end[0]["payload"]["ok"] is True
+        prompt = mock_api.main_requests[-1].last_user_text
+        assert "delivered before" in prompt and "important-task" in prompt
+        acked_at = (await message(socket, sent)).acked_at
+        assert acked_at is not None
+        gate.release()
+
+        # An acked message never comes back, and its ack is not redone.
+        marker = await operator_send(paths.host_socket, "alice", "marker-task")
+        await alice.wait_for("turn_end", lambda p: p["id"] == marker)
+        starts = [e["payload"]["id"] for e in alice.events("turn_start")]
+        assert starts == [sent, sent, marker]
+        assert len([e for e in alice.events("turn_end") if e["payload"]["id"] == sent]) == 1
+        assert (await message(socket, sent)).acked_at == acked_at
+
+
+async def test_message_sent_while_the_harness_restarts_is_not_stuck(
+    hive: Hive,
+    mock_api: MockAnthropic,
+    claude_bin: Path,
+    short_tmp: Path,
+    nursery: trio.Nursery,
+) -> None:
+    """A harness stopped while parked in ``recv`` leaves that ``recv`` parked in the daemon
+    (until its wait ends); it can take the next message and deliver it to nobody. The new
+    harness reclaims it by saying hello again after an empty poll."""
+    paths = hive.config.paths
+    socket = paths.agent_socket("alice")
+    await hive.spawn("alice")
+    # The first life parks a 60 s recv; it outlives the process in the daemon.
+    alice = make_harness("alice", mock_api, claude_bin, short_tmp, socket, HYPERHIVE_RECV_WAIT="60")
+    async with running(alice, nursery):
+        await alice.wait_for("status_changed", lambda p: p["status"] == "online")
+        await eventually(lambda: hive.broker.parked("alice") == 1, what="a parked recv")
+    # 1 while the daemon keeps the dead connection's recv parked (0 once it stops doing so).
+    stale = hive.broker.parked("alice")
+    alice.env["HYPERHIVE_RECV_WAIT"] = "2"
+    async with running(alice, nursery):
+        await alice.wait_for("status_changed", lambda p: p["status"] == "online", count=2)
+        # Both parked, the stale one first: it is woken first and takes the message.
+        await eventually(
+            lambda: hive.broker.parked("alice") == stale + 1, what="the new harness parked"
+        )
+        sent = await operator_send(paths.host_socket, "alice", "during-restart")
+        end = await alice.wait_for("turn_end", lambda p: p["id"] == sent, within=20)
+        assert end[0]["payload"]["ok"] is True
+        assert (await message(socket, sent)).acked_at is not None
+        starts = [e["payload"]["id"] for e in alice.events("turn_start")]
+        assert starts == [sent]
+
+
+async def test_daemon_restart_mid_turn_retries_the_ack_without_a_second_turn(
+    daemon: DaemonProcess,
+    mock_api: MockAnthropic,
+    claude_bin: Path,
+    short_tmp: Path,
+    nursery: trio.Nursery,
+) -> None:
+    paths = daemon.paths
+    socket = paths.agent_socket("alice")
+    assert (await daemon.call({"cmd": "spawn", "name": "alice"}))["ok"]
+    gate = hold()
+    mock_api.script(gate)
+    alice = make_harness(
+        "alice",
+        mock_api,
+        claude_bin,
+        short_tmp,
+        socket,
+        HYPERHIVE_RECONNECT_BACKOFF="0.2,0.4,0.8",
+    )
+    async with running(alice, nursery):
+        sent = await operator_send(paths.host_socket, "alice", "survive-task")
+        with trio.fail_after(30):
+            await gate.arrived.wait()
+        assert await daemon.stop() == 0
+        gate.release()  # the turn finishes while the daemon is down; the ack cannot be sent
+        end = await alice.wait_for("turn_end", lambda p: p["id"] == sent)
+        assert end[0]["payload"]["ok"] is True
+        await alice.wait_for("status_changed", lambda p: p["status"] == "disconnected")
+        notes = await alice.wait_for("note", lambda p: "reconnecting in" in p["text"])
+        assert "daemon unreachable" in notes[0]["payload"]["text"]
+
+        await daemon.start(nursery)
+        await alice.wait_for("note", lambda p: p["text"].startswith("reconnected"))
+        await eventually(lambda: _acked(socket, sent), what="the ack retried after reconnecting")
+        # The daemon handed the unacked message out again at the hello; the harness knew its
+        # turn had ended and acked it without running claude again.
+        await alice.wait_for("note", lambda p: "acked without a new turn" in p["text"])
+        assert [e["payload"]["id"] for e in alice.events("turn_start")].count(sent) == 1
+
+        # Idle in recv when the daemon goes away: reconnects and serves the next message.
+        assert await daemon.stop() == 0
+        await alice.wait_for("status_changed", lambda p: p["status"] == "disconnected", count=2)
+        await daemon.start(nursery)
+        await alice.wait_for("status_changed", lambda p: p["status"] == "online", count=3)
+        nxt = await operator_send(paths.host_socket, "alice", "after-restart")
+        end = await alice.wait_for("turn_end", lambda p: p["id"] == nxt)
+        assert end[0]["payload"]["ok"] is True
+        starts = [e["payload"]["id"] for e in alice.events("turn_start")]
+        assert starts == [sent, nxt]
+
+
+async def _acked(socket: Path, message_id: int) -> bool:
+    try:
+        return (await message(socket, message_id)).acked_at is not None
+    except OSError:
+        return False
