@@ -105,6 +105,14 @@ class Api:
             return await self._host(request)
         return await self._agent(conn.principal.name, conn.principal.kind, request)
 
+    def blocks(self, request: Request) -> bool:
+        return isinstance(request, Recv) and request.wait_seconds > 0
+
+    async def reply_lost(self, conn: Connection, request: Request, reply: Reply) -> None:
+        # Messages handed out in a reply nobody read go back to the inbox, as they were.
+        if isinstance(reply, RecvReply) and reply.messages:
+            await self.hive.broker.undeliver(conn.principal.name, [m.id for m in reply.messages])
+
     def closed(self, conn: Connection) -> None:
         if conn.role == "harness":
             self.hive.registry.harnesses[conn.principal.name] -= 1

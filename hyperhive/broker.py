@@ -163,10 +163,24 @@ def sql_ack(conn: sqlite3.Connection, recipient: str, ids: list[int], now: float
     if not ids:
         return 0
     marks = ",".join("?" * len(ids))
+    # A requeued row (handed out, then put back by a harness hello) may still be acked by
+    # whoever finished it: the work is done, handing it out again would repeat it.
     cur = conn.execute(
-        f"UPDATE messages SET acked_at = ? WHERE recipient = ? AND id IN ({marks}) "
-        "AND delivered_at IS NOT NULL AND acked_at IS NULL",
-        (now, recipient, *ids),
+        f"UPDATE messages SET acked_at = ?, delivered_at = IFNULL(delivered_at, ?) "
+        f"WHERE recipient = ? AND id IN ({marks}) AND acked_at IS NULL "
+        "AND (delivered_at IS NOT NULL OR redelivered = 1)",
+        (now, now, recipient, *ids),
+    )
+    return cur.rowcount
+
+
+def sql_undeliver(conn: sqlite3.Connection, recipient: str, ids: list[int]) -> int:
+    """Put messages handed out in a reply that never reached the client back in the inbox."""
+    marks = ",".join("?" * len(ids))
+    cur = conn.execute(
+        f"UPDATE messages SET delivered_at = NULL, acked_at = NULL "
+        f"WHERE recipient = ? AND id IN ({marks})",
+        (recipient, *ids),
     )
     return cur.rowcount
 
@@ -267,9 +281,9 @@ class Broker:
         """How many receivers are parked right now (for one recipient, or in all)."""
         return self._parked[recipient] if recipient else self._parked.total()
 
-    async def wait_parked(self, recipient: str, count: int = 1) -> None:
-        """Return once at least ``count`` receivers of ``recipient`` are parked."""
-        while self._parked[recipient] < count:
+    async def wait_parked(self, recipient: str, count: int = 1, *, at_most: bool = False) -> None:
+        """Return once at least (or, ``at_most``, at most) ``count`` receivers are parked."""
+        while (self._parked[recipient] > count) if at_most else (self._parked[recipient] < count):
             await self._parked_changed.wait()
 
     def prepare(
@@ -318,9 +332,7 @@ class Broker:
                 sent_at=m.sent_at,
                 in_reply_to=m.in_reply_to,
             )
-            waiter = self._waiters.pop(m.recipient, None)
-            if waiter is not None:
-                waiter.set()
+            self._wake(m.recipient)
 
     async def recv(
         self, recipient: str, *, wait_seconds: float = 0, limit: int = 1, ack: bool = True
@@ -377,10 +389,18 @@ class Broker:
         """Hand delivered-but-unacked messages out again (a harness restarted)."""
         count = await self._db.transaction(lambda conn: sql_requeue(conn, recipient))
         if count:
-            waiter = self._waiters.pop(recipient, None)
-            if waiter is not None:
-                waiter.set()
+            self._wake(recipient)
         return count
+
+    async def undeliver(self, recipient: str, ids: list[int]) -> int:
+        count = await self._db.transaction(lambda conn: sql_undeliver(conn, recipient, ids))
+        self._wake(recipient)
+        return count
+
+    def _wake(self, recipient: str) -> None:
+        waiter = self._waiters.pop(recipient, None)
+        if waiter is not None:
+            waiter.set()
 
     async def unread(self, recipient: str) -> int:
         return await self._db.transaction(lambda conn: sql_unread(conn, recipient))

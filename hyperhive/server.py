@@ -14,9 +14,10 @@ import errno
 import logging
 import os
 import socket as stdlib_socket
-from collections.abc import Awaitable, Callable
+from collections import deque
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 import trio
@@ -27,8 +28,8 @@ from hyperhive.protocol import (
     AGENT_TABLE,
     HOST_TABLE,
     MANAGER_TABLE,
-    OVERSIZED,
     LineBuffer,
+    Oversized,
     Reply,
     Request,
     RequestTable,
@@ -72,8 +73,20 @@ class Connection:
     role: str | None = None
 
 
-Dispatch = Callable[[Connection, Request], Awaitable[Reply]]
-OnClose = Callable[[Connection], None]
+class Endpoint(Protocol):
+    """What a socket serves: the daemon's API, seen from one connection's loop."""
+
+    async def dispatch(self, conn: Connection, request: Request) -> Reply: ...
+
+    def blocks(self, request: Request) -> bool:
+        """True for requests that may wait long (a long-poll): the loop watches for hang-ups."""
+        ...
+
+    async def reply_lost(self, conn: Connection, request: Request, reply: Reply) -> None:
+        """A reply was produced but never reached the client (it hung up)."""
+        ...
+
+    def closed(self, conn: Connection) -> None: ...
 
 
 def _peer_pid(stream: trio.SocketStream) -> int | None:
@@ -84,45 +97,129 @@ def _peer_pid(stream: trio.SocketStream) -> int | None:
     return int.from_bytes(creds[:4], "little")
 
 
+Frame = bytes | Oversized
+
+
 async def handle_connection(
-    stream: trio.SocketStream, principal: Principal, dispatch: Dispatch, on_close: OnClose
+    stream: trio.SocketStream, principal: Principal, endpoint: Endpoint
 ) -> None:
     conn = Connection(principal, _peer_pid(stream))
     buffer = LineBuffer()
+    pending: deque[Frame] = deque()
     try:
         while True:
-            data = await stream.receive_some(RECEIVE_CHUNK)
-            if not data:
+            if not pending:
+                data = await stream.receive_some(RECEIVE_CHUNK)
+                if not data:
+                    return
+                pending.extend(buffer.feed(data))
+                continue
+            line = pending.popleft()
+            request: Request | None = None
+            reply: Reply | None = None
+            if isinstance(line, bytes):
+                request, reply, wire, hung_up = await _answer(
+                    conn, line, endpoint, stream, buffer, pending
+                )
+                if hung_up:
+                    if request is not None and reply is not None:
+                        with trio.CancelScope(shield=True):
+                            await endpoint.reply_lost(conn, request, reply)
+                    return
+            else:
+                wire = encode_error(
+                    f"request line longer than {buffer.max_line} bytes; it was discarded"
+                )
+            try:
+                await stream.send_all(wire)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if request is not None and reply is not None:
+                    with trio.CancelScope(shield=True):
+                        await endpoint.reply_lost(conn, request, reply)
                 return
-            for line in buffer.feed(data):
-                if line is OVERSIZED:
-                    reply = encode_error(
-                        f"request line longer than {buffer.max_line} bytes; it was discarded"
-                    )
-                else:
-                    assert isinstance(line, bytes)
-                    reply = await _answer(conn, principal.table, line, dispatch)
-                await stream.send_all(reply)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return
     finally:
-        on_close(conn)
+        endpoint.closed(conn)
         with trio.CancelScope(shield=True):
             await stream.aclose()
 
 
-async def _answer(conn: Connection, table: RequestTable, line: bytes, dispatch: Dispatch) -> bytes:
+async def _answer(
+    conn: Connection,
+    line: bytes,
+    endpoint: Endpoint,
+    stream: trio.SocketStream,
+    buffer: LineBuffer,
+    pending: deque[Frame],
+) -> tuple[Request | None, Reply | None, bytes, bool]:
+    """Decode and dispatch one line: (request, reply, bytes to send, client hung up)."""
     try:
-        request = table.decode(line)
-        return encode_reply(await dispatch(conn, request))
-    except (ProtocolError, RequestRefused) as exc:
-        return encode_error(str(exc))
+        request = conn.principal.table.decode(line)
+    except ProtocolError as exc:
+        return None, None, encode_error(str(exc)), False
+    try:
+        if endpoint.blocks(request):
+            reply, hung_up = await _dispatch_watching(
+                conn, request, endpoint, stream, buffer, pending
+            )
+            if reply is None:
+                return request, None, b"", True
+        else:
+            reply, hung_up = await endpoint.dispatch(conn, request), False
+        return request, reply, encode_reply(reply), hung_up
+    except RequestRefused as exc:
+        return request, None, encode_error(str(exc)), False
     except Exception as exc:
         # A bug must not take the daemon down; the caller learns something went wrong.
         log.exception(
             "internal error while handling a request on the %s socket", conn.principal.kind
         )
-        return encode_error(f"internal error: {type(exc).__name__}: {exc}")
+        return request, None, encode_error(f"internal error: {type(exc).__name__}: {exc}"), False
+
+
+async def _dispatch_watching(
+    conn: Connection,
+    request: Request,
+    endpoint: Endpoint,
+    stream: trio.SocketStream,
+    buffer: LineBuffer,
+    pending: deque[Frame],
+) -> tuple[Reply | None, bool]:
+    """Dispatch while reading the socket: a hang-up cancels the request.
+
+    Without this a long-poll ``recv`` of a client that went away would stay parked and,
+    woken by the next send, take that message for nobody. Requests the client pipelined
+    meanwhile are buffered for their turn.
+    """
+    reply: Reply | None = None
+    failure: Exception | None = None
+    hung_up = False
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            nonlocal hung_up
+            while True:
+                data = await stream.receive_some(RECEIVE_CHUNK)
+                if not data:
+                    hung_up = True
+                    nursery.cancel_scope.cancel()
+                    return
+                pending.extend(buffer.feed(data))
+
+        async def run() -> None:
+            nonlocal reply, failure
+            try:
+                reply = await endpoint.dispatch(conn, request)
+            except Exception as exc:  # re-raised below, outside the task group
+                failure = exc
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        nursery.start_soon(run)
+    if failure is not None:
+        raise failure
+    return reply, hung_up
 
 
 def _socket_for(path: Path) -> trio.socket.SocketType:
@@ -140,8 +237,7 @@ def _socket_for(path: Path) -> trio.socket.SocketType:
 async def serve_unix_socket(
     path: Path,
     principal: Principal,
-    dispatch: Dispatch,
-    on_close: OnClose,
+    endpoint: Endpoint,
     *,
     mode: int = 0o660,
     group: int | None = None,
@@ -164,7 +260,7 @@ async def serve_unix_socket(
         listener = trio.SocketListener(sock)
 
         async def handler(stream: trio.SocketStream) -> None:
-            await handle_connection(stream, principal, dispatch, on_close)
+            await handle_connection(stream, principal, endpoint)
 
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, handler, [listener])

@@ -161,8 +161,7 @@ class Hive:
         await serve_unix_socket(
             path,
             principal,
-            self.api.dispatch,
-            self.api.closed,
+            self.api,
             mode=0o600,
             dir_mode=0o700,
             task_status=task_status,
@@ -440,8 +439,7 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
                         serve_unix_socket,
                         paths.host_socket,
                         Principal(SocketKind.HOST, OPERATOR),
-                        hive.api.dispatch,
-                        hive.api.closed,
+                        hive.api,
                         mode=0o660,
                         group=gid,
                     )

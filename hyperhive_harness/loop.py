@@ -266,14 +266,19 @@ class TurnLoop:
                     await self._pay_debts(link)
                     return
                 case Next.RETRY:
+                    self._wakeup = trio.Event()
                     await self._pause(decision.delay)
                 case Next.SLEEP_AND_RETRY:
+                    # Armed before anything else awaits: a "retry now" from the UI that comes
+                    # while the trouble is being shown must not be lost.
+                    self._wakeup = trio.Event()
                     until = time.strftime("%H:%M:%S", time.localtime(time.time() + decision.delay))
                     await self._enter_trouble(
                         link, Status.RATE_LIMITED, f"⊘ rate limited; retrying at {until}"
                     )
                     await self._pause(decision.delay)
                 case Next.PARK_AND_RETRY:
+                    self._wakeup = trio.Event()  # armed first, as above
                     await self._enter_trouble(
                         link, Status.NEEDS_LOGIN, "needs login: open this agent's UI to log in"
                     )
@@ -294,14 +299,12 @@ class TurnLoop:
         return reply.unread
 
     async def _pause(self, seconds: float) -> None:
-        self._wakeup = trio.Event()
         with trio.move_on_after(seconds):
             await self._wakeup.wait()
 
     async def _park_for_login(self, before: tuple[int, int, int] | None) -> None:
         """Wait until the credentials file changes (checked every ``login_poll`` seconds) or
         the UI says the login is done."""
-        self._wakeup = trio.Event()
         while True:
             if credentials_fingerprint(self.cfg.credentials_file) != before:
                 self.bus.note("claude credentials changed; replaying the message")

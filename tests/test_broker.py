@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Awaitable, Callable
 
@@ -9,7 +10,7 @@ import pytest
 import trio
 
 from hyperhive.client import Client
-from hyperhive.errors import ClientError
+from hyperhive.errors import ClientError, ConnectionLost
 from hyperhive.protocol import Ack, Recv, Send, Status
 from hyperhive.supervisor import Hive
 from tests.conftest import Connect
@@ -255,3 +256,27 @@ async def test_retention_deletes_only_old_acked_messages(hive: Hive, agents: Age
         lambda conn: [r[0] for r in conn.execute("SELECT id FROM messages ORDER BY id")]
     )
     assert left == ids[1:]
+
+
+async def test_hung_up_long_poll_does_not_swallow_the_next_message(
+    hive: Hive, agents: Agents, connect: Connect
+) -> None:
+    c = await agents("alice", "bob")
+    for ack in (True, False):
+        gone = await connect("bob", spawn=False)
+
+        async def park(client: Client = gone, ack: bool = ack) -> None:
+            with contextlib.suppress(ConnectionLost, trio.ClosedResourceError):
+                await client.call(Recv(wait_seconds=180, ack=ack))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(park)
+            with trio.fail_after(5):
+                await hive.broker.wait_parked("bob")
+            nursery.cancel_scope.cancel()  # the client process dies mid-poll
+        await gone.aclose()
+        with trio.fail_after(5):  # the daemon notices the hang-up by itself
+            await hive.broker.wait_parked("bob", 0, at_most=True)
+        await c["alice"].call(Send("bob", f"after the hang-up (ack={ack})"))
+        got = await c["bob"].call(Recv())
+        assert [m.body for m in got.messages] == [f"after the hang-up (ack={ack})"]  # type: ignore[attr-defined]

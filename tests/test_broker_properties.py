@@ -128,13 +128,16 @@ async def apply(op, n, clients, model, bodies, paths) -> None:  # type: ignore[n
                 inbox.unacked.extend(expected_ids)
         case AckOp(agent=name, pick=pick):
             inbox = model[name]
-            chosen = [mid for i, mid in enumerate(inbox.unacked) if pick >> i & 1]
-            # An id that was already acked, or never delivered, is not acked again.
-            extra = sorted(inbox.acked)[:1] + inbox.available[:1]
-            reply = await clients[name].call(Ack(chosen + extra))
+            # Ackable: delivered and not acked, including rows a reconnect put back.
+            candidates = inbox.unacked + [m for m in inbox.available if m in inbox.handed_out]
+            chosen = [mid for i, mid in enumerate(candidates) if pick >> i & 1]
+            # An id already acked, or never handed out, is not acked.
+            never = [m for m in inbox.available if m not in inbox.handed_out][:1]
+            reply = await clients[name].call(Ack(chosen + sorted(inbox.acked)[:1] + never))
             assert reply.acked == len(chosen)
             inbox.acked.update(chosen)
             inbox.unacked = [m for m in inbox.unacked if m not in chosen]
+            inbox.available = [m for m in inbox.available if m not in chosen]
         case ReconnectOp(agent=name):
             inbox = model[name]
             await clients[name].aclose()

@@ -34,7 +34,11 @@ PASSTHROUGH_ENV: Final = (
     "CLAUDE_CODE_MAX_RETRIES",
     "HYPERHIVE_CLAUDE",
     "HYPERHIVE_RATE_LIMIT_SLEEP",
+    "HYPERHIVE_RECONNECT_BACKOFF",
 )
+#: Built-in Claude Code tools an agent in a container may use besides the hyperhive ones:
+#: the container is the sandbox. The process backend has none (no isolation).
+CONTAINER_TOOLS: Final = "Read,Write,Edit,Glob,Grep,Bash"
 
 
 def _base_env() -> dict[str, str]:
@@ -199,6 +203,7 @@ class NspawnBackend:
             "HYPERHIVE_MODEL_FILE": "/state/hyperhive-model",
             "HYPERHIVE_AGENT": spec.name,
             "HYPERHIVE_ROLE": spec.role,
+            "HYPERHIVE_EXTRA_ALLOWED_TOOLS": CONTAINER_TOOLS,
         }
         argv += [f"--setenv={k}={v}" for k, v in sorted(env.items())]
         return [*argv, "--", *spec.command]

@@ -14,7 +14,7 @@ from hyperhive.protocol._codec import (
     encode_request,
     structure,
 )
-from hyperhive.protocol._framing import OVERSIZED, LineBuffer
+from hyperhive.protocol._framing import OVERSIZED, LineBuffer, Oversized
 from hyperhive.protocol._messages import *  # noqa: F403
 from hyperhive.protocol._messages import REPLIES, Reply, Request
 from hyperhive.protocol._schema import json_schema
@@ -27,6 +27,7 @@ __all__ = [
     "OVERSIZED",
     "REPLIES",
     "LineBuffer",
+    "Oversized",
     "Reply",
     "Request",
     "RequestTable",

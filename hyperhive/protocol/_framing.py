@@ -13,12 +13,14 @@ from typing import Final
 from hyperhive.config import MAX_LINE_BYTES
 
 
-class _Oversized:
+class Oversized:
+    """Stands for a line that was too long and was discarded."""
+
     def __repr__(self) -> str:
         return "OVERSIZED"
 
 
-OVERSIZED: Final = _Oversized()
+OVERSIZED: Final = Oversized()
 
 
 class LineBuffer:
@@ -31,7 +33,7 @@ class LineBuffer:
     def buffered(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes) -> Iterator[bytes | _Oversized]:
+    def feed(self, data: bytes) -> Iterator[bytes | Oversized]:
         """Add received bytes; yield each complete line (without newline) or OVERSIZED."""
         start = 0
         while True:

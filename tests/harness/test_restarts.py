@@ -138,10 +138,9 @@ async def test_daemon_restart_mid_turn_retries_the_ack_without_a_second_turn(
 
         await daemon.start(nursery)
         await alice.wait_for("note", lambda p: p["text"].startswith("reconnected"))
+        # The hello put the unacked message back in the inbox; the retried ack still takes
+        # it (the work is done), so claude does not run on it again.
         await eventually(lambda: _acked(socket, sent), what="the ack retried after reconnecting")
-        # The daemon handed the unacked message out again at the hello; the harness knew its
-        # turn had ended and acked it without running claude again.
-        await alice.wait_for("note", lambda p: "acked without a new turn" in p["text"])
         assert [e["payload"]["id"] for e in alice.events("turn_start")].count(sent) == 1
 
         # Idle in recv when the daemon goes away: reconnects and serves the next message.

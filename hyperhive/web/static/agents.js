@@ -2,8 +2,9 @@
 import { $, h, setText, setAttr, reconcile, bytes, ago } from './dom.js';
 import { act, confirmDialog, openDrawer, getJSON } from './ui.js';
 
-const NEEDS_LOGIN = /\b(log ?in|logged out|not authenticated|authentication|credentials)\b/i;
-const RATE_LIMITED = /rate[ -]?limit|usage limit|too many requests/i;
+// What the harness puts in the status text when it is stuck (and close variants).
+const NEEDS_LOGIN = /\bneeds?[ _-]?log ?in\b|\bnot logged in\b|\blogin required\b/i;
+const RATE_LIMITED = /\brate[ _-]?limit|\busage limit\b/i;
 const LIFECYCLE = [['start', 'ST4RT'], ['kill', 'ST0P'], ['restart', 'R3ST4RT'], ['rebuild', 'R3BU1LD']];
 
 // Depth-first by parent, alphabetical, the manager first; orphans and cycles become roots.
@@ -60,7 +61,7 @@ function makeAgent(state) {
     const backend = h('span', { class: 'backend' });
     const isolation = badge('warn', 'no isolation', 'this backend runs agents as plain processes');
     const pid = h('span', { class: 'pid' });
-    const status = h('p', { class: 'status' });
+    const status = h('p', { class: 'status', hidden: true });
     const warning = h('p', { class: 'warning', hidden: true });
     const buttons = LIFECYCLE.map(([verb, label]) => h('button', {
       type: 'button', text: label, 'aria-label': `${verb} ${first.name}`,
@@ -80,9 +81,10 @@ function makeAgent(state) {
       },
     });
     const el = h('article', { class: 'row agent', 'data-name': first.name, 'aria-label': `agent ${first.name}` },
-      h('div', { class: 'line' }, branch, name, role, stateBadge, transient, crashLoop, login, rate, harness, unread),
-      h('div', { class: 'line meta' }, model, backend, isolation, pid),
-      status, warning,
+      h('div', { class: 'info' },
+        h('div', { class: 'line' }, branch, name, role, stateBadge, transient, crashLoop, login, rate, harness, unread),
+        h('div', { class: 'line meta' }, model, backend, isolation, pid),
+        status, warning),
       h('div', { class: 'actions' }, ...buttons, logs, destroy));
     const update = ({ agent: a, branch: b }) => {
       agent = a;
@@ -107,7 +109,7 @@ function makeAgent(state) {
       setText(backend, a.backend);
       show(isolation, state.isolated[a.backend] === false);
       setText(pid, a.pid ? `pid ${a.pid}` : '');
-      setText(status, a.status_text || '—');
+      show(status, !!a.status_text, a.status_text);
       show(warning, !!a.warning, `⚠ ${a.warning}`);
       const external = a.backend === 'external';
       const hint = external ? 'the external backend starts nothing: run its harness by hand' : null;
@@ -121,7 +123,7 @@ function makeAgent(state) {
 function showLogs(name) {
   openDrawer(`L0GS · ${name}`, (body, tools) => {
     const lines = h('select', { 'aria-label': 'lines' },
-      ...[100, 200, 1000, 5000].map((n) => h('option', { value: n, text: `${n} lines` })));
+      ...[50, 200, 500].map((n) => h('option', { value: n, text: `${n} lines` })));
     lines.value = '200';
     const load = async () => {
       body.textContent = 'loading…';

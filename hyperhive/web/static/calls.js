@@ -56,7 +56,8 @@ function makeApproval(a0) {
       desc.hidden = !a.description;
       setText(desc, a.description);
       ref.hidden = !a.commit_ref;
-      setText(ref, a.commit_ref ? `commit ${a.commit_ref}${a.fetched_sha ? ` → ${a.fetched_sha.slice(0, 12)}` : ''}` : '');
+      const sha = a.fetched_sha ? ` → ${a.fetched_sha.slice(0, 12)}` : '';
+      setText(ref, a.commit_ref ? `commit ${a.commit_ref.slice(0, 12)}${sha}` : '');
     },
   };
 }
@@ -116,7 +117,7 @@ function makeQuestion(q0) {
   const kind = q0.multi ? 'checkbox' : 'radio';
   const who = h('span', { class: 'who' });
   const chip = h('span', { class: 'chip' });
-  const text = h('p', { class: 'question', id: `q-text-${id}` });
+  const text = h('p', { class: 'qtext', id: `q-text-${id}` });
   const options = h('fieldset', { class: 'options', hidden: !q0.options.length },
     h('legend', { class: 'sr-only', text: q0.multi ? 'choose any' : 'choose one' }),
     ...q0.options.map((opt, i) => h('label', { class: 'option' },
@@ -191,7 +192,7 @@ function makeQuestion(q0) {
 function makeInbox(m0) {
   const when = h('time', { class: 'when' });
   const state = h('span', { class: 'mark' });
-  const el = h('li', { class: 'msg', 'data-id': m0.id },
+  const el = h('li', { class: 'msg', 'data-id': m0.id, 'data-from': m0.from },
     when, h('span', { class: 'from', text: m0.from }), h('span', { class: 'body', text: m0.body }), state);
   return {
     el,

@@ -17,6 +17,7 @@ const KINDS = [
   'question_added', 'question_resolved', 'approval_added', 'approval_resolved',
 ];
 const FLOW_KEEP = 1000;
+const INBOX_KEEP = 200;
 const RECENT_KEEP = 2000;
 
 const state = {
@@ -49,10 +50,17 @@ function load(snap) {
   state.approvals = byId(snap.approvals);
   state.questions = byId(snap.questions);
   state.inbox = byId(snap.inbox);
-  for (const m of snap.flow) state.flow.set(m.id, m);
-  const ids = [...state.flow.keys()].sort((a, b) => a - b);
-  for (const id of ids.slice(0, Math.max(0, ids.length - FLOW_KEEP))) state.flow.delete(id);
+  // Merged, so lines older than the snapshot's window stay on screen; kept in id order.
+  const flow = [...state.flow.values(), ...snap.flow].sort((a, b) => a.id - b.id);
+  state.flow = new Map();
+  for (const m of flow) keep(state.flow, m, FLOW_KEEP);
   for (const e of recent) if (e.seq > snap.seq) apply(e.kind, e.data, false);
+}
+
+// Add a message to a bounded map (ids only grow, so the first key is the oldest).
+function keep(map, m, limit) {
+  map.set(m.id, m);
+  while (map.size > limit) map.delete(map.keys().next().value);
 }
 
 function patchAgent(name, fields) {
@@ -66,9 +74,9 @@ function apply(kind, d, live) {
   switch (kind) {
     case 'sent': {
       const m = { id: d.id, from: d.sender, to: d.recipient, body: d.body, sent_at: d.sent_at, in_reply_to: d.in_reply_to, delivered_at: null };
-      state.flow.set(m.id, m);
-      if (m.to === 'operator') {
-        state.inbox.set(m.id, { ...m });
+      if (!state.flow.has(m.id)) keep(state.flow, m, FLOW_KEEP);
+      if (m.to === 'operator' && !state.inbox.has(m.id)) {
+        keep(state.inbox, { ...m }, INBOX_KEEP);
         if (live) notify(`✉ from ${m.from}`, m.body, `message-${m.id}`);
       }
       const agent = state.agents.get(m.to);
@@ -84,9 +92,11 @@ function apply(kind, d, live) {
         patchAgent(d.recipient, { unread: Math.max(0, state.agents.get(d.recipient).unread - 1) });
       }
       break;
-    case 'agent_changed':
-      patchAgent(d.name, { state: d.state, transient: d.transient, transient_since: d.transient_since, warning: d.warning });
+    case 'agent_changed': {
+      const pid = d.state === 'running' ? state.agents.get(d.name)?.pid : null; // only while running
+      patchAgent(d.name, { state: d.state, transient: d.transient, transient_since: d.transient_since, warning: d.warning, pid });
       break;
+    }
     case 'status_changed':
       patchAgent(d.name, { status_text: d.status_text });
       break;
@@ -257,7 +267,10 @@ function setupForms() {
     if (result) spawn.reset();
   });
   const read = $('inbox-read');
-  read.addEventListener('click', () => act(read, 'inbox-read', {}, { done: (r) => `${r.read} messages marked read` }));
+  read.addEventListener('click', async () => {
+    await act(read, 'inbox-read', {}, { done: (r) => `${r.read} messages marked read` });
+    schedule(); // the button's state follows the unread count again
+  });
   $('flow-new').addEventListener('click', flowToBottom);
 }
 

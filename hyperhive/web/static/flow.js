@@ -7,7 +7,7 @@ const SHOWN = 500;
 
 function makeLine(m0) {
   const mark = h('span', { class: 'mark' });
-  const el = h('li', { class: 'msg', 'data-id': m0.id },
+  const el = h('li', { class: 'msg', 'data-id': m0.id, 'data-from': m0.from },
     h('time', { class: 'when', text: clock(m0.sent_at) }),
     h('span', { class: 'from', text: m0.from }), h('span', { class: 'arrow', text: ' → ' }),
     h('span', { class: 'to', text: m0.to }), h('span', { class: 'body', text: m0.body }), mark);

@@ -11,10 +11,10 @@ function paint() {
   button.hidden = false;
   button.disabled = false;
   if (!supported) {
-    setText(button, '🔕 notifications unavailable here');
+    setText(button, 'notifications unavailable here');
     button.disabled = true;
   } else if (Notification.permission === 'denied') {
-    setText(button, '🔕 notifications blocked');
+    setText(button, 'notifications blocked');
     button.disabled = true;
   } else if (Notification.permission === 'default') {
     setText(button, '🔔 enable notifications');
