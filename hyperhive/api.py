@@ -248,8 +248,9 @@ class Api:
                 return ApprovalReply(approval=await hive.approvals.deny(aid, note))
             case HostRequestSpawn(name=name, description=description):
                 return ApprovalReply(approval=await hive.request_spawn(name, description, OPERATOR))
-            case Spawn(name=name):
-                return AgentReply(agent=await self._agent_info(await hive.spawn(name)))
+            case Spawn(name=name, backend=backend):
+                record = await hive.spawn(name, backend=backend)
+                return AgentReply(agent=await self._agent_info(record))
             case Start(name=name) | Kill(name=name) | Restart(name=name) | Rebuild(name=name):
                 await hive.lifecycle(request.CMD, _name(name))
                 return Empty()

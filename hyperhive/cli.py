@@ -310,9 +310,20 @@ def list_agents(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> 
 
 
 @app.command()
-def spawn(name: str, run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
+def spawn(
+    name: str,
+    run_dir: RunDir,
+    state_dir: StateDir,
+    backend: Annotated[
+        str | None, typer.Option(help="This agent's backend instead of the daemon's.")
+    ] = None,
+    as_json: Json = False,
+) -> None:
     """Create an agent directly, without an approval."""
-    reply = _call(run_dir, {"cmd": "spawn", "name": name})
+    payload: dict[str, Any] = {"cmd": "spawn", "name": name}
+    if backend:
+        payload["backend"] = backend
+    reply = _call(run_dir, payload)
     _emit(
         reply,
         as_json,

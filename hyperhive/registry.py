@@ -218,7 +218,12 @@ class Registry:
             await trio.sleep_forever()
 
     async def register(
-        self, name: str, *, role: str = "agent", parent: str | None = None
+        self,
+        name: str,
+        *,
+        role: str = "agent",
+        parent: str | None = None,
+        backend: str | None = None,
     ) -> AgentRecord:
         """Create (or revive) an agent's directories, row and socket. Idempotent."""
         try:
@@ -235,7 +240,7 @@ class Registry:
             name=name,
             role=role,
             state=AgentState.REGISTERED,
-            backend=self._backend,
+            backend=backend or (existing.backend if existing else self._backend),
             created_at=existing.created_at if existing else now,
             updated_at=now,
             parent=parent if existing is None else existing.parent,

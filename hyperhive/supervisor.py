@@ -259,17 +259,21 @@ class Hive:
             raise RequestRefused(f"an agent named {approval.agent!r} already exists")
         await self._create(approval.agent)
 
-    async def spawn(self, name: str) -> AgentRecord:
+    async def spawn(self, name: str, *, backend: str | None = None) -> AgentRecord:
         """Operator's direct spawn: no approval; idempotent for an existing agent."""
         try:
             name = parse_agent_name(name)
         except InvalidAgentName as exc:
             raise RequestRefused(str(exc)) from None
-        return await self._create(name)
+        if backend is not None:
+            backend = resolve_backend(backend)
+        return await self._create(name, backend=backend)
 
-    async def _create(self, name: str, *, role: str = "agent") -> AgentRecord:
+    async def _create(
+        self, name: str, *, role: str = "agent", backend: str | None = None
+    ) -> AgentRecord:
         """Register (or revive) an agent and hand it to its supervisor, which starts it."""
-        record = await self.registry.register(name, role=role)
+        record = await self.registry.register(name, role=role, backend=backend)
         await prepare_agent_repos(self.config.paths, name, self.seed_toml)
         await self.registry.reload_config(name)
         if not self.config.paths.model_file(name).exists():

@@ -260,3 +260,15 @@ async def test_bad_names_are_refused_everywhere(container_hive: Hive) -> None:
             with pytest.raises(RequestRefused, match=r"invalid agent name|no agent"):
                 await call()
     assert sorted(p.name for p in (hive.config.paths.state_dir / "agents").iterdir()) == ["manager"]
+
+
+async def test_backend_chosen_per_agent_at_spawn(short_tmp: Path) -> None:
+    async with open_hive(config(short_tmp, "external")) as hive:
+        await hive.spawn("alice", backend="process")
+        await hive.spawn("bob")
+        await wait_state(hive, "alice", AgentState.RUNNING)
+        assert alive(hive.registry.get("alice").pid)
+        assert hive.registry.get("bob").backend == "external"
+        assert hive.registry.get("bob").pid is None
+        with pytest.raises(RequestRefused, match="unknown backend"):
+            await hive.spawn("carol", backend="docker")

@@ -405,6 +405,8 @@ class HostRequestSpawn(Request):
 class Spawn(Request):
     CMD = "spawn"
     name: str
+    #: Overrides the daemon's backend for this agent (``nspawn``, ``process``, ``external``).
+    backend: str | None = None
 
 
 @attrs.frozen

@@ -125,6 +125,15 @@ async def test_spawn_by_approval_then_a_turn_inside_the_container(
     await running_with_harness(hive, "alice")
     assert "sonnet" in await turned(hive, mock_api, "alice", "marker-two: again")
 
+    # An invalid config fails the deploy and leaves the running agent as it was.
+    pid = hive.registry.get("alice").pid
+    bad = await hive.request_apply_commit("alice", propose(hive, "alice", "memory_max = 7\n"), None)
+    result = await hive.approvals.approve(bad.id)
+    assert result.status == "failed" and "memory_max" in (result.note or "")
+    assert hive.registry.get("alice").pid == pid
+    assert hive.registry.get("alice").state == AgentState.RUNNING
+    assert "sonnet" in await turned(hive, mock_api, "alice", "marker-four: still here")
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_daemon_restart_keeps_the_container_and_delivers_after(
