@@ -194,7 +194,7 @@ class Api:
                 return AgentMetaReply(
                     name=record.name,
                     role=record.role,
-                    model=await hive.registry.model(record.name),
+                    model=hive.registry.model(record.name),
                     status_text=record.status_text,
                     parent=record.parent,
                     state=record.state.value,
@@ -301,7 +301,7 @@ class Api:
             backend=record.backend,
             created_at=record.created_at,
             parent=record.parent,
-            model=await self.hive.registry.model(record.name),
+            model=self.hive.registry.model(record.name),
             status_text=record.status_text,
             unread=unread,
             harness_connected=self.hive.registry.harnesses[record.name] > 0,
@@ -309,6 +309,7 @@ class Api:
             transient_since=record.transient_since,
             pid=record.pid,
             warning=record.warning,
+            ui_url=self.hive.registry.ui_url(record.name),
         )
 
 

@@ -172,6 +172,7 @@ class Registry:
         self._sockets: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self.harnesses: Counter[str] = Counter()
+        self._files: dict[Path, tuple[tuple[int, int], str]] = {}
 
     # ------------------------------------------------------------ queries (no I/O)
 
@@ -310,13 +311,32 @@ class Registry:
         await self.update(name, status_text=text)
         self._events.publish("status_changed", name=name, status_text=text)
 
-    async def model(self, name: str) -> str:
-        path = trio.Path(self._paths.model_file(name))
+    def model(self, name: str) -> str:
+        """The model of the agent's next turn (its model file, which its harness may change)."""
+        return self._small_file(self._paths.model_file(name)) or DEFAULT_MODEL
+
+    def ui_url(self, name: str) -> str | None:
+        """The agent's own web UI, from the port its harness recorded in its state dir."""
+        port = self._small_file(self._paths.agent_dir(name) / "state" / "hyperhive-ui-port")
+        return f"http://127.0.0.1:{port}/" if port and port.isdigit() else None
+
+    def _small_file(self, path: Path) -> str | None:
+        """A one-line file's text, cached by size and mtime: listing 100 agents costs a
+        ``stat`` each, not a read (these files are a few bytes on a local disk)."""
         try:
-            text = (await path.read_text()).strip()
-        except (FileNotFoundError, UnicodeDecodeError):
-            return DEFAULT_MODEL
-        return text or DEFAULT_MODEL
+            st = path.stat()
+        except OSError:
+            return None
+        key = (st.st_mtime_ns, st.st_size)
+        cached = self._files.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            text = path.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        self._files[path] = (key, text)
+        return text
 
     async def set_model(self, name: str, model: str) -> None:
         self.get(name)

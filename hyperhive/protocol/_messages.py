@@ -97,6 +97,8 @@ class AgentInfo:
     pid: int | None
     #: Something the operator should know (limits not enforced, last start failed, …).
     warning: str | None
+    #: The agent's own web UI (terminal, login), once its harness has recorded its port.
+    ui_url: str | None
 
 
 # ---------------------------------------------------------------- every socket

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -183,23 +183,28 @@ class Dashboard:
         }
 
     async def stream(self, request: Request) -> Response:
+        events = self.hive.events
         last = request.headers.get("last-event-id") or request.query_params.get("since")
-        channel = self.hive.events.subscribe()
+        channel = events.subscribe()
+        try:
+            since = None if last is None else int(last)
+        except ValueError:
+            since = -1  # not an id of ours: resync
         backlog: list[Event] | None = []
-        if last is not None:
-            try:
-                backlog = self.hive.events.since(int(last))
-            except ValueError:
-                backlog = None
+        if since is not None:
+            # An id ahead of the hub comes from before a restart (seq starts at 0 again).
+            backlog = events.since(since) if 0 <= since <= events.seq else None
 
-        async def frames() -> AsyncIterator[str]:
+        async def frames() -> AsyncGenerator[str, None]:
             try:
                 if backlog is None:
-                    yield _frame("resync", {"seq": self.hive.events.seq}, self.hive.events.seq)
+                    sent = events.seq
+                    yield _frame("resync", {"seq": sent}, sent)
                 else:
+                    sent = since or 0
                     for event in backlog:
+                        sent = event.seq
                         yield _event_frame(event)
-                sent = backlog[-1].seq if backlog else int(last or 0)
                 while True:
                     with trio.move_on_after(HEARTBEAT_SECONDS) as idle:
                         event = await channel.receive()
@@ -214,7 +219,7 @@ class Dashboard:
             finally:
                 channel.close()
 
-        return StreamingResponse(
+        return _EventStreamResponse(
             frames(),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
@@ -350,6 +355,25 @@ class Dashboard:
                 Route("/metrics", self.metrics),
             ]
         )
+
+
+class _EventStreamResponse(StreamingResponse):
+    """Closes its frame generator (and so its subscription) as soon as the client is gone.
+
+    A disconnect cancels the streaming task while the generator waits at a ``yield``;
+    without this it would only be finalized by the garbage collector.
+    """
+
+    def __init__(self, frames: AsyncGenerator[str, None], **kwargs: Any) -> None:
+        super().__init__(frames, **kwargs)
+        self._frames = frames
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._frames.aclose()
 
 
 def _secured(response: Response) -> Response:

@@ -139,6 +139,7 @@ let refetching = false;
 let refetchAgain = false;
 
 function refetchSoon(delay = 150) {
+  console.log('REFETCH ' + new Error().stack.split('\n').slice(1, 4).join(' / '));
   if (refetchTimer == null) refetchTimer = setTimeout(refetch, delay);
 }
 
@@ -175,11 +176,13 @@ function onEvent(ev) {
 }
 
 function connect() {
+  console.log('CONNECT');
   if (loggedOut) return;
   // `since` for the first connection; EventSource sends Last-Event-ID on its own reconnects.
   stream = new EventSource(`/api/stream?since=${streamSeq}`);
   stream.onopen = () => showConnection('live', '● live');
   stream.onerror = () => {
+    console.log('ONERROR ' + stream.readyState);
     if (stream.readyState === EventSource.CONNECTING) {
       showConnection('reconnecting', '○ reconnecting…');
       return;

@@ -1,0 +1,26 @@
+"""Registry reads of the small files an agent's harness writes (model, UI port)."""
+
+from __future__ import annotations
+
+import os
+
+from hyperhive.supervisor import Hive
+
+
+async def test_model_and_ui_url_follow_the_files(hive: Hive) -> None:
+    await hive.spawn("alice")
+    state = hive.config.paths.agent_dir("alice") / "state"
+    assert hive.registry.model("alice") == "haiku"
+    assert hive.registry.ui_url("alice") is None
+    (state / "hyperhive-model").write_text("sonnet\n")
+    assert hive.registry.model("alice") == "sonnet"
+    # The harness's /model rewrites the file: the next read sees it (cache keyed on mtime).
+    (state / "hyperhive-model").write_text("opus\n")
+    st = (state / "hyperhive-model").stat()
+    os.utime(state / "hyperhive-model", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert hive.registry.model("alice") == "opus"
+    (state / "hyperhive-ui-port").write_text("8123\n")
+    [alice] = [a for a in await hive.api.agent_infos() if a.name == "alice"]
+    assert alice.ui_url == "http://127.0.0.1:8123/" and alice.model == "opus"
+    (state / "hyperhive-ui-port").write_text("junk")
+    assert hive.registry.ui_url("alice") is None
