@@ -68,6 +68,7 @@ from hyperhive.protocol import (
     Start,
     Update,
 )
+from hyperhive_harness.turns import AGENT_TOOLS, MANAGER_TOOLS, SERVER_NAME
 
 __all__ = [
     "AGENT_TOOLS",
@@ -85,29 +86,6 @@ log = logging.getLogger("hyperhive.mcp")
 #: The agent socket as bind-mounted into every container.
 DEFAULT_SOCKET = "/run/hive/mcp.sock"
 SOCKET_ENV = "HYPERHIVE_SOCKET"
-SERVER_NAME = "hyperhive"
-
-AGENT_TOOLS: tuple[str, ...] = (
-    "send",
-    "recv",
-    "ask",
-    "answer",
-    "get_loose_ends",
-    "cancel_loose_end",
-    "set_status",
-    "get_agent_meta",
-)
-MANAGER_TOOLS: tuple[str, ...] = (
-    *AGENT_TOOLS,
-    "request_spawn",
-    "request_apply_commit",
-    "kill",
-    "start",
-    "restart",
-    "update",
-    "list_containers",
-    "get_logs",
-)
 
 #: How long start-up keeps trying to reach the daemon before serving the agent tool set.
 STARTUP_CONNECT_SECONDS = 5.0
