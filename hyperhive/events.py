@@ -10,12 +10,61 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 import trio
 
 from hyperhive.config import EVENT_RING_SIZE, EVENT_SUBSCRIBER_QUEUE
+
+
+class Numbered(Protocol):
+    @property
+    def seq(self) -> int: ...
+
+
+E = TypeVar("E", bound=Numbered)
+
+
+class FanOut(Generic[E]):
+    """Bounded per-subscriber channels; a subscriber that falls behind is cut off."""
+
+    def __init__(self, queue_size: int) -> None:
+        self._queue_size = queue_size
+        self._subscribers: set[trio.MemorySendChannel[E]] = set()
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[E]:
+        send, receive = trio.open_memory_channel[E](self._queue_size)
+        self._subscribers.add(send)
+        return receive
+
+    def deliver(self, item: E) -> None:
+        """Hand ``item`` to every subscriber without ever blocking the publisher."""
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait(item)
+            except trio.WouldBlock:
+                # Too slow: cut it off; it reconnects and catches up from the ring or resyncs.
+                self._subscribers.discard(channel)
+                channel.close()
+                self.dropped += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.discard(channel)
+
+
+def events_since(ring: Sequence[E] | Iterable[E], newest: int, seq: int) -> list[E] | None:
+    """The events of ``ring`` after ``seq``, or None when some of them already left it."""
+    if seq >= newest:
+        return []
+    items = list(ring)
+    if not items or items[0].seq > seq + 1:
+        return None
+    return [e for e in items if e.seq > seq]
 
 
 @attrs.frozen
@@ -40,9 +89,7 @@ class EventHub:
     ) -> None:
         self._seq = 0
         self._ring: deque[Event] = deque(maxlen=ring_size)
-        self._queue_size = queue_size
-        self._subscribers: set[trio.MemorySendChannel[Event]] = set()
-        self._dropped = 0
+        self._fanout: FanOut[Event] = FanOut(queue_size)
 
     @property
     def seq(self) -> int:
@@ -50,34 +97,21 @@ class EventHub:
         return self._seq
 
     def statistics(self) -> EventHubStatistics:
-        return EventHubStatistics(self._seq, len(self._subscribers), len(self._ring), self._dropped)
+        return EventHubStatistics(
+            self._seq, len(self._fanout), len(self._ring), self._fanout.dropped
+        )
 
     def publish(self, kind: str, **data: Any) -> Event:
         self._seq += 1
         event = Event(self._seq, time.time(), kind, data)
         self._ring.append(event)
-        for channel in list(self._subscribers):
-            try:
-                channel.send_nowait(event)
-            except trio.WouldBlock:
-                # Too slow: cut it off; it reconnects and catches up from the ring or resyncs.
-                self._subscribers.discard(channel)
-                channel.close()
-                self._dropped += 1
-            except trio.BrokenResourceError:
-                self._subscribers.discard(channel)
+        self._fanout.deliver(event)
         return event
 
     def since(self, seq: int) -> list[Event] | None:
         """Events after ``seq``, or None when some of them already left the ring."""
-        if seq >= self._seq:
-            return []
-        if not self._ring or self._ring[0].seq > seq + 1:
-            return None
-        return [e for e in self._ring if e.seq > seq]
+        return events_since(self._ring, self._seq, seq)
 
     def subscribe(self) -> trio.MemoryReceiveChannel[Event]:
         """A channel of every event published from now on; close it to unsubscribe."""
-        send, receive = trio.open_memory_channel[Event](self._queue_size)
-        self._subscribers.add(send)
-        return receive
+        return self._fanout.subscribe()

@@ -31,6 +31,7 @@ from typing import Any, Final
 import attrs
 import trio
 
+from hyperhive.events import FanOut, events_since
 from hyperhive_harness.config import DEFAULT_MODEL
 from hyperhive_harness.turns import Status, TurnState
 
@@ -165,9 +166,7 @@ class Bus:
         self._clock = clock
         self._seq = 0
         self._ring: deque[LiveEvent] = deque(maxlen=history_size)
-        self._queue_size = queue_size
-        self._subscribers: set[trio.MemorySendChannel[LiveEvent]] = set()
-        self.dropped_subscribers = 0
+        self._fanout: FanOut[LiveEvent] = FanOut(queue_size)
         self._conn: sqlite3.Connection | None = None
         self._limiter = trio.CapacityLimiter(1)
         self._pending: list[LiveEvent] = []
@@ -206,15 +205,7 @@ class Bus:
         self._seq += 1
         event = LiveEvent(self._seq, self._clock(), kind, payload)
         self._ring.append(event)
-        for channel in list(self._subscribers):
-            try:
-                channel.send_nowait(event)
-            except trio.WouldBlock:
-                self._subscribers.discard(channel)
-                channel.close()
-                self.dropped_subscribers += 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._subscribers.discard(channel)
+        self._fanout.deliver(event)
         self._pending.append(event)
         self._dirty.set()
         if kind in _LOGGED:
@@ -226,13 +217,15 @@ class Bus:
 
     def subscribe(self) -> trio.MemoryReceiveChannel[LiveEvent]:
         """Every event published from now on; closed when the subscriber falls behind."""
-        send, receive = trio.open_memory_channel[LiveEvent](self._queue_size)
-        self._subscribers.add(send)
-        return receive
+        return self._fanout.subscribe()
 
     @property
     def subscribers(self) -> int:
-        return len(self._subscribers)
+        return len(self._fanout)
+
+    @property
+    def dropped_subscribers(self) -> int:
+        return self._fanout.dropped
 
     def history(self, limit: int = HISTORY_SIZE) -> list[LiveEvent]:
         if limit <= 0:
@@ -241,11 +234,7 @@ class Bus:
 
     def since(self, seq: int) -> list[LiveEvent] | None:
         """Events after ``seq`` from the ring; None when some already left it."""
-        if seq >= self._seq:
-            return []
-        if not self._ring or self._ring[0].seq > seq + 1:
-            return None
-        return [e for e in self._ring if e.seq > seq]
+        return events_since(self._ring, self._seq, seq)
 
     # ------------------------------------------------------------ persistence
 

@@ -63,10 +63,10 @@ function keep(map, m, limit) {
   while (map.size > limit) map.delete(map.keys().next().value);
 }
 
+// An agent not known yet is on its way: its agent_registered event takes a snapshot.
 function patchAgent(name, fields) {
   const agent = state.agents.get(name);
   if (agent) state.agents.set(name, { ...agent, ...fields });
-  else refetchSoon();
 }
 
 // Apply one event to the state; `live` is false when re-applying over a newer snapshot.
@@ -138,25 +138,27 @@ let refetchTimer = null;
 let refetching = false;
 let refetchAgain = false;
 
+// While a snapshot is in flight an event needs no other: either the snapshot has it, or
+// it is newer and load() applies it again, asking for one more snapshot then if need be.
 function refetchSoon(delay = 150) {
-  console.log('REFETCH ' + new Error().stack.split('\n').slice(1, 4).join(' / '));
-  if (refetchTimer == null) refetchTimer = setTimeout(refetch, delay);
+  if (refetchTimer == null && !refetching) refetchTimer = setTimeout(refetch, delay);
 }
 
 async function refetch() {
   refetchTimer = null;
   if (refetching) { refetchAgain = true; return; }
   refetching = true;
+  let snap;
   try {
-    load(await getJSON('/api/state'));
-    schedule();
+    snap = await getJSON('/api/state');
   } catch (err) {
     if (err instanceof LoggedOut) endSession();
     else toast(`could not load the state: ${err.message}`, 'error');
-  } finally {
-    refetching = false;
-    if (refetchAgain) { refetchAgain = false; refetchSoon(); }
   }
+  refetching = false;
+  if (snap) load(snap);
+  schedule();
+  if (refetchAgain) { refetchAgain = false; refetchSoon(); }
 }
 
 function onEvent(ev) {
@@ -176,13 +178,11 @@ function onEvent(ev) {
 }
 
 function connect() {
-  console.log('CONNECT');
   if (loggedOut) return;
   // `since` for the first connection; EventSource sends Last-Event-ID on its own reconnects.
   stream = new EventSource(`/api/stream?since=${streamSeq}`);
   stream.onopen = () => showConnection('live', '● live');
   stream.onerror = () => {
-    console.log('ONERROR ' + stream.readyState);
     if (stream.readyState === EventSource.CONNECTING) {
       showConnection('reconnecting', '○ reconnecting…');
       return;
