@@ -16,7 +16,7 @@ SYSTEM_DEPS := systemd-nspawn:systemd-container git:git nix-instantiate:nix-bin 
 	systemd-analyze:systemd setpriv:util-linux chromium:chromium useradd:passwd \
 	/usr/bin/python3:python3
 
-.PHONY: run test lint check pytest bench clean tools system-deps
+.PHONY: run test lint check pytest bench clean tools system-deps screenshots
 
 # pyvenv.cfg marks the venv (bin/python may be a link into a directory others cannot stat).
 $(VENV)/pyvenv.cfg:
@@ -69,6 +69,10 @@ test: lint pytest
 bench: $(STAMP)
 	@mkdir -p bench/results
 	$(PY) -m bench.broker --out bench/results/broker.json
+	$(PY) -m bench.dashboard --out bench/results/dashboard.json
+
+screenshots: $(STAMP) system-deps
+	$(PY) scripts/screenshots.py --out docs/screenshots
 
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -304,6 +304,7 @@ class Registry:
             transient=record.transient,
             transient_since=record.transient_since,
             warning=record.warning,
+            pid=record.pid,
         )
         return record
 

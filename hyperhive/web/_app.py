@@ -226,7 +226,10 @@ class Dashboard:
         )
 
     async def logs(self, request: Request) -> Response:
-        lines = int(request.query_params.get("lines", "200"))
+        raw = request.query_params.get("lines", "200")
+        if not raw.isdigit():
+            raise RequestRefused("lines must be a number")
+        lines = int(raw)
         reply = await self.hive.logs(request.path_params["name"], lines)
         return JSONResponse({"ok": True, "lines": reply.lines})
 

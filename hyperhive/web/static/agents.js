@@ -67,6 +67,7 @@ function makeAgent(state) {
       type: 'button', text: label, 'aria-label': `${verb} ${first.name}`,
       onclick: (e) => act(e.currentTarget, verb, { name: agent.name }, { done: `${verb}: ${agent.name}` }),
     }));
+    const link = h('a', { class: 'ui-link', target: '_blank', rel: 'noopener noreferrer', hidden: true, text: '↗ UI', 'aria-label': `${first.name}'s own page` });
     const logs = h('button', { type: 'button', text: 'L0GS', 'aria-label': `logs of ${first.name}`, onclick: () => showLogs(agent.name) });
     const destroy = h('button', {
       type: 'button', class: 'danger', text: 'DESTR0Y', 'aria-label': `destroy ${first.name}`,
@@ -82,7 +83,7 @@ function makeAgent(state) {
     });
     const el = h('article', { class: 'row agent', 'data-name': first.name, 'aria-label': `agent ${first.name}` },
       h('div', { class: 'info' },
-        h('div', { class: 'line' }, branch, name, role, stateBadge, transient, crashLoop, login, rate, harness, unread),
+        h('div', { class: 'line' }, branch, name, role, stateBadge, transient, crashLoop, login, rate, harness, unread, link),
         h('div', { class: 'line meta' }, model, backend, isolation, pid),
         status, warning),
       h('div', { class: 'actions' }, ...buttons, logs, destroy));
@@ -105,6 +106,9 @@ function makeAgent(state) {
       setAttr(harness, 'data-on', a.harness_connected ? 'yes' : 'no');
       show(unread, a.unread > 0, `✉ ${a.unread}`);
       setAttr(unread, 'title', `${a.unread} unread`);
+      const url = /^https?:\/\//.test(a.ui_url || '') ? a.ui_url : null; // links only, never script
+      link.hidden = !url;
+      setAttr(link, 'href', url);
       setText(model, a.model);
       setText(backend, a.backend);
       show(isolation, state.isolated[a.backend] === false);

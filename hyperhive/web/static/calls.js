@@ -207,6 +207,11 @@ function makeInbox(m0) {
 
 // ------------------------------------------------------------------ render
 
+function setCount(id, n) {
+  setText($(id), n);
+  $(id).classList.toggle('hot', n > 0);
+}
+
 export function renderCalls(state) {
   const approvals = [...state.approvals.values()].sort((a, b) => a.id - b.id);
   const pending = approvals.filter((a) => a.status === 'pending');
@@ -214,7 +219,7 @@ export function renderCalls(state) {
   reconcile($('approvals'), pending, (a) => a.id, makeApproval);
   reconcile($('approvals-done'), done, (a) => a.id, makeDone('approval'));
   $('approvals-empty').hidden = pending.length > 0;
-  setText($('approvals-count'), pending.length);
+  setCount('approvals-count', pending.length);
   setText($('approvals-history-count'), done.length);
 
   const now = serverNow();
@@ -225,14 +230,14 @@ export function renderCalls(state) {
   reconcile($('questions-done'), answered, (q) => q.id, makeDone('question'));
   const openMine = questions.filter((q) => q.answered_at == null && q.target == null).length;
   $('questions-empty').hidden = shown.length > 0;
-  setText($('questions-count'), openMine);
+  setCount('questions-count', openMine);
   setText($('questions-history-count'), answered.length);
 
   const inbox = [...state.inbox.values()].sort((a, b) => b.id - a.id);
   reconcile($('inbox'), inbox, (m) => m.id, makeInbox);
   const unread = inbox.filter((m) => m.delivered_at == null).length;
   $('inbox-empty').hidden = inbox.length > 0;
-  setText($('inbox-count'), unread);
+  setCount('inbox-count', unread);
   $('inbox-read').disabled = unread === 0;
   return pending.length + openMine + unread;
 }

@@ -208,7 +208,7 @@ function endSession() {
   if (stream) stream.close();
   showConnection('offline', '✕ logged out');
   const banner = $('banner');
-  banner.textContent = 'The session ended (the dashboard token changed?). Open the login link from `hyperhive dashboard-url` again.';
+  banner.textContent = 'The session ended (was the dashboard token replaced?). Open the login link that hyperhive dashboard-url prints.';
   banner.hidden = false;
 }
 

@@ -1,0 +1,160 @@
+"""Acceptance 6: a reconnect with ``Last-Event-ID`` replays exactly what was missed, or resyncs.
+
+Over raw HTTP (h11 on trio sockets) first, then with the page itself: its stream is cut,
+messages are sent while it is away, and they appear once it reconnects on its own.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from playwright.sync_api import Page, expect
+
+from hyperhive.events import EventHub
+from hyperhive.supervisor import Hive
+from tests.conftest import wait_until
+
+from .conftest import UI, EventStream
+
+NoCookie = 401
+
+
+async def _no_subscribers(hive: Hive) -> bool:
+    return hive.events.statistics().subscribers == 0
+
+
+async def test_reconnect_replays_exactly_the_missed_events(hive: Hive) -> None:
+    refused = await EventStream.open(hive, cookie=False)
+    assert refused.status == NoCookie
+    await refused.aclose()
+
+    first = await EventStream.open(hive)
+    assert first.status == 200
+    published = [hive.events.publish("probe", n=n).seq for n in range(3)]
+    seen = [await first.next() for _ in range(3)]
+    assert [e.id for e in seen] == published
+    assert [(e.kind, e.data["n"], e.data["seq"]) for e in seen] == [
+        ("probe", n, seq) for n, seq in zip(range(3), published, strict=True)
+    ]
+    await first.aclose()
+
+    missed = [hive.events.publish("probe", n=n).seq for n in range(3, 13)]
+    second = await EventStream.open(hive, last_event_id=seen[-1].id)
+    got = [await second.next() for _ in range(len(missed))]
+    assert [e.id for e in got] == missed
+    assert [e.data["n"] for e in got] == list(range(3, 13))
+    # Nothing extra was replayed: the very next frame is an event published from now on.
+    fresh = hive.events.publish("probe", n=99)
+    after = await second.next()
+    assert (after.id, after.data["n"]) == (fresh.seq, 99)
+    await second.aclose()
+
+
+async def test_a_closed_stream_drops_its_subscription(hive: Hive) -> None:
+    stream = await EventStream.open(hive)
+    hive.events.publish("probe", n=0)
+    await stream.next()
+    assert hive.events.statistics().subscribers == 1
+    await stream.aclose()
+
+    async def gone() -> bool:
+        # A write after the close is what tells the daemon (the heartbeat, when idle).
+        hive.events.publish("probe", n=1)
+        return await _no_subscribers(hive)
+
+    await wait_until(gone, interval=0.05)
+
+
+async def test_a_gap_older_than_the_ring_gets_one_resync(hive: Hive) -> None:
+    hive.events._ring = deque(hive.events._ring, maxlen=4)
+    last = hive.events.seq
+    for n in range(6):
+        hive.events.publish("probe", n=n)
+    stream = await EventStream.open(hive, last_event_id=last)
+    resync = await stream.next()
+    assert (resync.kind, resync.id, resync.data) == ("resync", hive.events.seq, {"seq": last + 6})
+    fresh = hive.events.publish("probe", n=6)
+    assert (await stream.next()).id == fresh.seq  # then live events, nothing replayed
+    await stream.aclose()
+
+    # Within the ring it still replays; garbage as Last-Event-ID resyncs.
+    recent = await EventStream.open(hive, last_event_id=hive.events.seq - 3)
+    assert [(await recent.next()).data["n"] for _ in range(3)] == [4, 5, 6]
+    await recent.aclose()
+    garbage = await EventStream.open(hive, last_event_id="yesterday")
+    assert (await garbage.next()).kind == "resync"
+    fresh = hive.events.publish("probe", n=7)
+    assert (await garbage.next()).id == fresh.seq  # and the stream goes on
+    await garbage.aclose()
+
+
+async def test_an_id_from_before_a_restart_gets_a_resync(hive: Hive) -> None:
+    # seq starts again at 0 in a new daemon: an id ahead of it is from an older run, and
+    # the events it would wait for to pass that id are exactly the ones it must not miss.
+    hive.events.publish("probe", n=0)
+    stream = await EventStream.open(hive, last_event_id=hive.events.seq + 500)
+    resync = await stream.next()
+    assert (resync.kind, resync.data) == ("resync", {"seq": hive.events.seq})
+    fresh = hive.events.publish("probe", n=1)
+    assert (await stream.next()).id == fresh.seq
+    await stream.aclose()
+
+
+def test_event_hub_since_boundaries() -> None:
+    hub = EventHub(ring_size=3)
+    assert hub.since(0) == []
+    for n in range(5):
+        hub.publish("probe", n=n)
+    assert hub.since(5) == [] and hub.since(9) == []
+    assert [e.seq for e in hub.since(2)] == [3, 4, 5]
+    assert hub.since(1) is None  # seq 2 already left the ring
+
+
+async def test_the_page_catches_up_after_its_stream_is_cut(hive: Hive, ui: UI) -> None:
+    await hive.spawn("alice")
+    requests: list[tuple[str, str | None]] = []
+
+    def watch(page: Page) -> None:
+        def seen(request: Any) -> None:
+            if "/api/" in request.url:
+                requests.append((request.url, request.all_headers().get("last-event-id")))
+
+        # The new agent made the page take a snapshot; once it shows, nothing is pending.
+        expect(page.get_by_role("article", name="agent alice")).to_be_visible()
+        expect(page.locator("#conn")).to_have_text("● live")
+        page.on("request", seen)
+
+    await ui(watch)
+    before = hive.events.seq
+    # Make the page's subscription fall behind: more events at once than its queue holds.
+    # The hub cuts it off; the page gets what was queued, then its stream ends.
+    assert hive.events.statistics().subscribers == 1
+    n = 0
+    while hive.events.statistics().subscribers:
+        hive.events.publish("probe", n=n)
+        n += 1
+    assert hive.events.statistics().dropped_subscribers == 1
+
+    def reconnecting(page: Page) -> None:
+        expect(page.locator("#conn")).to_have_attribute("data-state", "reconnecting")
+
+    await ui(reconnecting)
+    for i in range(3):
+        await hive.broker.send("operator", "alice", f"while away {i}")
+    away = [e.seq for e in hive.events.since(before) or [] if e.kind == "sent"]
+    # Nobody was subscribed while they were sent: the page can only have them by replay.
+    assert hive.events.statistics().subscribers == 0 and len(away) == 3
+
+    def caught_up(page: Page) -> None:
+        expect(page.locator("#conn")).to_have_text("● live")
+        page.get_by_role("link", name="◆ FL0W ◆").click()
+        expect(page.locator("#flow li").filter(has_text="while away")).to_contain_text(
+            [f"while away {n}" for n in range(3)]
+        )
+
+    await ui(caught_up)
+    [reconnect] = [h for url, h in requests if "/api/stream" in url]
+    assert reconnect is not None  # EventSource sent Last-Event-ID itself: the last it had
+    assert before < int(reconnect) < away[0]
+    assert not [url for url, _ in requests if "/api/state" in url]  # no snapshot refetch
