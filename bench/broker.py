@@ -21,8 +21,6 @@ import shutil
 import signal
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any
 
 import trio
 
+from bench._daemon import start_daemon
 from hyperhive.client import Client
 from hyperhive.config import Paths
 from hyperhive.protocol import Recv, Send, Spawn, Status
@@ -48,34 +47,6 @@ def raw_commits_per_second(path: Path, synchronous: str, n: int) -> float:
     elapsed = time.perf_counter() - start
     conn.close()
     return n / elapsed
-
-
-def start_daemon(paths: Paths) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "hyperhive",
-        "run",
-        "--state-dir",
-        str(paths.state_dir),
-        "--run-dir",
-        str(paths.run_dir),
-        "--backend",
-        "external",
-        "--dashboard-bind",
-        "off",
-        "--log-level",
-        "warning",
-    ]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if b"ready" not in line:
-        proc.kill()
-        raise SystemExit(f"daemon did not start: {line!r}")
-    return proc
 
 
 async def spawn(paths: Paths, names: list[str]) -> None:
@@ -184,7 +155,7 @@ def main() -> None:
         throughput: dict[str, Any] = {"synchronous": "FULL", "raw_commits_per_s": raw_full}
         for pairs in (1, 4, 16):
             paths = Paths(state_dir=root / f"s{pairs}", run_dir=root / f"r{pairs}")
-            proc = start_daemon(paths)
+            proc, _ = start_daemon(paths)
             try:
                 rate = trio.run(pair_throughput, paths, pairs, args.messages // pairs)
             finally:
@@ -197,7 +168,7 @@ def main() -> None:
         throughput["target_ratio"] = 0.5
         results["throughput"] = throughput
         paths = Paths(state_dir=root / "sw", run_dir=root / "rw")
-        proc = start_daemon(paths)
+        proc, _ = start_daemon(paths)
         try:
             results["wake_latency"] = trio.run(wake_latency, paths, 100, 300)
         finally:

@@ -24,8 +24,6 @@ import platform
 import shutil
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -37,41 +35,13 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from bench._daemon import start_daemon
 from hyperhive.client import Client
 from hyperhive.config import MAX_RECV_BATCH, Paths
 from hyperhive.protocol import HostSend, Recv, Send, Spawn
 
 TARGET_STATE_P50_MS = 10.0
 TARGET_FANOUT_P99_MS = 5.0
-
-
-def start_daemon(paths: Paths) -> tuple[subprocess.Popen[bytes], str]:
-    """``hyperhive run`` with its dashboard on a free port; returns it and the login URL."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "hyperhive",
-        "run",
-        "--state-dir",
-        str(paths.state_dir),
-        "--run-dir",
-        str(paths.run_dir),
-        "--backend",
-        "external",
-        "--dashboard-bind",
-        "127.0.0.1:0",
-        "--log-level",
-        "warning",
-    ]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith(b"hyperhive: dashboard "):
-            return proc, line.decode().split(" ", 2)[2].strip()
-    proc.kill()
-    raise SystemExit("the daemon exited before printing its dashboard URL")
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -294,7 +264,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="hh-bench-", dir="/tmp"))
     paths = Paths(state_dir=root / "state", run_dir=root / "run")
-    proc, url = start_daemon(paths)
+    proc, url = start_daemon(paths, dashboard=True)
     try:
         results: dict[str, Any] = {"machine": platform.node(), "cpus": os.cpu_count()}
         results.update(trio.run(measure, paths, url, args))

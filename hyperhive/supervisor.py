@@ -469,18 +469,19 @@ async def main(config: Config, *, out: IO[str] = sys.stdout) -> None:
         async with open_hive(config) as hive, trio.open_nursery() as nursery:
             if notifier.watchdog_interval is not None:
                 nursery.start_soon(_watchdog_pings, hive, notifier, notifier.watchdog_interval)
-            print(
-                f"hyperhive: ready; host socket {config.paths.host_socket}, "
-                f"state {config.paths.state_dir}, backend {config.backend}, pid {os.getpid()}",
-                file=out,
-                flush=True,
-            )
             login = hive.dashboard_login_url()
             if login is not None:
                 if os.environ.get("INVOCATION_ID"):
                     # Under systemd stdout is the journal: keep the token out of it.
                     login = login.split("?", 1)[0] + "  (run 'hyperhive dashboard-url' to log in)"
                 print(f"hyperhive: dashboard {login}", file=out, flush=True)
+            # Last, so that whoever waits for it has every line before it too.
+            print(
+                f"hyperhive: ready; host socket {config.paths.host_socket}, "
+                f"state {config.paths.state_dir}, backend {hive.backend}, pid {os.getpid()}",
+                file=out,
+                flush=True,
+            )
             notifier.notify("READY=1")
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
