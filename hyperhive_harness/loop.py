@@ -33,13 +33,11 @@ from typing import Any
 
 import trio
 
-from hyperhive.config import PROTOCOL_VERSION
 from hyperhive.protocol import (
     Ack,
     AckReply,
     AgentMetaReply,
     GetAgentMeta,
-    Hello,
     Message,
     Recv,
     RecvReply,
@@ -181,8 +179,6 @@ class TurnLoop:
         while True:
             reply = await link.call(Recv(wait_seconds=self.cfg.recv_wait, max=1, ack=False))
             assert isinstance(reply, RecvReply)
-            if not reply.messages:
-                await self._reclaim(link)
             for message in reply.messages:
                 if message.id in self.owed:
                     self.bus.note(
@@ -192,17 +188,6 @@ class TurnLoop:
                     await self._pay_debts(link)
                     continue
                 await self._handle(link, message)
-
-    async def _reclaim(self, link: DaemonLink) -> None:
-        """Say ``hello`` again while idle, so the daemon hands out anything delivered to this
-        agent but never acked.
-
-        Nothing is in flight here, so such a message was taken by a stale long-poll: the
-        daemon keeps a ``recv`` of a closed connection (a previous harness) parked until its
-        wait ends, and that ``recv`` can take a message no one receives. Without this it would
-        wait for the next harness restart; with it, it comes back within one poll.
-        """
-        await link.call(Hello(role="harness", protocol=PROTOCOL_VERSION))
 
     async def _pay_debts(self, link: DaemonLink) -> None:
         """Send owed failure reports and acks; keep what the daemon did not confirm."""
@@ -218,7 +203,7 @@ class TurnLoop:
             assert isinstance(ack, AckReply)
             if ack.acked:
                 del self.owed[message_id]
-            # else: the daemon requeued it at our hello; it comes back through recv and is
+            # else: not (or no longer) ours to ack; if it comes back through recv it is
             # acked then, without a new turn.
 
     # ------------------------------------------------------------ one message

@@ -76,9 +76,8 @@ async def test_message_sent_while_the_harness_restarts_is_not_stuck(
     short_tmp: Path,
     nursery: trio.Nursery,
 ) -> None:
-    """A harness stopped while parked in ``recv`` leaves that ``recv`` parked in the daemon
-    (until its wait ends); it can take the next message and deliver it to nobody. The new
-    harness reclaims it by saying hello again after an empty poll."""
+    """A harness stopped while parked in ``recv``: the daemon cancels that ``recv`` when the
+    connection closes, so the next message is not taken for nobody; the new harness gets it."""
     paths = hive.config.paths
     socket = paths.agent_socket("alice")
     await hive.spawn("alice")

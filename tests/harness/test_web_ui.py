@@ -177,9 +177,7 @@ async def test_model_command_applies_to_the_next_turn_and_persists(
 ) -> None:
     paths = hive.config.paths
     await hive.spawn("alice")
-    # Short polls: the daemon keeps the stopped harness's recv parked until its wait ends, and
-    # that recv can take the next message (see test_restarts); the restarted harness reclaims
-    # it after one empty poll.
+    # Short polls keep the test quick around the harness restart (see test_restarts).
     alice = make_harness(
         "alice",
         mock_api,
