@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import grp
+import json
 import logging
 import os
 import signal
@@ -149,7 +150,7 @@ class Hive:
             claude_dir=agent_dir / "claude",
             log_file=agent_dir / "logs" / "container.log",
             command=self.config.harness_command or default_harness_command(),
-            env=dict(settings.env),
+            env={**settings.env, **extra_mcp_env(settings)},
             cpu_quota=settings.cpu_quota,
             memory_max=settings.memory_max,
         )
@@ -341,6 +342,15 @@ class Hive:
                 "is wherever its harness was started by hand"
             )
         return LogsReply(lines=await trio.to_thread.run_sync(self.containers.logs, name, lines))
+
+
+def extra_mcp_env(settings: AgentConfig) -> dict[str, str]:
+    """The agent's extra MCP servers for its harness. Passed in the container's environment,
+    which the agent cannot change, not in its writable state dir."""
+    if not settings.extra_mcp_servers:
+        return {}
+    document = {**settings.mcp_config(), "allowedTools": settings.mcp_allowed_tools()}
+    return {"HYPERHIVE_EXTRA_MCP": json.dumps(document, separators=(",", ":"))}
 
 
 def admin_gid(group: str | None) -> int | None:

@@ -7,9 +7,10 @@ environment (or ``serve``'s flags, which win over the environment).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import attrs
 
@@ -105,6 +106,8 @@ class HarnessConfig:
     recv_wait: int = RECV_WAIT_SECONDS
     #: Tools allowed besides the ``mcp__hyperhive__*`` ones (comma list).
     extra_allowed_tools: tuple[str, ...] = ()
+    #: The agent's extra MCP servers (``HYPERHIVE_EXTRA_MCP``, from its applied agent.toml).
+    extra_mcp_servers: Mapping[str, Any] = attrs.field(factory=dict)
     #: A ``--settings`` file or JSON string passed to every claude run, if set.
     claude_settings: str | None = None
     #: The command the UI's login panel runs (default ``<claude> auth login``).
@@ -139,6 +142,7 @@ class HarnessConfig:
         if port is not None and not 0 <= port <= 65535:
             raise ConfigError(f"port {port} is out of range")
         login = env.get("HYPERHIVE_LOGIN_CMD")
+        extra_servers, extra_tools = parse_extra_mcp(env.get("HYPERHIVE_EXTRA_MCP", ""))
         return cls(
             socket=Path(socket or env.get("HYPERHIVE_SOCKET") or DEFAULT_SOCKET),
             state_dir=state_dir,
@@ -165,8 +169,26 @@ class HarnessConfig:
             ),
             cancel_grace=_float(env, "HYPERHIVE_CANCEL_GRACE", CANCEL_GRACE_SECONDS),
             recv_wait=_int(env, "HYPERHIVE_RECV_WAIT", RECV_WAIT_SECONDS, low=1, high=180),
-            extra_allowed_tools=parse_tool_list(env.get("HYPERHIVE_EXTRA_ALLOWED_TOOLS", "")),
+            extra_allowed_tools=parse_tool_list(env.get("HYPERHIVE_EXTRA_ALLOWED_TOOLS", ""))
+            + extra_tools,
+            extra_mcp_servers=extra_servers,
             claude_settings=env.get("HYPERHIVE_CLAUDE_SETTINGS") or None,
             login_command=tuple(login.split()) if login else (claude, "auth", "login"),
             env=dict(env),
         )
+
+
+def parse_extra_mcp(raw: str) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``HYPERHIVE_EXTRA_MCP`` (set by the daemon from the applied agent.toml): the extra
+    servers and the ``--allowedTools`` entries for them. Anything malformed counts as none."""
+    try:
+        data = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        return {}, ()
+    if not isinstance(data, dict):
+        return {}, ()
+    servers = data.get("mcpServers")
+    tools = data.get("allowedTools")
+    servers = servers if isinstance(servers, dict) else {}
+    tools = tuple(t for t in tools if isinstance(t, str)) if isinstance(tools, list) else ()
+    return servers, tools

@@ -164,7 +164,7 @@ class TurnLoop:
 
     def _write_turn_files(self, label: str, role: str) -> None:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
-        config = mcp_config(self.python, os.fspath(self.cfg.socket))
+        config = mcp_config(self.python, os.fspath(self.cfg.socket), self.cfg.extra_mcp_servers)
         self._mcp_config_file.write_text(json.dumps(config, indent=2) + "\n")
         prompt = render_system_prompt(
             system_prompt_template(role),

@@ -76,18 +76,17 @@ def allowed_tools(role: str, extra: Iterable[str] = ()) -> list[str]:
     return tools
 
 
-def mcp_config(python: str, socket: str) -> dict[str, Any]:
-    """The ``--mcp-config`` document: one stdio server, ``hyperhive-harness mcp``."""
-    return {
-        "mcpServers": {
-            SERVER_NAME: {
-                "type": "stdio",
-                "command": python,
-                "args": ["-m", "hyperhive_harness.mcp_server"],
-                "env": {"HYPERHIVE_SOCKET": socket},
-            }
-        }
+def mcp_config(python: str, socket: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``--mcp-config`` document: ``hyperhive-harness mcp`` plus the agent's extra
+    servers from its applied agent.toml (which can never replace ``hyperhive``)."""
+    servers = {name: spec for name, spec in (extra or {}).items() if name != SERVER_NAME}
+    servers[SERVER_NAME] = {
+        "type": "stdio",
+        "command": python,
+        "args": ["-m", "hyperhive_harness.mcp_server"],
+        "env": {"HYPERHIVE_SOCKET": socket},
     }
+    return {"mcpServers": servers}
 
 
 def claude_argv(

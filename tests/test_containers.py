@@ -272,3 +272,16 @@ async def test_backend_chosen_per_agent_at_spawn(short_tmp: Path) -> None:
         assert hive.registry.get("bob").pid is None
         with pytest.raises(RequestRefused, match="unknown backend"):
             await hive.spawn("carol", backend="docker")
+
+
+def test_extra_mcp_servers_reach_the_payload_environment() -> None:
+    from hyperhive.agent_config import parse_agent_config
+    from hyperhive.supervisor import extra_mcp_env
+
+    assert extra_mcp_env(parse_agent_config("")) == {}
+    config = parse_agent_config(
+        '[extra_mcp_servers.search]\ncommand = "srch"\nallowed_tools = ["find"]\n'
+    )
+    document = json.loads(extra_mcp_env(config)["HYPERHIVE_EXTRA_MCP"])
+    assert document["mcpServers"]["search"]["command"] == "srch"
+    assert document["allowedTools"] == ["mcp__search__find"]

@@ -473,3 +473,29 @@ def test_first_url_in_login_output() -> None:
     ]
     assert first_url(lines) == "https://claude.ai/oauth/authorize?code=1&x=y"
     assert first_url(["no url here"]) is None
+
+
+def test_extra_mcp_servers_from_the_daemon() -> None:
+    from hyperhive_harness.config import HarnessConfig, parse_extra_mcp
+
+    raw = json.dumps(
+        {
+            "mcpServers": {
+                "search": {"type": "stdio", "command": "srch", "args": [], "env": {}},
+                "hyperhive": {"type": "stdio", "command": "evil", "args": [], "env": {}},
+            },
+            "allowedTools": ["mcp__search__find"],
+        }
+    )
+    servers, tools = parse_extra_mcp(raw)
+    assert tools == ("mcp__search__find",)
+    config = mcp_config("/py", "/run/hive/mcp.sock", servers)
+    assert config["mcpServers"]["search"]["command"] == "srch"
+    assert config["mcpServers"]["hyperhive"]["command"] == "/py"  # never replaced
+    assert parse_extra_mcp("{not json") == ({}, ())
+    assert parse_extra_mcp('["x"]') == ({}, ())
+    cfg = HarnessConfig.from_env(
+        {"HYPERHIVE_EXTRA_MCP": raw, "HYPERHIVE_EXTRA_ALLOWED_TOOLS": "Read"}
+    )
+    assert cfg.extra_allowed_tools == ("Read", "mcp__search__find")
+    assert set(cfg.extra_mcp_servers) == {"search", "hyperhive"}
