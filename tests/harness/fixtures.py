@@ -273,6 +273,16 @@ async def message(agent_socket: Path, message_id: int) -> RecentMessage:
 # ---------------------------------------------------------------- harness processes
 
 
+async def wait_acked(agent_socket: Path, message_id: int) -> RecentMessage:
+    """The message once acked (the ack follows ``turn_end``, so it is waited for)."""
+
+    async def acked() -> RecentMessage | None:
+        found = await message(agent_socket, message_id)
+        return found if found.acked_at is not None else None
+
+    return await eventually(acked, what=f"the ack of message {message_id}")
+
+
 def for_agent(name: str) -> Callable[[RecordedRequest], bool]:
     """Does a mock request come from ``name``'s claude? (its system prompt names it)."""
     return lambda req: f"You are **{name}**" in req.system_text

@@ -12,7 +12,15 @@ import trio
 
 from hyperhive.supervisor import Hive
 
-from .fixtures import eventually, inbox_of, make_harness, message, operator_send, running
+from .fixtures import (
+    eventually,
+    inbox_of,
+    make_harness,
+    message,
+    operator_send,
+    running,
+    wait_acked,
+)
 from .mock_anthropic import MockAnthropic, error
 
 
@@ -104,7 +112,10 @@ async def test_rate_limit_sleeps_and_retries_the_same_message(
         limited = await alice.wait_for("status_changed", lambda p: p["status"] == "rate_limited")
         # While it sleeps: unacked, and visible on the dashboard through the status text.
         assert (await message(paths.agent_socket("alice"), sent)).acked_at is None
-        assert "rate limited" in hive.registry.get("alice").status_text
+        await eventually(
+            lambda: "rate limited" in hive.registry.get("alice").status_text,
+            what="the rate limit on the dashboard's status text",
+        )
         ends = await alice.wait_for("turn_end", lambda p: p["id"] == sent, count=2)
         first, second = (e["payload"] for e in ends[:2])
         assert first["ok"] is False and first["outcome"] == "rate_limited"
@@ -115,8 +126,10 @@ async def test_rate_limit_sleeps_and_retries_the_same_message(
         # The retry came after the sleep, not at once.
         assert starts[1]["ts"] - limited[0]["ts"] >= 1.4
         await alice.wait_for("status_changed", lambda p: p["status"] == "online", count=2)
-        assert (await message(paths.agent_socket("alice"), sent)).acked_at is not None
-        assert hive.registry.get("alice").status_text == ""  # restored
+        await wait_acked(paths.agent_socket("alice"), sent)
+        await eventually(
+            lambda: hive.registry.get("alice").status_text == "", what="the status text restored"
+        )
         assert prompts_for(mock_api, "busy-task") == 2
 
 
@@ -139,7 +152,10 @@ async def test_auth_failure_parks_until_credentials_appear_then_replays(
         assert "kept unacked" in end["note"]
         state = (await alice.get("/api/state")).json()
         assert state["status"] == "needs_login"
-        assert "needs login" in hive.registry.get("alice").status_text
+        await eventually(
+            lambda: "needs login" in hive.registry.get("alice").status_text,
+            what="needs login on the dashboard's status text",
+        )
         held = await message(paths.agent_socket("alice"), sent)
         assert held.delivered_at is not None and held.acked_at is None
         # Parked: five login polls (0.2 s) pass without credentials and claude is not run.
@@ -155,7 +171,7 @@ async def test_auth_failure_parks_until_credentials_appear_then_replays(
         assert ends[1]["payload"]["ok"] is True
         notes = [e["payload"]["text"] for e in alice.events("note")]
         assert any("credentials changed" in n for n in notes)
-        assert (await message(paths.agent_socket("alice"), sent)).acked_at is not None
+        await wait_acked(paths.agent_socket("alice"), sent)
         assert (await alice.get("/api/state")).json()["status"] == "online"
         assert prompts_for(mock_api, "secret-task") == 2
 

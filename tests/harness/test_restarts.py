@@ -17,6 +17,7 @@ from .fixtures import (
     operator_send,
     pid_alive,
     running,
+    wait_acked,
 )
 from .mock_anthropic import MockAnthropic, hold
 
@@ -56,8 +57,7 @@ async def test_kill_9_mid_turn_turns_the_same_message_again_once(
         assert end[0]["payload"]["ok"] is True
         prompt = mock_api.main_requests[-1].last_user_text
         assert "delivered before" in prompt and "important-task" in prompt
-        acked_at = (await message(socket, sent)).acked_at
-        assert acked_at is not None
+        acked_at = (await wait_acked(socket, sent)).acked_at
         gate.release()
 
         # An acked message never comes back, and its ack is not redone.
@@ -98,7 +98,7 @@ async def test_message_sent_while_the_harness_restarts_is_not_stuck(
         sent = await operator_send(paths.host_socket, "alice", "during-restart")
         end = await alice.wait_for("turn_end", lambda p: p["id"] == sent, within=20)
         assert end[0]["payload"]["ok"] is True
-        assert (await message(socket, sent)).acked_at is not None
+        await wait_acked(socket, sent)
         starts = [e["payload"]["id"] for e in alice.events("turn_start")]
         assert starts == [sent]
 

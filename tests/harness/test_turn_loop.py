@@ -22,12 +22,12 @@ from .fixtures import (
     eventually,
     for_agent,
     make_harness,
-    message,
     operator_send,
     result_text,
     running,
     tool_results,
     tool_uses,
+    wait_acked,
 )
 from .mock_anthropic import MockAnthropic, RecordedRequest, hold, text, tool_use
 
@@ -100,9 +100,9 @@ async def test_alice_greets_bob_through_the_mcp_send_tool(
         assert "haiku" in (first.model or "")
 
         # Both messages were acked after their turns.
-        assert (await message(paths.agent_socket("alice"), sent)).acked_at is not None
-        bob_msg = await message(paths.agent_socket("bob"), bob_start["payload"]["id"])
-        assert bob_msg.acked_at is not None and bob_msg.from_ == "alice"
+        await wait_acked(paths.agent_socket("alice"), sent)
+        bob_msg = await wait_acked(paths.agent_socket("bob"), bob_start["payload"]["id"])
+        assert bob_msg.from_ == "alice"
 
 
 async def test_ask_then_operator_answer_wakes_the_asker(
@@ -191,7 +191,7 @@ async def test_cancel_interrupts_the_running_turn_and_acks_it(
         notes = [e["payload"]["text"] for e in alice.events("note")]
         assert any("operator cancelled the turn" in n for n in notes)
         # Policy: the operator chose to stop it, so it is acked, not replayed.
-        assert (await message(paths.agent_socket("alice"), sent)).acked_at is not None
+        await wait_acked(paths.agent_socket("alice"), sent)
         assert (await alice.get("/api/state")).json()["turn_state"] == "idle"
 
 
