@@ -6,9 +6,11 @@ socket paths are limited to 107 bytes, so pytest's long tmp paths are not used f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -37,6 +39,50 @@ async def wait_until(
     with trio.fail_after(limit):
         while not await predicate():  # noqa: ASYNC110 - the state lives in another process
             await trio.sleep(interval)
+
+
+def require_backend(backend: str) -> None:
+    """A container backend's real components (nspawn needs root and systemd-nspawn)."""
+    if backend == "nspawn":
+        need(shutil.which("systemd-nspawn") is not None, "systemd-nspawn (systemd-container)")
+        need(os.geteuid() == 0, "nspawn needs root")
+
+
+def kill_leftovers(root: Path) -> None:
+    """Agents outlive their daemon by design: a failed test must not leave them behind."""
+    db = make_paths(root).broker_db
+    if not db.exists():
+        return
+    conn = sqlite3.connect(db)
+    pids = [r[0] for r in conn.execute("SELECT pid FROM agents WHERE pid IS NOT NULL")]
+    conn.close()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def git(repo: Path, *args: str) -> str:
+    """git with no user or system config, as a manager inside its container would run it."""
+    env = {
+        **os.environ,
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "m",
+        "GIT_AUTHOR_EMAIL": "m@x",
+        "GIT_COMMITTER_NAME": "m",
+        "GIT_COMMITTER_EMAIL": "m@x",
+    }
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def propose_config(paths: Paths, agent: str, toml: str) -> str:
+    """What the manager does: commit a new agent.toml in the proposed repo; its sha."""
+    repo = paths.agent_dir(agent) / "config"
+    (repo / "agent.toml").write_text(toml)
+    git(repo, "commit", "-qam", "change config")
+    return git(repo, "rev-parse", "HEAD")
 
 
 def need(condition: bool, reason: str) -> None:
@@ -208,6 +254,14 @@ class DaemonProcess:
     async def call(self, payload: dict[str, Any]) -> dict[str, Any]:
         async with await self.host() as client:
             return await client.request(payload)
+
+    async def wait_parked(self, count: int) -> None:
+        """Until at least ``count`` receivers are parked (the daemon's own count)."""
+
+        async def parked() -> bool:
+            return bool((await self.call({"cmd": "status"}))["parked_receivers"] >= count)
+
+        await wait_until(parked)
 
 
 @pytest.fixture

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from hyperhive.approvals import check_commit_ref
 from hyperhive.errors import RequestRefused
 from hyperhive.supervisor import Hive
-from tests.conftest import Connect
+from tests.conftest import Connect, git, propose_config
 
 
 async def manager_events(hive: Hive) -> list[dict[str, object]]:
@@ -83,27 +80,8 @@ async def test_spawn_names_are_validated_before_anything(hive: Hive, connect: Co
     assert sorted(p.name for p in (hive.config.paths.state_dir / "agents").iterdir()) == ["manager"]
 
 
-def git(repo: Path, *args: str) -> str:
-    env = {
-        **os.environ,
-        "GIT_CONFIG_GLOBAL": "/dev/null",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_AUTHOR_NAME": "m",
-        "GIT_AUTHOR_EMAIL": "m@x",
-        "GIT_COMMITTER_NAME": "m",
-        "GIT_COMMITTER_EMAIL": "m@x",
-    }
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], env=env, check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
 def propose(hive: Hive, agent: str, toml: str) -> str:
-    """What the manager does: commit a new agent.toml in the proposed repo."""
-    repo = hive.config.paths.agent_dir(agent) / "config"
-    (repo / "agent.toml").write_text(toml)
-    git(repo, "commit", "-qam", "change config")
-    return git(repo, "rev-parse", "HEAD")
+    return propose_config(hive.config.paths, agent, toml)
 
 
 def tags(hive: Hive, agent: str) -> set[str]:

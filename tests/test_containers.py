@@ -7,12 +7,9 @@ the ``process`` backend, and with ``nspawn`` where it is available (root + syste
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import signal
-import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,19 +21,13 @@ from hyperhive.config import Config
 from hyperhive.errors import RequestRefused
 from hyperhive.registry import AgentState
 from hyperhive.supervisor import Hive, open_hive
-from tests.conftest import make_paths, need
+from tests.conftest import kill_leftovers, make_paths, require_backend
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE = (sys.executable, str(REPO / "tests" / "payloads" / "fake_harness.py"))
 CRASHER = (sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)")
 
 BACKENDS = ["process", "nspawn"]
-
-
-def require(backend: str) -> None:
-    if backend == "nspawn":
-        need(shutil.which("systemd-nspawn") is not None, "systemd-nspawn (systemd-container)")
-        need(os.geteuid() == 0, "nspawn needs root")
 
 
 def alive(pid: int | None) -> bool:
@@ -84,7 +75,7 @@ def config(root: Path, backend: str, command: tuple[str, ...] = FAKE, stop: bool
 
 @pytest.fixture(params=BACKENDS)
 async def container_hive(request: pytest.FixtureRequest, short_tmp: Path) -> AsyncIterator[Hive]:
-    require(request.param)
+    require_backend(request.param)
     async with open_hive(config(short_tmp, request.param)) as hive:
         yield hive
 
@@ -185,7 +176,7 @@ async def test_payload_that_always_fails_reaches_crash_loop(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_daemon_restart_readopts_the_same_process(short_tmp: Path, backend: str) -> None:
-    require(backend)
+    require_backend(backend)
     try:
         async with open_hive(config(short_tmp, backend, stop=False)) as hive:
             await hive.spawn("alice")
@@ -205,19 +196,6 @@ async def test_daemon_restart_readopts_the_same_process(short_tmp: Path, backend
         assert not alive(pid)
     finally:
         kill_leftovers(short_tmp)
-
-
-def kill_leftovers(root: Path) -> None:
-    """Agents outlive their daemon by design: a failed test must not leave them behind."""
-    db = make_paths(root).broker_db
-    if not db.exists():
-        return
-    conn = sqlite3.connect(db)
-    pids = [r[0] for r in conn.execute("SELECT pid FROM agents WHERE pid IS NOT NULL")]
-    conn.close()
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
 
 
 async def test_destroy_revive_purge(container_hive: Hive) -> None:

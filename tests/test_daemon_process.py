@@ -11,7 +11,7 @@ import trio
 
 from hyperhive.client import Client
 from hyperhive.protocol import Recv, Send, Spawn
-from tests.conftest import DaemonProcess, wait_until
+from tests.conftest import DaemonProcess
 
 
 async def spawn_agents(daemon: DaemonProcess, names: list[str]) -> None:
@@ -45,7 +45,7 @@ async def test_parked_recv_returns_within_milliseconds_of_the_send(
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(park)
-                await wait_until_parked(daemon, 1)
+                await daemon.wait_parked(1)
                 sent_at.append(time.perf_counter())
                 await alice.call(Send("bob", f"ping {i}"))
                 with trio.fail_after(5):
@@ -56,15 +56,6 @@ async def test_parked_recv_returns_within_milliseconds_of_the_send(
     assert latencies[-1] < 1.0, latencies
 
 
-async def wait_until_parked(daemon: DaemonProcess, count: int) -> None:
-    """Poll the daemon's own count of parked receivers, with a deadline."""
-
-    async def parked() -> bool:
-        return bool((await daemon.call({"cmd": "status"}))["parked_receivers"] >= count)
-
-    await wait_until(parked)
-
-
 async def test_fifty_parked_receivers_cost_no_cpu(daemon: DaemonProcess) -> None:
     names = [f"a{i}" for i in range(50)]
     await spawn_agents(daemon, names)
@@ -73,7 +64,7 @@ async def test_fifty_parked_receivers_cost_no_cpu(daemon: DaemonProcess) -> None
         async with trio.open_nursery() as nursery:
             for client in clients:
                 nursery.start_soon(client.call, Recv(wait_seconds=180))
-            await wait_until_parked(daemon, 50)
+            await daemon.wait_parked(50)
             cpu0, wall0 = daemon.cpu_seconds(), time.monotonic()
             await trio.sleep(3.0)  # the measurement window itself, not a synchronisation
             cpu = daemon.cpu_seconds() - cpu0

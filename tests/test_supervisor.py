@@ -16,12 +16,7 @@ import trio
 
 from hyperhive.client import Client
 from hyperhive.errors import ClientError
-from tests.conftest import DaemonProcess, need, wait_until
-
-
-async def _parked(daemon: DaemonProcess) -> bool:
-    return bool((await daemon.call({"cmd": "status"}))["parked_receivers"] >= 1)
-
+from tests.conftest import DaemonProcess, need
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,9 +50,7 @@ async def test_signal_stops_gracefully(daemon: DaemonProcess, sig: int) -> None:
         trio.open_nursery() as nursery,
     ):
         nursery.start_soon(park, manager)
-        await wait_until(
-            lambda: _parked(daemon)  # a parked receiver must not hold the shutdown up
-        )
+        await daemon.wait_parked(1)  # a parked receiver must not hold the shutdown up
         start = time.monotonic()
         assert await daemon.stop(sig) == 0
     assert time.monotonic() - start < 10

@@ -7,9 +7,6 @@ container, with the ``nspawn`` backend (root + systemd-nspawn) and the ``process
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,22 +15,12 @@ import pytest
 from hyperhive.config import Config
 from hyperhive.registry import AgentState
 from hyperhive.supervisor import Hive, open_hive
+from tests.conftest import kill_leftovers, make_paths, propose_config, require_backend
 
 from .fixtures import eventually, for_agent, read_events
 from .mock_anthropic import MockAnthropic
 
-try:
-    from conftest import make_paths, need
-except ImportError:  # pragma: no cover
-    from ..conftest import make_paths, need
-
 BACKENDS = ["nspawn", "process"]
-
-
-def require(backend: str) -> None:
-    if backend == "nspawn":
-        need(shutil.which("systemd-nspawn") is not None, "systemd-nspawn (systemd-container)")
-        need(os.geteuid() == 0, "nspawn needs root")
 
 
 @pytest.fixture
@@ -82,26 +69,11 @@ async def turned(hive: Hive, mock: MockAnthropic, name: str, marker: str) -> str
     return model
 
 
-def propose(hive: Hive, agent: str, toml: str) -> str:
-    repo = hive.config.paths.agent_dir(agent) / "config"
-    (repo / "agent.toml").write_text(toml)
-    env = {**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
-    subprocess.run(["git", "-C", str(repo), "commit", "-qam", "model"], env=env, check=True)
-    out = subprocess.run(
-        ["git", "-C", str(repo), "rev-parse", "HEAD"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.strip()
-
-
 @pytest.fixture(params=BACKENDS)
 async def container_hive(
     request: pytest.FixtureRequest, short_tmp: Path, daemon_env: None
 ) -> AsyncIterator[Hive]:
-    require(request.param)
+    require_backend(request.param)
     async with open_hive(config(short_tmp, request.param)) as hive:
         yield hive
 
@@ -118,7 +90,7 @@ async def test_spawn_by_approval_then_a_turn_inside_the_container(
     assert await hive.broker.unread("alice") == 0
 
     # A deploy of a new model: the next turn runs with it.
-    sha = propose(hive, "alice", 'model = "sonnet"\n')
+    sha = propose_config(hive.config.paths, "alice", 'model = "sonnet"\n')
     change = await hive.request_apply_commit("alice", sha, "use sonnet")
     result = await hive.approvals.approve(change.id)
     assert result.status == "approved", result.note
@@ -127,7 +99,9 @@ async def test_spawn_by_approval_then_a_turn_inside_the_container(
 
     # An invalid config fails the deploy and leaves the running agent as it was.
     pid = hive.registry.get("alice").pid
-    bad = await hive.request_apply_commit("alice", propose(hive, "alice", "memory_max = 7\n"), None)
+    bad = await hive.request_apply_commit(
+        "alice", propose_config(hive.config.paths, "alice", "memory_max = 7\n"), None
+    )
     result = await hive.approvals.approve(bad.id)
     assert result.status == "failed" and "memory_max" in (result.note or "")
     assert hive.registry.get("alice").pid == pid
@@ -139,7 +113,7 @@ async def test_spawn_by_approval_then_a_turn_inside_the_container(
 async def test_daemon_restart_keeps_the_container_and_delivers_after(
     short_tmp: Path, backend: str, daemon_env: None, mock_api: MockAnthropic
 ) -> None:
-    require(backend)
+    require_backend(backend)
     try:
         async with open_hive(config(short_tmp, backend, stop=False)) as hive:
             await hive.spawn("alice")
@@ -151,6 +125,4 @@ async def test_daemon_restart_keeps_the_container_and_delivers_after(
             assert await turned(hive, mock_api, "alice", "marker-three: after restart")
             assert hive.registry.get("alice").pid == pid
     finally:
-        from tests.test_containers import kill_leftovers
-
         kill_leftovers(short_tmp)

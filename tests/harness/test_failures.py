@@ -62,9 +62,7 @@ async def test_server_errors_retry_once_then_ack_and_report_to_the_manager(
         assert second["ok"] is False and "giving up" in second["note"]
 
         # Acked once given up, so it does not loop ...
-        await eventually(
-            lambda: _acked(paths.agent_socket("alice"), sent), what="the failed message acked"
-        )
+        await wait_acked(paths.agent_socket("alice"), sent)
         # ... and not lost silently: the manager hears about it, with the reason.
         reports = await eventually(
             lambda: _reports(paths.agent_socket("manager")), what="a report to the manager"
@@ -79,10 +77,6 @@ async def test_server_errors_retry_once_then_ack_and_report_to_the_manager(
         assert end[0]["payload"]["ok"] is True
         assert prompts_for(mock_api, "doomed-task") == 2  # exactly one retry
         assert len([e for e in alice.events("turn_end") if e["payload"]["id"] == sent]) == 2
-
-
-async def _acked(socket: Path, message_id: int) -> bool:
-    return (await message(socket, message_id)).acked_at is not None
 
 
 async def _reports(socket: Path) -> list:  # type: ignore[type-arg]

@@ -139,7 +139,7 @@ async def test_daemon_restart_mid_turn_retries_the_ack_without_a_second_turn(
         await alice.wait_for("note", lambda p: p["text"].startswith("reconnected"))
         # The hello put the unacked message back in the inbox; the retried ack still takes
         # it (the work is done), so claude does not run on it again.
-        await eventually(lambda: _acked(socket, sent), what="the ack retried after reconnecting")
+        await wait_acked(socket, sent)  # the ack retried after reconnecting
         assert [e["payload"]["id"] for e in alice.events("turn_start")].count(sent) == 1
 
         # Idle in recv when the daemon goes away: reconnects and serves the next message.
@@ -152,10 +152,3 @@ async def test_daemon_restart_mid_turn_retries_the_ack_without_a_second_turn(
         assert end[0]["payload"]["ok"] is True
         starts = [e["payload"]["id"] for e in alice.events("turn_start")]
         assert starts == [sent, nxt]
-
-
-async def _acked(socket: Path, message_id: int) -> bool:
-    try:
-        return (await message(socket, message_id)).acked_at is not None
-    except OSError:
-        return False
