@@ -49,10 +49,23 @@ class Auth:
         return hmac.new(self._token, b"hyperhive-dashboard:" + purpose, hashlib.sha256).hexdigest()
 
     def check_token(self, candidate: str | None) -> bool:
-        return candidate is not None and hmac.compare_digest(candidate.encode(), self._token)
+        return same_secret(candidate, self.token)
 
     def check_session(self, cookie: str | None) -> bool:
-        return cookie is not None and hmac.compare_digest(cookie, self.session)
+        return same_secret(cookie, self.session)
 
     def check_csrf(self, header: str | None) -> bool:
-        return header is not None and hmac.compare_digest(header, self.csrf)
+        return same_secret(header, self.csrf)
+
+
+def same_secret(candidate: str | None, secret: str) -> bool:
+    """Constant-time comparison of a client's value with a secret, whatever its characters.
+
+    ``hmac.compare_digest`` refuses non-ASCII ``str``, so both sides are compared as bytes;
+    ``surrogatepass`` lets even a lone surrogate encode (and simply not match).
+    """
+    if candidate is None:
+        return False
+    return hmac.compare_digest(
+        candidate.encode("utf-8", "surrogatepass"), secret.encode("utf-8", "surrogatepass")
+    )
