@@ -390,8 +390,12 @@ class Dashboard:
             raise ProtocolError(f"the body is a {decoded.CMD!r} request, posted to /api/{cmd}")
         try:
             reply = await self.hive.api.dispatch(self.operator(), decoded)
-        except OverflowError:  # a number beyond what the database stores
+        # Input the codec lets through but the database cannot store (until the codec
+        # refuses it itself): still the client's input, not a bug of ours.
+        except OverflowError:
             raise RequestRefused("a number in the request is out of range") from None
+        except UnicodeEncodeError:
+            raise RequestRefused("the request holds text that is not valid Unicode") from None
         return _reply(reply)
 
     def routes(self) -> list[Route]:

@@ -185,6 +185,9 @@ async def test_invalid_bodies_get_400_with_a_reason(hive: Hive) -> None:
         ("answer", {"id": 1}),
     ]:
         refused(await post(hive, cmd, json.dumps({"cmd": cmd, **fields}).encode()))
+    # A lone surrogate (a JSON escape) in a message body is refused, and nothing is sent.
+    lone = rb'{"cmd":"send","to":"manager","body":"half \ud800 a pair"}'
+    refused(await post(hive, "send", lone))  # the reason is up to the codec
     # Well-formed, but the daemon refuses: the same 400, with the daemon's reason.
     assert "approval" in refused(await post(hive, "approve", b'{"cmd":"approve","id":424242}'))
     assert (
@@ -311,12 +314,15 @@ async def test_a_bug_in_a_handler_is_a_generic_500(
 
 
 def _request_shaped(cmd: str) -> st.SearchStrategy[dict[str, Any]]:
-    """Objects close to ``cmd``'s request: right and wrong fields, right and wrong types."""
+    """Objects close to ``cmd``'s request: right and wrong fields, right and wrong types.
+
+    Wrong values include integers of any size and text with lone surrogates.
+    """
     cls = HOST_TABLE.by_cmd[cmd]
     hints = typing.get_type_hints(cls)
     fields = {f.name.rstrip("_"): for_type(hints[f.name]) for f in attrs.fields(cls)}
     anything = st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats() | json_text,
+        st.none() | st.booleans() | st.integers() | st.floats() | json_text | st.text(max_size=8),
         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(json_text, inner, max_size=3),
         max_leaves=8,
     )
