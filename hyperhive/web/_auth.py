@@ -1,11 +1,12 @@
 """Dashboard authentication: one token on disk, a session cookie and a CSRF token derived from it.
 
 The token lives in ``<state>/dashboard-token`` (0600, made at first start). ``GET
-/login?token=…`` (or a POST of the login form) exchanges it for an HttpOnly,
+/login?token=…`` (what the login form submits) exchanges it for an HttpOnly,
 SameSite=Strict cookie. Both the cookie and the CSRF token are HMACs of the token, so they
 stay valid across daemon restarts and die together when the token file is replaced.
 Every state-changing request is a POST that must carry ``X-CSRF-Token`` and, when the
-browser sends one, an ``Origin`` equal to the dashboard's own.
+browser sends one, an ``Origin`` equal to the dashboard's own. What a client presents is
+compared with the secrets as bytes, in constant time, whatever its characters.
 """
 
 from __future__ import annotations
