@@ -1,16 +1,23 @@
 """The operator dashboard's HTTP surface (Starlette on hypercorn-trio, inside the daemon).
 
 Everything but the login page needs the session cookie (or, for ``/metrics``, the token
-as a bearer); every POST also needs the CSRF token and a same-origin ``Origin``. Handlers
-call the same :class:`~hyperhive.supervisor.Hive` operations as the host socket, so the
-dashboard has no powers of its own.
+as a bearer); every POST also needs the CSRF token and a same-origin ``Origin``.
+
+The dashboard has no powers or logic of its own: an action is ``POST /api/<cmd>`` whose
+body is a host socket request (``{"cmd": <cmd>, ...}``), decoded by the host socket's
+strict codec and carried out by the same dispatcher with the operator's identity; the
+reply is the host socket's reply. Bad input of any kind gets a 4xx with a reason; a 500 is
+a bug, logged, and answered with a generic error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -29,16 +36,21 @@ from starlette.responses import (
 from starlette.routing import Route
 
 import hyperhive
+from hyperhive.config import MAX_LINE_BYTES, MAX_LOG_LINES
 from hyperhive.config_repo import diff_proposal
-from hyperhive.errors import RequestRefused
+from hyperhive.errors import ProtocolError, RequestRefused
 from hyperhive.events import Event
 from hyperhive.names import OPERATOR
-from hyperhive.protocol import CONVERTER
+from hyperhive.protocol import CONVERTER, HOST_TABLE, Logs, encode_error, encode_reply
 from hyperhive.registry import AgentState
+from hyperhive.server import Connection, Principal, SocketKind
 from hyperhive.web._auth import CSRF_HEADER, SESSION_COOKIE, Auth
 
 if TYPE_CHECKING:
+    from hyperhive.protocol import Reply
     from hyperhive.supervisor import Hive
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS: Final = 15.0
 FLOW_LIMIT: Final = 200
@@ -51,6 +63,15 @@ SECURITY_HEADERS: Final = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+
+#: The host socket's requests an action may be: all but the handshake, and ``status``,
+#: whose login URL carries the token (a script on the page must not be able to read it).
+DASHBOARD_COMMANDS: Final = frozenset(HOST_TABLE.by_cmd) - {"hello", "status"}
+#: Ids (approvals, events) are sqlite integers.
+MAX_ID: Final = 2**63 - 1
+DEFAULT_LOG_LINES: Final = 200
+STATIC_NAME: Final = re.compile(r"[A-Za-z0-9_-]+\.[a-z]+")
+OPERATOR_PRINCIPAL: Final = Principal(SocketKind.HOST, OPERATOR)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -73,8 +94,61 @@ background:#89b4fa;color:#11111b;border:0;padding:.5em 1em;font:inherit;cursor:p
 <code>hyperhive dashboard-url</code> prints a login link.</small></p></form></body></html>"""
 
 
-def _refusal(exc: RequestRefused, status: int = 400) -> JSONResponse:
-    return JSONResponse({"ok": False, "error": str(exc)}, status_code=status)
+def _error(reason: str, status: int = 400) -> Response:
+    return Response(encode_error(reason), status_code=status, media_type="application/json")
+
+
+def parse_int(raw: str, name: str, low: int, high: int) -> int:
+    """A query or path value that must be a whole number in ``low..high``: ASCII digits only.
+
+    ``int()`` alone would take ``" 5"``, ``"1_0"``, ``"+5"`` and non-ASCII digits, and
+    ``str.isdigit`` is true for ``"²"``, which ``int()`` then refuses.
+    """
+    if raw.isascii() and raw.isdigit() and len(raw) <= len(str(high)):
+        value = int(raw)
+        if low <= value <= high:
+            return value
+    raise RequestRefused(f"{name} must be a whole number from {low} to {high}")
+
+
+def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    return default if raw is None else parse_int(raw, name, low, high)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (:class:`_TooLarge`) as soon as it is known to pass ``limit``."""
+    length = request.headers.get("content-length", "")
+    if length.isascii() and length.isdigit() and int(length) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async with aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _last_resort(handler: Handler) -> Handler:
+    """A handler that raises is a bug: logged, and a generic 500 (never the details)."""
+
+    async def guarded(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception:
+            log.exception(
+                "internal error in the dashboard on %s %s", request.method, request.url.path
+            )
+            return _secured(_error("internal error", 500))
+
+    return guarded
 
 
 class Dashboard:
@@ -93,22 +167,22 @@ class Dashboard:
                 return HTMLResponse(LOGIN_PAGE.replace("{message}", ""), status_code=401)
             return _secured(await handler(request))
 
-        return guarded
+        return _last_resort(guarded)
 
     def api(self, handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
             if not self._session(request):
-                return JSONResponse({"ok": False, "error": "log in first"}, status_code=401)
+                return _secured(_error("log in first", 401))
             if request.method == "POST":
                 problem = self._csrf_problem(request)
                 if problem is not None:
-                    return JSONResponse({"ok": False, "error": problem}, status_code=403)
+                    return _secured(_error(problem, 403))
             try:
                 return _secured(await handler(request))
-            except RequestRefused as exc:
-                return _refusal(exc)
+            except (RequestRefused, ProtocolError) as exc:
+                return _secured(_error(str(exc)))
 
-        return guarded
+        return _last_resort(guarded)
 
     def _csrf_problem(self, request: Request) -> str | None:
         if not self.auth.check_csrf(request.headers.get(CSRF_HEADER)):
@@ -116,9 +190,17 @@ class Dashboard:
         origin = request.headers.get("origin")
         if origin is not None:
             host = request.headers.get("host", "")
-            if urlsplit(origin).netloc != host:
-                return f"cross-origin request from {origin} refused"
+            try:
+                netloc = urlsplit(origin).netloc
+            except ValueError:  # not a URL at all (``http://[``)
+                netloc = None
+            if netloc != host:
+                return f"cross-origin request from {origin!r} refused"
         return None
+
+    def operator(self) -> Connection:
+        """The operator, as on the host socket (one connection per HTTP request)."""
+        return Connection(OPERATOR_PRINCIPAL, peer_pid=None)
 
     # ------------------------------------------------------------ pages
 
@@ -140,11 +222,11 @@ class Dashboard:
     async def static(self, request: Request) -> Response:
         name = request.path_params["name"]
         suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ""
-        if "/" in name or name.startswith(".") or suffix not in STATIC_TYPES:
+        if not STATIC_NAME.fullmatch(name) or suffix not in STATIC_TYPES:
             return PlainTextResponse("not found", status_code=404)
         try:
             body = _static(name)
-        except FileNotFoundError:
+        except OSError:  # no such file, or a name the file system refuses
             return PlainTextResponse("not found", status_code=404)
         return Response(body, media_type=STATIC_TYPES[suffix])
 
@@ -184,12 +266,16 @@ class Dashboard:
 
     async def stream(self, request: Request) -> Response:
         events = self.hive.events
-        last = request.headers.get("last-event-id") or request.query_params.get("since")
+        since: int | None = None
+        if (raw := request.query_params.get("since")) is not None:
+            since = parse_int(raw, "since", 0, MAX_ID)  # what the page asks for: strict
+        if (last := request.headers.get("last-event-id")) is not None:
+            # What the browser sends back by itself on a reconnect; not an id of ours: resync.
+            try:
+                since = parse_int(last, "Last-Event-ID", 0, MAX_ID)
+            except RequestRefused:
+                since = -1
         channel = events.subscribe()
-        try:
-            since = None if last is None else int(last)
-        except ValueError:
-            since = -1  # not an id of ours: resync
         backlog: list[Event] | None = []
         if since is not None:
             # An id ahead of the hub comes from before a restart (seq starts at 0 again).
@@ -226,15 +312,13 @@ class Dashboard:
         )
 
     async def logs(self, request: Request) -> Response:
-        raw = request.query_params.get("lines", "200")
-        if not raw.isdigit():
-            raise RequestRefused("lines must be a number")
-        lines = int(raw)
-        reply = await self.hive.logs(request.path_params["name"], lines)
-        return JSONResponse({"ok": True, "lines": reply.lines})
+        lines = query_int(request, "lines", DEFAULT_LOG_LINES, 1, MAX_LOG_LINES)
+        logs = Logs(name=request.path_params["name"], lines=lines)
+        return _reply(await self.hive.api.dispatch(self.operator(), logs))
 
     async def diff(self, request: Request) -> Response:
-        approval = await self.hive.approvals.get(int(request.path_params["id"]))
+        approval_id = parse_int(request.path_params["id"], "approval id", 1, MAX_ID)
+        approval = await self.hive.approvals.get(approval_id)
         if approval.kind != "apply_commit":
             raise RequestRefused("only apply_commit approvals have a diff")
         text = await diff_proposal(self.hive.config.paths.applied_dir(approval.agent), approval.id)
@@ -284,80 +368,51 @@ class Dashboard:
         ]
         return "\n".join(lines) + "\n"
 
-    # ------------------------------------------------------------ actions (POST, JSON body)
+    # ------------------------------------------------------------ actions (POST, host requests)
 
-    async def action(self, request: Request) -> Response:
-        hive = self.hive
-        verb = request.path_params["verb"]
+    async def command(self, request: Request) -> Response:
+        """``POST /api/<cmd>``: the body is the host socket request ``{"cmd": <cmd>, ...}``."""
+        cmd = request.path_params["cmd"]
+        if cmd not in DASHBOARD_COMMANDS:
+            shown = cmd if len(cmd) <= 40 else cmd[:40] + "…"
+            return _error(f"unknown action {shown!r}", 404)
         try:
-            body = await request.json()
-        except json.JSONDecodeError:
-            raise RequestRefused("the request body must be JSON") from None
-        if not isinstance(body, dict):
-            raise RequestRefused("the request body must be a JSON object")
+            body = await _read_body(request, MAX_LINE_BYTES)
+        except _TooLarge:
+            return _error(f"request body too large: the limit is {MAX_LINE_BYTES} bytes", 413)
+        try:
+            decoded = HOST_TABLE.decode(body)
+        except RecursionError:
+            raise ProtocolError("request is nested too deeply") from None
+        except ValueError as exc:  # e.g. an integer too long to convert
+            raise ProtocolError(f"request could not be decoded: {exc}") from None
+        if cmd != decoded.CMD:
+            raise ProtocolError(f"the body is a {decoded.CMD!r} request, posted to /api/{cmd}")
+        try:
+            reply = await self.hive.api.dispatch(self.operator(), decoded)
+        # Input the codec lets through but the database cannot store (until the codec
+        # refuses it itself): still the client's input, not a bug of ours.
+        except OverflowError:
+            raise RequestRefused("a number in the request is out of range") from None
+        except UnicodeEncodeError:
+            raise RequestRefused("the request holds text that is not valid Unicode") from None
+        return _reply(reply)
 
-        def field(name: str, kind: type, required: bool = True) -> Any:
-            value = body.get(name)
-            if value is None and not required:
-                return None
-            if type(value) is not kind:
-                raise RequestRefused(f"{name!r} must be a {kind.__name__}")
-            return value
-
-        result: Any
-        match verb:
-            case "approve":
-                result = await hive.approvals.approve(field("id", int))
-            case "deny":
-                result = await hive.approvals.deny(field("id", int), field("note", str, False))
-            case "answer":
-                result = await hive.questions.answer_as_operator(
-                    field("id", int), field("answer", str)
-                )
-            case "cancel-question":
-                result = await hive.questions.cancel_as_operator(field("id", int))
-            case "send":
-                sent = await hive.broker.send(OPERATOR, field("to", str), field("body", str))
-                result = {"ids": [m.id for m in sent]}
-            case "request-spawn":
-                result = await hive.request_spawn(
-                    field("name", str), field("description", str, False), OPERATOR
-                )
-            case "inbox-read":
-                result = {"read": len(await hive.operator_inbox(INBOX_LIMIT))}
-            case "start" | "kill" | "restart" | "rebuild":
-                await hive.lifecycle(verb, field("name", str))
-                result = {}
-            case "destroy":
-                await hive.destroy(field("name", str), purge=False)
-                result = {}
-            case "purge":
-                name = field("name", str)
-                if field("confirm", str) != name:
-                    raise RequestRefused("type the agent's name to confirm the purge")
-                await hive.destroy(name, purge=True)
-                result = {}
-            case "revive":
-                result = await hive.revive(field("name", str))
-            case _:
-                return JSONResponse({"ok": False, "error": f"unknown action {verb!r}"}, 404)
-        unstructured = CONVERTER.unstructure(result)
-        return JSONResponse({"ok": True, "result": unstructured})
+    def routes(self) -> list[Route]:
+        return [
+            Route("/login", _last_resort(self.login)),
+            Route("/", self.page(self.index)),
+            Route("/static/{name}", self.page(self.static)),
+            Route("/api/state", self.api(self.state)),
+            Route("/api/stream", self.api(self.stream)),
+            Route("/api/logs/{name}", self.api(self.logs)),
+            Route("/api/approvals/{id}/diff", self.api(self.diff)),
+            Route("/api/{cmd}", self.api(self.command), methods=["POST"]),
+            Route("/metrics", _last_resort(self.metrics)),
+        ]
 
     def app(self) -> Starlette:
-        return Starlette(
-            routes=[
-                Route("/login", self.login),
-                Route("/", self.page(self.index)),
-                Route("/static/{name}", self.page(self.static)),
-                Route("/api/state", self.api(self.state)),
-                Route("/api/stream", self.api(self.stream)),
-                Route("/api/logs/{name}", self.api(self.logs)),
-                Route("/api/approvals/{id:int}/diff", self.api(self.diff)),
-                Route("/api/{verb}", self.api(self.action), methods=["POST"]),
-                Route("/metrics", self.metrics),
-            ]
-        )
+        return Starlette(routes=self.routes())
 
 
 class _EventStreamResponse(StreamingResponse):
@@ -377,6 +432,10 @@ class _EventStreamResponse(StreamingResponse):
         finally:
             with trio.CancelScope(shield=True):
                 await self._frames.aclose()
+
+
+def _reply(reply: Reply) -> Response:
+    return Response(encode_reply(reply), media_type="application/json")
 
 
 def _secured(response: Response) -> Response:

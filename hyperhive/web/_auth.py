@@ -1,11 +1,12 @@
 """Dashboard authentication: one token on disk, a session cookie and a CSRF token derived from it.
 
 The token lives in ``<state>/dashboard-token`` (0600, made at first start). ``GET
-/login?token=…`` (or a POST of the login form) exchanges it for an HttpOnly,
+/login?token=…`` (what the login form submits) exchanges it for an HttpOnly,
 SameSite=Strict cookie. Both the cookie and the CSRF token are HMACs of the token, so they
 stay valid across daemon restarts and die together when the token file is replaced.
 Every state-changing request is a POST that must carry ``X-CSRF-Token`` and, when the
-browser sends one, an ``Origin`` equal to the dashboard's own.
+browser sends one, an ``Origin`` equal to the dashboard's own. What a client presents is
+compared with the secrets as bytes, in constant time, whatever its characters.
 """
 
 from __future__ import annotations
@@ -49,10 +50,23 @@ class Auth:
         return hmac.new(self._token, b"hyperhive-dashboard:" + purpose, hashlib.sha256).hexdigest()
 
     def check_token(self, candidate: str | None) -> bool:
-        return candidate is not None and hmac.compare_digest(candidate.encode(), self._token)
+        return same_secret(candidate, self.token)
 
     def check_session(self, cookie: str | None) -> bool:
-        return cookie is not None and hmac.compare_digest(cookie, self.session)
+        return same_secret(cookie, self.session)
 
     def check_csrf(self, header: str | None) -> bool:
-        return header is not None and hmac.compare_digest(header, self.csrf)
+        return same_secret(header, self.csrf)
+
+
+def same_secret(candidate: str | None, secret: str) -> bool:
+    """Constant-time comparison of a client's value with a secret, whatever its characters.
+
+    ``hmac.compare_digest`` refuses non-ASCII ``str``, so both sides are compared as bytes;
+    ``surrogatepass`` lets even a lone surrogate encode (and simply not match).
+    """
+    if candidate is None:
+        return False
+    return hmac.compare_digest(
+        candidate.encode("utf-8", "surrogatepass"), secret.encode("utf-8", "surrogatepass")
+    )

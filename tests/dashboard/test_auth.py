@@ -26,7 +26,7 @@ GUARDED_GETS = [
     "/api/approvals/1/diff",
     "/metrics",
 ]
-GUARDED_POSTS = ["approve", "deny", "answer", "send", "request-spawn", "purge", "nonsense"]
+GUARDED_POSTS = ["approve", "deny", "answer", "send", "request_spawn", "destroy", "nonsense"]
 
 
 async def test_everything_needs_the_token(hive: Hive) -> None:
@@ -77,29 +77,31 @@ async def test_posts_need_the_csrf_token_and_the_same_origin(hive: Hive) -> None
     assert hive.dashboard is not None
     csrf = hive.dashboard.auth.csrf
     origin = base_url(hive)
-    body = {"name": "alice"}
-    missing = await post_json(hive, "request-spawn", body, headers={"origin": origin})
+    body = {"cmd": "request_spawn", "name": "alice"}
+    missing = await post_json(hive, "request_spawn", body, headers={"origin": origin})
     assert missing.status == 403 and "CSRF" in missing.json()["error"]
     wrong = await post_json(
-        hive, "request-spawn", body, headers={"x-csrf-token": "0" * 64, "origin": origin}
+        hive, "request_spawn", body, headers={"x-csrf-token": "0" * 64, "origin": origin}
     )
     assert wrong.status == 403
     cross = await post_json(
         hive,
-        "request-spawn",
+        "request_spawn",
         body,
         headers={"x-csrf-token": csrf, "origin": "http://evil.example:8080"},
     )
     assert cross.status == 403 and "cross-origin" in cross.json()["error"]
     assert await hive.approvals.list(pending_only=True) == []  # none of them got through
     ok = await post_json(
-        hive, "request-spawn", body, headers={"x-csrf-token": csrf, "origin": origin}
+        hive, "request_spawn", body, headers={"x-csrf-token": csrf, "origin": origin}
     )
     assert ok.status == 200 and ok.json()["ok"] is True
     [pending] = await hive.approvals.list(pending_only=True)
+    # The reply is the host socket's reply to the same request.
+    assert ok.json()["approval"]["id"] == pending.id
     assert pending.agent == "alice" and pending.kind == "spawn"
     # GET never changes anything: the action routes only take POST.
-    get = await http(origin, "GET", "/api/request-spawn", headers={"cookie": session_cookie(hive)})
+    get = await http(origin, "GET", "/api/request_spawn", headers={"cookie": session_cookie(hive)})
     assert get.status == 405
 
 

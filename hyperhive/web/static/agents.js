@@ -152,7 +152,7 @@ function makeTombstone(t0) {
   const revive = h('button', {
     type: 'button', text: 'R3V1V3', 'aria-label': `revive ${t0.name}`,
     onclick: (e) => act(e.currentTarget, 'revive', { name: t.name }, {
-      done: (r) => `revive of ${t.name} asked: approve #${r.id} in Y3R C4LL`,
+      done: (r) => `revive of ${t.name} asked: approve #${r.approval.id} in Y3R C4LL`,
     }),
   });
   const purge = h('button', {
@@ -165,7 +165,7 @@ function makeTombstone(t0) {
         ok: 'PURG3',
         typed: t.name,
       });
-      if (ok) act(button, 'purge', { name: t.name, confirm: t.name }, { done: `${t.name} purged` });
+      if (ok) act(button, 'destroy', { name: t.name, purge: true }, { done: `${t.name} purged` });
     },
   });
   const el = h('article', { class: 'row tomb', 'data-name': t0.name, 'aria-label': `kept state of ${t0.name}` },

@@ -17,8 +17,8 @@ function makeApproval(a0) {
   const approve = h('button', {
     type: 'button', class: 'go', text: '◆ APPR0VE', 'aria-label': `approve #${id}`,
     onclick: async (e) => {
-      const r = await act(e.currentTarget, 'approve', { id }, { done: (x) => x.status === 'approved' && `#${id} approved` });
-      if (r && r.status !== 'approved') toast(`#${id} ${r.status}: ${r.note || ''}`, 'error');
+      const r = await act(e.currentTarget, 'approve', { id }, { done: (x) => x.approval.status === 'approved' && `#${id} approved` });
+      if (r && r.approval.status !== 'approved') toast(`#${id} ${r.approval.status}: ${r.approval.note || ''}`, 'error');
     },
   });
   const note = h('input', { id: `deny-note-${id}`, maxlength: 4000, placeholder: 'why not (the manager gets it)' });
@@ -129,7 +129,7 @@ function makeQuestion(q0) {
     type: 'button', class: 'danger', text: 'C4NC3L', 'aria-label': `cancel question #${id}`,
     onclick: async () => {
       const ok = await confirmDialog({ title: `Cancel question #${id}?`, text: q.question, ok: 'C4NC3L QU35T10N' });
-      if (ok) act(cancel, 'cancel-question', { id }, { out, done: 'cancelled' });
+      if (ok) act(cancel, 'cancel_question', { id }, { out, done: 'cancelled' });
     },
   });
   const form = h('form', {

@@ -263,15 +263,15 @@ function setupForms() {
     e.preventDefault();
     const name = spawn.elements.name.value.trim();
     const description = spawn.elements.description.value.trim() || null;
-    const result = await act(spawn.querySelector('button'), 'request-spawn', { name, description }, {
+    const result = await act(spawn.querySelector('button'), 'request_spawn', { name, description }, {
       out: spawn.querySelector('output'),
-      done: (r) => `approval #${r.id} waits below`,
+      done: (r) => `approval #${r.approval.id} waits below`,
     });
     if (result) spawn.reset();
   });
   const read = $('inbox-read');
   read.addEventListener('click', async () => {
-    await act(read, 'inbox-read', {}, { done: (r) => `${r.read} messages marked read` });
+    await act(read, 'inbox', {}, { done: (r) => `${r.messages.length} messages marked read` });
     schedule(); // the button's state follows the unread count again
   });
   $('flow-new').addEventListener('click', flowToBottom);

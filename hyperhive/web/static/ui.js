@@ -14,17 +14,19 @@ export async function getJSON(path) {
   return data;
 }
 
-export async function post(verb, body = {}) {
-  const response = await fetch(`/api/${verb}`, {
+// An action is a host socket request: POST /api/<cmd> with {cmd, ...fields}; the answer is
+// the host socket's reply ({ok: true, ...} or {ok: false, error}).
+export async function post(cmd, fields = {}) {
+  const response = await fetch(`/api/${cmd}`, {
     method: 'POST',
     credentials: 'same-origin',
     headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf },
-    body: JSON.stringify(body),
+    body: JSON.stringify({ ...fields, cmd }),
   });
   if (response.status === 401) throw new LoggedOut('log in again');
   const data = await response.json().catch(() => ({}));
   if (!response.ok || !data.ok) throw new Error(data.error || `HTTP ${response.status}`);
-  return data.result;
+  return data;
 }
 
 export function toast(text, kind = 'ok') {
@@ -35,14 +37,14 @@ export function toast(text, kind = 'ok') {
 
 // Run an action from a control: disabled + aria-busy while in flight, outcome in `out`
 // (an <output>) or a toast. Resolves to the result, or undefined when it failed.
-export async function act(control, verb, body, { done, out } = {}) {
+export async function act(control, cmd, fields, { done, out } = {}) {
   const busy = control.closest('form') || control;
   if (busy.getAttribute('aria-busy') === 'true') return undefined;
   busy.setAttribute('aria-busy', 'true');
   control.disabled = true;
   if (out) { out.className = 'out'; out.textContent = '…'; }
   try {
-    const result = await post(verb, body);
+    const result = await post(cmd, fields);
     const message = typeof done === 'function' ? done(result) : done;
     if (out) out.textContent = message || '';
     else if (message) toast(message);
