@@ -17,6 +17,10 @@ No work is lost or duplicated across a daemon restart: a message whose turn ende
 cannot be delivered because the daemon is down, the loop reconnects and delivers what is
 owed first. The daemon hands unacked messages out again after a ``hello``; one that is
 still owed when it comes back is acked without a new turn.
+
+A run that failed (or was rate limited, or refused authentication) may have left its prompt
+unanswered in claude's session; the loop then writes a session break to the state dir, and
+the next run starts a new session with a preface saying what happened (``turns.SessionBreak``).
 """
 
 from __future__ import annotations

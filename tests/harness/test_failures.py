@@ -28,8 +28,8 @@ from .mock_anthropic import MockAnthropic, RecordedRequest, error, text
 def prompts_for(mock: MockAnthropic, marker: str) -> int:
     """How many claude runs started on a wake prompt containing ``marker``.
 
-    After a failed run the unanswered prompt stays in the continued conversation and claude
-    merges it with the next one, so only the newest wake prompt of a request counts.
+    Only the newest wake prompt of a request counts (a continued conversation holds the
+    earlier ones; a retry after a failure runs in a new session that holds none).
     """
     count = 0
     for r in mock.main_requests:
@@ -126,6 +126,11 @@ async def test_rate_limit_sleeps_and_retries_the_same_message(
             lambda: hive.registry.get("alice").status_text == "", what="the status text restored"
         )
         assert prompts_for(mock_api, "busy-task") == 2
+        # The retry runs in a new session: its request carries the prompt once, not twice.
+        assert starts[1]["payload"]["new_session"] is True
+        retry = mock_api.main_requests[-1]
+        assert "new attempt at it" in retry.last_user_text
+        assert sum("busy-task" in t for t in retry.user_texts) == 1
 
 
 async def test_auth_failure_parks_until_credentials_appear_then_replays(
