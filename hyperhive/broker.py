@@ -5,6 +5,9 @@ send, and the ``sql_*`` functions are the synchronous transactions on ``broker.s
 :class:`Broker` is the trio side: it queues those transactions, wakes parked receivers
 when a send commits (no polling), and publishes ``sent``/``delivered`` events.
 
+A *start notice* (:meth:`Broker.notice`: a transient message from ``system``) is handed out
+before everything older in its recipient's inbox, and a new one replaces one still waiting.
+
 Delivery is at-least-once: ``recv`` marks rows delivered (and acked unless ``ack=False``);
 an unacked delivered row is handed out again, flagged ``redelivered``, after its recipient's
 harness says ``hello`` again (:meth:`Broker.requeue_unacked`).
@@ -132,10 +135,12 @@ def sql_message_exists(conn: sqlite3.Connection, message_id: int) -> bool:
 def sql_take(
     conn: sqlite3.Connection, recipient: str, limit: int, ack: bool, now: float
 ) -> list[Message]:
+    # Start notices first (see sql_notice), then everything else in id order.
     rows = conn.execute(
         "SELECT id, sender, recipient, body, sent_at, in_reply_to, redelivered FROM messages "
-        "WHERE recipient = ? AND acked_at IS NULL AND delivered_at IS NULL ORDER BY id LIMIT ?",
-        (recipient, limit),
+        "WHERE recipient = ? AND acked_at IS NULL AND delivered_at IS NULL "
+        "ORDER BY (sender = ? AND transient = 1) DESC, id LIMIT ?",
+        (recipient, SYSTEM, limit),
     ).fetchall()
     if not rows:
         return []
@@ -157,6 +162,20 @@ def sql_take(
         )
         for r in rows
     ]
+
+
+def sql_notice(conn: sqlite3.Connection, recipient: str, body: str, now: float) -> SentMessage:
+    """Insert a start notice, dropping any earlier one its recipient has not acked yet.
+
+    A notice is a transient row from ``system``; :func:`sql_take` hands such rows out before
+    older messages, so the agent's first turn after a start is on it.
+    """
+    conn.execute(
+        "DELETE FROM messages WHERE recipient = ? AND sender = ? AND transient = 1 "
+        "AND acked_at IS NULL",
+        (recipient, SYSTEM),
+    )
+    return sql_insert(conn, [Outgoing(SYSTEM, recipient, body, transient=True)], now)[0]
 
 
 def sql_ack(conn: sqlite3.Connection, recipient: str, ids: list[int], now: float) -> int:
@@ -317,6 +336,13 @@ class Broker:
         now = self._clock()
         sent = await self._db.transaction(lambda conn: sql_insert(conn, rows, now))
         self.committed(sent)
+        return sent
+
+    async def notice(self, recipient: str, body: str) -> SentMessage:
+        """Put a start notice in ``recipient``'s inbox, ahead of what waits there already."""
+        now = self._clock()
+        sent = await self._db.transaction(lambda conn: sql_notice(conn, recipient, body, now))
+        self.committed([sent])
         return sent
 
     def committed(self, sent: Iterable[SentMessage]) -> None:

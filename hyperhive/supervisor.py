@@ -274,6 +274,10 @@ class Hive:
         self, name: str, *, role: str = "agent", backend: str | None = None
     ) -> AgentRecord:
         """Register (or revive) an agent and hand it to its supervisor, which starts it."""
+        before = self.registry.get(name).state if name in self.registry.known() else None
+        first_start = "revived" if before == AgentState.DESTROYED else None
+        if before is None:
+            first_start = "spawned"
         record = await self.registry.register(name, role=role, backend=backend)
         await prepare_agent_repos(self.config.paths, name, self.seed_toml)
         await self.registry.reload_config(name)
@@ -281,7 +285,7 @@ class Hive:
             config = await load_applied_config(self.config.paths.applied_dir(name))
             await self.registry.set_model(name, config.model)
         if record.backend != "external":
-            await self.containers.ensure(name)
+            await self.containers.ensure(name, first_start=first_start)
         return self.registry.get(name)
 
     async def lifecycle(self, verb: str, name: str) -> None:

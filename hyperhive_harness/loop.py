@@ -17,6 +17,10 @@ No work is lost or duplicated across a daemon restart: a message whose turn ende
 cannot be delivered because the daemon is down, the loop reconnects and delivers what is
 owed first. The daemon hands unacked messages out again after a ``hello``; one that is
 still owed when it comes back is acked without a new turn.
+
+A run that failed (or was rate limited, or refused authentication) may have left its prompt
+unanswered in claude's session; the loop then writes a session break to the state dir, and
+the next run starts a new session with a preface saying what happened (``turns.SessionBreak``).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from hyperhive_harness.turns import (
     Backoff,
     Next,
     Outcome,
+    SessionBreak,
     Status,
     TurnObserver,
     TurnState,
@@ -65,14 +70,19 @@ from hyperhive_harness.turns import (
     failure_report,
     judge,
     mcp_config,
+    new_session_note,
     render_system_prompt,
     report_recipient,
+    session_break,
+    session_preface,
     wake_prompt,
 )
 
 #: How many finished-but-unconfirmed message ids are remembered.
 MAX_OWED = 1000
 MAX_STATUS_TEXT = 200
+#: In the state dir while the next turn must start a new claude session (a JSON SessionBreak).
+SESSION_BREAK_FILE_NAME = "hyperhive-new-session.json"
 
 
 def system_prompt_template(role: str) -> str:
@@ -106,6 +116,7 @@ class TurnLoop:
         self._saved_status_text: str | None = None
         self._mcp_config_file = runtime_dir / "claude-mcp-config.json"
         self._system_prompt_file = runtime_dir / "claude-system-prompt.md"
+        self._session_break_file = cfg.state_dir / SESSION_BREAK_FILE_NAME
 
     # ------------------------------------------------------------ controls (UI)
 
@@ -234,6 +245,10 @@ class TurnLoop:
                 duration_seconds=self.bus.last_turn_seconds,
             )
             fresh_session = decision.fresh_session
+            brk = session_break(verdict, decision, message_id=message.id, sender=message.from_)
+            if brk is not None:
+                # Kept before the ack: a restart in between still starts a new session.
+                self._save_session_break(brk)
             match decision.next:
                 case Next.ACK:
                     report = None
@@ -268,6 +283,34 @@ class TurnLoop:
                         link, Status.NEEDS_LOGIN, "needs login: open this agent's UI to log in"
                     )
                     await self._park_for_login(fingerprint)
+
+    # ------------------------------------------------------------ session breaks
+
+    def _load_session_break(self) -> SessionBreak | None:
+        try:
+            text = self._session_break_file.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            text = ""
+            self.bus.note(f"cannot read {self._session_break_file}: {exc}")
+        return SessionBreak.from_json(text)
+
+    def _save_session_break(self, brk: SessionBreak) -> None:
+        path = self._session_break_file
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(brk.to_json(), encoding="utf-8")
+            tmp.replace(path)
+        except OSError as exc:
+            # Still honoured by this harness (the next turn asks the bus for a new session).
+            self.bus.request_new_session()
+            self.bus.note(f"cannot write {path} ({exc}); a restart would forget the new session")
+
+    def _clear_session_break(self) -> None:
+        with contextlib.suppress(OSError):
+            self._session_break_file.unlink(missing_ok=True)
 
     def _owe(self, message_id: int, report: str | None) -> None:
         self.owed[message_id] = report
@@ -323,7 +366,8 @@ class TurnLoop:
         self, message: Message, unread: int | None, *, fresh_session: bool
     ) -> tuple[Verdict, TurnObserver]:
         bus = self.bus
-        skip_continue = bus.take_skip_continue() or fresh_session
+        brk = self._load_session_break()
+        skip_continue = bus.take_skip_continue() or fresh_session or brk is not None
         model = bus.model()
         prompt = wake_prompt(
             message_id=message.id,
@@ -333,6 +377,15 @@ class TurnLoop:
             redelivered=message.redelivered,
             in_reply_to=message.in_reply_to,
         )
+        if brk is not None:
+            preface = session_preface(
+                brk,
+                message_id=message.id,
+                reporter=report_recipient(bus.role),
+                state_dir=os.fspath(self.cfg.state_dir),
+            )
+            prompt = preface + "\n\n" + prompt
+            bus.note(new_session_note(brk))
         argv = claude_argv(
             self.cfg.claude,
             model=model,
@@ -359,6 +412,7 @@ class TurnLoop:
             redelivered=message.redelivered,
             model=model,
             new_session=skip_continue,
+            new_session_reason=new_session_note(brk) if brk is not None else None,
         )
         bus.set_turn_state(TurnState.THINKING)
         obs = TurnObserver()
@@ -401,6 +455,9 @@ class TurnLoop:
             bus.current_turn = None
             bus.last_turn_seconds = round(trio.current_time() - started, 3)
             bus.set_turn_state(TurnState.IDLE)
+        if brk is not None:
+            # The new session ran (a failure of this run saves a new break right after).
+            self._clear_session_break()
         if obs.ctx is not None or obs.cost is not None:
             bus.set_token_usage(obs.ctx, obs.cost, obs.cost_usd)
         return judge(obs, exit_code, cancelled=control.cancelled.is_set()), obs

@@ -8,6 +8,8 @@
   no session to continue, or failed.
 - :func:`decide` — what the loop does with a verdict: ack, retry now, retry after a sleep,
   park until login; whether to report to the manager. This is the failure/ack policy.
+- :func:`session_break`, :func:`session_preface` — after a run that may have left its prompt
+  unanswered in claude's session, the next run starts a new session, told what happened.
 - :class:`Backoff` — the reconnect schedule (2, 4, 8, 16, 30 s, then 30 s forever).
 """
 
@@ -471,6 +473,9 @@ def decide(
     - any other failure: retry after a short delay until ``max_attempts`` runs failed, then
       ack it (no endless loop on a message that breaks every turn) and report it, with the
       stderr tail, to the manager so nothing is lost silently.
+
+    Whatever the decision, a failed, rate-limited or unauthenticated run also ends claude's
+    session (:func:`session_break`): the retry, or the next message, runs in a new one.
     """
     match verdict.outcome:
         case Outcome.OK | Outcome.CANCELLED:
@@ -503,6 +508,113 @@ def decide(
     )
 
 
+# ---------------------------------------------------------------- ending a poisoned session
+
+#: Verdicts of a run that may have sent its prompt without getting it answered. claude
+#: records the prompt in its session before the request, so ``--continue`` would send it
+#: again with the next prompt: a prompt the API refuses would fail every following turn.
+SESSION_BREAKING: Final = frozenset({Outcome.FAILED, Outcome.RATE_LIMITED, Outcome.NEEDS_LOGIN})
+MAX_REASON_CHARS: Final = 300
+
+
+@attrs.frozen
+class SessionBreak:
+    """Why the next turn starts a new claude session instead of ``--continue``.
+
+    Kept in a file in the state dir from the failed run until the next run ends, so a
+    harness restart in between does not lose it. ``message_id`` is the message whose turn
+    failed (None when the file was unreadable); ``given_up``: it was acked and reported.
+    """
+
+    message_id: int | None
+    sender: str
+    outcome: str
+    given_up: bool
+    reason: str
+
+    def to_json(self) -> str:
+        return json.dumps(attrs.asdict(self), ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> SessionBreak:
+        """Parse the file; anything malformed still means a new session (reason unknown)."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            data = {}
+        message_id = data.get("message_id")
+        if not isinstance(message_id, int) or isinstance(message_id, bool):
+            message_id = None
+
+        def string(key: str, default: str) -> str:
+            value = data.get(key)
+            return value[:MAX_REASON_CHARS] if isinstance(value, str) and value else default
+
+        return cls(
+            message_id=message_id,
+            sender=string("sender", "unknown"),
+            outcome=string("outcome", Outcome.FAILED.value),
+            given_up=data.get("given_up") is True,
+            reason=string("reason", "unknown reason"),
+        )
+
+
+def session_break(
+    verdict: Verdict, decision: Decision, *, message_id: int, sender: str
+) -> SessionBreak | None:
+    """The session break a verdict calls for (None: the session can go on)."""
+    if verdict.outcome not in SESSION_BREAKING:
+        return None
+    first = next((line.strip() for line in verdict.note.splitlines() if line.strip()), "")
+    reason = first if len(first) <= MAX_REASON_CHARS else first[: MAX_REASON_CHARS - 1] + "…"
+    return SessionBreak(
+        message_id=message_id,
+        sender=sender,
+        outcome=verdict.outcome.value,
+        given_up=decision.next is Next.ACK,
+        reason=reason or verdict.outcome.value,
+    )
+
+
+def session_preface(brk: SessionBreak, *, message_id: int, reporter: str, state_dir: str) -> str:
+    """What the first turn of the new session is told before its wake prompt."""
+    failed_on = f"#{brk.message_id}" if brk.message_id is not None else "a message"
+    lines = [
+        "[hyperhive harness] Your previous claude session was ended because a turn failed "
+        f"({brk.outcome}: {brk.reason}). This turn starts a new session: the earlier "
+        "conversation is not available."
+    ]
+    if brk.given_up:
+        lines.append(
+            f"The turn on message {failed_on} from {sender_phrase(brk.sender)} failed for good: "
+            f"that message was given up (acked, and reported to the {reporter}, who may send "
+            "it again). Do not look for it in your inbox."
+        )
+    elif brk.message_id == message_id:
+        lines.append("It failed on the message below: this is a new attempt at it.")
+    else:
+        lines.append(
+            f"It failed on message {failed_on} from {sender_phrase(brk.sender)}, which is kept "
+            "and comes again after this one."
+        )
+    lines.append(f"Re-read your notes in {state_dir} before you act.")
+    return "\n".join(lines)
+
+
+def new_session_note(brk: SessionBreak) -> str:
+    """The UI's note when a turn starts a new session after a failure."""
+    failed_on = f"message #{brk.message_id}" if brk.message_id is not None else "a message"
+    note = (
+        f"new claude session (no --continue): the previous one was ended because the turn on "
+        f"{failed_on} failed ({brk.outcome}: {brk.reason})"
+    )
+    if brk.given_up:
+        note += f"; {failed_on} was given up and is not carried over"
+    return note
+
+
 def report_recipient(role: str) -> str:
     """Who hears about a dropped message: the manager, or the operator for the manager."""
     return "operator" if role == "manager" else "manager"
@@ -515,7 +627,9 @@ def failure_report(
     return _clip(
         f"turn_failed: {agent} could not handle message #{message_id} from {sender} "
         f"({attempts} attempt{'s' if attempts != 1 else ''}); the message was acked so it "
-        f"does not loop. Resend it if it still matters.\nmessage: {preview}\nlast failure: {note}"
+        f"does not loop. Resend it if it still matters.\n{agent}'s claude session was ended "
+        "with it: its next turn starts a new session that does not carry the failed prompt."
+        f"\nmessage: {preview}\nlast failure: {note}"
     )
 
 

@@ -57,8 +57,11 @@ class Containers:
             task_status.started()
             await trio.sleep_forever()
 
-    async def ensure(self, name: str) -> None:
-        """Make sure a runner supervises ``name`` (it starts the agent if it should run)."""
+    async def ensure(self, name: str, *, first_start: str | None = None) -> None:
+        """Make sure a runner supervises ``name`` (it starts the agent if it should run).
+
+        ``first_start`` ("spawned", "revived") is the verb of a new runner's first start notice.
+        """
         if name in self._runners:
             return
         assert self._nursery is not None, "Containers.serve() is not running"
@@ -73,6 +76,7 @@ class Containers:
             events=self._events,
             spec_for=self._spec_for,
             stop_on_exit=self._stop_on_exit,
+            first_start=first_start,
         )
         self._runners[name] = runner
 

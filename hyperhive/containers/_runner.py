@@ -38,10 +38,14 @@ log = logging.getLogger(__name__)
 STDERR_TAIL_LINES: Final = 20
 
 PAST: Final = {"restart": "restarted", "rebuild": "rebuilt"}
+#: The start notice every launch puts first in the agent's inbox (``Broker.notice``).
 KICK_BODY: Final = (
-    "You were {verb} by hyperhive. Re-read your notes in /state before you go on, "
+    "Start notice: you were {verb}. Re-read your notes in /state before you go on, "
     "then check your inbox (recv) and loose ends."
 )
+#: The notice's verb of a launch no lifecycle command asked for.
+KICK_AFTER_CRASH: Final = "restarted by hyperhive after a crash"
+KICK_WITH_HIVE: Final = "started again by hyperhive when the hive started"
 
 
 @attrs.define(eq=False)
@@ -66,6 +70,7 @@ class AgentRunner:
         spec_for: SpecFactory,
         stop_on_exit: bool,
         clock: Callable[[], float] = time.time,
+        first_start: str | None = None,
     ) -> None:
         self.name = name
         self._backend = backend
@@ -75,6 +80,8 @@ class AgentRunner:
         self._spec_for = spec_for
         self._stop_on_exit = stop_on_exit
         self._clock = clock
+        #: The start notice's verb of the first launch ("spawned", "revived"), if given.
+        self._first_start = first_start
         self._send, self._commands = trio.open_memory_channel[Command](16)
         self.handle: Handle | None = None
         self._restart_at: float | None = None
@@ -212,7 +219,24 @@ class AgentRunner:
         async with self._transient(transient):
             await self._launch(spec, kick="started" if kick else None)
 
+    def _kick_verb(self, kick: str | None) -> str:
+        """The start notice's verb: the command's, else why the runner launches by itself."""
+        first, self._first_start = self._first_start, None
+        if kick is None:
+            kick = first
+        if kick is None:
+            state = self._registry.get(self.name).state
+            if state in (AgentState.CRASHED, AgentState.CRASH_LOOP):
+                return KICK_AFTER_CRASH
+            if state != AgentState.REGISTERED:
+                return KICK_WITH_HIVE
+            kick = "spawned"
+        return f"{kick} by hyperhive"
+
     async def _launch(self, spec: AgentSpec, *, kick: str | None) -> None:
+        # Every launch starts with a notice. It is in the inbox before the payload starts and
+        # the broker hands it out before older messages, so the first turn is on it.
+        await self._broker.notice(self.name, KICK_BODY.format(verb=self._kick_verb(kick)))
         started = self._clock()
         self.handle = await self._backend.start(spec, started)
         warning = self._backend.last_warning
@@ -227,8 +251,6 @@ class AgentRunner:
             crash_streak=self.policy.streak,
         )
         self._events.publish("container_started", name=self.name, pid=self.handle.pid)
-        if kick is not None:
-            await self._broker.inject([Outgoing(SYSTEM, self.name, KICK_BODY.format(verb=kick))])
 
     async def _stop(self) -> None:
         if self.handle is not None:

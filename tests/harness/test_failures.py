@@ -4,6 +4,7 @@ credentials appear)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -21,14 +22,14 @@ from .fixtures import (
     running,
     wait_acked,
 )
-from .mock_anthropic import MockAnthropic, error
+from .mock_anthropic import MockAnthropic, RecordedRequest, error, text
 
 
 def prompts_for(mock: MockAnthropic, marker: str) -> int:
     """How many claude runs started on a wake prompt containing ``marker``.
 
-    After a failed run the unanswered prompt stays in the continued conversation and claude
-    merges it with the next one, so only the newest wake prompt of a request counts.
+    Only the newest wake prompt of a request counts (a continued conversation holds the
+    earlier ones; a retry after a failure runs in a new session that holds none).
     """
     count = 0
     for r in mock.main_requests:
@@ -125,6 +126,11 @@ async def test_rate_limit_sleeps_and_retries_the_same_message(
             lambda: hive.registry.get("alice").status_text == "", what="the status text restored"
         )
         assert prompts_for(mock_api, "busy-task") == 2
+        # The retry runs in a new session: its request carries the prompt once, not twice.
+        assert starts[1]["payload"]["new_session"] is True
+        retry = mock_api.main_requests[-1]
+        assert "new attempt at it" in retry.last_user_text
+        assert sum("busy-task" in t for t in retry.user_texts) == 1
 
 
 async def test_auth_failure_parks_until_credentials_appear_then_replays(
@@ -219,3 +225,71 @@ async def test_login_panel_runs_the_login_command_and_replays(
         assert ends[1]["payload"]["ok"] is True
         login = (await alice.get("/api/state")).json()["login"]
         assert login["finished"] is True and login["exit_note"] == "login finished"
+
+
+async def test_a_refused_prompt_is_given_up_once_and_does_not_poison_the_next_turns(
+    hive: Hive,
+    mock_api: MockAnthropic,
+    claude_bin: Path,
+    short_tmp: Path,
+    nursery: trio.Nursery,
+) -> None:
+    """The API refuses (400) every request that carries the poisoned prompt, as it would a
+    prompt it cannot accept: the message is given up, and the next turns run in a new session
+    that does not carry it."""
+    paths = hive.config.paths
+    poison = "poisoned-prompt-7f3a"
+
+    def refuse_the_poison(req: RecordedRequest) -> object:
+        if poison in json.dumps(req.messages):
+            return error(400, "invalid_request_error", "mock refuses this prompt")
+        return text("ok")
+
+    mock_api.default = refuse_the_poison  # type: ignore[assignment]
+    await hive.spawn("alice")
+    alice = make_harness("alice", mock_api, claude_bin, short_tmp, paths.agent_socket("alice"))
+    async with running(alice, nursery):
+        sent = await operator_send(paths.host_socket, "alice", f"please do {poison}")
+        ends = await alice.wait_for("turn_end", lambda p: p["id"] == sent, count=2)
+        assert [e["payload"]["outcome"] for e in ends] == ["failed", "failed"]
+        assert "mock refuses this prompt" in ends[0]["payload"]["note"]
+        assert "giving up" in ends[1]["payload"]["note"]
+        await wait_acked(paths.agent_socket("alice"), sent)
+        # The manager hears that the message was given up and that the session was ended.
+        reports = await eventually(
+            lambda: _reports(paths.agent_socket("manager")), what="a report to the manager"
+        )
+        assert f"message #{sent}" in reports[0].body
+        assert "next turn starts a new session" in reports[0].body
+
+        before = len(mock_api.main_requests)
+        nxt = await operator_send(paths.host_socket, "alice", "healthy-task")
+        end = await alice.wait_for("turn_end", lambda p: p["id"] == nxt)
+        # Succeeds on the first attempt ...
+        assert end[0]["payload"]["ok"] is True, alice.failure_help()
+        assert len([e for e in alice.events("turn_start") if e["payload"]["id"] == nxt]) == 1
+        # ... in a new session whose requests carry its own prompt and not the refused one.
+        requests = mock_api.main_requests[before:]
+        assert requests and all(poison not in json.dumps(r.messages) for r in requests)
+        assert "healthy-task" in requests[0].last_user_text
+        prompt = requests[0].last_user_text
+        assert "previous claude session was ended because a turn failed" in prompt
+        assert f"message #{sent}" in prompt and "given up" in prompt
+        start = next(e for e in alice.events("turn_start") if e["payload"]["id"] == nxt)
+        assert start["payload"]["new_session"] is True
+        # The operator sees why on the agent's UI (a note in its event stream).
+        notes = [e["payload"]["text"] for e in alice.events("note")]
+        assert any(
+            n.startswith("new claude session") and f"#{sent} was given up" in n for n in notes
+        ), notes
+
+        # The session goes on normally after that (no new session without a failure).
+        third = await operator_send(paths.host_socket, "alice", "third-task")
+        end = await alice.wait_for("turn_end", lambda p: p["id"] == third)
+        assert end[0]["payload"]["ok"] is True
+        start = next(e for e in alice.events("turn_start") if e["payload"]["id"] == third)
+        assert start["payload"]["new_session"] is False
+        last = next(r for r in mock_api.main_requests if "third-task" in r.last_user_text)
+        assert any("healthy-task" in t for t in last.user_texts)  # continued
+        assert poison not in json.dumps(last.messages)
+        assert not (alice.state_dir / "hyperhive-new-session.json").exists()

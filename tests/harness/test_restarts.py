@@ -3,6 +3,7 @@ while a turn runs (its ack fails, is retried after reconnecting, and no second t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import trio
@@ -19,7 +20,7 @@ from .fixtures import (
     running,
     wait_acked,
 )
-from .mock_anthropic import MockAnthropic, hold
+from .mock_anthropic import MockAnthropic, RecordedRequest, error, hold, text
 
 
 async def test_kill_9_mid_turn_turns_the_same_message_again_once(
@@ -152,3 +153,44 @@ async def test_daemon_restart_mid_turn_retries_the_ack_without_a_second_turn(
         assert end[0]["payload"]["ok"] is True
         starts = [e["payload"]["id"] for e in alice.events("turn_start")]
         assert starts == [sent, nxt]
+
+
+async def test_the_new_session_after_a_given_up_message_survives_a_harness_restart(
+    hive: Hive,
+    mock_api: MockAnthropic,
+    claude_bin: Path,
+    short_tmp: Path,
+    nursery: trio.Nursery,
+) -> None:
+    paths = hive.config.paths
+    socket = paths.agent_socket("alice")
+    poison = "refused-prompt-91c2"
+
+    def refuse_the_poison(req: RecordedRequest) -> object:
+        if poison in json.dumps(req.messages):
+            return error(400, "invalid_request_error", "mock refuses this prompt")
+        return text("ok")
+
+    mock_api.default = refuse_the_poison  # type: ignore[assignment]
+    await hive.spawn("alice")
+    alice = make_harness("alice", mock_api, claude_bin, short_tmp, socket)
+    await alice.start(nursery)
+    sent = await operator_send(paths.host_socket, "alice", f"do {poison}")
+    await alice.wait_for("turn_end", lambda p: p["id"] == sent, count=2)
+    await wait_acked(socket, sent)
+    # Killed after giving up, before any other turn: the new session must not be forgotten.
+    await alice.kill()
+    assert (alice.state_dir / "hyperhive-new-session.json").exists()
+
+    async with running(alice, nursery):
+        before = len(mock_api.main_requests)
+        nxt = await operator_send(paths.host_socket, "alice", "after-the-restart")
+        end = await alice.wait_for("turn_end", lambda p: p["id"] == nxt)
+        assert end[0]["payload"]["ok"] is True, alice.failure_help()
+        start = next(e for e in alice.events("turn_start") if e["payload"]["id"] == nxt)
+        assert start["payload"]["new_session"] is True
+        assert f"message #{sent}" in start["payload"]["new_session_reason"]
+        requests = mock_api.main_requests[before:]
+        assert requests and all(poison not in json.dumps(r.messages) for r in requests)
+        assert "previous claude session was ended" in requests[0].last_user_text
+        assert not (alice.state_dir / "hyperhive-new-session.json").exists()

@@ -22,6 +22,7 @@ from hyperhive_harness.turns import (
     Backoff,
     Next,
     Outcome,
+    SessionBreak,
     TurnObserver,
     TurnState,
     Verdict,
@@ -34,6 +35,8 @@ from hyperhive_harness.turns import (
     mcp_config,
     render_system_prompt,
     report_recipient,
+    session_break,
+    session_preface,
     wake_prompt,
 )
 
@@ -303,6 +306,45 @@ def test_failure_report_goes_to_the_manager_or_the_operator() -> None:
     )
     assert text.startswith("turn_failed: alice") and "#7 from bob" in text
     assert "2 attempts" in text and "500" in text and len(text) < 4100
+    assert "next turn starts a new session" in text
+
+
+def test_every_failure_that_may_have_sent_the_prompt_breaks_the_session() -> None:
+    for outcome in (Outcome.FAILED, Outcome.RATE_LIMITED, Outcome.NEEDS_LOGIN):
+        verdict = Verdict(outcome, "claude exited with 1; API Error: 400 no\nstderr:\nx")
+        brk = session_break(verdict, policy(verdict, attempt=1), message_id=7, sender="bob")
+        assert brk is not None and brk.outcome == outcome.value
+        assert brk.reason == "claude exited with 1; API Error: 400 no" and not brk.given_up
+    given_up = Verdict(Outcome.FAILED, "boom")
+    brk = session_break(given_up, policy(given_up, attempt=2), message_id=7, sender="bob")
+    assert brk is not None and brk.given_up
+    # A good, cancelled (the operator's choice) or session-less run keeps the session.
+    for outcome in (Outcome.OK, Outcome.CANCELLED, Outcome.NO_SESSION):
+        verdict = Verdict(outcome, "")
+        assert session_break(verdict, policy(verdict, attempt=0), message_id=7, sender="b") is None
+
+
+def test_session_break_survives_its_file_and_garbage_still_means_a_new_session() -> None:
+    brk = SessionBreak(message_id=7, sender="bob", outcome="failed", given_up=True, reason="r")
+    assert SessionBreak.from_json(brk.to_json()) == brk
+    for junk in ("", "not json", "[1]", '{"message_id": true, "reason": 5}'):
+        parsed = SessionBreak.from_json(junk)
+        assert parsed.message_id is None and parsed.reason == "unknown reason"
+
+
+def test_session_preface_says_what_happened_without_the_failed_body() -> None:
+    gone = SessionBreak(message_id=7, sender="bob", outcome="failed", given_up=True, reason="400")
+    text = session_preface(gone, message_id=9, reporter="manager", state_dir="/state")
+    assert "session was ended because a turn failed (failed: 400)" in text
+    assert "message #7 from bob" in text and "given up" in text and "manager" in text
+    assert "Re-read your notes in /state" in text and "New message #" not in text
+    retry = SessionBreak(
+        message_id=9, sender="bob", outcome="rate_limited", given_up=False, reason="429"
+    )
+    text = session_preface(retry, message_id=9, reporter="manager", state_dir="/state")
+    assert "new attempt at it" in text
+    text = session_preface(retry, message_id=10, reporter="manager", state_dir="/state")
+    assert "message #9 from bob, which is kept" in text
 
 
 def test_backoff_schedule() -> None:
