@@ -99,6 +99,13 @@ class Api:
         self.hive = hive
 
     async def dispatch(self, conn: Connection, request: Request) -> Reply:
+        try:
+            return await self._dispatch(conn, request)
+        except OSError as exc:
+            self.hive.refuse_if_disk_full(exc)
+            raise
+
+    async def _dispatch(self, conn: Connection, request: Request) -> Reply:
         if isinstance(request, Hello):
             return await self._hello(conn, request)
         if conn.principal.kind is SocketKind.HOST:
@@ -235,6 +242,7 @@ class Api:
                     operator_unread=unread.get(OPERATOR, 0),
                     parked_receivers=hive.broker.parked(),
                     dashboard_url=hive.dashboard_login_url(),
+                    problems=hive.problems_now(),
                 )
             case List():
                 return AgentsReply(agents=await self.agent_infos())

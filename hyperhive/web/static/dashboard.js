@@ -44,6 +44,9 @@ function load(snap) {
   setServerNow(snap.now);
   setText($('version'), `v${snap.version}`);
   setText($('backend'), `backend ${snap.backend}`);
+  const problems = $('problems'); // the daemon's own: failed parts, low space, disk full
+  problems.replaceChildren(...snap.problems.map((p) => Object.assign(document.createElement('li'), { textContent: `⚠ ${p}` })));
+  problems.hidden = snap.problems.length === 0;
   state.agents = new Map(snap.agents.map((a) => [a.name, a]));
   state.isolated = snap.isolated;
   state.tombstones = snap.tombstones;
