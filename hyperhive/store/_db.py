@@ -147,7 +147,7 @@ class Database:
         self._reserve_bytes = reserve_bytes if path is not None else 0
         #: Writes that change rows are refused until there is space again.
         self.full = False
-        #: Called (on the trio side) after a batch ran out of space.
+        #: Called (on the trio side) after each batch in full mode and when it ends.
         self.on_disk_full: Callable[[], None] | None = None
         self._synchronous = _check_sync(synchronous)
         self._current_sync = self._synchronous
@@ -229,7 +229,7 @@ class Database:
                         raise fatal
                     if self.full and not full:
                         log.warning("%s", self._disk_full_error())
-                    if self.full and self.on_disk_full is not None:
+                    if (self.full or full) and self.on_disk_full is not None:
                         self.on_disk_full()
         finally:
             self._closed = True
