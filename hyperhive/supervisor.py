@@ -483,7 +483,10 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
             hive = Hive(config, db)
             async with trio.open_nursery() as nursery:
                 await nursery.start(hive.registry.serve)
-                await hive.registry.update(MANAGER, backend=hive.backend)  # it follows the daemon
+                if hive.registry.get(MANAGER).backend != hive.backend:
+                    # It follows the daemon (written only on a change: a full disk must not
+                    # keep the daemon from starting).
+                    await hive.registry.update(MANAGER, backend=hive.backend)
                 await prepare_agent_repos(paths, MANAGER, hive.seed_toml)
                 await nursery.start(hive.containers.serve)
                 for part, body in (

@@ -14,6 +14,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,12 @@ async def _full_disk_scenario(d: DaemonProcess, nursery: trio.Nursery) -> None:
         )
 
     await wait_until(warned, limit=10, interval=0.1)
+    cli = await trio.run_process(
+        [sys.executable, "-m", "hyperhive", "status", "--run-dir", str(paths.run_dir)],
+        capture_stdout=True,
+        env=d.env,
+    )
+    assert b"! disk full: writes to " in cli.stdout, cli.stdout
     status = await d.call({"cmd": "status"})
     assert status["parked_receivers"] == 1 and not parked
 

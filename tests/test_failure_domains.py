@@ -22,10 +22,13 @@ from typing import Any
 import pytest
 import trio
 
+from hyperhive.cli import _database_failure
 from hyperhive.client import Client
 from hyperhive.config import Config
 from hyperhive.errors import ClientError
+from hyperhive.events import EventHub
 from hyperhive.registry import AgentState
+from hyperhive.store import DatabaseFailed, open_database
 from hyperhive.supervision import Backoff, Problems, supervise
 from hyperhive.supervisor import Hive, open_hive
 from tests.conftest import (
@@ -304,8 +307,6 @@ async def test_a_failing_retention_loop_is_a_daemon_problem_in_status(
 async def test_supervise_restarts_with_backoff_and_clears_the_problem(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    from hyperhive.events import EventHub
-
     problems = Problems(EventHub())
     starts: list[float] = []
 
@@ -333,3 +334,32 @@ async def test_supervise_restarts_with_backoff_and_clears_the_problem(
         await trio.sleep(60)  # healthy for longer than reset_after
         assert problems.list() == []
         nursery.cancel_scope.cancel()
+
+
+async def test_only_a_failing_database_ends_the_tree(short_tmp: Path) -> None:
+    """A failure of the file itself (here: the transaction taken away under the writer)
+    is fatal: callers learn it, the writer stops, and supervise does not restart over it."""
+
+    restarts = 0
+
+    async def part(*, task_status: trio.TaskStatus[None]) -> None:
+        nonlocal restarts
+        restarts += 1
+        task_status.started()
+        await db.transaction(lambda conn: conn.execute("ROLLBACK"))
+
+    with pytest.raises(BaseExceptionGroup) as caught:
+        async with (
+            open_database(short_tmp / "t.sqlite", synchronous="FULL", migrations=[]) as db,
+            trio.open_nursery() as nursery,
+        ):
+            problems = Problems(EventHub())
+            await nursery.start(
+                lambda task_status: supervise(
+                    "part", part, report=problems.reporter("part"), task_status=task_status
+                )
+            )
+            await trio.sleep_forever()
+    failed = _database_failure(caught.value)
+    assert isinstance(failed, DatabaseFailed) and "t.sqlite failed" in str(failed)
+    assert restarts == 1 and problems.list() == []
