@@ -230,16 +230,23 @@ class AgentRunner:
         started = self._clock()
         self.handle = await self._backend.start(spec, started)
         warning = self._backend.last_warning
-        await self._registry.update(
-            self.name,
-            state=AgentState.RUNNING,
-            pid=self.handle.pid,
-            start_ticks=self.handle.record.start_ticks,
-            run_started_at=started,
-            warning=warning,
-            crash_times=self.policy.crashes,
-            crash_streak=self.policy.streak,
-        )
+        try:
+            await self._registry.update(
+                self.name,
+                state=AgentState.RUNNING,
+                pid=self.handle.pid,
+                start_ticks=self.handle.record.start_ticks,
+                run_started_at=started,
+                warning=warning,
+                crash_times=self.policy.crashes,
+                crash_streak=self.policy.streak,
+            )
+        except BaseException:
+            # Not recorded (a full disk): nobody could re-adopt it, so it must not run on.
+            handle, self.handle = self.handle, None
+            with trio.CancelScope(shield=True):
+                await handle.stop()
+            raise
         self._events.publish("container_started", name=self.name, pid=self.handle.pid)
         if kick is not None:
             await self._broker.inject([Outgoing(SYSTEM, self.name, KICK_BODY.format(verb=kick))])

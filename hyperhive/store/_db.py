@@ -67,7 +67,8 @@ class _Full(Exception):
 def is_disk_full(exc: BaseException) -> bool:
     """An sqlite or OS error that means no space (SQLITE_FULL, ENOSPC, EDQUOT)."""
     if isinstance(exc, sqlite3.Error):
-        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
