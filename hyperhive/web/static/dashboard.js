@@ -15,6 +15,7 @@ const KINDS = [
   'status_changed', 'model_changed', 'harness_connected', 'harness_disconnected',
   'container_started', 'container_crash',
   'question_added', 'question_resolved', 'approval_added', 'approval_resolved',
+  'problems_changed', 'space_changed',
 ];
 const FLOW_KEEP = 1000;
 const INBOX_KEEP = 200;
