@@ -10,6 +10,7 @@ there. The run dir is elsewhere (it is not the disk that fills).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import sqlite3
@@ -26,6 +27,7 @@ from hyperhive.client import Client
 from hyperhive.config import Paths
 from hyperhive.errors import DiskFull
 from hyperhive.store import open_database
+from hyperhive.web._auth import CSRF_HEADER
 from tests.conftest import DaemonProcess, connect_agent, need, wait_until
 from tests.dashboard.conftest import http
 
@@ -208,6 +210,20 @@ async def _full_disk_scenario(d: DaemonProcess, nursery: trio.Nursery) -> None:
     state = await http(base, "GET", "/api/state", headers={"cookie": cookie})
     assert state.status == 200
     assert any(p.startswith("disk full") for p in state.json()["problems"])
+    # A write through the dashboard is refused the same way: 507 Insufficient Storage.
+    refused_web = await http(
+        base,
+        "POST",
+        "/api/send",
+        headers={
+            "cookie": cookie,
+            "content-type": "application/json",
+            CSRF_HEADER: state.json()["csrf"],
+        },
+        body=json.dumps({"to": "bob", "body": "from the dashboard"}).encode(),
+    )
+    assert refused_web.status == 507, refused_web
+    assert refused_web.json()["error"].startswith("disk full: ")
     metrics = await http(base, "GET", "/metrics", headers={"cookie": cookie})
     assert b"hyperhive_state_dir_low_space 1" in metrics.body
     assert b"hyperhive_disk_full 1" in metrics.body
@@ -234,7 +250,9 @@ async def _full_disk_scenario(d: DaemonProcess, nursery: trio.Nursery) -> None:
     rest = await bob.request({"cmd": "recv", "max": 32})
     received = [*got["messages"], *parked[0]["messages"], *rest["messages"]]
     assert sorted(m["id"] for m in received) == sorted(acked)
-    assert {m["body"] for m in received}.isdisjoint({"during", "from the operator"})
+    assert {m["body"] for m in received}.isdisjoint(
+        {"during", "from the operator", "from the dashboard"}
+    )
     for client in (alice, bob, carol):
         await client.aclose()
     async with await Client.connect(paths.host_socket) as host:
