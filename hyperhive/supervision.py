@@ -169,7 +169,7 @@ def agent_reporter(registry: Registry, broker: Broker, name: str) -> Report:
                 await registry.update(name, warning=None)
             shown.clear()
             return
-        shown.append(problem)
+        shown[:] = [problem]
         await registry.update(name, warning=problem)
         body = system_body("agent_error", agent=name, error=problem)
         await broker.inject([Outgoing(SYSTEM, MANAGER, body)])

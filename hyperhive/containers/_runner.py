@@ -153,7 +153,9 @@ class AgentRunner:
         return result[0]
 
     async def _recover(self) -> None:
-        """At daemon start: re-adopt a payload left running, or account for one that died."""
+        """At daemon start (and when the runner is restarted after a failure): re-adopt a
+        payload left running, or account for one that died."""
+        self._restart_at = None
         record = self._registry.get(self.name)
         if record.transient is not None:
             record = await self._registry.update(self.name, transient=None, transient_since=None)

@@ -47,6 +47,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 #: Free space (beyond the reserve) that ends full mode.
 FULL_MODE_MARGIN = 1024 * 1024
+#: sqlite's extended code for a failed write(); ENOSPC itself comes as SQLITE_FULL.
+SQLITE_IOERR_WRITE = 778
 
 #: Forward migrations: ``MIGRATIONS[i]`` takes ``user_version`` from ``i`` to ``i + 1``.
 Migration = Callable[[sqlite3.Connection], None]
@@ -174,11 +176,11 @@ class Database:
             finally:
                 os.close(fd)
         except OSError as exc:
-            if not is_disk_full(exc):
-                raise
             with contextlib.suppress(OSError):
                 os.unlink(reserve)
-            return False
+            if is_disk_full(exc):
+                return False
+            log.warning("%s: no reserve for a full disk: %s", reserve, exc)
         return True
 
     def _disk_full_error(self) -> DiskFull:
@@ -291,7 +293,7 @@ class Database:
                 if self.full and job.durable and conn.total_changes != before:
                     raise self._disk_full_error()
             except BaseException as exc:
-                full = is_disk_full(exc)
+                full = self._out_of_space(exc)
                 job.result, job.error = None, self._disk_full_error() if full else exc
                 if full and not self.full:
                     if conn.in_transaction:
@@ -311,9 +313,21 @@ class Database:
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            if is_disk_full(exc):
+            if self._out_of_space(exc):
                 raise _Full() from None
             raise
+
+    def _out_of_space(self, exc: BaseException) -> bool:
+        """SQLITE_FULL; or a failed write (sqlite reports EDQUOT so) with the disk nearly full."""
+        if is_disk_full(exc):
+            return True
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code != SQLITE_IOERR_WRITE or self._path is None:
+            return False
+        try:
+            return free_bytes(self._path.parent) < self._reserve_bytes + FULL_MODE_MARGIN
+        except OSError:
+            return False
 
     def _enter_full_mode(self) -> None:
         self.full = True
