@@ -82,6 +82,7 @@ from hyperhive.protocol import (
 )
 from hyperhive.registry import AgentRecord, AgentState
 from hyperhive.server import Connection, SocketKind
+from hyperhive.store import DatabaseFailed
 
 if TYPE_CHECKING:
     from hyperhive.supervisor import Hive
@@ -104,6 +105,9 @@ class Api:
         except OSError as exc:
             self.hive.refuse_if_disk_full(exc)
             raise
+        except DatabaseFailed:
+            # The daemon is about to stop and says why once; the caller just learns it.
+            raise RequestRefused("the daemon's database failed; it is stopping") from None
 
     async def _dispatch(self, conn: Connection, request: Request) -> Reply:
         if isinstance(request, Hello):

@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -363,3 +364,22 @@ async def test_only_a_failing_database_ends_the_tree(short_tmp: Path) -> None:
     failed = _database_failure(caught.value)
     assert isinstance(failed, DatabaseFailed) and "t.sqlite failed" in str(failed)
     assert restarts == 1 and problems.list() == []
+
+
+async def test_a_failing_database_ends_the_daemon_in_one_line(daemon: DaemonProcess) -> None:
+    """The one failure the daemon does not survive: its database (here its write lock is
+    held by someone else past the 5 s busy timeout). One line on exit, status 1."""
+    lines_before = len(daemon.output)
+    locker = sqlite3.connect(daemon.paths.broker_db, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        reply = await daemon.call({"cmd": "send", "to": "manager", "body": "x"})
+        assert not reply["ok"] and "database failed" in reply["error"], reply
+        assert daemon.proc is not None
+        with trio.fail_after(15):
+            assert await daemon.proc.wait() == 1  # it stops by itself
+    finally:
+        locker.close()
+    said = [line for line in daemon.output[lines_before:] if line.startswith("hyperhive:")]
+    assert len(said) == 1 and said[0].startswith(f"hyperhive: {daemon.paths.broker_db} failed:")
+    assert not any("Traceback" in line for line in daemon.output)
