@@ -82,6 +82,7 @@ from hyperhive.protocol import (
 )
 from hyperhive.registry import AgentRecord, AgentState
 from hyperhive.server import Connection, SocketKind
+from hyperhive.store import DatabaseFailed
 
 if TYPE_CHECKING:
     from hyperhive.supervisor import Hive
@@ -99,6 +100,16 @@ class Api:
         self.hive = hive
 
     async def dispatch(self, conn: Connection, request: Request) -> Reply:
+        try:
+            return await self._dispatch(conn, request)
+        except OSError as exc:
+            self.hive.refuse_if_disk_full(exc)
+            raise
+        except DatabaseFailed:
+            # The daemon is about to stop and says why once; the caller just learns it.
+            raise RequestRefused("the daemon's database failed; it is stopping") from None
+
+    async def _dispatch(self, conn: Connection, request: Request) -> Reply:
         if isinstance(request, Hello):
             return await self._hello(conn, request)
         if conn.principal.kind is SocketKind.HOST:
@@ -235,6 +246,7 @@ class Api:
                     operator_unread=unread.get(OPERATOR, 0),
                     parked_receivers=hive.broker.parked(),
                     dashboard_url=hive.dashboard_login_url(),
+                    problems=hive.problems_now(),
                 )
             case List():
                 return AgentsReply(agents=await self.agent_infos())

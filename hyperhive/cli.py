@@ -23,6 +23,7 @@ from hyperhive.client import Client
 from hyperhive.config import BACKENDS, Config, Paths, default_run_dir, default_state_dir
 from hyperhive.errors import AlreadyRunning, ClientError, HyperhiveError, RequestRefused
 from hyperhive.protocol import CONVERTER, json_schema
+from hyperhive.store import DatabaseFailed
 from hyperhive.web._serve import DashboardUnavailable
 
 app = typer.Typer(
@@ -193,6 +194,14 @@ def run(
             envvar="HYPERHIVE_LOG_LEVEL", help="debug, info, warning or error (logs go to stderr)."
         ),
     ] = "info",
+    min_free: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HYPERHIVE_MIN_FREE",
+            help="Warn when the state dir has less free space (512M, 2G or 5%; "
+            "default: 5% or 1G, whichever is smaller).",
+        ),
+    ] = None,
 ) -> None:
     """Run the host daemon until SIGTERM or Ctrl-C."""
     from hyperhive.supervisor import main as daemon_main
@@ -217,16 +226,33 @@ def run(
             + ([f"unix:{dashboard_socket}"] if dashboard_socket else [])
         ),
         harness_command=tuple(shlex.split(harness_command)) if harness_command else None,
+        min_free=min_free,
     )
     try:
         trio.run(daemon_main, config)
     except KeyboardInterrupt:
         pass
     except BaseException as exc:
+        failed = _database_failure(exc)
+        if failed is not None:
+            # The one failure the daemon does not survive: say it in one line, exit 1.
+            raise _fail(f"{failed}; stopping") from None
         problem = _setup_problem(exc)
         if problem is None:
             raise
         raise _fail(str(problem)) from None
+
+
+def _database_failure(exc: BaseException) -> DatabaseFailed | None:
+    """The failure of broker.sqlite itself, wherever it is in a task group."""
+    if isinstance(exc, DatabaseFailed):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _database_failure(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _setup_problem(exc: BaseException) -> HyperhiveError | None:
@@ -268,6 +294,8 @@ def status(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
             f"agents: {r['agents']}  pending approvals: {r['pending_approvals']}  "
             f"open questions: {r['open_questions']}  unread for operator: {r['operator_unread']}"
         )
+        for problem in r.get("problems", []):
+            typer.echo(f"! {problem}")
 
     _emit(reply, as_json, human)
 

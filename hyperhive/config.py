@@ -36,6 +36,36 @@ SHUTDOWN_GRACE_SECONDS: Final = 10.0
 BACKENDS: Final = ("auto", "nspawn", "process", "external")
 #: Longest path a unix socket can be bound at (sun_path is 108 bytes with its NUL).
 MAX_SOCKET_PATH: Final = 107
+#: Free space in the state dir under which ``status``, the dashboard and ``/metrics`` warn:
+#: ``--min-free`` (bytes, ``512M``, ``2G`` or ``5%``); by default 5 % or 1 GiB, the smaller.
+MIN_FREE_FRACTION: Final = 0.05
+MIN_FREE_BYTES: Final = 1024**3
+#: How often the free space is looked at (and at once after a write failed for lack of it).
+SPACE_CHECK_SECONDS: Final = 30.0
+#: Given up by broker.sqlite when the disk is full, so that reads (``recv``) still work.
+DB_RESERVE_BYTES: Final = 4 * 1024 * 1024
+_SIZE_UNITS: Final = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def min_free_bytes(setting: str | None, total: int) -> int:
+    """The low-space threshold for a file system of ``total`` bytes (ValueError if bad)."""
+    if setting is None:
+        return min(int(total * MIN_FREE_FRACTION), MIN_FREE_BYTES)
+    text = setting.strip().upper()
+    if text.endswith("%"):
+        try:
+            percent = float(text[:-1])
+        except ValueError:
+            percent = -1.0
+        if not 0 <= percent <= 100:
+            raise ValueError(f"--min-free {setting!r}: a percentage is between 0 and 100")
+        return int(total * percent / 100)
+    number, unit = text.rstrip("IB"), ""
+    if number and number[-1] in _SIZE_UNITS:
+        number, unit = number[:-1], number[-1]
+    if not number.isdigit():
+        raise ValueError(f"--min-free {setting!r}: give bytes (512M, 2G) or a percentage (5%)")
+    return int(number) * _SIZE_UNITS[unit]
 
 
 def _default_state_dir() -> Path:
@@ -100,6 +130,9 @@ class Paths:
     def model_file(self, name: str) -> Path:
         return self.agent_dir(name) / "state" / "hyperhive-model"
 
+    def container_log(self, name: str) -> Path:
+        return self.agent_dir(name) / "logs" / "container.log"
+
 
 @attrs.frozen
 class Config:
@@ -123,3 +156,7 @@ class Config:
     admin_group: str | None = None
     #: The payload each container runs; None means ``python -m hyperhive_harness serve``.
     harness_command: tuple[str, ...] | None = None
+    #: ``--min-free``: low-space warning threshold (see :func:`min_free_bytes`); None: default.
+    min_free: str | None = None
+    #: Bytes broker.sqlite keeps in reserve for reads when the disk fills up.
+    db_reserve_bytes: int = DB_RESERVE_BYTES

@@ -4,6 +4,8 @@
     ├── ProtocolError     a request that could not be decoded (framing, JSON, fields, types)
     ├── RequestRefused    a well-formed request the daemon will not carry out (unknown
     │                     recipient, not the question's target, name taken, ...)
+    │   └── DiskFull      it needs to write, and the state dir's file system is full;
+    │                     the same request succeeds once space is freed
     ├── AlreadyRunning    another daemon holds the state directory's lock
     └── ClientError       the daemon answered ``ok: false`` (raised on the client side)
         └── ConnectionLost    the daemon closed the connection (it stopped or restarted)
@@ -25,6 +27,10 @@ class ProtocolError(HyperhiveError):
 
 class RequestRefused(HyperhiveError):
     """A valid request that the daemon refuses; the message says why."""
+
+
+class DiskFull(RequestRefused):
+    """A write refused for lack of space (``disk full: <what>``); reads go on working."""
 
 
 class AlreadyRunning(HyperhiveError):

@@ -7,11 +7,14 @@
         │   └── serve_unix_socket xN    one per agent, cancelled on destroy
         ├── QuestionBook.watchdog       expires questions at their deadline
         ├── retention_loop              hourly: delete old acked messages
+        ├── SpaceMonitor.run            free space in the state dir
         └── serve_unix_socket           host.sock (operator authority)
 
 Each child reports readiness through ``nursery.start``; :func:`run` is ready when every
-socket listens. A failure of the database ends the tree (and the daemon) rather than
-leaving it half alive.
+socket listens. Each agent's runner and socket, the watchdog, the retention loop, the
+space monitor and the dashboard are failure domains (:mod:`hyperhive.supervision`): a bug
+in one is shown and restarted with backoff. A failure of the database itself ends the
+tree (and the daemon) rather than leaving it half alive.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from hyperhive.agent_setup import load_applied_config, prepare_agent_repos
 from hyperhive.api import Api, tombstone
 from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref
 from hyperhive.broker import Broker
-from hyperhive.config import BACKENDS, MAX_LOG_LINES, Config
+from hyperhive.config import BACKENDS, MAX_LOG_LINES, Config, min_free_bytes
 from hyperhive.config_repo import (
     approve_proposal,
     fetch_proposal,
@@ -59,7 +62,7 @@ from hyperhive.containers import (
     ProcessBackend,
     default_harness_command,
 )
-from hyperhive.errors import AlreadyRunning, RequestRefused
+from hyperhive.errors import AlreadyRunning, DiskFull, RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import ApprovalInfo, LogsReply, RecentMessage, Tombstone
@@ -68,7 +71,9 @@ from hyperhive.registry import AgentRecord, AgentState, Registry
 from hyperhive.retention import sweep_events_db
 from hyperhive.sdnotify import Notifier
 from hyperhive.server import Principal, SocketKind, serve_unix_socket
-from hyperhive.store import BROKER_MIGRATIONS, Database, open_database
+from hyperhive.space import SpaceMonitor
+from hyperhive.store import BROKER_MIGRATIONS, Database, is_disk_full, open_database
+from hyperhive.supervision import Problems, agent_reporter, supervise
 from hyperhive.web import Dashboard, serve_dashboard
 
 log = logging.getLogger("hyperhive")
@@ -82,6 +87,10 @@ class Hive:
         self.db = db
         self.started_at = time.time()
         self.events = EventHub()
+        #: What is wrong with the daemon's own parts (not with one agent), for ``status``.
+        self.problems = Problems(self.events)
+        self.space = SpaceMonitor(config.paths.state_dir, config.min_free, self.events)
+        db.on_disk_full = self.space.poke
         self.api = Api(self)
         self.backend = resolve_backend(config.backend)
         self.seed_toml = seed_agent_toml(
@@ -125,6 +134,7 @@ class Hive:
             broker=self.broker,
             events=self.events,
             spec_for=self._spec_for,
+            report_for=lambda name: agent_reporter(self.registry, self.broker, name),
             stop_on_exit=config.stop_agents_on_exit,
         )
 
@@ -137,6 +147,26 @@ class Hive:
             return None
         return f"{urls[0]}/login?token={self.dashboard.auth.token}"
 
+    def refuse_if_disk_full(self, exc: OSError) -> None:
+        """A file write that failed for lack of space is a refusal (``disk full: …``)."""
+        if is_disk_full(exc):
+            self.space.poke()
+            what = exc.filename or f"a file in {self.config.paths.state_dir}"
+            raise DiskFull(f"disk full: {what} could not be written") from None
+
+    def problems_now(self) -> list[str]:
+        """Everything wrong with the daemon itself: failed parts, low space, a full disk."""
+        problems = self.problems.list()
+        low = self.space.problem()
+        if low is not None:
+            problems.append(low)
+        if self.db.full:
+            problems.append(
+                f"disk full: writes to {self.config.paths.broker_db} are refused until "
+                "space is freed; reads go on working"
+            )
+        return problems
+
     async def _spec_for(self, name: str) -> AgentSpec:
         """What the agent's container runs, from the applied config (refused when invalid)."""
         record = self.registry.get(name)
@@ -148,7 +178,7 @@ class Hive:
             socket_dir=self.config.paths.agent_socket(name).parent,
             state_dir=agent_dir / "state",
             claude_dir=agent_dir / "claude",
-            log_file=agent_dir / "logs" / "container.log",
+            log_file=self.config.paths.container_log(name),
             command=self.config.harness_command or default_harness_command(),
             env={**settings.env, **extra_mcp_env(settings)},
             cpu_quota=settings.cpu_quota,
@@ -159,12 +189,12 @@ class Hive:
         self, path: Path, principal: Principal, *, task_status: trio.TaskStatus[None]
     ) -> None:
         # Only root (the daemon) and the agent's container reach an agent's socket dir.
-        await serve_unix_socket(
-            path,
-            principal,
-            self.api,
-            mode=0o600,
-            dir_mode=0o700,
+        await supervise(
+            f"{principal.name}'s socket",
+            functools.partial(
+                serve_unix_socket, path, principal, self.api, mode=0o600, dir_mode=0o700
+            ),
+            report=agent_reporter(self.registry, self.broker, principal.name),
             task_status=task_status,
         )
 
@@ -411,9 +441,14 @@ async def retention_loop(
 ) -> None:
     task_status.started()
     while True:
-        deleted = await hive.broker.vacuum(hive.config.retention_seconds)
-        if deleted:
-            log.info("retention: deleted %d acked messages", deleted)
+        try:
+            deleted = await hive.broker.vacuum(hive.config.retention_seconds)
+        except DiskFull as exc:
+            # Deleting needs room in the WAL too; the next round will do it.
+            log.warning("retention: %s", exc)
+        else:
+            if deleted:
+                log.info("retention: deleted %d acked messages", deleted)
         await hive.sweep_events()
         await trio.sleep(hive.config.retention_interval_seconds)
 
@@ -433,6 +468,10 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
         )
     except InvalidAgentConfig as exc:
         raise RequestRefused(f"agent defaults: {exc}") from None
+    try:
+        min_free_bytes(config.min_free, 0)
+    except ValueError as exc:
+        raise RequestRefused(str(exc)) from None
     paths.state_dir.mkdir(parents=True, exist_ok=True)
     # It holds credentials and the dashboard token: nobody else's business.
     os.chmod(paths.state_dir, 0o700)
@@ -440,16 +479,30 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
     os.chmod(paths.run_dir, 0o751)
     with instance_lock(paths.lock_file), instance_lock(paths.run_dir / "hyperhive.lock"):
         async with open_database(
-            paths.broker_db, synchronous=config.synchronous, migrations=BROKER_MIGRATIONS
+            paths.broker_db,
+            synchronous=config.synchronous,
+            migrations=BROKER_MIGRATIONS,
+            reserve_bytes=config.db_reserve_bytes,
         ) as db:
             hive = Hive(config, db)
             async with trio.open_nursery() as nursery:
                 await nursery.start(hive.registry.serve)
-                await hive.registry.update(MANAGER, backend=hive.backend)  # it follows the daemon
+                if hive.registry.get(MANAGER).backend != hive.backend:
+                    # It follows the daemon (written only on a change: a full disk must not
+                    # keep the daemon from starting).
+                    await hive.registry.update(MANAGER, backend=hive.backend)
                 await prepare_agent_repos(paths, MANAGER, hive.seed_toml)
                 await nursery.start(hive.containers.serve)
-                await nursery.start(hive.questions.watchdog)
-                await nursery.start(retention_loop, hive)
+                for part, body in (
+                    ("the questions watchdog", hive.questions.watchdog),
+                    ("the retention loop", functools.partial(retention_loop, hive)),
+                    ("the free-space monitor", hive.space.run),
+                ):
+                    await nursery.start(
+                        functools.partial(
+                            supervise, part, body, report=hive.problems.reporter(part)
+                        )
+                    )
                 if config.dashboard_bind:
                     await nursery.start(serve_dashboard, hive, list(config.dashboard_bind))
                 await nursery.start(

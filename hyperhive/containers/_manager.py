@@ -1,4 +1,9 @@
-"""The agents' containers as a whole: one backend, one runner per agent, lifecycle requests."""
+"""The agents' containers as a whole: one backend, one runner per agent, lifecycle requests.
+
+Each runner is its own failure domain (:func:`~hyperhive.supervision.supervise`): a bug
+that ends one is shown on its agent, reported to the manager, and the runner restarted
+with backoff (it re-adopts the payload); the other agents never notice.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from hyperhive.containers._backend import AgentSpec, Backend, tail_lines
 from hyperhive.containers._runner import AgentRunner
 from hyperhive.errors import RequestRefused
 from hyperhive.registry import AgentState
+from hyperhive.supervision import Report, supervise
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -35,6 +41,7 @@ class Containers:
         broker: Broker,
         events: EventHub,
         spec_for: Callable[[str], Awaitable[AgentSpec]],
+        report_for: Callable[[str], Report],
         stop_on_exit: bool,
     ) -> None:
         self.backends = backends
@@ -43,6 +50,7 @@ class Containers:
         self._broker = broker
         self._events = events
         self._spec_for = spec_for
+        self._report_for = report_for
         self._stop_on_exit = stop_on_exit
         self._runners: dict[str, AgentRunner] = {}
         self._nursery: trio.Nursery | None = None
@@ -75,18 +83,24 @@ class Containers:
             broker=self._broker,
             events=self._events,
             spec_for=self._spec_for,
+            log_file=self._paths.container_log(name),
             stop_on_exit=self._stop_on_exit,
             first_start=first_start,
         )
         self._runners[name] = runner
 
-        async def supervise(task_status: trio.TaskStatus[None]) -> None:
+        async def supervised(task_status: trio.TaskStatus[None]) -> None:
             try:
-                await runner.run(task_status=task_status)
+                await supervise(
+                    f"{name}'s supervisor",
+                    runner.run,
+                    report=self._report_for(name),
+                    task_status=task_status,
+                )
             finally:
                 self._runners.pop(name, None)
 
-        await self._nursery.start(supervise)
+        await self._nursery.start(supervised)
 
     def runner(self, name: str) -> AgentRunner:
         runner = self._runners.get(name)
@@ -98,4 +112,4 @@ class Containers:
         await self.runner(name).request(verb)
 
     def logs(self, name: str, lines: int) -> list[str]:
-        return tail_lines(self._paths.agent_dir(name) / "logs" / "container.log", lines)
+        return tail_lines(self._paths.container_log(name), lines)

@@ -7,6 +7,10 @@ transient (``starting``, ``stopping``, …) that is cleared on every exit path. 
 runner did not cause is a crash: it is published, the manager is told
 (``container_crash``), and the :class:`RestartPolicy` decides when to start again, or that
 the agent is in a crash loop and stays down until the operator starts it.
+
+Handling an exit, a restart or a re-adoption reads nothing from the agent's config (the
+log is at a fixed path): only starting the payload needs the applied ``agent.toml``, and
+one that cannot be used there leaves the agent stopped with the error as its warning.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -68,11 +73,13 @@ class AgentRunner:
         broker: Broker,
         events: EventHub,
         spec_for: SpecFactory,
+        log_file: Path,
         stop_on_exit: bool,
         clock: Callable[[], float] = time.time,
         first_start: str | None = None,
     ) -> None:
         self.name = name
+        self._log_file = log_file
         self._backend = backend
         self._registry = registry
         self._broker = broker
@@ -113,6 +120,12 @@ class AgentRunner:
                 elif event == "restart_due":
                     self._restart_at = None
                     await self._start_guarded("starting", kick=False)
+        except Exception:
+            # A bug in here: the payload runs on, and the runner's restart re-adopts it.
+            if self.handle is not None:
+                self.handle.close()
+                self.handle = None
+            raise
         finally:
             if self._stop_on_exit and self.handle is not None:
                 with trio.CancelScope(shield=True):
@@ -147,7 +160,9 @@ class AgentRunner:
         return result[0]
 
     async def _recover(self) -> None:
-        """At daemon start: re-adopt a payload left running, or account for one that died."""
+        """At daemon start (and when the runner is restarted after a failure): re-adopt a
+        payload left running, or account for one that died."""
+        self._restart_at = None
         record = self._registry.get(self.name)
         if record.transient is not None:
             record = await self._registry.update(self.name, transient=None, transient_since=None)
@@ -210,7 +225,8 @@ class AgentRunner:
     async def _start_guarded(self, transient: str, *, kick: bool) -> None:
         try:
             await self._start(transient, kick=kick)
-        except RequestRefused as exc:
+        except (RequestRefused, OSError) as exc:
+            # A config that cannot be used, a full disk: the agent's error, not the daemon's.
             log.error("%s: %s", self.name, exc)
             await self._registry.update(self.name, state=AgentState.STOPPED, warning=str(exc))
 
@@ -240,16 +256,23 @@ class AgentRunner:
         started = self._clock()
         self.handle = await self._backend.start(spec, started)
         warning = self._backend.last_warning
-        await self._registry.update(
-            self.name,
-            state=AgentState.RUNNING,
-            pid=self.handle.pid,
-            start_ticks=self.handle.record.start_ticks,
-            run_started_at=started,
-            warning=warning,
-            crash_times=self.policy.crashes,
-            crash_streak=self.policy.streak,
-        )
+        try:
+            await self._registry.update(
+                self.name,
+                state=AgentState.RUNNING,
+                pid=self.handle.pid,
+                start_ticks=self.handle.record.start_ticks,
+                run_started_at=started,
+                warning=warning,
+                crash_times=self.policy.crashes,
+                crash_streak=self.policy.streak,
+            )
+        except BaseException:
+            # Not recorded (a full disk): nobody could re-adopt it, so it must not run on.
+            handle, self.handle = self.handle, None
+            with trio.CancelScope(shield=True):
+                await handle.stop()
+            raise
         self._events.publish("container_started", name=self.name, pid=self.handle.pid)
 
     async def _stop(self) -> None:
@@ -267,8 +290,7 @@ class AgentRunner:
         self.policy = self.policy.record_crash(now, record.run_started_at)
         loop = self.policy.in_crash_loop
         state = AgentState.CRASH_LOOP if loop else AgentState.CRASHED
-        spec = await self._spec_for(self.name)
-        tail = await trio.to_thread.run_sync(tail_lines, spec.log_file, STDERR_TAIL_LINES)
+        tail = await trio.to_thread.run_sync(tail_lines, self._log_file, STDERR_TAIL_LINES)
         await self._registry.update(
             self.name,
             state=state,

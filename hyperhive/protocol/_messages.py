@@ -344,6 +344,9 @@ class HostStatusReply(Reply):
     parked_receivers: int
     #: The dashboard's login URL (it carries the token), or None when it is off.
     dashboard_url: str | None
+    #: What is wrong with the daemon itself: a part that failed and is being restarted,
+    #: low free space in the state dir, a full disk (writes refused). Empty when healthy.
+    problems: list[str] = attrs.Factory(list)
 
 
 @attrs.frozen

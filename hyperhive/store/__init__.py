@@ -3,9 +3,12 @@
 from hyperhive.store._db import (
     Database,
     DatabaseClosed,
+    DatabaseFailed,
     DatabaseStatistics,
     Migration,
     connect,
+    free_bytes,
+    is_disk_full,
     open_database,
 )
 from hyperhive.store._schema import BROKER_MIGRATIONS
@@ -14,8 +17,11 @@ __all__ = [
     "BROKER_MIGRATIONS",
     "Database",
     "DatabaseClosed",
+    "DatabaseFailed",
     "DatabaseStatistics",
     "Migration",
     "connect",
+    "free_bytes",
+    "is_disk_full",
     "open_database",
 ]

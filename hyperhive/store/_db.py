@@ -11,10 +11,27 @@ Work that may be lost in a power cut without breaking a promise (marking a messa
 handed out: the worst case is handing it out again, which at-least-once delivery allows)
 is queued with ``durable=False``; a batch made only of such work commits at ``NORMAL``
 (no fsync in WAL mode), and any durable job in the batch makes it fsync as configured.
+
+Disk full (``SQLITE_FULL``; in WAL mode usually at ``COMMIT``, when the WAL cannot grow)
+is an outage of writes, not of the daemon. sqlite has then rolled the whole transaction
+back, so the writer enters *full mode*: it deletes its reserve file (``<db>.reserve``,
+allocated at open, so that small bookkeeping still fits) and runs the batch again. In full
+mode a durable job that changes rows is rolled back to its savepoint and fails with
+:class:`~hyperhive.errors.DiskFull`; reads and non-durable bookkeeping (marking messages
+handed out) go on. Before each batch in full mode the writer looks at the free space and
+leaves full mode, re-creating the reserve, as soon as there is room again. Nothing was
+acknowledged for a job that failed, so nothing acknowledged is lost.
+
+Any other failure of ``BEGIN`` or ``COMMIT`` is a failure of the file itself
+(:class:`DatabaseFailed`): the writer stops and the daemon with it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -24,7 +41,14 @@ from typing import Any, Generic, TypeVar
 import attrs
 import trio
 
+from hyperhive.errors import DiskFull
+
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+#: Free space (beyond the reserve) that ends full mode.
+FULL_MODE_MARGIN = 1024 * 1024
+#: sqlite's extended code for a failed write(); ENOSPC itself comes as SQLITE_FULL.
+SQLITE_IOERR_WRITE = 778
 
 #: Forward migrations: ``MIGRATIONS[i]`` takes ``user_version`` from ``i`` to ``i + 1``.
 Migration = Callable[[sqlite3.Connection], None]
@@ -32,6 +56,28 @@ Migration = Callable[[sqlite3.Connection], None]
 
 class DatabaseClosed(RuntimeError):
     """The database's writer has stopped; no more work is taken."""
+
+
+class DatabaseFailed(RuntimeError):
+    """The database file itself failed (I/O error, corruption, lock taken away): fatal."""
+
+
+class _Full(Exception):
+    """A batch attempt ran out of space and sqlite rolled its transaction back."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An sqlite or OS error that means no space (SQLITE_FULL, ENOSPC, EDQUOT)."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on ``path``'s file system (blocking)."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 @attrs.define(eq=False)
@@ -91,8 +137,21 @@ def _check_sync(level: str) -> str:
 class Database:
     """Serialises every transaction of one sqlite file through one connection."""
 
-    def __init__(self, conn: sqlite3.Connection, synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        synchronous: str = "FULL",
+        *,
+        path: Path | None = None,
+        reserve_bytes: int = 0,
+    ) -> None:
         self._conn = conn
+        self._path = path
+        self._reserve_bytes = reserve_bytes if path is not None else 0
+        #: Writes that change rows are refused until there is space again.
+        self.full = False
+        #: Called (on the trio side) after each batch in full mode and when it ends.
+        self.on_disk_full: Callable[[], None] | None = None
         self._synchronous = _check_sync(synchronous)
         self._current_sync = self._synchronous
         self._queue: list[_Job[Any]] = []
@@ -100,6 +159,33 @@ class Database:
         self._closed = False
         self._transactions = 0
         self._batches = 0
+
+    @property
+    def reserve_file(self) -> Path | None:
+        return None if self._path is None else self._path.with_name(self._path.name + ".reserve")
+
+    def make_reserve(self) -> bool:
+        """Allocate the reserve file (blocking); False when there is no room for it."""
+        reserve = self.reserve_file
+        if reserve is None or self._reserve_bytes <= 0:
+            return True
+        try:
+            fd = os.open(reserve, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self._reserve_bytes)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(reserve)
+            if is_disk_full(exc):
+                return False
+            log.warning("%s: no reserve for a full disk: %s", reserve, exc)
+        return True
+
+    def _disk_full_error(self) -> DiskFull:
+        where = self._path if self._path is not None else "the database"
+        return DiskFull(f"disk full: {where} could not be written; free space on its file system")
 
     def statistics(self) -> DatabaseStatistics:
         return DatabaseStatistics(self._transactions, self._batches, len(self._queue))
@@ -137,12 +223,17 @@ class Database:
                 self._wakeup = trio.Event()
                 batch, self._queue = self._queue, []
                 if batch:
+                    full = self.full
                     fatal = await trio.to_thread.run_sync(self._run_batch, batch, limiter=limiter)
                     for job in batch:
                         job.done.set()
                     if fatal is not None:
-                        # The file itself failed (disk full, I/O error): stop, do not limp on.
+                        # The file itself failed (I/O error, corruption): stop, do not limp on.
                         raise fatal
+                    if self.full and not full:
+                        log.warning("%s", self._disk_full_error())
+                    if (self.full or full) and self.on_disk_full is not None:
+                        self.on_disk_full()
         finally:
             self._closed = True
             with trio.CancelScope(shield=True):
@@ -154,27 +245,67 @@ class Database:
                     job.done.set()
                 await trio.to_thread.run_sync(self._conn.close, limiter=limiter)
 
-    def _run_batch(self, batch: list[_Job[Any]]) -> sqlite3.Error | None:
-        """Run one batch; return the error if the transaction itself failed."""
+    def _run_batch(self, batch: list[_Job[Any]]) -> DatabaseFailed | None:
+        """Run one batch (blocking); return the error if the file itself failed."""
+        if self.full:
+            self._try_leave_full_mode()
+        try:
+            try:
+                self._attempt(batch)
+            except _Full:
+                if self.full:
+                    raise
+                # The whole transaction is gone; run it again with writes refused.
+                self._enter_full_mode()
+                self._attempt(batch)
+        except _Full:
+            # Not even bookkeeping fits any more: every job of the batch fails alone.
+            for job in batch:
+                job.result, job.error = None, self._disk_full_error()
+            return None
+        except sqlite3.Error as exc:
+            where = self._path if self._path is not None else "the database"
+            failed = DatabaseFailed(f"{where} failed: {exc}")
+            failed.__cause__ = exc
+            for job in batch:
+                job.result, job.error = None, failed
+            return failed
+        self._batches += 1
+        self._transactions += len(batch)
+        return None
+
+    def _attempt(self, batch: list[_Job[Any]]) -> None:
+        """One transaction over the batch; raises _Full or the error of BEGIN/COMMIT."""
         conn = self._conn
         level = self._synchronous
         if level in ("FULL", "EXTRA") and not any(job.durable for job in batch):
             level = "NORMAL"
-        try:
-            if level != self._current_sync:
-                conn.execute(f"PRAGMA synchronous = {level}")
-                self._current_sync = level
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            for job in batch:
-                job.error = exc
-            return exc
+        if level != self._current_sync:
+            conn.execute(f"PRAGMA synchronous = {level}")
+            self._current_sync = level
+        conn.execute("BEGIN IMMEDIATE")
         for job in batch:
+            job.result, job.error = None, None
             conn.execute("SAVEPOINT job")
+            before = conn.total_changes
             try:
                 job.result = job.fn(conn)
+                if self.full and job.durable and conn.total_changes != before:
+                    raise self._disk_full_error()
             except BaseException as exc:
-                job.error = exc
+                full = self._out_of_space(exc)
+                job.result, job.error = None, self._disk_full_error() if full else exc
+                if full and not self.full:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise _Full() from None
+                if not conn.in_transaction:
+                    # sqlite rolled everything back (it may, for some errors).
+                    if full:
+                        raise _Full() from None
+                    if isinstance(exc, sqlite3.Error):
+                        raise exc from None
+                    raise sqlite3.OperationalError(f"transaction rolled back: {exc}") from None
                 conn.execute("ROLLBACK TO job")
             conn.execute("RELEASE job")
         try:
@@ -182,24 +313,57 @@ class Database:
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for job in batch:
-                job.error = exc
-                job.result = None
-            return exc
-        self._batches += 1
-        self._transactions += len(batch)
-        return None
+            if self._out_of_space(exc):
+                raise _Full() from None
+            raise
+
+    def _out_of_space(self, exc: BaseException) -> bool:
+        """SQLITE_FULL; or a failed write (sqlite reports EDQUOT so) with the disk nearly full."""
+        if is_disk_full(exc):
+            return True
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code != SQLITE_IOERR_WRITE or self._path is None:
+            return False
+        try:
+            return free_bytes(self._path.parent) < self._reserve_bytes + FULL_MODE_MARGIN
+        except OSError:
+            return False
+
+    def _enter_full_mode(self) -> None:
+        self.full = True
+        reserve = self.reserve_file
+        if reserve is not None:
+            # Room for marking messages handed out, acks of reads, a checkpoint.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(reserve)
+
+    def _try_leave_full_mode(self) -> None:
+        if self._path is None:
+            self.full = False  # nothing to measure: try the writes again
+            return
+        try:
+            room = free_bytes(self._path.parent) >= self._reserve_bytes + FULL_MODE_MARGIN
+        except OSError:
+            return
+        if room and self.make_reserve():
+            log.info("%s: there is space again; writes are accepted", self._path)
+            self.full = False
 
 
 @asynccontextmanager
 async def open_database(
-    path: Path, *, synchronous: str, migrations: Sequence[Migration]
+    path: Path, *, synchronous: str, migrations: Sequence[Migration], reserve_bytes: int = 0
 ) -> AsyncIterator[Database]:
-    """Open, migrate and serve a database for the duration of the ``async with``."""
+    """Open, migrate and serve a database for the duration of the ``async with``.
+
+    ``reserve_bytes`` is the size of the reserve file given up when the disk is full.
+    """
     conn = await trio.to_thread.run_sync(
         lambda: connect(path, synchronous=synchronous, migrations=migrations)
     )
-    db = Database(conn, synchronous)
+    db = Database(conn, synchronous, path=path, reserve_bytes=reserve_bytes)
+    if not await trio.to_thread.run_sync(db.make_reserve):
+        db.full = True  # started on a full disk: reads work, writes wait for space
     async with trio.open_nursery() as nursery:
         await nursery.start(db.serve)
         try:

@@ -38,7 +38,7 @@ from starlette.routing import Route
 import hyperhive
 from hyperhive.config import MAX_LINE_BYTES, MAX_LOG_LINES
 from hyperhive.config_repo import diff_proposal
-from hyperhive.errors import ProtocolError, RequestRefused
+from hyperhive.errors import DiskFull, ProtocolError, RequestRefused
 from hyperhive.events import Event
 from hyperhive.names import OPERATOR
 from hyperhive.protocol import CONVERTER, HOST_TABLE, Logs, encode_error, encode_reply
@@ -178,7 +178,13 @@ class Dashboard:
                 if problem is not None:
                     return _secured(_error(problem, 403))
             try:
-                return _secured(await handler(request))
+                try:
+                    return _secured(await handler(request))
+                except OSError as exc:
+                    self.hive.refuse_if_disk_full(exc)
+                    raise
+            except DiskFull as exc:
+                return _secured(_error(str(exc), 507))  # Insufficient Storage
             except (RequestRefused, ProtocolError) as exc:
                 return _secured(_error(str(exc)))
 
@@ -246,6 +252,7 @@ class Dashboard:
             "csrf": self.auth.csrf,
             "version": hyperhive.__version__,
             "backend": hive.backend,
+            "problems": hive.problems_now(),
             "agents": CONVERTER.unstructure(await hive.api.agent_infos()),
             "isolated": {
                 name: backend.isolated for name, backend in hive.containers.backends.items()
@@ -365,7 +372,26 @@ class Dashboard:
             f"hyperhive_parked_receivers {hive.broker.parked()}",
             "# TYPE hyperhive_event_seq counter",
             f"hyperhive_event_seq {hive.events.seq}",
+            "# HELP hyperhive_problems Problems of the daemon itself (see status).",
+            "# TYPE hyperhive_problems gauge",
+            f"hyperhive_problems {len(hive.problems_now())}",
+            "# HELP hyperhive_disk_full 1 while writes are refused for lack of space.",
+            "# TYPE hyperhive_disk_full gauge",
+            f"hyperhive_disk_full {int(hive.db.full)}",
         ]
+        space = hive.space.space
+        if space is not None:
+            lines += [
+                "# HELP hyperhive_state_dir_free_bytes Free space in the state dir.",
+                "# TYPE hyperhive_state_dir_free_bytes gauge",
+                f"hyperhive_state_dir_free_bytes {space.free}",
+                "# HELP hyperhive_state_dir_min_free_bytes The --min-free threshold.",
+                "# TYPE hyperhive_state_dir_min_free_bytes gauge",
+                f"hyperhive_state_dir_min_free_bytes {space.threshold}",
+                "# HELP hyperhive_state_dir_low_space 1 while free space is under --min-free.",
+                "# TYPE hyperhive_state_dir_low_space gauge",
+                f"hyperhive_state_dir_low_space {int(space.low)}",
+            ]
         return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------ actions (POST, host requests)

@@ -6,6 +6,7 @@ the broker down. ``task_status.started`` reports the URLs once the first bind su
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from hyperhive.errors import HyperhiveError
+from hyperhive.supervision import Backoff, supervise
 from hyperhive.web._app import Dashboard
 from hyperhive.web._auth import Auth, load_or_create_token
 
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from hyperhive.supervisor import Hive
 
 log = logging.getLogger(__name__)
-MAX_BACKOFF = 60.0
+BACKOFF = Backoff(first=1.0, limit=60.0)
 
 
 def hypercorn_config(bind: list[str]) -> HypercornConfig:
@@ -55,29 +57,30 @@ async def serve_dashboard(
     token = await trio.to_thread.run_sync(load_or_create_token, token_file)
     dashboard = Dashboard(hive, Auth(token))
     hive.dashboard = dashboard
-    backoff = 1.0
-    reported = False
-    while True:
-        try:
-            async with trio.open_nursery() as nursery:
-                urls: list[str] = await nursery.start(
-                    lambda task_status: serve(
-                        dashboard.app(),  # type: ignore[arg-type]
-                        hypercorn_config(bind),
-                        task_status=task_status,
-                    )
+
+    async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+        async with trio.open_nursery() as nursery:
+            urls: list[str] = await nursery.start(
+                functools.partial(
+                    serve,
+                    dashboard.app(),  # type: ignore[arg-type]
+                    hypercorn_config(bind),
                 )
-                hive.dashboard_urls = urls
-                if not reported:
-                    task_status.started(urls)
-                    reported = True
-                backoff = 1.0
-        except Exception as exc:
-            if not reported:
-                # Cannot even bind (port taken, bad address): a configuration error.
-                raise DashboardUnavailable(
-                    f"cannot serve the dashboard on {', '.join(bind)}: {_reason(exc)}"
-                ) from None
-            log.exception("the dashboard crashed; restarting in %.0f s", backoff)
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
+            )
+            hive.dashboard_urls = urls
+            task_status.started(urls)
+
+    def unavailable(exc: BaseException) -> DashboardUnavailable:
+        # Cannot even bind (port taken, bad address): a configuration error.
+        return DashboardUnavailable(
+            f"cannot serve the dashboard on {', '.join(bind)}: {_reason(exc)}"
+        )
+
+    await supervise(
+        "the dashboard",
+        run,
+        report=hive.problems.reporter("the dashboard"),
+        backoff=BACKOFF,
+        start_failure=unavailable,
+        task_status=task_status,
+    )

@@ -15,6 +15,7 @@ const KINDS = [
   'status_changed', 'model_changed', 'harness_connected', 'harness_disconnected',
   'container_started', 'container_crash',
   'question_added', 'question_resolved', 'approval_added', 'approval_resolved',
+  'problems_changed', 'space_changed',
 ];
 const FLOW_KEEP = 1000;
 const INBOX_KEEP = 200;
@@ -44,6 +45,9 @@ function load(snap) {
   setServerNow(snap.now);
   setText($('version'), `v${snap.version}`);
   setText($('backend'), `backend ${snap.backend}`);
+  const problems = $('problems'); // the daemon's own: failed parts, low space, disk full
+  problems.replaceChildren(...snap.problems.map((p) => Object.assign(document.createElement('li'), { textContent: `⚠ ${p}` })));
+  problems.hidden = snap.problems.length === 0;
   state.agents = new Map(snap.agents.map((a) => [a.name, a]));
   state.isolated = snap.isolated;
   state.tombstones = snap.tombstones;
