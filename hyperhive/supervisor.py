@@ -39,7 +39,12 @@ from hyperhive.agent_config import (
     parse_agent_config,
     seed_agent_toml,
 )
-from hyperhive.agent_setup import load_applied_config, prepare_agent_repos
+from hyperhive.agent_setup import (
+    load_applied_config,
+    migrate_proposed_repos,
+    prepare_agent_repos,
+    proposed_repo,
+)
 from hyperhive.api import Api, tombstone
 from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref
 from hyperhive.broker import Broker
@@ -153,6 +158,7 @@ class Hive:
             env={**settings.env, **extra_mcp_env(settings)},
             cpu_quota=settings.cpu_quota,
             memory_max=settings.memory_max,
+            agents_dir=self.config.paths.proposed_root if name == MANAGER else None,
         )
 
     async def _serve_agent_socket(
@@ -216,7 +222,7 @@ class Hive:
         # immutable, whatever the manager does to its proposed repo.
         try:
             sha = await fetch_proposal(
-                self.config.paths.agent_dir(agent) / "config",
+                await proposed_repo(self.config.paths, agent),
                 self.config.paths.applied_dir(agent),
                 info.commit_ref or commit_ref,
                 info.id,
@@ -435,6 +441,9 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.run_dir, 0o751)
     with instance_lock(paths.lock_file), instance_lock(paths.run_dir / "hyperhive.lock"):
+        moved = await trio.to_thread.run_sync(migrate_proposed_repos, paths)
+        if moved:
+            log.info("moved the proposed config repos of %s to %s", moved, paths.proposed_root)
         async with open_database(
             paths.broker_db, synchronous=config.synchronous, migrations=BROKER_MIGRATIONS
         ) as db:
