@@ -82,6 +82,9 @@ async def test_spawn_names_are_validated_before_anything(hive: Hive, connect: Co
 
 
 def propose(hive: Hive, agent: str, toml: str) -> str:
+    """A commit in the proposed repo, as input to the daemon's side of apply_commit (tags,
+    validation, rollback) under test here. The manager making such a commit from inside its
+    container is tests/harness/test_manager_config.py."""
     return propose_config(hive.config.paths, agent, toml)
 
 
