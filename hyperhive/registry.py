@@ -352,7 +352,7 @@ class Registry:
         """Bytes kept for a tombstone and the newest modification time (blocking)."""
         total, newest = 0, 0.0
         for root in self._kept_dirs(name):
-            if not root.exists():
+            if root.is_symlink() or not root.exists():
                 continue
             for path in [root, *root.rglob("*")]:
                 try:

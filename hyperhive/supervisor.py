@@ -453,6 +453,9 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
                 await hive.registry.update(MANAGER, backend=hive.backend)  # it follows the daemon
                 await prepare_agent_repos(paths, MANAGER, hive.seed_toml)
                 await nursery.start(hive.containers.serve)
+                if moved and hive.registry.get(MANAGER).backend != "external":
+                    # A manager re-adopted from before the move has no /agents: restart it.
+                    await hive.containers.request(MANAGER, "restart")
                 await nursery.start(hive.questions.watchdog)
                 await nursery.start(retention_loop, hive)
                 if config.dashboard_bind:

@@ -21,8 +21,11 @@ from hyperhive.config import Config, Paths
 from hyperhive.config_repo import ensure_repos
 from hyperhive.containers import AgentSpec, NspawnBackend, ProcessBackend
 from hyperhive.errors import RequestRefused
+from hyperhive.registry import AgentState
 from hyperhive.supervisor import Hive, open_hive
-from tests.conftest import git, make_paths, need
+from tests.conftest import git, kill_leftovers, make_paths, need
+from tests.test_containers import alive, wait_state
+from tests.test_containers import config as container_config
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -157,3 +160,23 @@ async def test_the_daemon_gives_the_tree_to_the_manager_only(hive: Hive) -> None
     assert sorted(p.name for p in root.iterdir()) == ["alice", "manager"]
     assert [p.name for p in (root / "alice").iterdir()] == ["config"]
     assert (root / "alice" / "config" / ".git").is_dir()
+
+
+async def test_an_upgrade_restarts_a_readopted_manager(short_tmp: Path) -> None:
+    """A manager container from before the move lacks /agents; one started after has it."""
+    paths = make_paths(short_tmp)
+    try:
+        async with open_hive(container_config(short_tmp, "process", stop=False)) as hive:
+            await wait_state(hive, "manager", AgentState.RUNNING)
+            old_pid = hive.registry.get("manager").pid
+        await old_layout_repo(paths, "alice")  # what an older version left behind
+        async with open_hive(container_config(short_tmp, "process", stop=False)) as hive:
+            assert (paths.proposed_dir("alice") / ".git").is_dir()
+            await wait_state(hive, "manager", AgentState.RUNNING)
+            new_pid = hive.registry.get("manager").pid
+            assert new_pid != old_pid and alive(new_pid) and not alive(old_pid)
+        # Nothing left to move: the running manager is re-adopted as usual.
+        async with open_hive(container_config(short_tmp, "process", stop=True)) as hive:
+            assert hive.registry.get("manager").pid == new_pid
+    finally:
+        kill_leftovers(short_tmp)
