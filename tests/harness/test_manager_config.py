@@ -187,6 +187,8 @@ async def test_the_manager_deploys_a_config_from_inside_its_container(
     assert "canary" not in found.removesuffix("END"), probe_out
     assert any('model = "haiku"' in r for r in results)  # the Read
     assert any(sha in r for r in results)  # git printed the sha it proposed
+    # /agents is one of claude's working directories (its settings): a cd there is kept.
+    assert not [r for r in results if "cwd was reset" in r], results
     # What told the manager where the repos are: its system prompt and the tool's text.
     first = next(r for r in mock_api.main_requests if for_agent("manager")(r))
     described = {t.get("name"): t.get("description", "") for t in first.tools}
