@@ -12,6 +12,7 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import Final
 
 import trio
 
@@ -39,15 +40,28 @@ def _real_dir_or_absent(path: Path) -> bool:
     return stat.S_ISDIR(mode)
 
 
+#: Files by which a git dir borrows from another place on the host; refused in a proposed
+#: repo (the daemon fetches from it as root, outside the manager's container).
+GIT_REDIRECTS: Final = ("commondir", "objects/info/alternates", "objects/info/http-alternates")
+
+
 def check_proposed(paths: Paths, name: str) -> Path:
     """The proposed repo of ``name`` (blocking), refused when the manager replaced
-    ``<state>/proposed/<name>`` or its ``config`` by a symlink or a file."""
+    ``<state>/proposed/<name>``, its ``config``, ``.git`` or ``.git/objects`` by a symlink
+    or a file (a ``.git`` file is a pointer to another git dir), or added a file that makes
+    git read another repo (:data:`GIT_REDIRECTS`)."""
     repo = paths.proposed_dir(name)
-    for path in (paths.proposed_root, repo.parent, repo):
+    git_dir = repo / ".git"
+    for path in (paths.proposed_root, repo.parent, repo, git_dir, git_dir / "objects"):
         if not _real_dir_or_absent(path):
             raise RequestRefused(
                 f"{path} is not a plain directory (a symlink?); the daemon does not follow it: "
                 f"remove it and a fresh config repo is made at the next start of {name}"
+            )
+    for rel in GIT_REDIRECTS:
+        if os.path.lexists(git_dir / rel):
+            raise RequestRefused(
+                f"{git_dir / rel} points git at another repository; remove it first"
             )
     return repo
 

@@ -111,6 +111,35 @@ async def test_symlinks_in_the_tree_are_not_followed(paths: Paths, tmp_path: Pat
     assert check_proposed(paths, "carol") == paths.proposed_dir("carol")
 
 
+async def test_git_redirections_in_a_proposed_repo_are_refused(
+    paths: Paths, tmp_path: Path
+) -> None:
+    """Pointers that would make the daemon's fetch read another repo on the host."""
+    other = tmp_path / "other"
+    await ensure_repos(other / "config", other / "applied")
+    await prepare_agent_repos(paths, "alice", "model = 'haiku'\n")
+    repo = paths.proposed_dir("alice")
+    assert check_proposed(paths, "alice") == repo
+    git_dir = repo / ".git"
+
+    alternates = git_dir / "objects" / "info" / "alternates"
+    alternates.parent.mkdir(exist_ok=True)
+    alternates.write_text(f"{other / 'config' / '.git' / 'objects'}\n")
+    with pytest.raises(RequestRefused, match="another repository"):
+        check_proposed(paths, "alice")
+    alternates.unlink()
+
+    shutil.rmtree(git_dir / "objects")
+    (git_dir / "objects").symlink_to(other / "config" / ".git" / "objects")
+    with pytest.raises(RequestRefused, match="not a plain directory"):
+        check_proposed(paths, "alice")
+
+    shutil.rmtree(git_dir)
+    git_dir.write_text(f"gitdir: {other / 'config' / '.git'}\n")  # a gitfile
+    with pytest.raises(RequestRefused, match="not a plain directory"):
+        check_proposed(paths, "alice")
+
+
 def spec(paths: Paths, name: str, agents_dir: Path | None) -> AgentSpec:
     agent_dir = paths.agent_dir(name)
     return AgentSpec(
