@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import time
@@ -377,8 +378,11 @@ class Registry:
         for sub in ("claude", "state"):
             (agent_dir / sub).mkdir(parents=True, exist_ok=True)
         (agent_dir / "claude").chmod(0o700)
-        # The repo itself is made by prepare_agent_repos; the manager sees this tree.
-        self._paths.proposed_dir(name).parent.mkdir(parents=True, exist_ok=True)
+        # The repo itself is made by prepare_agent_repos, which refuses whatever the manager
+        # (it can write this tree) may have put here instead of a directory.
+        proposed = self._paths.proposed_dir(name).parent
+        if not os.path.lexists(proposed):
+            proposed.mkdir(parents=True)
         self._paths.applied_dir(name).mkdir(parents=True, exist_ok=True)
 
     async def _bind(self, name: str) -> None:

@@ -180,6 +180,18 @@ def test_the_process_backend_hands_over_the_host_path(paths: Paths) -> None:
     assert contract.AGENTS_DIR_ENV not in ProcessBackend().environment(spec(paths, "bob", None))
 
 
+async def test_a_spawn_over_a_planted_symlink_is_refused(hive: Hive, tmp_path: Path) -> None:
+    """A name taken in /agents before its spawn: refused, nothing written through it."""
+    root = hive.config.paths.proposed_root
+    (root / "carol").symlink_to(tmp_path / "missing")
+    (root / "dave").symlink_to(tmp_path)
+    for name in ("carol", "dave"):
+        with pytest.raises(RequestRefused, match="not a plain directory"):
+            await hive.spawn(name)
+    assert not (tmp_path / "missing").exists()
+    assert not (tmp_path / "config").exists()
+
+
 async def test_the_daemon_gives_the_tree_to_the_manager_only(hive: Hive) -> None:
     await hive.spawn("alice")
     assert (await hive._spec_for("manager")).agents_dir == hive.config.paths.proposed_root
