@@ -1,6 +1,6 @@
 """``agent.toml``: what the manager may configure for an agent, and the checks it must pass.
 
-The file lives in the agent's proposed config repo (``agents/<name>/config``); the copy the
+The file lives in the agent's proposed config repo (``proposed/<name>/config``); the copy the
 core acts on is the one in the applied repo (``applied/<name>``), which only changes through an
 approved ``apply_commit``. Everything here is pure: :func:`parse_agent_config` turns text into
 an :class:`AgentConfig` or raises :class:`InvalidAgentConfig` listing every problem, each naming

@@ -12,6 +12,7 @@ from typing import Final
 
 import attrs
 
+from hyperhive.contract import PROPOSED_REPO_NAME
 from hyperhive.names import MANAGER, parse_agent_name
 
 PROTOCOL_VERSION: Final = 1
@@ -123,6 +124,16 @@ class Paths:
 
     def agent_dir(self, name: str) -> Path:
         return self.state_dir / "agents" / parse_agent_name(name, allow_manager=True)
+
+    @property
+    def proposed_root(self) -> Path:
+        """Every agent's proposed config repo, and nothing else: the manager's ``/agents``."""
+        return self.state_dir / "proposed"
+
+    def proposed_dir(self, name: str) -> Path:
+        """An agent's proposed config repo, ``<state>/proposed/<name>/config``."""
+        name = parse_agent_name(name, allow_manager=True)
+        return self.proposed_root / name / PROPOSED_REPO_NAME
 
     def applied_dir(self, name: str) -> Path:
         return self.state_dir / "applied" / parse_agent_name(name, allow_manager=True)

@@ -1,9 +1,10 @@
 """The two config repos of an agent, and the git steps of an ``apply_commit`` approval.
 
-* proposed (``<state>/agents/<name>/config``): the manager edits and commits ``agent.toml``
-  there. Its content is untrusted: the core never runs git *inside* it. It only fetches from
-  it (``git upload-pack``, which is meant to be safe on untrusted repositories), so hooks or
-  config the manager plants there (``core.fsmonitor``, ``core.hooksPath``…) never run.
+* proposed (``<state>/proposed/<name>/config``, ``/agents/<name>/config`` in the manager's
+  container): the manager edits and commits ``agent.toml`` there. Its content is untrusted:
+  the core never runs git *inside* it. It only fetches from it (``git upload-pack``, which
+  is meant to be safe on untrusted repositories), so hooks or config the manager plants
+  there (``core.fsmonitor``, ``core.hooksPath``…) never run.
 * applied (``<state>/applied/<name>``): core-only. ``main`` is what the agent runs with; tags
   record every approval: ``proposal/<id>`` (the fetched commit, immutable from then on),
   ``approved/<id>``, ``deployed/<id>``, and annotated ``failed/<id>`` (the error) and

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import time
@@ -288,7 +289,7 @@ class Registry:
         )
         del self._agents[name]
         self._allowed.pop(name, None)
-        for path in (self._paths.agent_dir(name), self._paths.applied_dir(name)):
+        for path in self._kept_dirs(name):
             await trio.to_thread.run_sync(shutil.rmtree, path, True)
         self._events.publish("agent_purged", name=name)
 
@@ -351,8 +352,8 @@ class Registry:
     def tombstone_size(self, name: str) -> tuple[int, float]:
         """Bytes kept for a tombstone and the newest modification time (blocking)."""
         total, newest = 0, 0.0
-        for root in (self._paths.agent_dir(name), self._paths.applied_dir(name)):
-            if not root.exists():
+        for root in self._kept_dirs(name):
+            if root.is_symlink() or not root.exists():
                 continue
             for path in [root, *root.rglob("*")]:
                 try:
@@ -363,11 +364,25 @@ class Registry:
                 newest = max(newest, st.st_mtime)
         return total, newest
 
+    def _kept_dirs(self, name: str) -> tuple[Path, ...]:
+        """What a tombstone keeps and a purge removes (the proposed repo's ``<name>`` dir
+        with it: rmtree refuses a symlink the manager may have put there)."""
+        return (
+            self._paths.agent_dir(name),
+            self._paths.proposed_dir(name).parent,
+            self._paths.applied_dir(name),
+        )
+
     def _make_dirs(self, name: str) -> None:
         agent_dir = self._paths.agent_dir(name)
-        for sub in ("config", "claude", "state"):
+        for sub in ("claude", "state"):
             (agent_dir / sub).mkdir(parents=True, exist_ok=True)
         (agent_dir / "claude").chmod(0o700)
+        # The repo itself is made by prepare_agent_repos, which refuses whatever the manager
+        # (it can write this tree) may have put here instead of a directory.
+        proposed = self._paths.proposed_dir(name).parent
+        if not os.path.lexists(proposed):
+            proposed.mkdir(parents=True)
         self._paths.applied_dir(name).mkdir(parents=True, exist_ok=True)
 
     async def _bind(self, name: str) -> None:

@@ -42,7 +42,12 @@ from hyperhive.agent_config import (
     parse_agent_config,
     seed_agent_toml,
 )
-from hyperhive.agent_setup import load_applied_config, prepare_agent_repos
+from hyperhive.agent_setup import (
+    load_applied_config,
+    migrate_proposed_repos,
+    prepare_agent_repos,
+    proposed_repo,
+)
 from hyperhive.api import Api, tombstone
 from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref
 from hyperhive.broker import Broker
@@ -183,6 +188,7 @@ class Hive:
             env={**settings.env, **extra_mcp_env(settings)},
             cpu_quota=settings.cpu_quota,
             memory_max=settings.memory_max,
+            agents_dir=self.config.paths.proposed_root if name == MANAGER else None,
         )
 
     async def _serve_agent_socket(
@@ -246,7 +252,7 @@ class Hive:
         # immutable, whatever the manager does to its proposed repo.
         try:
             sha = await fetch_proposal(
-                self.config.paths.agent_dir(agent) / "config",
+                await proposed_repo(self.config.paths, agent),
                 self.config.paths.applied_dir(agent),
                 info.commit_ref or commit_ref,
                 info.id,
@@ -478,6 +484,9 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.run_dir, 0o751)
     with instance_lock(paths.lock_file), instance_lock(paths.run_dir / "hyperhive.lock"):
+        moved = await trio.to_thread.run_sync(migrate_proposed_repos, paths)
+        if moved:
+            log.info("moved the proposed config repos of %s to %s", moved, paths.proposed_root)
         async with open_database(
             paths.broker_db,
             synchronous=config.synchronous,
@@ -493,6 +502,9 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
                     await hive.registry.update(MANAGER, backend=hive.backend)
                 await prepare_agent_repos(paths, MANAGER, hive.seed_toml)
                 await nursery.start(hive.containers.serve)
+                if moved and hive.registry.get(MANAGER).backend != "external":
+                    # A manager re-adopted from before the move has no /agents: restart it.
+                    await hive.containers.request(MANAGER, "restart")
                 for part, body in (
                     ("the questions watchdog", hive.questions.watchdog),
                     ("the retention loop", functools.partial(retention_loop, hive)),

@@ -477,11 +477,16 @@ def build_server(link: DaemonLink, *, role: str, name: str | None) -> MCPServer:
 
     async def request_apply_commit(
         agent: Annotated[str, Field(description="The agent whose configuration changes.")],
-        commit_ref: Annotated[str, Field(description="The commit: 7 to 40 hex digits.")],
+        commit_ref: Annotated[
+            str, Field(description="The commit in its proposed repo: 7 to 40 hex digits.")
+        ],
         description: Annotated[str | None, Field(description="What the commit changes.")] = None,
     ) -> str:
-        """Ask the operator to apply a configuration commit to an agent. Returns at once with
-        an approval id; the decision arrives later as an 'approval_resolved' message."""
+        """Ask the operator to apply a configuration commit to an agent. First edit
+        /agents/<agent>/config/agent.toml (the agent's proposed config repo) and commit it
+        there with git; pass that commit's sha. Returns at once with an approval id; the
+        decision arrives later as an 'approval_resolved' message (approved: the agent was
+        rebuilt with the new config)."""
         request = RequestApplyCommit(agent=agent, commit_ref=commit_ref, description=description)
         return format_approval_request(await call(request, ApprovalReply))
 

@@ -127,7 +127,7 @@ async def populate(hive: Hive) -> tuple[Client, int]:
     await approvals.deny(gina.id, "not this week: alice reviews")
     henry = await hive.request_spawn("henry", "docs helper", "manager")
     await approvals.approve(henry.id)
-    repo = hive.config.paths.agent_dir("alice") / "config"
+    repo = hive.config.paths.proposed_dir("alice")
     toml = repo / "agent.toml"
     toml.write_text(toml.read_text().replace('model = "haiku"', 'model = "sonnet"'))
     git(repo, "commit", "-qam", "alice: sonnet for the refactor")

@@ -78,8 +78,12 @@ def git(repo: Path, *args: str) -> str:
 
 
 def propose_config(paths: Paths, agent: str, toml: str) -> str:
-    """What the manager does: commit a new agent.toml in the proposed repo; its sha."""
-    repo = paths.agent_dir(agent) / "config"
+    """Git plumbing for tests of the daemon's side of a deploy (approvals, tags, rebuild
+    decisions): commit a new agent.toml in the proposed repo from the host; its sha.
+
+    Not a stand-in for the manager: a test of the manager's workflow drives the manager's
+    claude inside its container (tests/harness/test_manager_config.py)."""
+    repo = paths.proposed_dir(agent)
     (repo / "agent.toml").write_text(toml)
     git(repo, "commit", "-qam", "change config")
     return git(repo, "rev-parse", "HEAD")

@@ -37,8 +37,9 @@ async def test_spawn_request_dedupes_and_approve_creates_the_agent(
     assert approved.status == "approved" and approved.resolved_at is not None
     assert "alice" in hive.registry.live()
     assert hive.config.paths.agent_socket("alice").exists()
-    for sub in ("config", "claude", "state"):
+    for sub in ("claude", "state"):
         assert (hive.config.paths.agent_dir("alice") / sub).is_dir()
+    assert (hive.config.paths.proposed_dir("alice") / ".git").is_dir()
     [event] = await manager_events(hive)
     assert event == {
         "id": approved.id,
@@ -81,6 +82,9 @@ async def test_spawn_names_are_validated_before_anything(hive: Hive, connect: Co
 
 
 def propose(hive: Hive, agent: str, toml: str) -> str:
+    """A commit in the proposed repo, as input to the daemon's side of apply_commit (tags,
+    validation, rollback) under test here. The manager making such a commit from inside its
+    container is tests/harness/test_manager_config.py."""
     return propose_config(hive.config.paths, agent, toml)
 
 
@@ -195,6 +199,8 @@ async def test_purge_rules(hive: Hive) -> None:
     await hive.destroy("alice", purge=False)
     await hive.destroy("alice", purge=True)
     assert not hive.config.paths.agent_dir("alice").exists()
+    assert not hive.config.paths.proposed_dir("alice").parent.exists()
+    assert not hive.config.paths.applied_dir("alice").exists()
     assert "alice" not in hive.registry.known()
 
 

@@ -1,4 +1,9 @@
-"""The proposed and applied config repos, with real git in temporary directories."""
+"""The functions of hyperhive/config_repo.py on real git in temporary directories.
+
+These test the git plumbing, so the tests commit into the proposed repo themselves. The
+manager's own workflow (editing and committing from inside its container) is tested end to
+end in tests/harness/test_manager_config.py.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +39,8 @@ OPUS = SEED_AGENT_TOML.replace('model = "haiku"', 'model = "opus"')
 
 
 def manager_env() -> dict[str, str]:
-    """Like the manager's container: no global git config and no identity in the environment."""
+    """No global git config and no identity in the environment: the repo-local identity of
+    a new proposed repo has to be enough to commit there."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     env.update(GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", LC_ALL="C")
     return env
@@ -53,7 +59,7 @@ async def git(repo: Path, *args: str) -> str:
 
 
 async def commit(repo: Path, text: str | None, message: str = "change", *extra: str) -> str:
-    """What the manager does: edit agent.toml, commit; returns the new sha."""
+    """Commit a new agent.toml in a repo (input for the function under test); the new sha."""
     if text is not None:
         (repo / "agent.toml").write_text(text)
     await git(repo, "commit", "--quiet", "--allow-empty", "-a", "-m", message, *extra)
@@ -78,7 +84,7 @@ async def tag_type_and_message(applied: Path, tag: str) -> tuple[str, str]:
 
 @pytest.fixture
 async def repos(tmp_path: Path) -> tuple[Path, Path]:
-    proposed = tmp_path / "agents" / "alice" / "config"
+    proposed = tmp_path / "proposed" / "alice" / "config"
     applied = tmp_path / "applied" / "alice"
     await ensure_repos(proposed, applied)
     return proposed, applied

@@ -38,6 +38,8 @@ class AgentSpec:
     env: dict[str, str] = attrs.Factory(dict)
     cpu_quota: str = "200%"
     memory_max: str = "4G"
+    #: The manager's only: host side of /agents (every agent's proposed config repo).
+    agents_dir: Path | None = None
 
 
 @attrs.frozen

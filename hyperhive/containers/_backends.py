@@ -2,7 +2,8 @@
 
 Both start the payload detached (own session, output to the agent's log file) so that it
 outlives the daemon, and both give the same paths to the harness: the socket, the state
-dir, the claude credentials dir. ``external`` starts nothing and has no class here.
+dir, the claude credentials dir, and for the manager the tree of every agent's proposed
+config repo (:mod:`hyperhive.contract`). ``external`` starts nothing and has no class here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
+from hyperhive import contract
 from hyperhive.containers._backend import AgentSpec, Handle, spawn_detached
 from hyperhive.errors import RequestRefused
 from hyperhive.names import machine_name
@@ -100,6 +102,7 @@ class ProcessBackend:
             "HYPERHIVE_MODEL_FILE": str(spec.state_dir / "hyperhive-model"),
             "HYPERHIVE_AGENT": spec.name,
             "HYPERHIVE_ROLE": spec.role,
+            **(contract.manager_env(str(spec.agents_dir)) if spec.agents_dir else {}),
         }
 
     async def start(self, spec: AgentSpec, started_at: float) -> Handle:
@@ -187,23 +190,30 @@ class NspawnBackend:
         else:
             argv += ["--register=no", "--keep-unit"]
         argv += [
-            f"--bind={spec.socket_dir}:/run/hive",
-            f"--bind={spec.state_dir}:/state",
-            f"--bind={spec.claude_dir}:/root/.claude",
-            *(f"--bind-ro={p}" for p in _install_paths()),
-            "--chdir=/state",
+            f"--bind={spec.socket_dir}:{contract.SOCKET_DIR}",
+            f"--bind={spec.state_dir}:{contract.STATE_DIR}",
+            f"--bind={spec.claude_dir}:{contract.CLAUDE_DIR}",
         ]
+        if spec.agents_dir is not None:
+            # The whole tree: a repo made later (a new agent) shows up without a restart.
+            argv.append(f"--bind={spec.agents_dir}:{contract.AGENTS_DIR}")
+        argv += [
+            *(f"--bind-ro={p}" for p in _install_paths()),
+            f"--chdir={contract.STATE_DIR}",
+        ]
+        state = contract.STATE_DIR
         env = {
             **_base_env(),
             **spec.env,
-            "HOME": "/root",
-            "HYPERHIVE_SOCKET": "/run/hive/mcp.sock",
-            "HYPERHIVE_STATE_DIR": "/state",
-            "HYPERHIVE_EVENTS_DB": "/state/hyperhive-events.sqlite",
-            "HYPERHIVE_MODEL_FILE": "/state/hyperhive-model",
+            "HOME": contract.HOME,
+            "HYPERHIVE_SOCKET": contract.SOCKET,
+            "HYPERHIVE_STATE_DIR": state,
+            "HYPERHIVE_EVENTS_DB": f"{state}/hyperhive-events.sqlite",
+            "HYPERHIVE_MODEL_FILE": f"{state}/hyperhive-model",
             "HYPERHIVE_AGENT": spec.name,
             "HYPERHIVE_ROLE": spec.role,
             "HYPERHIVE_EXTRA_ALLOWED_TOOLS": CONTAINER_TOOLS,
+            **(contract.manager_env(contract.AGENTS_DIR) if spec.agents_dir else {}),
         }
         argv += [f"--setenv={k}={v}" for k, v in sorted(env.items())]
         return [*argv, "--", *spec.command]

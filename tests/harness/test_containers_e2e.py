@@ -1,8 +1,9 @@
 """Agents in real containers running the real harness and the real claude (mock API).
 
-Spawn through an approval, a message turned inside the container, a config deploy that
-changes the model of the next turn, and a daemon restart that re-adopts the running
-container, with the ``nspawn`` backend (root + systemd-nspawn) and the ``process`` backend.
+Spawn through an approval, a message turned inside the container, and a daemon restart
+that re-adopts the running container, with the ``nspawn`` backend (root + systemd-nspawn)
+and the ``process`` backend. Config deploys are made by the manager from inside its
+container: tests/harness/test_manager_config.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from hyperhive.config import Config
 from hyperhive.registry import AgentState
 from hyperhive.supervisor import Hive, open_hive
-from tests.conftest import kill_leftovers, make_paths, propose_config, require_backend
+from tests.conftest import kill_leftovers, make_paths, require_backend
 
 from .fixtures import eventually, for_agent, read_events
 from .mock_anthropic import MockAnthropic
@@ -88,25 +89,6 @@ async def test_spawn_by_approval_then_a_turn_inside_the_container(
     assert "haiku" in await turned(hive, mock_api, "alice", "marker-one: say hi")
     # The message was acked after the turn: nothing waits in alice's inbox.
     assert await hive.broker.unread("alice") == 0
-
-    # A deploy of a new model: the next turn runs with it.
-    sha = propose_config(hive.config.paths, "alice", 'model = "sonnet"\n')
-    change = await hive.request_apply_commit("alice", sha, "use sonnet")
-    result = await hive.approvals.approve(change.id)
-    assert result.status == "approved", result.note
-    await running_with_harness(hive, "alice")
-    assert "sonnet" in await turned(hive, mock_api, "alice", "marker-two: again")
-
-    # An invalid config fails the deploy and leaves the running agent as it was.
-    pid = hive.registry.get("alice").pid
-    bad = await hive.request_apply_commit(
-        "alice", propose_config(hive.config.paths, "alice", "memory_max = 7\n"), None
-    )
-    result = await hive.approvals.approve(bad.id)
-    assert result.status == "failed" and "memory_max" in (result.note or "")
-    assert hive.registry.get("alice").pid == pid
-    assert hive.registry.get("alice").state == AgentState.RUNNING
-    assert "sonnet" in await turned(hive, mock_api, "alice", "marker-four: still here")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
