@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from hyperhive.containers._backend import AgentSpec, Handle, spawn_detached
+from hyperhive.envfile import ENV_FILE_KEYS
 from hyperhive.errors import RequestRefused
 from hyperhive.names import machine_name
 
@@ -26,12 +27,8 @@ PASSTHROUGH_ENV: Final = (
     "LANG",
     "LC_ALL",
     "TZ",
-    "ANTHROPIC_BASE_URL",
-    "ANTHROPIC_API_KEY",
-    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
-    "DISABLE_TELEMETRY",
-    "DISABLE_AUTOUPDATER",
-    "CLAUDE_CODE_MAX_RETRIES",
+    # The operator's API settings (``hyperhive run --env-file``, or the daemon's environment).
+    *ENV_FILE_KEYS,
     "HYPERHIVE_CLAUDE",
     "HYPERHIVE_RATE_LIMIT_SLEEP",
     "HYPERHIVE_RECONNECT_BACKOFF",
@@ -193,7 +190,17 @@ class NspawnBackend:
             *(f"--bind-ro={p}" for p in _install_paths()),
             "--chdir=/state",
         ]
-        env = {
+        # The API settings by name only: nspawn copies their values from its own environment
+        # (``--setenv=NAME``), so keys stay out of its command line, which anyone can read.
+        argv += [
+            f"--setenv={k}" if k in ENV_FILE_KEYS else f"--setenv={k}={v}"
+            for k, v in sorted(self.payload_env(spec).items())
+        ]
+        return [*argv, "--", *spec.command]
+
+    def payload_env(self, spec: AgentSpec) -> dict[str, str]:
+        """The payload's environment (``argv`` puts it on nspawn's command line)."""
+        return {
             **_base_env(),
             **spec.env,
             "HOME": "/root",
@@ -205,13 +212,15 @@ class NspawnBackend:
             "HYPERHIVE_ROLE": spec.role,
             "HYPERHIVE_EXTRA_ALLOWED_TOOLS": CONTAINER_TOOLS,
         }
-        argv += [f"--setenv={k}={v}" for k, v in sorted(env.items())]
-        return [*argv, "--", *spec.command]
 
     async def start(self, spec: AgentSpec, started_at: float) -> Handle:
         handle = spawn_detached(
             self.argv(spec),
-            env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
+            env={
+                "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                # Only the API settings: nspawn reads other variables itself (SYSTEMD_*).
+                **{k: v for k, v in self.payload_env(spec).items() if k in ENV_FILE_KEYS},
+            },
             log_file=spec.log_file,
             cwd=Path("/"),
             started_at=started_at,

@@ -77,6 +77,8 @@ class ApprovalInfo:
     note: str | None
     description: str | None
     fetched_sha: str | None
+    #: Who resolved it: ``operator`` (approve/deny), ``system`` (failed before a decision).
+    decided_by: str | None = None
 
 
 @attrs.frozen
@@ -344,6 +346,8 @@ class HostStatusReply(Reply):
     parked_receivers: int
     #: The dashboard's login URL (it carries the token), or None when it is off.
     dashboard_url: str | None
+    #: Agents that cannot reach the API (no key or token, no claude login), and what to do.
+    credentials_warning: str | None = None
 
 
 @attrs.frozen
@@ -371,6 +375,14 @@ class TombstonesReply(Reply):
 @attrs.frozen
 class Pending(Request):
     CMD = "pending"
+
+
+@attrs.frozen
+class Approvals(Request):
+    """Every approval, decided ones included (``pending`` lists only the waiting ones)."""
+
+    CMD = "approvals"
+    include_resolved: bool = True
 
 
 @attrs.frozen
@@ -536,6 +548,7 @@ HOST_REQUESTS: tuple[type[Request], ...] = (
     List,
     Tombstones,
     Pending,
+    Approvals,
     Approve,
     Deny,
     HostRequestSpawn,
@@ -583,6 +596,7 @@ REPLIES: dict[type[Request], type[Reply]] = {
     List: AgentsReply,
     Tombstones: TombstonesReply,
     Pending: ApprovalsReply,
+    Approvals: ApprovalsReply,
     Approve: ApprovalReply,
     Deny: ApprovalReply,
     HostRequestSpawn: ApprovalReply,
