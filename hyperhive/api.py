@@ -316,7 +316,10 @@ class Api:
             transient=record.transient,
             transient_since=record.transient_since,
             pid=record.pid,
-            warning=record.warning or self._agent_credentials_warning(record),
+            warning="; ".join(
+                w for w in (self._agent_credentials_warning(record), record.warning) if w
+            )
+            or None,
             ui_url=self.hive.registry.ui_url(record.name),
         )
 
