@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import os
-import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -209,12 +208,11 @@ async def test_status_says_when_agents_have_no_credentials(
         assert "--env-file" in warning and "log in" in warning
         manager = next(a for a in (await daemon.call({"cmd": "list"}))["agents"])
         assert "no API credentials" in manager["warning"]
-        out = subprocess.run(
+        done = await trio.run_process(
             [sys.executable, "-m", "hyperhive", "status", "--run-dir", str(daemon.paths.run_dir)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+            capture_stdout=True,
+        )
+        out = done.stdout.decode()
         assert "warning: manager: no API credentials" in out
 
         # A claude login copied into the agent's claude dir (docs: Credentials) is enough.
