@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import os
+import shlex
 import sys
 import urllib.request
 from pathlib import Path
@@ -222,3 +223,16 @@ async def test_status_says_when_agents_have_no_credentials(
     finally:
         await daemon.stop()
         kill_leftovers(short_tmp)
+
+
+def test_nixos_module_passes_the_env_file_and_refuses_a_store_path(tmp_path: Path) -> None:
+    from tests.test_deployment import _eval_module
+
+    out = _eval_module(tmp_path, {"enable": True, "environmentFile": "/run/secrets/hive.env"})
+    exec_start = out["systemd"]["services"]["hyperhive"]["serviceConfig"]["ExecStart"]
+    argv = shlex.split(exec_start)
+    assert argv[argv.index("--env-file") + 1] == "/run/secrets/hive.env"
+    assert all(a["assertion"] for a in out["assertions"])
+    stored = _eval_module(tmp_path, {"enable": True, "environmentFile": "/nix/store/x-hive.env"})
+    refused = [a["message"] for a in stored["assertions"] if not a["assertion"]]
+    assert refused and "outside the Nix store" in refused[0]
