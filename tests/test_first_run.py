@@ -186,6 +186,8 @@ async def test_env_file_reaches_the_agent_and_its_values_show_nowhere(
         shown = json.dumps([status, agents, state]) + "\n".join(daemon.output)
         assert SECRET not in shown
         assert "ANTHROPIC_API_KEY" in "\n".join(daemon.output)  # the key's name is logged
+        for log in daemon.paths.state_dir.glob("agents/*/logs/*"):
+            assert SECRET not in log.read_text(errors="replace")
         for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
             try:
                 assert SECRET.encode() not in cmdline.read_bytes()
@@ -209,6 +211,10 @@ async def test_status_says_when_agents_have_no_credentials(
         assert "--env-file" in warning and "log in" in warning
         manager = next(a for a in (await daemon.call({"cmd": "list"}))["agents"])
         assert "no API credentials" in manager["warning"]
+        assert daemon.dashboard_login is not None
+        state = await trio.to_thread.run_sync(_dashboard_state, daemon.dashboard_login)
+        shown = {a["name"]: a["warning"] for a in state["agents"]}
+        assert "no API credentials" in shown["manager"]
         done = await trio.run_process(
             [sys.executable, "-m", "hyperhive", "status", "--run-dir", str(daemon.paths.run_dir)],
             capture_stdout=True,
