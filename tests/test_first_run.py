@@ -100,7 +100,11 @@ def test_nspawn_gets_api_settings_by_name_not_on_its_command_line(
     assert "--setenv=FOO=bar" in argv  # agent.toml values are no secret: on the line
     # The values travel in nspawn's own environment, which only root can read.
     assert backend.payload_env(spec)["ANTHROPIC_API_KEY"] == SECRET
-    assert ProcessBackend().environment(spec)["ANTHROPIC_API_KEY"] == SECRET
+    process_env = ProcessBackend().environment(spec)
+    assert process_env["ANTHROPIC_API_KEY"] == SECRET
+    # The harness watches the login where claude keeps it (CLAUDE_CONFIG_DIR), where
+    # status looks for it too.
+    assert process_env["HYPERHIVE_CREDENTIALS_FILE"] == str(spec.claude_dir / ".credentials.json")
 
 
 async def test_run_refuses_a_bad_env_file(short_tmp: Path) -> None:

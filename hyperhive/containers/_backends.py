@@ -91,6 +91,8 @@ class ProcessBackend:
             **spec.env,
             "HOME": str(spec.claude_dir.parent),
             "CLAUDE_CONFIG_DIR": str(spec.claude_dir),
+            # Where claude keeps its login with CLAUDE_CONFIG_DIR (not $HOME/.claude).
+            "HYPERHIVE_CREDENTIALS_FILE": str(spec.claude_dir / ".credentials.json"),
             "HYPERHIVE_SOCKET": str(spec.socket_dir / "mcp.sock"),
             "HYPERHIVE_STATE_DIR": str(spec.state_dir),
             "HYPERHIVE_EVENTS_DB": str(spec.state_dir / "hyperhive-events.sqlite"),
