@@ -8,15 +8,19 @@ STAMP := $(VENV)/.installed
 RUN_STATE ?= $(CURDIR)/.run/state
 RUN_DIR ?= $(CURDIR)/.run/run
 
-# The real Claude Code CLI, project-local (never global), for the end-to-end tests.
+# The real Claude Code CLI, project-local (never global): the agents of make run and
+# make demo use it, and so do the end-to-end tests.
 CLAUDE := .tools/node_modules/.bin/claude
+# The agents' API settings (ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL, proxies): .env or
+# hyperhive.env in the checkout when present; otherwise the caller's ANTHROPIC_* pass through.
+ENV_FILE ?= $(firstword $(wildcard $(CURDIR)/.env $(CURDIR)/hyperhive.env))
 
 # Debian packages the tests drive for real: command -> package.
 SYSTEM_DEPS := systemd-nspawn:systemd-container git:git nix-instantiate:nix-bin \
 	systemd-analyze:systemd setpriv:util-linux chromium:chromium useradd:passwd \
 	/usr/bin/python3:python3
 
-.PHONY: run test lint check pytest bench clean tools system-deps screenshots
+.PHONY: run demo test lint check pytest bench clean tools system-deps screenshots
 
 # pyvenv.cfg marks the venv (bin/python may be a link into a directory others cannot stat).
 $(VENV)/pyvenv.cfg:
@@ -31,9 +35,14 @@ $(STAMP): pyproject.toml | $(VENV)/pyvenv.cfg
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) $(CLAUDE)
 	@mkdir -p $(RUN_STATE) $(RUN_DIR)
-	$(VENV)/bin/hyperhive run --state-dir $(RUN_STATE) --run-dir $(RUN_DIR) --stop-agents-on-exit
+	HYPERHIVE_CLAUDE=$(abspath $(CLAUDE)) $(VENV)/bin/hyperhive run --state-dir $(RUN_STATE) \
+	  --run-dir $(RUN_DIR) --stop-agents-on-exit $(if $(ENV_FILE),--env-file $(ENV_FILE))
+
+# A short scripted story with the real daemon, containers and claude: no account, no cost.
+demo: $(STAMP) $(CLAUDE)
+	$(VENV)/bin/hyperhive rehearse --claude $(abspath $(CLAUDE)) $(DEMO_FLAGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hyperhive hyperhive_harness tests bench scripts

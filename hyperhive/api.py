@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import hyperhive
 from hyperhive.broker import Outgoing
 from hyperhive.config import MAX_STATUS_TEXT, PROTOCOL_VERSION
+from hyperhive.envfile import CREDENTIALS_FILE, credentials_warning
 from hyperhive.errors import RequestRefused
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import (
@@ -24,6 +25,7 @@ from hyperhive.protocol import (
     AgentsReply,
     Answer,
     ApprovalReply,
+    Approvals,
     ApprovalsReply,
     Approve,
     Ask,
@@ -247,6 +249,7 @@ class Api:
                     parked_receivers=hive.broker.parked(),
                     dashboard_url=hive.dashboard_login_url(),
                     problems=hive.problems_now(),
+                    credentials_warning=self.credentials_warning(),
                 )
             case List():
                 return AgentsReply(agents=await self.agent_infos())
@@ -254,6 +257,11 @@ class Api:
                 return TombstonesReply(tombstones=await hive.tombstones())
             case Pending():
                 return ApprovalsReply(approvals=await hive.approvals.list(pending_only=True))
+            case Approvals(include_resolved=include_resolved):
+                pending_only = not include_resolved
+                return ApprovalsReply(
+                    approvals=await hive.approvals.list(pending_only=pending_only)
+                )
             case Approve(id=aid):
                 return ApprovalReply(approval=await hive.approvals.approve(aid))
             case Deny(id=aid, note=note):
@@ -320,9 +328,25 @@ class Api:
             transient=record.transient,
             transient_since=record.transient_since,
             pid=record.pid,
-            warning=record.warning,
+            warning="; ".join(
+                w for w in (self._agent_credentials_warning(record), record.warning) if w
+            )
+            or None,
             ui_url=self.hive.registry.ui_url(record.name),
         )
+
+    def _agent_credentials_warning(self, record: AgentRecord) -> str | None:
+        if record.backend == "external" or record.state == AgentState.DESTROYED:
+            return None  # an external agent's credentials are not ours to see
+        login = self.hive.config.paths.agent_dir(record.name) / "claude" / CREDENTIALS_FILE
+        return credentials_warning(os.environ, login.is_file())
+
+    def credentials_warning(self) -> str | None:
+        """Which agents have no API key in the daemon's environment and no claude login."""
+        missing = [r.name for r in self.hive.registry.all() if self._agent_credentials_warning(r)]
+        if not missing:
+            return None
+        return f"{', '.join(missing)}: {credentials_warning({}, False)}"
 
 
 def tombstone(name: str, size: int, modified: float) -> Tombstone:

@@ -21,7 +21,7 @@ import attrs
 from hyperhive.broker import Broker, Outgoing, SentMessage, sql_insert
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
-from hyperhive.names import MANAGER, SYSTEM
+from hyperhive.names import MANAGER, OPERATOR, SYSTEM
 from hyperhive.protocol import CONVERTER, ApprovalInfo
 from hyperhive.questions import system_body
 from hyperhive.store import Database
@@ -70,6 +70,7 @@ def _row_to_info(row: sqlite3.Row) -> ApprovalInfo:
         note=row["note"],
         description=row["description"],
         fetched_sha=row["fetched_sha"],
+        decided_by=row["decided_by"],
     )
 
 
@@ -117,14 +118,15 @@ def sql_resolve(
     status: ApprovalStatus,
     note: str | None,
     now: float,
+    decided_by: str | None = None,
 ) -> tuple[ApprovalInfo, list[SentMessage]]:
     """Record a decision on a pending approval and tell the manager, in one transaction."""
     current = sql_get(conn, approval_id)
     if current.status != ApprovalStatus.PENDING:
         raise RequestRefused(f"approval {approval_id} is already {current.status}")
     conn.execute(
-        "UPDATE approvals SET status = ?, resolved_at = ?, note = ? WHERE id = ?",
-        (status.value, now, note, approval_id),
+        "UPDATE approvals SET status = ?, resolved_at = ?, note = ?, decided_by = ? WHERE id = ?",
+        (status.value, now, note, decided_by, approval_id),
     )
     info = sql_get(conn, approval_id)
     body = system_body(
@@ -193,7 +195,7 @@ class ApprovalQueue:
                 await executor(info)
             except (RequestRefused, OSError) as exc:
                 status, note = ApprovalStatus.FAILED, str(exc)
-            return await self._resolve(approval_id, status, note)
+            return await self._resolve(approval_id, status, note, OPERATOR)
 
     async def deny(self, approval_id: int, note: str | None) -> ApprovalInfo:
         note = check_note(note)
@@ -208,20 +210,20 @@ class ApprovalQueue:
                     await hook(attrs.evolve(info, note=note))
                 except (RequestRefused, OSError) as exc:
                     log.warning("approval %d: recording the denial failed: %s", approval_id, exc)
-            return await self._resolve(approval_id, ApprovalStatus.DENIED, note)
+            return await self._resolve(approval_id, ApprovalStatus.DENIED, note, OPERATOR)
 
     async def set_fetched_sha(self, approval_id: int, sha: str) -> ApprovalInfo:
         return await self._db.transaction(lambda conn: sql_set_fetched(conn, approval_id, sha))
 
     async def fail(self, approval_id: int, note: str) -> ApprovalInfo:
         """Resolve a pending approval as failed (it could not even be prepared)."""
-        return await self._resolve(approval_id, ApprovalStatus.FAILED, note)
+        return await self._resolve(approval_id, ApprovalStatus.FAILED, note, SYSTEM)
 
     async def fail_pending_for(self, agent: str, note: str) -> list[ApprovalInfo]:
         failed = []
         for info in await self.list(pending_only=True):
             if info.agent == agent and info.id not in self._deciding:
-                failed.append(await self._resolve(info.id, ApprovalStatus.FAILED, note))
+                failed.append(await self._resolve(info.id, ApprovalStatus.FAILED, note, SYSTEM))
         return failed
 
     async def get(self, approval_id: int) -> ApprovalInfo:
@@ -239,11 +241,11 @@ class ApprovalQueue:
         return await self._db.transaction(tx)
 
     async def _resolve(
-        self, approval_id: int, status: ApprovalStatus, note: str | None
+        self, approval_id: int, status: ApprovalStatus, note: str | None, decided_by: str
     ) -> ApprovalInfo:
         now = self._clock()
         info, sent = await self._db.transaction(
-            lambda conn: sql_resolve(conn, approval_id, status, note, now)
+            lambda conn: sql_resolve(conn, approval_id, status, note, now, decided_by)
         )
         self._broker.committed(sent)
         self._events.publish("approval_resolved", approval=CONVERTER.unstructure(info))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -202,6 +203,14 @@ def run(
             "default: 5% or 1G, whichever is smaller).",
         ),
     ] = None,
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="HYPERHIVE_ENV_FILE",
+            help="Agents' API settings (ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL, proxies), "
+            "KEY=VALUE lines; keep it mode 600.",
+        ),
+    ] = None,
 ) -> None:
     """Run the host daemon until SIGTERM or Ctrl-C."""
     from hyperhive.supervisor import main as daemon_main
@@ -213,6 +222,8 @@ def run(
         stream=sys.stderr,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    if env_file is not None:
+        _load_env_file(env_file)
     config = Config(
         paths=Paths(state_dir=state_dir, run_dir=run_dir),
         backend=backend,
@@ -255,11 +266,83 @@ def _database_failure(exc: BaseException) -> DatabaseFailed | None:
     return None
 
 
+def _load_env_file(path: Path) -> None:
+    """The env file's settings join the daemon's environment, which agents inherit."""
+    from hyperhive.envfile import EnvFileError, load_env_file
+
+    try:
+        values, warnings = load_env_file(path)
+    except EnvFileError as exc:
+        raise _fail(str(exc)) from None
+    for warning in warnings:
+        typer.echo(f"hyperhive: warning: {warning}", err=True)
+    os.environ.update(values)
+    logging.getLogger("hyperhive").info(
+        "agent API settings from %s: %s", path, ", ".join(sorted(values)) or "none"
+    )
+
+
 def _setup_problem(exc: BaseException) -> HyperhiveError | None:
     """A configuration problem at start (possibly inside a task group), to report plainly."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc if isinstance(exc, AlreadyRunning | RequestRefused | DashboardUnavailable) else None
+
+
+@app.command()
+def rehearse(
+    auto: Annotated[
+        bool, typer.Option("--auto", help="Approve and answer alone (CI), instead of waiting.")
+    ] = False,
+    backend: Annotated[
+        str, typer.Option(help="Container backend: auto (nspawn as root), nspawn or process.")
+    ] = "auto",
+    claude: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="HYPERHIVE_CLAUDE", help="The Claude Code CLI [default: claude on PATH]."
+        ),
+    ] = None,
+    keep: Annotated[
+        bool, typer.Option(help="Keep the rehearsal's state dir (printed) at the end.")
+    ] = False,
+) -> None:
+    """Play a short scripted story with real agents and a scripted API: no account, no cost."""
+    import shutil
+    import tempfile
+
+    from hyperhive.rehearsal.story import RehearsalFailed, Settings
+    from hyperhive.rehearsal.story import rehearse as play
+
+    if backend not in ("auto", "nspawn", "process"):
+        raise _fail(f"unknown backend {backend!r}; available: auto, nspawn, process")
+    found = str(claude) if claude else shutil.which("claude")
+    if not found:
+        local = Path(__file__).resolve().parent.parent / ".tools/node_modules/.bin/claude"
+        found = str(local) if local.is_file() else None
+    if not found or not os.access(found, os.X_OK):
+        raise _fail("the Claude Code CLI is needed: 'make tools' installs it, or pass --claude")
+    if backend == "auto" and Path("/run/systemd/machines/hm1nd").exists():
+        typer.echo("a hive's manager container runs here: the rehearsal uses processes")
+        backend = "process"
+    root = Path(tempfile.mkdtemp(prefix="hh-rehearse-"))
+    settings = Settings(claude=Path(found).resolve(), root=root, backend=backend, auto=auto)
+    try:
+        trio.run(play, settings)
+    except BaseException as exc:
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+        if isinstance(exc, RehearsalFailed):
+            keep = True
+            raise _fail(f"{exc} (kept {root})") from None
+        if not isinstance(exc, KeyboardInterrupt):
+            raise
+        typer.echo("rehearsal interrupted")
+    finally:
+        if keep:
+            typer.echo(f"rehearsal state kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @app.command("dashboard-url")
@@ -296,6 +379,8 @@ def status(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
         )
         for problem in r.get("problems", []):
             typer.echo(f"! {problem}")
+        if r.get("credentials_warning"):
+            typer.echo(f"warning: {r['credentials_warning']}")
 
     _emit(reply, as_json, human)
 
@@ -404,6 +489,43 @@ def pending(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None
     _emit(_call(run_dir, {"cmd": "pending"}), as_json, _approvals_table)
 
 
+def _approvals_history_table(r: dict[str, Any]) -> None:
+    _table(
+        ["ID", "KIND", "AGENT", "STATUS", "DECIDED BY", "DECIDED", "REQUESTED", "NOTE"],
+        [
+            [
+                a["id"],
+                a["kind"],
+                a["agent"],
+                a["status"],
+                a.get("decided_by") or "-",
+                _when(a["resolved_at"]),
+                _when(a["requested_at"]),
+                a["note"] or a["description"] or "-",
+            ]
+            for a in r["approvals"]
+        ],
+        "no approvals",
+    )
+
+
+@app.command()
+def approvals(
+    run_dir: RunDir,
+    state_dir: StateDir,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Include decided ones: status, note, who, when.")
+    ] = False,
+    as_json: Json = False,
+) -> None:
+    """List approvals: the pending ones, or with --all the history too."""
+    if not all_:
+        _emit(_call(run_dir, {"cmd": "pending"}), as_json, _approvals_table)
+        return
+    reply = _call(run_dir, {"cmd": "approvals", "include_resolved": True})
+    _emit(reply, as_json, _approvals_history_table)
+
+
 @app.command()
 def approve(approval_id: int, run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
     """Approve a pending request and carry it out."""
@@ -491,7 +613,27 @@ def questions(
 ) -> None:
     """List open questions (to the operator and between agents)."""
     reply = _call(run_dir, {"cmd": "questions", "include_answered": all_})
-    _emit(reply, as_json, _questions_table)
+    _emit(reply, as_json, _questions_history_table if all_ else _questions_table)
+
+
+def _questions_history_table(r: dict[str, Any]) -> None:
+    _table(
+        ["ID", "ASKER", "TO", "ASKED", "ANSWERED", "BY", "ANSWER", "QUESTION"],
+        [
+            [
+                q["id"],
+                q["asker"],
+                q["target"] or "operator",
+                _when(q["asked_at"]),
+                _when(q["answered_at"]),
+                q["answerer"] or "-",
+                q["answer"] if q["answer"] is not None else "(open)",
+                q["question"],
+            ]
+            for q in r["questions"]
+        ],
+        "no questions",
+    )
 
 
 def _question_line(r: dict[str, Any]) -> None:

@@ -48,6 +48,10 @@ let
     "--admin-group"
     cfg.adminGroup
   ]
+  ++ optionals (cfg.environmentFile != null) [
+    "--env-file"
+    cfg.environmentFile
+  ]
   ++ optionals (cfg.agentDefaults.model != null) [
     "--agent-model"
     cfg.agentDefaults.model
@@ -145,6 +149,18 @@ in
       '';
     };
 
+    environmentFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/hyperhive-agents.env";
+      description = ''
+        The agents' API settings (`hyperhive run --env-file`): `KEY=VALUE` lines with
+        `ANTHROPIC_API_KEY` or `ANTHROPIC_AUTH_TOKEN`, `ANTHROPIC_BASE_URL`, proxy variables.
+        A path as a string, outside the Nix store (the store is world-readable): a secret
+        managed by agenix, sops-nix or by hand, mode 0600, owned by root.
+      '';
+    };
+
     agentDefaults = {
       model = mkOption {
         type = types.nullOr types.str;
@@ -186,6 +202,12 @@ in
       {
         assertion = lib.hasPrefix "/run/" cfg.runDir;
         message = "services.hyperhive.runDir must be below /run (it is a RuntimeDirectory).";
+      }
+      {
+        assertion =
+          cfg.environmentFile == null
+          || (lib.hasPrefix "/" cfg.environmentFile && !lib.hasPrefix "/nix/store/" cfg.environmentFile);
+        message = "services.hyperhive.environmentFile must be an absolute path outside the Nix store (it holds API keys).";
       }
     ];
 

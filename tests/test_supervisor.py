@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -16,7 +17,8 @@ import trio
 
 from hyperhive.client import Client
 from hyperhive.errors import ClientError
-from tests.conftest import DaemonProcess, need
+from tests.conftest import DaemonProcess, kill_leftovers, need
+from tests.harness.mock_anthropic import MockAnthropic
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -115,11 +117,31 @@ async def test_runs_as_a_normal_user_with_default_dirs(short_tmp: Path) -> None:
         await proc.stdout.aclose()
 
 
-async def test_make_run_starts_and_ctrl_c_stops(short_tmp: Path) -> None:
-    """``make run`` as the current user, then Ctrl-C (the normal-user case is tested above)."""
+async def test_make_run_reaches_the_env_files_api_and_ctrl_c_stops(
+    short_tmp: Path, nursery: trio.Nursery
+) -> None:
+    """``make run`` as the current user (the normal-user case is tested above): its manager
+    runs the project-local claude against the API of the env file, then Ctrl-C stops all."""
     need(shutil.which("make") is not None, "make is needed")
+    claude = Path(
+        os.environ.get("HYPERHIVE_TEST_CLAUDE") or REPO / ".tools/node_modules/.bin/claude"
+    )
+    need(claude.is_file(), "the Claude Code CLI is not installed (make tools)")
+    mock = MockAnthropic()
+    await nursery.start(mock.serve)
+    key = "sk-ant-make-run-0123456789"
+    env_file = short_tmp / "hive.env"
+    env_file.write_text(
+        f"ANTHROPIC_BASE_URL={mock.base_url}\nANTHROPIC_API_KEY='{key}'\n"
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1\nDISABLE_AUTOUPDATER=1\n"
+    )
+    env_file.chmod(0o600)
     venv = Path(sys.prefix)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERHIVE_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HYPERHIVE_", "ANTHROPIC_", "CLAUDE"))
+    }
     env["PYTHONUNBUFFERED"] = "1"
     env["HYPERHIVE_DASHBOARD_BIND"] = "127.0.0.1:0"
     cmd = [
@@ -131,6 +153,8 @@ async def test_make_run_starts_and_ctrl_c_stops(short_tmp: Path) -> None:
         f"VENV={venv}",
         f"RUN_STATE={short_tmp}/state",
         f"RUN_DIR={short_tmp}/run",
+        f"ENV_FILE={env_file}",
+        f"CLAUDE={claude}",
     ]
     proc = await trio.lowlevel.open_process(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
@@ -138,13 +162,26 @@ async def test_make_run_starts_and_ctrl_c_stops(short_tmp: Path) -> None:
     assert proc.stdout is not None
     out = b""
     try:
-        with trio.fail_after(120):
+        with trio.fail_after(60):
             while b"hyperhive: ready" not in out:
                 chunk = await proc.stdout.receive_some(4096)
                 assert chunk, out.decode()
                 out += chunk
         assert (short_tmp / "run" / "host.sock").exists()
         assert (short_tmp / "state" / "broker.sqlite").exists()
+
+        # The operator writes to the manager; its first turn reaches the env file's API.
+        async with await Client.connect(short_tmp / "run" / "host.sock", hello_role="cli") as host:
+            sent = await host.request({"cmd": "send", "to": "manager", "body": "first-run hi"})
+            assert sent["ok"], sent
+        requests = await mock.wait_for_requests(1, within=60)
+        assert "first-run hi" in requests[0].last_user_text
+        assert "You are **manager**" in requests[0].system_text
+        assert requests[0].headers.get("x-api-key") == key
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                assert key.encode() not in cmdline.read_bytes(), cmdline
+
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         with trio.fail_after(15):
             while True:
@@ -155,9 +192,11 @@ async def test_make_run_starts_and_ctrl_c_stops(short_tmp: Path) -> None:
             await proc.wait()
         assert b"hyperhive: stopped" in out, out.decode()
         assert b"Traceback" not in out, out.decode()
+        assert key.encode() not in out
         assert not (short_tmp / "run" / "host.sock").exists()
     finally:
         if proc.returncode is None:
             os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
         await proc.stdout.aclose()
+        kill_leftovers(short_tmp)

@@ -17,6 +17,7 @@ from typing import Final
 
 from hyperhive import contract
 from hyperhive.containers._backend import AgentSpec, Handle, spawn_detached
+from hyperhive.envfile import ENV_FILE_KEYS
 from hyperhive.errors import RequestRefused
 from hyperhive.names import machine_name
 
@@ -28,12 +29,8 @@ PASSTHROUGH_ENV: Final = (
     "LANG",
     "LC_ALL",
     "TZ",
-    "ANTHROPIC_BASE_URL",
-    "ANTHROPIC_API_KEY",
-    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
-    "DISABLE_TELEMETRY",
-    "DISABLE_AUTOUPDATER",
-    "CLAUDE_CODE_MAX_RETRIES",
+    # The operator's API settings (``hyperhive run --env-file``, or the daemon's environment).
+    *ENV_FILE_KEYS,
     "HYPERHIVE_CLAUDE",
     "HYPERHIVE_RATE_LIMIT_SLEEP",
     "HYPERHIVE_RECONNECT_BACKOFF",
@@ -96,6 +93,8 @@ class ProcessBackend:
             **spec.env,
             "HOME": str(spec.claude_dir.parent),
             "CLAUDE_CONFIG_DIR": str(spec.claude_dir),
+            # Where claude keeps its login with CLAUDE_CONFIG_DIR (not $HOME/.claude).
+            "HYPERHIVE_CREDENTIALS_FILE": str(spec.claude_dir / ".credentials.json"),
             "HYPERHIVE_SOCKET": str(spec.socket_dir / "mcp.sock"),
             "HYPERHIVE_STATE_DIR": str(spec.state_dir),
             "HYPERHIVE_EVENTS_DB": str(spec.state_dir / "hyperhive-events.sqlite"),
@@ -201,8 +200,18 @@ class NspawnBackend:
             *(f"--bind-ro={p}" for p in _install_paths()),
             f"--chdir={contract.STATE_DIR}",
         ]
+        # The API settings by name only: nspawn copies their values from its own environment
+        # (``--setenv=NAME``), so keys stay out of its command line, which anyone can read.
+        argv += [
+            f"--setenv={k}" if k in ENV_FILE_KEYS else f"--setenv={k}={v}"
+            for k, v in sorted(self.payload_env(spec).items())
+        ]
+        return [*argv, "--", *spec.command]
+
+    def payload_env(self, spec: AgentSpec) -> dict[str, str]:
+        """The payload's environment (``argv`` puts it on nspawn's command line)."""
         state = contract.STATE_DIR
-        env = {
+        return {
             **_base_env(),
             **spec.env,
             "HOME": contract.HOME,
@@ -215,13 +224,15 @@ class NspawnBackend:
             "HYPERHIVE_EXTRA_ALLOWED_TOOLS": CONTAINER_TOOLS,
             **(contract.manager_env(contract.AGENTS_DIR) if spec.agents_dir else {}),
         }
-        argv += [f"--setenv={k}={v}" for k, v in sorted(env.items())]
-        return [*argv, "--", *spec.command]
 
     async def start(self, spec: AgentSpec, started_at: float) -> Handle:
         handle = spawn_detached(
             self.argv(spec),
-            env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
+            env={
+                "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                # Only the API settings: nspawn reads other variables itself (SYSTEMD_*).
+                **{k: v for k, v in self.payload_env(spec).items() if k in ENV_FILE_KEYS},
+            },
             log_file=spec.log_file,
             cwd=Path("/"),
             started_at=started_at,

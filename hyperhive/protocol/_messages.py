@@ -77,6 +77,8 @@ class ApprovalInfo:
     note: str | None
     description: str | None
     fetched_sha: str | None
+    #: Who resolved it: ``operator`` (approve/deny), ``system`` (failed before a decision).
+    decided_by: str | None = None
 
 
 @attrs.frozen
@@ -347,6 +349,8 @@ class HostStatusReply(Reply):
     #: What is wrong with the daemon itself: a part that failed and is being restarted,
     #: low free space in the state dir, a full disk (writes refused). Empty when healthy.
     problems: list[str] = attrs.Factory(list)
+    #: Agents that cannot reach the API (no key or token, no claude login), and what to do.
+    credentials_warning: str | None = None
 
 
 @attrs.frozen
@@ -374,6 +378,14 @@ class TombstonesReply(Reply):
 @attrs.frozen
 class Pending(Request):
     CMD = "pending"
+
+
+@attrs.frozen
+class Approvals(Request):
+    """Every approval, decided ones included (``pending`` lists only the waiting ones)."""
+
+    CMD = "approvals"
+    include_resolved: bool = True
 
 
 @attrs.frozen
@@ -539,6 +551,7 @@ HOST_REQUESTS: tuple[type[Request], ...] = (
     List,
     Tombstones,
     Pending,
+    Approvals,
     Approve,
     Deny,
     HostRequestSpawn,
@@ -586,6 +599,7 @@ REPLIES: dict[type[Request], type[Reply]] = {
     List: AgentsReply,
     Tombstones: TombstonesReply,
     Pending: ApprovalsReply,
+    Approvals: ApprovalsReply,
     Approve: ApprovalReply,
     Deny: ApprovalReply,
     HostRequestSpawn: ApprovalReply,

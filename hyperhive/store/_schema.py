@@ -102,4 +102,9 @@ def _v2(conn: sqlite3.Connection) -> None:
     )
 
 
-BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (_v1, _v2)
+def _v3(conn: sqlite3.Connection) -> None:
+    """Who resolved an approval (``operator``, or ``system`` when it failed on its own)."""
+    conn.execute("ALTER TABLE approvals ADD COLUMN decided_by TEXT")
+
+
+BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (_v1, _v2, _v3)

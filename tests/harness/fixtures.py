@@ -2,7 +2,8 @@
 
 A :class:`Harness` is ``python -m hyperhive_harness serve`` as a real process with its own
 state dir, events db, model file and HOME, running the real ``claude`` against the mock API
-(``tests/harness/mock_anthropic.py``) and talking to a real daemon over its agent socket.
+(``hyperhive/rehearsal/mock_api.py``, re-exported by ``tests/harness/mock_anthropic.py``)
+and talking to a real daemon over its agent socket.
 
 Waiting never sleeps blindly: :func:`eventually` polls a condition under ``trio.fail_after``;
 SSE reads wait on the socket.

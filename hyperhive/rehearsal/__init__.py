@@ -1,0 +1,1 @@
+"""``hyperhive rehearse``: the real daemon, containers and claude against a scripted API."""
