@@ -36,6 +36,7 @@ from hyperhive.names import OPERATOR
 from hyperhive.protocol import CONVERTER
 from hyperhive.registry import AgentState
 from hyperhive.web._auth import CSRF_HEADER, SESSION_COOKIE, Auth
+from hyperhive.web._proxy import AgentUiProxy
 
 if TYPE_CHECKING:
     from hyperhive.supervisor import Hive
@@ -345,6 +346,7 @@ class Dashboard:
         return JSONResponse({"ok": True, "result": unstructured})
 
     def app(self) -> Starlette:
+        agents = AgentUiProxy(self.hive.config.paths, self.auth.csrf)
         return Starlette(
             routes=[
                 Route("/login", self.login),
@@ -356,6 +358,12 @@ class Dashboard:
                 Route("/api/approvals/{id:int}/diff", self.api(self.diff)),
                 Route("/api/{verb}", self.api(self.action), methods=["POST"]),
                 Route("/metrics", self.metrics),
+                # Each agent's own UI (hyperhive/web/_proxy.py), behind the same login.
+                Route("/agent/{name}", self.page(agents.redirect)),
+                Route("/agent/{name}/", self.page(agents.page)),
+                Route(
+                    "/agent/{name}/{path:path}", self.api(agents.forward), methods=["GET", "POST"]
+                ),
             ]
         )
 

@@ -122,8 +122,22 @@ class HttpResponse:
         return json.loads(self.body)
 
 
+Where = int | Path
+
+
+async def _open(where: Where) -> trio.SocketStream:
+    """A TCP port on 127.0.0.1, or a unix socket (a harness's ``ui.sock``)."""
+    if isinstance(where, Path):
+        return await trio.open_unix_socket(str(where))
+    return await trio.open_tcp_stream("127.0.0.1", where)
+
+
+def _host(where: Where) -> str:
+    return "localhost" if isinstance(where, Path) else f"127.0.0.1:{where}"
+
+
 async def http(
-    port: int,
+    port: Where,
     method: str,
     path: str,
     *,
@@ -132,9 +146,10 @@ async def http(
     host: str | None = None,
     origin: str | bool | None = True,
 ) -> HttpResponse:
-    """One HTTP/1.1 request to 127.0.0.1:port. ``origin=True`` sends the page's own origin
-    on POSTs (what a browser does); a string sends that origin; None/False sends none."""
-    host = host or f"127.0.0.1:{port}"
+    """One HTTP/1.1 request to 127.0.0.1:port (or a unix socket). ``origin=True`` sends the
+    page's own origin on POSTs (what a browser does); a string sends that origin;
+    None/False sends none."""
+    host = host or _host(port)
     hdrs = {"host": host, "connection": "close", **(headers or {})}
     data = b""
     if json_body is not None:
@@ -145,7 +160,7 @@ async def http(
     if method == "POST" and origin:
         hdrs.setdefault("origin", f"http://{host}" if origin is True else str(origin))
     conn = h11.Connection(h11.CLIENT)
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = await _open(port)
     async with stream:
         await stream.send_all(
             conn.send(h11.Request(method=method, target=path, headers=list(hdrs.items())))
@@ -231,12 +246,12 @@ class SseReader:
 
 @asynccontextmanager
 async def open_sse(
-    port: int, path: str = "/events/stream", headers: dict[str, str] | None = None
+    port: Where, path: str = "/events/stream", headers: dict[str, str] | None = None
 ) -> AsyncIterator[SseReader]:
     conn = h11.Connection(h11.CLIENT)
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = await _open(port)
     async with stream:
-        hdrs = {"host": f"127.0.0.1:{port}", "accept": "text/event-stream", **(headers or {})}
+        hdrs = {"host": _host(port), "accept": "text/event-stream", **(headers or {})}
         await stream.send_all(
             conn.send(h11.Request(method="GET", target=path, headers=list(hdrs.items())))
         )
@@ -296,7 +311,14 @@ class Harness:
     env: dict[str, str]
     proc: trio.Process | None = None
     output: list[str] = attrs.Factory(list)
+    #: The debugging TCP port, only with ``--ui-port`` in ``args``.
     port: int | None = None
+    args: tuple[str, ...] = ()
+
+    @property
+    def ui_socket(self) -> Path:
+        """Where the harness serves its UI: beside its agent socket."""
+        return self.socket.with_name("ui.sock")
 
     @property
     def state_dir(self) -> Path:
@@ -315,7 +337,7 @@ class Harness:
         return Path(self.env["HOME"])
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "hyperhive_harness", "serve"]
+        return [sys.executable, "-m", "hyperhive_harness", "serve", *self.args]
 
     async def start(self, nursery: trio.Nursery, *, within: float = 30) -> None:
         self.output = []
@@ -335,8 +357,9 @@ class Harness:
         line = next((x for x in self.output if "hyperhive-harness: ready" in x), None)
         if line is None:
             raise RuntimeError("harness exited before it was ready:\n" + "".join(self.output))
-        url = line.split(" ui ", 1)[1].split()[0]
-        self.port = int(url.rstrip("/").rsplit(":", 1)[1])
+        if " tcp " in line:
+            url = line.split(" tcp ", 1)[1].split()[0]
+            self.port = int(url.rstrip("/").rsplit(":", 1)[1])
 
     async def _pump(self, proc: trio.Process, ready: trio.Event) -> None:
         assert proc.stdout is not None
@@ -392,12 +415,13 @@ class Harness:
         )
 
     async def get(self, path: str, **kw: Any) -> HttpResponse:
-        assert self.port is not None
-        return await http(self.port, "GET", path, **kw)
+        """A request to the UI on its unix socket (what the daemon's dashboard forwards)."""
+        return await http(self.ui_socket, "GET", path, **kw)
 
     async def post(self, path: str, body: Any = None, **kw: Any) -> HttpResponse:
-        assert self.port is not None
-        return await http(self.port, "POST", path, json_body=body if body is not None else {}, **kw)
+        return await http(
+            self.ui_socket, "POST", path, json_body=body if body is not None else {}, **kw
+        )
 
     def failure_help(self) -> str:
         return "".join(self.output[-60:])
@@ -422,7 +446,6 @@ def harness_env(
         HYPERHIVE_LOGIN_POLL="0.2",
         HYPERHIVE_CANCEL_GRACE="10",
     )
-    env.pop("HYPERHIVE_UI_PORT", None)
     env.update(extra)
     return env
 
