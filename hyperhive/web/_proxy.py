@@ -34,6 +34,7 @@ Errors: :class:`UpstreamUnavailable` (cannot connect, or a broken or refused ans
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 from collections.abc import Iterable
@@ -256,11 +257,12 @@ async def read_body(request: Request) -> bytes:
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_REQUEST_BODY:
-            raise BodyTooLarge
-        chunks.append(chunk)
+    async with contextlib.aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            size += len(chunk)
+            if size > MAX_REQUEST_BODY:
+                raise BodyTooLarge
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
