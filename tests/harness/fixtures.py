@@ -317,8 +317,8 @@ class Harness:
 
     @property
     def ui_socket(self) -> Path:
-        """Where the harness serves its UI: beside its agent socket."""
-        return self.socket.with_name("ui.sock")
+        """Where the harness serves its UI: beside its agent socket unless moved."""
+        return Path(self.env.get("HYPERHIVE_UI_SOCKET") or self.socket.with_name("ui.sock"))
 
     @property
     def state_dir(self) -> Path:
