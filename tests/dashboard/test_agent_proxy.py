@@ -20,12 +20,15 @@ import pytest
 import trio
 from starlette.requests import Request
 
+from hyperhive.config import Paths
+from hyperhive.names import InvalidAgentName
 from hyperhive.supervisor import Hive
 from hyperhive.web import _proxy
 from hyperhive.web._proxy import (
     MAX_REQUEST_BODY,
     BodyTooLarge,
     UpstreamUnavailable,
+    agent_name,
     read_body,
     relayed_headers,
     upstream_headers,
@@ -60,6 +63,16 @@ def test_only_the_uis_own_paths_are_forwarded(
     path: str, query: bytes, target: bytes | None
 ) -> None:
     assert upstream_target(path, query) == target
+
+
+def test_ui_sockets_sit_beside_the_agent_sockets() -> None:
+    paths = Paths(state_dir=Path("/s"), run_dir=Path("/r"))
+    assert paths.ui_socket("alice") == Path("/r/agents/alice/ui.sock")
+    assert paths.ui_socket("manager") == Path("/r/manager/ui.sock")
+    for bad in ("../x", "Alice", "operator", "a/b", ""):
+        assert agent_name(bad) is None
+        with pytest.raises(InvalidAgentName):
+            paths.ui_socket(bad)
 
 
 def test_the_operators_credentials_stay_in_the_daemon() -> None:

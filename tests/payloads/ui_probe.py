@@ -88,10 +88,15 @@ def probe_port(port: int, victim: str, mark: str) -> dict[str, Any]:
     result: dict[str, Any] = {"victim_ui": False, "sent": None}
     try:
         status, body = request(tcp, host, "GET", "/api/state")
-        label = json.loads(body).get("label") if status == 200 else None
-    except (OSError, ValueError, AttributeError) as exc:
-        status, label = f"{type(exc).__name__}", None  # type: ignore[assignment]
+    except (OSError, ValueError) as exc:
+        # Not an HTTP server (or it hangs): nothing more to try on this port.
+        result["api_state"] = f"{type(exc).__name__}: {exc}"
+        return result
     result["api_state"] = status
+    try:
+        label = json.loads(body).get("label") if status == 200 else None
+    except (ValueError, AttributeError):
+        label = None
     if label == victim:
         result["victim_ui"] = True
         result["sent"] = outcome(lambda: request(tcp, host, "POST", "/api/send", {"body": mark}))
@@ -107,7 +112,7 @@ def main() -> None:
     if os.environ.get("HYPERHIVE_AGENT") != prober:
         os.execv(sys.executable, [sys.executable, "-m", "hyperhive_harness", "serve"])
     ports = listening_ports()
-    with ThreadPoolExecutor(16) as pool:
+    with ThreadPoolExecutor(32) as pool:
         found = pool.map(lambda p: probe_port(p, victim, mark), ports)
         results = dict(zip(ports, found, strict=True))
 
