@@ -55,7 +55,7 @@ def bind_unix(path: Path) -> tuple[socket.socket, int]:
     It is bound under a temporary name and renamed into place only after the chmod, so no
     one can connect through a wider mode meanwhile, and a stale ``path`` is replaced at once.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp = path.with_name(f".u{os.getpid()}")  # short: socket paths are limited to 107 bytes
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
