@@ -28,6 +28,7 @@
             hypercorn
             starlette
             mcp
+            h11
           ];
           # The agents' config repos are git repositories.
           makeWrapperArgs = [

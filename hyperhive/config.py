@@ -122,6 +122,11 @@ class Paths:
             return self.run_dir / "manager" / "mcp.sock"
         return self.run_dir / "agents" / name / "mcp.sock"
 
+    def ui_socket(self, name: str) -> Path:
+        """The agent's web UI socket, beside its agent socket (its harness serves it there,
+        ``/run/hive/ui.sock`` in the container; the dashboard proxies it)."""
+        return self.agent_socket(name).with_name("ui.sock")
+
     def agent_dir(self, name: str) -> Path:
         return self.state_dir / "agents" / parse_agent_name(name, allow_manager=True)
 

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import stat
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -318,9 +319,12 @@ class Registry:
         return self._small_file(self._paths.model_file(name)) or DEFAULT_MODEL
 
     def ui_url(self, name: str) -> str | None:
-        """The agent's own web UI, from the port its harness recorded in its state dir."""
-        port = self._small_file(self._paths.agent_dir(name) / "state" / "hyperhive-ui-port")
-        return f"http://127.0.0.1:{port}/" if port and port.isdigit() else None
+        """The dashboard path of the agent's own web UI, once its harness made its socket."""
+        try:
+            mode = self._paths.ui_socket(name).stat().st_mode
+        except OSError:
+            return None
+        return f"/agent/{name}/" if stat.S_ISSOCK(mode) else None
 
     def _small_file(self, path: Path) -> str | None:
         """A one-line file's text, cached by size and mtime: listing 100 agents costs a

@@ -41,12 +41,15 @@ def serve(
     port: Annotated[
         int | None,
         typer.Option(
-            help="Web UI port (default: $HYPERHIVE_UI_PORT, else the port recorded in the "
-            "state dir, else one the OS picks, then recorded)."
+            "--ui-port",
+            help="Also serve the web UI on this TCP port (0: one the OS picks), for debugging "
+            "a harness run by hand. Off by default: the UI is on its unix socket "
+            "(ui.sock beside the agent socket), which the daemon's dashboard serves.",
         ),
     ] = None,
     host: Annotated[
-        str | None, typer.Option(help="Web UI bind address (default 127.0.0.1).")
+        str | None,
+        typer.Option("--ui-host", help="Bind address of --ui-port (default 127.0.0.1)."),
     ] = None,
 ) -> None:
     """Run the turn loop, the event bus and the per-agent web UI until SIGTERM/SIGINT."""

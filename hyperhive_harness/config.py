@@ -15,12 +15,12 @@ from typing import Any, Final
 import attrs
 
 DEFAULT_SOCKET: Final = "/run/hive/mcp.sock"
+#: The web UI's unix socket, beside the agent socket (only the daemon reaches that dir).
+UI_SOCKET_NAME: Final = "ui.sock"
 DEFAULT_STATE_DIR: Final = "/state"
 DEFAULT_MODEL: Final = "haiku"
 EVENTS_DB_NAME: Final = "hyperhive-events.sqlite"
 MODEL_FILE_NAME: Final = "hyperhive-model"
-#: The UI's port is recorded here so it stays the same across restarts (sticky).
-UI_PORT_FILE_NAME: Final = "hyperhive-ui-port"
 #: The running claude's pid and start time, so a restarted harness can end an orphan.
 CLAUDE_PID_FILE_NAME: Final = "hyperhive-claude.pid"
 #: Reconnect delays after losing the daemon; the last one repeats.
@@ -91,10 +91,13 @@ class HarnessConfig:
     home: Path
     #: A change of this file ends a ``needs_login`` park (see docs/harness.md).
     credentials_file: Path
+    #: The UI's unix socket (default: ``ui.sock`` beside ``socket``); the dashboard proxies it.
+    ui_socket: Path = Path("/run/hive") / UI_SOCKET_NAME
     ui_host: str = "127.0.0.1"
-    #: None: the sticky port recorded in the state dir, else one the OS picks.
+    #: A TCP port for the UI too, for debugging only: None (the default) opens none; only
+    #: ``serve --ui-port`` sets it (0: one the OS picks).
     ui_port: int | None = None
-    #: Extra ``Host`` names the UI answers to (a reverse proxy's name); loopback always works.
+    #: Extra ``Host`` names the TCP listener answers to; loopback always works.
     ui_allowed_hosts: tuple[str, ...] = ()
     reconnect_schedule: tuple[float, ...] = RECONNECT_SCHEDULE
     rate_limit_sleep: float = RATE_LIMIT_SLEEP_SECONDS
@@ -116,10 +119,6 @@ class HarnessConfig:
     env: Mapping[str, str] = attrs.field(factory=dict)
 
     @property
-    def ui_port_file(self) -> Path:
-        return self.state_dir / UI_PORT_FILE_NAME
-
-    @property
     def claude_pid_file(self) -> Path:
         return self.state_dir / CLAUDE_PID_FILE_NAME
 
@@ -136,15 +135,14 @@ class HarnessConfig:
         state_dir = Path(env.get("HYPERHIVE_STATE_DIR") or DEFAULT_STATE_DIR)
         home = Path(env.get("HOME") or "/root")
         claude = env.get("HYPERHIVE_CLAUDE") or "claude"
-        raw_port = env.get("HYPERHIVE_UI_PORT")
-        if port is None and raw_port:
-            port = _int(env, "HYPERHIVE_UI_PORT", 0, low=0, high=65535)
+        # No environment variable opens the TCP port: only the flag, given by hand.
         if port is not None and not 0 <= port <= 65535:
             raise ConfigError(f"port {port} is out of range")
+        agent_socket = Path(socket or env.get("HYPERHIVE_SOCKET") or DEFAULT_SOCKET)
         login = env.get("HYPERHIVE_LOGIN_CMD")
         extra_servers, extra_tools = parse_extra_mcp(env.get("HYPERHIVE_EXTRA_MCP", ""))
         return cls(
-            socket=Path(socket or env.get("HYPERHIVE_SOCKET") or DEFAULT_SOCKET),
+            socket=agent_socket,
             state_dir=state_dir,
             events_db=Path(env.get("HYPERHIVE_EVENTS_DB") or state_dir / EVENTS_DB_NAME),
             model_file=Path(env.get("HYPERHIVE_MODEL_FILE") or state_dir / MODEL_FILE_NAME),
@@ -153,8 +151,11 @@ class HarnessConfig:
             credentials_file=Path(
                 env.get("HYPERHIVE_CREDENTIALS_FILE") or home / ".claude" / ".credentials.json"
             ),
+            ui_socket=Path(
+                env.get("HYPERHIVE_UI_SOCKET") or agent_socket.with_name(UI_SOCKET_NAME)
+            ),
             ui_host=host or env.get("HYPERHIVE_UI_HOST") or "127.0.0.1",
-            ui_port=port or None,
+            ui_port=port,
             ui_allowed_hosts=parse_tool_list(env.get("HYPERHIVE_UI_ALLOWED_HOSTS", "")),
             reconnect_schedule=parse_schedule(env["HYPERHIVE_RECONNECT_BACKOFF"])
             if env.get("HYPERHIVE_RECONNECT_BACKOFF")

@@ -1,6 +1,6 @@
 """The per-agent web UI: hypercorn (trio) + Starlette, one static page, JSON and SSE.
 
-    GET  /                  the page (hyperhive_harness/static/index.html)
+    GET  /                  the page (hyperhive_harness/static/index.html, see page.py)
     GET  /api/state         status, turn state (+since), model, ctx/cost, last turn, login
     GET  /api/inbox         the last 30 inbox messages (``recent`` on the socket)
     GET  /events/history    {seq, events}: the newest events (up to 2000)
@@ -12,20 +12,23 @@
     POST /api/retry         end a rate-limit sleep or a login park now
     POST /api/login/start   run ``claude auth login``; /api/login/code {code} feeds it
 
-Every request must name an allowed ``Host`` (loopback, the bind address, or
-``HYPERHIVE_UI_ALLOWED_HOSTS``): a DNS-rebinding page cannot read the API. Every POST must
-come from the page's own origin (``Origin``, else ``Referer``, equal to ``Host``), so another
-site cannot make the browser act on the agent. POST bodies are JSON or form-encoded.
+The UI is served on a unix socket in the agent's socket dir (``/run/hive/ui.sock``, 0600,
+in a 0700 dir): only root on the host, i.e. the daemon, reaches it, and the daemon's
+dashboard serves it at ``/agent/<name>/`` behind the operator's login and CSRF checks. So a
+request on that socket carries the operator's authority and is not checked again here.
+
+The optional TCP listener (``serve --ui-port``, for debugging a harness run by hand) is
+reachable by every local process, so it gets :class:`GuardMiddleware`: an allowed ``Host``
+(loopback, the bind address, ``HYPERHIVE_UI_ALLOWED_HOSTS``) against DNS rebinding, and a
+same-origin ``Origin`` (else ``Referer``) on every POST. That stops browsers, not local
+processes: never open it on a machine with untrusted users or agents.
+POST bodies are JSON or form-encoded.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from importlib import resources
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -40,6 +43,7 @@ from hyperhive.protocol import CONVERTER, IdReply, Recent, RecentReply, Wake
 from hyperhive_harness.bus import Bus, InvalidModel, LiveEvent
 from hyperhive_harness.link import Disconnected, Refused, one_call
 from hyperhive_harness.login import LoginSession
+from hyperhive_harness.page import PAGE_HEADERS, render_page
 
 INBOX_LIMIT: Final = 30
 HEARTBEAT_SECONDS: Final = 15.0
@@ -106,24 +110,7 @@ class GuardMiddleware:
         await self.app(scope, receive, send)
 
 
-# ---------------------------------------------------------------- the page
-
-
-def load_page() -> tuple[bytes, str]:
-    """The page and its Content-Security-Policy (inline scripts allowed by their hash)."""
-    html = (resources.files("hyperhive_harness") / "static" / "index.html").read_text("utf-8")
-    hashes = [
-        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
-        for s in re.findall(r"<script>(.*?)</script>", html, flags=re.S)
-    ]
-    script_src = " ".join(hashes) or "'none'"
-    csp = (
-        "default-src 'none'; "
-        f"script-src {script_src}; "
-        "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
-        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-    )
-    return html.encode(), csp
+# ---------------------------------------------------------------- SSE
 
 
 def sse_frame(event: LiveEvent) -> bytes:
@@ -159,14 +146,15 @@ class UiContext:
         socket: str,
         login: LoginSession,
         nursery: trio.Nursery,
-        allowed: frozenset[str],
+        ui_socket: str,
     ) -> None:
         self.bus = bus
         self.controls = controls
         self.socket = socket
         self.login = login
         self.nursery = nursery
-        self.allowed = allowed
+        #: Where the UI listens: its unix socket, and the debugging TCP port if one is open.
+        self.ui_socket = ui_socket
         self.port: int | None = None
 
 
@@ -206,6 +194,23 @@ def _text_field(fields: Mapping[str, Any], name: str) -> str:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+class ClosingStreamingResponse(StreamingResponse):
+    """Closes its frame generator, and so its Bus subscription, as soon as the client is
+    gone (a disconnect cancels the streaming task while the generator waits at a ``yield``;
+    it would otherwise only be finalized by the garbage collector)."""
+
+    def __init__(self, frames: AsyncGenerator[bytes, None], **kwargs: Any) -> None:
+        super().__init__(frames, **kwargs)
+        self._frames = frames
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._frames.aclose()
+
+
 def _guarded(handler: Handler) -> Handler:
     async def wrapped(request: Request) -> Response:
         try:
@@ -216,15 +221,12 @@ def _guarded(handler: Handler) -> Handler:
     return wrapped
 
 
-def create_app(ctx: UiContext) -> ASGIApp:
+def create_app(ctx: UiContext, guard: frozenset[str] | None = None) -> ASGIApp:
+    """The UI app; with ``guard`` (the allowed hosts) wrapped in :class:`GuardMiddleware`,
+    for the TCP listener."""
     bus = ctx.bus
-    page, csp = load_page()
-    page_headers = {
-        "content-security-policy": csp,
-        "x-content-type-options": "nosniff",
-        "referrer-policy": "same-origin",
-        "cache-control": "no-store",
-    }
+    page, csp = render_page()
+    page_headers = {"content-security-policy": csp, **PAGE_HEADERS}
 
     async def index(request: Request) -> Response:
         return Response(page, media_type="text/html; charset=utf-8", headers=page_headers)
@@ -235,6 +237,7 @@ def create_app(ctx: UiContext) -> ASGIApp:
             alive=True,
             connected=ctx.controls.connected,
             socket=ctx.socket,
+            ui_socket=ctx.ui_socket,
             port=ctx.port,
             login=ctx.login.state(),
             subscribers=bus.subscribers,
@@ -266,7 +269,7 @@ def create_app(ctx: UiContext) -> ASGIApp:
         # Subscribe before looking at the ring, so nothing falls between the two.
         receive = bus.subscribe()
 
-        async def frames() -> AsyncIterator[bytes]:
+        async def frames() -> AsyncGenerator[bytes, None]:
             sent = bus.seq if last is None else last
             with receive:
                 yield b": connected\n\n"
@@ -294,7 +297,7 @@ def create_app(ctx: UiContext) -> ASGIApp:
                     sent = event.seq
                     yield sse_frame(event)
 
-        return StreamingResponse(
+        return ClosingStreamingResponse(
             frames(),
             media_type="text/event-stream",
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
@@ -361,4 +364,5 @@ def create_app(ctx: UiContext) -> ASGIApp:
         Route("/api/login/start", _guarded(login_start), methods=["POST"]),
         Route("/api/login/code", _guarded(login_code), methods=["POST"]),
     ]
-    return GuardMiddleware(Starlette(routes=routes), ctx.allowed)
+    app = Starlette(routes=routes)
+    return app if guard is None else GuardMiddleware(app, guard)

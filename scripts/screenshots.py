@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -81,8 +82,9 @@ async def populate(hive: Hive) -> tuple[Client, int]:
     )
     await wait_for(lambda: hive.registry.get("bob").state != AgentState.RUNNING, "bob crashed")
 
-    # A harness records its web UI's port, then says hello: the row links to that UI.
-    (hive.config.paths.agent_dir("alice") / "state" / "hyperhive-ui-port").write_text("8101\n")
+    # A harness serves its web UI on its socket, then says hello: the row links to that UI.
+    ui_socket = socket.socket(socket.AF_UNIX)
+    ui_socket.bind(str(hive.config.paths.ui_socket("alice")))
     alice = await Client.connect(hive.config.paths.agent_socket("alice"), hello_role="harness")
     await alice.request({"cmd": "set_status", "text": "refactoring the retry loop: 3 files left"})
     await hive.registry.set_status_text("carol", "rate limited by the API until 14:00; sleeping")

@@ -1,8 +1,9 @@
-"""Registry reads of the small files an agent's harness writes (model, UI port)."""
+"""Registry reads of the small files an agent's harness writes (model, UI socket)."""
 
 from __future__ import annotations
 
 import os
+import socket
 
 from hyperhive.supervisor import Hive
 
@@ -19,8 +20,14 @@ async def test_model_and_ui_url_follow_the_files(hive: Hive) -> None:
     st = (state / "hyperhive-model").stat()
     os.utime(state / "hyperhive-model", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert hive.registry.model("alice") == "opus"
-    (state / "hyperhive-ui-port").write_text("8123\n")
-    [alice] = [a for a in await hive.api.agent_infos() if a.name == "alice"]
-    assert alice.ui_url == "http://127.0.0.1:8123/" and alice.model == "opus"
-    (state / "hyperhive-ui-port").write_text("junk")
+    # The UI link follows the harness's UI socket, and points into the dashboard.
+    ui = hive.config.paths.ui_socket("alice")
+    ui.write_text("not a socket")
+    assert hive.registry.ui_url("alice") is None
+    ui.unlink()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(ui))
+        [alice] = [a for a in await hive.api.agent_infos() if a.name == "alice"]
+        assert alice.ui_url == "/agent/alice/" and alice.model == "opus"
+    ui.unlink()
     assert hive.registry.ui_url("alice") is None

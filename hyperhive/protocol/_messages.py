@@ -99,7 +99,8 @@ class AgentInfo:
     pid: int | None
     #: Something the operator should know (limits not enforced, last start failed, …).
     warning: str | None
-    #: The agent's own web UI (terminal, login), once its harness has recorded its port.
+    #: The dashboard path of the agent's own web UI (``/agent/<name>/``), once its harness
+    #: serves it.
     ui_url: str | None
 
 

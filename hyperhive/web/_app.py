@@ -45,6 +45,7 @@ from hyperhive.protocol import CONVERTER, HOST_TABLE, Logs, encode_error, encode
 from hyperhive.registry import AgentState
 from hyperhive.server import Connection, Principal, SocketKind
 from hyperhive.web._auth import CSRF_HEADER, SESSION_COOKIE, Auth
+from hyperhive.web._proxy import AgentUiProxy
 
 if TYPE_CHECKING:
     from hyperhive.protocol import Reply
@@ -425,6 +426,7 @@ class Dashboard:
         return _reply(reply)
 
     def routes(self) -> list[Route]:
+        agents = AgentUiProxy(self.hive.config.paths, self.auth.csrf)
         return [
             Route("/login", _last_resort(self.login)),
             Route("/", self.page(self.index)),
@@ -435,6 +437,10 @@ class Dashboard:
             Route("/api/approvals/{id}/diff", self.api(self.diff)),
             Route("/api/{cmd}", self.api(self.command), methods=["POST"]),
             Route("/metrics", _last_resort(self.metrics)),
+            # Each agent's own UI (hyperhive/web/_proxy.py), behind the same login.
+            Route("/agent/{name}", self.page(agents.redirect)),
+            Route("/agent/{name}/", self.page(agents.page)),
+            Route("/agent/{name}/{path:path}", self.api(agents.forward), methods=["GET", "POST"]),
         ]
 
     def app(self) -> Starlette:

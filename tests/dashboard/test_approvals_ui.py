@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 
 from playwright.sync_api import Page, expect
 
@@ -62,9 +63,9 @@ async def test_approve_a_spawn_then_the_agent_comes_online(hive: Hive, ui: UI) -
     assert "alice" in hive.registry.live()
 
     # The external backend starts nothing: a harness connecting to the socket is "online".
-    # A harness records its web UI's port first; the dashboard links to it.
-    port_file = hive.config.paths.agent_dir("alice") / "state" / "hyperhive-ui-port"
-    port_file.write_text("8123\n")
+    # A harness serves its web UI on its socket first; the dashboard links to it.
+    ui_socket = socket.socket(socket.AF_UNIX)
+    ui_socket.bind(str(hive.config.paths.ui_socket("alice")))
     harness = await connect_agent(hive.config.paths, "alice", role="harness")
     async with harness:
 
@@ -72,7 +73,7 @@ async def test_approve_a_spawn_then_the_agent_comes_online(hive: Hive, ui: UI) -
             row = page.get_by_role("article", name="agent alice")
             expect(row.locator(".badge.harness")).to_have_text("● connected")
             link = row.get_by_role("link", name="alice's own page")
-            expect(link).to_have_attribute("href", "http://127.0.0.1:8123/")
+            expect(link).to_have_attribute("href", "/agent/alice/")
             expect(link).to_have_attribute("target", "_blank")
             still_same_page(page)
 
@@ -84,6 +85,7 @@ async def test_approve_a_spawn_then_the_agent_comes_online(hive: Hive, ui: UI) -
             expect(row.locator(".status")).to_have_text("reading the codebase")
 
         await ui(status)
+    ui_socket.close()
 
     def offline(page: Page) -> None:
         row = page.get_by_role("article", name="agent alice")

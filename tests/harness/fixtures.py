@@ -123,8 +123,22 @@ class HttpResponse:
         return json.loads(self.body)
 
 
+Where = int | Path
+
+
+async def _open(where: Where) -> trio.SocketStream:
+    """A TCP port on 127.0.0.1, or a unix socket (a harness's ``ui.sock``)."""
+    if isinstance(where, Path):
+        return await trio.open_unix_socket(str(where))
+    return await trio.open_tcp_stream("127.0.0.1", where)
+
+
+def _host(where: Where) -> str:
+    return "localhost" if isinstance(where, Path) else f"127.0.0.1:{where}"
+
+
 async def http(
-    port: int,
+    port: Where,
     method: str,
     path: str,
     *,
@@ -133,9 +147,10 @@ async def http(
     host: str | None = None,
     origin: str | bool | None = True,
 ) -> HttpResponse:
-    """One HTTP/1.1 request to 127.0.0.1:port. ``origin=True`` sends the page's own origin
-    on POSTs (what a browser does); a string sends that origin; None/False sends none."""
-    host = host or f"127.0.0.1:{port}"
+    """One HTTP/1.1 request to 127.0.0.1:port (or a unix socket). ``origin=True`` sends the
+    page's own origin on POSTs (what a browser does); a string sends that origin;
+    None/False sends none."""
+    host = host or _host(port)
     hdrs = {"host": host, "connection": "close", **(headers or {})}
     data = b""
     if json_body is not None:
@@ -146,7 +161,7 @@ async def http(
     if method == "POST" and origin:
         hdrs.setdefault("origin", f"http://{host}" if origin is True else str(origin))
     conn = h11.Connection(h11.CLIENT)
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = await _open(port)
     async with stream:
         await stream.send_all(
             conn.send(h11.Request(method=method, target=path, headers=list(hdrs.items())))
@@ -232,12 +247,12 @@ class SseReader:
 
 @asynccontextmanager
 async def open_sse(
-    port: int, path: str = "/events/stream", headers: dict[str, str] | None = None
+    port: Where, path: str = "/events/stream", headers: dict[str, str] | None = None
 ) -> AsyncIterator[SseReader]:
     conn = h11.Connection(h11.CLIENT)
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = await _open(port)
     async with stream:
-        hdrs = {"host": f"127.0.0.1:{port}", "accept": "text/event-stream", **(headers or {})}
+        hdrs = {"host": _host(port), "accept": "text/event-stream", **(headers or {})}
         await stream.send_all(
             conn.send(h11.Request(method="GET", target=path, headers=list(hdrs.items())))
         )
@@ -297,7 +312,14 @@ class Harness:
     env: dict[str, str]
     proc: trio.Process | None = None
     output: list[str] = attrs.Factory(list)
+    #: The debugging TCP port, only with ``--ui-port`` in ``args``.
     port: int | None = None
+    args: tuple[str, ...] = ()
+
+    @property
+    def ui_socket(self) -> Path:
+        """Where the harness serves its UI: beside its agent socket unless moved."""
+        return Path(self.env.get("HYPERHIVE_UI_SOCKET") or self.socket.with_name("ui.sock"))
 
     @property
     def state_dir(self) -> Path:
@@ -316,7 +338,7 @@ class Harness:
         return Path(self.env["HOME"])
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "hyperhive_harness", "serve"]
+        return [sys.executable, "-m", "hyperhive_harness", "serve", *self.args]
 
     async def start(self, nursery: trio.Nursery, *, within: float = 30) -> None:
         self.output = []
@@ -336,8 +358,9 @@ class Harness:
         line = next((x for x in self.output if "hyperhive-harness: ready" in x), None)
         if line is None:
             raise RuntimeError("harness exited before it was ready:\n" + "".join(self.output))
-        url = line.split(" ui ", 1)[1].split()[0]
-        self.port = int(url.rstrip("/").rsplit(":", 1)[1])
+        if " tcp " in line:
+            url = line.split(" tcp ", 1)[1].split()[0]
+            self.port = int(url.rstrip("/").rsplit(":", 1)[1])
 
     async def _pump(self, proc: trio.Process, ready: trio.Event) -> None:
         assert proc.stdout is not None
@@ -393,12 +416,13 @@ class Harness:
         )
 
     async def get(self, path: str, **kw: Any) -> HttpResponse:
-        assert self.port is not None
-        return await http(self.port, "GET", path, **kw)
+        """A request to the UI on its unix socket (what the daemon's dashboard forwards)."""
+        return await http(self.ui_socket, "GET", path, **kw)
 
     async def post(self, path: str, body: Any = None, **kw: Any) -> HttpResponse:
-        assert self.port is not None
-        return await http(self.port, "POST", path, json_body=body if body is not None else {}, **kw)
+        return await http(
+            self.ui_socket, "POST", path, json_body=body if body is not None else {}, **kw
+        )
 
     def failure_help(self) -> str:
         return "".join(self.output[-60:])
@@ -423,7 +447,6 @@ def harness_env(
         HYPERHIVE_LOGIN_POLL="0.2",
         HYPERHIVE_CANCEL_GRACE="10",
     )
-    env.pop("HYPERHIVE_UI_PORT", None)
     env.update(extra)
     return env
 
@@ -458,106 +481,3 @@ def pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-# ---------------------------------------------------------------- a real browser (CDP)
-
-CHROMIUM = os.environ.get("HYPERHIVE_TEST_CHROMIUM", "/usr/bin/chromium")
-
-
-class Browser:
-    """Headless Chromium driven over the DevTools protocol (a websocket, via wsproto)."""
-
-    def __init__(self, proc: trio.Process, port: int) -> None:
-        self.proc = proc
-        self.port = port
-        self._ids = iter(range(1, 1_000_000))
-
-    @classmethod
-    @asynccontextmanager
-    async def launch(cls, profile: Path) -> AsyncIterator[Browser]:
-        proc = await trio.lowlevel.open_process(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                "--remote-debugging-port=0",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            assert proc.stderr is not None
-            buf = b""
-            with trio.fail_after(30):
-                while b"DevTools listening on ws://" not in buf:
-                    data = await proc.stderr.receive_some(65536)
-                    if not data:
-                        raise RuntimeError("chromium exited: " + buf.decode(errors="replace"))
-                    buf += data
-            url = buf.split(b"DevTools listening on ", 1)[1].split()[0].decode()
-            port = int(url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
-            yield cls(proc, port)
-        finally:
-            with trio.CancelScope(shield=True):
-                proc.kill()
-                await proc.wait()
-
-    async def open_page(self, url: str) -> Page:
-        resp = await http(self.port, "PUT", f"/json/new?{url}", origin=None)
-        target = resp.json()
-        return Page(self, target["webSocketDebuggerUrl"])
-
-
-class Page:
-    def __init__(self, browser: Browser, ws_url: str) -> None:
-        self.browser = browser
-        self.ws_url = ws_url
-
-    async def evaluate(self, expression: str) -> Any:
-        """Evaluate JS in the page (one websocket per call) and return its JSON value."""
-        from wsproto import ConnectionType, WSConnection
-        from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
-
-        hostport, path = self.ws_url.split("://", 1)[1].split("/", 1)
-        ws = WSConnection(ConnectionType.CLIENT)
-        stream = await trio.open_tcp_stream("127.0.0.1", self.browser.port)
-        async with stream:
-            await stream.send_all(ws.send(Request(host=hostport, target="/" + path)))
-            msg_id = next(self.browser._ids)
-            call = {
-                "id": msg_id,
-                "method": "Runtime.evaluate",
-                "params": {"expression": expression, "returnByValue": True, "awaitPromise": True},
-            }
-            text = ""
-            while True:
-                data = await stream.receive_some(1 << 20)
-                if not data:
-                    raise EOFError("devtools closed the websocket")
-                ws.receive_data(data)
-                for event in ws.events():
-                    if isinstance(event, AcceptConnection):
-                        await stream.send_all(ws.send(TextMessage(data=json.dumps(call))))
-                    elif isinstance(event, TextMessage):
-                        text += event.data
-                        if not event.message_finished:
-                            continue
-                        reply = json.loads(text)
-                        text = ""
-                        if reply.get("id") != msg_id:
-                            continue
-                        result = reply["result"]
-                        if "exceptionDetails" in result:
-                            raise RuntimeError(f"page error: {result['exceptionDetails']}")
-                        await stream.send_all(ws.send(CloseConnection(code=1000)))
-                        return result["result"].get("value")
-                    elif isinstance(event, CloseConnection):
-                        raise EOFError("devtools closed the websocket")

@@ -340,7 +340,15 @@ async def test_harness_waits_for_the_daemon_and_turns_once_it_is_there(
     from ..conftest import make_paths
 
     paths = make_paths(short_tmp / "hive")
-    alice = make_harness("alice", mock_api, claude_bin, short_tmp, paths.agent_socket("alice"))
+    # The socket dir is the daemon's to make: until then the UI lives elsewhere.
+    alice = make_harness(
+        "alice",
+        mock_api,
+        claude_bin,
+        short_tmp,
+        paths.agent_socket("alice"),
+        HYPERHIVE_UI_SOCKET=str(short_tmp / "alice-ui.sock"),
+    )
     async with running(alice, nursery):
         await alice.wait_for("status_changed", lambda p: p["status"] == "disconnected")
         assert (await alice.get("/api/state")).json()["connected"] is False

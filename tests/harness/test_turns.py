@@ -462,27 +462,30 @@ def test_config_defaults_and_overrides() -> None:
     assert cfg.reconnect_schedule == (2, 4, 8, 16, 30)
     assert str(cfg.credentials_file) == "/root/.claude/.credentials.json"
     assert cfg.ui_port is None and cfg.login_command == ("claude", "auth", "login")
+    assert str(cfg.ui_socket) == "/run/hive/ui.sock"
     env = {
         "HYPERHIVE_SOCKET": "/s.sock",
         "HYPERHIVE_STATE_DIR": "/st",
         "HYPERHIVE_CLAUDE": "/c",
-        "HYPERHIVE_UI_PORT": "8123",
+        "HYPERHIVE_UI_PORT": "8123",  # no longer read: only --ui-port opens a TCP port
         "HYPERHIVE_RATE_LIMIT_SLEEP": "2.5",
         "HYPERHIVE_EXTRA_ALLOWED_TOOLS": "Read, Write",
     }
     cfg = HarnessConfig.from_env(env, socket="/flag.sock")
     assert str(cfg.socket) == "/flag.sock"
     assert str(cfg.events_db) == "/st/hyperhive-events.sqlite"
-    assert cfg.ui_port == 8123 and cfg.rate_limit_sleep == 2.5
+    assert cfg.ui_port is None and cfg.rate_limit_sleep == 2.5
+    assert str(cfg.ui_socket) == "/ui.sock"  # beside the agent socket
     assert cfg.extra_allowed_tools == ("Read", "Write")
     assert HarnessConfig.from_env(env, port=9000).ui_port == 9000
+    assert HarnessConfig.from_env(env, port=0).ui_port == 0
+    moved = HarnessConfig.from_env({**env, "HYPERHIVE_UI_SOCKET": "/elsewhere/ui.sock"})
+    assert str(moved.ui_socket) == "/elsewhere/ui.sock"
 
 
 @pytest.mark.parametrize(
     "env",
     [
-        {"HYPERHIVE_UI_PORT": "http"},
-        {"HYPERHIVE_UI_PORT": "70000"},
         {"HYPERHIVE_RATE_LIMIT_SLEEP": "-1"},
         {"HYPERHIVE_RECONNECT_BACKOFF": "2,x"},
         {"HYPERHIVE_MAX_TURN_ATTEMPTS": "0"},
@@ -491,6 +494,11 @@ def test_config_defaults_and_overrides() -> None:
 def test_bad_config_is_refused_with_the_variable_name(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match=r"HYPERHIVE_|backoff"):
         HarnessConfig.from_env(env)
+
+
+def test_an_out_of_range_ui_port_is_refused() -> None:
+    with pytest.raises(ConfigError, match="out of range"):
+        HarnessConfig.from_env({}, port=70000)
 
 
 def test_parse_schedule() -> None:

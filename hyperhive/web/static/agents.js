@@ -106,7 +106,8 @@ function makeAgent(state) {
       setAttr(harness, 'data-on', a.harness_connected ? 'yes' : 'no');
       show(unread, a.unread > 0, `✉ ${a.unread}`);
       setAttr(unread, 'title', `${a.unread} unread`);
-      const url = /^https?:\/\//.test(a.ui_url || '') ? a.ui_url : null; // links only, never script
+      // The agent's UI through this dashboard (same login); a path of ours, never script.
+      const url = /^\/agent\/[a-z][a-z0-9-]{0,8}\/$/.test(a.ui_url || '') ? a.ui_url : null;
       link.hidden = !url;
       setAttr(link, 'href', url);
       setText(model, a.model);

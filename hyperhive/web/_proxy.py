@@ -1,0 +1,327 @@
+"""The agents' own web UIs, served by the dashboard at ``/agent/<name>/``.
+
+Each harness serves its UI on a unix socket beside its agent socket
+(``<run>/agents/<name>/ui.sock``, the manager's ``<run>/manager/ui.sock``; 0600 in a 0700
+dir) and on no TCP port, so only root on the host (the daemon) reaches it. The dashboard
+puts it behind the operator's login:
+
+    GET  /agent/<name>              → /agent/<name>/
+    GET  /agent/<name>/             the page, with the dashboard's CSRF token; a readable
+                                    502 page when the agent's UI is not up
+    GET  /agent/<name>/api/…        forwarded to the agent's socket
+    GET  /agent/<name>/events/…     forwarded; SSE is streamed as it comes
+    POST /agent/<name>/api/…        forwarded, after the dashboard's CSRF and Origin checks
+
+(The session and CSRF checks are the dashboard's own guards around these handlers.)
+
+The other end is untrusted: an agent is root in its container and can replace its harness
+with any server on that socket. So:
+
+- the page is the daemon's own installed copy (:mod:`hyperhive_harness.page`), never bytes
+  from the socket: nothing an agent sends runs at the dashboard's origin;
+- a request forwards only a validated path under ``api/`` or ``events/``, its query, a
+  body of at most :data:`MAX_REQUEST_BODY` and the headers in :data:`FORWARDED_REQUEST`:
+  never the operator's cookie or CSRF token;
+- a response passes only with a type in :data:`RESPONSE_TYPES`, keeps only the headers in
+  :data:`FORWARDED_RESPONSE`, and gets a sandboxing CSP and ``nosniff``; its head must
+  come within :data:`HEAD_TIMEOUT` (and be at most 16 KiB), each body chunk within
+  :data:`IDLE_TIMEOUT` (the harness sends an SSE heartbeat every 15 s);
+- the upstream connection is closed as soon as the browser leaves.
+
+Errors: :class:`UpstreamUnavailable` (cannot connect, or a broken or refused answer) is a
+502 with its reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Final
+
+import h11
+import trio
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from hyperhive.config import Paths
+from hyperhive.names import InvalidAgentName, parse_agent_name
+from hyperhive_harness.page import PAGE_HEADERS, render_page
+
+#: Largest request body forwarded (the harness refuses more than this too).
+MAX_REQUEST_BODY: Final = 1024 * 1024
+CONNECT_TIMEOUT: Final = 5.0
+#: From sending the request to the end of the response head.
+HEAD_TIMEOUT: Final = 30.0
+#: Longest silence inside a response body before it is cut (SSE heartbeats are every 15 s).
+IDLE_TIMEOUT: Final = 60.0
+MAX_HEAD_BYTES: Final = 16 * 1024
+READ_CHUNK: Final = 65536
+FORWARDED_REQUEST: Final = ("accept", "content-type", "last-event-id")
+FORWARDED_RESPONSE: Final = ("content-type", "cache-control")
+RESPONSE_TYPES: Final = frozenset({"application/json", "text/event-stream", "text/plain"})
+#: What every forwarded response carries: no script, no plugin, no framing, no sniffing.
+RESPONSE_SECURITY: Final = {
+    "content-security-policy": "default-src 'none'; sandbox; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+_PATH_RE: Final = re.compile(r"(?:api|events)(?:/[A-Za-z0-9_-]+)+")
+_QUERY_RE: Final = re.compile(rb"[A-Za-z0-9_.~%&=+,:-]*")
+
+
+class UpstreamUnavailable(Exception):
+    """The agent's UI cannot be reached or answered with something not passed on."""
+
+
+# ---------------------------------------------------------------- decisions (sans-IO)
+
+
+def agent_name(raw: str) -> str | None:
+    try:
+        return parse_agent_name(raw, allow_manager=True)
+    except InvalidAgentName:
+        return None
+
+
+def upstream_target(path: str, query: bytes) -> bytes | None:
+    """The request target on the agent's socket for ``/agent/<name>/<path>?<query>``, or
+    None when the path is not one of the UI's (only ``api/…`` and ``events/…`` are)."""
+    if _PATH_RE.fullmatch(path) is None or _QUERY_RE.fullmatch(query) is None:
+        return None
+    target = b"/" + path.encode("ascii")
+    return target + b"?" + query if query else target
+
+
+def upstream_headers(
+    headers: Iterable[tuple[str, str]], body: bytes | None
+) -> list[tuple[str, str]]:
+    """The headers sent upstream: the selected ones and the body's length; nothing else
+    (the operator's cookie and CSRF token stay in the daemon)."""
+    out = [("host", "localhost"), ("connection", "close")]
+    out += [(k, v) for k, v in headers if k.lower() in FORWARDED_REQUEST]
+    if body is not None:
+        out.append(("content-length", str(len(body))))
+    return out
+
+
+def relayed_headers(status: int, headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The headers the browser gets for an upstream response; raises
+    :class:`UpstreamUnavailable` for one that is not passed on."""
+    if not 200 <= status <= 599:
+        raise UpstreamUnavailable(f"the agent's UI answered with status {status}")
+    kept = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}
+    kept = {k: v for k, v in kept.items() if k in FORWARDED_RESPONSE}
+    media = kept.get("content-type", "").split(";")[0].strip().lower()
+    if media not in RESPONSE_TYPES:
+        raise UpstreamUnavailable(f"the agent's UI answered with content type {media!r}")
+    out = {**kept, **RESPONSE_SECURITY}
+    out.setdefault("cache-control", "no-store")
+    if media == "text/event-stream":
+        out["x-accel-buffering"] = "no"
+    return out
+
+
+def unavailable_page(name: str, reason: str) -> str:
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(name)} · UI not up</title></head><body>"
+        f"<h1>{html.escape(name)}'s UI is not up</h1>"
+        f"<p>{html.escape(reason)}</p>"
+        "<p>Its harness serves the UI once it runs; this page works again after that.</p>"
+        '<p><a href="/">back to the dashboard</a></p></body></html>'
+    )
+
+
+# ---------------------------------------------------------------- the connection (trio)
+
+
+class Upstream:
+    """One HTTP/1.1 exchange with an agent's UI socket."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+
+    @classmethod
+    async def open(cls, path: Path) -> Upstream:
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                stream = await trio.open_unix_socket(str(path))
+        except FileNotFoundError:
+            raise UpstreamUnavailable(f"nothing listens at {path}") from None
+        except trio.TooSlowError:
+            raise UpstreamUnavailable(f"no answer from {path} in {CONNECT_TIMEOUT:g} s") from None
+        except OSError as exc:
+            raise UpstreamUnavailable(f"cannot connect to {path}: {exc.strerror}") from None
+        return cls(stream)
+
+    async def exchange(
+        self, method: str, target: bytes, headers: list[tuple[str, str]], body: bytes | None
+    ) -> h11.Response:
+        """Send the request; the response head."""
+        try:
+            with trio.fail_after(HEAD_TIMEOUT):
+                request = h11.Request(method=method, target=target, headers=headers)
+                await self._stream.send_all(self._conn.send(request) or b"")
+                if body:
+                    await self._stream.send_all(self._conn.send(h11.Data(data=body)) or b"")
+                await self._stream.send_all(self._conn.send(h11.EndOfMessage()) or b"")
+                while True:
+                    event = await self._next_event()
+                    if isinstance(event, h11.Response):
+                        return event
+                    if not isinstance(event, h11.InformationalResponse):
+                        raise UpstreamUnavailable("the agent's UI closed without an answer")
+        except trio.TooSlowError:
+            raise UpstreamUnavailable(f"no answer in {HEAD_TIMEOUT:g} s") from None
+        except (h11.ProtocolError, trio.BrokenResourceError, OSError) as exc:
+            raise UpstreamUnavailable(f"broken answer from the agent's UI: {exc}") from None
+
+    async def next_chunk(self) -> bytes | None:
+        """The next piece of the body; None at its end, after a silence of
+        :data:`IDLE_TIMEOUT` or when the upstream breaks off."""
+        with trio.move_on_after(IDLE_TIMEOUT):
+            try:
+                event = await self._next_event()
+            except (h11.ProtocolError, trio.BrokenResourceError, OSError):
+                return None
+            return bytes(event.data) if isinstance(event, h11.Data) else None
+        return None
+
+    async def _next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        while True:
+            event = self._conn.next_event()
+            if event is h11.NEED_DATA:
+                self._conn.receive_data(await self._stream.receive_some(READ_CHUNK))
+                continue
+            return event
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class Relay(Response):
+    """Streams an upstream body to the browser as it arrives; when the browser leaves (or
+    the body ends) the upstream connection is closed."""
+
+    def __init__(self, upstream: Upstream, status: int, headers: dict[str, str]) -> None:
+        # No body and so no content-length: the server frames what comes.
+        self.status_code = status
+        self.media_type = None
+        self.background = None
+        self.init_headers(headers)
+        self._upstream = upstream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def until_gone() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(until_gone)
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": self.status_code,
+                        "headers": self.raw_headers,
+                    }
+                )
+                while (chunk := await self._upstream.next_chunk()) is not None:
+                    if chunk:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._upstream.aclose()
+
+
+# ---------------------------------------------------------------- the handlers
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused past :data:`MAX_REQUEST_BODY` without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_REQUEST_BODY):
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async with contextlib.aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            size += len(chunk)
+            if size > MAX_REQUEST_BODY:
+                raise BodyTooLarge
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(message: str, status: int) -> JSONResponse:
+    return JSONResponse({"ok": False, "error": message}, status_code=status)
+
+
+class AgentUiProxy:
+    """The ``/agent/<name>/…`` handlers; the dashboard wraps them in its login and CSRF
+    guards."""
+
+    def __init__(self, paths: Paths, csrf: str) -> None:
+        self._paths = paths
+        self._csrf = csrf
+
+    async def redirect(self, request: Request) -> Response:
+        name = agent_name(request.path_params["name"])
+        if name is None:
+            return _error("no such agent", 404)
+        return RedirectResponse(f"/agent/{name}/", status_code=308)
+
+    async def page(self, request: Request) -> Response:
+        name = agent_name(request.path_params["name"])
+        if name is None:
+            return HTMLResponse(unavailable_page("?", "not an agent name"), status_code=404)
+        try:
+            upstream = await Upstream.open(self._paths.ui_socket(name))
+        except UpstreamUnavailable as exc:
+            return HTMLResponse(unavailable_page(name, str(exc)), status_code=502)
+        await upstream.aclose()
+        body, csp = render_page(self._csrf)
+        headers = {"content-security-policy": csp, **PAGE_HEADERS}
+        return Response(body, media_type="text/html; charset=utf-8", headers=headers)
+
+    async def forward(self, request: Request) -> Response:
+        name = agent_name(request.path_params["name"])
+        if name is None:
+            return _error("no such agent", 404)
+        target = upstream_target(request.path_params["path"], request.scope["query_string"])
+        if target is None:
+            return _error("not a path of the agent's UI", 404)
+        body: bytes | None = None
+        if request.method == "POST":
+            try:
+                body = await read_body(request)
+            except BodyTooLarge:
+                return _error(f"request body over {MAX_REQUEST_BODY} bytes", 413)
+        headers = upstream_headers(request.headers.items(), body)
+        try:
+            upstream = await Upstream.open(self._paths.ui_socket(name))
+        except UpstreamUnavailable as exc:
+            return _error(f"{name}'s UI is not up: {exc}", 502)
+        try:
+            head = await upstream.exchange(request.method, target, headers, body)
+            relayed = relayed_headers(head.status_code, head.headers)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await upstream.aclose()
+            if isinstance(exc, UpstreamUnavailable):
+                return _error(f"{name}'s UI: {exc}", 502)
+            raise
+        return Relay(upstream, head.status_code, relayed)
