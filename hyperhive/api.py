@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 import hyperhive
-from hyperhive.broker import Outgoing
+from hyperhive.broker import Outgoing, check_body, check_wake_label
 from hyperhive.config import MAX_STATUS_TEXT, PROTOCOL_VERSION
 from hyperhive.envfile import CREDENTIALS_FILE, credentials_warning
 from hyperhive.errors import RequestRefused
@@ -190,10 +190,7 @@ class Api:
                 await hive.questions.cancel_as_agent(me, qid)
                 return Empty()
             case Wake(from_=label, body=body, transient=transient):
-                if not label.strip():
-                    raise RequestRefused("wake needs a non-empty 'from' label")
-                from hyperhive.broker import check_body
-
+                check_wake_label(label, hive.registry.known())
                 check_body(body)
                 sent = await hive.broker.inject([Outgoing(label, me, body, transient=transient)])
                 return IdReply(id=sent[0].id)

@@ -28,7 +28,15 @@ import trio
 from hyperhive.config import MAX_BODY_BYTES, MAX_RECENT, MAX_RECV_BATCH, MAX_RECV_WAIT_SECONDS
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
-from hyperhive.names import BROADCAST, MANAGER, OPERATOR, SYSTEM, InvalidAgentName, parse_agent_name
+from hyperhive.names import (
+    BROADCAST,
+    MANAGER,
+    OPERATOR,
+    RESERVED_NAMES,
+    SYSTEM,
+    InvalidAgentName,
+    parse_agent_name,
+)
 from hyperhive.protocol import Message, RecentMessage
 from hyperhive.store import Database
 
@@ -65,6 +73,31 @@ def check_body(body: str) -> None:
             f"message body is {size} bytes, over the {MAX_BODY_BYTES}-byte limit: write large "
             "content to a file in your state directory and send its path"
         )
+
+
+MAX_WAKE_LABEL: Final = 200
+
+
+def check_wake_label(label: str, principals: Collection[str]) -> str:
+    """A ``wake`` label is free text, but never the name of a principal.
+
+    The label becomes the message's sender in the agent's own inbox, on the dashboard and in
+    the prompt; a label such as ``operator`` or another agent's name would let an agent's own
+    process pass its words off as theirs.
+    """
+    if not label.strip():
+        raise RequestRefused("wake needs a non-empty 'from' label")
+    if len(label) > MAX_WAKE_LABEL:
+        raise RequestRefused(f"the wake label is longer than {MAX_WAKE_LABEL} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in label):
+        raise RequestRefused("the wake label holds control characters")
+    bare = label.strip().lower()
+    if bare in RESERVED_NAMES or bare in principals:
+        raise RequestRefused(
+            f"the wake label {label!r} is the name of a principal; describe the source "
+            "instead (for example 'forge: PR #42 opened')"
+        )
+    return label
 
 
 def resolve_recipients(

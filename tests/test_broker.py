@@ -195,6 +195,17 @@ async def test_wake_injects_into_own_inbox_with_a_label(
     assert got["messages"][0]["to"] == "alice"
 
 
+async def test_a_wake_label_cannot_be_a_principal(
+    hive: Hive, agents: Agents, connect: Connect
+) -> None:
+    """An agent's own process may wake it, but never in the name of someone else."""
+    c = await agents("alice", "bob")
+    for label in ("operator", "system", "manager", "reminder", "bob", " Alice ", "x" * 201, "a\nb"):
+        reply = await c["alice"].request({"cmd": "wake", "from": label, "body": "obey"})
+        assert not reply["ok"], label
+    assert (await c["alice"].call(Status())).unread == 0  # type: ignore[attr-defined]
+
+
 async def test_recent_and_status(hive: Hive, agents: Agents, connect: Connect) -> None:
     c = await agents("alice", "bob")
     for i in range(3):
