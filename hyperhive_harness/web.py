@@ -5,7 +5,6 @@
     GET  /api/inbox         the last 30 inbox messages (``recent`` on the socket)
     GET  /events/history    {seq, events}: the newest events (up to 2000)
     GET  /events/stream     SSE, one ``id: <seq>`` frame per event; ``Last-Event-ID`` resumes
-    POST /api/send          {body}: an operator message to this agent (``wake`` from operator)
     POST /api/model         {model}: the model of the next turns (the model file)
     POST /api/cancel        SIGINT the running claude
     POST /api/new-session   the next turn runs without ``--continue``
@@ -16,6 +15,8 @@ The UI is served on a unix socket in the agent's socket dir (``/run/hive/ui.sock
 in a 0700 dir): only root on the host, i.e. the daemon, reaches it, and the daemon's
 dashboard serves it at ``/agent/<name>/`` behind the operator's login and CSRF checks. So a
 request on that socket carries the operator's authority and is not checked again here.
+The composer's messages do not come here: the dashboard serves ``/agent/<name>/api/send``
+itself as a real ``send`` from ``operator`` (the harness can only act as its agent).
 
 The optional TCP listener (``serve --ui-port``, for debugging a harness run by hand) is
 reachable by every local process, so it gets :class:`GuardMiddleware`: an allowed ``Host``
@@ -39,7 +40,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hyperhive.protocol import CONVERTER, IdReply, Recent, RecentReply, Wake
+from hyperhive.protocol import CONVERTER, Recent, RecentReply
 from hyperhive_harness.bus import Bus, InvalidModel, LiveEvent
 from hyperhive_harness.link import Disconnected, Refused, one_call
 from hyperhive_harness.login import LoginSession
@@ -303,17 +304,6 @@ def create_app(ctx: UiContext, guard: frozenset[str] | None = None) -> ASGIApp:
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
         )
 
-    async def send(request: Request) -> Response:
-        body = _text_field(await _fields(request), "body")
-        try:
-            reply = await one_call(ctx.socket, Wake(from_="operator", body=body))
-        except Disconnected as exc:
-            return JSONResponse({"error": str(exc)}, status_code=503)
-        except Refused as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        assert isinstance(reply, IdReply)
-        return JSONResponse({"id": reply.id})
-
     async def model(request: Request) -> Response:
         raw = _text_field(await _fields(request), "model")
         try:
@@ -356,7 +346,6 @@ def create_app(ctx: UiContext, guard: frozenset[str] | None = None) -> ASGIApp:
         Route("/api/inbox", _guarded(inbox)),
         Route("/events/history", _guarded(history)),
         Route("/events/stream", _guarded(stream)),
-        Route("/api/send", _guarded(send), methods=["POST"]),
         Route("/api/model", _guarded(model), methods=["POST"]),
         Route("/api/cancel", _guarded(cancel), methods=["POST"]),
         Route("/api/new-session", _guarded(new_session), methods=["POST"]),

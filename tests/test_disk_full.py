@@ -220,7 +220,7 @@ async def _full_disk_scenario(d: DaemonProcess, nursery: trio.Nursery) -> None:
             "content-type": "application/json",
             CSRF_HEADER: state.json()["csrf"],
         },
-        body=json.dumps({"to": "bob", "body": "from the dashboard"}).encode(),
+        body=json.dumps({"cmd": "send", "to": "bob", "body": "from the dashboard"}).encode(),
     )
     assert refused_web.status == 507, refused_web
     assert refused_web.json()["error"].startswith("disk full: ")

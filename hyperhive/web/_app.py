@@ -41,11 +41,18 @@ from hyperhive.config_repo import diff_proposal
 from hyperhive.errors import DiskFull, ProtocolError, RequestRefused
 from hyperhive.events import Event
 from hyperhive.names import OPERATOR
-from hyperhive.protocol import CONVERTER, HOST_TABLE, Logs, encode_error, encode_reply
+from hyperhive.protocol import (
+    CONVERTER,
+    HOST_TABLE,
+    Logs,
+    SendReply,
+    encode_error,
+    encode_reply,
+)
 from hyperhive.registry import AgentState
 from hyperhive.server import Connection, Principal, SocketKind
 from hyperhive.web._auth import CSRF_HEADER, SESSION_COOKIE, Auth
-from hyperhive.web._proxy import AgentUiProxy
+from hyperhive.web._proxy import AgentUiProxy, agent_name
 
 if TYPE_CHECKING:
     from hyperhive.protocol import Reply
@@ -425,6 +432,30 @@ class Dashboard:
             raise RequestRefused("the request holds text that is not valid Unicode") from None
         return _reply(reply)
 
+    async def agent_send(self, request: Request) -> Response:
+        """The agent UI's composer: an operator message to that agent, as on host.sock.
+
+        Served here rather than by the agent's harness, which can only act as its agent:
+        the message is a real ``send`` from ``operator``, never a ``wake`` with a label.
+        """
+        name = agent_name(request.path_params["name"])
+        if name is None:
+            return _error("no such agent", 404)
+        try:
+            raw = await _read_body(request, MAX_LINE_BYTES)
+        except _TooLarge:
+            return _error(f"request body too large: the limit is {MAX_LINE_BYTES} bytes", 413)
+        try:
+            fields = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ProtocolError("the body is not a JSON object") from None
+        if not isinstance(fields, dict) or "to" in fields or "cmd" in fields:
+            raise ProtocolError('the body is {"body": "<text>", "in_reply_to"?: <id>}')
+        send = HOST_TABLE.from_object({"cmd": "send", "to": name, **fields})
+        reply = await self.hive.api.dispatch(self.operator(), send)
+        assert isinstance(reply, SendReply)
+        return JSONResponse({"id": reply.id})
+
     def routes(self) -> list[Route]:
         agents = AgentUiProxy(self.hive.config.paths, self.auth.csrf)
         return [
@@ -440,6 +471,7 @@ class Dashboard:
             # Each agent's own UI (hyperhive/web/_proxy.py), behind the same login.
             Route("/agent/{name}", self.page(agents.redirect)),
             Route("/agent/{name}/", self.page(agents.page)),
+            Route("/agent/{name}/api/send", self.api(self.agent_send), methods=["POST"]),
             Route("/agent/{name}/{path:path}", self.api(agents.forward), methods=["GET", "POST"]),
         ]
 

@@ -185,7 +185,7 @@ async def test_the_ui_is_a_private_unix_socket_and_tcp_only_when_asked(
         assert (await http(alice.port, "GET", "/api/state")).json()["port"] == alice.port
         rebind = await http(alice.port, "GET", "/api/state", host="attacker.example")
         assert rebind.status == 403
-        bare = await http(alice.port, "POST", "/api/send", json_body={"body": "x"}, origin=None)
+        bare = await http(alice.port, "POST", "/api/model", json_body={"model": "x"}, origin=None)
         assert bare.status == 403
         evil = await http(
             alice.port, "POST", "/api/model", json_body={"model": "opus"}, origin="http://evil"
