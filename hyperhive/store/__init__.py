@@ -4,7 +4,9 @@ from hyperhive.store._db import (
     Database,
     DatabaseClosed,
     DatabaseStatistics,
+    DatabaseUnusable,
     Migration,
+    check_database,
     connect,
     open_database,
 )
@@ -15,7 +17,9 @@ __all__ = [
     "Database",
     "DatabaseClosed",
     "DatabaseStatistics",
+    "DatabaseUnusable",
     "Migration",
+    "check_database",
     "connect",
     "open_database",
 ]
