@@ -304,11 +304,6 @@ class ApprovalQueue:
         """Resolve a pending approval as failed (it could not even be prepared)."""
         return await self._resolve(approval_id, ApprovalStatus.FAILED, note)
 
-    async def fail_pending_for(self, agent: str, note: str) -> list[ApprovalInfo]:
-        now = self._clock()
-        results = await self._db.transaction(lambda conn: sql_fail_pending(conn, agent, note, now))
-        return self.resolved(results)
-
     def resolved(self, results: list[tuple[ApprovalInfo, list[SentMessage]]]) -> list[ApprovalInfo]:
         """Announce decisions committed by an ``sql_resolve`` in someone else's transaction."""
         for info, sent in results:

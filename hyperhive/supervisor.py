@@ -333,7 +333,12 @@ class Hive:
             lambda conn: sql_begin(conn, OperationKind.DESTROY, name, now)
         )
         crash_point("destroy-claimed")
-        await self._finish_destroy(name, operation.id)
+        try:
+            await self._finish_destroy(name, operation.id)
+        except (RequestRefused, OSError):
+            # Nothing was recorded (the container could not be destroyed): it stays live.
+            await self.db.transaction(functools.partial(sql_end, operation_id=operation.id))
+            raise
 
     async def _finish_destroy(self, name: str, operation_id: int) -> None:
         """Stop the container, then in one transaction: the row DESTROYED, the agent's
@@ -372,7 +377,11 @@ class Hive:
             elif operation.kind == OperationKind.PURGE:
                 await self.registry.finish_purge(operation.agent, operation.id)
             elif operation.agent in self.registry.known():
-                await self._finish_destroy(operation.agent, operation.id)
+                try:
+                    await self._finish_destroy(operation.agent, operation.id)
+                except (RequestRefused, OSError) as exc:
+                    log.error("destroying %s failed again: %s", operation.agent, exc)
+                    await self.db.transaction(functools.partial(sql_end, operation_id=operation.id))
             else:
                 await self.db.transaction(functools.partial(sql_end, operation_id=operation.id))
 
