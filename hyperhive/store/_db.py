@@ -114,23 +114,23 @@ class DatabaseStatistics:
 def connect(path: Path, *, synchronous: str, migrations: Sequence[Migration]) -> sqlite3.Connection:
     """Open ``path`` in WAL mode with autocommit off, and apply pending migrations.
 
-    A corrupt file or a newer schema raises :class:`DatabaseUnusable` before anything is
-    written (see :func:`check_database`).
+    A newer schema raises :class:`DatabaseUnusable` before any pragma or migration
+    changes it; :func:`check_database` is the check that does not even open it for writing
+    (the daemon runs it at start-up, before it takes its locks).
     """
-    check_database(path, len(migrations))
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA foreign_keys = ON")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(migrations):
+        conn.close()
+        _check_version(path, version, len(migrations))
     if version == 0:
         # Only honoured before the first table exists.
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {_check_sync(synchronous)}")
-    if version > len(migrations):
-        conn.close()
-        _check_version(path, version, len(migrations))
     for target in range(version, len(migrations)):
         conn.execute("BEGIN IMMEDIATE")
         try:
