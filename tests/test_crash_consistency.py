@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,17 @@ import trio
 from hyperhive.client import Client
 from hyperhive.config import Paths
 from hyperhive.errors import ClientError
-from tests.conftest import DaemonProcess, git, make_paths, propose_config
+from tests.conftest import (
+    DaemonProcess,
+    git,
+    kill_leftovers,
+    make_paths,
+    propose_config,
+    wait_until,
+)
 
 NAMES = ("a0", "a1", "a2")
+FAKE = Path(__file__).resolve().parent / "payloads" / "fake_harness.py"
 
 
 def _env(crash_at: str | None = None) -> dict[str, str]:
@@ -262,6 +271,58 @@ async def test_apply_commit_interrupted_is_finished_at_start(
     assert git(applied, "rev-parse", f"deployed/{proposal_id}^{{commit}}") == sha
     assert (applied / "agent.toml").read_text() == 'model = "sonnet"\n'
     await check_consistent(crashable)
+
+
+class _ProcessDaemon(_Daemon):
+    """Agents run as real processes (the process backend) with a fake harness."""
+
+    def command(self) -> list[str]:
+        command = super().command()
+        command[command.index("external")] = "process"
+        return [*command, "--harness-command", f"{sys.executable} {FAKE}"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("point", ["destroy-claimed", "destroy-stopped"])
+async def test_destroy_of_a_running_agent_interrupted_is_finished_at_start(
+    short_tmp: Path, nursery: trio.Nursery, point: str
+) -> None:
+    daemon = _ProcessDaemon(make_paths(short_tmp), _env())
+    try:
+        await _restart(daemon, nursery, None)
+        await _approve_spawn(daemon, "alice")
+
+        async def alice_pid() -> int | None:
+            listed = await daemon.call({"cmd": "list"})
+            (alice,) = [a for a in listed["agents"] if a["name"] == "alice"]
+            return alice["pid"] if alice["state"] == "running" else None
+
+        await wait_until(alice_pid)
+        pid = await alice_pid()
+        assert pid is not None
+        proposal_id, _ = await _pending_apply_commit(daemon, "alice")
+        await _restart(daemon, nursery, point)
+        await _crashes(daemon, {"cmd": "destroy", "name": "alice"})
+
+        await _restart(daemon, nursery, None)
+        assert await _agents(daemon) == (set(), {"alice"})
+        row = _status(daemon.paths, proposal_id)
+        assert (row["status"], row["note"]) == ("failed", "agent destroyed")
+        assert not _alive(pid), "the destroyed agent's process still runs"
+        await check_consistent(daemon)
+    finally:
+        if daemon.proc is not None and daemon.proc.returncode is None:
+            daemon.proc.send_signal(signal.SIGKILL)
+            with trio.CancelScope(shield=True), trio.fail_after(15):
+                await daemon.proc.wait()
+        kill_leftovers(short_tmp)
 
 
 async def _workload(daemon: DaemonProcess, rng: random.Random) -> None:
