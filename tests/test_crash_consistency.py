@@ -327,9 +327,14 @@ async def test_destroy_of_a_running_agent_interrupted_is_finished_at_start(
 
 async def _workload(daemon: DaemonProcess, rng: random.Random) -> None:
     """Operator actions, one after another, until the daemon dies under them."""
-    async with await daemon.host() as host:
+    # One connection, closed whatever happens (the hello is inside the ``async with``).
+    async with await Client.connect(daemon.paths.host_socket) as host:
+        await host.request({"cmd": "hello", "role": "cli", "protocol": 1})
         while True:
-            live, tombstones = await _agents(daemon)
+            listed = await host.request({"cmd": "list"})
+            dead = await host.request({"cmd": "tombstones"})
+            tombstones = {t["name"] for t in dead["tombstones"]}
+            live = {a["name"] for a in listed["agents"]} - tombstones - {"manager"}
             pending = (await host.request({"cmd": "pending"})).get("approvals", [])
             choice = rng.random()
             if pending and choice < 0.3:
