@@ -4,6 +4,12 @@ Rules live in plain functions (:func:`check_commit_ref`, the ``sql_*`` transacti
 :class:`ApprovalQueue` carries a decision out and records it. Every decision (approved,
 denied, failed) is written in the same transaction as the ``approval_resolved`` system
 message to the manager, so the requester always hears of it. Rows are never deleted.
+
+Approving is crash-consistent: the transaction that claims the decision records it in the
+operations journal (:mod:`hyperhive.journal`), the executor's effects are idempotent, and
+the transaction that records the outcome ends the journal entry. An approval interrupted
+by a crash stays ``pending`` with its journal entry until :meth:`ApprovalQueue.resume`
+carries it out again at start-up, so ``pending`` never stands for an effect that happened.
 """
 
 from __future__ import annotations
@@ -21,6 +27,13 @@ import attrs
 from hyperhive.broker import Broker, Outgoing, SentMessage, sql_insert
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
+from hyperhive.journal import (
+    OperationKind,
+    crash_point,
+    sql_begin,
+    sql_end_approval,
+    sql_for_approval,
+)
 from hyperhive.names import MANAGER, OPERATOR, SYSTEM
 from hyperhive.protocol import CONVERTER, ApprovalInfo
 from hyperhive.questions import system_body
@@ -65,12 +78,12 @@ def _row_to_info(row: sqlite3.Row) -> ApprovalInfo:
         kind=row["kind"],
         commit_ref=row["commit_ref"],
         requested_at=row["requested_at"],
+        decided_by=row["decided_by"],
         status=row["status"],
         resolved_at=row["resolved_at"],
         note=row["note"],
         description=row["description"],
         fetched_sha=row["fetched_sha"],
-        decided_by=row["decided_by"],
     )
 
 
@@ -118,7 +131,7 @@ def sql_resolve(
     status: ApprovalStatus,
     note: str | None,
     now: float,
-    decided_by: str | None = None,
+    decided_by: str = SYSTEM,
 ) -> tuple[ApprovalInfo, list[SentMessage]]:
     """Record a decision on a pending approval and tell the manager, in one transaction."""
     current = sql_get(conn, approval_id)
@@ -128,6 +141,7 @@ def sql_resolve(
         "UPDATE approvals SET status = ?, resolved_at = ?, note = ?, decided_by = ? WHERE id = ?",
         (status.value, now, note, decided_by, approval_id),
     )
+    sql_end_approval(conn, approval_id)
     info = sql_get(conn, approval_id)
     body = system_body(
         "approval_resolved",
@@ -141,8 +155,42 @@ def sql_resolve(
     return info, sql_insert(conn, [Outgoing(SYSTEM, MANAGER, body)], now)
 
 
+def sql_claim(conn: sqlite3.Connection, approval_id: int, now: float) -> bool:
+    """Claim a pending approval for carrying out: journal the intent (see the module doc).
+
+    Returns False when it is already journaled (an earlier attempt was interrupted; carrying
+    it out again is safe, executors are idempotent).
+    """
+    info = sql_get(conn, approval_id)
+    if info.status != ApprovalStatus.PENDING:
+        raise RequestRefused(f"approval {approval_id} is already {info.status}")
+    if sql_for_approval(conn, approval_id) is not None:
+        return False
+    sql_begin(conn, OperationKind.APPROVE, info.agent, now, approval_id)
+    return True
+
+
+def sql_fail_pending(
+    conn: sqlite3.Connection, agent: str, note: str, now: float
+) -> list[tuple[ApprovalInfo, list[SentMessage]]]:
+    """Fail the agent's pending approvals that are not being carried out."""
+    ids = [
+        r["id"]
+        for r in conn.execute(
+            "SELECT id FROM approvals WHERE agent = ? AND status = 'pending' AND id NOT IN "
+            "(SELECT approval_id FROM operations WHERE approval_id IS NOT NULL) ORDER BY id",
+            (agent,),
+        )
+    ]
+    return [sql_resolve(conn, i, ApprovalStatus.FAILED, note, now) for i in ids]
+
+
 #: Carries out an approved request; raise :class:`RequestRefused` (or any error) to fail it.
+#: It must be idempotent: after a crash it runs again on whatever part already happened.
 Executor = Callable[[ApprovalInfo], Awaitable[None]]
+#: Refuses (raises :class:`RequestRefused`) an approval that cannot be carried out, before
+#: anything is claimed or changed; it is not run again when an interrupted one resumes.
+Precheck = Callable[[ApprovalInfo], None]
 
 
 class ApprovalQueue:
@@ -154,12 +202,14 @@ class ApprovalQueue:
         *,
         executors: dict[ApprovalKind, Executor],
         on_deny: dict[ApprovalKind, Executor] | None = None,
+        prechecks: dict[ApprovalKind, Precheck] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
         self._broker = broker
         self._events = events
         self._executors = executors
+        self._prechecks = prechecks or {}
         self._on_deny = on_deny or {}
         self._clock = clock
         self._deciding: set[int] = set()
@@ -187,15 +237,50 @@ class ApprovalQueue:
             info = await self.get(approval_id)
             if info.status != ApprovalStatus.PENDING:
                 raise RequestRefused(f"approval {approval_id} is already {info.status}")
-            executor = self._executors.get(ApprovalKind(info.kind))
-            status, note = ApprovalStatus.APPROVED, None
+            kind = ApprovalKind(info.kind)
+            now = self._clock()
             try:
-                if executor is None:
+                if kind not in self._executors:
                     raise RequestRefused(f"{info.kind} approvals cannot be carried out yet")
-                await executor(info)
-            except (RequestRefused, OSError) as exc:
-                status, note = ApprovalStatus.FAILED, str(exc)
-            return await self._resolve(approval_id, status, note, OPERATOR)
+                if await self._db.transaction(lambda conn: sql_for_approval(conn, approval_id)):
+                    # An interrupted attempt: carry it on (the checks passed back then).
+                    return await self._carry_out(info)
+                precheck = self._prechecks.get(kind)
+                if precheck is not None:
+                    precheck(info)
+            except RequestRefused as exc:
+                return await self._resolve(approval_id, ApprovalStatus.FAILED, str(exc), OPERATOR)
+            await self._db.transaction(lambda conn: sql_claim(conn, approval_id, now))
+            crash_point("approve-claimed")
+            return await self._carry_out(info)
+
+    async def resume(self, approval_id: int) -> ApprovalInfo:
+        """Finish an approval whose carrying out was interrupted (start-up recovery)."""
+        with self._deciding_on(approval_id):
+            info = await self.get(approval_id)
+            if info.status != ApprovalStatus.PENDING:
+                # Cannot happen (the outcome ends the journal entry); drop the stale entry.
+                await self._db.transaction(lambda conn: sql_end_approval(conn, approval_id))
+                return info
+            if ApprovalKind(info.kind) not in self._executors:
+                return await self._resolve(
+                    approval_id,
+                    ApprovalStatus.FAILED,
+                    f"{info.kind} cannot be carried out",
+                    OPERATOR,
+                )
+            return await self._carry_out(info)
+
+    async def _carry_out(self, info: ApprovalInfo) -> ApprovalInfo:
+        """Run the (idempotent) executor of a claimed approval and record the outcome."""
+        executor = self._executors[ApprovalKind(info.kind)]
+        status, note = ApprovalStatus.APPROVED, None
+        try:
+            await executor(info)
+        except (RequestRefused, OSError) as exc:
+            status, note = ApprovalStatus.FAILED, str(exc)
+        crash_point("approve-executed")
+        return await self._resolve(info.id, status, note, OPERATOR)
 
     async def deny(self, approval_id: int, note: str | None) -> ApprovalInfo:
         note = check_note(note)
@@ -203,6 +288,11 @@ class ApprovalQueue:
             info = await self.get(approval_id)
             if info.status != ApprovalStatus.PENDING:
                 raise RequestRefused(f"approval {approval_id} is already {info.status}")
+            if await self._db.transaction(lambda conn: sql_for_approval(conn, approval_id)):
+                raise RequestRefused(
+                    f"approval {approval_id} was approved and is being carried out; "
+                    "approve it again to finish it"
+                )
             hook = self._on_deny.get(ApprovalKind(info.kind))
             if hook is not None:
                 # Record the denial next to the proposal (a tag); it must not block the decision.
@@ -219,12 +309,12 @@ class ApprovalQueue:
         """Resolve a pending approval as failed (it could not even be prepared)."""
         return await self._resolve(approval_id, ApprovalStatus.FAILED, note, SYSTEM)
 
-    async def fail_pending_for(self, agent: str, note: str) -> list[ApprovalInfo]:
-        failed = []
-        for info in await self.list(pending_only=True):
-            if info.agent == agent and info.id not in self._deciding:
-                failed.append(await self._resolve(info.id, ApprovalStatus.FAILED, note, SYSTEM))
-        return failed
+    def resolved(self, results: list[tuple[ApprovalInfo, list[SentMessage]]]) -> list[ApprovalInfo]:
+        """Announce decisions committed by an ``sql_resolve`` in someone else's transaction."""
+        for info, sent in results:
+            self._broker.committed(sent)
+            self._events.publish("approval_resolved", approval=CONVERTER.unstructure(info))
+        return [info for info, _ in results]
 
     async def get(self, approval_id: int) -> ApprovalInfo:
         return await self._db.transaction(lambda conn: sql_get(conn, approval_id))
@@ -244,12 +334,10 @@ class ApprovalQueue:
         self, approval_id: int, status: ApprovalStatus, note: str | None, decided_by: str
     ) -> ApprovalInfo:
         now = self._clock()
-        info, sent = await self._db.transaction(
+        result = await self._db.transaction(
             lambda conn: sql_resolve(conn, approval_id, status, note, now, decided_by)
         )
-        self._broker.committed(sent)
-        self._events.publish("approval_resolved", approval=CONVERTER.unstructure(info))
-        return info
+        return self.resolved([result])[0]
 
     def _deciding_on(self, approval_id: int) -> _Deciding:
         return _Deciding(self._deciding, approval_id)
@@ -271,4 +359,4 @@ class _Deciding:
         self._ids.discard(self._id)
 
 
-__all__ = ["ApprovalKind", "ApprovalQueue", "ApprovalStatus", "Executor"]
+__all__ = ["ApprovalKind", "ApprovalQueue", "ApprovalStatus", "Executor", "Precheck"]

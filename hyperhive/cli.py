@@ -24,7 +24,7 @@ from hyperhive.client import Client
 from hyperhive.config import BACKENDS, Config, Paths, default_run_dir, default_state_dir
 from hyperhive.errors import AlreadyRunning, ClientError, HyperhiveError, RequestRefused
 from hyperhive.protocol import CONVERTER, json_schema
-from hyperhive.store import DatabaseFailed
+from hyperhive.store import DatabaseFailed, DatabaseUnusable
 from hyperhive.web._serve import DashboardUnavailable
 
 app = typer.Typer(
@@ -286,7 +286,8 @@ def _setup_problem(exc: BaseException) -> HyperhiveError | None:
     """A configuration problem at start (possibly inside a task group), to report plainly."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    return exc if isinstance(exc, AlreadyRunning | RequestRefused | DashboardUnavailable) else None
+    problems = AlreadyRunning | RequestRefused | DashboardUnavailable | DatabaseUnusable
+    return exc if isinstance(exc, problems) else None
 
 
 @app.command()

@@ -555,6 +555,30 @@ async def mark_failed(
         return False
 
 
+async def recorded_outcome(applied: Path, approval_id: int) -> tuple[str, str] | None:
+    """The outcome already recorded for proposal ``<id>``: ``("deployed", "")`` or
+    ``("failed", error)``; None when neither tag exists.
+
+    For an approval whose carrying out was interrupted: a ``failed/<id>`` tag whose ``main``
+    reset did not happen yet gets it now (``main`` back at the ``approved/<id>`` tag's
+    previous commit, while it still points at the proposal).
+    """
+    async with _locked(applied):
+        sha = await _proposal_sha(applied, approval_id)
+        if await _tag_target(applied, tag_name("deployed", approval_id)) is not None:
+            return ("deployed", "")
+        failed = tag_name("failed", approval_id)
+        if await _tag_target(applied, failed) is None:
+            return None
+        error = await _tag_message(applied, failed)
+        approved = tag_name("approved", approval_id)
+        if await _tag_target(applied, approved) is not None:
+            previous = _previous_from_message(await _tag_message(applied, approved))
+            if previous is not None and previous != sha and await _main(applied) == sha:
+                await _checkout_main(applied, previous)
+        return ("failed", error)
+
+
 async def mark_denied(applied: Path, approval_id: int, note: str | None) -> None:
     """Tag ``denied/<id>`` annotated with the operator's note (``denied`` when none)."""
     async with _locked(applied):

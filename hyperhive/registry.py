@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import attrs
 import trio
@@ -29,11 +29,13 @@ from hyperhive.agent_config import InvalidAgentConfig, load_agent_config
 from hyperhive.config import Paths
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
+from hyperhive.journal import OperationKind, crash_point, sql_begin, sql_end
 from hyperhive.names import MANAGER, InvalidAgentName, parse_agent_name
 from hyperhive.server import Principal, SocketKind
 from hyperhive.store import Database
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 DEFAULT_MODEL: Final = "haiku"
 
 
@@ -175,6 +177,8 @@ class Registry:
         self._nursery: trio.Nursery | None = None
         self.harnesses: Counter[str] = Counter()
         self._files: dict[Path, tuple[tuple[int, int], str]] = {}
+        #: Names whose directories are being removed: not registered again until gone.
+        self._purging: set[str] = set()
 
     # ------------------------------------------------------------ queries (no I/O)
 
@@ -237,7 +241,7 @@ class Registry:
         if existing is not None and existing.state != AgentState.DESTROYED:
             await self._bind(name)
             return existing
-        await trio.to_thread.run_sync(self._make_dirs, name)
+        await self.make_dirs(name)
         now = self._clock()
         record = AgentRecord(
             name=name,
@@ -262,21 +266,38 @@ class Registry:
             read_allowed_recipients, self._paths.applied_dir(name) / "agent.toml"
         )
 
-    async def destroy(self, name: str) -> AgentRecord:
-        """Remove the socket, keep the state: the name becomes a tombstone."""
+    async def make_dirs(self, name: str) -> None:
+        """Create the agent's state directories where missing (idempotent)."""
+        if name in self._purging:
+            raise RequestRefused(f"{name} is being purged; try again when that is done")
+        await trio.to_thread.run_sync(self._make_dirs, name)
+
+    async def destroy(
+        self, name: str, *, also: Callable[[sqlite3.Connection], T] | None = None
+    ) -> tuple[AgentRecord, T | None]:
+        """Remove the socket, keep the state: the name becomes a tombstone.
+
+        ``also`` runs in the same transaction as the row's change (and its result is
+        returned), so what goes with a destroy is recorded with it or not at all.
+        """
         record = self.get(name)
         if name == MANAGER:
             raise RequestRefused("the manager cannot be destroyed")
         if record.state == AgentState.DESTROYED:
             raise RequestRefused(f"{name} is already destroyed")
         record = attrs.evolve(record, state=AgentState.DESTROYED, updated_at=self._clock())
-        await self._db.transaction(lambda conn: _upsert(conn, record))
+
+        def tx(conn: sqlite3.Connection) -> T | None:
+            _upsert(conn, record)
+            return None if also is None else also(conn)
+
+        result = await self._db.transaction(tx)
         self._agents[name] = record
         scope = self._sockets.pop(name, None)
         if scope is not None:
             scope.cancel()
         self._events.publish("agent_destroyed", name=name)
-        return record
+        return record, result
 
     async def purge(self, name: str) -> None:
         """Forget a tombstone and wipe its state; refused for the manager and live agents."""
@@ -285,13 +306,28 @@ class Registry:
             raise RequestRefused("the manager cannot be purged")
         if record.state != AgentState.DESTROYED:
             raise RequestRefused(f"{name} is live: destroy it before purging")
-        await self._db.transaction(
-            lambda conn: conn.execute("DELETE FROM agents WHERE name = ?", (name,))
-        )
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM agents WHERE name = ?", (name,))
+            return sql_begin(conn, OperationKind.PURGE, name, now).id
+
+        # The row goes with the journal entry that promises the directories go too.
+        operation_id = await self._db.transaction(tx)
         del self._agents[name]
         self._allowed.pop(name, None)
-        for path in self._kept_dirs(name):
-            await trio.to_thread.run_sync(shutil.rmtree, path, True)
+        await self.finish_purge(name, operation_id)
+
+    async def finish_purge(self, name: str, operation_id: int) -> None:
+        """Remove a purged agent's directories, then end the journal entry. Idempotent."""
+        self._purging.add(name)
+        try:
+            for path in self._kept_dirs(name):
+                await trio.to_thread.run_sync(shutil.rmtree, path, True)
+                crash_point("purge-removing")
+            await self._db.transaction(lambda conn: sql_end(conn, operation_id))
+        finally:
+            self._purging.discard(name)
         self._events.publish("agent_purged", name=name)
 
     async def update(self, name: str, **changes: Any) -> AgentRecord:

@@ -49,8 +49,8 @@ from hyperhive.agent_setup import (
     proposed_repo,
 )
 from hyperhive.api import Api, tombstone
-from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref
-from hyperhive.broker import Broker
+from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref, sql_fail_pending
+from hyperhive.broker import Broker, SentMessage
 from hyperhive.config import BACKENDS, MAX_LOG_LINES, Config, min_free_bytes
 from hyperhive.config_repo import (
     approve_proposal,
@@ -59,6 +59,7 @@ from hyperhive.config_repo import (
     mark_deployed,
     mark_failed,
     read_proposed_config,
+    recorded_outcome,
 )
 from hyperhive.containers import (
     AgentSpec,
@@ -69,6 +70,7 @@ from hyperhive.containers import (
 )
 from hyperhive.errors import AlreadyRunning, DiskFull, RequestRefused
 from hyperhive.events import EventHub
+from hyperhive.journal import OperationKind, crash_point, sql_begin, sql_end, sql_unfinished
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import ApprovalInfo, LogsReply, RecentMessage, Tombstone
 from hyperhive.questions import QuestionBook
@@ -77,6 +79,7 @@ from hyperhive.retention import sweep_events_db
 from hyperhive.sdnotify import Notifier
 from hyperhive.server import Principal, SocketKind, serve_unix_socket
 from hyperhive.space import SpaceMonitor
+from hyperhive.startup import check_state, make_dir
 from hyperhive.store import BROKER_MIGRATIONS, Database, is_disk_full, open_database
 from hyperhive.supervision import Problems, agent_reporter, supervise
 from hyperhive.web import Dashboard, serve_dashboard
@@ -128,6 +131,7 @@ class Hive:
                 ApprovalKind.APPLY_COMMIT: self._approved_apply_commit,
             },
             on_deny={ApprovalKind.APPLY_COMMIT: self._denied_apply_commit},
+            prechecks={ApprovalKind.SPAWN: self._check_spawn},
         )
         self._deploy_locks: dict[str, trio.Lock] = {}
         self.dashboard: Dashboard | None = None
@@ -270,11 +274,20 @@ class Hive:
         agent, applied = approval.agent, self.config.paths.applied_dir(approval.agent)
         async with self._deploy_lock(agent):
             previous: str | None = None
+            # Carried out again after a crash: an outcome already tagged is the outcome.
+            outcome = await recorded_outcome(applied, approval.id)
+            if outcome is not None:
+                await self.registry.reload_config(agent)
+                if outcome[0] == "failed":
+                    raise RequestRefused(outcome[1])
+                return
             try:
                 previous = await approve_proposal(applied, approval.id)
+                crash_point("apply-commit-approved")
                 # Validate before touching the agent: a bad config leaves it running as it is.
                 config = parse_agent_config(await read_proposed_config(applied, approval.id))
                 await self._deploy(agent, config)
+                crash_point("apply-commit-rebuilt")
                 await mark_deployed(applied, approval.id)
             except (RequestRefused, OSError) as exc:
                 await mark_failed(applied, approval.id, previous, str(exc))
@@ -291,9 +304,12 @@ class Hive:
     async def _denied_apply_commit(self, approval: ApprovalInfo) -> None:
         await mark_denied(self.config.paths.applied_dir(approval.agent), approval.id, approval.note)
 
-    async def _approved_spawn(self, approval: ApprovalInfo) -> None:
+    def _check_spawn(self, approval: ApprovalInfo) -> None:
         if approval.agent in self.registry.live():
             raise RequestRefused(f"an agent named {approval.agent!r} already exists")
+
+    async def _approved_spawn(self, approval: ApprovalInfo) -> None:
+        # Idempotent: after a crash it finishes whatever part of the spawn happened.
         await self._create(approval.agent)
 
     async def spawn(self, name: str, *, backend: str | None = None) -> AgentRecord:
@@ -309,13 +325,20 @@ class Hive:
     async def _create(
         self, name: str, *, role: str = "agent", backend: str | None = None
     ) -> AgentRecord:
-        """Register (or revive) an agent and hand it to its supervisor, which starts it."""
+        """Register (or revive) an agent and hand it to its supervisor, which starts it.
+
+        Idempotent, and ordered so that a registered agent always has its directories and
+        repos: they are made (or found) first, then the registry row is written.
+        """
         before = self.registry.get(name).state if name in self.registry.known() else None
         first_start = "revived" if before == AgentState.DESTROYED else None
         if before is None:
             first_start = "spawned"
-        record = await self.registry.register(name, role=role, backend=backend)
+        await self.registry.make_dirs(name)
         await prepare_agent_repos(self.config.paths, name, self.seed_toml)
+        crash_point("spawn-prepared")
+        record = await self.registry.register(name, role=role, backend=backend)
+        crash_point("spawn-registered")
         await self.registry.reload_config(name)
         if not self.config.paths.model_file(name).exists():
             config = await load_applied_config(self.config.paths.applied_dir(name))
@@ -345,10 +368,62 @@ class Hive:
             return
         if record.state == AgentState.DESTROYED:
             raise RequestRefused(f"{name} is already destroyed")
-        if record.backend != "external":
+        now = time.time()
+        operation = await self.db.transaction(
+            lambda conn: sql_begin(conn, OperationKind.DESTROY, name, now)
+        )
+        crash_point("destroy-claimed")
+        try:
+            await self._finish_destroy(name, operation.id)
+        except (RequestRefused, OSError):
+            # Nothing was recorded (the container could not be destroyed): it stays live.
+            await self.db.transaction(functools.partial(sql_end, operation_id=operation.id))
+            raise
+
+    async def _finish_destroy(self, name: str, operation_id: int) -> None:
+        """Stop the container, then in one transaction: the row DESTROYED, the agent's
+        pending approvals failed, the journal entry ended. Idempotent."""
+        record = self.registry.get(name)
+        if record.state != AgentState.DESTROYED and record.backend != "external":
             await self.containers.request(name, "destroy")
-        await self.registry.destroy(name)
-        await self.approvals.fail_pending_for(name, "agent destroyed")
+            crash_point("destroy-stopped")
+            record = self.registry.get(name)
+        now = time.time()
+
+        def tx(conn: sqlite3.Connection) -> list[tuple[ApprovalInfo, list[SentMessage]]]:
+            sql_end(conn, operation_id)
+            return sql_fail_pending(conn, name, "agent destroyed", now)
+
+        if record.state != AgentState.DESTROYED:
+            _, failed = await self.registry.destroy(name, also=tx)
+        else:
+            failed = await self.db.transaction(tx)
+        self.approvals.resolved(failed or [])
+
+    async def finish_interrupted(self) -> None:
+        """Finish every decision the previous daemon left half done (see hyperhive.journal).
+
+        Runs at start-up, before the operator's socket listens.
+        """
+        for operation in await self.db.transaction(sql_unfinished):
+            log.warning(
+                "finishing %s of %s interrupted by the last shutdown",
+                operation.kind,
+                operation.agent,
+            )
+            if operation.kind == OperationKind.APPROVE:
+                assert operation.approval_id is not None
+                await self.approvals.resume(operation.approval_id)
+            elif operation.kind == OperationKind.PURGE:
+                await self.registry.finish_purge(operation.agent, operation.id)
+            elif operation.agent in self.registry.known():
+                try:
+                    await self._finish_destroy(operation.agent, operation.id)
+                except (RequestRefused, OSError) as exc:
+                    log.error("destroying %s failed again: %s", operation.agent, exc)
+                    await self.db.transaction(functools.partial(sql_end, operation_id=operation.id))
+            else:
+                await self.db.transaction(functools.partial(sql_end, operation_id=operation.id))
 
     async def tombstones(self) -> list[Tombstone]:
         dead = [r.name for r in self.registry.all() if r.state == AgentState.DESTROYED]
@@ -478,11 +553,11 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
         min_free_bytes(config.min_free, 0)
     except ValueError as exc:
         raise RequestRefused(str(exc)) from None
-    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    # A dir or database it cannot use is refused before anything is created or changed.
+    await trio.to_thread.run_sync(check_state, paths)
     # It holds credentials and the dashboard token: nobody else's business.
-    os.chmod(paths.state_dir, 0o700)
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(paths.run_dir, 0o751)
+    make_dir(paths.state_dir, 0o700, "state dir")
+    make_dir(paths.run_dir, 0o751, "run dir")
     with instance_lock(paths.lock_file), instance_lock(paths.run_dir / "hyperhive.lock"):
         moved = await trio.to_thread.run_sync(migrate_proposed_repos, paths)
         if moved:
@@ -505,6 +580,7 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
                 if moved and hive.registry.get(MANAGER).backend != "external":
                     # A manager re-adopted from before the move has no /agents: restart it.
                     await hive.containers.request(MANAGER, "restart")
+                await hive.finish_interrupted()
                 for part, body in (
                     ("the questions watchdog", hive.questions.watchdog),
                     ("the retention loop", functools.partial(retention_loop, hive)),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import trio
 
-from hyperhive.approvals import check_commit_ref
+from hyperhive.approvals import ApprovalKind, check_commit_ref
 from hyperhive.errors import RequestRefused
+from hyperhive.protocol import ApprovalInfo
 from hyperhive.supervisor import Hive
 from tests.conftest import Connect, git, propose_config
 
@@ -209,3 +211,51 @@ def test_commit_ref_rule() -> None:
     assert check_commit_ref("f" * 40) == "f" * 40
     with pytest.raises(RequestRefused):
         check_commit_ref("0123ab")
+
+
+async def _interrupt_approval(hive: Hive, approval_id: int) -> None:
+    """Approve, and cancel the decision right after its effect happened (before it is
+    recorded), like a daemon that dies there."""
+    original = hive.approvals._executors[ApprovalKind.SPAWN]
+    done = trio.Event()
+
+    async def then_hang(info: ApprovalInfo) -> None:
+        await original(info)
+        done.set()
+        await trio.sleep_forever()
+
+    hive.approvals._executors[ApprovalKind.SPAWN] = then_hang
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hive.approvals.approve, approval_id)
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        hive.approvals._executors[ApprovalKind.SPAWN] = original
+
+
+async def test_an_interrupted_approval_is_finished_not_failed(hive: Hive, connect: Connect) -> None:
+    manager = await connect("manager")
+    first = await manager.request({"cmd": "request_spawn", "name": "alice"})
+    second = await manager.request({"cmd": "request_spawn", "name": "bob"})
+    for reply in (first, second):
+        await _interrupt_approval(hive, reply["approval"]["id"])
+    assert {"alice", "bob"} <= hive.registry.live()
+    assert [a.status for a in await hive.approvals.list(pending_only=False)] == [
+        "pending",
+        "pending",
+    ]
+    # Its effect happened: it can no longer be denied.
+    with pytest.raises(RequestRefused, match="being carried out"):
+        await hive.approvals.deny(first["approval"]["id"], "too late")
+
+    # Approving again finishes it (the agent exists: that is success, not "already exists").
+    again = await hive.approvals.approve(first["approval"]["id"])
+    assert (again.status, again.note) == ("approved", None)
+    # The start-up recovery finishes the other one the same way.
+    await hive.finish_interrupted()
+    finished = await hive.approvals.get(second["approval"]["id"])
+    assert (finished.status, finished.note) == ("approved", None)
+    assert {"alice", "bob"} <= hive.registry.live()
+    statuses = [e["status"] for e in await manager_events(hive)]
+    assert statuses == ["approved", "approved"]

@@ -29,6 +29,7 @@ from hyperhive.config_repo import (
     mark_deployed,
     mark_failed,
     read_proposed_config,
+    recorded_outcome,
 )
 from hyperhive.errors import RequestRefused
 
@@ -212,6 +213,30 @@ async def test_an_invalid_proposal_fails_and_main_goes_back(repos: tuple[Path, P
         await mark_deployed(applied, 1)
     with pytest.raises(RequestRefused, match="already failed"):
         await approve_proposal(applied, 1)
+
+
+async def test_recorded_outcome_finishes_an_interrupted_failure(repos: tuple[Path, Path]) -> None:
+    """A crash between tagging failed/<id> and resetting main: the outcome resets it."""
+    proposed, applied = repos
+    seed = await applied_main(applied)
+    head = await commit(proposed, SONNET)
+    await fetch_proposal(proposed, applied, head, 1)
+    assert await recorded_outcome(applied, 1) is None
+    await approve_proposal(applied, 1)
+    await git(applied, "tag", "--annotate", "-m", "rebuild failed", "failed/1", head)
+    assert await applied_main(applied) == head
+
+    assert await recorded_outcome(applied, 1) == ("failed", "rebuild failed")
+    assert await applied_main(applied) == seed
+    assert (applied / "agent.toml").read_text() == SEED_AGENT_TOML
+    assert await recorded_outcome(applied, 1) == ("failed", "rebuild failed")
+
+    head2 = await commit(proposed, OPUS)
+    await fetch_proposal(proposed, applied, head2, 2)
+    await approve_proposal(applied, 2)
+    await mark_deployed(applied, 2)
+    assert await recorded_outcome(applied, 2) == ("deployed", "")
+    assert await applied_main(applied) == head2
 
 
 async def test_failure_before_approval_leaves_main(repos: tuple[Path, Path]) -> None:

@@ -33,15 +33,16 @@ import errno
 import logging
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import attrs
 import trio
 
-from hyperhive.errors import DiskFull
+from hyperhive.errors import DiskFull, HyperhiveError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -80,6 +81,64 @@ def free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+class DatabaseUnusable(HyperhiveError):
+    """The file is not a database this hyperhive can open (corrupt, or a newer schema)."""
+
+
+SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+
+
+def check_database(path: Path, known_versions: int) -> None:
+    """Refuse a database file that is corrupt or newer than ``known_versions`` migrations,
+    without writing anything (no ``-wal``/``-shm`` either) so that it stays as it was found.
+
+    The header is read by hand first (sqlite would create the ``-shm`` and ``-wal`` files
+    of a WAL database just by opening it); then sqlite checks the pages, read-only, and
+    ``immutable`` unless a ``-wal`` file (from a crash) holds part of the content.
+    """
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(100)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DatabaseUnusable(f"cannot read {path}: {exc.strerror}") from None
+    if not header:
+        return  # an empty file is an empty database to sqlite
+    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
+        raise DatabaseUnusable(
+            f"{path} is not an sqlite database (corrupt?); restore it from a backup "
+            "or move it away to start with an empty one"
+        )
+    _check_version(path, int.from_bytes(header[60:64], "big"), known_versions)
+    wal = path.with_name(path.name + "-wal").exists()
+    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro" + (
+        "" if wal else "&immutable=1"
+    )
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            _check_version(path, conn.execute("PRAGMA user_version").fetchone()[0], known_versions)
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        problems = [str(exc)]
+    if problems != ["ok"]:
+        raise DatabaseUnusable(
+            f"{path} is corrupt ({'; '.join(problems)[:300]}); restore it from a backup "
+            "or move it away to start with an empty one"
+        )
+
+
+def _check_version(path: Path, version: int, known_versions: int) -> None:
+    if version > known_versions:
+        raise DatabaseUnusable(
+            f"{path} has schema version {version}, newer than this hyperhive knows "
+            f"({known_versions}); upgrade hyperhive instead of downgrading"
+        )
+
+
 @attrs.define(eq=False)
 class _Job(Generic[T]):
     fn: Callable[[sqlite3.Connection], T]
@@ -97,23 +156,25 @@ class DatabaseStatistics:
 
 
 def connect(path: Path, *, synchronous: str, migrations: Sequence[Migration]) -> sqlite3.Connection:
-    """Open ``path`` in WAL mode with autocommit off, and apply pending migrations."""
+    """Open ``path`` in WAL mode with autocommit off, and apply pending migrations.
+
+    A newer schema raises :class:`DatabaseUnusable` before any pragma or migration
+    changes it; :func:`check_database` is the check that does not even open it for writing
+    (the daemon runs it at start-up, before it takes its locks).
+    """
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA foreign_keys = ON")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(migrations):
+        conn.close()
+        _check_version(path, version, len(migrations))
     if version == 0:
         # Only honoured before the first table exists.
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {_check_sync(synchronous)}")
-    if version > len(migrations):
-        conn.close()
-        raise RuntimeError(
-            f"{path} has schema version {version}, newer than this hyperhive "
-            f"({len(migrations)}); upgrade hyperhive instead of downgrading"
-        )
     for target in range(version, len(migrations)):
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -107,4 +107,20 @@ def _v3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE approvals ADD COLUMN decided_by TEXT")
 
 
-BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (_v1, _v2, _v3)
+def _v4(conn: sqlite3.Connection) -> None:
+    """The operations journal (see :mod:`hyperhive.journal`)."""
+    _execute_script(
+        conn,
+        """
+        CREATE TABLE operations (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind        TEXT NOT NULL,          -- 'approve' | 'destroy' | 'purge'
+            agent       TEXT NOT NULL,
+            approval_id INTEGER UNIQUE,         -- the approval being carried out
+            started_at  REAL NOT NULL
+        );
+        """,
+    )
+
+
+BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (_v1, _v2, _v3, _v4)

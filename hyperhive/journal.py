@@ -1,0 +1,95 @@
+"""The operations journal: decisions whose effects outlive a ``kill -9``.
+
+An operator decision with effects outside ``broker.sqlite`` (approving a spawn or an
+``apply_commit``, destroying, purging) records its intent in the ``operations`` table in
+the same transaction that claims the decision, carries its effects out idempotently, and
+deletes the row in the same transaction that records the outcome. A row that is still
+there when the daemon starts belongs to a decision the previous daemon did not finish;
+:meth:`hyperhive.supervisor.Hive.finish_interrupted` finishes (or fails) each one before
+the operator's socket listens.
+
+:func:`crash_point` is a test hook: with ``HYPERHIVE_TEST_CRASH_AT=<point>`` in the
+daemon's environment it kills the daemon (SIGKILL, no clean-up) the first time it passes
+``<point>``, so tests can crash it between two named steps. Unset, it does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from enum import StrEnum
+from typing import Final
+
+import attrs
+
+#: Test hook (see the module docstring); read once, at import.
+CRASH_AT: Final = os.environ.get("HYPERHIVE_TEST_CRASH_AT") or None
+
+
+class OperationKind(StrEnum):
+    APPROVE = "approve"
+    DESTROY = "destroy"
+    PURGE = "purge"
+
+
+@attrs.frozen
+class Operation:
+    id: int
+    kind: OperationKind
+    agent: str
+    approval_id: int | None
+    started_at: float
+
+
+def sql_begin(
+    conn: sqlite3.Connection,
+    kind: OperationKind,
+    agent: str,
+    now: float,
+    approval_id: int | None = None,
+) -> Operation:
+    """Record that an operation has started (its effects may happen from now on)."""
+    cur = conn.execute(
+        "INSERT INTO operations (kind, agent, approval_id, started_at) VALUES (?, ?, ?, ?)",
+        (kind.value, agent, approval_id, now),
+    )
+    assert cur.lastrowid is not None
+    return Operation(cur.lastrowid, kind, agent, approval_id, now)
+
+
+def sql_end(conn: sqlite3.Connection, operation_id: int) -> None:
+    conn.execute("DELETE FROM operations WHERE id = ?", (operation_id,))
+
+
+def sql_end_approval(conn: sqlite3.Connection, approval_id: int) -> None:
+    conn.execute("DELETE FROM operations WHERE approval_id = ?", (approval_id,))
+
+
+def sql_for_approval(conn: sqlite3.Connection, approval_id: int) -> Operation | None:
+    row = conn.execute("SELECT * FROM operations WHERE approval_id = ?", (approval_id,)).fetchone()
+    return None if row is None else _row(row)
+
+
+def sql_unfinished(conn: sqlite3.Connection) -> list[Operation]:
+    """Every operation not finished yet, oldest first."""
+    return [_row(r) for r in conn.execute("SELECT * FROM operations ORDER BY id")]
+
+
+def _row(row: sqlite3.Row) -> Operation:
+    return Operation(
+        id=row["id"],
+        kind=OperationKind(row["kind"]),
+        agent=row["agent"],
+        approval_id=row["approval_id"],
+        started_at=row["started_at"],
+    )
+
+
+def crash_point(point: str) -> None:
+    """Test hook: die here, like ``kill -9``, when ``HYPERHIVE_TEST_CRASH_AT`` names ``point``."""
+    if CRASH_AT is not None and point == CRASH_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+__all__ = ["CRASH_AT", "Operation", "OperationKind", "crash_point"]
