@@ -88,7 +88,7 @@ def _whole(paths: Paths, name: str) -> bool:
     return all(
         p.exists()
         for p in (
-            agent_dir / "config" / ".git",
+            paths.proposed_dir(name) / ".git",
             agent_dir / "claude",
             agent_dir / "state",
             paths.applied_dir(name) / ".git",
