@@ -37,6 +37,24 @@ BACKENDS: Final = ("auto", "nspawn", "process", "external")
 #: Longest path a unix socket can be bound at (sun_path is 108 bytes with its NUL).
 MAX_SOCKET_PATH: Final = 107
 
+# ---- the socket trust boundary (docs/protocol.md, "Bounds"): what one caller can make us hold
+#: Ids in requests are sqlite rowids: from 1 to the largest signed 64-bit integer.
+MAX_ID: Final = 2**63 - 1
+#: Most ids one ``ack`` may name.
+MAX_ACK_IDS: Final = 1024
+#: Deepest nesting of arrays and objects in a request line (no request needs more than 3).
+MAX_JSON_DEPTH: Final = 32
+#: Longest number literal in a request line; every integer field fits in 19 digits.
+MAX_JSON_NUMBER_CHARS: Final = 64
+#: Connections open at once on one agent's (or the manager's) socket, and on host.sock.
+MAX_AGENT_CONNECTIONS: Final = 32
+MAX_HOST_CONNECTIONS: Final = 64
+#: Request bytes one socket holds at once across its connections (unfinished and queued lines).
+MAX_SOCKET_BUFFERED_BYTES: Final = 4 * MAX_LINE_BYTES
+#: A started request line must be finished within this many seconds (idle connections may
+#: stay open as long as they like).
+LINE_DEADLINE_SECONDS: Final = 10.0
+
 
 def _default_state_dir() -> Path:
     if os.geteuid() == 0:
@@ -123,3 +141,5 @@ class Config:
     admin_group: str | None = None
     #: The payload each container runs; None means ``python -m hyperhive_harness serve``.
     harness_command: tuple[str, ...] | None = None
+    #: Seconds a client has to finish a request line it started (tests shorten it).
+    line_deadline_seconds: float = LINE_DEADLINE_SECONDS

@@ -67,7 +67,7 @@ from hyperhive.questions import QuestionBook
 from hyperhive.registry import AgentRecord, AgentState, Registry
 from hyperhive.retention import sweep_events_db
 from hyperhive.sdnotify import Notifier
-from hyperhive.server import Principal, SocketKind, serve_unix_socket
+from hyperhive.server import Principal, SocketKind, SocketLimits, serve_unix_socket
 from hyperhive.store import BROKER_MIGRATIONS, Database, open_database
 from hyperhive.web import Dashboard, serve_dashboard
 
@@ -165,6 +165,9 @@ class Hive:
             self.api,
             mode=0o600,
             dir_mode=0o700,
+            limits=SocketLimits.for_kind(
+                principal.kind, line_deadline=self.config.line_deadline_seconds
+            ),
             task_status=task_status,
         )
 
@@ -456,6 +459,9 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
                         hive.api,
                         mode=0o660,
                         group=gid,
+                        limits=SocketLimits.for_kind(
+                            SocketKind.HOST, line_deadline=config.line_deadline_seconds
+                        ),
                     )
                 )
                 try:
