@@ -134,11 +134,11 @@ def _make_converter() -> cattrs.Converter:
         wire = _wire_name(field.name)
 
         def hook(value: object, _: Any) -> Any:
-            out = conv.structure(value, tp)
-            reason = bounds.violation(out)
+            # Bounds first: an id of 2**64 is refused for its range, not for its size.
+            reason = bounds.violation(value)
             if reason is not None:
                 raise FieldRefused(f"{wire} {reason}")
-            return out
+            return conv.structure(value, tp)
 
         return hook
 
@@ -214,7 +214,7 @@ class RequestTable:
 
 _STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _LONG_DIGITS: Final = re.compile(rb"[0-9]{%d}" % (MAX_JSON_NUMBER_CHARS + 1))
-_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89abAB]")
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
 _NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
 _BRACKET_STEPS: Final = bytes.maketrans(b"[]{}", b"\x01\xff\x01\xff")
 
