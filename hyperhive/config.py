@@ -51,8 +51,8 @@ MAX_AGENT_CONNECTIONS: Final = 32
 MAX_HOST_CONNECTIONS: Final = 64
 #: Request bytes one socket holds at once across its connections (unfinished and queued lines).
 MAX_SOCKET_BUFFERED_BYTES: Final = 4 * MAX_LINE_BYTES
-#: A started request line must be finished within this many seconds (idle connections may
-#: stay open as long as they like).
+#: A started request line must be finished within this many seconds of the daemon waiting
+#: for it (idle connections, with no line started, may stay open as long as they like).
 LINE_DEADLINE_SECONDS: Final = 10.0
 
 

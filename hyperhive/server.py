@@ -187,6 +187,9 @@ class _Reader:
         self.held = 0
         #: Set when a bound was broken while a request was being dispatched.
         self.cut: str | None = None
+        #: The line being timed (its start) and how long we have waited for it so far.
+        self._timed_line: float | None = None
+        self._waited = 0.0
 
     def next_frame(self) -> Frame | None:
         if not self.pending:
@@ -200,20 +203,27 @@ class _Reader:
     async def fill(self) -> bool:
         """Receive once and frame what came; False when the client closed its side.
 
-        Raises :class:`_Cut` when a started line misses its deadline or the socket's
-        byte budget would be exceeded.
+        Raises :class:`_Cut` when a started line misses its deadline (counted while we wait
+        for it) or the socket's byte budget would be exceeded.
         """
         limits = self.budget.limits
         started = self.buffer.started_at
-        deadline = math.inf if started is None else started + limits.line_deadline
+        if started != self._timed_line:
+            self._timed_line, self._waited = started, 0.0
+        # Only time spent waiting for the client counts: while the daemon is busy with
+        # earlier requests (or paused reading behind a long-poll) the clock stops.
+        left = math.inf if started is None else limits.line_deadline - self._waited
+        before = self.clock()
         data: bytes | None = None
-        with trio.move_on_at(deadline):
+        with trio.move_on_at(before + max(left, 0.0)):
             data = await self.stream.receive_some(RECEIVE_CHUNK)
         now = self.clock()
-        if data is None or (started is not None and now - started > limits.line_deadline):
+        if started is not None:
+            self._waited += now - before
+        if data is None or self._waited > limits.line_deadline:
             raise _Cut(
-                f"request line not finished within {limits.line_deadline:g} seconds of its "
-                "first byte; closing the connection"
+                f"request line not finished within {limits.line_deadline:g} seconds; "
+                "closing the connection"
             )
         if not data:
             return False

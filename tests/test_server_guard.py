@@ -154,3 +154,46 @@ def test_default_limits_are_generous_for_legit_clients() -> None:
     assert agent.max_connections == 32 and host.max_connections == 64
     # A harness and an MCP server may each send a maximal line at once.
     assert agent.max_buffered_bytes >= 2 * MAX_LINE_BYTES
+
+
+class ParkingEndpoint(BuggyEndpoint):
+    """``recv`` parks until released (a long-poll); everything else is ``status``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = trio.Event()
+        self.parked = trio.Event()
+
+    async def dispatch(self, conn: Connection, request: Request) -> Reply:
+        if request.CMD == "recv":
+            self.parked.set()
+            await self.release.wait()
+        return StatusReply(unread=7)
+
+    def blocks(self, request: Request) -> bool:
+        return request.CMD == "recv"
+
+
+async def test_requests_pipelined_behind_a_long_poll_are_bounded_then_served() -> None:
+    server, client = await _pair()
+    endpoint = ParkingEndpoint()
+    budget = SocketBudget(SocketLimits.for_kind(SocketKind.AGENT))
+    line = b'{"cmd":"status"}' + b" " * 16 * 1024 + b"\n"  # JSON may carry whitespace
+    count = (MAX_LINE_BYTES + 512 * 1024) // len(line)  # 1.5 lines' worth of queued requests
+    answered = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: handle_connection(server, AGENT, endpoint, budget=budget))
+        await client.send_all(b'{"cmd":"recv","wait_seconds":180}\n')
+        await endpoint.parked.wait()
+        nursery.start_soon(client.send_all, line * count)  # blocks once the kernel is full
+        await trio.testing.wait_all_tasks_blocked()
+        # The daemon stopped reading after about one line's worth; the rest waits in the kernel.
+        assert MAX_LINE_BYTES <= budget.buffered <= MAX_LINE_BYTES + 64 * 1024
+        endpoint.release.set()
+        buf = bytearray()
+        with trio.fail_after(60):
+            while answered < count + 1:
+                assert await _line(client, buf) == {"ok": True, "unread": 7}
+                answered += 1
+        await client.aclose()
+    assert budget.buffered == 0
