@@ -116,7 +116,10 @@ def test_random_json_is_refused_or_decoded(value: object) -> None:
         (b'{"cmd":"answer","id":-5,"answer":"x"}', "id must be between 1 and"),
         (b'{"cmd":"send","to":"bob","body":"x","in_reply_to":0}', "in_reply_to must be between"),
         (b'{"cmd":"send","to":"bob","body":"a\\u0000b"}', "body must not contain NUL"),
-        (b'{"cmd":"wake","from":"\\u0000","body":"b"}', "from must not contain NUL"),
+        (
+            b'{"cmd":"wake","from":"\\u0000","body":"b"}',
+            "from must not contain NUL (U+0000) @ $.from",
+        ),
         (b'{"cmd":"hello","role":"cli","protocol":' + b"9" * 30 + b"}", "64-bit range"),
     ],
 )

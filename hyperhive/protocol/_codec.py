@@ -306,6 +306,10 @@ def structure(raw: object, cls: type[T], *, what: str) -> T:
         reasons = "; ".join(
             cattrs.transform_error(exc, path="$", format_exception=_format_exception)
         )
+        if attrs.has(cls):  # paths name attributes; show the wire name (``from``, not ``from_``)
+            for field in attrs.fields(cls):
+                if field.name != _wire_name(field.name):
+                    reasons = reasons.replace(f"@ $.{field.name}", f"@ $.{_wire_name(field.name)}")
         raise ProtocolError(f"invalid {what}: {reasons}") from None
     except (TypeError, ValueError, KeyError) as exc:
         raise ProtocolError(f"invalid {what}: {exc}") from None
