@@ -271,8 +271,10 @@ async def handle_connection(
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     except _Cut as cut:
+        reader.release()  # before the await: the socket's other connections may use it now
         await _say_last(stream, str(cut))
     except Exception:
+        reader.release()
         log.exception("internal error on a %s socket connection; closing it", principal.kind)
         await _say_last(stream, "internal error; closing the connection")
     finally:

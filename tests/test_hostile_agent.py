@@ -36,7 +36,10 @@ PARTIAL = b'{"cmd":"send","to":"operator","body":"' + b"x" * (MAX_LINE_BYTES - 5
 TRICKLE_CHUNK = 32 * 1024
 TRICKLE_PAUSE = 0.05
 MAX_RSS_GROWTH = 64 * 1024 * 1024
-MAX_HOST_LATENCY = 0.2
+#: host.sock answers during the flood: nine in ten within 200 ms and none stalls for 500 ms
+#: (plus what the machine itself shows when quiet: tests share it with other work).
+MAX_HOST_LATENCY_P90 = 0.2
+MAX_HOST_LATENCY = 0.5
 
 CAP_REFUSAL = "too many connections on the agent socket"
 BUDGET_CUT = "bytes of unfinished requests"
@@ -221,9 +224,11 @@ async def test_hostile_agent_is_bounded_and_the_daemon_keeps_answering(
 
     assert growth < MAX_RSS_GROWTH, f"daemon RSS grew by {growth / 2**20:.1f} MiB"
     assert watcher.latencies, "host.sock was never measured"
-    limit = MAX_HOST_LATENCY + 2 * max(quiet)
-    slow = [t for t in watcher.latencies if t > limit]
-    assert not slow, f"host.sock status took {max(slow):.3f} s during the flood (> {limit:.3f})"
+    noise = 2 * max(quiet)
+    latencies = sorted(watcher.latencies)
+    p90 = latencies[len(latencies) * 9 // 10]
+    assert p90 < MAX_HOST_LATENCY_P90 + noise, f"host.sock p90 {p90:.3f} s during the flood"
+    assert latencies[-1] < MAX_HOST_LATENCY + noise, f"host.sock took {latencies[-1]:.3f} s"
 
     # The agent's idle connection outlived the deadline and still works; so does the socket.
     assert (await harness.request({"cmd": "status"}))["ok"] is True
