@@ -21,7 +21,14 @@ import trio
 import typer
 
 from hyperhive.client import Client
-from hyperhive.config import BACKENDS, Config, Paths, default_run_dir, default_state_dir
+from hyperhive.config import (
+    BACKENDS,
+    LINE_DEADLINE_SECONDS,
+    Config,
+    Paths,
+    default_run_dir,
+    default_state_dir,
+)
 from hyperhive.errors import AlreadyRunning, ClientError, HyperhiveError, RequestRefused
 from hyperhive.protocol import CONVERTER, json_schema
 from hyperhive.store import DatabaseFailed, DatabaseUnusable
@@ -211,6 +218,15 @@ def run(
             "KEY=VALUE lines; keep it mode 600.",
         ),
     ] = None,
+    line_deadline_seconds: Annotated[
+        float,
+        typer.Option(
+            envvar="HYPERHIVE_LINE_DEADLINE_SECONDS",
+            hidden=True,
+            min=0.1,
+            help="Seconds a socket client has to finish a request line it started (testing).",
+        ),
+    ] = LINE_DEADLINE_SECONDS,
 ) -> None:
     """Run the host daemon until SIGTERM or Ctrl-C."""
     from hyperhive.supervisor import main as daemon_main
@@ -238,6 +254,7 @@ def run(
         ),
         harness_command=tuple(shlex.split(harness_command)) if harness_command else None,
         min_free=min_free,
+        line_deadline_seconds=line_deadline_seconds,
     )
     try:
         trio.run(daemon_main, config)

@@ -69,6 +69,25 @@ def min_free_bytes(setting: str | None, total: int) -> int:
     return int(number) * _SIZE_UNITS[unit]
 
 
+# ---- the socket trust boundary (docs/protocol.md, "Bounds"): what one caller can make us hold
+#: Ids in requests are sqlite rowids: from 1 to the largest signed 64-bit integer.
+MAX_ID: Final = 2**63 - 1
+#: Most ids one ``ack`` may name.
+MAX_ACK_IDS: Final = 1024
+#: Deepest nesting of arrays and objects in a request line (no request needs more than 3).
+MAX_JSON_DEPTH: Final = 32
+#: Longest number literal in a request line; every integer field fits in 19 digits.
+MAX_JSON_NUMBER_CHARS: Final = 64
+#: Connections open at once on one agent's (or the manager's) socket, and on host.sock.
+MAX_AGENT_CONNECTIONS: Final = 32
+MAX_HOST_CONNECTIONS: Final = 64
+#: Request bytes one socket holds at once across its connections (unfinished and queued lines).
+MAX_SOCKET_BUFFERED_BYTES: Final = 4 * MAX_LINE_BYTES
+#: A started request line must be finished within this many seconds of the daemon waiting
+#: for it (idle connections, with no line started, may stay open as long as they like).
+LINE_DEADLINE_SECONDS: Final = 10.0
+
+
 def _default_state_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/var/lib/hyperhive")
@@ -176,3 +195,5 @@ class Config:
     min_free: str | None = None
     #: Bytes broker.sqlite keeps in reserve for reads when the disk fills up.
     db_reserve_bytes: int = DB_RESERVE_BYTES
+    #: Seconds a client has to finish a request line it started (tests shorten it).
+    line_deadline_seconds: float = LINE_DEADLINE_SECONDS

@@ -3,8 +3,15 @@
 :func:`serve_unix_socket` binds one socket for one :class:`Principal`, and
 :func:`handle_connection` runs the request/reply loop of one connection: bytes in through
 the sans-IO :class:`LineBuffer`, each line decoded by the socket's request table, handed to
-the dispatcher, and the reply (or ``{"ok": false, "error": …}``) written back. Nothing a
-client sends can end the loop except closing the connection.
+the dispatcher, and the reply (or ``{"ok": false, "error": …}``) written back. A request
+that cannot be decoded or carried out gets its reason and the connection goes on.
+
+Each socket has a :class:`SocketBudget` (:class:`SocketLimits`): a cap on open connections
+(one past it gets one error line and is closed), a bound on the request bytes held for all of
+its connections, and a deadline for finishing a started line; a connection that breaks one
+of the last two gets one error line and is closed. Idle connections never time out. Nothing
+but cancellation escapes a connection's task: an unexpected exception is logged and ends at
+most that connection, never the daemon.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import socket as stdlib_socket
 from collections import deque
@@ -22,7 +30,14 @@ from typing import Protocol
 import attrs
 import trio
 
-from hyperhive.config import MAX_SOCKET_PATH
+from hyperhive.config import (
+    LINE_DEADLINE_SECONDS,
+    MAX_AGENT_CONNECTIONS,
+    MAX_HOST_CONNECTIONS,
+    MAX_LINE_BYTES,
+    MAX_SOCKET_BUFFERED_BYTES,
+    MAX_SOCKET_PATH,
+)
 from hyperhive.errors import ProtocolError, RequestRefused
 from hyperhive.protocol import (
     AGENT_TABLE,
@@ -100,75 +115,231 @@ def _peer_pid(stream: trio.SocketStream) -> int | None:
 Frame = bytes | Oversized
 
 
+@attrs.frozen
+class SocketLimits:
+    """What one socket (one principal) may make the daemon hold; see docs/protocol.md."""
+
+    max_connections: int
+    max_buffered_bytes: int = MAX_SOCKET_BUFFERED_BYTES
+    #: Seconds of waiting a client gets to finish a request line it started.
+    line_deadline: float = LINE_DEADLINE_SECONDS
+    max_line: int = MAX_LINE_BYTES
+
+    @classmethod
+    def for_kind(
+        cls, kind: SocketKind, *, line_deadline: float = LINE_DEADLINE_SECONDS
+    ) -> SocketLimits:
+        cap = MAX_HOST_CONNECTIONS if kind is SocketKind.HOST else MAX_AGENT_CONNECTIONS
+        return cls(max_connections=cap, line_deadline=line_deadline)
+
+
+class SocketBudget:
+    """Sans-IO accounting of one socket: open connections and request bytes held for them."""
+
+    def __init__(self, limits: SocketLimits) -> None:
+        self.limits = limits
+        self.connections = 0
+        self.buffered = 0
+
+    def admit(self) -> bool:
+        """Count a new connection in, unless the socket is at its cap."""
+        if self.connections >= self.limits.max_connections:
+            return False
+        self.connections += 1
+        return True
+
+    def leave(self) -> None:
+        self.connections -= 1
+
+    def resize(self, old: int, new: int) -> bool:
+        """One connection now holds ``new`` bytes instead of ``old``; False if over the bound."""
+        if new > old and self.buffered - old + new > self.limits.max_buffered_bytes:
+            return False
+        self.buffered += new - old
+        return True
+
+    def statistics(self) -> dict[str, int]:
+        return {"connections": self.connections, "buffered_bytes": self.buffered}
+
+
+class _Cut(Exception):
+    """The connection broke a bound: the message goes to the client, then it is closed."""
+
+
+class _Reader:
+    """The receive side of one connection: framing, queued lines, budget and line deadline."""
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        principal: Principal,
+        budget: SocketBudget,
+    ) -> None:
+        self.stream = stream
+        self.principal = principal
+        self.budget = budget
+        self.buffer = LineBuffer(budget.limits.max_line)
+        self.pending: deque[Frame] = deque()
+        self.pending_bytes = 0
+        self.held = 0
+        #: Set when a bound was broken while a request was being dispatched.
+        self.cut: str | None = None
+        #: The line being timed (its start) and how long we have waited for it so far.
+        self._timed_line: float | None = None
+        self._waited = 0.0
+
+    def next_frame(self) -> Frame | None:
+        if not self.pending:
+            return None
+        frame = self.pending.popleft()
+        if isinstance(frame, bytes):
+            self.pending_bytes -= len(frame)
+            self._account()
+        return frame
+
+    async def fill(self) -> bool:
+        """Receive once and frame what came; False when the client closed its side.
+
+        Raises :class:`_Cut` when a started line misses its deadline (counted while we wait
+        for it) or the socket's byte budget would be exceeded.
+        """
+        limits = self.budget.limits
+        started = self.buffer.started_at
+        if started != self._timed_line:
+            self._timed_line, self._waited = started, 0.0
+        # Only time spent waiting for the client counts: while the daemon is busy with
+        # earlier requests (or paused reading behind a long-poll) the clock stops.
+        left = math.inf if started is None else limits.line_deadline - self._waited
+        before = trio.current_time()  # trio's clock: a test may run a MockClock
+        data: bytes | None = None
+        with trio.move_on_at(before + max(left, 0.0)):
+            data = await self.stream.receive_some(RECEIVE_CHUNK)
+        now = trio.current_time()
+        if started is not None:
+            self._waited += now - before
+        if data is None or self._waited > limits.line_deadline:
+            raise _Cut(
+                f"request line not finished within {limits.line_deadline:g} seconds; "
+                "closing the connection"
+            )
+        if not data:
+            return False
+        for frame in self.buffer.feed(data, now):
+            self.pending.append(frame)
+            if isinstance(frame, bytes):
+                self.pending_bytes += len(frame)
+        self._account()
+        return True
+
+    def _account(self) -> None:
+        held = self.buffer.buffered + self.pending_bytes
+        if not self.budget.resize(self.held, held):
+            raise _Cut(
+                f"the {self.principal.kind} socket already holds "
+                f"{self.budget.limits.max_buffered_bytes} bytes of unfinished requests; "
+                "closing this connection"
+            )
+        self.held = held
+
+    def release(self) -> None:
+        self.budget.resize(self.held, 0)
+        self.held = 0
+
+
 async def handle_connection(
-    stream: trio.SocketStream, principal: Principal, endpoint: Endpoint
+    stream: trio.SocketStream,
+    principal: Principal,
+    endpoint: Endpoint,
+    *,
+    budget: SocketBudget | None = None,
 ) -> None:
+    """Serve one connection until the client closes it or breaks a bound.
+
+    Nothing but cancellation escapes: an unexpected exception is logged with its traceback,
+    answered ``internal error`` and ends this connection only.
+    """
+    if budget is None:
+        budget = SocketBudget(SocketLimits.for_kind(principal.kind))
     conn = Connection(principal, _peer_pid(stream))
-    buffer = LineBuffer()
-    pending: deque[Frame] = deque()
+    reader = _Reader(stream, principal, budget)
     try:
-        while True:
-            if not pending:
-                data = await stream.receive_some(RECEIVE_CHUNK)
-                if not data:
-                    return
-                pending.extend(buffer.feed(data))
-                continue
-            line = pending.popleft()
-            request: Request | None = None
-            reply: Reply | None = None
-            if isinstance(line, bytes):
-                request, reply, wire, hung_up = await _answer(
-                    conn, line, endpoint, stream, buffer, pending
-                )
-                if hung_up:
-                    if request is not None and reply is not None:
-                        with trio.CancelScope(shield=True):
-                            await endpoint.reply_lost(conn, request, reply)
-                    return
-            else:
-                wire = encode_error(
-                    f"request line longer than {buffer.max_line} bytes; it was discarded"
-                )
-            try:
-                await stream.send_all(wire)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                if request is not None and reply is not None:
-                    with trio.CancelScope(shield=True):
-                        await endpoint.reply_lost(conn, request, reply)
-                return
+        await _serve(conn, reader, endpoint, stream)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
-        return
+        pass
+    except _Cut as cut:
+        reader.release()  # before the await: the socket's other connections may use it now
+        await _say_last(stream, str(cut))
+    except Exception:
+        reader.release()
+        log.exception("internal error on a %s socket connection; closing it", principal.kind)
+        await _say_last(stream, "internal error; closing the connection")
     finally:
-        endpoint.closed(conn)
+        reader.release()
+        try:
+            endpoint.closed(conn)
+        except Exception:
+            log.exception("internal error while closing a %s socket connection", principal.kind)
         with trio.CancelScope(shield=True):
             await stream.aclose()
 
 
+async def _say_last(stream: trio.SocketStream, reason: str) -> None:
+    """Best effort: one error line to a client about to be disconnected."""
+    with (
+        trio.move_on_after(1),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
+    ):
+        await stream.send_all(encode_error(reason))
+
+
+async def _serve(
+    conn: Connection, reader: _Reader, endpoint: Endpoint, stream: trio.SocketStream
+) -> None:
+    while True:
+        line = reader.next_frame()
+        if line is None:
+            if not await reader.fill():
+                return
+            continue
+        request: Request | None = None
+        reply: Reply | None = None
+        if isinstance(line, bytes):
+            request, reply, wire, hung_up = await _answer(conn, line, endpoint, reader)
+            if hung_up:
+                if request is not None and reply is not None:
+                    with trio.CancelScope(shield=True):
+                        await endpoint.reply_lost(conn, request, reply)
+                return
+        else:
+            wire = encode_error(
+                f"request line longer than {reader.buffer.max_line} bytes; it was discarded"
+            )
+        try:
+            await stream.send_all(wire)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if request is not None and reply is not None:
+                with trio.CancelScope(shield=True):
+                    await endpoint.reply_lost(conn, request, reply)
+            return
+        if reader.cut is not None:
+            raise _Cut(reader.cut)
+
+
 async def _answer(
-    conn: Connection,
-    line: bytes,
-    endpoint: Endpoint,
-    stream: trio.SocketStream,
-    buffer: LineBuffer,
-    pending: deque[Frame],
+    conn: Connection, line: bytes, endpoint: Endpoint, reader: _Reader
 ) -> tuple[Request | None, Reply | None, bytes, bool]:
     """Decode and dispatch one line: (request, reply, bytes to send, client hung up)."""
+    request: Request | None = None
     try:
         request = conn.principal.table.decode(line)
-    except ProtocolError as exc:
-        return None, None, encode_error(str(exc)), False
-    try:
         if endpoint.blocks(request):
-            reply, hung_up = await _dispatch_watching(
-                conn, request, endpoint, stream, buffer, pending
-            )
+            reply, hung_up = await _dispatch_watching(conn, request, endpoint, reader)
             if reply is None:
-                return request, None, b"", True
+                return request, None, b"", hung_up
         else:
             reply, hung_up = await endpoint.dispatch(conn, request), False
         return request, reply, encode_reply(reply), hung_up
-    except RequestRefused as exc:
+    except (ProtocolError, RequestRefused) as exc:
         return request, None, encode_error(str(exc)), False
     except Exception as exc:
         # A bug must not take the daemon down; the caller learns something went wrong.
@@ -179,18 +350,14 @@ async def _answer(
 
 
 async def _dispatch_watching(
-    conn: Connection,
-    request: Request,
-    endpoint: Endpoint,
-    stream: trio.SocketStream,
-    buffer: LineBuffer,
-    pending: deque[Frame],
+    conn: Connection, request: Request, endpoint: Endpoint, reader: _Reader
 ) -> tuple[Reply | None, bool]:
     """Dispatch while reading the socket: a hang-up cancels the request.
 
     Without this a long-poll ``recv`` of a client that went away would stay parked and,
     woken by the next send, take that message for nobody. Requests the client pipelined
-    meanwhile are buffered for their turn.
+    meanwhile are queued for their turn (up to one line's worth; then reading pauses), and
+    a line started meanwhile still has its deadline.
     """
     reply: Reply | None = None
     failure: Exception | None = None
@@ -199,13 +366,18 @@ async def _dispatch_watching(
 
         async def watch() -> None:
             nonlocal hung_up
-            while True:
-                data = await stream.receive_some(RECEIVE_CHUNK)
-                if not data:
-                    hung_up = True
-                    nursery.cancel_scope.cancel()
-                    return
-                pending.extend(buffer.feed(data))
+            try:
+                while True:
+                    if reader.pending_bytes >= reader.buffer.max_line:
+                        await trio.sleep_forever()  # enough queued: leave the rest in the kernel
+                    if not await reader.fill():
+                        hung_up = True
+                        break
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                hung_up = True
+            except _Cut as cut:
+                reader.cut = str(cut)
+            nursery.cancel_scope.cancel()
 
         async def run() -> None:
             nonlocal reply, failure
@@ -242,12 +414,16 @@ async def serve_unix_socket(
     mode: int = 0o660,
     group: int | None = None,
     dir_mode: int | None = None,
+    limits: SocketLimits | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``path`` until cancelled, then remove the socket file.
 
     ``mode``/``group`` apply to the socket file, ``dir_mode`` (when given) to its directory.
+    ``limits`` (default: :meth:`SocketLimits.for_kind`) cap its connections and buffered bytes;
+    a connection past the cap gets one error line and is closed.
     """
+    budget = SocketBudget(limits or SocketLimits.for_kind(principal.kind))
     sock = _socket_for(path)
     try:
         if dir_mode is not None:
@@ -260,7 +436,21 @@ async def serve_unix_socket(
         listener = trio.SocketListener(sock)
 
         async def handler(stream: trio.SocketStream) -> None:
-            await handle_connection(stream, principal, endpoint)
+            if not budget.admit():
+                await _say_last(
+                    stream,
+                    f"too many connections on the {principal.kind} socket (at most "
+                    f"{budget.limits.max_connections}); close one and retry",
+                )
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+                return
+            try:
+                await handle_connection(stream, principal, endpoint, budget=budget)
+            except Exception:  # handle_connection lets nothing out; this is the last guard
+                log.exception("internal error on a %s socket connection", principal.kind)
+            finally:
+                budget.leave()
 
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, handler, [listener])

@@ -77,7 +77,7 @@ from hyperhive.questions import QuestionBook
 from hyperhive.registry import AgentRecord, AgentState, Registry
 from hyperhive.retention import sweep_events_db
 from hyperhive.sdnotify import Notifier
-from hyperhive.server import Principal, SocketKind, serve_unix_socket
+from hyperhive.server import Principal, SocketKind, SocketLimits, serve_unix_socket
 from hyperhive.space import SpaceMonitor
 from hyperhive.startup import check_state, make_dir
 from hyperhive.store import BROKER_MIGRATIONS, Database, is_disk_full, open_database
@@ -202,7 +202,15 @@ class Hive:
         await supervise(
             f"{principal.name}'s socket",
             functools.partial(
-                serve_unix_socket, path, principal, self.api, mode=0o600, dir_mode=0o700
+                serve_unix_socket,
+                path,
+                principal,
+                self.api,
+                mode=0o600,
+                dir_mode=0o700,
+                limits=SocketLimits.for_kind(
+                    principal.kind, line_deadline=self.config.line_deadline_seconds
+                ),
             ),
             report=agent_reporter(self.registry, self.broker, principal.name),
             task_status=task_status,
@@ -601,6 +609,9 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
                         hive.api,
                         mode=0o660,
                         group=gid,
+                        limits=SocketLimits.for_kind(
+                            SocketKind.HOST, line_deadline=config.line_deadline_seconds
+                        ),
                     )
                 )
                 try:

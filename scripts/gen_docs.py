@@ -214,11 +214,21 @@ def _type(schema: dict[str, Any]) -> str:
     if "anyOf" in schema:
         return " or ".join(_type(s) for s in schema["anyOf"])
     if schema.get("type") == "array":
-        return f"array of {_type(schema['items'])}"
+        most = f", at most {schema['maxItems']} items" if "maxItems" in schema else ""
+        return f"array of {_type(schema['items'])}{most}"
     kind = schema.get("type")
     if isinstance(kind, str):
-        return kind
+        return kind + _bounds(schema)
     return "any"
+
+
+def _bounds(schema: dict[str, Any]) -> str:
+    """A field's declared bounds, as the codec enforces them."""
+    if "minimum" in schema or "maximum" in schema:
+        return f" ({schema.get('minimum', '…')} to {schema.get('maximum', '…')})"
+    if schema.get("pattern") == "^[^\\u0000]*$":
+        return " (no NUL)"
+    return ""
 
 
 def _fields(schema: dict[str, Any]) -> list[str]:

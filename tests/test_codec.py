@@ -2,6 +2,7 @@
 
 import json
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,9 +15,11 @@ from hyperhive.protocol import (
     REPLIES,
     RequestTable,
     Send,
+    encode_error,
     encode_request,
     json_schema,
 )
+from hyperhive.protocol._bounds import bounds_of
 from tests.strategies import ALL_REQUEST_CLASSES, requests
 
 TABLES = (AGENT_TABLE, MANAGER_TABLE, HOST_TABLE)
@@ -84,6 +87,40 @@ def test_random_json_is_refused_or_decoded(value: object) -> None:
         (b'{"cmd": "cancel_loose_end", "kind": "reminder", "id": 1}', "must be one of 'question'"),
         (b'{"cmd": "send", "to": null, "body": "x"}', "expected a string, got null"),
         (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+        # hostile shapes: each would raise or recurse inside json/int without the bounds
+        (b'{"cmd":"ack","ids":[' + b"9" * 5000 + b"]}", "number longer than 64 digits"),
+        (b'{"cmd":"recv","max":' + b"1" * 100_000 + b"}", "number longer than 64 digits"),
+        (b'{"cmd":"recv","max":-' + b"1" * 65 + b"}", "number longer than 64 digits"),
+        (b'{"cmd":"recv","x":' + b"[" * 33 + b"]" * 33 + b"}", "nested too deeply"),
+        (b'{"cmd":"recv","x":' + b'{"a":' * 40 + b"1" + b"}" * 41, "nested too deeply"),
+        (b'{"cmd":"send","to":"bob","body":"\\ud800"}', "lone surrogate"),
+        (b'{"cmd":"send","to":"bob","body":"x\\uDFFF"}', "lone surrogate"),
+        (b'{"cmd":"send","to":"bob","body":"\\ude00\\ud83d"}', "lone surrogate"),
+        (b'{"cmd":"status","\\udc00":1}', "lone surrogate"),
+        (b'{"cmd":"status","x":["\\ud800"]}', "lone surrogate"),
+        (b'{"cmd":"status","cmd":"status"}', "the key 'cmd' more than once"),
+        (b'{"cmd":"send","to":"a","to":"b","body":"x"}', "the key 'to' more than once"),
+        (b'{"cmd":"recv","x":{"k":1,"k":2}}', "the key 'k' more than once"),
+        (b'{"cmd":"recv","wait_seconds":NaN}', "NaN, which is not a JSON number"),
+        (b'{"cmd":"recv","wait_seconds":-Infinity}', "-Infinity, which is not a JSON number"),
+        # field bounds, declared on the wire classes
+        (b'{"cmd":"recv","wait_seconds":1e400}', "wait_seconds must be between 0 and 180"),
+        (b'{"cmd":"recv","wait_seconds":180.5}', "wait_seconds must be between 0 and 180"),
+        (b'{"cmd":"recv","wait_seconds":-1}', "wait_seconds must be between 0 and 180"),
+        (b'{"cmd":"recv","max":0}', "max must be between 1 and 32 @ $.max"),
+        (b'{"cmd":"recent","limit":201}', "limit must be between 1 and 200"),
+        (b'{"cmd":"ask","question":"q","ttl_seconds":0}', "ttl_seconds must be between 1 and"),
+        (b'{"cmd":"ack","ids":[0]}', "ids item 0 must be between 1 and 9223372036854775807"),
+        (b'{"cmd":"ack","ids":[1,9223372036854775808]}', "ids item 1 must be between 1"),
+        (b'{"cmd":"ack","ids":[' + b"1," * 1024 + b"1]}", "ids must have at most 1024 items"),
+        (b'{"cmd":"answer","id":-5,"answer":"x"}', "id must be between 1 and"),
+        (b'{"cmd":"send","to":"bob","body":"x","in_reply_to":0}', "in_reply_to must be between"),
+        (b'{"cmd":"send","to":"bob","body":"a\\u0000b"}', "body must not contain NUL"),
+        (
+            b'{"cmd":"wake","from":"\\u0000","body":"b"}',
+            "from must not contain NUL (U+0000) @ $.from",
+        ),
+        (b'{"cmd":"hello","role":"cli","protocol":' + b"9" * 30 + b"}", "64-bit range"),
     ],
 )
 def test_malformed_requests(line: bytes, reason: str) -> None:
@@ -112,3 +149,66 @@ def test_schema_covers_every_command() -> None:
     wake = schema["sockets"]["agent"]["wake"]["request"]
     assert wake["required"] == ["cmd", "from", "body"]
     assert len(ALL_REQUEST_CLASSES) >= 30
+
+
+def test_bounds_are_checked_on_every_socket() -> None:
+    line = b'{"cmd":"approve","id":' + b"1" * 4301 + b"}"
+    with pytest.raises(ProtocolError, match="number longer than 64 digits"):
+        HOST_TABLE.decode(line)
+    with pytest.raises(ProtocolError, match="id must be between 1 and 9223372036854775807"):
+        HOST_TABLE.decode(b'{"cmd":"approve","id":9223372036854775808}')
+    with pytest.raises(ProtocolError, match="model must not contain NUL"):
+        HOST_TABLE.decode(b'{"cmd":"set_model","name":"a","model":"m\\u0000"}')
+    with pytest.raises(ProtocolError, match="lines must be between 1 and 500"):
+        MANAGER_TABLE.decode(b'{"cmd":"get_logs","agent":"a","lines":501}')
+
+
+def test_valid_edges_still_decode() -> None:
+    # Brackets, digits and escapes inside strings are text, not structure.
+    body = "[" * 100 + "{" * 100 + "9" * 200 + "\\ud800" + "\u0000"[:0]
+    line = json.dumps({"cmd": "send", "to": "bob", "body": body}).encode()
+    assert AGENT_TABLE.decode(line) == Send("bob", body)
+    # A surrogate pair is one valid character; NUL is fine where the field allows it.
+    pair = AGENT_TABLE.decode(b'{"cmd":"send","to":"bob","body":"\\ud83d\\ude00"}')
+    assert pair == Send("bob", "\U0001f600")
+    ask = AGENT_TABLE.decode(b'{"cmd":"ask","question":"a\\u0000b"}')
+    assert ask.question == "a\x00b"  # type: ignore[attr-defined]
+    # Nesting up to the bound parses (and is then refused for its type, not its depth).
+    nested = b'{"cmd":"ack","ids":' + b"[" * 31 + b"]" * 31 + b"}"
+    with pytest.raises(ProtocolError, match="item 0: expected an integer"):
+        AGENT_TABLE.decode(nested)
+    # The bounds themselves are accepted.
+    assert AGENT_TABLE.decode(b'{"cmd":"ack","ids":[1,9223372036854775807]}') is not None
+    recv = AGENT_TABLE.decode(b'{"cmd":"recv","wait_seconds":180,"max":32}')
+    assert recv.wait_seconds == 180.0 and recv.max == 32  # type: ignore[attr-defined]
+    number = b"1" * 64  # the longest number literal taken, refused by the range check
+    with pytest.raises(ProtocolError, match="max must be between 1 and 32"):
+        AGENT_TABLE.decode(b'{"cmd":"recv","max":' + number + b"}")
+
+
+def test_schema_shows_the_bounds() -> None:
+    agent = json_schema()["sockets"]["agent"]
+    recv = agent["recv"]["request"]["properties"]
+    assert recv["max"] == {"type": "integer", "minimum": 1, "maximum": 32}
+    assert recv["wait_seconds"] == {"type": "number", "minimum": 0, "maximum": 180}
+    ids = agent["ack"]["request"]["properties"]["ids"]
+    assert ids["maxItems"] == 1024
+    assert ids["items"] == {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+    reply_to = agent["send"]["request"]["properties"]["in_reply_to"]
+    assert {"type": "integer", "minimum": 1, "maximum": 2**63 - 1} in reply_to["anyOf"]
+    assert agent["send"]["request"]["properties"]["body"]["pattern"] == "^[^\\u0000]*$"
+
+
+def test_every_id_field_of_every_request_is_bounded() -> None:
+    for cls in ALL_REQUEST_CLASSES:
+        for field in attrs.fields(cls):
+            if field.name in ("id", "in_reply_to", "ids"):
+                bounds = bounds_of(field)
+                assert bounds is not None, (cls, field.name)
+                assert (bounds.items or bounds).minimum == 1, (cls, field.name)
+
+
+def test_error_replies_never_fail_to_encode() -> None:
+    # A reason quoting client text with a lone surrogate still encodes (escaped).
+    line = encode_error("bad \ud800 text")
+    assert json.loads(line) == {"ok": False, "error": "bad \ud800 text"}

@@ -42,3 +42,29 @@ def test_chunking_does_not_change_the_lines(lines: list[bytes], cuts: list[int])
         pos += step
         i += 1
     assert out == [line if len(line) <= 20 else OVERSIZED for line in lines]
+
+
+def test_started_at_marks_the_first_byte_of_an_unfinished_line() -> None:
+    buf = LineBuffer(max_line=100)
+    assert buf.started_at is None
+    assert list(buf.feed(b"", now=1.0)) == []
+    assert buf.started_at is None  # nothing arrived: an idle connection has no deadline
+    assert list(buf.feed(b'{"a"', now=2.0)) == []
+    assert buf.started_at == 2.0
+    assert list(buf.feed(b":1", now=5.0)) == []
+    assert buf.started_at == 2.0  # still the same line: its clock keeps running
+    assert list(buf.feed(b"}\n", now=6.0)) == [b'{"a":1}']
+    assert buf.started_at is None
+    assert list(buf.feed(b"{}\n{", now=7.0)) == [b"{}"]
+    assert buf.started_at == 7.0  # a new line began in the same chunk
+
+
+def test_a_discarded_line_keeps_its_start_time() -> None:
+    # Trickling an oversized line is still an unfinished line with a deadline.
+    buf = LineBuffer(max_line=4)
+    list(buf.feed(b"123456", now=1.0))
+    assert buf.buffered == 0 and buf.started_at == 1.0
+    list(buf.feed(b"789", now=3.0))
+    assert buf.started_at == 1.0
+    assert list(buf.feed(b"\n", now=4.0)) == [OVERSIZED]
+    assert buf.started_at is None

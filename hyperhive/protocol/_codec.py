@@ -1,22 +1,33 @@
 """The one strict codec between JSON lines and the attrs classes of ``_messages``.
 
 Strict means: no coercion (``"5"`` is not an int, ``1`` is not a bool), no unknown fields,
-every required field present. Errors come out as :class:`ProtocolError` with a reason a
-person can act on.
+every required field present, every value within the :class:`~hyperhive.protocol._bounds.Bounds`
+its field declares. Errors come out as :class:`ProtocolError` with a reason a person can act on.
+
+A request line is untrusted input: before the JSON parser sees it, cheap scans on the bytes
+bound its nesting depth and the length of its number literals, so neither recursion nor a
+huge integer conversion can be provoked; duplicate keys, ``NaN``/``Infinity`` and lone
+surrogates are refused too. Whatever a line holds, :meth:`RequestTable.decode` returns a
+request or raises :class:`ProtocolError`.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+import typing
 from collections.abc import Callable, Iterable, Mapping
+from itertools import accumulate
 from typing import Any, Final, Literal, TypeVar, get_args, get_origin
 
 import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from hyperhive.config import MAX_LINE_BYTES
+from hyperhive.config import MAX_JSON_DEPTH, MAX_JSON_NUMBER_CHARS, MAX_LINE_BYTES
 from hyperhive.errors import ProtocolError
+from hyperhive.protocol._bounds import bounds_of
 from hyperhive.protocol._messages import (
     AGENT_REQUESTS,
     HOST_REQUESTS,
@@ -32,16 +43,33 @@ def _wire_name(field_name: str) -> str:
     return field_name.rstrip("_")
 
 
+#: Every integer must fit sqlite's signed 64 bits, whether or not its field declares bounds.
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+
+
+class FieldRefused(ValueError):
+    """A value of the right type outside its field's bounds; the message is the reason."""
+
+
 def _strict_int(value: object, _: type) -> int:
     if type(value) is not int:
         raise TypeError(f"expected an integer, got {_json_type(value)}")
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise FieldRefused("integer out of the signed 64-bit range")
     return value
 
 
 def _strict_float(value: object, _: type) -> float:
-    if type(value) is int or type(value) is float:
-        return float(value)
-    raise TypeError(f"expected a number, got {_json_type(value)}")
+    if type(value) is not int and type(value) is not float:
+        raise TypeError(f"expected a number, got {_json_type(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise FieldRefused("number out of range") from None
+    if not math.isfinite(number):
+        raise FieldRefused("number out of range")
+    return number
 
 
 def _strict_str(value: object, _: type) -> str:
@@ -100,13 +128,32 @@ def _make_converter() -> cattrs.Converter:
         lambda tp: getattr(tp, "__origin__", None) is list, list_hook_factory
     )
 
+    def bounded_hook(field: attrs.Attribute[Any], tp: Any) -> Callable[[object, Any], Any]:
+        bounds = bounds_of(field)
+        assert bounds is not None
+        wire = _wire_name(field.name)
+
+        def hook(value: object, _: Any) -> Any:
+            # Bounds first: an id of 2**64 is refused for its range, not for its size.
+            reason = bounds.violation(value)
+            if reason is not None:
+                raise FieldRefused(f"{wire} {reason}")
+            return conv.structure(value, tp)
+
+        return hook
+
     def structure_factory(cls: type[Any]) -> Callable[[Any, Any], Any]:
-        renames = {
-            f.name: override(rename=_wire_name(f.name))
-            for f in attrs.fields(cls)
-            if f.name != _wire_name(f.name)
-        }
-        inner = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **renames)  # type: ignore[arg-type]
+        hints = typing.get_type_hints(cls)
+        overrides = {}
+        for f in attrs.fields(cls):
+            kwargs: dict[str, Any] = {}
+            if f.name != _wire_name(f.name):
+                kwargs["rename"] = _wire_name(f.name)
+            if bounds_of(f) is not None:
+                kwargs["struct_hook"] = bounded_hook(f, hints[f.name])
+            if kwargs:
+                overrides[f.name] = override(**kwargs)
+        inner = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **overrides)  # type: ignore[arg-type]
 
         def hook(value: object, tp: Any) -> Any:
             if type(value) is not dict:
@@ -144,20 +191,7 @@ class RequestTable:
 
     def decode(self, line: bytes) -> Request:
         """Decode one request line (without its newline) or raise :class:`ProtocolError`."""
-        if len(line) > MAX_LINE_BYTES:
-            raise ProtocolError(f"request line longer than {MAX_LINE_BYTES} bytes")
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ProtocolError(f"request is not valid UTF-8 (byte {exc.start})") from None
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            reason = f"request is not valid JSON: {exc.msg} at column {exc.colno}"
-            raise ProtocolError(reason) from None
-        except RecursionError:
-            raise ProtocolError("request is nested too deeply") from None
-        return self.from_object(raw)
+        return self.from_object(load_json_line(line, what="request"))
 
     def from_object(self, raw: object) -> Request:
         if not isinstance(raw, dict):
@@ -178,6 +212,92 @@ class RequestTable:
         return structure(fields, cls, what=f"{cmd!r} request")
 
 
+_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_LONG_DIGITS: Final = re.compile(rb"[0-9]{%d}" % (MAX_JSON_NUMBER_CHARS + 1))
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEPS: Final = bytes.maketrans(b"[]{}", b"\x01\xff\x01\xff")
+
+
+def _nesting_depth(skeleton: bytes) -> int:
+    """Deepest nesting of arrays and objects in JSON text whose strings were blanked out."""
+    steps = skeleton.translate(None, _NOT_BRACKETS).translate(_BRACKET_STEPS)
+    # Each byte is +1 (open) or -1 (close) read as signed; the running sum is the depth.
+    return max(accumulate(memoryview(steps).cast("b")), default=0)
+
+
+def _check_shape(line: bytes, what: str) -> None:
+    """Refuse nesting deeper than MAX_JSON_DEPTH and over-long numbers, before parsing.
+
+    The common case costs two counts and one search; only a line that might break a
+    bound gets its strings blanked out (brackets and digits inside strings do not count).
+    """
+    deep = line.count(b"[") + line.count(b"{") > MAX_JSON_DEPTH
+    long_number = _LONG_DIGITS.search(line) is not None
+    if not (deep or long_number):
+        return
+    skeleton = _STRING.sub(b'""', line)
+    if deep and _nesting_depth(skeleton) > MAX_JSON_DEPTH:
+        raise ProtocolError(
+            f"{what} is nested too deeply: more than {MAX_JSON_DEPTH} levels of arrays and objects"
+        )
+    if long_number and _LONG_DIGITS.search(skeleton) is not None:
+        raise ProtocolError(
+            f"{what} has a number longer than {MAX_JSON_NUMBER_CHARS} digits; "
+            "no field takes one that large"
+        )
+
+
+class _Refused(Exception):
+    """Raised from inside the JSON parser's hooks; becomes a :class:`ProtocolError`."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                shown = key if len(key) <= 40 else key[:40] + "…"
+                raise _Refused(f"has the key {shown!r} more than once")
+            seen.add(key)
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"has {name}, which is not a JSON number")
+
+
+def load_json_line(line: bytes, *, what: str) -> Any:
+    """Parse one untrusted JSON line (without its newline) or raise :class:`ProtocolError`."""
+    if len(line) > MAX_LINE_BYTES:
+        raise ProtocolError(f"{what} line longer than {MAX_LINE_BYTES} bytes")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"{what} is not valid UTF-8 (byte {exc.start})") from None
+    _check_shape(line, what)
+    try:
+        raw = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        reason = f"{what} is not valid JSON: {exc.msg} at column {exc.colno}"
+        raise ProtocolError(reason) from None
+    except _Refused as exc:
+        raise ProtocolError(f"{what} {exc}") from None
+    except RecursionError:  # not reachable after _check_shape; kept as a guard
+        raise ProtocolError(f"{what} is nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(line) is not None:
+        # A lone \\udXXX escape decodes to a str that can be neither stored nor sent.
+        try:
+            json.dumps(raw, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(
+                f"{what} has a lone surrogate escape (\\ud800-\\udfff) in a string: "
+                "text must be valid Unicode"
+            ) from None
+    return raw
+
+
 def structure(raw: object, cls: type[T], *, what: str) -> T:
     """Strictly build ``cls`` from decoded JSON, raising :class:`ProtocolError` on mismatch."""
     try:
@@ -186,6 +306,10 @@ def structure(raw: object, cls: type[T], *, what: str) -> T:
         reasons = "; ".join(
             cattrs.transform_error(exc, path="$", format_exception=_format_exception)
         )
+        if attrs.has(cls):  # paths name attributes; show the wire name (``from``, not ``from_``)
+            for field in attrs.fields(cls):
+                if field.name != _wire_name(field.name):
+                    reasons = reasons.replace(f"@ $.{field.name}", f"@ $.{_wire_name(field.name)}")
         raise ProtocolError(f"invalid {what}: {reasons}") from None
     except (TypeError, ValueError, KeyError) as exc:
         raise ProtocolError(f"invalid {what}: {exc}") from None
@@ -194,8 +318,13 @@ def structure(raw: object, cls: type[T], *, what: str) -> T:
 def _format_exception(exc: BaseException, tp: type | None) -> str:
     if isinstance(exc, KeyError):
         return "required field missing"
+    if isinstance(exc, FieldRefused):
+        return str(exc)
     if isinstance(exc, cattrs.ForbiddenExtraKeysError):
-        return f"unknown fields: {', '.join(sorted(exc.extra_fields))}"
+        names = sorted(exc.extra_fields)
+        shown = [n if len(n) <= 40 else n[:40] + "…" for n in names[:10]]
+        more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+        return f"unknown fields: {', '.join(shown)}{more}"
     if isinstance(exc, TypeError | ValueError) and str(exc).startswith(("expected", "item ")):
         return str(exc)
     if get_origin(tp) is Literal:
@@ -210,15 +339,23 @@ def encode_request(request: Request) -> bytes:
 
 
 def encode_reply(reply: Reply) -> bytes:
-    return _dump({"ok": True, **CONVERTER.unstructure(reply)})
+    return _dump_safe({"ok": True, **CONVERTER.unstructure(reply)})
 
 
 def encode_error(reason: str) -> bytes:
-    return _dump({"ok": False, "error": reason})
+    return _dump_safe({"ok": False, "error": reason})
 
 
 def _dump(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _dump_safe(obj: Mapping[str, Any]) -> bytes:
+    """Like :func:`_dump`, but text that is not valid Unicode goes out \\u-escaped, never raises."""
+    try:
+        return _dump(obj)
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
 
 
 AGENT_TABLE: Final = RequestTable("agent", AGENT_REQUESTS)

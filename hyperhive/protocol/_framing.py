@@ -2,7 +2,9 @@
 
 :class:`LineBuffer` never holds more than ``max_line`` bytes of an unfinished line: past that
 it drops the line's bytes until the next newline and then reports one :data:`OVERSIZED`
-in place of the line, so the request/reply pairing on the connection is kept.
+in place of the line, so the request/reply pairing on the connection is kept. It also
+remembers when the unfinished line began (:attr:`LineBuffer.started_at`, on the clock the
+caller passes to :meth:`~LineBuffer.feed`), so a server can give each line a deadline.
 """
 
 from __future__ import annotations
@@ -28,18 +30,26 @@ class LineBuffer:
         self.max_line = max_line
         self._buf = bytearray()
         self._discarding = False
+        #: When the first byte of the unfinished line arrived; None between lines.
+        self.started_at: float | None = None
 
     @property
     def buffered(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes) -> Iterator[bytes | Oversized]:
-        """Add received bytes; yield each complete line (without newline) or OVERSIZED."""
+    def feed(self, data: bytes, now: float = 0.0) -> Iterator[bytes | Oversized]:
+        """Add received bytes; yield each complete line (without newline) or OVERSIZED.
+
+        ``now`` is the time the bytes arrived; it becomes :attr:`started_at` when they begin
+        a line.
+        """
         start = 0
         while True:
             nl = data.find(b"\n", start)
             if nl < 0:
                 rest = data[start:]
+                if rest and self.started_at is None:
+                    self.started_at = now
                 if self._discarding:
                     return
                 if len(self._buf) + len(rest) > self.max_line:
@@ -50,6 +60,7 @@ class LineBuffer:
                 return
             piece = data[start:nl]
             start = nl + 1
+            self.started_at = None
             if self._discarding or len(self._buf) + len(piece) > self.max_line:
                 self._buf.clear()
                 self._discarding = False

@@ -7,9 +7,25 @@ a default are optional on the wire. Reply classes hold the fields that follow ``
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Final, Literal
 
 import attrs
+
+from hyperhive.config import (
+    MAX_ACK_IDS,
+    MAX_ID,
+    MAX_LOG_LINES,
+    MAX_QUESTION_TTL_SECONDS,
+    MAX_RECENT,
+    MAX_RECV_BATCH,
+    MAX_RECV_WAIT_SECONDS,
+)
+from hyperhive.protocol._bounds import Bounds, wire
+
+#: A row id (message, question, approval): what sqlite hands out.
+ID: Final = Bounds(minimum=1, maximum=MAX_ID)
+#: Text that reaches a command line or a file: no NUL.
+CLEAN_TEXT: Final = Bounds(no_nul=True)
 
 Role = Literal["harness", "mcp", "cli"]
 
@@ -133,8 +149,8 @@ class Empty(Reply):
 class Send(Request):
     CMD = "send"
     to: str
-    body: str
-    in_reply_to: int | None = None
+    body: str = attrs.field(metadata=wire(CLEAN_TEXT))
+    in_reply_to: int | None = attrs.field(default=None, metadata=wire(ID))
 
 
 @attrs.frozen
@@ -147,8 +163,10 @@ class SendReply(Reply):
 @attrs.frozen
 class Recv(Request):
     CMD = "recv"
-    wait_seconds: float = 0
-    max: int = 1
+    wait_seconds: float = attrs.field(
+        default=0, metadata=wire(Bounds(minimum=0, maximum=MAX_RECV_WAIT_SECONDS))
+    )
+    max: int = attrs.field(default=1, metadata=wire(Bounds(minimum=1, maximum=MAX_RECV_BATCH)))
     ack: bool = True
 
 
@@ -160,7 +178,7 @@ class RecvReply(Reply):
 @attrs.frozen
 class Ack(Request):
     CMD = "ack"
-    ids: list[int]
+    ids: list[int] = attrs.field(metadata=wire(Bounds(max_items=MAX_ACK_IDS, items=ID)))
 
 
 @attrs.frozen
@@ -181,7 +199,7 @@ class StatusReply(Reply):
 @attrs.frozen
 class Recent(Request):
     CMD = "recent"
-    limit: int = 30
+    limit: int = attrs.field(default=30, metadata=wire(Bounds(minimum=1, maximum=MAX_RECENT)))
 
 
 @attrs.frozen
@@ -195,7 +213,9 @@ class Ask(Request):
     question: str
     options: list[str] = attrs.Factory(list)
     multi: bool = False
-    ttl_seconds: int | None = None
+    ttl_seconds: int | None = attrs.field(
+        default=None, metadata=wire(Bounds(minimum=1, maximum=MAX_QUESTION_TTL_SECONDS))
+    )
     to: str | None = None
 
 
@@ -207,7 +227,7 @@ class IdReply(Reply):
 @attrs.frozen
 class Answer(Request):
     CMD = "answer"
-    id: int
+    id: int = attrs.field(metadata=wire(ID))
     answer: str
 
 
@@ -227,14 +247,14 @@ class LooseEndsReply(Reply):
 class CancelLooseEnd(Request):
     CMD = "cancel_loose_end"
     kind: Literal["question"]
-    id: int
+    id: int = attrs.field(metadata=wire(ID))
 
 
 @attrs.frozen
 class Wake(Request):
     CMD = "wake"
-    from_: str
-    body: str
+    from_: str = attrs.field(metadata=wire(CLEAN_TEXT))
+    body: str = attrs.field(metadata=wire(CLEAN_TEXT))
     transient: bool = False
 
 
@@ -316,7 +336,7 @@ class AgentsReply(Reply):
 class GetLogs(Request):
     CMD = "get_logs"
     agent: str
-    lines: int = 50
+    lines: int = attrs.field(default=50, metadata=wire(Bounds(minimum=1, maximum=MAX_LOG_LINES)))
 
 
 @attrs.frozen
@@ -397,13 +417,13 @@ class ApprovalsReply(Reply):
 @attrs.frozen
 class Approve(Request):
     CMD = "approve"
-    id: int
+    id: int = attrs.field(metadata=wire(ID))
 
 
 @attrs.frozen
 class Deny(Request):
     CMD = "deny"
-    id: int
+    id: int = attrs.field(metadata=wire(ID))
     note: str | None = None
 
 
@@ -465,7 +485,7 @@ class QuestionsReply(Reply):
 @attrs.frozen
 class HostAnswer(Request):
     CMD = "answer"
-    id: int
+    id: int = attrs.field(metadata=wire(ID))
     answer: str
 
 
@@ -477,35 +497,35 @@ class QuestionReply(Reply):
 @attrs.frozen
 class CancelQuestion(Request):
     CMD = "cancel_question"
-    id: int
+    id: int = attrs.field(metadata=wire(ID))
 
 
 @attrs.frozen
 class HostSend(Request):
     CMD = "send"
     to: str
-    body: str
-    in_reply_to: int | None = None
+    body: str = attrs.field(metadata=wire(CLEAN_TEXT))
+    in_reply_to: int | None = attrs.field(default=None, metadata=wire(ID))
 
 
 @attrs.frozen
 class Inbox(Request):
     CMD = "inbox"
-    limit: int = 50
+    limit: int = attrs.field(default=50, metadata=wire(Bounds(minimum=1, maximum=MAX_RECENT)))
 
 
 @attrs.frozen
 class SetModel(Request):
     CMD = "set_model"
     name: str
-    model: str
+    model: str = attrs.field(metadata=wire(CLEAN_TEXT))
 
 
 @attrs.frozen
 class Logs(Request):
     CMD = "logs"
     name: str
-    lines: int = 50
+    lines: int = attrs.field(default=50, metadata=wire(Bounds(minimum=1, maximum=MAX_LOG_LINES)))
 
 
 @attrs.frozen

@@ -8,6 +8,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import attrs
 
+from hyperhive.protocol._bounds import Bounds, bounds_of
 from hyperhive.protocol._codec import AGENT_TABLE, HOST_TABLE, MANAGER_TABLE, _wire_name
 from hyperhive.protocol._messages import REPLIES, Reply, Request
 
@@ -40,13 +41,34 @@ def _type_schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
     raise TypeError(f"no JSON Schema for {tp!r}")
 
 
+def _bounded(schema: dict[str, Any], bounds: Bounds | None) -> dict[str, Any]:
+    """Add a field's declared bounds to the branch(es) of its schema they apply to."""
+    if bounds is None:
+        return schema
+    if "anyOf" in schema:
+        return {"anyOf": [_bounded(s, bounds) for s in schema["anyOf"]]}
+    kind = schema.get("type")
+    keywords = bounds.schema()
+    if kind in ("integer", "number"):
+        keep = {k: v for k, v in keywords.items() if k in ("minimum", "maximum")}
+    elif kind == "string":
+        keep = {k: v for k, v in keywords.items() if k == "pattern"}
+    elif kind == "array":
+        keep = {k: v for k, v in keywords.items() if k == "maxItems"}
+        if bounds.items is not None:
+            schema = {**schema, "items": _bounded(schema["items"], bounds.items)}
+    else:
+        keep = {}
+    return {**schema, **keep}
+
+
 def _object_schema(cls: type[Any], defs: dict[str, Any], **extra: Any) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     props: dict[str, Any] = {}
     required: list[str] = []
     for field in attrs.fields(cls):
         wire = _wire_name(field.name)
-        props[wire] = _type_schema(hints[field.name], defs)
+        props[wire] = _bounded(_type_schema(hints[field.name], defs), bounds_of(field))
         if field.default is attrs.NOTHING:
             required.append(wire)
     props = {**extra.pop("props", {}), **props}
