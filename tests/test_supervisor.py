@@ -174,10 +174,12 @@ async def test_make_run_reaches_the_env_files_api_and_ctrl_c_stops(
         async with await Client.connect(short_tmp / "run" / "host.sock", hello_role="cli") as host:
             sent = await host.request({"cmd": "send", "to": "manager", "body": "first-run hi"})
             assert sent["ok"], sent
-        requests = await mock.wait_for_requests(1, within=60)
-        assert "first-run hi" in requests[0].last_user_text
-        assert "You are **manager**" in requests[0].system_text
-        assert requests[0].headers.get("x-api-key") == key
+        # Its first turn is the start notice; the operator's message follows it.
+        requests = await mock.wait_for_requests(2, within=60)
+        assert "Start notice" in requests[0].last_user_text
+        hi = next(r for r in requests if "first-run hi" in r.last_user_text)
+        assert "You are **manager**" in hi.system_text
+        assert all(r.headers.get("x-api-key") == key for r in requests)
         for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
             with contextlib.suppress(OSError):
                 assert key.encode() not in cmdline.read_bytes(), cmdline
