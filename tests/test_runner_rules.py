@@ -2,17 +2,10 @@
 
 A real in-process daemon (real sqlite, real sockets, real broker) whose containers are a
 :class:`~hyperhive.containers.FakeBackend`: a test makes a payload exit (a crash) or keeps
-it running, and trio's ``MockClock`` (``autojump_clock``) with a wall clock that follows
-it (:class:`~hyperhive.clocks.TrioWallClock`) lets backoffs of seconds to minutes pass in
+it running, and trio's ``MockClock`` (``daemon_clock``) with a wall clock that follows
+it (:class:`~hyperhive.clocks.TrioWallClock`) let backoffs of seconds to minutes pass in
 no real time. What only real processes can show (pidfd waits, nspawn, re-adoption of a
 real process across daemon restarts) stays in ``tests/test_containers.py``.
-
-The clock autojumps after a short real idle time, not at once (pytest-trio's
-``autojump_clock`` has threshold 0): the daemon's database runs in a worker thread, and a
-clock that jumps whenever the loop waits for it jumps to the next far timer (the hourly
-retention loop, the space monitor) in the middle of handling a crash, and virtual time
-between crashes would be noise, not backoff. For the same reason no ``fail_after`` here:
-the wall-clock test watchdog still applies.
 """
 
 from __future__ import annotations
@@ -40,17 +33,6 @@ from tests.conftest import make_paths
 
 #: The waits before restarts 1..4 of a payload that always crashes (then it is a loop).
 BACKOFFS = [1.0, 2.0, 4.0, 8.0]
-
-
-#: Real idle time after which the mock clock jumps to the next deadline: far above one
-#: database round trip, far below a test's budget.
-AUTOJUMP_AFTER = 0.02
-
-
-@pytest.fixture
-def clock() -> trio.testing.MockClock:
-    """pytest-trio runs a test that takes this fixture on this clock."""
-    return trio.testing.MockClock(autojump_threshold=AUTOJUMP_AFTER)
 
 
 @asynccontextmanager
@@ -115,7 +97,7 @@ async def running(hive: Hive, backend: FakeBackend, name: str, starts: int) -> F
 
 
 async def test_start_kill_restart_rebuild_destroy(
-    short_tmp: Path, clock: trio.testing.MockClock
+    short_tmp: Path, daemon_clock: trio.testing.MockClock
 ) -> None:
     backend = FakeBackend(warning="no writable cgroup v2 hierarchy")
     async with fake_hive(short_tmp, backend) as hive:
@@ -158,7 +140,7 @@ async def test_start_kill_restart_rebuild_destroy(
 
 
 async def test_transients_are_cleared_on_every_exit_path(
-    short_tmp: Path, clock: trio.testing.MockClock
+    short_tmp: Path, daemon_clock: trio.testing.MockClock
 ) -> None:
     backend = FakeBackend()
     async with fake_hive(short_tmp, backend) as hive:
@@ -216,7 +198,7 @@ async def test_transients_are_cleared_on_every_exit_path(
 
 
 async def test_a_crash_is_reported_to_the_manager_and_restarted_after_backoff(
-    short_tmp: Path, clock: trio.testing.MockClock
+    short_tmp: Path, daemon_clock: trio.testing.MockClock
 ) -> None:
     backend = FakeBackend()
     async with fake_hive(short_tmp, backend) as hive:
@@ -244,7 +226,7 @@ async def test_a_crash_is_reported_to_the_manager_and_restarted_after_backoff(
 
 
 async def test_five_crashes_in_fifteen_minutes_is_a_crash_loop(
-    short_tmp: Path, clock: trio.testing.MockClock
+    short_tmp: Path, daemon_clock: trio.testing.MockClock
 ) -> None:
     backend = FakeBackend()
     backend.exit_at_start("alice", 3, output="boom")
@@ -287,7 +269,7 @@ async def test_five_crashes_in_fifteen_minutes_is_a_crash_loop(
 
 
 async def test_ten_minutes_up_resets_the_backoff(
-    short_tmp: Path, clock: trio.testing.MockClock
+    short_tmp: Path, daemon_clock: trio.testing.MockClock
 ) -> None:
     backend = FakeBackend()
     async with fake_hive(short_tmp, backend) as hive:
@@ -309,7 +291,7 @@ async def test_ten_minutes_up_resets_the_backoff(
 
 
 async def test_daemon_restart_readopts_a_payload_or_counts_its_death(
-    short_tmp: Path, clock: trio.testing.MockClock
+    short_tmp: Path, daemon_clock: trio.testing.MockClock
 ) -> None:
     backend = FakeBackend()
     async with fake_hive(short_tmp, backend, stop=False) as hive:
