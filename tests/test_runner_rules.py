@@ -130,13 +130,21 @@ async def test_start_kill_restart_rebuild_destroy(
         assert third.stopped and fourth.running and len(backend.starts_of("alice")) == 4
         assert hive.registry.get("alice").transient is None
 
+        # Rebuilding a stopped agent starts nothing: the new config applies at its next start.
+        await hive.lifecycle("kill", "alice")
+        await hive.lifecycle("rebuild", "alice")
+        assert hive.registry.get("alice").state == AgentState.STOPPED
+        assert len(backend.starts_of("alice")) == 4
+        await hive.lifecycle("start", "alice")
+        fifth = backend.current("alice")
+
         await hive.destroy("alice", purge=False)
-        assert fourth.stopped and not fourth.running
+        assert fifth.stopped and not fifth.running
         assert hive.registry.get("alice").state == AgentState.DESTROYED
         # Stopping is not crashing: nothing was reported, nothing restarts.
         assert await manager_crash_messages(hive, "alice") == []
         await trio.sleep(100)  # longer than any backoff that could be pending
-        assert len(backend.starts_of("alice")) == 4
+        assert len(backend.starts_of("alice")) == 5
 
 
 async def test_transients_are_cleared_on_every_exit_path(
@@ -222,6 +230,15 @@ async def test_a_crash_is_reported_to_the_manager_and_restarted_after_backoff(
         assert hive.registry.get("alice").crash_streak == 1
         inbox = [m.body for m in await hive.broker.recv("alice", limit=32)]
         assert any("restarted by hyperhive after a crash" in body for body in inbox)
+
+        # The operator's kill during a backoff cancels the pending restart.
+        second.exit(3)
+        assert (await crashes.next("alice")).data["restart_in"] == 2.0
+        await hive.lifecycle("kill", "alice")
+        assert hive.registry.get("alice").state == AgentState.STOPPED
+        await trio.sleep(100)
+        assert len(backend.starts_of("alice")) == 2
+        assert hive.registry.get("alice").state == AgentState.STOPPED
         crashes.close()
 
 
