@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
 from hyperhive.contract import PROPOSED_REPO_NAME
 from hyperhive.names import MANAGER, parse_agent_name
+
+if TYPE_CHECKING:
+    from hyperhive.clocks import WallClock
+    from hyperhive.containers import Backend
 
 PROTOCOL_VERSION: Final = 1
 #: Longest request or response line, newline excluded.
@@ -197,3 +203,9 @@ class Config:
     db_reserve_bytes: int = DB_RESERVE_BYTES
     #: Seconds a client has to finish a request line it started (tests shorten it).
     line_deadline_seconds: float = LINE_DEADLINE_SECONDS
+    #: Wall-clock time of stored deadlines and crash history (waits run on trio's clock).
+    #: Tests under trio's MockClock give a :class:`hyperhive.clocks.TrioWallClock`.
+    wall_clock: WallClock = attrs.field(default=time.time, eq=False)
+    #: The backends that start payloads, by name; None: the real ``process`` and ``nspawn``.
+    #: Tests only (no CLI option): e.g. ``{"process": FakeBackend()}``.
+    container_backends: Mapping[str, Backend] | None = attrs.field(default=None, eq=False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Collection
@@ -24,6 +25,7 @@ from typing import Final
 import trio
 
 from hyperhive.broker import Broker, Outgoing, SentMessage, sql_insert
+from hyperhive.clocks import WallClock, trio_deadline
 from hyperhive.config import MAX_QUESTION_TTL_SECONDS
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
@@ -162,7 +164,7 @@ class QuestionBook:
         events: EventHub,
         *,
         known_agents: Callable[[], Collection[str]],
-        clock: Callable[[], float] = time.time,
+        clock: WallClock = time.time,
     ) -> None:
         self._db = db
         self._broker = broker
@@ -290,8 +292,9 @@ class QuestionBook:
                     await self.resolve(question_id, EXPIRED, TTL_ANSWERER)
             self._changed = trio.Event()
             deadline = self._schedule.next_deadline()
-            timeout = float("inf") if deadline is None else max(0.0, deadline - self._clock())
-            with trio.move_on_after(timeout):
+            # Stored deadlines are wall-clock times; the wait runs on trio's clock.
+            wake_at = math.inf if deadline is None else trio_deadline(deadline, self._clock)
+            with trio.move_on_at(wake_at):
                 await self._changed.wait()
 
 

@@ -63,6 +63,7 @@ from hyperhive.config_repo import (
 )
 from hyperhive.containers import (
     AgentSpec,
+    Backend,
     Containers,
     NspawnBackend,
     ProcessBackend,
@@ -120,7 +121,7 @@ class Hive:
             allowed_recipients=self.registry.allowed_recipients,
         )
         self.questions = QuestionBook(
-            db, self.broker, self.events, known_agents=self.registry.known
+            db, self.broker, self.events, known_agents=self.registry.known, clock=config.wall_clock
         )
         self.approvals = ApprovalQueue(
             db,
@@ -136,8 +137,9 @@ class Hive:
         self._deploy_locks: dict[str, trio.Lock] = {}
         self.dashboard: Dashboard | None = None
         self.dashboard_urls: list[str] = []
+        backends = config.container_backends
         self.containers = Containers(
-            {"process": ProcessBackend(), "nspawn": NspawnBackend()},
+            dict(backends) if backends is not None else real_backends(),
             paths=config.paths,
             registry=self.registry,
             broker=self.broker,
@@ -145,6 +147,7 @@ class Hive:
             spec_for=self._spec_for,
             report_for=lambda name: agent_reporter(self.registry, self.broker, name),
             stop_on_exit=config.stop_agents_on_exit,
+            clock=config.wall_clock,
         )
 
     def dashboard_login_url(self) -> str | None:
@@ -484,6 +487,10 @@ def admin_gid(group: str | None) -> int | None:
         return grp.getgrnam(group).gr_gid
     except KeyError:
         raise RequestRefused(f"admin group {group!r} does not exist") from None
+
+
+def real_backends() -> dict[str, Backend]:
+    return {"process": ProcessBackend(), "nspawn": NspawnBackend()}
 
 
 def resolve_backend(name: str) -> str:

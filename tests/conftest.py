@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from hyperhive.client import Client
 from hyperhive.config import Config, Paths
@@ -122,6 +123,25 @@ async def _trio_deadline() -> AsyncIterator[None]:
         yield
         finished.set()
         nursery.cancel_scope.cancel()
+
+
+#: Real idle time after which :func:`daemon_clock` jumps to the next deadline: far above
+#: one database round trip, far below a test's budget.
+AUTOJUMP_AFTER = 0.02
+
+
+@pytest.fixture
+def daemon_clock() -> trio.testing.MockClock:
+    """trio's MockClock for a test that runs a daemon: pytest-trio runs a test taking it on it.
+
+    It autojumps after a short real idle time, not at once like pytest-trio's
+    ``autojump_clock``: the database runs in a worker thread, and a clock that jumps
+    whenever the loop waits for it jumps to the next far timer (the hourly retention loop,
+    the space monitor) in the middle of a request. Pair it with ``Config(wall_clock=
+    TrioWallClock())`` so stored times follow it. No ``fail_after`` under it: a virtual
+    timeout can still fire early; the wall-clock test watchdog applies.
+    """
+    return trio.testing.MockClock(autojump_threshold=AUTOJUMP_AFTER)
 
 
 @pytest.fixture

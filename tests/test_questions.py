@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-import sqlite3
-import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from trio.testing import MockClock
 
-from hyperhive.config import Config
+from hyperhive.clocks import TrioWallClock, trio_deadline
+from hyperhive.config import MAX_RECV_WAIT_SECONDS, Config
 from hyperhive.errors import RequestRefused
 from hyperhive.protocol import Recv
 from hyperhive.questions import DeadlineSchedule, check_ask
@@ -103,27 +105,64 @@ async def test_cancel_by_asker_and_manager(hive: Hive, connect: Connect) -> None
     assert answers == ["[cancelled by alice]", "[cancelled by manager]"]
 
 
-async def test_ttl_expiry_delivers_expired_exactly_once(hive: Hive, connect: Connect) -> None:
+@asynccontextmanager
+async def hive_on_trio_clock(root: Path) -> AsyncIterator[Hive]:
+    """A daemon whose stored times follow trio's clock (run the test on ``daemon_clock``)."""
+    async with open_hive(Config(paths=make_paths(root), wall_clock=TrioWallClock())) as hive:
+        yield hive
+
+
+async def test_ttl_expiry_delivers_expired_exactly_once(
+    short_tmp: Path, daemon_clock: MockClock
+) -> None:
+    async with hive_on_trio_clock(short_tmp) as hive:
+        await hive.spawn("alice")
+        alice = await connect_agent(hive.config.paths, "alice", role="harness")
+        try:
+            asked_at = trio.current_time()
+            reply = await alice.request({"cmd": "ask", "question": "quick?", "ttl_seconds": 120})
+            qid = reply["id"]
+            # Parked for longer than the ttl: the expiry is what wakes it.
+            reply = await alice.call(Recv(wait_seconds=MAX_RECV_WAIT_SECONDS))
+        finally:
+            await alice.aclose()
+        # Two minutes of virtual time: not before the deadline (and in no real time).
+        assert trio.current_time() - asked_at >= 120
+        [message] = reply.messages  # type: ignore[attr-defined]
+        kind, payload = parse_system(message.body)
+        assert (kind, payload["id"], payload["answer"], payload["answerer"]) == (
+            "question_answered",
+            qid,
+            "[expired]",
+            "ttl",
+        )
+        info = await hive.questions.get(qid)
+        assert info.answered_at is not None and info.answered_at >= info.deadline_at  # type: ignore[operator]
+        with pytest.raises(RequestRefused, match="already resolved"):
+            await hive.questions.answer_as_operator(qid, "too late")
+        assert await hive.broker.unread("alice") == 0
+
+
+async def test_ttl_expiry_in_real_time(hive: Hive, connect: Connect) -> None:
+    """With the daemon's own clocks (time.time and trio's real clock)."""
     alice = await connect("alice", role="harness")
     qid = (await alice.request({"cmd": "ask", "question": "quick?", "ttl_seconds": 1}))["id"]
     reply = await alice.call(Recv(wait_seconds=10))
     [message] = reply.messages  # type: ignore[attr-defined]
-    kind, payload = parse_system(message.body)
-    assert (kind, payload["id"], payload["answer"], payload["answerer"]) == (
-        "question_answered",
-        qid,
-        "[expired]",
-        "ttl",
-    )
-    info = await hive.questions.get(qid)
-    assert info.answered_at is not None and info.answered_at >= info.deadline_at  # type: ignore[operator]
-    with pytest.raises(RequestRefused, match="already resolved"):
-        await hive.questions.answer_as_operator(qid, "too late")
-    assert await hive.broker.unread("alice") == 0
+    assert parse_system(message.body)[1]["id"] == qid
+    assert '"answer": "[expired]"' in message.body
 
 
-async def test_answer_cancel_expiry_race_resolves_once(hive: Hive, connect: Connect) -> None:
-    await connect("alice")
+async def test_answer_cancel_expiry_race_resolves_once(
+    short_tmp: Path, daemon_clock: MockClock
+) -> None:
+    async with hive_on_trio_clock(short_tmp) as hive:
+        await hive.spawn("alice")
+        await race_answer_cancel_and_expiry(hive)
+
+
+async def race_answer_cancel_and_expiry(hive: Hive) -> None:
+    clock = hive.config.wall_clock
     for _ in range(10):
         info = await hive.questions.ask("alice", "race?", [], False, 1, None)
         outcomes: list[str] = []
@@ -148,25 +187,22 @@ async def test_answer_cancel_expiry_race_resolves_once(hive: Hive, connect: Conn
         assert len(outcomes) == 1, outcomes
     # Let every deadline pass: the watchdog finds them all resolved and adds nothing.
     deadline = max(q.deadline_at or 0 for q in await hive.questions.list(include_answered=True))
-    await trio.sleep(max(0.0, deadline + 0.1 - time.time()))  # wall-clock deadline, not a sync
+    await trio.sleep_until(trio_deadline(deadline + 0.1, clock))  # virtual time, not a sync
     messages = await hive.broker.recv("alice", limit=32)
     assert len(messages) == 10
     assert all("[expired]" not in m.body for m in messages)
 
 
-async def test_deadline_passed_while_daemon_was_down(short_tmp: Path) -> None:
-    config = Config(paths=make_paths(short_tmp))
+async def test_deadline_passed_while_daemon_was_down(
+    short_tmp: Path, daemon_clock: MockClock
+) -> None:
+    config = Config(paths=make_paths(short_tmp), wall_clock=TrioWallClock())
     async with open_hive(config) as hive:
         await hive.spawn("alice")
-        q = await hive.questions.ask("alice", "while down?", [], False, 3600, None)
+        await hive.questions.ask("alice", "while down?", [], False, 60, None)
         keep = await hive.questions.ask("alice", "later", [], False, 3600, None)
-    # While the daemon is down, the first deadline passes.
-    conn = sqlite3.connect(config.paths.broker_db)
-    with conn:
-        conn.execute(
-            "UPDATE operator_questions SET deadline_at = ? WHERE id = ?", (time.time() - 5, q.id)
-        )
-    conn.close()
+    # While the daemon is down (two virtual minutes), the first deadline passes.
+    await trio.sleep(120)
     for _ in range(2):  # and a second restart must not expire it again
         async with open_hive(config) as hive:
             alice = await connect_agent(config.paths, "alice", role="harness")

@@ -2,7 +2,10 @@
 
 A backend turns an :class:`AgentSpec` into a running payload (the harness) that outlives
 the daemon: it runs in its own session, is recorded as pid + start time, and is waited on
-through a pidfd. The daemon never polls for exits.
+through a pidfd. The daemon never polls for exits. ``start`` returns what it started
+(:class:`Started`: the handle and any warning); ``adopt`` re-attaches to a payload an
+earlier daemon started. The runner sees a :class:`PayloadHandle` only, so an in-memory
+backend (:class:`~hyperhive.containers.FakeBackend`) stands in for the real ones in tests.
 """
 
 from __future__ import annotations
@@ -49,6 +52,32 @@ class RunRecord:
     pid: int
     start_ticks: int
     started_at: float
+
+
+class PayloadHandle(Protocol):
+    """What the runner needs of a running payload (the real :class:`Handle`, or a fake)."""
+
+    record: RunRecord
+    #: The exit status once it exited (None when unknown: not our child).
+    exit_status: int | None
+
+    @property
+    def pid(self) -> int: ...
+
+    async def wait(self) -> int | None: ...
+
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+@attrs.frozen
+class Started:
+    """What :meth:`Backend.start` started: the payload, and why limits are not enforced."""
+
+    handle: PayloadHandle
+    #: Shown to the operator on the agent (e.g. no writable cgroup hierarchy), or None.
+    warning: str | None = None
 
 
 class Handle:
@@ -133,6 +162,11 @@ def adopt(record: RunRecord) -> Handle | None:
     return Handle(record, pidfd, child=child)
 
 
+async def adopt_detached(record: RunRecord) -> Handle | None:
+    """:func:`adopt` off the event loop (it reads /proc): the real backends' ``adopt``."""
+    return await trio.to_thread.run_sync(adopt, record)
+
+
 def rotate_log(log_file: Path) -> None:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -193,10 +227,21 @@ class Backend(Protocol):
     #: False for the process backend: the dashboard shows "no isolation".
     isolated: bool
 
-    #: Why limits could not be applied at the last start (shown to the operator), or None.
-    last_warning: str | None
+    async def start(self, spec: AgentSpec, started_at: float) -> Started:
+        """Start the payload (blocking work off the event loop); refused readably."""
+        ...
 
-    async def start(self, spec: AgentSpec, started_at: float) -> Handle: ...
+    async def adopt(self, record: RunRecord) -> PayloadHandle | None:
+        """Re-attach to a payload started earlier, if it is still that payload."""
+        ...
 
 
-__all__ = ["STOP_GRACE_SECONDS", "AgentSpec", "Backend", "Handle", "RunRecord"]
+__all__ = [
+    "STOP_GRACE_SECONDS",
+    "AgentSpec",
+    "Backend",
+    "Handle",
+    "PayloadHandle",
+    "RunRecord",
+    "Started",
+]

@@ -15,8 +15,17 @@ import sys
 from pathlib import Path
 from typing import Final
 
+import trio
+
 from hyperhive import contract
-from hyperhive.containers._backend import AgentSpec, Handle, spawn_detached
+from hyperhive.containers._backend import (
+    AgentSpec,
+    Handle,
+    RunRecord,
+    Started,
+    adopt_detached,
+    spawn_detached,
+)
 from hyperhive.envfile import ENV_FILE_KEYS
 from hyperhive.errors import RequestRefused
 from hyperhive.names import machine_name
@@ -85,7 +94,6 @@ class ProcessBackend:
 
     def __init__(self, limits: CgroupLimits | None = None) -> None:
         self._limits = limits or CgroupLimits()
-        self.last_warning: str | None = None
 
     def environment(self, spec: AgentSpec) -> dict[str, str]:
         return {
@@ -104,18 +112,24 @@ class ProcessBackend:
             **(contract.manager_env(str(spec.agents_dir)) if spec.agents_dir else {}),
         }
 
-    async def start(self, spec: AgentSpec, started_at: float) -> Handle:
-        handle = spawn_detached(
-            spec.command,
-            env=self.environment(spec),
-            log_file=spec.log_file,
-            cwd=spec.state_dir,
-            started_at=started_at,
-        )
-        self.last_warning = self._limits.apply(
-            spec.name, handle.pid, spec.cpu_quota, spec.memory_max
-        )
-        return handle
+    async def start(self, spec: AgentSpec, started_at: float) -> Started:
+        env = self.environment(spec)
+
+        def start() -> Started:  # fork/exec and cgroup writes: off the event loop
+            handle = spawn_detached(
+                spec.command,
+                env=env,
+                log_file=spec.log_file,
+                cwd=spec.state_dir,
+                started_at=started_at,
+            )
+            warning = self._limits.apply(spec.name, handle.pid, spec.cpu_quota, spec.memory_max)
+            return Started(handle, warning)
+
+        return await trio.to_thread.run_sync(start)
+
+    async def adopt(self, record: RunRecord) -> Handle | None:
+        return await adopt_detached(record)
 
 
 def _install_paths() -> list[Path]:
@@ -162,7 +176,6 @@ class NspawnBackend:
     def __init__(self, limits: CgroupLimits | None = None) -> None:
         self._limits = limits or CgroupLimits()
         self._systemd = Path("/run/systemd/system").is_dir()
-        self.last_warning: str | None = None
 
     @staticmethod
     def available() -> bool:
@@ -225,21 +238,28 @@ class NspawnBackend:
             **(contract.manager_env(contract.AGENTS_DIR) if spec.agents_dir else {}),
         }
 
-    async def start(self, spec: AgentSpec, started_at: float) -> Handle:
-        handle = spawn_detached(
-            self.argv(spec),
-            env={
-                "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-                # Only the API settings: nspawn reads other variables itself (SYSTEMD_*).
-                **{k: v for k, v in self.payload_env(spec).items() if k in ENV_FILE_KEYS},
-            },
-            log_file=spec.log_file,
-            cwd=Path("/"),
-            started_at=started_at,
-        )
-        self.last_warning = None
-        if not self._systemd:
-            self.last_warning = self._limits.apply(
-                spec.name, handle.pid, spec.cpu_quota, spec.memory_max
+    async def start(self, spec: AgentSpec, started_at: float) -> Started:
+        argv = self.argv(spec)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            # Only the API settings: nspawn reads other variables itself (SYSTEMD_*).
+            **{k: v for k, v in self.payload_env(spec).items() if k in ENV_FILE_KEYS},
+        }
+
+        def start() -> Started:  # fork/exec and cgroup writes: off the event loop
+            handle = spawn_detached(
+                argv,
+                env=env,
+                log_file=spec.log_file,
+                cwd=Path("/"),
+                started_at=started_at,
             )
-        return handle
+            warning = None
+            if not self._systemd:
+                warning = self._limits.apply(spec.name, handle.pid, spec.cpu_quota, spec.memory_max)
+            return Started(handle, warning)
+
+        return await trio.to_thread.run_sync(start)
+
+    async def adopt(self, record: RunRecord) -> Handle | None:
+        return await adopt_detached(record)

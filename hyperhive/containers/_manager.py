@@ -8,6 +8,7 @@ with backoff (it re-adopts the payload); the other agents never notice.
 from __future__ import annotations
 
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import trio
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from hyperhive.broker import Broker
+    from hyperhive.clocks import WallClock
     from hyperhive.config import Paths
     from hyperhive.events import EventHub
     from hyperhive.registry import Registry
@@ -43,6 +45,7 @@ class Containers:
         spec_for: Callable[[str], Awaitable[AgentSpec]],
         report_for: Callable[[str], Report],
         stop_on_exit: bool,
+        clock: WallClock = time.time,
     ) -> None:
         self.backends = backends
         self._paths = paths
@@ -52,6 +55,7 @@ class Containers:
         self._spec_for = spec_for
         self._report_for = report_for
         self._stop_on_exit = stop_on_exit
+        self._clock = clock
         self._runners: dict[str, AgentRunner] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -85,6 +89,7 @@ class Containers:
             spec_for=self._spec_for,
             log_file=self._paths.container_log(name),
             stop_on_exit=self._stop_on_exit,
+            clock=self._clock,
             first_start=first_start,
         )
         self._runners[name] = runner

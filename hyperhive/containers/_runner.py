@@ -27,7 +27,8 @@ import attrs
 import trio
 
 from hyperhive.broker import Outgoing
-from hyperhive.containers._backend import AgentSpec, Backend, Handle, RunRecord, adopt, tail_lines
+from hyperhive.clocks import WallClock, trio_deadline
+from hyperhive.containers._backend import AgentSpec, Backend, PayloadHandle, RunRecord, tail_lines
 from hyperhive.containers._policy import RestartPolicy
 from hyperhive.errors import RequestRefused
 from hyperhive.names import MANAGER, SYSTEM
@@ -75,7 +76,7 @@ class AgentRunner:
         spec_for: SpecFactory,
         log_file: Path,
         stop_on_exit: bool,
-        clock: Callable[[], float] = time.time,
+        clock: WallClock = time.time,
         first_start: str | None = None,
     ) -> None:
         self.name = name
@@ -86,11 +87,12 @@ class AgentRunner:
         self._events = events
         self._spec_for = spec_for
         self._stop_on_exit = stop_on_exit
+        #: Wall-clock time of what is stored (crash times, run starts); waits run on trio's clock.
         self._clock = clock
         #: The start notice's verb of the first launch ("spawned", "revived"), if given.
         self._first_start = first_start
         self._send, self._commands = trio.open_memory_channel[Command](16)
-        self.handle: Handle | None = None
+        self.handle: PayloadHandle | None = None
         self._restart_at: float | None = None
         record = registry.get(name)
         self.policy = RestartPolicy(crashes=record.crash_times, streak=record.crash_streak)
@@ -142,13 +144,13 @@ class AgentRunner:
                 result.append(await self._commands.receive())
                 nursery.cancel_scope.cancel()
 
-            async def exited(handle: Handle) -> None:
+            async def exited(handle: PayloadHandle) -> None:
                 await handle.wait()
                 result.append("exit")
                 nursery.cancel_scope.cancel()
 
             async def timer(at: float) -> None:
-                await trio.sleep(max(0.0, at - self._clock()))
+                await trio.sleep_until(trio_deadline(at, self._clock))
                 result.append("restart_due")
                 nursery.cancel_scope.cancel()
 
@@ -168,7 +170,7 @@ class AgentRunner:
             record = await self._registry.update(self.name, transient=None, transient_since=None)
         if record.pid is not None and record.start_ticks is not None:
             run = RunRecord(record.pid, record.start_ticks, record.run_started_at or 0.0)
-            self.handle = adopt(run)
+            self.handle = await self._backend.adopt(run)
             if self.handle is not None:
                 log.info("%s: re-adopted pid %d", self.name, record.pid)
                 if record.state != AgentState.RUNNING:
@@ -254,8 +256,8 @@ class AgentRunner:
         # the broker hands it out before older messages, so the first turn is on it.
         await self._broker.notice(self.name, KICK_BODY.format(verb=self._kick_verb(kick)))
         started = self._clock()
-        self.handle = await self._backend.start(spec, started)
-        warning = self._backend.last_warning
+        started_run = await self._backend.start(spec, started)
+        self.handle = started_run.handle
         try:
             await self._registry.update(
                 self.name,
@@ -263,7 +265,7 @@ class AgentRunner:
                 pid=self.handle.pid,
                 start_ticks=self.handle.record.start_ticks,
                 run_started_at=started,
-                warning=warning,
+                warning=started_run.warning,
                 crash_times=self.policy.crashes,
                 crash_streak=self.policy.streak,
             )
