@@ -1,4 +1,6 @@
-"""The Bus on a real sqlite file: persistence, reload, no-store mode, fan-out, model file."""
+"""The harness's event log on a real sqlite file (persistence through hyperhive.store.Database,
+reload, no-store mode, fan-out), the view folded from its events, the model file and the
+operator's commands."""
 
 from __future__ import annotations
 
@@ -9,9 +11,13 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
-from hyperhive_harness.bus import Bus, InvalidModel, open_bus
-from hyperhive_harness.turns import Status, TurnState
+from hyperhive_harness.commands import Commands
+from hyperhive_harness.event_log import EventLog, open_event_log
+from hyperhive_harness.model import InvalidModel, ModelFile
+from hyperhive_harness.stream import TurnState
+from hyperhive_harness.view import Status, View
 
 
 def rows(db: Path) -> list[tuple[int, str, dict[str, object]]]:
@@ -27,7 +33,7 @@ def rows(db: Path) -> list[tuple[int, str, dict[str, object]]]:
 
 async def test_events_are_persisted_and_reloaded_after_a_restart(tmp_path: Path) -> None:
     db = tmp_path / "events.sqlite"
-    async with open_bus(db, tmp_path / "model") as bus:
+    async with open_event_log(db) as bus:
         assert bus.stored and bus.store_error is None
         bus.publish("turn_start", **{"from": "bob"}, body="hi", unread=2)
         bus.publish("stream", value={"type": "assistant", "n": 1})
@@ -38,7 +44,7 @@ async def test_events_are_persisted_and_reloaded_after_a_restart(tmp_path: Path)
             ("stream", {"value": {"type": "assistant", "n": 1}}),
             ("note", {"text": "a note"}),
         ]
-    async with open_bus(db, tmp_path / "model") as bus:
+    async with open_event_log(db) as bus:
         assert bus.seq == 3
         assert [e.kind for e in bus.history()] == ["turn_start", "stream", "note"]
         event = bus.publish("turn_end", ok=True, note="")
@@ -48,7 +54,7 @@ async def test_events_are_persisted_and_reloaded_after_a_restart(tmp_path: Path)
 
 async def test_events_published_before_closing_are_written(tmp_path: Path) -> None:
     db = tmp_path / "events.sqlite"
-    async with open_bus(db, tmp_path / "model") as bus:
+    async with open_event_log(db) as bus:
         for i in range(50):
             bus.note(f"n{i}")
         # no flush: leaving the context must write the last batch
@@ -59,24 +65,24 @@ async def test_unopenable_db_means_no_store_mode_with_a_note(tmp_path: Path) -> 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     db = blocker / "events.sqlite"
-    async with open_bus(db, tmp_path / "model") as bus:
+    async with open_event_log(db) as bus:
         receive = bus.subscribe()
         assert not bus.stored and bus.store_error
         notes = [e for e in bus.history() if e.kind == "note"]
-        assert len(notes) == 1 and "no-store mode" in notes[0].payload["text"]
-        assert str(db) in notes[0].payload["text"]
+        assert len(notes) == 1 and "no-store mode" in notes[0].data["text"]
+        assert str(db) in notes[0].data["text"]
         bus.publish("turn_start", **{"from": "op"}, body="x", unread=0)
         event = receive.receive_nowait()
         assert event.kind == "turn_start"
         await bus.flush()  # does not hang without a store
-        assert bus.snapshot()["events_stored"] is False
+        assert bus.status()["events_stored"] is False
     assert not db.exists()
 
 
 async def test_a_slow_subscriber_is_dropped_and_the_publisher_never_blocks(
     tmp_path: Path,
 ) -> None:
-    bus = Bus(model_file=tmp_path / "model", queue_size=16)
+    bus = EventLog(queue_size=16)
     slow = bus.subscribe()
     fast = bus.subscribe()
     got: list[int] = []
@@ -102,7 +108,7 @@ async def test_a_slow_subscriber_is_dropped_and_the_publisher_never_blocks(
 
 
 async def test_ring_since(tmp_path: Path) -> None:
-    bus = Bus(model_file=tmp_path / "model", history_size=5)
+    bus = EventLog(history_size=5)
     for i in range(8):
         bus.note(str(i))
     assert [e.seq for e in bus.since(5) or []] == [6, 7, 8]
@@ -113,53 +119,94 @@ async def test_ring_since(tmp_path: Path) -> None:
 
 async def test_model_file_is_read_afresh(tmp_path: Path) -> None:
     model_file = tmp_path / "state" / "hyperhive-model"
-    bus = Bus(model_file=model_file)
-    assert bus.model() == "haiku"
-    assert bus.set_model(" sonnet ") == "sonnet"
+    events = EventLog()
+    model = ModelFile(model_file, events)
+    assert model.read() == "haiku"
+    assert model.write(" sonnet ") == "sonnet"
     assert model_file.read_text() == "sonnet\n"
-    assert bus.history()[-1].kind == "model_changed"
-    assert bus.history()[-1].payload == {"model": "sonnet"}
+    assert events.history()[-1].kind == "model_changed"
+    assert events.history()[-1].data == {"model": "sonnet"}
     model_file.write_text("opus\n")  # e.g. `hyperhive set-model` on the host
-    assert bus.model() == "opus"
-    assert bus.history()[-1].payload == {"model": "opus"}
-    seq = bus.seq
-    assert bus.model() == "opus" and bus.seq == seq  # no event when nothing changed
+    assert model.read() == "opus"
+    assert events.history()[-1].data == {"model": "opus"}
+    seq = events.seq
+    assert model.read() == "opus" and events.seq == seq  # no event when nothing changed
     model_file.write_text("")
-    assert bus.model() == "haiku"
+    assert model.read() == "haiku"
     for bad in ("", "two words", "x" * 101, "bad\x00"):
         with pytest.raises(InvalidModel):
-            bus.set_model(bad)
+            model.write(bad)
 
 
 async def test_status_and_turn_state_events_only_on_change(tmp_path: Path) -> None:
     clock = iter(range(100, 200))
-    bus = Bus(model_file=tmp_path / "m", clock=lambda: float(next(clock)))
-    bus.set_status(Status.ONLINE)
-    bus.set_status(Status.ONLINE)
-    bus.set_turn_state(TurnState.THINKING)
-    bus.set_turn_state(TurnState.THINKING)
-    bus.set_turn_state(TurnState.IDLE)
-    kinds = [(e.kind, e.payload) for e in bus.history()]
+    events = EventLog(clock=lambda: float(next(clock)))
+    view = View(events, ModelFile(tmp_path / "m", events))
+    view.set_status(Status.ONLINE)
+    view.set_status(Status.ONLINE)
+    view.set_turn_state(TurnState.THINKING)
+    view.set_turn_state(TurnState.THINKING)
+    view.set_turn_state(TurnState.IDLE)
+    kinds = [(e.kind, e.data) for e in events.history()]
     assert kinds[0] == ("status_changed", {"status": "online"})
     assert [k for k, _ in kinds] == ["status_changed", "turn_state_changed", "turn_state_changed"]
     assert kinds[1][1]["state"] == "thinking" and kinds[2][1]["state"] == "idle"
     assert kinds[2][1]["since"] > kinds[1][1]["since"]
+    assert view.status is Status.ONLINE and view.turn_state is TurnState.IDLE
+    assert view.turn_state_since == kinds[2][1]["since"]
 
 
-async def test_new_session_flag_is_taken_once(tmp_path: Path) -> None:
-    bus = Bus(model_file=tmp_path / "m")
-    assert not bus.take_skip_continue()
-    bus.request_new_session()
-    assert bus.snapshot()["new_session_pending"] is True
-    assert bus.take_skip_continue()
-    assert not bus.take_skip_continue()
+async def test_the_view_is_folded_from_the_events(tmp_path: Path) -> None:
+    events = EventLog()
+    view = View(events, ModelFile(tmp_path / "m", events))
+    start = events.publish("turn_start", **{"from": "bob"}, id=7, body="hi", model="opus")
+    assert view.current_turn == {"id": 7, "from": "bob", "started_at": start.ts, "model": "opus"}
+    view.set_token_usage(1200, None)
+    view.set_token_usage(None, 3400, 0.25)
+    assert (view.ctx, view.cost, view.cost_usd) == (1200, 3400, 0.25)
+    assert events.history()[-1].data == {"ctx": 1200, "cost": 3400, "cost_usd": 0.25}
+    events.publish("turn_end", ok=True, note="", id=7, duration_seconds=1.5)
+    snap = view.snapshot()
+    assert snap["current_turn"] is None and snap["last_turn_seconds"] == 1.5
+    assert snap["model"] == "haiku" and snap["ctx"] == 1200
+
+
+async def test_commands_new_session_is_taken_once_and_retry_ends_a_wait(tmp_path: Path) -> None:
+    events = EventLog()
+    commands = Commands(events, ModelFile(tmp_path / "m", events))
+    assert not commands.take_new_session()
+    commands.request_new_session()
+    assert commands.new_session_pending is True
+    assert "new session" in events.history()[-1].data["text"]
+    assert commands.take_new_session()
+    assert not commands.take_new_session()
+    assert commands.cancel() is False  # no turn runs: nothing to cancel, nothing noted
+    assert events.history()[-1].kind == "note" and events.seq == 1
+    assert commands.set_model("opus") == "opus"
+    assert [e.kind for e in events.history()[-2:]] == ["model_changed", "note"]
+
+    commands.retry_now()  # before arming: forgotten
+    commands.arm_retry()
+    async with trio.open_nursery() as nursery:
+        woke: list[bool] = []
+
+        async def wait() -> None:
+            woke.append(await commands.wait_retry(60))
+
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        assert woke == []
+        commands.retry_now()
+    assert woke == [True]
+    commands.arm_retry()
+    assert await commands.wait_retry(0.01) is False
 
 
 async def test_persists_at_least_5000_events_per_second(tmp_path: Path) -> None:
     db = tmp_path / "events.sqlite"
     n = 20_000
     value = {"type": "assistant", "message": {"content": [{"type": "text", "text": "x" * 200}]}}
-    async with open_bus(db, tmp_path / "model") as bus:
+    async with open_event_log(db) as bus:
         started = time.perf_counter()
         for i in range(n):
             bus.publish("stream", value=value)
