@@ -24,6 +24,7 @@ from hyperhive.client import Client
 from hyperhive.config import BACKENDS, Config, Paths, default_run_dir, default_state_dir
 from hyperhive.errors import AlreadyRunning, ClientError, HyperhiveError, RequestRefused
 from hyperhive.protocol import CONVERTER, json_schema
+from hyperhive.runtime import innermost
 from hyperhive.store import DatabaseFailed
 from hyperhive.web._serve import DashboardUnavailable
 
@@ -284,8 +285,7 @@ def _load_env_file(path: Path) -> None:
 
 def _setup_problem(exc: BaseException) -> HyperhiveError | None:
     """A configuration problem at start (possibly inside a task group), to report plainly."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
+    exc = innermost(exc)
     return exc if isinstance(exc, AlreadyRunning | RequestRefused | DashboardUnavailable) else None
 
 
@@ -330,8 +330,7 @@ def rehearse(
     try:
         trio.run(play, settings)
     except BaseException as exc:
-        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-            exc = exc.exceptions[0]
+        exc = innermost(exc)
         if isinstance(exc, RehearsalFailed):
             keep = True
             raise _fail(f"{exc} (kept {root})") from None

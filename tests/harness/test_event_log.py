@@ -5,6 +5,7 @@ operator's commands."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -14,10 +15,12 @@ import trio
 import trio.testing
 
 from hyperhive_harness.commands import Commands
-from hyperhive_harness.event_log import EventLog, open_event_log
+from hyperhive_harness.event_log import KINDS, EventLog, open_event_log
 from hyperhive_harness.model import InvalidModel, ModelFile
 from hyperhive_harness.stream import TurnState
 from hyperhive_harness.view import Status, View
+
+from .fixtures import ROOT
 
 
 def rows(db: Path) -> list[tuple[int, str, dict[str, object]]]:
@@ -217,3 +220,11 @@ async def test_persists_at_least_5000_events_per_second(tmp_path: Path) -> None:
     assert len(rows(db)) == n
     rate = n / elapsed
     assert rate >= 5000, f"persisted only {rate:.0f} events/s"
+
+
+def test_the_page_listens_to_every_kind_the_log_publishes() -> None:
+    # Each SSE frame's type is its kind, and EventSource delivers only the types listened to.
+    page = (ROOT / "hyperhive_harness" / "static" / "index.html").read_text()
+    listed = re.search(r"const KINDS = \[(.*?)\];", page, flags=re.S)
+    assert listed is not None
+    assert set(re.findall(r'"([a-z_]+)"', listed.group(1))) == KINDS
