@@ -118,6 +118,12 @@ def sql_tail(conn: sqlite3.Connection, limit: int) -> tuple[int, list[Event]]:
     return int(top), events
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open (create) the events db at ``synchronous = NORMAL``; raises on any failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return connect(path, synchronous=SYNCHRONOUS, migrations=MIGRATIONS)
+
+
 #: What a failed events write looks like (the writer goes on in no-store mode).
 _STORE_ERRORS: Final = (sqlite3.Error, OSError, DiskFull, DatabaseFailed, DatabaseClosed)
 
@@ -213,9 +219,7 @@ class EventLog:
         """Open the events db (no-store mode on failure) and write queued events until
         cancelled; the last batch is written shielded."""
         try:
-            conn = await trio.to_thread.run_sync(
-                lambda: connect(path, synchronous=SYNCHRONOUS, migrations=MIGRATIONS)
-            )
+            conn = await trio.to_thread.run_sync(_connect, path)
         except (sqlite3.Error, OSError, RuntimeError) as exc:
             self._open_failed(path, exc)
             task_status.started()

@@ -228,3 +228,39 @@ def test_the_page_listens_to_every_kind_the_log_publishes() -> None:
     listed = re.search(r"const KINDS = \[(.*?)\];", page, flags=re.S)
     assert listed is not None
     assert set(re.findall(r'"([a-z_]+)"', listed.group(1))) == KINDS
+
+
+async def test_an_events_db_from_before_the_schema_version_is_taken_over(tmp_path: Path) -> None:
+    db = tmp_path / "deep" / "events.sqlite"
+    db.parent.mkdir()
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, ts REAL NOT NULL, "
+        "kind TEXT NOT NULL, payload_json TEXT NOT NULL)"
+    )
+    old = time.time() - 15 * 24 * 3600
+    conn.executemany(
+        "INSERT INTO events VALUES (?, ?, ?, ?)",
+        [
+            (1, old, "stream", "{}"),
+            (2, old, "note", '{"text": "kept"}'),
+            (7, time.time(), "note", "{"),
+        ],
+    )
+    conn.commit()
+    conn.close()
+    async with open_event_log(db) as log:
+        assert log.stored and log.seq == 7
+        # Old stream rows are pruned at open; an unreadable payload is shown, not fatal.
+        assert [(e.seq, e.data) for e in log.history()] == [
+            (2, {"text": "kept"}),
+            (7, {"unreadable": "{"}),
+        ]
+        assert log.publish("note", text="new").seq == 8
+    conn = sqlite3.connect(db)
+    try:
+        ids = [r[0] for r in conn.execute("SELECT id FROM events ORDER BY id")]
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    finally:
+        conn.close()
+    assert ids == [2, 7, 8]
