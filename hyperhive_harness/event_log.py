@@ -1,8 +1,9 @@
 """The harness's event log: every event numbered, broadcast to the UI and kept in sqlite.
 
-:meth:`EventLog.publish` never blocks and never fails: the event gets the next ``seq``
-(which is also its row id in ``events(id, ts, kind, payload_json)``), goes into a bounded
-in-memory ring (the UI's history), into each SSE subscriber's bounded channel — a subscriber
+:meth:`EventLog.publish` never blocks and never fails: the daemon's
+:class:`~hyperhive.events.EventHub` gives the event the next ``seq`` (which is also its row
+id in ``events(id, ts, kind, payload_json)``) and puts it into a bounded in-memory ring (the
+UI's history) and into each SSE subscriber's bounded channel — a subscriber
 that falls behind is cut off, not waited for; it reconnects with ``Last-Event-ID`` and
 catches up from the ring — to each listener (the :class:`~hyperhive_harness.view.View`
 folds events into what the UI shows), and is queued for the writer task. The writer takes
@@ -21,7 +22,6 @@ import json
 import logging
 import sqlite3
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,7 +31,7 @@ import attrs
 import trio
 
 from hyperhive.errors import DiskFull
-from hyperhive.events import Event, FanOut, events_since
+from hyperhive.events import Event, EventHub
 from hyperhive.store import Database, DatabaseClosed, DatabaseFailed, connect
 
 KINDS: Final = frozenset(
@@ -139,11 +139,7 @@ class EventLog:
         history_size: int = HISTORY_SIZE,
         queue_size: int = SUBSCRIBER_QUEUE,
     ) -> None:
-        self._clock = clock
-        self._seq = 0
-        self._ring: deque[Event] = deque(maxlen=history_size)
-        self._fanout: FanOut[Event] = FanOut(queue_size)
-        self._listeners: list[Listener] = []
+        self._hub = EventHub(ring_size=history_size, queue_size=queue_size, clock=clock)
         self._db: Database | None = None
         self._pending: list[Event] = []
         self._dirty = trio.Event()
@@ -154,11 +150,11 @@ class EventLog:
 
     @property
     def clock(self) -> Callable[[], float]:
-        return self._clock
+        return self._hub.clock
 
     @property
     def seq(self) -> int:
-        return self._seq
+        return self._hub.seq
 
     @property
     def stored(self) -> bool:
@@ -167,12 +163,7 @@ class EventLog:
     def publish(self, kind: str, **payload: Any) -> Event:
         if kind not in KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
-        self._seq += 1
-        event = Event(self._seq, self._clock(), kind, payload)
-        self._ring.append(event)
-        for listener in self._listeners:
-            listener(event)
-        self._fanout.deliver(event)
+        event = self._hub.publish(kind, **payload)
         self._pending.append(event)
         self._dirty.set()
         if kind in _LOGGED:
@@ -184,28 +175,26 @@ class EventLog:
 
     def listen(self, listener: Listener) -> None:
         """Call ``listener`` synchronously with every event published from now on."""
-        self._listeners.append(listener)
+        self._hub.listen(listener)
 
     def subscribe(self) -> trio.MemoryReceiveChannel[Event]:
         """Every event published from now on; closed when the subscriber falls behind."""
-        return self._fanout.subscribe()
+        return self._hub.subscribe()
 
     @property
     def subscribers(self) -> int:
-        return len(self._fanout)
+        return self._hub.statistics().subscribers
 
     @property
     def dropped_subscribers(self) -> int:
-        return self._fanout.dropped
+        return self._hub.statistics().dropped_subscribers
 
     def history(self, limit: int = HISTORY_SIZE) -> list[Event]:
-        if limit <= 0:
-            return []
-        return list(self._ring)[-limit:]
+        return self._hub.history(limit)
 
     def since(self, seq: int) -> list[Event] | None:
         """Events after ``seq`` from the ring; None when some already left it."""
-        return events_since(self._ring, self._seq, seq)
+        return self._hub.since(seq)
 
     def status(self) -> dict[str, Any]:
         """What the UI's state shows about the log."""
@@ -232,7 +221,7 @@ class EventLog:
             db_scope: trio.CancelScope = await nursery.start(self._serve_db, db)
             try:
                 try:
-                    now = self._clock()
+                    now = self.clock()
                     await db.transaction(lambda c: sql_prune(c, now=now), durable=False)
                     top, tail = await db.transaction(lambda c: sql_tail(c, HISTORY_SIZE))
                 except _STORE_ERRORS as exc:
@@ -273,12 +262,8 @@ class EventLog:
         self._db = db
         self.store_error = None
         # Events published before the store opened get ids after the stored ones.
-        early = list(self._ring)
-        self._ring.clear()
-        self._ring.extend(tail)
-        self._ring.extend(attrs.evolve(e, seq=e.seq + top) for e in early)
+        self._hub.continue_after(top, tail)
         self._pending = [attrs.evolve(e, seq=e.seq + top) for e in self._pending]
-        self._seq += top
         self._persisted += top
 
     async def _write_batch(self) -> None:
@@ -306,7 +291,7 @@ class EventLog:
 
     async def flush(self) -> None:
         """Wait until everything published so far went through the writer."""
-        target = self._seq
+        target = self.seq
         while self._persisted < target:
             await self._flushed.wait()
 

@@ -163,7 +163,7 @@ class ConnectionPool:
     async def _open_for_call(self) -> Client:
         try:
             client, _ = await self.open()
-        except ConnectionLost as exc:
+        except ClientError as exc:  # lost, or the hello refused
             raise ToolError(self._unreachable(exc)) from None
         return client
 
