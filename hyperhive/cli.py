@@ -31,6 +31,7 @@ from hyperhive.config import (
 )
 from hyperhive.errors import AlreadyRunning, ClientError, HyperhiveError, RequestRefused
 from hyperhive.protocol import CONVERTER, json_schema
+from hyperhive.runtime import innermost
 from hyperhive.store import DatabaseFailed, DatabaseUnusable
 from hyperhive.web._serve import DashboardUnavailable
 
@@ -301,8 +302,7 @@ def _load_env_file(path: Path) -> None:
 
 def _setup_problem(exc: BaseException) -> HyperhiveError | None:
     """A configuration problem at start (possibly inside a task group), to report plainly."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
+    exc = innermost(exc)
     problems = AlreadyRunning | RequestRefused | DashboardUnavailable | DatabaseUnusable
     return exc if isinstance(exc, problems) else None
 
@@ -348,8 +348,7 @@ def rehearse(
     try:
         trio.run(play, settings)
     except BaseException as exc:
-        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-            exc = exc.exceptions[0]
+        exc = innermost(exc)
         if isinstance(exc, RehearsalFailed):
             keep = True
             raise _fail(f"{exc} (kept {root})") from None

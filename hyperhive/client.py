@@ -1,7 +1,17 @@
-"""A trio client for the daemon's sockets (the admin CLI, the harness and the tests use it)."""
+"""A trio client for the daemon's sockets: the admin CLI, the harness (its turn loop, its UI,
+its MCP server, ``wake``) and the tests use it.
+
+Its errors are :mod:`hyperhive.errors`'s client family: :class:`~hyperhive.errors.ClientError`
+when the daemon answered ``ok: false`` (a real answer: the connection is still good), and its
+subclass :class:`~hyperhive.errors.ConnectionLost` when the daemon cannot be reached or the
+connection broke (reconnecting may help). ``Client.connect`` alone lets the ``OSError`` of the
+connect itself through (the CLI tells a missing socket from a permission problem with it);
+:meth:`Client.open` turns it into ``ConnectionLost`` too.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -11,11 +21,12 @@ from typing import Any, TypeVar
 import trio
 
 from hyperhive.config import MAX_LINE_BYTES, PROTOCOL_VERSION
-from hyperhive.errors import ClientError, ConnectionLost
+from hyperhive.errors import ClientError, ConnectionLost, ProtocolError
 from hyperhive.protocol import (
     OVERSIZED,
     REPLIES,
     Hello,
+    HelloReply,
     LineBuffer,
     Reply,
     Request,
@@ -34,6 +45,8 @@ class Client:
         self._buffer = LineBuffer(MAX_LINE_BYTES)
         self._lines: list[bytes] = []
         self._lock = trio.Lock()
+        #: The daemon's answer to this connection's ``hello`` (set by :meth:`open`).
+        self.hello: HelloReply | None = None
 
     @classmethod
     async def connect(cls, path: Path | str, *, hello_role: str | None = None) -> Client:
@@ -42,6 +55,34 @@ class Client:
         if hello_role is not None:
             await client.call(Hello(role=hello_role, protocol=PROTOCOL_VERSION))  # type: ignore[arg-type]
         return client
+
+    @classmethod
+    async def open(cls, path: Path | str, *, role: str) -> Client:
+        """Connect and say ``hello`` as ``role``; :attr:`hello` holds the answer (the agent's
+        name and role). Not reaching the daemon at all is :class:`ConnectionLost` too."""
+        try:
+            stream = await trio.open_unix_socket(os.fspath(path))
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect to {path}: {exc.strerror or exc}") from None
+        client = cls(stream)
+        try:
+            hello = await client.call(Hello(role=role, protocol=PROTOCOL_VERSION))  # type: ignore[arg-type]
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
+            raise
+        assert isinstance(hello, HelloReply)
+        client.hello = hello
+        return client
+
+    @property
+    def name(self) -> str:
+        """The name the daemon knows this connection by (after :meth:`open`)."""
+        return self.hello.name if self.hello is not None else ""
+
+    @property
+    def role(self) -> str:
+        return self.hello.role if self.hello is not None else ""
 
     async def __aenter__(self) -> Client:
         return self
@@ -52,13 +93,18 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._stream.aclose()
+        """Close the connection (a connection that is already broken closes quietly)."""
+        with trio.CancelScope(shield=True), contextlib.suppress(OSError, trio.BrokenResourceError):
+            await self._stream.aclose()
 
     async def raw(self, line: bytes) -> dict[str, Any]:
         """Send raw bytes (a line or garbage) and return the next decoded reply object."""
         async with self._lock:
-            await self._stream.send_all(line)
-            return await self._read_reply()
+            try:
+                await self._stream.send_all(line)
+                return await self._read_reply()
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ConnectionLost(f"the connection to the daemon broke: {exc}") from None
 
     async def request(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Send a JSON object; return the reply object, ok or not."""
@@ -66,12 +112,17 @@ class Client:
         return await self.raw(line)
 
     async def call(self, request: Request) -> Reply:
-        """Send a typed request; return its typed reply or raise :class:`ClientError`."""
+        """Send a typed request; return its typed reply. Raises :class:`ClientError` when the
+        daemon refuses it (or answers with something that is not its reply), and
+        :class:`ConnectionLost` when the connection fails."""
         reply = await self.raw(encode_request(request))
         if not reply.get("ok"):
             raise ClientError(str(reply.get("error", "request failed")))
         reply.pop("ok")
-        return structure(reply, REPLIES[type(request)], what=f"{request.CMD!r} reply")
+        try:
+            return structure(reply, REPLIES[type(request)], what=f"{request.CMD!r} reply")
+        except ProtocolError as exc:
+            raise ClientError(f"unexpected reply to {request.CMD!r}: {exc}") from None
 
     async def _read_reply(self) -> dict[str, Any]:
         while not self._lines:
@@ -80,10 +131,20 @@ class Client:
                 raise ConnectionLost("the daemon closed the connection")
             for line in self._buffer.feed(data):
                 if line is OVERSIZED:
-                    raise ClientError("reply longer than the protocol allows")
+                    raise ConnectionLost("reply longer than the protocol allows")
                 assert isinstance(line, bytes)
                 self._lines.append(line)
-        obj = json.loads(self._lines.pop(0))
+        try:
+            obj = json.loads(self._lines.pop(0))
+        except ValueError:
+            obj = None
         if not isinstance(obj, dict):
-            raise ClientError("reply is not a JSON object")
+            raise ConnectionLost("reply is not a JSON object")
         return obj
+
+
+async def call_once(path: Path | str, request: Request, *, role: str = "cli") -> Reply:
+    """Connect, say hello as ``role``, make one request, close (the harness's UI and its
+    ``wake`` command use ``cli``, which never makes the daemon hand messages out again)."""
+    async with await Client.open(path, role=role) as client:
+        return await client.call(request)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
@@ -84,17 +84,33 @@ class EventHubStatistics:
 
 
 class EventHub:
+    """Numbered events: a ring of the recent ones, bounded fan-out, synchronous listeners.
+
+    The daemon has one; each harness has one inside its event log
+    (:class:`hyperhive_harness.event_log.EventLog`), which also stores the events.
+    """
+
     def __init__(
-        self, *, ring_size: int = EVENT_RING_SIZE, queue_size: int = EVENT_SUBSCRIBER_QUEUE
+        self,
+        *,
+        ring_size: int = EVENT_RING_SIZE,
+        queue_size: int = EVENT_SUBSCRIBER_QUEUE,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._seq = 0
+        self._clock = clock
         self._ring: deque[Event] = deque(maxlen=ring_size)
         self._fanout: FanOut[Event] = FanOut(queue_size)
+        self._listeners: list[Callable[[Event], None]] = []
 
     @property
     def seq(self) -> int:
         """The ``seq`` of the newest event (0 before the first)."""
         return self._seq
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
 
     def statistics(self) -> EventHubStatistics:
         return EventHubStatistics(
@@ -103,10 +119,23 @@ class EventHub:
 
     def publish(self, kind: str, **data: Any) -> Event:
         self._seq += 1
-        event = Event(self._seq, time.time(), kind, data)
+        event = Event(self._seq, self._clock(), kind, data)
         self._ring.append(event)
+        for listener in self._listeners:
+            listener(event)
         self._fanout.deliver(event)
         return event
+
+    def listen(self, listener: Callable[[Event], None]) -> None:
+        """Call ``listener`` synchronously with every event published from now on."""
+        self._listeners.append(listener)
+
+    def history(self, limit: int | None = None) -> list[Event]:
+        """The newest ``limit`` events of the ring (all of them by default), oldest first."""
+        events = list(self._ring)
+        if limit is None:
+            return events
+        return events[-limit:] if limit > 0 else []
 
     def since(self, seq: int) -> list[Event] | None:
         """Events after ``seq``, or None when some of them already left the ring."""
@@ -115,3 +144,13 @@ class EventHub:
     def subscribe(self) -> trio.MemoryReceiveChannel[Event]:
         """A channel of every event published from now on; close it to unsubscribe."""
         return self._fanout.subscribe()
+
+    def continue_after(self, top: int, stored: Iterable[Event]) -> None:
+        """Go on from events kept elsewhere (a database): ``stored`` (the newest of them, up
+        to ``top``) come first in the ring, and what was published so far is renumbered
+        after ``top``."""
+        early = [attrs.evolve(e, seq=e.seq + top) for e in self._ring]
+        self._ring.clear()
+        self._ring.extend(stored)
+        self._ring.extend(early)
+        self._seq += top

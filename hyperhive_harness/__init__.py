@@ -1,1 +1,2 @@
-"""hyperhive-harness: what runs inside each agent's container (turn loop, Bus, MCP server)."""
+"""hyperhive-harness: what runs inside each agent's container (turn loop, event log, web UI,
+MCP server)."""

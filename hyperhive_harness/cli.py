@@ -17,9 +17,10 @@ from typing import Annotated
 import trio
 import typer
 
+from hyperhive.client import call_once
+from hyperhive.errors import ClientError, ConnectionLost
 from hyperhive.protocol import IdReply, Wake
 from hyperhive_harness.config import ConfigError, HarnessConfig
-from hyperhive_harness.link import Disconnected, Refused, one_call
 
 app = typer.Typer(
     help="The hyperhive agent harness: run inside each agent's container.",
@@ -52,7 +53,7 @@ def serve(
         typer.Option("--ui-host", help="Bind address of --ui-port (default 127.0.0.1)."),
     ] = None,
 ) -> None:
-    """Run the turn loop, the event bus and the per-agent web UI until SIGTERM/SIGINT."""
+    """Run the turn loop, the event log and the per-agent web UI until SIGTERM/SIGINT."""
     from hyperhive_harness.serve import serve as serve_harness
 
     try:
@@ -101,16 +102,16 @@ def wake(
     path = socket or os.environ.get("HYPERHIVE_SOCKET") or "/run/hive/mcp.sock"
 
     async def go() -> int:
-        reply = await one_call(path, Wake(from_=from_, body=text, transient=transient))
+        reply = await call_once(path, Wake(from_=from_, body=text, transient=transient))
         assert isinstance(reply, IdReply)
         return reply.id
 
     try:
         message_id = trio.run(go)
-    except Disconnected as exc:
+    except ConnectionLost as exc:
         typer.echo(f"hyperhive-harness wake: {exc}", err=True)
         raise typer.Exit(2) from None
-    except Refused as exc:
+    except ClientError as exc:
         typer.echo(f"hyperhive-harness wake: refused: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(str(message_id))

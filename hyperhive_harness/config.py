@@ -14,6 +14,8 @@ from typing import Any, Final
 
 import attrs
 
+from hyperhive.runtime import Backoff
+
 DEFAULT_SOCKET: Final = "/run/hive/mcp.sock"
 #: The web UI's unix socket, beside the agent socket (only the daemon reaches that dir).
 UI_SOCKET_NAME: Final = "ui.sock"
@@ -23,8 +25,8 @@ EVENTS_DB_NAME: Final = "hyperhive-events.sqlite"
 MODEL_FILE_NAME: Final = "hyperhive-model"
 #: The running claude's pid and start time, so a restarted harness can end an orphan.
 CLAUDE_PID_FILE_NAME: Final = "hyperhive-claude.pid"
-#: Reconnect delays after losing the daemon; the last one repeats.
-RECONNECT_SCHEDULE: Final = (2.0, 4.0, 8.0, 16.0, 30.0)
+#: Reconnect delays after losing the daemon: 2, 4, 8, 16, 30, 30, ... seconds.
+RECONNECT_BACKOFF: Final = Backoff(first=2.0, limit=30.0)
 RECV_WAIT_SECONDS: Final = 180
 RATE_LIMIT_SLEEP_SECONDS: Final = 300.0
 #: How often a parked harness (``needs_login``) looks at the credentials file.
@@ -66,15 +68,16 @@ def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int
     return value
 
 
-def parse_schedule(raw: str) -> tuple[float, ...]:
-    """``"2,4,8"`` → ``(2.0, 4.0, 8.0)``; raises :class:`ConfigError` on garbage."""
+def parse_backoff(raw: str) -> Backoff:
+    """``"2,4,8,30"`` → the backoff from 2 s doubling up to 30 s (the first value and the
+    largest are used); raises :class:`ConfigError` on garbage."""
     try:
         values = tuple(float(part) for part in raw.split(",") if part.strip())
     except ValueError:
         raise ConfigError(f"backoff schedule {raw!r} is not a comma list of numbers") from None
     if not values or any(v < 0 for v in values):
         raise ConfigError(f"backoff schedule {raw!r} needs at least one non-negative number")
-    return values
+    return Backoff(first=values[0], limit=max(values))
 
 
 def parse_tool_list(raw: str) -> tuple[str, ...]:
@@ -99,7 +102,7 @@ class HarnessConfig:
     ui_port: int | None = None
     #: Extra ``Host`` names the TCP listener answers to; loopback always works.
     ui_allowed_hosts: tuple[str, ...] = ()
-    reconnect_schedule: tuple[float, ...] = RECONNECT_SCHEDULE
+    reconnect_backoff: Backoff = RECONNECT_BACKOFF
     rate_limit_sleep: float = RATE_LIMIT_SLEEP_SECONDS
     login_poll: float = LOGIN_POLL_SECONDS
     max_turn_attempts: int = MAX_TURN_ATTEMPTS
@@ -157,9 +160,9 @@ class HarnessConfig:
             ui_host=host or env.get("HYPERHIVE_UI_HOST") or "127.0.0.1",
             ui_port=port,
             ui_allowed_hosts=parse_tool_list(env.get("HYPERHIVE_UI_ALLOWED_HOSTS", "")),
-            reconnect_schedule=parse_schedule(env["HYPERHIVE_RECONNECT_BACKOFF"])
+            reconnect_backoff=parse_backoff(env["HYPERHIVE_RECONNECT_BACKOFF"])
             if env.get("HYPERHIVE_RECONNECT_BACKOFF")
-            else RECONNECT_SCHEDULE,
+            else RECONNECT_BACKOFF,
             rate_limit_sleep=_float(env, "HYPERHIVE_RATE_LIMIT_SLEEP", RATE_LIMIT_SLEEP_SECONDS),
             login_poll=_float(env, "HYPERHIVE_LOGIN_POLL", LOGIN_POLL_SECONDS) or 0.1,
             max_turn_attempts=_int(

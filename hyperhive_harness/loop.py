@@ -4,13 +4,19 @@
           ▲                                                                   │ message
           │ backoff 2,4,8,16,30 s                              status ──► turn_start
           │                                                                   │
-     Disconnected ◄── any socket call                     claude (stream/note events)
+   ConnectionLost ◄── any socket call                     claude (stream/note events)
                                                                               │
                                       judge ──► decide ──► turn_end ──► ack / retry / sleep / park
 
-Only this task holds the ``harness`` connection. Every decision is made by the sans-IO
-functions of :mod:`hyperhive_harness.turns`; this module wires them to the socket, the
-process and the clock.
+Only this task holds the ``harness`` connection (a :class:`hyperhive.client.Client`; its
+:class:`~hyperhive.errors.ConnectionLost` means reconnect, any other
+:class:`~hyperhive.errors.ClientError` is the daemon's refusal). Every decision is made by
+the sans-IO functions of :mod:`~hyperhive_harness.prompt` (what claude is started with),
+:mod:`~hyperhive_harness.stream` (what its output says) and :mod:`~hyperhive_harness.policy`
+(the verdict and what follows); this module wires them to the socket, the process and the
+clock. It publishes to the :class:`~hyperhive_harness.event_log.EventLog`, changes what the
+UI shows through the :class:`~hyperhive_harness.view.View`, and takes the operator's
+requests from :class:`~hyperhive_harness.commands.Commands`.
 
 No work is lost or duplicated across a daemon restart: a message whose turn ended is put in
 ``owed`` (with its failure report, if any) before it is acked. If the ack (or the report)
@@ -20,7 +26,7 @@ still owed when it comes back is acked without a new turn.
 
 A run that failed (or was rate limited, or refused authentication) may have left its prompt
 unanswered in claude's session; the loop then writes a session break to the state dir, and
-the next run starts a new session with a preface saying what happened (``turns.SessionBreak``).
+the next run starts a new session with a preface saying what happened (``policy.SessionBreak``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from typing import Any
 
 import trio
 
+from hyperhive.client import Client
+from hyperhive.errors import ClientError, ConnectionLost
 from hyperhive.protocol import (
     Ack,
     AckReply,
@@ -50,33 +58,35 @@ from hyperhive.protocol import (
     StatusReply,
 )
 from hyperhive.protocol import Status as StatusRequest
-from hyperhive_harness.bus import Bus
+from hyperhive.runtime import Retry
 from hyperhive_harness.claude import TurnControl, kill_orphan, run_claude
+from hyperhive_harness.commands import Commands
 from hyperhive_harness.config import HarnessConfig
-from hyperhive_harness.link import DaemonLink, Disconnected, Refused
-from hyperhive_harness.turns import (
-    Backoff,
+from hyperhive_harness.event_log import EventLog
+from hyperhive_harness.model import ModelFile
+from hyperhive_harness.policy import (
     Next,
     Outcome,
     SessionBreak,
-    Status,
-    TurnObserver,
-    TurnState,
     Verdict,
-    allowed_tools,
-    claude_argv,
-    claude_env,
     decide,
     failure_report,
     judge,
+    report_recipient,
+    session_break,
+)
+from hyperhive_harness.prompt import (
+    allowed_tools,
+    claude_argv,
+    claude_env,
     mcp_config,
     new_session_note,
     render_system_prompt,
-    report_recipient,
-    session_break,
     session_preface,
     wake_prompt,
 )
+from hyperhive_harness.stream import TurnObserver, TurnState
+from hyperhive_harness.view import Status, View
 
 #: How many finished-but-unconfirmed message ids are remembered.
 MAX_OWED = 1000
@@ -101,33 +111,35 @@ def credentials_fingerprint(path: Path) -> tuple[int, int, int] | None:
 
 class TurnLoop:
     def __init__(
-        self, cfg: HarnessConfig, bus: Bus, runtime_dir: Path, *, python: str = sys.executable
+        self,
+        cfg: HarnessConfig,
+        events: EventLog,
+        view: View,
+        commands: Commands,
+        model: ModelFile,
+        runtime_dir: Path,
+        *,
+        python: str = sys.executable,
     ) -> None:
         self.cfg = cfg
-        self.bus = bus
+        self.events = events
+        self.view = view
+        self.commands = commands
+        self.model = model
         self.runtime_dir = runtime_dir
         self.python = python
         self.connected = False
-        self.control: TurnControl | None = None
         #: Finished messages not yet confirmed acked: id → failure report still to send.
         self.owed: OrderedDict[int, str | None] = OrderedDict()
         self.turns = 0
-        self._wakeup = trio.Event()
         self._saved_status_text: str | None = None
         self._mcp_config_file = runtime_dir / "claude-mcp-config.json"
         self._system_prompt_file = runtime_dir / "claude-system-prompt.md"
         self._session_break_file = cfg.state_dir / SESSION_BREAK_FILE_NAME
 
-    # ------------------------------------------------------------ controls (UI)
-
-    def cancel(self) -> bool:
-        """SIGINT the running claude; False when no turn runs."""
-        control = self.control
-        return control.cancel() if control is not None else False
-
-    def retry_now(self) -> None:
-        """End a rate-limit sleep or a login park at once."""
-        self._wakeup.set()
+    @property
+    def turn_running(self) -> bool:
+        return self.commands.control is not None
 
     # ------------------------------------------------------------ the loop
 
@@ -135,43 +147,41 @@ class TurnLoop:
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
         killed = kill_orphan(self.cfg.claude_pid_file)
         if killed is not None:
-            self.bus.note(f"ended claude (pid {killed}) left running by a previous harness")
+            self.events.note(f"ended claude (pid {killed}) left running by a previous harness")
         task_status.started()
-        backoff = Backoff(self.cfg.reconnect_schedule)
+        retry = self.cfg.reconnect_backoff.start()
         while True:
             try:
-                link = await DaemonLink.connect(self.cfg.socket, role="harness")
-            except (Disconnected, Refused) as exc:
-                await self._lost(str(exc), backoff)
+                link = await Client.open(self.cfg.socket, role="harness")
+            except ClientError as exc:  # ConnectionLost, or the hello refused
+                await self._lost(str(exc), retry)
                 continue
             async with link:
-                self._on_connect(link, backoff)
+                self._on_connect(link, retry)
                 try:
                     await self._serve(link)
-                except Disconnected as exc:
-                    self.connected = False
-                    await self._lost(str(exc), backoff)
-                except Refused as exc:
+                except ConnectionLost as exc:
+                    await self._lost(str(exc), retry)
+                except ClientError as exc:
                     # The daemon refused what the loop needs (recv, ack): start afresh.
-                    self.connected = False
-                    await self._lost(f"the daemon refused a request: {exc}", backoff)
+                    await self._lost(f"the daemon refused a request: {exc}", retry)
 
-    async def _lost(self, reason: str, backoff: Backoff) -> None:
+    async def _lost(self, reason: str, retry: Retry) -> None:
         self.connected = False
-        self.bus.set_status(Status.DISCONNECTED)
-        delay = backoff.next()
-        if backoff.attempts <= 5 or backoff.attempts % 10 == 0:
-            self.bus.note(f"daemon unreachable ({reason}); reconnecting in {delay:g} s")
+        self.view.set_status(Status.DISCONNECTED)
+        delay = retry.next()
+        if retry.attempts <= 5 or retry.attempts % 10 == 0:
+            self.events.note(f"daemon unreachable ({reason}); reconnecting in {delay:g} s")
         await trio.sleep(delay)
 
-    def _on_connect(self, link: DaemonLink, backoff: Backoff) -> None:
-        if backoff.attempts:
-            self.bus.note(f"reconnected to the daemon at {self.cfg.socket}")
-        backoff.reset()
+    def _on_connect(self, link: Client, retry: Retry) -> None:
+        if retry.attempts:
+            self.events.note(f"reconnected to the daemon at {self.cfg.socket}")
+        retry.reset()
         self.connected = True
-        self.bus.set_identity(link.name, link.role)
+        self.view.set_identity(link.name, link.role)
         self._write_turn_files(link.name, link.role)
-        self.bus.set_status(Status.ONLINE)
+        self.view.set_status(Status.ONLINE)
 
     def _write_turn_files(self, label: str, role: str) -> None:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
@@ -185,14 +195,14 @@ class TurnLoop:
         )
         self._system_prompt_file.write_text(prompt)
 
-    async def _serve(self, link: DaemonLink) -> None:
+    async def _serve(self, link: Client) -> None:
         await self._pay_debts(link)
         while True:
             reply = await link.call(Recv(wait_seconds=self.cfg.recv_wait, max=1, ack=False))
             assert isinstance(reply, RecvReply)
             for message in reply.messages:
                 if message.id in self.owed:
-                    self.bus.note(
+                    self.events.note(
                         f"message #{message.id} came back after a reconnect, but its turn "
                         "already ended: acked without a new turn"
                     )
@@ -200,15 +210,17 @@ class TurnLoop:
                     continue
                 await self._handle(link, message)
 
-    async def _pay_debts(self, link: DaemonLink) -> None:
+    async def _pay_debts(self, link: Client) -> None:
         """Send owed failure reports and acks; keep what the daemon did not confirm."""
         for message_id in list(self.owed):
             report = self.owed[message_id]
             if report is not None:
                 try:
                     await link.call(Send(to=report_recipient(link.role), body=report))
-                except Refused as exc:
-                    self.bus.note(f"could not report the failure of #{message_id}: {exc}")
+                except ConnectionLost:
+                    raise
+                except ClientError as exc:
+                    self.events.note(f"could not report the failure of #{message_id}: {exc}")
                 self.owed[message_id] = None
             ack = await link.call(Ack(ids=[message_id]))
             assert isinstance(ack, AckReply)
@@ -219,13 +231,13 @@ class TurnLoop:
 
     # ------------------------------------------------------------ one message
 
-    async def _handle(self, link: DaemonLink, message: Message) -> None:
+    async def _handle(self, link: Client, message: Message) -> None:
         failed_attempts = 0
         fresh_session = False
         while True:
             unread = await self._unread(link)
             fingerprint = credentials_fingerprint(self.cfg.credentials_file)
-            verdict, _ = await self._turn(message, unread, fresh_session=fresh_session)
+            verdict, duration = await self._turn(message, unread, fresh_session=fresh_session)
             if verdict.outcome is Outcome.FAILED:
                 failed_attempts += 1
             decision = decide(
@@ -236,13 +248,13 @@ class TurnLoop:
                 failed_retry_delay=self.cfg.failed_retry_delay,
             )
             note = "\n".join(n for n in (verdict.note, decision.note) if n)
-            self.bus.publish(
+            self.events.publish(
                 "turn_end",
                 ok=verdict.ok,
                 note=note,
                 id=message.id,
                 outcome=verdict.outcome.value,
-                duration_seconds=self.bus.last_turn_seconds,
+                duration_seconds=duration,
             )
             fresh_session = decision.fresh_session
             brk = session_break(verdict, decision, message_id=message.id, sender=message.from_)
@@ -266,19 +278,19 @@ class TurnLoop:
                     await self._pay_debts(link)
                     return
                 case Next.RETRY:
-                    self._wakeup = trio.Event()
-                    await self._pause(decision.delay)
+                    self.commands.arm_retry()
+                    await self.commands.wait_retry(decision.delay)
                 case Next.SLEEP_AND_RETRY:
                     # Armed before anything else awaits: a "retry now" from the UI that comes
                     # while the trouble is being shown must not be lost.
-                    self._wakeup = trio.Event()
+                    self.commands.arm_retry()
                     until = time.strftime("%H:%M:%S", time.localtime(time.time() + decision.delay))
                     await self._enter_trouble(
                         link, Status.RATE_LIMITED, f"⊘ rate limited; retrying at {until}"
                     )
-                    await self._pause(decision.delay)
+                    await self.commands.wait_retry(decision.delay)
                 case Next.PARK_AND_RETRY:
-                    self._wakeup = trio.Event()  # armed first, as above
+                    self.commands.arm_retry()  # armed first, as above
                     await self._enter_trouble(
                         link, Status.NEEDS_LOGIN, "needs login: open this agent's UI to log in"
                     )
@@ -293,7 +305,7 @@ class TurnLoop:
             return None
         except OSError as exc:
             text = ""
-            self.bus.note(f"cannot read {self._session_break_file}: {exc}")
+            self.events.note(f"cannot read {self._session_break_file}: {exc}")
         return SessionBreak.from_json(text)
 
     def _save_session_break(self, brk: SessionBreak) -> None:
@@ -304,9 +316,9 @@ class TurnLoop:
             tmp.write_text(brk.to_json(), encoding="utf-8")
             tmp.replace(path)
         except OSError as exc:
-            # Still honoured by this harness (the next turn asks the bus for a new session).
-            self.bus.request_new_session()
-            self.bus.note(f"cannot write {path} ({exc}); a restart would forget the new session")
+            # Still honoured by this harness (the next turn takes the new-session request).
+            self.commands.request_new_session(by_operator=False)
+            self.events.note(f"cannot write {path} ({exc}); a restart would forget the new session")
 
     def _clear_session_break(self) -> None:
         with contextlib.suppress(OSError):
@@ -317,58 +329,54 @@ class TurnLoop:
         while len(self.owed) > MAX_OWED:
             self.owed.popitem(last=False)
 
-    async def _unread(self, link: DaemonLink) -> int | None:
+    async def _unread(self, link: Client) -> int | None:
         try:
             reply = await link.call(StatusRequest())
-        except (Refused, Disconnected):
+        except ClientError:
             # The turn can run without the count; a lost daemon shows up at the ack.
             return None
         assert isinstance(reply, StatusReply)
         return reply.unread
-
-    async def _pause(self, seconds: float) -> None:
-        with trio.move_on_after(seconds):
-            await self._wakeup.wait()
 
     async def _park_for_login(self, before: tuple[int, int, int] | None) -> None:
         """Wait until the credentials file changes (checked every ``login_poll`` seconds) or
         the UI says the login is done."""
         while True:
             if credentials_fingerprint(self.cfg.credentials_file) != before:
-                self.bus.note("claude credentials changed; replaying the message")
+                self.events.note("claude credentials changed; replaying the message")
                 return
-            with trio.move_on_after(self.cfg.login_poll):
-                await self._wakeup.wait()
-                self.bus.note("login reported done; replaying the message")
+            if await self.commands.wait_retry(self.cfg.login_poll):
+                self.events.note("login reported done; replaying the message")
                 return
 
-    async def _enter_trouble(self, link: DaemonLink, status: Status, text: str) -> None:
+    async def _enter_trouble(self, link: Client, status: Status, text: str) -> None:
         """Show the trouble on the UI and (through the agent's status text) the dashboard."""
-        self.bus.set_status(status)
-        with contextlib.suppress(Refused, Disconnected):
+        self.view.set_status(status)
+        with contextlib.suppress(ClientError):
             if self._saved_status_text is None:
                 meta = await link.call(GetAgentMeta())
                 assert isinstance(meta, AgentMetaReply)
                 self._saved_status_text = meta.status_text
             await link.call(SetStatus(text=text[:MAX_STATUS_TEXT]))
 
-    async def _leave_trouble(self, link: DaemonLink) -> None:
-        self.bus.set_status(Status.ONLINE)
+    async def _leave_trouble(self, link: Client) -> None:
+        self.view.set_status(Status.ONLINE)
         if self._saved_status_text is None:
             return
         saved, self._saved_status_text = self._saved_status_text, None
-        with contextlib.suppress(Refused, Disconnected):
+        with contextlib.suppress(ClientError):
             await link.call(SetStatus(text=saved))
 
     # ------------------------------------------------------------ one claude run
 
     async def _turn(
         self, message: Message, unread: int | None, *, fresh_session: bool
-    ) -> tuple[Verdict, TurnObserver]:
-        bus = self.bus
+    ) -> tuple[Verdict, float]:
+        """One claude run on ``message``: its verdict and how long it took (seconds)."""
+        events, view = self.events, self.view
         brk = self._load_session_break()
-        skip_continue = bus.take_skip_continue() or fresh_session or brk is not None
-        model = bus.model()
+        skip_continue = self.commands.take_new_session() or fresh_session or brk is not None
+        model = self.model.read()
         prompt = wake_prompt(
             message_id=message.id,
             sender=message.from_,
@@ -381,29 +389,23 @@ class TurnLoop:
             preface = session_preface(
                 brk,
                 message_id=message.id,
-                reporter=report_recipient(bus.role),
+                reporter=report_recipient(view.role),
                 state_dir=os.fspath(self.cfg.state_dir),
             )
             prompt = preface + "\n\n" + prompt
-            bus.note(new_session_note(brk))
+            events.note(new_session_note(brk))
         argv = claude_argv(
             self.cfg.claude,
             model=model,
             prompt=prompt,
             mcp_config_file=os.fspath(self._mcp_config_file),
             system_prompt_file=os.fspath(self._system_prompt_file),
-            tools=allowed_tools(bus.role, self.cfg.extra_allowed_tools),
+            tools=allowed_tools(view.role, self.cfg.extra_allowed_tools),
             continue_session=not skip_continue,
             settings=self.cfg.claude_settings,
         )
         self.turns += 1
-        bus.current_turn = {
-            "id": message.id,
-            "from": message.from_,
-            "started_at": time.time(),
-            "model": model,
-        }
-        bus.publish(
+        events.publish(
             "turn_start",
             **{"from": message.from_},
             body=message.body,
@@ -414,26 +416,26 @@ class TurnLoop:
             new_session=skip_continue,
             new_session_reason=new_session_note(brk) if brk is not None else None,
         )
-        bus.set_turn_state(TurnState.THINKING)
+        view.set_turn_state(TurnState.THINKING)
         obs = TurnObserver()
         control = TurnControl()
-        self.control = control
+        self.commands.control = control
 
         def on_stdout(line: str) -> None:
             if not line.strip():
                 return
             value, state = obs.feed_stdout(line)
             if value is None:
-                bus.note(line, source="stdout")
+                events.note(line, source="stdout")
             else:
-                bus.publish("stream", value=value)
+                events.publish("stream", value=value)
             if state is not None:
-                bus.set_turn_state(state)
+                view.set_turn_state(state)
 
         def on_stderr(line: str) -> None:
             obs.feed_stderr(line)
             if line.strip():
-                bus.note(line, source="stderr")
+                events.note(line, source="stderr")
 
         started = trio.current_time()
         exit_code: int | None = None
@@ -451,22 +453,21 @@ class TurnLoop:
         except OSError as exc:
             on_stderr(f"cannot start {self.cfg.claude}: {exc}")
         finally:
-            self.control = None
-            bus.current_turn = None
-            bus.last_turn_seconds = round(trio.current_time() - started, 3)
-            bus.set_turn_state(TurnState.IDLE)
+            self.commands.control = None
+            duration = round(trio.current_time() - started, 3)
+            view.set_turn_state(TurnState.IDLE)
         if brk is not None:
             # The new session ran (a failure of this run saves a new break right after).
             self._clear_session_break()
         if obs.ctx is not None or obs.cost is not None:
-            bus.set_token_usage(obs.ctx, obs.cost, obs.cost_usd)
-        return judge(obs, exit_code, cancelled=control.cancelled.is_set()), obs
+            view.set_token_usage(obs.ctx, obs.cost, obs.cost_usd)
+        return judge(obs, exit_code, cancelled=control.cancelled.is_set()), duration
 
 
 def describe(loop: TurnLoop) -> dict[str, Any]:
     return {
         "connected": loop.connected,
-        "turn_running": loop.control is not None,
+        "turn_running": loop.turn_running,
         "turns": loop.turns,
         "owed_acks": list(loop.owed),
     }

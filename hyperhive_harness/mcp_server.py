@@ -68,13 +68,14 @@ from hyperhive.protocol import (
     Start,
     Update,
 )
-from hyperhive_harness.turns import AGENT_TOOLS, MANAGER_TOOLS, SERVER_NAME
+from hyperhive.runtime import Backoff
+from hyperhive_harness.prompt import AGENT_TOOLS, MANAGER_TOOLS, SERVER_NAME
 
 __all__ = [
     "AGENT_TOOLS",
     "DEFAULT_SOCKET",
     "MANAGER_TOOLS",
-    "DaemonLink",
+    "ConnectionPool",
     "ToolError",
     "build_server",
     "main",
@@ -89,11 +90,13 @@ SOCKET_ENV = "HYPERHIVE_SOCKET"
 
 #: How long start-up keeps trying to reach the daemon before serving the agent tool set.
 STARTUP_CONNECT_SECONDS = 5.0
+#: Between those attempts: 0.05 s doubling up to 1 s.
+STARTUP_BACKOFF = Backoff(first=0.05, limit=1.0)
 
 R = TypeVar("R", bound=Reply)
 
 
-class DaemonLink:
+class ConnectionPool:
     """Connections to the agent socket, opened on demand and reused.
 
     Calls may overlap (a long ``recv`` while the model sends), so each call takes an idle
@@ -135,12 +138,10 @@ class DaemonLink:
                 reply = await client.call(request)
                 keep = True
             except ConnectionLost as exc:
-                lost: BaseException = exc
+                lost = exc
             except ClientError as exc:
                 keep = True  # a refusal: the connection is still good
                 raise ToolError(str(exc)) from None
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                lost = exc
             finally:
                 if keep:
                     self._release(client)
@@ -162,7 +163,7 @@ class DaemonLink:
     async def _open_for_call(self) -> Client:
         try:
             client, _ = await self.open()
-        except (ClientError, trio.BrokenResourceError) as exc:
+        except ClientError as exc:  # lost, or the hello refused
             raise ToolError(self._unreachable(exc)) from None
         return client
 
@@ -178,22 +179,21 @@ class DaemonLink:
         return f"cannot reach the hyperhive daemon at {self.path}: {exc}"
 
 
-async def connect_at_startup(link: DaemonLink, budget: float) -> HelloReply | None:
+async def connect_at_startup(link: ConnectionPool, budget: float) -> HelloReply | None:
     """Say hello, retrying briefly while the daemon (re)starts; ``None`` if it never answers."""
-    delay = 0.05
+    retry = STARTUP_BACKOFF.start()
     with trio.move_on_after(budget):
         while True:
             try:
                 return await link.hello()
             except ToolError as exc:
                 log.warning("%s", exc)
-            except trio.BrokenResourceError as exc:
+            except ConnectionLost as exc:
                 log.warning("the daemon hung up during hello: %s", exc)
             except ClientError as exc:  # hello refused, e.g. a protocol mismatch
                 log.error("hello refused by the daemon: %s", exc)
                 return None
-            await trio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            await trio.sleep(retry.next())
     return None
 
 
@@ -321,7 +321,7 @@ recv with a long wait_seconds waits for you, and ask returns at once (the answer
 a message)."""
 
 
-def build_server(link: DaemonLink, *, role: str, name: str | None) -> MCPServer:
+def build_server(link: ConnectionPool, *, role: str, name: str | None) -> MCPServer:
     """The MCP server with the agent tools, plus the manager tools when ``role`` is manager."""
     who = "the manager" if role == "manager" else "an agent"
     if name and name != "manager":
@@ -529,7 +529,7 @@ def build_server(link: DaemonLink, *, role: str, name: str | None) -> MCPServer:
 
 
 async def serve(socket_path: str) -> None:
-    link = DaemonLink(socket_path)
+    link = ConnectionPool(socket_path)
     try:
         hello = await connect_at_startup(link, STARTUP_CONNECT_SECONDS)
         if hello is None:

@@ -1,9 +1,10 @@
-"""``hyperhive-harness serve``: the Bus, the web UI and the turn loop in one nursery.
+"""``hyperhive-harness serve``: the event log, the web UI and the turn loop in one nursery.
 
 serve()
-├── open_bus                    events db (or no-store) + its writer task
+├── open_event_log              events db (a hyperhive.store.Database, or no-store) + writer
 ├── run_ui                      hypercorn-trio on <socket dir>/ui.sock (0600; the daemon's
-│   │                           dashboard proxies it), restarted with backoff if it fails,
+│   │                           dashboard proxies it) under the shared supervised ASGI loop
+│   │                           (hyperhive.runtime.asgi), restarted with backoff if it fails,
 │   │                           so a broken UI never stops the turn loop
 │   └── (tcp)                   only with ``--ui-port``: a guarded TCP listener for debugging
 ├── LoginSession                the UI's claude login (started on demand)
@@ -18,24 +19,28 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, Final, cast
+from typing import IO, Final
 
-import hypercorn.config
-import hypercorn.trio
 import trio
-from starlette.types import ASGIApp
 
-from hyperhive_harness.bus import Bus, open_bus
+from hyperhive.runtime import Backoff, Report
+from hyperhive.runtime.asgi import serve_asgi
+from hyperhive_harness.commands import Commands
 from hyperhive_harness.config import HarnessConfig
+from hyperhive_harness.event_log import EventLog, open_event_log
 from hyperhive_harness.login import LoginSession
 from hyperhive_harness.loop import TurnLoop
-from hyperhive_harness.turns import Backoff
+from hyperhive_harness.model import ModelFile
+from hyperhive_harness.view import View
 from hyperhive_harness.web import UiContext, allowed_hosts, create_app
 
-UI_RESTART_SCHEDULE: Final = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+#: 1, 2, 4, 8, 16, 30, 30, ... seconds between restarts of a failed UI listener.
+UI_RESTART_BACKOFF: Final = Backoff(first=1.0, limit=30.0)
+#: Open event streams must not hold the harness's shutdown up.
+GRACEFUL_TIMEOUT: Final = 0.5
 #: The UI socket: root (the daemon on the host, the harness in the container) only.
 UI_SOCKET_MODE: Final = 0o600
 
@@ -79,96 +84,80 @@ def unlink_if_ours(path: Path, inode: int) -> None:
             os.unlink(path)
 
 
-def _hypercorn(bind: str) -> hypercorn.config.Config:
-    hc = hypercorn.config.Config()
-    hc.bind = [bind]
-    hc.graceful_timeout = 0.5
-    hc.accesslog = None
-    return hc
-
-
-async def serve_ui_socket(
-    app: ASGIApp, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Serve ``app`` on the unix socket ``path`` until cancelled; then remove the file."""
+@contextlib.contextmanager
+def unix_listener(path: Path) -> Iterator[list[str]]:
+    """The UI's unix socket for one serving attempt (hypercorn adopts a duplicate of its
+    descriptor); the file is removed when the attempt ends, unless replaced meanwhile."""
     sock, inode = bind_unix(path)
     try:
-        # hypercorn adopts a duplicate of the descriptor; ours is closed in any case.
-        hc = _hypercorn(f"fd://{os.dup(sock.fileno())}")
+        fd = os.dup(sock.fileno())
     finally:
         sock.close()
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(partial(hypercorn.trio.serve, cast(Any, app), hc))
-            task_status.started()
+        yield [f"fd://{fd}"]
     finally:
         unlink_if_ours(path, inode)
 
 
-async def keep_serving(
-    what: str,
-    bus: Bus,
-    run: Callable[..., Awaitable[None]],
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run ``run`` forever, restarted with backoff when it fails, so a broken UI never stops
-    the turn loop. Reports after the first attempt, whether it came up or not."""
-    backoff = Backoff(UI_RESTART_SCHEDULE)
-    reported = False
-    while True:
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(run)
-                backoff.reset()
-                if not reported:
-                    reported = True
-                    task_status.started()
-        except Exception as exc:
-            delay = backoff.next()
-            bus.note(
-                f"web UI ({what}) failed ({type(exc).__name__}: {exc}); restarting in {delay:g} s"
-            )
-            if not reported:
-                reported = True
-                task_status.started()
-            await trio.sleep(delay)
+def ui_reporter(events: EventLog) -> Report:
+    """A failing UI listener is told on the agent's own UI (a note), not to the daemon."""
+
+    async def report(problem: str | None) -> None:
+        if problem is not None:
+            events.note(problem)
+
+    return report
 
 
 async def run_ui(
     ctx: UiContext,
     cfg: HarnessConfig,
-    bus: Bus,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The UI on its unix socket and, only when asked (``--ui-port``), on TCP."""
+    """The UI on its unix socket and, only when asked (``--ui-port``), on TCP; each reports
+    once its first attempt came up or failed."""
+    report = ui_reporter(ctx.events)
     async with trio.open_nursery() as nursery:
         await nursery.start(
-            keep_serving,
-            f"unix:{cfg.ui_socket}",
-            bus,
-            partial(serve_ui_socket, create_app(ctx), cfg.ui_socket),
+            partial(
+                serve_asgi,
+                f"web UI (unix:{cfg.ui_socket})",
+                create_app(ctx),
+                partial(unix_listener, cfg.ui_socket),
+                report=report,
+                backoff=UI_RESTART_BACKOFF,
+                graceful_timeout=GRACEFUL_TIMEOUT,
+            )
         )
         if cfg.ui_port is not None:
             tcp_app = create_app(ctx, guard=allowed_hosts(cfg.ui_host, cfg.ui_allowed_hosts))
             # After the first bind the same port is kept across restarts.
             port = cfg.ui_port
 
-            async def tcp(*, task_status: trio.TaskStatus[None]) -> None:
-                nonlocal port
-                hc = _hypercorn(bind_address(cfg.ui_host, port))
+            @contextlib.contextmanager
+            def tcp_listener() -> Iterator[list[str]]:
                 try:
-                    async with trio.open_nursery() as inner:
-                        binds = await inner.start(
-                            partial(hypercorn.trio.serve, cast(Any, tcp_app), hc)
-                        )
-                        ctx.port = port = port_of_bind(binds[0])
-                        task_status.started()
+                    yield [bind_address(cfg.ui_host, port)]
                 finally:
                     ctx.port = None
 
-            await nursery.start(keep_serving, "tcp", bus, tcp)
+            def bound(urls: list[str]) -> None:
+                nonlocal port
+                ctx.port = port = port_of_bind(urls[0])
+
+            await nursery.start(
+                partial(
+                    serve_asgi,
+                    "web UI (tcp)",
+                    tcp_app,
+                    tcp_listener,
+                    report=report,
+                    backoff=UI_RESTART_BACKOFF,
+                    on_bound=bound,
+                    graceful_timeout=GRACEFUL_TIMEOUT,
+                )
+            )
         task_status.started()
 
 
@@ -181,27 +170,32 @@ async def serve(
     runtime_dir = Path(tempfile.mkdtemp(prefix="hyperhive-harness-"))
     try:
         async with (
-            open_bus(cfg.events_db, cfg.model_file) as bus,
+            open_event_log(cfg.events_db) as events,
             trio.open_nursery() as nursery,
         ):
-            loop = TurnLoop(cfg, bus, runtime_dir, python=sys.executable)
+            model = ModelFile(cfg.model_file, events)
+            view = View(events, model)
+            commands = Commands(events, model)
+            loop = TurnLoop(cfg, events, view, commands, model, runtime_dir, python=sys.executable)
             login = LoginSession(
                 cfg.login_command,
                 env=cfg.env,
                 cwd=cfg.state_dir if cfg.state_dir.is_dir() else Path("/"),
-                on_success=loop.retry_now,
-                on_note=bus.note,
+                on_success=commands.retry_now,
+                on_note=events.note,
             )
             ctx = UiContext(
-                bus=bus,
-                controls=loop,
+                events=events,
+                view=view,
+                commands=commands,
+                loop=loop,
                 socket=os.fspath(cfg.socket),
                 login=login,
                 nursery=nursery,
                 ui_socket=os.fspath(cfg.ui_socket),
             )
             await nursery.start(loop.run)
-            await nursery.start(run_ui, ctx, cfg, bus)
+            await nursery.start(run_ui, ctx, cfg)
             if out is not None:
                 tcp = ""
                 if cfg.ui_port is not None:

@@ -4,7 +4,8 @@
     GET  /api/state         status, turn state (+since), model, ctx/cost, last turn, login
     GET  /api/inbox         the last 30 inbox messages (``recent`` on the socket)
     GET  /events/history    {seq, events}: the newest events (up to 2000)
-    GET  /events/stream     SSE, one ``id: <seq>`` frame per event; ``Last-Event-ID`` resumes
+    GET  /events/stream     SSE (:mod:`hyperhive.runtime.sse`): one frame per event, its type
+                            the event's kind; ``Last-Event-ID`` (or ``?since=``) resumes
     POST /api/model         {model}: the model of the next turns (the model file)
     POST /api/cancel        SIGINT the running claude
     POST /api/new-session   the next turn runs without ``--continue``
@@ -29,25 +30,29 @@ POST bodies are JSON or form-encoded.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from hyperhive.client import call_once
+from hyperhive.errors import ClientError, ConnectionLost
 from hyperhive.protocol import CONVERTER, Recent, RecentReply
-from hyperhive_harness.bus import Bus, InvalidModel, LiveEvent
-from hyperhive_harness.link import Disconnected, Refused, one_call
+from hyperhive.runtime import sse
+from hyperhive_harness.commands import Commands
+from hyperhive_harness.event_log import EventLog, event_json
 from hyperhive_harness.login import LoginSession
+from hyperhive_harness.model import InvalidModel
 from hyperhive_harness.page import PAGE_HEADERS, render_page
+from hyperhive_harness.view import View
 
 INBOX_LIMIT: Final = 30
-HEARTBEAT_SECONDS: Final = 15.0
 MAX_POST_BYTES: Final = 1024 * 1024
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -111,12 +116,7 @@ class GuardMiddleware:
         await self.app(scope, receive, send)
 
 
-# ---------------------------------------------------------------- SSE
-
-
-def sse_frame(event: LiveEvent) -> bytes:
-    data = json.dumps(event.to_json(), ensure_ascii=False, separators=(",", ":"), default=str)
-    return f"id: {event.seq}\ndata: {data}\n\n".encode()
+# ---------------------------------------------------------------- the app
 
 
 def parse_last_event_id(raw: str | None) -> int | None:
@@ -125,32 +125,30 @@ def parse_last_event_id(raw: str | None) -> int | None:
     return int(raw.strip())
 
 
-# ---------------------------------------------------------------- the app
+class LoopState(Protocol):
+    """What the UI shows of the turn loop itself."""
 
-
-class Controls(Protocol):
-    """What the UI may do to the turn loop."""
-
-    connected: bool
-
-    def cancel(self) -> bool: ...
-
-    def retry_now(self) -> None: ...
+    @property
+    def connected(self) -> bool: ...
 
 
 class UiContext:
     def __init__(
         self,
         *,
-        bus: Bus,
-        controls: Controls,
+        events: EventLog,
+        view: View,
+        commands: Commands,
+        loop: LoopState,
         socket: str,
         login: LoginSession,
         nursery: trio.Nursery,
         ui_socket: str,
     ) -> None:
-        self.bus = bus
-        self.controls = controls
+        self.events = events
+        self.view = view
+        self.commands = commands
+        self.loop = loop
         self.socket = socket
         self.login = login
         self.nursery = nursery
@@ -195,23 +193,6 @@ def _text_field(fields: Mapping[str, Any], name: str) -> str:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-class ClosingStreamingResponse(StreamingResponse):
-    """Closes its frame generator, and so its Bus subscription, as soon as the client is
-    gone (a disconnect cancels the streaming task while the generator waits at a ``yield``;
-    it would otherwise only be finalized by the garbage collector)."""
-
-    def __init__(self, frames: AsyncGenerator[bytes, None], **kwargs: Any) -> None:
-        super().__init__(frames, **kwargs)
-        self._frames = frames
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._frames.aclose()
-
-
 def _guarded(handler: Handler) -> Handler:
     async def wrapped(request: Request) -> Response:
         try:
@@ -225,7 +206,7 @@ def _guarded(handler: Handler) -> Handler:
 def create_app(ctx: UiContext, guard: frozenset[str] | None = None) -> ASGIApp:
     """The UI app; with ``guard`` (the allowed hosts) wrapped in :class:`GuardMiddleware`,
     for the TCP listener."""
-    bus = ctx.bus
+    events, view, commands = ctx.events, ctx.view, ctx.commands
     page, csp = render_page()
     page_headers = {"content-security-policy": csp, **PAGE_HEADERS}
 
@@ -233,24 +214,27 @@ def create_app(ctx: UiContext, guard: frozenset[str] | None = None) -> ASGIApp:
         return Response(page, media_type="text/html; charset=utf-8", headers=page_headers)
 
     async def state(request: Request) -> Response:
-        snap = bus.snapshot()
+        snap = view.snapshot()
         snap.update(
+            new_session_pending=commands.new_session_pending,
+            **events.status(),
+            seq=events.seq,
             alive=True,
-            connected=ctx.controls.connected,
+            connected=ctx.loop.connected,
             socket=ctx.socket,
             ui_socket=ctx.ui_socket,
             port=ctx.port,
             login=ctx.login.state(),
-            subscribers=bus.subscribers,
+            subscribers=events.subscribers,
         )
         return JSONResponse(snap)
 
     async def inbox(request: Request) -> Response:
         try:
-            reply = await one_call(ctx.socket, Recent(limit=INBOX_LIMIT))
-        except Disconnected as exc:
+            reply = await call_once(ctx.socket, Recent(limit=INBOX_LIMIT))
+        except ConnectionLost as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
-        except Refused as exc:
+        except ClientError as exc:
             return JSONResponse({"error": str(exc)}, status_code=502)
         assert isinstance(reply, RecentReply)
         return JSONResponse({"messages": [CONVERTER.unstructure(m) for m in reply.messages]})
@@ -260,74 +244,47 @@ def create_app(ctx: UiContext, guard: frozenset[str] | None = None) -> ASGIApp:
             limit = int(request.query_params.get("limit", "2000"))
         except ValueError:
             raise BadRequest("limit must be an integer") from None
-        events = bus.history(max(0, min(limit, 2000)))
-        return JSONResponse({"seq": bus.seq, "events": [e.to_json() for e in events]})
+        history = events.history(max(0, min(limit, 2000)))
+        return JSONResponse({"seq": events.seq, "events": [event_json(e) for e in history]})
 
     async def stream(request: Request) -> Response:
         last = parse_last_event_id(
             request.headers.get("last-event-id") or request.query_params.get("since")
         )
         # Subscribe before looking at the ring, so nothing falls between the two.
-        receive = bus.subscribe()
-
-        async def frames() -> AsyncGenerator[bytes, None]:
-            sent = bus.seq if last is None else last
-            with receive:
-                yield b": connected\n\n"
-                if last is not None:
-                    backlog = bus.since(last)
-                    if backlog is None:
-                        yield b"event: resync\ndata: {}\n\n"
-                        backlog = bus.history()
-                    for event in backlog:
-                        yield sse_frame(event)
-                        sent = event.seq
-                while True:
-                    with trio.move_on_after(HEARTBEAT_SECONDS) as idle:
-                        try:
-                            event = await receive.receive()
-                        except (trio.EndOfChannel, trio.ClosedResourceError):
-                            # Dropped for falling behind: end; the browser reconnects with
-                            # Last-Event-ID and catches up from the ring.
-                            return
-                    if idle.cancelled_caught:
-                        yield b": heartbeat\n\n"
-                        continue
-                    if event.seq <= sent:
-                        continue
-                    sent = event.seq
-                    yield sse_frame(event)
-
-        return ClosingStreamingResponse(
-            frames(),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+        channel = events.subscribe()
+        first = [": connected\n\n"]
+        if last is None:
+            return sse.event_stream_response(channel, event_json, sent=events.seq, first=first)
+        backlog = events.since(last)
+        if backlog is None:
+            # Some already left the ring: resync, then everything the ring still has.
+            first.append(sse.frame("resync", {"seq": events.seq}, events.seq))
+            backlog = events.history()
+        return sse.event_stream_response(
+            channel, event_json, sent=last, backlog=backlog, first=first
         )
 
     async def model(request: Request) -> Response:
         raw = _text_field(await _fields(request), "model")
         try:
-            chosen = bus.set_model(raw)
+            chosen = commands.set_model(raw)
         except InvalidModel as exc:
             raise BadRequest(str(exc)) from None
         except OSError as exc:
             return JSONResponse({"error": f"cannot write the model file: {exc}"}, status_code=500)
-        bus.note(f"operator set the model to {chosen}; it applies from the next turn")
         return JSONResponse({"model": chosen})
 
     async def cancel(request: Request) -> Response:
-        cancelled = ctx.controls.cancel()
-        if cancelled:
-            bus.note("operator cancelled the turn (SIGINT sent to claude)", source="operator")
+        cancelled = commands.cancel()
         return JSONResponse({"cancelled": cancelled})
 
     async def new_session(request: Request) -> Response:
-        bus.request_new_session()
-        bus.note("operator asked for a new session: the next turn starts without --continue")
+        commands.request_new_session()
         return JSONResponse({"new_session": True})
 
     async def retry(request: Request) -> Response:
-        ctx.controls.retry_now()
+        commands.retry_now()
         return JSONResponse({"retrying": True})
 
     async def login_start(request: Request) -> Response:

@@ -16,13 +16,12 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import (
@@ -31,7 +30,6 @@ from starlette.responses import (
     PlainTextResponse,
     RedirectResponse,
     Response,
-    StreamingResponse,
 )
 from starlette.routing import Route
 
@@ -50,6 +48,8 @@ from hyperhive.protocol import (
     encode_reply,
 )
 from hyperhive.registry import AgentState
+from hyperhive.runtime import sse
+from hyperhive.runtime.sse import event_stream_response
 from hyperhive.server import Connection, Principal, SocketKind
 from hyperhive.web._auth import CSRF_HEADER, SESSION_COOKIE, Auth
 from hyperhive.web._proxy import AgentUiProxy, agent_name
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS: Final = 15.0
 FLOW_LIMIT: Final = 200
 INBOX_LIMIT: Final = 50
 HISTORY_LIMIT: Final = 50
@@ -295,36 +294,12 @@ class Dashboard:
         if since is not None:
             # An id ahead of the hub comes from before a restart (seq starts at 0 again).
             backlog = events.since(since) if 0 <= since <= events.seq else None
-
-        async def frames() -> AsyncGenerator[str, None]:
-            try:
-                if backlog is None:
-                    sent = events.seq
-                    yield _frame("resync", {"seq": sent}, sent)
-                else:
-                    sent = since or 0
-                    for event in backlog:
-                        sent = event.seq
-                        yield _event_frame(event)
-                while True:
-                    with trio.move_on_after(HEARTBEAT_SECONDS) as idle:
-                        event = await channel.receive()
-                    if idle.cancelled_caught:
-                        yield ": heartbeat\n\n"
-                        continue
-                    if event.seq > sent:
-                        sent = event.seq
-                        yield _event_frame(event)
-            except trio.EndOfChannel:
-                return  # cut off for falling behind: the client reconnects with Last-Event-ID
-            finally:
-                channel.close()
-
-        return _EventStreamResponse(
-            frames(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        if backlog is None:
+            sent = events.seq
+            return event_stream_response(
+                channel, _event_data, sent=sent, first=[sse.frame("resync", {"seq": sent}, sent)]
+            )
+        return event_stream_response(channel, _event_data, sent=since or 0, backlog=backlog)
 
     async def logs(self, request: Request) -> Response:
         lines = query_int(request, "lines", DEFAULT_LOG_LINES, 1, MAX_LOG_LINES)
@@ -479,25 +454,6 @@ class Dashboard:
         return Starlette(routes=self.routes())
 
 
-class _EventStreamResponse(StreamingResponse):
-    """Closes its frame generator (and so its subscription) as soon as the client is gone.
-
-    A disconnect cancels the streaming task while the generator waits at a ``yield``;
-    without this it would only be finalized by the garbage collector.
-    """
-
-    def __init__(self, frames: AsyncGenerator[str, None], **kwargs: Any) -> None:
-        super().__init__(frames, **kwargs)
-        self._frames = frames
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._frames.aclose()
-
-
 def _reply(reply: Reply) -> Response:
     return Response(encode_reply(reply), media_type="application/json")
 
@@ -508,10 +464,5 @@ def _secured(response: Response) -> Response:
     return response
 
 
-def _frame(kind: str, data: dict[str, Any], seq: int) -> str:
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"id: {seq}\nevent: {kind}\ndata: {payload}\n\n"
-
-
-def _event_frame(event: Event) -> str:
-    return _frame(event.kind, {"seq": event.seq, "ts": event.ts, **event.data}, event.seq)
+def _event_data(event: Event) -> dict[str, Any]:
+    return {"seq": event.seq, "ts": event.ts, **event.data}

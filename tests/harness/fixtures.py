@@ -239,8 +239,10 @@ class SseReader:
     async def next_event(self) -> dict[str, Any]:
         while True:
             frame = await self.next_frame()
-            if "data" in frame and frame.get("event", "message") == "message":
+            if "data" in frame and frame.get("event") != "resync":
                 event: dict[str, Any] = json.loads(frame["data"])
+                # One frame format (hyperhive.runtime.sse): the SSE event type is the kind.
+                assert frame.get("event") == event["kind"], frame
                 event["_id"] = frame.get("id")
                 return event
 

@@ -34,7 +34,7 @@ from hyperhive.supervisor import Hive
 from hyperhive_harness.mcp_server import (
     AGENT_TOOLS,
     MANAGER_TOOLS,
-    DaemonLink,
+    ConnectionPool,
     connect_at_startup,
 )
 
@@ -230,7 +230,7 @@ async def test_link_reconnects_once_after_a_daemon_restart(
     daemon: Any, nursery: trio.Nursery
 ) -> None:
     assert (await daemon.call({"cmd": "spawn", "name": "alice"}))["ok"] is True
-    link = DaemonLink(str(daemon.paths.agent_socket("alice")))
+    link = ConnectionPool(str(daemon.paths.agent_socket("alice")))
     hello = await link.hello()
     assert isinstance(hello, HelloReply)
     assert (hello.name, hello.role, hello.protocol) == ("alice", "agent", PROTOCOL_VERSION)
@@ -253,7 +253,7 @@ async def test_link_reconnects_once_after_a_daemon_restart(
 
 
 async def test_startup_without_a_daemon_gives_up(short_tmp: Path) -> None:
-    link = DaemonLink(str(short_tmp / "missing.sock"))
+    link = ConnectionPool(str(short_tmp / "missing.sock"))
     with trio.fail_after(5):
         assert await connect_at_startup(link, 0.2) is None
 

@@ -13,32 +13,33 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hyperhive.runtime import Backoff
 from hyperhive_harness.claude import LineSplitter
-from hyperhive_harness.config import RECONNECT_SCHEDULE, ConfigError, HarnessConfig, parse_schedule
+from hyperhive_harness.config import RECONNECT_BACKOFF, ConfigError, HarnessConfig, parse_backoff
 from hyperhive_harness.login import first_url
-from hyperhive_harness.turns import (
-    AGENT_TOOLS,
-    MANAGER_TOOLS,
-    Backoff,
+from hyperhive_harness.policy import (
     Next,
     Outcome,
     SessionBreak,
-    TurnObserver,
-    TurnState,
     Verdict,
-    allowed_tools,
-    claude_argv,
-    claude_env,
     decide,
     failure_report,
     judge,
-    mcp_config,
-    render_system_prompt,
     report_recipient,
     session_break,
+)
+from hyperhive_harness.prompt import (
+    AGENT_TOOLS,
+    MANAGER_TOOLS,
+    allowed_tools,
+    claude_argv,
+    claude_env,
+    mcp_config,
+    render_system_prompt,
     session_preface,
     wake_prompt,
 )
+from hyperhive_harness.stream import TurnObserver, TurnState
 
 INIT = {"type": "system", "subtype": "init", "session_id": "s1", "mcp_servers": []}
 ASSISTANT = {
@@ -347,11 +348,16 @@ def test_session_preface_says_what_happened_without_the_failed_body() -> None:
     assert "message #9 from bob, which is kept" in text
 
 
-def test_backoff_schedule() -> None:
-    b = Backoff(RECONNECT_SCHEDULE)
-    assert [b.next() for _ in range(7)] == [2, 4, 8, 16, 30, 30, 30]
-    b.reset()
-    assert b.next() == 2
+def test_reconnect_backoff_doubles_to_its_limit_and_starts_over_after_a_reset() -> None:
+    retry = RECONNECT_BACKOFF.start()
+    assert [retry.next() for _ in range(7)] == [2, 4, 8, 16, 30, 30, 30]
+    assert retry.attempts == 7
+    retry.reset()
+    assert retry.next() == 2
+    assert [Backoff(first=1, limit=30).delay(n) for n in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert Backoff(first=0, limit=5).delay(3) == 0
+    with pytest.raises(ValueError, match="first <= limit"):
+        Backoff(first=2, limit=1)
 
 
 # ---------------------------------------------------------------- starting claude
@@ -459,7 +465,7 @@ def test_config_defaults_and_overrides() -> None:
     assert str(cfg.events_db) == "/state/hyperhive-events.sqlite"
     assert str(cfg.model_file) == "/state/hyperhive-model"
     assert cfg.claude == "claude" and cfg.rate_limit_sleep == 300
-    assert cfg.reconnect_schedule == (2, 4, 8, 16, 30)
+    assert cfg.reconnect_backoff == Backoff(first=2, limit=30)
     assert str(cfg.credentials_file) == "/root/.claude/.credentials.json"
     assert cfg.ui_port is None and cfg.login_command == ("claude", "auth", "login")
     assert str(cfg.ui_socket) == "/run/hive/ui.sock"
@@ -501,8 +507,9 @@ def test_an_out_of_range_ui_port_is_refused() -> None:
         HarnessConfig.from_env({}, port=70000)
 
 
-def test_parse_schedule() -> None:
-    assert parse_schedule("0.5, 1,2") == (0.5, 1, 2)
+def test_parse_backoff() -> None:
+    assert parse_backoff("0.5, 1,2") == Backoff(first=0.5, limit=2)
+    assert parse_backoff("3") == Backoff(first=3, limit=3)
 
 
 @given(st.lists(st.binary(max_size=30), max_size=12))
