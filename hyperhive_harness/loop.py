@@ -450,7 +450,9 @@ class TurnLoop:
                 pid_file=self.cfg.claude_pid_file,
                 cancel_grace=self.cfg.cancel_grace,
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
+            # ValueError: an argument the OS cannot take (a NUL byte); the daemon refuses such
+            # bodies, but a message must never end the loop, whatever it holds.
             on_stderr(f"cannot start {self.cfg.claude}: {exc}")
         finally:
             self.commands.control = None
