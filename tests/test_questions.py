@@ -155,7 +155,7 @@ async def test_answer_cancel_expiry_race_resolves_once(hive: Hive, connect: Conn
 
 
 async def test_deadline_passed_while_daemon_was_down(short_tmp: Path) -> None:
-    config = Config(paths=make_paths(short_tmp))
+    config = Config(paths=make_paths(short_tmp), backend="external")
     async with open_hive(config) as hive:
         await hive.spawn("alice")
         q = await hive.questions.ask("alice", "while down?", [], False, 3600, None)
