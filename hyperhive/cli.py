@@ -29,6 +29,8 @@ from hyperhive.config import (
     DEFAULT_LOG_LEVEL,
     DEFAULT_MEMORY_MAX,
     DEFAULT_MODEL,
+    MIN_FREE_BYTES,
+    MIN_FREE_FRACTION,
     Config,
     Paths,
     default_run_dir,
@@ -227,7 +229,8 @@ def run(
         typer.Option(
             envvar="HYPERHIVE_MIN_FREE",
             help="Warn when the state dir has less free space (512M, 2G or 5%; "
-            "default: 5% or 1G, whichever is smaller).",
+            f"default: {MIN_FREE_FRACTION:.0%} or {MIN_FREE_BYTES // 1024**3}G, "
+            "whichever is smaller).",
         ),
     ] = _config_default("min_free"),
     env_file: Annotated[

@@ -245,3 +245,17 @@ def test_every_contract_variable_is_documented() -> None:
     assert len(names) > 20
     missing = [name for name in names if f"| `{name}` |" not in table]
     assert missing == []
+
+
+def test_documented_agent_defaults_are_configs() -> None:
+    """docs/agent-toml.md's table shows the defaults config.py seeds new agents with."""
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[3].strip()
+        for line in (REPO / "docs" / "agent-toml.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `")
+    }
+    assert rows["model"] == f'`"{config.DEFAULT_MODEL}"`'
+    assert rows["cpu_quota"] == f'`"{config.DEFAULT_CPU_QUOTA}"`'
+    assert rows["memory_max"] == f'`"{config.DEFAULT_MEMORY_MAX}"`'
+    models = ", ".join(f'"{m}"' for m in config.DEFAULT_AVAILABLE_MODELS)
+    assert rows["available_models"] == f"`[{models}]`"
