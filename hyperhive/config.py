@@ -63,6 +63,15 @@ MAX_STRING_CHARS: Final = 4096
 MAX_LIST_ITEMS: Final = 256
 
 # ---- agents' containers
+#: Restarts after a crash (SPEC §8, ``RestartPolicy``): the first waits 1 s, each further
+#: consecutive crash doubles the wait up to 5 min; a run up for 10 min resets the streak;
+#: 5 crashes within 15 min is a crash loop (no more automatic restarts).
+RESTART_FIRST_DELAY_SECONDS: Final = 1.0
+RESTART_FACTOR: Final = 2.0
+RESTART_MAX_DELAY_SECONDS: Final = 300.0
+RESTART_RESET_AFTER_SECONDS: Final = 600.0
+RESTART_LOOP_WINDOW_SECONDS: Final = 900.0
+RESTART_LOOP_CRASHES: Final = 5
 #: How long a stop waits after SIGTERM before SIGKILL.
 STOP_GRACE_SECONDS: Final = 10.0
 #: Per-agent log file cap; the file is rotated to ``.1`` at (re)start beyond this.
