@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import attrs
+import pytest
 
 from hyperhive import config, contract
 from hyperhive.config import Config, Paths
@@ -259,3 +260,14 @@ def test_documented_agent_defaults_are_configs() -> None:
     assert rows["memory_max"] == f'`"{config.DEFAULT_MEMORY_MAX}"`'
     models = ", ".join(f'"{m}"' for m in config.DEFAULT_AVAILABLE_MODELS)
     assert rows["available_models"] == f"`[{models}]`"
+
+
+def test_agent_toml_cannot_set_a_contract_variable() -> None:
+    """Every variable of the contract is reserved: an agent's [env] cannot redirect its
+    socket, state or files."""
+    from hyperhive.agent_config import RESERVED_ENV_PREFIXES, InvalidAgentConfig, parse_agent_config
+
+    names = [v for k, v in vars(contract).items() if k.endswith("_ENV") and isinstance(v, str)]
+    assert all(name.startswith(RESERVED_ENV_PREFIXES) for name in names)
+    with pytest.raises(InvalidAgentConfig, match=contract.SOCKET_ENV):
+        parse_agent_config(f'[env]\n{contract.SOCKET_ENV} = "/tmp/other.sock"\n')
