@@ -22,22 +22,21 @@ from typing import Final
 
 import attrs
 
+from hyperhive.config import (
+    DEFAULT_AVAILABLE_MODELS,
+    DEFAULT_CPU_QUOTA,
+    DEFAULT_MEMORY_MAX,
+    DEFAULT_MODEL,
+    MAX_DESCRIPTION_CHARS,
+    MAX_LIST_ITEMS,
+    MAX_STRING_CHARS,
+)
+from hyperhive.config import MAX_AGENT_TOML_BYTES as MAX_AGENT_TOML_BYTES
 from hyperhive.errors import RequestRefused
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 
 #: The file name inside both config repos.
 AGENT_TOML: Final = "agent.toml"
-#: Largest agent.toml accepted (UTF-8 bytes).
-MAX_AGENT_TOML_BYTES: Final = 64 * 1024
-MAX_DESCRIPTION_CHARS: Final = 2000
-MAX_STRING_CHARS: Final = 4096
-MAX_LIST_ITEMS: Final = 256
-
-DEFAULT_MODEL: Final = "haiku"
-DEFAULT_AVAILABLE_MODELS: Final = ("haiku", "sonnet", "opus")
-DEFAULT_CPU_QUOTA: Final = "200%"
-DEFAULT_MEMORY_MAX: Final = "4G"
-
 #: The MCP server name hyperhive's own tools use; an extra server may not take it.
 RESERVED_MCP_SERVER: Final = "hyperhive"
 #: Environment variables the harness or the container set; agent.toml may not override them.
@@ -490,7 +489,7 @@ def decode_agent_toml(raw: bytes) -> str:
 
 
 #: The agent.toml committed into a new agent's proposed repo; parses to ``AgentConfig()``.
-SEED_AGENT_TOML: Final = """\
+SEED_AGENT_TOML: Final = f"""\
 # agent.toml: this agent's configuration (reference: docs/agent-toml.md in hyperhive).
 #
 # The manager edits this file in the agent's proposed config repo, commits, and asks for the
@@ -499,21 +498,21 @@ SEED_AGENT_TOML: Final = """\
 # leaves the running agent untouched. Unknown keys are refused.
 
 # The Claude model the agent starts with; must be one of available_models.
-model = "haiku"
+model = "{DEFAULT_MODEL}"
 
 # The models the agent may be switched to (the operator's set_model, the dashboard).
-available_models = ["haiku", "sonnet", "opus"]
+available_models = {json.dumps(list(DEFAULT_AVAILABLE_MODELS))}
 
 # Who the agent may send messages to: agent names. Empty means anyone (and "*", a broadcast).
 # Otherwise only these, plus "manager" and "operator", which are always allowed.
 allowed_recipients = []
 
 # CPU limit of the agent's container, in percent of one CPU: "200%" is two CPUs.
-cpu_quota = "200%"
+cpu_quota = "{DEFAULT_CPU_QUOTA}"
 
 # Memory limit of the agent's container: a number with an optional K, M, G or T suffix
 # (powers of 1024), or "infinity".
-memory_max = "4G"
+memory_max = "{DEFAULT_MEMORY_MAX}"
 
 # One line saying what the agent is for; shown on the dashboard.
 description = ""
@@ -528,7 +527,7 @@ description = ""
 # One table per server:
 #   command        the program: a string, or an array (the program, then its first arguments)
 #   args           more arguments (default [])
-#   env            the server's environment variables (default {})
+#   env            the server's environment variables (default {{}})
 #   allowed_tools  tools claude may call without asking, as the server names them;
 #                  "*" allows all of the server's tools (default [])
 [extra_mcp_servers]
@@ -536,7 +535,7 @@ description = ""
 # command = "uvx"
 # args = ["mcp-server-fetch"]
 # allowed_tools = ["fetch"]
-# env = { FETCH_USER_AGENT = "hyperhive" }
+# env = {{ FETCH_USER_AGENT = "hyperhive" }}
 """
 
 

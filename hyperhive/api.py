@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import hyperhive
 from hyperhive.broker import Outgoing, check_body, check_wake_label
 from hyperhive.config import MAX_STATUS_TEXT, PROTOCOL_VERSION
-from hyperhive.envfile import CREDENTIALS_FILE, credentials_warning
+from hyperhive.envfile import credentials_warning
 from hyperhive.errors import RequestRefused
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import (
@@ -335,7 +335,7 @@ class Api:
     def _agent_credentials_warning(self, record: AgentRecord) -> str | None:
         if record.backend == "external" or record.state == AgentState.DESTROYED:
             return None  # an external agent's credentials are not ours to see
-        login = self.hive.config.paths.agent_dir(record.name) / "claude" / CREDENTIALS_FILE
+        login = self.hive.config.paths.credentials_file(record.name)
         return credentials_warning(os.environ, login.is_file())
 
     def credentials_warning(self) -> str | None:

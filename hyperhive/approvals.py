@@ -25,6 +25,7 @@ from typing import Final
 import attrs
 
 from hyperhive.broker import Broker, Outgoing, SentMessage, sql_insert
+from hyperhive.config import MAX_NOTE_CHARS
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.journal import (
@@ -41,7 +42,6 @@ from hyperhive.store import Database
 
 log = logging.getLogger(__name__)
 COMMIT_REF_RE: Final = re.compile(r"[0-9a-f]{7,40}")
-MAX_NOTE_CHARS: Final = 2000
 
 
 class ApprovalKind(StrEnum):

@@ -25,7 +25,13 @@ from typing import Final
 import attrs
 import trio
 
-from hyperhive.config import MAX_BODY_BYTES, MAX_RECENT, MAX_RECV_BATCH, MAX_RECV_WAIT_SECONDS
+from hyperhive.config import (
+    MAX_BODY_BYTES,
+    MAX_RECENT,
+    MAX_RECV_BATCH,
+    MAX_RECV_WAIT_SECONDS,
+    MAX_WAKE_LABEL,
+)
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.names import (
@@ -73,9 +79,6 @@ def check_body(body: str) -> None:
             f"message body is {size} bytes, over the {MAX_BODY_BYTES}-byte limit: write large "
             "content to a file in your state directory and send its path"
         )
-
-
-MAX_WAKE_LABEL: Final = 200
 
 
 def check_wake_label(label: str, principals: Collection[str]) -> str:

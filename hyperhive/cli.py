@@ -17,13 +17,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
+import attrs
 import trio
 import typer
 
 from hyperhive.client import Client
 from hyperhive.config import (
     BACKENDS,
-    LINE_DEADLINE_SECONDS,
+    DEFAULT_CPU_QUOTA,
+    DEFAULT_DASHBOARD_BIND,
+    DEFAULT_LOG_LEVEL,
+    DEFAULT_MEMORY_MAX,
+    DEFAULT_MODEL,
+    MIN_FREE_BYTES,
+    MIN_FREE_FRACTION,
     Config,
     Paths,
     default_run_dir,
@@ -34,6 +41,12 @@ from hyperhive.protocol import CONVERTER, json_schema
 from hyperhive.runtime import innermost
 from hyperhive.store import DatabaseFailed, DatabaseUnusable
 from hyperhive.web._serve import DashboardUnavailable
+
+
+def _config_default(name: str) -> Any:
+    """The default of a :class:`Config` attribute: ``run``'s options take theirs from there."""
+    return attrs.fields_dict(Config)[name].default
+
 
 app = typer.Typer(
     name="hyperhive",
@@ -157,14 +170,14 @@ def run(
     backend: Annotated[
         str,
         typer.Option(envvar="HYPERHIVE_BACKEND", help=f"Container backend: {', '.join(BACKENDS)}."),
-    ] = "auto",
+    ] = _config_default("backend"),
     dashboard_bind: Annotated[
         str,
         typer.Option(
             envvar="HYPERHIVE_DASHBOARD_BIND",
             help="Dashboard address, HOST:PORT (port 0 picks a free one), or 'off'.",
         ),
-    ] = "127.0.0.1:7000",
+    ] = DEFAULT_DASHBOARD_BIND,
     dashboard_socket: Annotated[
         Path | None,
         typer.Option(envvar="HYPERHIVE_DASHBOARD_SOCKET", help="Also serve it on a unix socket."),
@@ -172,11 +185,11 @@ def run(
     admin_group: Annotated[
         str | None,
         typer.Option(envvar="HYPERHIVE_ADMIN_GROUP", help="Group allowed on host.sock."),
-    ] = None,
+    ] = _config_default("admin_group"),
     stop_agents_on_exit: Annotated[
         bool,
         typer.Option(help="Stop every agent when the daemon exits (development)."),
-    ] = False,
+    ] = _config_default("stop_agents_on_exit"),
     harness_command: Annotated[
         str | None,
         typer.Option(
@@ -187,30 +200,40 @@ def run(
     ] = None,
     agent_model: Annotated[
         str | None,
-        typer.Option(envvar="HYPERHIVE_AGENT_MODEL", help="Model in a new agent's agent.toml."),
-    ] = None,
+        typer.Option(
+            envvar="HYPERHIVE_AGENT_MODEL",
+            help=f"Model in a new agent's agent.toml ({DEFAULT_MODEL}).",
+        ),
+    ] = _config_default("agent_model"),
     agent_cpu_quota: Annotated[
         str | None,
-        typer.Option(envvar="HYPERHIVE_AGENT_CPU_QUOTA", help="cpu_quota for new agents (200%)."),
-    ] = None,
+        typer.Option(
+            envvar="HYPERHIVE_AGENT_CPU_QUOTA",
+            help=f"cpu_quota for new agents ({DEFAULT_CPU_QUOTA}).",
+        ),
+    ] = _config_default("agent_cpu_quota"),
     agent_memory_max: Annotated[
         str | None,
-        typer.Option(envvar="HYPERHIVE_AGENT_MEMORY_MAX", help="memory_max for new agents (4G)."),
-    ] = None,
+        typer.Option(
+            envvar="HYPERHIVE_AGENT_MEMORY_MAX",
+            help=f"memory_max for new agents ({DEFAULT_MEMORY_MAX}).",
+        ),
+    ] = _config_default("agent_memory_max"),
     log_level: Annotated[
         str,
         typer.Option(
             envvar="HYPERHIVE_LOG_LEVEL", help="debug, info, warning or error (logs go to stderr)."
         ),
-    ] = "info",
+    ] = DEFAULT_LOG_LEVEL,
     min_free: Annotated[
         str | None,
         typer.Option(
             envvar="HYPERHIVE_MIN_FREE",
             help="Warn when the state dir has less free space (512M, 2G or 5%; "
-            "default: 5% or 1G, whichever is smaller).",
+            f"default: {MIN_FREE_FRACTION:.0%} or {MIN_FREE_BYTES // 1024**3}G, "
+            "whichever is smaller).",
         ),
-    ] = None,
+    ] = _config_default("min_free"),
     env_file: Annotated[
         Path | None,
         typer.Option(
@@ -227,7 +250,7 @@ def run(
             min=0.1,
             help="Seconds a socket client has to finish a request line it started (testing).",
         ),
-    ] = LINE_DEADLINE_SECONDS,
+    ] = _config_default("line_deadline_seconds"),
 ) -> None:
     """Run the host daemon until SIGTERM or Ctrl-C."""
     from hyperhive.supervisor import main as daemon_main

@@ -1,6 +1,10 @@
 """Every default and bound of the daemon, and where its files live.
 
-The bounds are typed ``Final`` constants; ``docs/protocol.md`` explains each one.
+The bounds are typed ``Final`` constants; ``docs/protocol.md`` explains each one. ``hyperhive
+run`` (cli.py) and the NixOS module take their defaults from here (tests compare them), and
+:class:`Paths` names every file of the daemon and of each agent on the host. What an agent's
+payload sees inside its container is the container contract, :mod:`hyperhive.contract`.
+Which constants stay beside their code, and why: ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
+from hyperhive import contract
 from hyperhive.contract import PROPOSED_REPO_NAME
 from hyperhive.names import MANAGER, parse_agent_name
 
@@ -41,6 +46,59 @@ EVENT_SUBSCRIBER_QUEUE: Final = 256
 #: Graceful shutdown budget after SIGTERM/SIGINT.
 SHUTDOWN_GRACE_SECONDS: Final = 10.0
 BACKENDS: Final = ("auto", "nspawn", "process", "external")
+#: ``hyperhive run --backend`` and :attr:`Config.backend`: nspawn when it can run, else process.
+DEFAULT_BACKEND: Final = "auto"
+#: Where ``hyperhive run`` serves the dashboard unless told (``--dashboard-bind``; ``off``).
+#: A :class:`Config` built by hand serves none unless given ``dashboard_bind``.
+DEFAULT_DASHBOARD_HOST: Final = "127.0.0.1"
+DEFAULT_DASHBOARD_PORT: Final = 7000
+DEFAULT_DASHBOARD_BIND: Final = f"{DEFAULT_DASHBOARD_HOST}:{DEFAULT_DASHBOARD_PORT}"
+DEFAULT_LOG_LEVEL: Final = "info"
+
+# ---- a new agent's seeded agent.toml (docs/agent-toml.md); ``--agent-*`` override the first
+DEFAULT_MODEL: Final = "haiku"
+DEFAULT_AVAILABLE_MODELS: Final = ("haiku", "sonnet", "opus")
+#: CPU limit of an agent's container in percent of one CPU, and its memory limit.
+DEFAULT_CPU_QUOTA: Final = "200%"
+DEFAULT_MEMORY_MAX: Final = "4G"
+#: Bounds of agent.toml (docs/agent-toml.md): the largest file accepted (UTF-8 bytes), the
+#: longest description and other string, the most items of a list.
+MAX_AGENT_TOML_BYTES: Final = 64 * 1024
+MAX_DESCRIPTION_CHARS: Final = 2000
+MAX_STRING_CHARS: Final = 4096
+MAX_LIST_ITEMS: Final = 256
+
+# ---- agents' containers
+#: Restarts after a crash (SPEC §8, ``RestartPolicy``): the first waits 1 s, each further
+#: consecutive crash doubles the wait up to 5 min; a run up for 10 min resets the streak;
+#: 5 crashes within 15 min is a crash loop (no more automatic restarts).
+RESTART_FIRST_DELAY_SECONDS: Final = 1.0
+RESTART_FACTOR: Final = 2.0
+RESTART_MAX_DELAY_SECONDS: Final = 300.0
+RESTART_RESET_AFTER_SECONDS: Final = 600.0
+RESTART_LOOP_WINDOW_SECONDS: Final = 900.0
+RESTART_LOOP_CRASHES: Final = 5
+#: How long a stop waits after SIGTERM before SIGKILL.
+STOP_GRACE_SECONDS: Final = 10.0
+#: Per-agent log file cap; the file is rotated to ``.1`` at (re)start beyond this.
+LOG_CAP_BYTES: Final = 5 * 1024 * 1024
+#: Events retention in every agent's events db (hourly): older rows go, the newest stay.
+EVENTS_MAX_AGE_SECONDS: Final = 7 * 24 * 60 * 60
+EVENTS_KEEP: Final = 2000
+
+# ---- what one request may carry beyond the line bounds below (docs/protocol.md)
+#: An operator question's text, and its most options.
+MAX_QUESTION_CHARS: Final = 4000
+MAX_OPTIONS: Final = 32
+#: An approval's operator note.
+MAX_NOTE_CHARS: Final = 2000
+#: A wake-up's label (``wake``).
+MAX_WAKE_LABEL: Final = 200
+#: Longest error kept in a config repo's ``failed/<id>`` tag message, and longest diff returned.
+MAX_TAG_MESSAGE_CHARS: Final = 64 * 1024
+MAX_DIFF_BYTES: Final = 1024 * 1024
+#: Longest env file read (``hyperhive run --env-file``; it holds a few short lines).
+MAX_ENV_FILE_BYTES: Final = 64 * 1024
 #: Longest path a unix socket can be bound at (sun_path is 108 bytes with its NUL).
 MAX_SOCKET_PATH: Final = 107
 #: Free space in the state dir under which ``status``, the dashboard and ``/metrics`` warn:
@@ -94,16 +152,21 @@ MAX_SOCKET_BUFFERED_BYTES: Final = 4 * MAX_LINE_BYTES
 LINE_DEADLINE_SECONDS: Final = 10.0
 
 
+#: The daemon's dirs when it runs as root (the NixOS module's and the packaged unit's).
+ROOT_STATE_DIR: Final = "/var/lib/hyperhive"
+ROOT_RUN_DIR: Final = "/run/hyperhive"
+
+
 def _default_state_dir() -> Path:
     if os.geteuid() == 0:
-        return Path("/var/lib/hyperhive")
+        return Path(ROOT_STATE_DIR)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "hyperhive"
 
 
 def _default_run_dir() -> Path:
     if os.geteuid() == 0:
-        return Path("/run/hyperhive")
+        return Path(ROOT_RUN_DIR)
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         return Path(runtime) / "hyperhive"
@@ -150,10 +213,33 @@ class Paths:
     def ui_socket(self, name: str) -> Path:
         """The agent's web UI socket, beside its agent socket (its harness serves it there,
         ``/run/hive/ui.sock`` in the container; the dashboard proxies it)."""
-        return self.agent_socket(name).with_name("ui.sock")
+        return self.agent_socket(name).with_name(contract.UI_SOCKET_NAME)
+
+    def socket_dir(self, name: str) -> Path:
+        """Host side of the container's ``/run/hive``: the agent and UI sockets."""
+        return self.agent_socket(name).parent
 
     def agent_dir(self, name: str) -> Path:
+        """Everything of one agent that is not config: state, claude dir, logs."""
         return self.state_dir / "agents" / parse_agent_name(name, allow_manager=True)
+
+    def agent_state_dir(self, name: str) -> Path:
+        """Host side of the container's ``/state``, the agent's working directory."""
+        return self.agent_dir(name) / "state"
+
+    def claude_dir(self, name: str) -> Path:
+        """Host side of the container's ``/root/.claude``: the agent's claude login (0700)."""
+        return self.agent_dir(name) / "claude"
+
+    def credentials_file(self, name: str) -> Path:
+        return self.claude_dir(name) / contract.CREDENTIALS_FILE_NAME
+
+    def events_db(self, name: str) -> Path:
+        """The harness's event log (``/state/hyperhive-events.sqlite`` in the container)."""
+        return self.agent_state_dir(name) / contract.EVENTS_DB_NAME
+
+    def logs_dir(self, name: str) -> Path:
+        return self.agent_dir(name) / "logs"
 
     @property
     def proposed_root(self) -> Path:
@@ -169,10 +255,10 @@ class Paths:
         return self.state_dir / "applied" / parse_agent_name(name, allow_manager=True)
 
     def model_file(self, name: str) -> Path:
-        return self.agent_dir(name) / "state" / "hyperhive-model"
+        return self.agent_state_dir(name) / contract.MODEL_FILE_NAME
 
     def container_log(self, name: str) -> Path:
-        return self.agent_dir(name) / "logs" / "container.log"
+        return self.logs_dir(name) / "container.log"
 
 
 @attrs.frozen
@@ -180,7 +266,7 @@ class Config:
     """Settings of one ``hyperhive run``."""
 
     paths: Paths
-    backend: str = "external"
+    backend: str = DEFAULT_BACKEND
     #: ``synchronous`` level of broker.sqlite; FULL so acknowledged writes survive power loss.
     synchronous: str = "FULL"
     retention_seconds: float = RETENTION_SECONDS
@@ -189,7 +275,8 @@ class Config:
     stop_agents_on_exit: bool = False
     #: Where the dashboard listens (hypercorn binds: ``HOST:PORT``, ``unix:PATH``); () = off.
     dashboard_bind: tuple[str, ...] = ()
-    #: Defaults written into a new agent's seeded agent.toml (None: the built-in default).
+    #: Defaults written into a new agent's seeded agent.toml (None: the built-in default,
+    #: :data:`DEFAULT_MODEL`, :data:`DEFAULT_CPU_QUOTA`, :data:`DEFAULT_MEMORY_MAX`).
     agent_model: str | None = None
     agent_cpu_quota: str | None = None
     agent_memory_max: str | None = None

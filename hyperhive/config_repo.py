@@ -39,6 +39,7 @@ from hyperhive.agent_config import (
     load_agent_config,
 )
 from hyperhive.approvals import check_commit_ref
+from hyperhive.config import MAX_DIFF_BYTES, MAX_TAG_MESSAGE_CHARS
 from hyperhive.errors import RequestRefused
 
 T = TypeVar("T")
@@ -51,9 +52,6 @@ GIT_EMAIL: Final = "hyperhive@localhost"
 SEED_DATE: Final = "1767225600 +0000"  # 2026-01-01T00:00:00Z
 SEED_MESSAGE: Final = "seed agent.toml\n"
 FULL_SHA_RE: Final = re.compile(r"[0-9a-f]{40}")
-#: Longest error kept in a ``failed/<id>`` tag message, and longest diff returned.
-MAX_TAG_MESSAGE_CHARS: Final = 64 * 1024
-MAX_DIFF_BYTES: Final = 1024 * 1024
 #: Options given to every git call (a repo's own config cannot turn these back on).
 GIT_OPTIONS: Final = (
     "-c",

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
+from hyperhive.config import MAX_ENV_FILE_BYTES
 from hyperhive.errors import RequestRefused
 
 #: Credentials: any of these means claude can call the API without a login.
@@ -40,8 +41,6 @@ ENV_FILE_KEYS: Final = (
     "DISABLE_TELEMETRY",
     "DISABLE_AUTOUPDATER",
 )
-#: Longest env file read (it holds a few short lines).
-MAX_ENV_FILE_BYTES: Final = 64 * 1024
 
 _LINE_RE: Final = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)")
 
@@ -115,10 +114,6 @@ def load_env_file(path: Path) -> tuple[dict[str, str], list[str]]:
 def has_api_credentials(env: Mapping[str, str]) -> bool:
     """Does ``env`` carry an API key or auth token (claude then needs no login)?"""
     return any(env.get(key, "").strip() for key in CREDENTIAL_KEYS)
-
-
-#: Where a claude login lives inside an agent's claude dir (``<state>/agents/<n>/claude``).
-CREDENTIALS_FILE: Final = ".credentials.json"
 
 
 def credentials_warning(env: Mapping[str, str], logged_in: bool) -> str | None:

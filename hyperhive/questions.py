@@ -26,7 +26,7 @@ import trio
 
 from hyperhive.broker import Broker, Outgoing, SentMessage, sql_insert
 from hyperhive.clocks import WallClock, trio_deadline
-from hyperhive.config import MAX_QUESTION_TTL_SECONDS
+from hyperhive.config import MAX_OPTIONS, MAX_QUESTION_CHARS, MAX_QUESTION_TTL_SECONDS
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.names import MANAGER, OPERATOR, SYSTEM, InvalidAgentName, parse_agent_name
@@ -36,8 +36,6 @@ from hyperhive.store import Database
 EXPIRED: Final = "[expired]"
 CANCELLED: Final = "[cancelled]"
 TTL_ANSWERER: Final = "ttl"
-MAX_QUESTION_CHARS: Final = 4000
-MAX_OPTIONS: Final = 32
 
 
 def system_body(event: str, /, **fields: object) -> str:

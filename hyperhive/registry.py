@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from hyperhive.agent_config import InvalidAgentConfig, load_agent_config
-from hyperhive.config import Paths
+from hyperhive.config import DEFAULT_MODEL, Paths
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.journal import OperationKind, crash_point, sql_begin, sql_end
@@ -36,7 +36,6 @@ from hyperhive.store import Database
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-DEFAULT_MODEL: Final = "haiku"
 
 
 class AgentState(StrEnum):
@@ -414,10 +413,9 @@ class Registry:
         )
 
     def _make_dirs(self, name: str) -> None:
-        agent_dir = self._paths.agent_dir(name)
-        for sub in ("claude", "state"):
-            (agent_dir / sub).mkdir(parents=True, exist_ok=True)
-        (agent_dir / "claude").chmod(0o700)
+        for sub in (self._paths.claude_dir(name), self._paths.agent_state_dir(name)):
+            sub.mkdir(parents=True, exist_ok=True)
+        self._paths.claude_dir(name).chmod(0o700)
         # The repo itself is made by prepare_agent_repos, which refuses whatever the manager
         # (it can write this tree) may have put here instead of a directory.
         proposed = self._paths.proposed_dir(name).parent

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Final
 
-EVENTS_MAX_AGE_SECONDS: Final = 7 * 24 * 60 * 60
-EVENTS_KEEP: Final = 2000
+from hyperhive.config import EVENTS_KEEP, EVENTS_MAX_AGE_SECONDS
 
 
 def sweep_events_db(

@@ -36,6 +36,7 @@ from typing import IO
 
 import trio
 
+from hyperhive import contract
 from hyperhive.agent_config import (
     AgentConfig,
     InvalidAgentConfig,
@@ -182,14 +183,14 @@ class Hive:
     async def _spec_for(self, name: str) -> AgentSpec:
         """What the agent's container runs, from the applied config (refused when invalid)."""
         record = self.registry.get(name)
-        agent_dir = self.config.paths.agent_dir(name)
+        paths = self.config.paths
         settings = await load_applied_config(self.config.paths.applied_dir(name))
         return AgentSpec(
             name=name,
             role=record.role,
-            socket_dir=self.config.paths.agent_socket(name).parent,
-            state_dir=agent_dir / "state",
-            claude_dir=agent_dir / "claude",
+            socket_dir=paths.socket_dir(name),
+            state_dir=paths.agent_state_dir(name),
+            claude_dir=paths.claude_dir(name),
             log_file=self.config.paths.container_log(name),
             command=self.config.harness_command or default_harness_command(),
             env={**settings.env, **extra_mcp_env(settings)},
@@ -448,7 +449,7 @@ class Hive:
         """Events retention for every agent's events db; rows deleted in all."""
         total = 0
         for record in self.registry.all():
-            path = self.config.paths.agent_dir(record.name) / "state" / "hyperhive-events.sqlite"
+            path = self.config.paths.events_db(record.name)
             try:
                 total += await trio.to_thread.run_sync(sweep_events_db, path, time.time())
             except sqlite3.Error as exc:
@@ -476,7 +477,7 @@ def extra_mcp_env(settings: AgentConfig) -> dict[str, str]:
     if not settings.extra_mcp_servers:
         return {}
     document = {**settings.mcp_config(), "allowedTools": settings.mcp_allowed_tools()}
-    return {"HYPERHIVE_EXTRA_MCP": json.dumps(document, separators=(",", ":"))}
+    return {contract.EXTRA_MCP_ENV: json.dumps(document, separators=(",", ":"))}
 
 
 def admin_gid(group: str | None) -> int | None:

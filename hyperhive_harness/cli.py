@@ -17,6 +17,7 @@ from typing import Annotated
 import trio
 import typer
 
+from hyperhive import contract
 from hyperhive.client import call_once
 from hyperhive.errors import ClientError, ConnectionLost
 from hyperhive.protocol import IdReply, Wake
@@ -31,7 +32,7 @@ app = typer.Typer(
 SocketOpt = Annotated[
     str | None,
     typer.Option(
-        "--socket", help="The agent socket (default: $HYPERHIVE_SOCKET or /run/hive/mcp.sock)."
+        "--socket", help=f"The agent socket (default: ${contract.SOCKET_ENV} or {contract.SOCKET})."
     ),
 ]
 
@@ -99,7 +100,7 @@ def wake(
 ) -> None:
     """Inject a message into this agent's own inbox (it wakes the turn loop)."""
     text = sys.stdin.read() if body == "-" else body
-    path = socket or os.environ.get("HYPERHIVE_SOCKET") or "/run/hive/mcp.sock"
+    path = socket or os.environ.get(contract.SOCKET_ENV) or contract.SOCKET
 
     async def go() -> int:
         reply = await call_once(path, Wake(from_=from_, body=text, transient=transient))

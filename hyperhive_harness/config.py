@@ -14,17 +14,13 @@ from typing import Any, Final
 
 import attrs
 
+from hyperhive import contract
+from hyperhive.config import DEFAULT_MODEL as DEFAULT_MODEL
 from hyperhive.runtime import Backoff
 
-DEFAULT_SOCKET: Final = "/run/hive/mcp.sock"
-#: The web UI's unix socket, beside the agent socket (only the daemon reaches that dir).
-UI_SOCKET_NAME: Final = "ui.sock"
-DEFAULT_STATE_DIR: Final = "/state"
-DEFAULT_MODEL: Final = "haiku"
-EVENTS_DB_NAME: Final = "hyperhive-events.sqlite"
-MODEL_FILE_NAME: Final = "hyperhive-model"
-#: The running claude's pid and start time, so a restarted harness can end an orphan.
-CLAUDE_PID_FILE_NAME: Final = "hyperhive-claude.pid"
+#: The container's paths (:mod:`hyperhive.contract`) are the defaults.
+DEFAULT_SOCKET: Final = contract.SOCKET
+DEFAULT_STATE_DIR: Final = contract.STATE_DIR
 #: Reconnect delays after losing the daemon: 2, 4, 8, 16, 30, 30, ... seconds.
 RECONNECT_BACKOFF: Final = Backoff(first=2.0, limit=30.0)
 RECV_WAIT_SECONDS: Final = 180
@@ -95,7 +91,7 @@ class HarnessConfig:
     #: A change of this file ends a ``needs_login`` park (see docs/harness.md).
     credentials_file: Path
     #: The UI's unix socket (default: ``ui.sock`` beside ``socket``); the dashboard proxies it.
-    ui_socket: Path = Path("/run/hive") / UI_SOCKET_NAME
+    ui_socket: Path = Path(contract.UI_SOCKET)
     ui_host: str = "127.0.0.1"
     #: A TCP port for the UI too, for debugging only: None (the default) opens none; only
     #: ``serve --ui-port`` sets it (0: one the OS picks).
@@ -123,7 +119,8 @@ class HarnessConfig:
 
     @property
     def claude_pid_file(self) -> Path:
-        return self.state_dir / CLAUDE_PID_FILE_NAME
+        """The running claude's pid and start time, so a restarted harness can end an orphan."""
+        return self.state_dir / contract.CLAUDE_PID_FILE_NAME
 
     @classmethod
     def from_env(
@@ -135,48 +132,51 @@ class HarnessConfig:
         host: str | None = None,
     ) -> HarnessConfig:
         """Build the settings from ``env``; explicit arguments (CLI flags) win."""
-        state_dir = Path(env.get("HYPERHIVE_STATE_DIR") or DEFAULT_STATE_DIR)
-        home = Path(env.get("HOME") or "/root")
-        claude = env.get("HYPERHIVE_CLAUDE") or "claude"
+        state_dir = Path(env.get(contract.STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+        home = Path(env.get("HOME") or contract.HOME)
+        claude = env.get(contract.CLAUDE_ENV) or "claude"
         # No environment variable opens the TCP port: only the flag, given by hand.
         if port is not None and not 0 <= port <= 65535:
             raise ConfigError(f"port {port} is out of range")
-        agent_socket = Path(socket or env.get("HYPERHIVE_SOCKET") or DEFAULT_SOCKET)
-        login = env.get("HYPERHIVE_LOGIN_CMD")
-        extra_servers, extra_tools = parse_extra_mcp(env.get("HYPERHIVE_EXTRA_MCP", ""))
+        agent_socket = Path(socket or env.get(contract.SOCKET_ENV) or DEFAULT_SOCKET)
+        login = env.get(contract.LOGIN_CMD_ENV)
+        extra_servers, extra_tools = parse_extra_mcp(env.get(contract.EXTRA_MCP_ENV, ""))
         return cls(
             socket=agent_socket,
             state_dir=state_dir,
-            events_db=Path(env.get("HYPERHIVE_EVENTS_DB") or state_dir / EVENTS_DB_NAME),
-            model_file=Path(env.get("HYPERHIVE_MODEL_FILE") or state_dir / MODEL_FILE_NAME),
+            events_db=Path(env.get(contract.EVENTS_DB_ENV) or state_dir / contract.EVENTS_DB_NAME),
+            model_file=Path(
+                env.get(contract.MODEL_FILE_ENV) or state_dir / contract.MODEL_FILE_NAME
+            ),
             claude=claude,
             home=home,
             credentials_file=Path(
-                env.get("HYPERHIVE_CREDENTIALS_FILE") or home / ".claude" / ".credentials.json"
+                env.get(contract.CREDENTIALS_FILE_ENV)
+                or home / ".claude" / contract.CREDENTIALS_FILE_NAME
             ),
             ui_socket=Path(
-                env.get("HYPERHIVE_UI_SOCKET") or agent_socket.with_name(UI_SOCKET_NAME)
+                env.get(contract.UI_SOCKET_ENV) or agent_socket.with_name(contract.UI_SOCKET_NAME)
             ),
-            ui_host=host or env.get("HYPERHIVE_UI_HOST") or "127.0.0.1",
+            ui_host=host or env.get(contract.UI_HOST_ENV) or "127.0.0.1",
             ui_port=port,
-            ui_allowed_hosts=parse_tool_list(env.get("HYPERHIVE_UI_ALLOWED_HOSTS", "")),
-            reconnect_backoff=parse_backoff(env["HYPERHIVE_RECONNECT_BACKOFF"])
-            if env.get("HYPERHIVE_RECONNECT_BACKOFF")
+            ui_allowed_hosts=parse_tool_list(env.get(contract.UI_ALLOWED_HOSTS_ENV, "")),
+            reconnect_backoff=parse_backoff(env[contract.RECONNECT_BACKOFF_ENV])
+            if env.get(contract.RECONNECT_BACKOFF_ENV)
             else RECONNECT_BACKOFF,
-            rate_limit_sleep=_float(env, "HYPERHIVE_RATE_LIMIT_SLEEP", RATE_LIMIT_SLEEP_SECONDS),
-            login_poll=_float(env, "HYPERHIVE_LOGIN_POLL", LOGIN_POLL_SECONDS) or 0.1,
+            rate_limit_sleep=_float(env, contract.RATE_LIMIT_SLEEP_ENV, RATE_LIMIT_SLEEP_SECONDS),
+            login_poll=_float(env, contract.LOGIN_POLL_ENV, LOGIN_POLL_SECONDS) or 0.1,
             max_turn_attempts=_int(
-                env, "HYPERHIVE_MAX_TURN_ATTEMPTS", MAX_TURN_ATTEMPTS, low=1, high=100
+                env, contract.MAX_TURN_ATTEMPTS_ENV, MAX_TURN_ATTEMPTS, low=1, high=100
             ),
             failed_retry_delay=_float(
-                env, "HYPERHIVE_FAILED_RETRY_DELAY", FAILED_RETRY_DELAY_SECONDS
+                env, contract.FAILED_RETRY_DELAY_ENV, FAILED_RETRY_DELAY_SECONDS
             ),
-            cancel_grace=_float(env, "HYPERHIVE_CANCEL_GRACE", CANCEL_GRACE_SECONDS),
-            recv_wait=_int(env, "HYPERHIVE_RECV_WAIT", RECV_WAIT_SECONDS, low=1, high=180),
-            extra_allowed_tools=parse_tool_list(env.get("HYPERHIVE_EXTRA_ALLOWED_TOOLS", ""))
+            cancel_grace=_float(env, contract.CANCEL_GRACE_ENV, CANCEL_GRACE_SECONDS),
+            recv_wait=_int(env, contract.RECV_WAIT_ENV, RECV_WAIT_SECONDS, low=1, high=180),
+            extra_allowed_tools=parse_tool_list(env.get(contract.EXTRA_ALLOWED_TOOLS_ENV, ""))
             + extra_tools,
             extra_mcp_servers=extra_servers,
-            claude_settings=env.get("HYPERHIVE_CLAUDE_SETTINGS") or None,
+            claude_settings=env.get(contract.CLAUDE_SETTINGS_ENV) or None,
             login_command=tuple(login.split()) if login else (claude, "auth", "login"),
             env=dict(env),
         )

@@ -25,6 +25,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
+from hyperhive import contract
 from hyperhive.client import Client
 from hyperhive.config import (
     MAX_QUESTION_TTL_SECONDS,
@@ -85,8 +86,8 @@ __all__ = [
 log = logging.getLogger("hyperhive.mcp")
 
 #: The agent socket as bind-mounted into every container.
-DEFAULT_SOCKET = "/run/hive/mcp.sock"
-SOCKET_ENV = "HYPERHIVE_SOCKET"
+DEFAULT_SOCKET = contract.SOCKET
+SOCKET_ENV = contract.SOCKET_ENV
 
 #: How long start-up keeps trying to reach the daemon before serving the agent tool set.
 STARTUP_CONNECT_SECONDS = 5.0

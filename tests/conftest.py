@@ -158,7 +158,7 @@ def make_paths(root: Path) -> Paths:
 @pytest.fixture
 async def hive(short_tmp: Path) -> AsyncIterator[Hive]:
     """A daemon running inside the test's trio run, on real sockets and a real database."""
-    async with open_hive(Config(paths=make_paths(short_tmp))) as h:
+    async with open_hive(Config(paths=make_paths(short_tmp), backend="external")) as h:
         yield h
 
 

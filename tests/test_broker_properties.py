@@ -76,7 +76,9 @@ async def test_no_loss_fifo_no_silent_duplicates(
 ) -> None:
     root = Path(tempfile.mkdtemp(prefix="hh-p-", dir="/tmp"))
     try:
-        async with open_hive(Config(paths=make_paths(root), synchronous="NORMAL")) as hive:
+        async with open_hive(
+            Config(paths=make_paths(root), backend="external", synchronous="NORMAL")
+        ) as hive:
             model = {name: Inbox() for name in AGENTS}
             bodies: dict[int, str] = {}
             clients: dict[str, Client] = {}

@@ -152,3 +152,43 @@ def test_help_lists_the_commands() -> None:
     ]:
         assert f" {command} " in out, command
     assert "[cancelled]" in out
+
+
+def test_run_takes_its_defaults_from_config() -> None:
+    """``hyperhive run``'s option defaults are Config's (and config.py's constants), so the
+    daemon run by hand and a Config built in code agree (the backend is ``auto`` in both)."""
+    import typer.main
+
+    from hyperhive import config
+    from hyperhive.cli import app
+
+    command = typer.main.get_command(app)
+    assert isinstance(command, typer.main.TyperGroup)
+    params = {p.name: p.default for p in command.commands["run"].params}
+    fields = attrs.fields_dict(config.Config)
+    shared = [
+        "backend",
+        "admin_group",
+        "stop_agents_on_exit",
+        "agent_model",
+        "agent_cpu_quota",
+        "agent_memory_max",
+        "min_free",
+        "line_deadline_seconds",
+    ]
+    assert {name: params[name] for name in shared} == {
+        name: fields[name].default for name in shared
+    }
+    assert params["backend"] == config.DEFAULT_BACKEND == "auto"
+    assert params["dashboard_bind"] == config.DEFAULT_DASHBOARD_BIND
+    assert params["log_level"] == config.DEFAULT_LOG_LEVEL
+    help_text = subprocess.run(
+        [sys.executable, "-m", "hyperhive", "run", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    ).stdout
+    assert f"({config.DEFAULT_CPU_QUOTA})" in help_text
+    assert f"({config.DEFAULT_MEMORY_MAX})" in help_text
+    assert f"({config.DEFAULT_MODEL})" in help_text

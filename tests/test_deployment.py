@@ -34,6 +34,7 @@ import attrs
 import pytest
 import trio
 
+from hyperhive import config
 from hyperhive.config import Paths
 from tests.conftest import DaemonProcess, make_paths, need
 
@@ -119,7 +120,7 @@ let
   cfg = merge (defaults declared) ov;
   out = (call { services.hyperhive = cfg; systemd.package = "/nix/store/systemd"; }).config;
 in
-  { inherit cfg; } // out
+  { inherit cfg declared; } // out
 """
 
 
@@ -186,6 +187,36 @@ def test_nixos_module_produces_the_service(tmp_path: Path) -> None:
     assert out["environment"]["systemPackages"] == ["/nix/store/hyperhive"]
     assert out["warnings"] == []
     assert all(a["assertion"] for a in out["assertions"])
+
+
+def test_nixos_module_defaults_are_the_daemons(tmp_path: Path) -> None:
+    """The module's option defaults are Config's (hyperhive/config.py), option by option."""
+    out = _eval_module(tmp_path, {"enable": True})
+    cfg, declared = out["cfg"], out["declared"]
+    fields = attrs.fields_dict(config.Config)
+    assert cfg["backend"] == fields["backend"].default == config.DEFAULT_BACKEND
+    assert cfg["dashboard"]["enable"] is True
+    assert cfg["dashboard"]["bind"] == config.DEFAULT_DASHBOARD_HOST
+    assert cfg["dashboard"]["port"] == config.DEFAULT_DASHBOARD_PORT
+    assert cfg["stateDir"] == config.ROOT_STATE_DIR
+    assert cfg["runDir"] == config.ROOT_RUN_DIR
+    # null: the daemon's built-in default, which the description names.
+    assert cfg["agentDefaults"] == {"model": None, "cpuQuota": None, "memoryMax": None}
+    assert fields["agent_model"].default is None
+    agent = declared["agentDefaults"]
+    assert f"built-in default ({config.DEFAULT_MODEL})" in agent["model"]["description"]
+    assert f"built-in default ({config.DEFAULT_CPU_QUOTA})" in agent["cpuQuota"]["description"]
+    assert f"built-in default ({config.DEFAULT_MEMORY_MAX})" in agent["memoryMax"]["description"]
+    # The backend option offers exactly the daemon's backends (the stub loses enum lists).
+    text = MODULE.read_text(encoding="utf-8")
+    enum = re.search(r"backend = mkOption \{\s*type = types\.enum \[([^\]]*)\]", text)
+    assert enum is not None
+    assert tuple(re.findall(r'"([a-z]+)"', enum.group(1))) == config.BACKENDS
+    # The packaged unit runs with the same dirs, and documents the same dashboard default.
+    argv = shlex.split(_read_unit(UNIT)["Service"]["ExecStart"])
+    assert argv[argv.index("--state-dir") + 1] == config.ROOT_STATE_DIR
+    assert argv[argv.index("--run-dir") + 1] == config.ROOT_RUN_DIR
+    assert f"HYPERHIVE_DASHBOARD_BIND={config.DEFAULT_DASHBOARD_BIND} " in UNIT.read_text()
 
 
 def test_nixos_module_options_reach_the_command_line(tmp_path: Path) -> None:

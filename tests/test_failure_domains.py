@@ -289,7 +289,7 @@ async def test_a_failing_retention_loop_is_a_daemon_problem_in_status(
 
     monkeypatch.setattr(Hive, "sweep_events", broken_sweep)
     async with (
-        open_hive(Config(paths=make_paths(short_tmp))) as hive,
+        open_hive(Config(paths=make_paths(short_tmp), backend="external")) as hive,
         await Client.connect(hive.config.paths.host_socket) as host,
     ):
 

@@ -86,7 +86,7 @@ async def test_migration_finishes_a_half_done_tree(paths: Paths) -> None:
 
 async def test_the_daemon_migrates_at_start(paths: Paths) -> None:
     head = await old_layout_repo(paths, "manager", 'model = "sonnet"\n')
-    async with open_hive(Config(paths=paths)):
+    async with open_hive(Config(paths=paths, backend="external")):
         # The manager's repo moved, with its history: not re-seeded beside it.
         assert git(paths.proposed_dir("manager"), "rev-parse", "HEAD") == head
         assert not (paths.agent_dir("manager") / "config").exists()

@@ -108,7 +108,8 @@ async def test_cancel_by_asker_and_manager(hive: Hive, connect: Connect) -> None
 @asynccontextmanager
 async def hive_on_trio_clock(root: Path) -> AsyncIterator[Hive]:
     """A daemon whose stored times follow trio's clock (run the test on ``daemon_clock``)."""
-    async with open_hive(Config(paths=make_paths(root), wall_clock=TrioWallClock())) as hive:
+    config = Config(paths=make_paths(root), wall_clock=TrioWallClock(), backend="external")
+    async with open_hive(config) as hive:
         yield hive
 
 
@@ -196,7 +197,7 @@ async def race_answer_cancel_and_expiry(hive: Hive) -> None:
 async def test_deadline_passed_while_daemon_was_down(
     short_tmp: Path, daemon_clock: MockClock
 ) -> None:
-    config = Config(paths=make_paths(short_tmp), wall_clock=TrioWallClock())
+    config = Config(paths=make_paths(short_tmp), wall_clock=TrioWallClock(), backend="external")
     async with open_hive(config) as hive:
         await hive.spawn("alice")
         await hive.questions.ask("alice", "while down?", [], False, 60, None)

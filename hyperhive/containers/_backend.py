@@ -14,17 +14,18 @@ import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Protocol
 
 import attrs
 import trio
 
+from hyperhive.config import (
+    DEFAULT_CPU_QUOTA,
+    DEFAULT_MEMORY_MAX,
+    LOG_CAP_BYTES,
+    STOP_GRACE_SECONDS,
+)
 from hyperhive.errors import RequestRefused
-
-#: How long a stop waits after SIGTERM before SIGKILL.
-STOP_GRACE_SECONDS: Final = 10.0
-#: Per-agent log file cap; the file is rotated to ``.1`` at (re)start beyond this.
-LOG_CAP_BYTES: Final = 5 * 1024 * 1024
 
 
 @attrs.frozen
@@ -39,8 +40,8 @@ class AgentSpec:
     log_file: Path
     command: tuple[str, ...]
     env: dict[str, str] = attrs.Factory(dict)
-    cpu_quota: str = "200%"
-    memory_max: str = "4G"
+    cpu_quota: str = DEFAULT_CPU_QUOTA
+    memory_max: str = DEFAULT_MEMORY_MAX
     #: The manager's only: host side of /agents (every agent's proposed config repo).
     agents_dir: Path | None = None
 

@@ -40,9 +40,9 @@ PASSTHROUGH_ENV: Final = (
     "TZ",
     # The operator's API settings (``hyperhive run --env-file``, or the daemon's environment).
     *ENV_FILE_KEYS,
-    "HYPERHIVE_CLAUDE",
-    "HYPERHIVE_RATE_LIMIT_SLEEP",
-    "HYPERHIVE_RECONNECT_BACKOFF",
+    contract.CLAUDE_ENV,
+    contract.RATE_LIMIT_SLEEP_ENV,
+    contract.RECONNECT_BACKOFF_ENV,
 )
 #: Built-in Claude Code tools an agent in a container may use besides the hyperhive ones:
 #: the container is the sandbox. The process backend has none (no isolation).
@@ -102,13 +102,12 @@ class ProcessBackend:
             "HOME": str(spec.claude_dir.parent),
             "CLAUDE_CONFIG_DIR": str(spec.claude_dir),
             # Where claude keeps its login with CLAUDE_CONFIG_DIR (not $HOME/.claude).
-            "HYPERHIVE_CREDENTIALS_FILE": str(spec.claude_dir / ".credentials.json"),
-            "HYPERHIVE_SOCKET": str(spec.socket_dir / "mcp.sock"),
-            "HYPERHIVE_STATE_DIR": str(spec.state_dir),
-            "HYPERHIVE_EVENTS_DB": str(spec.state_dir / "hyperhive-events.sqlite"),
-            "HYPERHIVE_MODEL_FILE": str(spec.state_dir / "hyperhive-model"),
-            "HYPERHIVE_AGENT": spec.name,
-            "HYPERHIVE_ROLE": spec.role,
+            contract.CREDENTIALS_FILE_ENV: str(spec.claude_dir / contract.CREDENTIALS_FILE_NAME),
+            **contract.agent_env(
+                spec.name,
+                socket=str(spec.socket_dir / contract.SOCKET_NAME),
+                state_dir=str(spec.state_dir),
+            ),
             **(contract.manager_env(str(spec.agents_dir)) if spec.agents_dir else {}),
         }
 
@@ -142,7 +141,7 @@ def _install_paths() -> list[Path]:
         Path(os.path.realpath(sys.executable)).parent.parent,
         Path(hyperhive.__file__).resolve().parent.parent,
     ]
-    claude = os.environ.get("HYPERHIVE_CLAUDE")
+    claude = os.environ.get(contract.CLAUDE_ENV)
     if claude:
         real = Path(os.path.realpath(claude))
         # The npm prefix that holds the claude package (…/node_modules/...).
@@ -223,18 +222,12 @@ class NspawnBackend:
 
     def payload_env(self, spec: AgentSpec) -> dict[str, str]:
         """The payload's environment (``argv`` puts it on nspawn's command line)."""
-        state = contract.STATE_DIR
         return {
             **_base_env(),
             **spec.env,
             "HOME": contract.HOME,
-            "HYPERHIVE_SOCKET": contract.SOCKET,
-            "HYPERHIVE_STATE_DIR": state,
-            "HYPERHIVE_EVENTS_DB": f"{state}/hyperhive-events.sqlite",
-            "HYPERHIVE_MODEL_FILE": f"{state}/hyperhive-model",
-            "HYPERHIVE_AGENT": spec.name,
-            "HYPERHIVE_ROLE": spec.role,
-            "HYPERHIVE_EXTRA_ALLOWED_TOOLS": CONTAINER_TOOLS,
+            **contract.agent_env(spec.name, socket=contract.SOCKET, state_dir=contract.STATE_DIR),
+            contract.EXTRA_ALLOWED_TOOLS_ENV: CONTAINER_TOOLS,
             **(contract.manager_env(contract.AGENTS_DIR) if spec.agents_dir else {}),
         }
 

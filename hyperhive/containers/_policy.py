@@ -9,16 +9,14 @@ clock (wall-clock seconds in the daemon, so the history survives restarts).
 
 from __future__ import annotations
 
-from typing import Final
-
 import attrs
 
-FIRST_DELAY: Final = 1.0
-FACTOR: Final = 2.0
-MAX_DELAY: Final = 300.0
-RESET_AFTER: Final = 600.0
-LOOP_WINDOW: Final = 900.0
-LOOP_CRASHES: Final = 5
+from hyperhive.config import RESTART_FACTOR as FACTOR
+from hyperhive.config import RESTART_FIRST_DELAY_SECONDS as FIRST_DELAY
+from hyperhive.config import RESTART_LOOP_CRASHES as LOOP_CRASHES
+from hyperhive.config import RESTART_LOOP_WINDOW_SECONDS as LOOP_WINDOW
+from hyperhive.config import RESTART_MAX_DELAY_SECONDS as MAX_DELAY
+from hyperhive.config import RESTART_RESET_AFTER_SECONDS as RESET_AFTER
 
 
 @attrs.frozen

@@ -34,7 +34,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 import hyperhive
-from hyperhive.config import MAX_LINE_BYTES, MAX_LOG_LINES
+from hyperhive.config import MAX_ID, MAX_LINE_BYTES, MAX_LOG_LINES
 from hyperhive.config_repo import diff_proposal
 from hyperhive.errors import DiskFull, ProtocolError, RequestRefused
 from hyperhive.events import Event
@@ -74,8 +74,6 @@ SECURITY_HEADERS: Final = {
 #: The host socket's requests an action may be: all but the handshake, and ``status``,
 #: whose login URL carries the token (a script on the page must not be able to read it).
 DASHBOARD_COMMANDS: Final = frozenset(HOST_TABLE.by_cmd) - {"hello", "status"}
-#: Ids (approvals, events) are sqlite integers.
-MAX_ID: Final = 2**63 - 1
 DEFAULT_LOG_LINES: Final = 200
 STATIC_NAME: Final = re.compile(r"[A-Za-z0-9_-]+\.[a-z]+")
 OPERATOR_PRINCIPAL: Final = Principal(SocketKind.HOST, OPERATOR)

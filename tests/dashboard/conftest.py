@@ -50,7 +50,7 @@ T = TypeVar("T")
 @pytest.fixture
 def hive_config(short_tmp: Path) -> Config:
     """Overridden by modules that need another backend."""
-    return Config(paths=make_paths(short_tmp), dashboard_bind=("127.0.0.1:0",))
+    return Config(paths=make_paths(short_tmp), backend="external", dashboard_bind=("127.0.0.1:0",))
 
 
 @pytest.fixture

@@ -352,7 +352,7 @@ async def test_harness_waits_for_the_daemon_and_turns_once_it_is_there(
     async with running(alice, nursery):
         await alice.wait_for("status_changed", lambda p: p["status"] == "disconnected")
         assert (await alice.get("/api/state")).json()["connected"] is False
-        async with open_hive(Config(paths=paths)) as hive:
+        async with open_hive(Config(paths=paths, backend="external")) as hive:
             await hive.spawn("alice")
             await alice.wait_for("status_changed", lambda p: p["status"] == "online")
             sent = await operator_send(paths.host_socket, "alice", "are you there")

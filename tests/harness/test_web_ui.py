@@ -52,7 +52,9 @@ _SONNET = re.compile("sonnet")
 @pytest.fixture
 async def hive(short_tmp: Path) -> AsyncIterator[Hive]:
     """The daemon with its dashboard on: the operator reaches every agent UI through it."""
-    config = Config(paths=make_paths(short_tmp), dashboard_bind=("127.0.0.1:0",))
+    config = Config(
+        paths=make_paths(short_tmp), backend="external", dashboard_bind=("127.0.0.1:0",)
+    )
     async with open_hive(config) as h:
         yield h
 
