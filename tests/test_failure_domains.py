@@ -31,7 +31,7 @@ from hyperhive.events import EventHub
 from hyperhive.registry import AgentState
 from hyperhive.store import DatabaseFailed, open_database
 from hyperhive.supervision import Backoff, Problems, supervise
-from hyperhive.supervisor import Hive, open_hive
+from hyperhive.supervisor import Daemon, Hive, open_hive
 from tests.conftest import (
     DaemonProcess,
     connect_agent,
@@ -235,19 +235,20 @@ async def test_a_failing_runner_is_shown_reported_and_restarted(short_tmp: Path)
 
 async def test_a_failing_socket_server_is_restarted_and_the_others_keep_serving(
     hive: Hive,
+    inproc: Daemon,
 ) -> None:
     await hive.spawn("alice")
     await hive.spawn("bob")
     paths = hive.config.paths
-    real_closed = hive.api.closed
+    real_closed = inproc.api.closed
 
     def closed(conn: Any) -> None:
         if conn.principal.name == "alice":
-            hive.api.closed = real_closed  # type: ignore[method-assign]
+            inproc.api.closed = real_closed  # type: ignore[method-assign]
             raise RuntimeError("injected bug in alice's socket")
         real_closed(conn)
 
-    hive.api.closed = closed  # type: ignore[method-assign]
+    inproc.api.closed = closed  # type: ignore[method-assign]
     client = await connect_agent(paths, "alice")
     await client.aclose()  # the connection's end runs the broken hook: the server fails
     await wait_for(

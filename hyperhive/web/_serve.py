@@ -17,10 +17,11 @@ from hypercorn.trio import serve
 from hyperhive.errors import HyperhiveError
 from hyperhive.supervision import Backoff, supervise
 from hyperhive.web._app import Dashboard
-from hyperhive.web._auth import Auth, load_or_create_token
+from hyperhive.web._auth import Auth
 
 if TYPE_CHECKING:
-    from hyperhive.supervisor import Hive
+    from hyperhive.api import Api
+    from hyperhive.hive import Hive
 
 log = logging.getLogger(__name__)
 BACKOFF = Backoff(first=1.0, limit=60.0)
@@ -49,14 +50,13 @@ def _reason(exc: BaseException) -> str:
 
 async def serve_dashboard(
     hive: Hive,
+    api: Api,
+    auth: Auth,
     bind: list[str],
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    token_file = hive.config.paths.state_dir / "dashboard-token"
-    token = await trio.to_thread.run_sync(load_or_create_token, token_file)
-    dashboard = Dashboard(hive, Auth(token))
-    hive.dashboard = dashboard
+    dashboard = Dashboard(hive, api, auth)
 
     async def run(task_status: trio.TaskStatus[list[str]]) -> None:
         async with trio.open_nursery() as nursery:
@@ -67,7 +67,6 @@ async def serve_dashboard(
                     hypercorn_config(bind),
                 )
             )
-            hive.dashboard_urls = urls
             task_status.started(urls)
 
     def unavailable(exc: BaseException) -> DashboardUnavailable:
