@@ -1,20 +1,37 @@
-"""``hyperhive run``: the one nursery tree of the daemon.
+"""``hyperhive run``: the one nursery tree of the daemon (drawn as in docs/architecture.md).
 
-    main()                              signals, sd_notify, readiness line
-    └── run()                           lock on state + run dir, broker.sqlite
-        ├── Database.serve              the one writer of broker.sqlite
-        ├── Registry.serve              the manager's and every agent's socket
-        │   └── serve_unix_socket xN    one per agent, cancelled on destroy
-        ├── QuestionBook.watchdog       expires questions at their deadline
-        ├── retention_loop              hourly: delete old acked messages
-        ├── SpaceMonitor.run            free space in the state dir
-        └── serve_unix_socket           host.sock (operator authority)
+    hyperhive run
+    └── supervisor.main                      SIGTERM/SIGINT, sd_notify READY/WATCHDOG/STOPPING
+        ├── open_daemon                      flock on <state>/ and <run>/hyperhive.lock
+        │   └── open_database
+        │       ├── Database.serve           the one writer of broker.sqlite (group commit)
+        │       └── nursery                  (* = a failure domain, see below)
+        │           ├── Registry.serve       loads `agents`, makes sure `manager` exists
+        │           │   └── serve_unix_socket * xN
+        │           │                        <run>/manager/mcp.sock, <run>/agents/<name>/mcp.sock:
+        │           │                        one per live agent, each in its own cancel scope
+        │           ├── Containers.serve
+        │           │   └── AgentRunner.run * xN
+        │           │                        one per live agent of the process or nspawn backend:
+        │           │                        re-adopts or starts its payload, waits on its pidfd,
+        │           │                        carries out lifecycle commands
+        │           ├── QuestionBook.watchdog *
+        │           │                        sleeps until the earliest deadline
+        │           ├── retention_loop *     hourly: acked messages > 30 days; agents' events dbs
+        │           ├── SpaceMonitor.run *   statvfs of the state dir every 30 s and on disk-full
+        │           ├── serve_dashboard *    with --dashboard-bind: hypercorn-trio; started(urls)
+        │           └── serve_unix_socket    <run>/host.sock (operator)
+        └── _watchdog_pings                  start_soon, only when WATCHDOG_USEC is set; pings
+                                             after a database round trip
 
-Each child reports readiness through ``nursery.start``; :func:`run` is ready when every
+:func:`open_daemon` builds the :class:`~hyperhive.hive.Hive`, then the
+:class:`~hyperhive.api.Api` on it, then the dashboard, and keeps them in a :class:`Daemon`.
+Each child reports readiness through ``nursery.start``; the daemon is ready when every
 socket listens. Each agent's runner and socket, the watchdog, the retention loop, the
 space monitor and the dashboard are failure domains (:mod:`hyperhive.supervision`): a bug
 in one is shown and restarted with backoff. A failure of the database itself ends the
-tree (and the daemon) rather than leaving it half alive.
+tree (and the daemon) rather than leaving it half alive. A signal drains the sockets
+(:meth:`Daemon.drain`, bounded by ``SHUTDOWN_GRACE_SECONDS``) before it cancels the tree.
 """
 
 from __future__ import annotations
