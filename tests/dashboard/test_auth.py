@@ -10,6 +10,7 @@ from __future__ import annotations
 from playwright.sync_api import Page, expect
 
 import hyperhive
+from hyperhive.client import Client
 from hyperhive.supervisor import Daemon, Hive
 from hyperhive.web._auth import SESSION_COOKIE
 
@@ -47,6 +48,18 @@ async def test_everything_needs_the_token(inproc: Daemon) -> None:
     wrong = await http(base, "GET", "/login?token=not-the-token")
     assert wrong.status == 401 and b"Wrong token." in wrong.body
     assert wrong.header("set-cookie") is None
+
+
+async def test_status_on_the_host_socket_gives_a_login_url_that_works(inproc: Daemon) -> None:
+    """The login URL the supervisor keeps (the dashboard's first bind + the token) is what
+    the operator's ``status`` shows; it logs a browser in."""
+    async with await Client.connect(inproc.hive.config.paths.host_socket) as host:
+        status = await host.request({"cmd": "status"})
+    assert inproc.auth is not None
+    url = status["dashboard_url"]
+    assert url == f"{base_url(inproc)}/login?token={inproc.auth.token}"
+    login = await http(base_url(inproc), "GET", url.removeprefix(base_url(inproc)))
+    assert login.status == 303 and login.header("set-cookie") is not None
 
 
 async def test_the_token_logs_in_and_the_page_loads(inproc: Daemon) -> None:
