@@ -48,6 +48,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check hyperhive hyperhive_harness tests bench scripts
 	$(VENV)/bin/ruff format --check hyperhive hyperhive_harness tests bench scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 $(CLAUDE):
 	@if ! command -v npm >/dev/null; then \

@@ -7,19 +7,17 @@ carries operator authority. Nothing in a request names its caller.
 from __future__ import annotations
 
 import os
-import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import hyperhive
 from hyperhive.broker import Outgoing, check_body, check_wake_label
 from hyperhive.config import MAX_STATUS_TEXT, PROTOCOL_VERSION
-from hyperhive.envfile import credentials_warning
 from hyperhive.errors import RequestRefused
+from hyperhive.hive import Hive
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import (
     Ack,
     AckReply,
-    AgentInfo,
     AgentMetaReply,
     AgentReply,
     AgentsReply,
@@ -74,7 +72,6 @@ from hyperhive.protocol import (
     Start,
     Status,
     StatusReply,
-    Tombstone,
     Tombstones,
     TombstonesReply,
     Update,
@@ -82,12 +79,8 @@ from hyperhive.protocol import (
     VacuumReply,
     Wake,
 )
-from hyperhive.registry import AgentRecord, AgentState
 from hyperhive.server import Connection, SocketKind
 from hyperhive.store import DatabaseFailed
-
-if TYPE_CHECKING:
-    from hyperhive.supervisor import Hive
 
 
 def _name(raw: str, *, allow_manager: bool = True) -> str:
@@ -98,8 +91,12 @@ def _name(raw: str, *, allow_manager: bool = True) -> str:
 
 
 class Api:
-    def __init__(self, hive: Hive) -> None:
+    def __init__(
+        self, hive: Hive, *, dashboard_url: Callable[[], str | None] = lambda: None
+    ) -> None:
         self.hive = hive
+        #: The dashboard's login URL for ``status``, kept by whoever serves the dashboard.
+        self.dashboard_url = dashboard_url
 
     async def dispatch(self, conn: Connection, request: Request) -> Reply:
         try:
@@ -221,7 +218,7 @@ class Api:
                 await hive.lifecycle(request.CMD, name)
                 return Empty()
             case ListContainers():
-                return AgentsReply(agents=await self.agent_infos())
+                return AgentsReply(agents=await hive.agent_infos())
             case GetLogs(agent=agent, lines=lines):
                 return await hive.logs(_name(agent), lines)
         raise RequestRefused(f"{request.CMD!r} is not served on this socket")
@@ -244,12 +241,12 @@ class Api:
                     open_questions=len(await hive.questions.list()),
                     operator_unread=unread.get(OPERATOR, 0),
                     parked_receivers=hive.broker.parked(),
-                    dashboard_url=hive.dashboard_login_url(),
+                    dashboard_url=self.dashboard_url(),
                     problems=hive.problems_now(),
-                    credentials_warning=self.credentials_warning(),
+                    credentials_warning=hive.credentials_warning(),
                 )
             case List():
-                return AgentsReply(agents=await self.agent_infos())
+                return AgentsReply(agents=await hive.agent_infos())
             case Tombstones():
                 return TombstonesReply(tombstones=await hive.tombstones())
             case Pending():
@@ -267,7 +264,7 @@ class Api:
                 return ApprovalReply(approval=await hive.request_spawn(name, description, OPERATOR))
             case Spawn(name=name, backend=backend):
                 record = await hive.spawn(name, backend=backend)
-                return AgentReply(agent=await self._agent_info(record))
+                return AgentReply(agent=await hive.agent_info(record))
             case Start(name=name) | Kill(name=name) | Restart(name=name) | Rebuild(name=name):
                 await hive.lifecycle(request.CMD, _name(name))
                 return Empty()
@@ -299,52 +296,3 @@ class Api:
             case Vacuum():
                 return VacuumReply(deleted=await hive.broker.vacuum(hive.config.retention_seconds))
         raise RequestRefused(f"{request.CMD!r} is not served on the host socket")
-
-    async def agent_infos(self) -> list[AgentInfo]:
-        unread = await self.hive.broker.unread_by_recipient()
-        return [
-            await self._agent_info(r, unread.get(r.name, 0))
-            for r in self.hive.registry.all()
-            if r.state != AgentState.DESTROYED
-        ]
-
-    async def _agent_info(self, record: AgentRecord, unread: int | None = None) -> AgentInfo:
-        if unread is None:
-            unread = await self.hive.broker.unread(record.name)
-        return AgentInfo(
-            name=record.name,
-            role=record.role,
-            state=record.state.value,
-            backend=record.backend,
-            created_at=record.created_at,
-            parent=record.parent,
-            model=self.hive.registry.model(record.name),
-            status_text=record.status_text,
-            unread=unread,
-            harness_connected=self.hive.registry.harnesses[record.name] > 0,
-            transient=record.transient,
-            transient_since=record.transient_since,
-            pid=record.pid,
-            warning="; ".join(
-                w for w in (self._agent_credentials_warning(record), record.warning) if w
-            )
-            or None,
-            ui_url=self.hive.registry.ui_url(record.name),
-        )
-
-    def _agent_credentials_warning(self, record: AgentRecord) -> str | None:
-        if record.backend == "external" or record.state == AgentState.DESTROYED:
-            return None  # an external agent's credentials are not ours to see
-        login = self.hive.config.paths.credentials_file(record.name)
-        return credentials_warning(os.environ, login.is_file())
-
-    def credentials_warning(self) -> str | None:
-        """Which agents have no API key in the daemon's environment and no claude login."""
-        missing = [r.name for r in self.hive.registry.all() if self._agent_credentials_warning(r)]
-        if not missing:
-            return None
-        return f"{', '.join(missing)}: {credentials_warning({}, False)}"
-
-
-def tombstone(name: str, size: int, modified: float) -> Tombstone:
-    return Tombstone(name=name, size_bytes=size, modified_at=modified or time.time())

@@ -331,10 +331,19 @@ class Broker:
         self.sent_total = 0
         self._parked: Counter[str] = Counter()
         self._parked_changed = trio.Event()
+        self._stopping = False
 
     def parked(self, recipient: str | None = None) -> int:
         """How many receivers are parked right now (for one recipient, or in all)."""
         return self._parked[recipient] if recipient else self._parked.total()
+
+    def stop_waiting(self) -> None:
+        """The daemon is stopping: every parked receiver looks once more and returns what it
+        finds (usually nothing), and no receiver parks from now on."""
+        self._stopping = True
+        for waiter in self._waiters.values():
+            waiter.set()
+        self._waiters.clear()
 
     async def wait_parked(self, recipient: str, count: int = 1, *, at_most: bool = False) -> None:
         """Return once at least (or, ``at_most``, at most) ``count`` receivers are parked."""
@@ -426,7 +435,7 @@ class Broker:
                         acked=ack,
                     )
                 return messages
-            if trio.current_time() >= deadline:
+            if trio.current_time() >= deadline or self._stopping:
                 return []
             self._park(recipient, +1)
             try:

@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
@@ -24,7 +24,6 @@ from hyperhive.names import MANAGER, parse_agent_name
 
 if TYPE_CHECKING:
     from hyperhive.clocks import WallClock
-    from hyperhive.containers import Backend
 
 PROTOCOL_VERSION: Final = 1
 #: Longest request or response line, newline excluded.
@@ -295,4 +294,6 @@ class Config:
     wall_clock: WallClock = attrs.field(default=time.time, eq=False)
     #: The backends that start payloads, by name; None: the real ``process`` and ``nspawn``.
     #: Tests only (no CLI option): e.g. ``{"process": FakeBackend()}``.
-    container_backends: Mapping[str, Backend] | None = attrs.field(default=None, eq=False)
+    #: (Values are :class:`hyperhive.containers.Backend`; typed loosely here, since config sits
+    #: below the containers layer.)
+    container_backends: Mapping[str, Any] | None = attrs.field(default=None, eq=False)

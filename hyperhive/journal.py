@@ -5,7 +5,7 @@ An operator decision with effects outside ``broker.sqlite`` (approving a spawn o
 the same transaction that claims the decision, carries its effects out idempotently, and
 deletes the row in the same transaction that records the outcome. A row that is still
 there when the daemon starts belongs to a decision the previous daemon did not finish;
-:meth:`hyperhive.supervisor.Hive.finish_interrupted` finishes (or fails) each one before
+:meth:`hyperhive.hive.Hive.finish_interrupted` finishes (or fails) each one before
 the operator's socket listens.
 
 :func:`crash_point` is a test hook: with ``HYPERHIVE_TEST_CRASH_AT=<point>`` in the

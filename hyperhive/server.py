@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import math
 import os
 import socket as stdlib_socket
 from collections import deque
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
@@ -162,6 +164,52 @@ class SocketBudget:
         return {"connections": self.connections, "buffered_bytes": self.buffered}
 
 
+class Drain:
+    """A graceful stop of the sockets that share it (hypercorn's graceful shutdown, for ours).
+
+    :meth:`begin` closes their listeners (the socket files go) and the connections waiting
+    for their next request; a connection busy with a request finishes it, sends the reply,
+    and is closed then. :meth:`wait_closed` returns once no connection is left; bounding
+    that wait (the grace period) is the caller's.
+    """
+
+    def __init__(self) -> None:
+        self.stopping = trio.Event()
+        self.connections = 0
+        self._closed = trio.Event()
+        self._idle: set[trio.CancelScope] = set()
+
+    def begin(self) -> None:
+        self.stopping.set()
+        for scope in self._idle:
+            scope.cancel()
+
+    async def wait_closed(self) -> None:
+        while self.connections:
+            await self._closed.wait()
+
+    def _enter(self) -> None:
+        self.connections += 1
+        self._closed = trio.Event()
+
+    def _leave(self) -> None:
+        self.connections -= 1
+        if not self.connections:
+            self._closed.set()
+
+    @contextlib.contextmanager
+    def _waiting(self) -> Iterator[trio.CancelScope]:
+        """Around a wait for the next request: cancelled by :meth:`begin`."""
+        with trio.CancelScope() as scope:
+            if self.stopping.is_set():
+                scope.cancel()
+            self._idle.add(scope)
+            try:
+                yield scope
+            finally:
+                self._idle.discard(scope)
+
+
 class _Cut(Exception):
     """The connection broke a bound: the message goes to the client, then it is closed."""
 
@@ -252,8 +300,10 @@ async def handle_connection(
     endpoint: Endpoint,
     *,
     budget: SocketBudget | None = None,
+    drain: Drain | None = None,
 ) -> None:
-    """Serve one connection until the client closes it or breaks a bound.
+    """Serve one connection until the client closes it or breaks a bound (or ``drain``
+    stops it between requests).
 
     Nothing but cancellation escapes: an unexpected exception is logged with its traceback,
     answered ``internal error`` and ends this connection only.
@@ -263,7 +313,7 @@ async def handle_connection(
     conn = Connection(principal, _peer_pid(stream))
     reader = _Reader(stream, principal, budget)
     try:
-        await _serve(conn, reader, endpoint, stream)
+        await _serve(conn, reader, endpoint, stream, drain or Drain())
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     except _Cut as cut:
@@ -293,12 +343,18 @@ async def _say_last(stream: trio.SocketStream, reason: str) -> None:
 
 
 async def _serve(
-    conn: Connection, reader: _Reader, endpoint: Endpoint, stream: trio.SocketStream
+    conn: Connection,
+    reader: _Reader,
+    endpoint: Endpoint,
+    stream: trio.SocketStream,
+    drain: Drain,
 ) -> None:
     while True:
         line = reader.next_frame()
         if line is None:
-            if not await reader.fill():
+            with drain._waiting() as waiting:
+                more = await reader.fill()
+            if waiting.cancelled_caught or not more:
                 return
             continue
         request: Request | None = None
@@ -415,15 +471,20 @@ async def serve_unix_socket(
     group: int | None = None,
     dir_mode: int | None = None,
     limits: SocketLimits | None = None,
+    drain: Drain | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``path`` until cancelled, then remove the socket file.
+
+    Once ``drain`` begins, the socket stops listening (its file goes) and each connection
+    ends after the request in hand; it then waits to be cancelled.
 
     ``mode``/``group`` apply to the socket file, ``dir_mode`` (when given) to its directory.
     ``limits`` (default: :meth:`SocketLimits.for_kind`) cap its connections and buffered bytes;
     a connection past the cap gets one error line and is closed.
     """
     budget = SocketBudget(limits or SocketLimits.for_kind(principal.kind))
+    stop = drain or Drain()
     sock = _socket_for(path)
     try:
         if dir_mode is not None:
@@ -445,16 +506,29 @@ async def serve_unix_socket(
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
                 return
+            stop._enter()
             try:
-                await handle_connection(stream, principal, endpoint, budget=budget)
+                await handle_connection(stream, principal, endpoint, budget=budget, drain=stop)
             except Exception:  # handle_connection lets nothing out; this is the last guard
                 log.exception("internal error on a %s socket connection", principal.kind)
             finally:
                 budget.leave()
+                stop._leave()
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, handler, [listener])
-            task_status.started()
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as accepting:
+                await accepting.start(
+                    functools.partial(
+                        trio.serve_listeners, handler, [listener], handler_nursery=connections
+                    )
+                )
+                task_status.started()
+                await stop.stopping.wait()
+                accepting.cancel_scope.cancel()
+            sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        await trio.sleep_forever()
     finally:
         sock.close()
         with contextlib.suppress(OSError):

@@ -1,20 +1,37 @@
-"""``hyperhive run``: the one nursery tree of the daemon.
+"""``hyperhive run``: the one nursery tree of the daemon (drawn as in docs/architecture.md).
 
-    main()                              signals, sd_notify, readiness line
-    └── run()                           lock on state + run dir, broker.sqlite
-        ├── Database.serve              the one writer of broker.sqlite
-        ├── Registry.serve              the manager's and every agent's socket
-        │   └── serve_unix_socket xN    one per agent, cancelled on destroy
-        ├── QuestionBook.watchdog       expires questions at their deadline
-        ├── retention_loop              hourly: delete old acked messages
-        ├── SpaceMonitor.run            free space in the state dir
-        └── serve_unix_socket           host.sock (operator authority)
+    hyperhive run
+    └── supervisor.main                      SIGTERM/SIGINT, sd_notify READY/WATCHDOG/STOPPING
+        ├── open_daemon                      flock on <state>/ and <run>/hyperhive.lock
+        │   └── open_database
+        │       ├── Database.serve           the one writer of broker.sqlite (group commit)
+        │       └── nursery                  (* = a failure domain, see below)
+        │           ├── Registry.serve       loads `agents`, makes sure `manager` exists
+        │           │   └── serve_unix_socket * xN
+        │           │                        <run>/manager/mcp.sock, <run>/agents/<name>/mcp.sock:
+        │           │                        one per live agent, each in its own cancel scope
+        │           ├── Containers.serve
+        │           │   └── AgentRunner.run * xN
+        │           │                        one per live agent of the process or nspawn backend:
+        │           │                        re-adopts or starts its payload, waits on its pidfd,
+        │           │                        carries out lifecycle commands
+        │           ├── QuestionBook.watchdog *
+        │           │                        sleeps until the earliest deadline
+        │           ├── retention_loop *     hourly: acked messages > 30 days; agents' events dbs
+        │           ├── SpaceMonitor.run *   statvfs of the state dir every 30 s and on disk-full
+        │           ├── serve_dashboard *    with --dashboard-bind: hypercorn-trio; started(urls)
+        │           └── serve_unix_socket    <run>/host.sock (operator)
+        └── _watchdog_pings                  start_soon, only when WATCHDOG_USEC is set; pings
+                                             after a database round trip
 
-Each child reports readiness through ``nursery.start``; :func:`run` is ready when every
+:func:`open_daemon` builds the :class:`~hyperhive.hive.Hive`, then the
+:class:`~hyperhive.api.Api` on it, then the dashboard, and keeps them in a :class:`Daemon`.
+Each child reports readiness through ``nursery.start``; the daemon is ready when every
 socket listens. Each agent's runner and socket, the watchdog, the retention loop, the
 space monitor and the dashboard are failure domains (:mod:`hyperhive.supervision`): a bug
 in one is shown and restarted with backoff. A failure of the database itself ends the
-tree (and the daemon) rather than leaving it half alive.
+tree (and the daemon) rather than leaving it half alive. A signal drains the sockets
+(:meth:`Daemon.drain`, bounded by ``SHUTDOWN_GRACE_SECONDS``) before it cancels the tree.
 """
 
 from __future__ import annotations
@@ -22,13 +39,10 @@ from __future__ import annotations
 import fcntl
 import functools
 import grp
-import json
 import logging
 import os
 import signal
-import sqlite3
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -36,168 +50,53 @@ from typing import IO
 
 import trio
 
-from hyperhive import contract
-from hyperhive.agent_config import (
-    AgentConfig,
-    InvalidAgentConfig,
-    parse_agent_config,
-    seed_agent_toml,
-)
-from hyperhive.agent_setup import (
-    load_applied_config,
-    migrate_proposed_repos,
-    prepare_agent_repos,
-    proposed_repo,
-)
-from hyperhive.api import Api, tombstone
-from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref, sql_fail_pending
-from hyperhive.broker import Broker, SentMessage
-from hyperhive.config import BACKENDS, MAX_LOG_LINES, Config, min_free_bytes
-from hyperhive.config_repo import (
-    approve_proposal,
-    fetch_proposal,
-    mark_denied,
-    mark_deployed,
-    mark_failed,
-    read_proposed_config,
-    recorded_outcome,
-)
-from hyperhive.containers import (
-    AgentSpec,
-    Backend,
-    Containers,
-    NspawnBackend,
-    ProcessBackend,
-    default_harness_command,
-)
+from hyperhive.agent_config import InvalidAgentConfig, seed_agent_toml
+from hyperhive.agent_setup import migrate_proposed_repos, prepare_agent_repos
+from hyperhive.api import Api
+from hyperhive.config import SHUTDOWN_GRACE_SECONDS, Config, min_free_bytes
 from hyperhive.errors import AlreadyRunning, DiskFull, RequestRefused
-from hyperhive.events import EventHub
-from hyperhive.journal import OperationKind, crash_point, sql_begin, sql_end, sql_unfinished
-from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
-from hyperhive.protocol import ApprovalInfo, LogsReply, RecentMessage, Tombstone
-from hyperhive.questions import QuestionBook
-from hyperhive.registry import AgentRecord, AgentState, Registry
-from hyperhive.retention import sweep_events_db
+from hyperhive.hive import Hive, resolve_backend
+from hyperhive.names import MANAGER, OPERATOR
 from hyperhive.sdnotify import Notifier
-from hyperhive.server import Principal, SocketKind, SocketLimits, serve_unix_socket
-from hyperhive.space import SpaceMonitor
+from hyperhive.server import Drain, Principal, SocketKind, SocketLimits, serve_unix_socket
 from hyperhive.startup import check_state, make_dir
-from hyperhive.store import BROKER_MIGRATIONS, Database, is_disk_full, open_database
-from hyperhive.supervision import Problems, agent_reporter, supervise
-from hyperhive.web import Dashboard, serve_dashboard
+from hyperhive.store import BROKER_MIGRATIONS, Database, open_database
+from hyperhive.supervision import agent_reporter, supervise
+from hyperhive.web import Auth, load_or_create_token, serve_dashboard
 
 log = logging.getLogger("hyperhive")
 
 
-class Hive:
-    """Everything one daemon holds, wired together; the API calls into it."""
+class Daemon:
+    """What the supervisor builds and keeps: the :class:`Hive`, its :class:`Api`, and the
+    dashboard's login (its :class:`Auth` and the URLs it listens on, once it does)."""
 
     def __init__(self, config: Config, db: Database) -> None:
-        self.config = config
-        self.db = db
-        self.started_at = time.time()
-        self.events = EventHub()
-        #: What is wrong with the daemon's own parts (not with one agent), for ``status``.
-        self.problems = Problems(self.events)
-        self.space = SpaceMonitor(config.paths.state_dir, config.min_free, self.events)
-        db.on_disk_full = self.space.poke
-        self.api = Api(self)
-        self.backend = resolve_backend(config.backend)
-        self.seed_toml = seed_agent_toml(
-            model=config.agent_model,
-            cpu_quota=config.agent_cpu_quota,
-            memory_max=config.agent_memory_max,
-        )
-        self.registry = Registry(
-            db,
-            config.paths,
-            self.events,
-            backend=self.backend,
-            serve_socket=self._serve_agent_socket,
-        )
-        self.broker = Broker(
-            db,
-            self.events,
-            directory=self.registry.directory,
-            allowed_recipients=self.registry.allowed_recipients,
-        )
-        self.questions = QuestionBook(
-            db, self.broker, self.events, known_agents=self.registry.known, clock=config.wall_clock
-        )
-        self.approvals = ApprovalQueue(
-            db,
-            self.broker,
-            self.events,
-            executors={
-                ApprovalKind.SPAWN: self._approved_spawn,
-                ApprovalKind.APPLY_COMMIT: self._approved_apply_commit,
-            },
-            on_deny={ApprovalKind.APPLY_COMMIT: self._denied_apply_commit},
-            prechecks={ApprovalKind.SPAWN: self._check_spawn},
-        )
-        self._deploy_locks: dict[str, trio.Lock] = {}
-        self.dashboard: Dashboard | None = None
+        self.hive = Hive(config, db, serve_agent_socket=self._serve_agent_socket)
+        self.api = Api(self.hive, dashboard_url=self.dashboard_login_url)
+        #: Set by :func:`open_daemon` when the dashboard is on.
+        self.auth: Auth | None = None
         self.dashboard_urls: list[str] = []
-        backends = config.container_backends
-        self.containers = Containers(
-            dict(backends) if backends is not None else real_backends(),
-            paths=config.paths,
-            registry=self.registry,
-            broker=self.broker,
-            events=self.events,
-            spec_for=self._spec_for,
-            report_for=lambda name: agent_reporter(self.registry, self.broker, name),
-            stop_on_exit=config.stop_agents_on_exit,
-            clock=config.wall_clock,
-        )
+        #: Shared by host.sock and every agent's socket: :meth:`drain` stops them together.
+        self.sockets = Drain()
+
+    async def drain(self, grace: float) -> None:
+        """The graceful part of a stop: no socket listens any more, parked long-polls return,
+        and requests in hand get up to ``grace`` seconds to finish and send their replies;
+        whatever is still running then is cancelled with the tree."""
+        self.sockets.begin()
+        self.hive.broker.stop_waiting()
+        with trio.move_on_after(grace):
+            await self.sockets.wait_closed()
 
     def dashboard_login_url(self) -> str | None:
         """The URL that logs a browser in (the first bind that is not a unix socket)."""
-        if self.dashboard is None:
+        if self.auth is None:
             return None
         urls = [u for u in self.dashboard_urls if u.startswith("http")]
         if not urls:
             return None
-        return f"{urls[0]}/login?token={self.dashboard.auth.token}"
-
-    def refuse_if_disk_full(self, exc: OSError) -> None:
-        """A file write that failed for lack of space is a refusal (``disk full: …``)."""
-        if is_disk_full(exc):
-            self.space.poke()
-            what = exc.filename or f"a file in {self.config.paths.state_dir}"
-            raise DiskFull(f"disk full: {what} could not be written") from None
-
-    def problems_now(self) -> list[str]:
-        """Everything wrong with the daemon itself: failed parts, low space, a full disk."""
-        problems = self.problems.list()
-        low = self.space.problem()
-        if low is not None:
-            problems.append(low)
-        if self.db.full:
-            problems.append(
-                f"disk full: writes to {self.config.paths.broker_db} are refused until "
-                "space is freed; reads go on working"
-            )
-        return problems
-
-    async def _spec_for(self, name: str) -> AgentSpec:
-        """What the agent's container runs, from the applied config (refused when invalid)."""
-        record = self.registry.get(name)
-        paths = self.config.paths
-        settings = await load_applied_config(self.config.paths.applied_dir(name))
-        return AgentSpec(
-            name=name,
-            role=record.role,
-            socket_dir=paths.socket_dir(name),
-            state_dir=paths.agent_state_dir(name),
-            claude_dir=paths.claude_dir(name),
-            log_file=self.config.paths.container_log(name),
-            command=self.config.harness_command or default_harness_command(),
-            env={**settings.env, **extra_mcp_env(settings)},
-            cpu_quota=settings.cpu_quota,
-            memory_max=settings.memory_max,
-            agents_dir=self.config.paths.proposed_root if name == MANAGER else None,
-        )
+        return f"{urls[0]}/login?token={self.auth.token}"
 
     async def _serve_agent_socket(
         self, path: Path, principal: Principal, *, task_status: trio.TaskStatus[None]
@@ -212,272 +111,14 @@ class Hive:
                 self.api,
                 mode=0o600,
                 dir_mode=0o700,
+                drain=self.sockets,
                 limits=SocketLimits.for_kind(
-                    principal.kind, line_deadline=self.config.line_deadline_seconds
+                    principal.kind, line_deadline=self.hive.config.line_deadline_seconds
                 ),
             ),
-            report=agent_reporter(self.registry, self.broker, principal.name),
+            report=agent_reporter(self.hive.registry, self.hive.broker, principal.name),
             task_status=task_status,
         )
-
-    # ------------------------------------------------------------ operations
-
-    def _new_agent_name(self, name: str) -> str:
-        try:
-            name = parse_agent_name(name)
-        except InvalidAgentName as exc:
-            raise RequestRefused(str(exc)) from None
-        if name in self.registry.live():
-            raise RequestRefused(f"an agent named {name!r} already exists")
-        return name
-
-    async def request_spawn(
-        self, name: str, description: str | None, requested_by: str
-    ) -> ApprovalInfo:
-        name = self._new_agent_name(name)
-        if name in self.registry.known():
-            raise RequestRefused(f"{name!r} is a tombstone with kept state: revive it instead")
-        return await self.approvals.request(
-            name, ApprovalKind.SPAWN, requested_by=requested_by, description=description
-        )
-
-    async def revive(self, name: str) -> ApprovalInfo:
-        record = self.registry.get(name)
-        if record.state != AgentState.DESTROYED:
-            raise RequestRefused(f"{name} is not destroyed; nothing to revive")
-        return await self.approvals.request(
-            name, ApprovalKind.SPAWN, requested_by=OPERATOR, description="revive kept state"
-        )
-
-    async def request_apply_commit(
-        self, agent: str, commit_ref: str, description: str | None
-    ) -> ApprovalInfo:
-        record = self.registry.get(agent)
-        if record.state == AgentState.DESTROYED:
-            raise RequestRefused(f"{agent} is destroyed")
-        info = await self.approvals.request(
-            agent,
-            ApprovalKind.APPLY_COMMIT,
-            requested_by=MANAGER,
-            commit_ref=check_commit_ref(commit_ref),
-            description=description,
-        )
-        if info.fetched_sha is not None:
-            return info  # the same request again: already fetched and tagged
-        # Fetch into the applied repo and tag proposal/<id>: from here on the proposal is
-        # immutable, whatever the manager does to its proposed repo.
-        try:
-            sha = await fetch_proposal(
-                await proposed_repo(self.config.paths, agent),
-                self.config.paths.applied_dir(agent),
-                info.commit_ref or commit_ref,
-                info.id,
-            )
-        except RequestRefused as exc:
-            await self.approvals.fail(info.id, str(exc))
-            raise
-        return await self.approvals.set_fetched_sha(info.id, sha)
-
-    def _deploy_lock(self, agent: str) -> trio.Lock:
-        return self._deploy_locks.setdefault(agent, trio.Lock())
-
-    async def _approved_apply_commit(self, approval: ApprovalInfo) -> None:
-        """Fast-forward applied main to the proposal, rebuild; tag deployed or failed."""
-        agent, applied = approval.agent, self.config.paths.applied_dir(approval.agent)
-        async with self._deploy_lock(agent):
-            previous: str | None = None
-            # Carried out again after a crash: an outcome already tagged is the outcome.
-            outcome = await recorded_outcome(applied, approval.id)
-            if outcome is not None:
-                await self.registry.reload_config(agent)
-                if outcome[0] == "failed":
-                    raise RequestRefused(outcome[1])
-                return
-            try:
-                previous = await approve_proposal(applied, approval.id)
-                crash_point("apply-commit-approved")
-                # Validate before touching the agent: a bad config leaves it running as it is.
-                config = parse_agent_config(await read_proposed_config(applied, approval.id))
-                await self._deploy(agent, config)
-                crash_point("apply-commit-rebuilt")
-                await mark_deployed(applied, approval.id)
-            except (RequestRefused, OSError) as exc:
-                await mark_failed(applied, approval.id, previous, str(exc))
-                await self.registry.reload_config(agent)
-                raise RequestRefused(str(exc)) from None
-
-    async def _deploy(self, agent: str, config: AgentConfig) -> None:
-        await self.registry.set_model(agent, config.model)
-        await self.registry.reload_config(agent)
-        record = self.registry.get(agent)
-        if record.backend != "external" and record.state != AgentState.DESTROYED:
-            await self.containers.request(agent, "rebuild")
-
-    async def _denied_apply_commit(self, approval: ApprovalInfo) -> None:
-        await mark_denied(self.config.paths.applied_dir(approval.agent), approval.id, approval.note)
-
-    def _check_spawn(self, approval: ApprovalInfo) -> None:
-        if approval.agent in self.registry.live():
-            raise RequestRefused(f"an agent named {approval.agent!r} already exists")
-
-    async def _approved_spawn(self, approval: ApprovalInfo) -> None:
-        # Idempotent: after a crash it finishes whatever part of the spawn happened.
-        await self._create(approval.agent)
-
-    async def spawn(self, name: str, *, backend: str | None = None) -> AgentRecord:
-        """Operator's direct spawn: no approval; idempotent for an existing agent."""
-        try:
-            name = parse_agent_name(name)
-        except InvalidAgentName as exc:
-            raise RequestRefused(str(exc)) from None
-        if backend is not None:
-            backend = resolve_backend(backend)
-        return await self._create(name, backend=backend)
-
-    async def _create(
-        self, name: str, *, role: str = "agent", backend: str | None = None
-    ) -> AgentRecord:
-        """Register (or revive) an agent and hand it to its supervisor, which starts it.
-
-        Idempotent, and ordered so that a registered agent always has its directories and
-        repos: they are made (or found) first, then the registry row is written.
-        """
-        before = self.registry.get(name).state if name in self.registry.known() else None
-        first_start = "revived" if before == AgentState.DESTROYED else None
-        if before is None:
-            first_start = "spawned"
-        await self.registry.make_dirs(name)
-        await prepare_agent_repos(self.config.paths, name, self.seed_toml)
-        crash_point("spawn-prepared")
-        record = await self.registry.register(name, role=role, backend=backend)
-        crash_point("spawn-registered")
-        await self.registry.reload_config(name)
-        if not self.config.paths.model_file(name).exists():
-            config = await load_applied_config(self.config.paths.applied_dir(name))
-            await self.registry.set_model(name, config.model)
-        if record.backend != "external":
-            await self.containers.ensure(name, first_start=first_start)
-        return self.registry.get(name)
-
-    async def lifecycle(self, verb: str, name: str) -> None:
-        record = self.registry.get(name)
-        if record.state == AgentState.DESTROYED:
-            raise RequestRefused(f"{name} is destroyed; revive it first")
-        if record.backend == "external":
-            raise RequestRefused(
-                f"cannot {verb} {name}: the external backend starts nothing; "
-                f"run its harness by hand against {self.config.paths.agent_socket(name)}"
-            )
-        await self.containers.request(name, "rebuild" if verb == "update" else verb)
-
-    async def destroy(self, name: str, *, purge: bool) -> None:
-        record = self.registry.get(name)
-        if name == MANAGER:
-            raise RequestRefused("the manager cannot be destroyed or purged")
-        if purge:
-            # Purge wipes state for good; it only takes a tombstone, never a live agent.
-            await self.registry.purge(name)
-            return
-        if record.state == AgentState.DESTROYED:
-            raise RequestRefused(f"{name} is already destroyed")
-        now = time.time()
-        operation = await self.db.transaction(
-            lambda conn: sql_begin(conn, OperationKind.DESTROY, name, now)
-        )
-        crash_point("destroy-claimed")
-        try:
-            await self._finish_destroy(name, operation.id)
-        except (RequestRefused, OSError):
-            # Nothing was recorded (the container could not be destroyed): it stays live.
-            await self.db.transaction(functools.partial(sql_end, operation_id=operation.id))
-            raise
-
-    async def _finish_destroy(self, name: str, operation_id: int) -> None:
-        """Stop the container, then in one transaction: the row DESTROYED, the agent's
-        pending approvals failed, the journal entry ended. Idempotent."""
-        record = self.registry.get(name)
-        if record.state != AgentState.DESTROYED and record.backend != "external":
-            await self.containers.request(name, "destroy")
-            crash_point("destroy-stopped")
-            record = self.registry.get(name)
-        now = time.time()
-
-        def tx(conn: sqlite3.Connection) -> list[tuple[ApprovalInfo, list[SentMessage]]]:
-            sql_end(conn, operation_id)
-            return sql_fail_pending(conn, name, "agent destroyed", now)
-
-        if record.state != AgentState.DESTROYED:
-            _, failed = await self.registry.destroy(name, also=tx)
-        else:
-            failed = await self.db.transaction(tx)
-        self.approvals.resolved(failed or [])
-
-    async def finish_interrupted(self) -> None:
-        """Finish every decision the previous daemon left half done (see hyperhive.journal).
-
-        Runs at start-up, before the operator's socket listens.
-        """
-        for operation in await self.db.transaction(sql_unfinished):
-            log.warning(
-                "finishing %s of %s interrupted by the last shutdown",
-                operation.kind,
-                operation.agent,
-            )
-            if operation.kind == OperationKind.APPROVE:
-                assert operation.approval_id is not None
-                await self.approvals.resume(operation.approval_id)
-            elif operation.kind == OperationKind.PURGE:
-                await self.registry.finish_purge(operation.agent, operation.id)
-            elif operation.agent in self.registry.known():
-                try:
-                    await self._finish_destroy(operation.agent, operation.id)
-                except (RequestRefused, OSError) as exc:
-                    log.error("destroying %s failed again: %s", operation.agent, exc)
-                    await self.db.transaction(functools.partial(sql_end, operation_id=operation.id))
-            else:
-                await self.db.transaction(functools.partial(sql_end, operation_id=operation.id))
-
-    async def tombstones(self) -> list[Tombstone]:
-        dead = [r.name for r in self.registry.all() if r.state == AgentState.DESTROYED]
-        result = []
-        for name in dead:
-            size, modified = await trio.to_thread.run_sync(self.registry.tombstone_size, name)
-            result.append(tombstone(name, size, modified))
-        return result
-
-    async def sweep_events(self) -> int:
-        """Events retention for every agent's events db; rows deleted in all."""
-        total = 0
-        for record in self.registry.all():
-            path = self.config.paths.events_db(record.name)
-            try:
-                total += await trio.to_thread.run_sync(sweep_events_db, path, time.time())
-            except sqlite3.Error as exc:
-                log.warning("events retention for %s failed: %s", record.name, exc)
-        return total
-
-    async def operator_inbox(self, limit: int) -> list[RecentMessage]:
-        return await self.broker.read_view(OPERATOR, limit)
-
-    async def logs(self, name: str, lines: int) -> LogsReply:
-        record = self.registry.get(name)
-        if not 1 <= lines <= MAX_LOG_LINES:
-            raise RequestRefused(f"lines must be between 1 and {MAX_LOG_LINES}")
-        if record.backend == "external":
-            raise RequestRefused(
-                f"no logs for {name}: the external backend does not run it, so its output "
-                "is wherever its harness was started by hand"
-            )
-        return LogsReply(lines=await trio.to_thread.run_sync(self.containers.logs, name, lines))
-
-
-def extra_mcp_env(settings: AgentConfig) -> dict[str, str]:
-    """The agent's extra MCP servers for its harness. Passed in the container's environment,
-    which the agent cannot change, not in its writable state dir."""
-    if not settings.extra_mcp_servers:
-        return {}
-    document = {**settings.mcp_config(), "allowedTools": settings.mcp_allowed_tools()}
-    return {contract.EXTRA_MCP_ENV: json.dumps(document, separators=(",", ":"))}
 
 
 def admin_gid(group: str | None) -> int | None:
@@ -488,19 +129,6 @@ def admin_gid(group: str | None) -> int | None:
         return grp.getgrnam(group).gr_gid
     except KeyError:
         raise RequestRefused(f"admin group {group!r} does not exist") from None
-
-
-def real_backends() -> dict[str, Backend]:
-    return {"process": ProcessBackend(), "nspawn": NspawnBackend()}
-
-
-def resolve_backend(name: str) -> str:
-    """``auto`` is nspawn when it can run (binary present, root), else the process backend."""
-    if name not in BACKENDS:
-        raise RequestRefused(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
-    if name == "auto":
-        return "nspawn" if NspawnBackend.available() else "process"
-    return name
 
 
 # ---------------------------------------------------------------- single instance
@@ -551,7 +179,7 @@ async def retention_loop(
 
 
 @asynccontextmanager
-async def open_hive(config: Config) -> AsyncIterator[Hive]:
+async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
     """Run the daemon's tree for the duration of the ``async with``; yields once ready."""
     paths = config.paths
     # Settings errors surface here, plainly, before anything is started.
@@ -584,7 +212,8 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
             migrations=BROKER_MIGRATIONS,
             reserve_bytes=config.db_reserve_bytes,
         ) as db:
-            hive = Hive(config, db)
+            daemon = Daemon(config, db)
+            hive = daemon.hive
             async with trio.open_nursery() as nursery:
                 await nursery.start(hive.registry.serve)
                 if hive.registry.get(MANAGER).backend != hive.backend:
@@ -608,24 +237,39 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
                         )
                     )
                 if config.dashboard_bind:
-                    await nursery.start(serve_dashboard, hive, list(config.dashboard_bind))
+                    token = await trio.to_thread.run_sync(
+                        load_or_create_token, paths.state_dir / "dashboard-token"
+                    )
+                    auth = Auth(token)
+                    daemon.dashboard_urls = await nursery.start(
+                        serve_dashboard, hive, daemon.api, auth, list(config.dashboard_bind)
+                    )
+                    daemon.auth = auth
                 await nursery.start(
                     functools.partial(
                         serve_unix_socket,
                         paths.host_socket,
                         Principal(SocketKind.HOST, OPERATOR),
-                        hive.api,
+                        daemon.api,
                         mode=0o660,
                         group=gid,
+                        drain=daemon.sockets,
                         limits=SocketLimits.for_kind(
                             SocketKind.HOST, line_deadline=config.line_deadline_seconds
                         ),
                     )
                 )
                 try:
-                    yield hive
+                    yield daemon
                 finally:
                     nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_hive(config: Config) -> AsyncIterator[Hive]:
+    """:func:`open_daemon`, for callers that only drive the hive's operations."""
+    async with open_daemon(config) as daemon:
+        yield daemon.hive
 
 
 async def _watchdog_pings(hive: Hive, notifier: Notifier, interval: float) -> None:
@@ -640,10 +284,11 @@ async def main(config: Config, *, out: IO[str] = sys.stdout) -> None:
     """Run until SIGTERM or SIGINT, then shut down within the grace period."""
     notifier = Notifier.from_env()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with open_hive(config) as hive, trio.open_nursery() as nursery:
+        async with open_daemon(config) as daemon, trio.open_nursery() as nursery:
+            hive = daemon.hive
             if notifier.watchdog_interval is not None:
                 nursery.start_soon(_watchdog_pings, hive, notifier, notifier.watchdog_interval)
-            login = hive.dashboard_login_url()
+            login = daemon.dashboard_login_url()
             if login is not None:
                 if os.environ.get("INVOCATION_ID"):
                     # Under systemd stdout is the journal: keep the token out of it.
@@ -661,7 +306,8 @@ async def main(config: Config, *, out: IO[str] = sys.stdout) -> None:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
                 break
             notifier.notify("STOPPING=1")
-            # Cancellation reaches every task at once; only the database's in-flight batch
-            # is shielded, and that takes milliseconds.
+            await daemon.drain(SHUTDOWN_GRACE_SECONDS)
+            # Then cancellation reaches every task at once; only the database's in-flight
+            # batch is shielded, and that takes milliseconds.
             nursery.cancel_scope.cancel()
     print("hyperhive: stopped", file=out, flush=True)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from hyperhive.client import Client  # noqa: E402
 from hyperhive.config import Config, Paths  # noqa: E402
 from hyperhive.registry import AgentState  # noqa: E402
-from hyperhive.supervisor import Hive, open_hive  # noqa: E402
+from hyperhive.supervisor import Hive, open_daemon  # noqa: E402
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -197,10 +197,10 @@ async def run(out: Path, chromium: str) -> list[Path]:
             dashboard_bind=("127.0.0.1:0",),
             harness_command=("sh", "-c", PAYLOAD),
         )
-        async with open_hive(config) as hive:
-            alice, change_id = await populate(hive)
+        async with open_daemon(config) as daemon:
+            alice, change_id = await populate(daemon.hive)
             async with alice:
-                login = hive.dashboard_login_url()
+                login = daemon.dashboard_login_url()
                 assert login is not None
                 return await trio.to_thread.run_sync(shoot, login, out, chromium, change_id)
     finally:

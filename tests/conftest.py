@@ -26,7 +26,7 @@ import trio.testing
 
 from hyperhive.client import Client
 from hyperhive.config import Config, Paths
-from hyperhive.supervisor import Hive, open_hive
+from hyperhive.supervisor import Daemon, Hive, open_daemon
 
 #: Wall-clock limit of one trio test; a hung test fails instead of hanging the run.
 TRIO_TEST_TIMEOUT = float(os.environ.get("HYPERHIVE_TEST_TIMEOUT", "120"))
@@ -156,10 +156,16 @@ def make_paths(root: Path) -> Paths:
 
 
 @pytest.fixture
-async def hive(short_tmp: Path) -> AsyncIterator[Hive]:
+async def inproc(short_tmp: Path) -> AsyncIterator[Daemon]:
     """A daemon running inside the test's trio run, on real sockets and a real database."""
-    async with open_hive(Config(paths=make_paths(short_tmp), backend="external")) as h:
-        yield h
+    async with open_daemon(Config(paths=make_paths(short_tmp), backend="external")) as d:
+        yield d
+
+
+@pytest.fixture
+def hive(inproc: Daemon) -> Hive:
+    """The daemon's :class:`Hive`: what most tests drive."""
+    return inproc.hive
 
 
 async def connect_agent(paths: Paths, name: str, *, role: str | None = None) -> Client:

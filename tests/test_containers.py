@@ -228,7 +228,7 @@ async def test_backend_chosen_per_agent_at_spawn(short_tmp: Path) -> None:
 
 def test_extra_mcp_servers_reach_the_payload_environment() -> None:
     from hyperhive.agent_config import parse_agent_config
-    from hyperhive.supervisor import extra_mcp_env
+    from hyperhive.hive import extra_mcp_env
 
     assert extra_mcp_env(parse_agent_config("")) == {}
     config = parse_agent_config(

@@ -32,7 +32,7 @@ from hyperhive.registry import AgentState
 from hyperhive.server import SocketBudget
 from hyperhive.store import DatabaseFailed, open_database
 from hyperhive.supervision import Backoff, Problems, supervise
-from hyperhive.supervisor import Hive, open_hive
+from hyperhive.supervisor import Daemon, Hive, open_hive
 from tests.conftest import (
     DaemonProcess,
     connect_agent,
@@ -236,6 +236,7 @@ async def test_a_failing_runner_is_shown_reported_and_restarted(short_tmp: Path)
 
 async def test_a_failing_socket_server_is_restarted_and_the_others_keep_serving(
     hive: Hive,
+    inproc: Daemon,
 ) -> None:
     await hive.spawn("alice")
     await hive.spawn("bob")

@@ -27,7 +27,7 @@ async def test_model_and_ui_url_follow_the_files(hive: Hive) -> None:
     ui.unlink()
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(ui))
-        [alice] = [a for a in await hive.api.agent_infos() if a.name == "alice"]
+        [alice] = [a for a in await hive.agent_infos() if a.name == "alice"]
         assert alice.ui_url == "/agent/alice/" and alice.model == "opus"
     ui.unlink()
     assert hive.registry.ui_url("alice") is None

@@ -55,8 +55,9 @@ from hyperhive.web._auth import CSRF_HEADER, SESSION_COOKIE, Auth
 from hyperhive.web._proxy import AgentUiProxy, agent_name
 
 if TYPE_CHECKING:
+    from hyperhive.api import Api
+    from hyperhive.hive import Hive
     from hyperhive.protocol import Reply
-    from hyperhive.supervisor import Hive
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,11 @@ def _last_resort(handler: Handler) -> Handler:
 
 
 class Dashboard:
-    def __init__(self, hive: Hive, auth: Auth) -> None:
+    """The dashboard of ``hive``: it reads ``hive``; its actions go through ``dispatcher``."""
+
+    def __init__(self, hive: Hive, dispatcher: Api, auth: Auth) -> None:
         self.hive = hive
+        self.dispatcher = dispatcher
         self.auth = auth
 
     # ------------------------------------------------------------ guards
@@ -258,10 +262,8 @@ class Dashboard:
             "version": hyperhive.__version__,
             "backend": hive.backend,
             "problems": hive.problems_now(),
-            "agents": CONVERTER.unstructure(await hive.api.agent_infos()),
-            "isolated": {
-                name: backend.isolated for name, backend in hive.containers.backends.items()
-            },
+            "agents": CONVERTER.unstructure(await hive.agent_infos()),
+            "isolated": hive.isolation(),
             "tombstones": CONVERTER.unstructure(await hive.tombstones()),
             "approvals": CONVERTER.unstructure(
                 [a for a in approvals if a.status == "pending"]
@@ -302,7 +304,7 @@ class Dashboard:
     async def logs(self, request: Request) -> Response:
         lines = query_int(request, "lines", DEFAULT_LOG_LINES, 1, MAX_LOG_LINES)
         logs = Logs(name=request.path_params["name"], lines=lines)
-        return _reply(await self.hive.api.dispatch(self.operator(), logs))
+        return _reply(await self.dispatcher.dispatch(self.operator(), logs))
 
     async def diff(self, request: Request) -> Response:
         approval_id = parse_int(request.path_params["id"], "approval id", 1, MAX_ID)
@@ -396,7 +398,7 @@ class Dashboard:
         if cmd != decoded.CMD:
             raise ProtocolError(f"the body is a {decoded.CMD!r} request, posted to /api/{cmd}")
         try:
-            reply = await self.hive.api.dispatch(self.operator(), decoded)
+            reply = await self.dispatcher.dispatch(self.operator(), decoded)
         # Input the codec lets through but the database cannot store (until the codec
         # refuses it itself): still the client's input, not a bug of ours.
         except OverflowError:
@@ -425,7 +427,7 @@ class Dashboard:
         if not isinstance(fields, dict) or "to" in fields or "cmd" in fields:
             raise ProtocolError('the body is {"body": "<text>", "in_reply_to"?: <id>}')
         send = HOST_TABLE.from_object({"cmd": "send", "to": name, **fields})
-        reply = await self.hive.api.dispatch(self.operator(), send)
+        reply = await self.dispatcher.dispatch(self.operator(), send)
         assert isinstance(reply, SendReply)
         return JSONResponse({"id": reply.id})
 

@@ -16,10 +16,11 @@ from hyperhive.runtime import innermost
 from hyperhive.runtime.asgi import addresses, serve_asgi
 from hyperhive.supervision import Backoff
 from hyperhive.web._app import Dashboard
-from hyperhive.web._auth import Auth, load_or_create_token
+from hyperhive.web._auth import Auth
 
 if TYPE_CHECKING:
-    from hyperhive.supervisor import Hive
+    from hyperhive.api import Api
+    from hyperhive.hive import Hive
 
 BACKOFF: Final = Backoff(first=1.0, limit=60.0)
 
@@ -30,17 +31,13 @@ class DashboardUnavailable(HyperhiveError):
 
 async def serve_dashboard(
     hive: Hive,
+    api: Api,
+    auth: Auth,
     bind: list[str],
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    token_file = hive.config.paths.state_dir / "dashboard-token"
-    token = await trio.to_thread.run_sync(load_or_create_token, token_file)
-    dashboard = Dashboard(hive, Auth(token))
-    hive.dashboard = dashboard
-
-    def bound(urls: list[str]) -> None:
-        hive.dashboard_urls = urls
+    dashboard = Dashboard(hive, api, auth)
 
     def unavailable(exc: BaseException) -> DashboardUnavailable:
         # Cannot even bind (port taken, bad address): a configuration error.
@@ -55,6 +52,5 @@ async def serve_dashboard(
         report=hive.problems.reporter("the dashboard"),
         backoff=BACKOFF,
         start_failure=unavailable,
-        on_bound=bound,
         task_status=task_status,
     )

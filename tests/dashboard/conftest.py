@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from hyperhive.config import Config
-from hyperhive.supervisor import Hive, open_hive
+from hyperhive.supervisor import Daemon, Hive, open_daemon
 from hyperhive.web._auth import SESSION_COOKIE
 from tests.conftest import make_paths, need
 
@@ -54,19 +54,24 @@ def hive_config(short_tmp: Path) -> Config:
 
 
 @pytest.fixture
-async def hive(hive_config: Config) -> AsyncIterator[Hive]:
+async def inproc(hive_config: Config) -> AsyncIterator[Daemon]:
     """The in-process daemon of ``tests/conftest.py``, with the dashboard on a free port."""
-    async with open_hive(hive_config) as h:
-        yield h
+    async with open_daemon(hive_config) as d:
+        yield d
 
 
-def base_url(hive: Hive) -> str:
-    return hive.dashboard_urls[0]
+@pytest.fixture
+def hive(inproc: Daemon) -> Hive:
+    return inproc.hive
 
 
-def session_cookie(hive: Hive) -> str:
-    assert hive.dashboard is not None
-    return f"{SESSION_COOKIE}={hive.dashboard.auth.session}"
+def base_url(inproc: Daemon) -> str:
+    return inproc.dashboard_urls[0]
+
+
+def session_cookie(inproc: Daemon) -> str:
+    assert inproc.auth is not None
+    return f"{SESSION_COOKIE}={inproc.auth.session}"
 
 
 # ------------------------------------------------------------------ the browser
@@ -141,13 +146,13 @@ def open_dashboard(browser: Any, login_url: str, problems: list[str]) -> tuple[A
 
 
 @pytest.fixture
-async def ui(hive: Hive, chromium: BrowserThread) -> AsyncIterator[UI]:
-    login = hive.dashboard_login_url()
+async def ui(inproc: Daemon, chromium: BrowserThread) -> AsyncIterator[UI]:
+    login = inproc.dashboard_login_url()
     assert login is not None
     problems: list[str] = []
     context, page = await chromium.run(open_dashboard, chromium.browser, login, problems)
     try:
-        yield UI(chromium, page, base_url(hive), problems)
+        yield UI(chromium, page, base_url(inproc), problems)
     finally:
         with trio.CancelScope(shield=True):
             await chromium.run(context.close)
@@ -218,14 +223,14 @@ async def http(
 
 
 async def post_json(
-    hive: Hive, verb: str, payload: dict[str, Any], *, headers: dict[str, str] | None = None
+    inproc: Daemon, verb: str, payload: dict[str, Any], *, headers: dict[str, str] | None = None
 ) -> Response:
     return await http(
-        base_url(hive),
+        base_url(inproc),
         "POST",
         f"/api/{verb}",
         headers={
-            "cookie": session_cookie(hive),
+            "cookie": session_cookie(inproc),
             "content-type": "application/json",
             **(headers or {}),
         },
@@ -251,13 +256,13 @@ class EventStream:
 
     @classmethod
     async def open(
-        cls, hive: Hive, *, last_event_id: int | str | None = None, cookie: bool = True
+        cls, inproc: Daemon, *, last_event_id: int | str | None = None, cookie: bool = True
     ) -> EventStream:
-        stream, host = await _connect(base_url(hive))
+        stream, host = await _connect(base_url(inproc))
         conn = h11.Connection(h11.CLIENT)
         headers = {"host": host, "accept": "text/event-stream"}
         if cookie:
-            headers["cookie"] = session_cookie(hive)
+            headers["cookie"] = session_cookie(inproc)
         if last_event_id is not None:
             headers["last-event-id"] = str(last_event_id)
         request = h11.Request(method="GET", target="/api/stream", headers=list(headers.items()))

@@ -22,7 +22,7 @@ from starlette.requests import Request
 
 from hyperhive.config import Paths
 from hyperhive.names import InvalidAgentName
-from hyperhive.supervisor import Hive
+from hyperhive.supervisor import Daemon, Hive
 from hyperhive.web import _proxy
 from hyperhive.web._proxy import (
     MAX_REQUEST_BODY,
@@ -201,27 +201,29 @@ async def fake_ui(hive: Hive, nursery: trio.Nursery) -> AsyncIterator[FakeUi]:
     yield fake
 
 
-async def get(hive: Hive, path: str, **headers: str) -> Response:
+async def get(inproc: Daemon, path: str, **headers: str) -> Response:
     return await http(
-        base_url(hive), "GET", path, headers={"cookie": session_cookie(hive), **headers}
+        base_url(inproc), "GET", path, headers={"cookie": session_cookie(inproc), **headers}
     )
 
 
-async def post(hive: Hive, path: str, body: bytes) -> Response:
-    assert hive.dashboard is not None
+async def post(inproc: Daemon, path: str, body: bytes) -> Response:
+    assert inproc.auth is not None
     headers = {
-        "cookie": session_cookie(hive),
-        "x-csrf-token": hive.dashboard.auth.csrf,
+        "cookie": session_cookie(inproc),
+        "x-csrf-token": inproc.auth.csrf,
         "content-type": "application/json",
     }
-    return await http(base_url(hive), "POST", path, headers=headers, body=body)
+    return await http(base_url(inproc), "POST", path, headers=headers, body=body)
 
 
-async def test_the_page_is_the_daemons_own_never_the_agents(hive: Hive, fake_ui: FakeUi) -> None:
-    assert hive.dashboard is not None
-    page = await get(hive, "/agent/alice/")
+async def test_the_page_is_the_daemons_own_never_the_agents(
+    hive: Hive, inproc: Daemon, fake_ui: FakeUi
+) -> None:
+    assert inproc.auth is not None
+    page = await get(inproc, "/agent/alice/")
     assert page.status == 200
-    assert page.body == render_page(hive.dashboard.auth.csrf)[0]
+    assert page.body == render_page(inproc.auth.csrf)[0]
     assert b"steal()" not in page.body
     csp = page.header("content-security-policy") or ""
     assert "script-src 'sha256-" in csp and "unsafe-inline" not in csp.split("style-src")[0]
@@ -230,9 +232,9 @@ async def test_the_page_is_the_daemons_own_never_the_agents(hive: Hive, fake_ui:
 
 
 async def test_forwarded_requests_carry_no_credentials_and_answers_stay_inert(
-    hive: Hive, fake_ui: FakeUi
+    inproc: Daemon, fake_ui: FakeUi
 ) -> None:
-    state = await get(hive, "/agent/alice/api/state?x=1", **{"last-event-id": "3"})
+    state = await get(inproc, "/agent/alice/api/state?x=1", **{"last-event-id": "3"})
     assert state.status == 200 and state.json() == {"label": "alice"}
     assert state.header("set-cookie") is None
     assert "sandbox" in (state.header("content-security-policy") or "")
@@ -243,22 +245,22 @@ async def test_forwarded_requests_carry_no_credentials_and_answers_stay_inert(
     assert not {"cookie", "x-csrf-token", "origin", "authorization"} & set(headers)
 
     # Something a browser could run is not passed on at all.
-    evil = await get(hive, "/agent/alice/api/evil")
+    evil = await get(inproc, "/agent/alice/api/evil")
     assert evil.status == 502 and b"alert" not in evil.body
     assert "content type 'text/html'" in evil.json()["error"]
 
 
-async def test_request_bodies_are_bounded(hive: Hive, fake_ui: FakeUi) -> None:
+async def test_request_bodies_are_bounded(hive: Hive, inproc: Daemon, fake_ui: FakeUi) -> None:
     # A declared length over the bound is refused before any of the body is read.
-    assert hive.dashboard is not None
-    netloc = base_url(hive).split("//", 1)[1]
+    assert inproc.auth is not None
+    netloc = base_url(inproc).split("//", 1)[1]
     host, port = netloc.rsplit(":", 1)
     async with await trio.open_tcp_stream(host, int(port)) as stream:
         conn = h11.Connection(h11.CLIENT)
         headers = [
             ("host", netloc),
-            ("cookie", session_cookie(hive)),
-            ("x-csrf-token", hive.dashboard.auth.csrf),
+            ("cookie", session_cookie(inproc)),
+            ("x-csrf-token", inproc.auth.csrf),
             ("content-type", "application/json"),
             ("content-length", str(MAX_REQUEST_BODY + 1)),
         ]
@@ -268,7 +270,7 @@ async def test_request_bodies_are_bounded(hive: Hive, fake_ui: FakeUi) -> None:
             while (event := conn.next_event()) is h11.NEED_DATA:
                 conn.receive_data(await stream.receive_some(65536))
         assert isinstance(event, h11.Response) and event.status_code == 413
-    fine = await post(hive, "/agent/alice/api/state", json.dumps({"body": "hi"}).encode())
+    fine = await post(inproc, "/agent/alice/api/state", json.dumps({"body": "hi"}).encode())
     assert fine.status == 200
     assert [(m, t, n) for m, t, _, n in fake_ui.requests] == [("POST", "/api/state", 14)]
 
@@ -289,13 +291,13 @@ async def test_an_undeclared_body_is_read_only_up_to_the_bound() -> None:
 
 
 async def test_streams_pass_as_they_come_and_end_upstream_when_the_browser_leaves(
-    hive: Hive, fake_ui: FakeUi
+    inproc: Daemon, fake_ui: FakeUi
 ) -> None:
-    parts = base_url(hive).split("//", 1)[1]
+    parts = base_url(inproc).split("//", 1)[1]
     host, port = parts.rsplit(":", 1)
     stream = await trio.open_tcp_stream(host, int(port))
     conn = h11.Connection(h11.CLIENT)
-    headers = [("host", parts), ("cookie", session_cookie(hive)), ("accept", "text/event-stream")]
+    headers = [("host", parts), ("cookie", session_cookie(inproc)), ("accept", "text/event-stream")]
     request = h11.Request(method="GET", target="/agent/alice/events/stream", headers=headers)
     await stream.send_all(conn.send(request) or b"")
     await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
@@ -319,26 +321,26 @@ async def test_streams_pass_as_they_come_and_end_upstream_when_the_browser_leave
 
 
 async def test_an_upstream_that_does_not_answer_is_given_up(
-    hive: Hive, fake_ui: FakeUi, monkeypatch: pytest.MonkeyPatch
+    inproc: Daemon, fake_ui: FakeUi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_proxy, "HEAD_TIMEOUT", 0.5)
-    slow = await get(hive, "/agent/alice/api/slow")
+    slow = await get(inproc, "/agent/alice/api/slow")
     assert slow.status == 502 and "no answer" in slow.json()["error"]
     with trio.fail_after(10):
         await fake_ui.slow_closed.wait()
 
 
-async def test_no_ui_up_is_a_readable_502(hive: Hive) -> None:
+async def test_no_ui_up_is_a_readable_502(hive: Hive, inproc: Daemon) -> None:
     await hive.spawn("alice")
     path = hive.config.paths.ui_socket("alice")
     for state in ("absent", "stale"):
         if state == "stale":  # a socket file nothing listens on any more
             with socket.socket(socket.AF_UNIX) as dead:
                 dead.bind(str(path))
-        page = await get(hive, "/agent/alice/")
+        page = await get(inproc, "/agent/alice/")
         assert page.status == 502 and (page.header("content-type") or "").startswith("text/html")
         assert b"alice's UI is not up" in page.body and b'href="/"' in page.body
-        api = await get(hive, "/agent/alice/api/state")
+        api = await get(inproc, "/agent/alice/api/state")
         assert api.status == 502 and "alice's UI is not up" in api.json()["error"]
 
 
@@ -354,22 +356,22 @@ async def test_no_ui_up_is_a_readable_502(hive: Hive) -> None:
     ],
 )
 async def test_names_and_paths_are_checked_first(
-    hive: Hive, method: str, path: str, status: int
+    inproc: Daemon, method: str, path: str, status: int
 ) -> None:
-    reply = await http(base_url(hive), method, path, headers={"cookie": session_cookie(hive)})
+    reply = await http(base_url(inproc), method, path, headers={"cookie": session_cookie(inproc)})
     assert reply.status == status
 
 
 async def test_nothing_without_the_login_and_no_post_without_the_token(
-    hive: Hive, fake_ui: FakeUi
+    inproc: Daemon, fake_ui: FakeUi
 ) -> None:
     for path in ("/agent/alice", "/agent/alice/", "/agent/alice/api/state"):
-        assert (await http(base_url(hive), "GET", path)).status == 401
+        assert (await http(base_url(inproc), "GET", path)).status == 401
     no_token = await http(
-        base_url(hive),
+        base_url(inproc),
         "POST",
         "/agent/alice/api/state",
-        headers={"cookie": session_cookie(hive), "content-type": "application/json"},
+        headers={"cookie": session_cookie(inproc), "content-type": "application/json"},
         body=b"{}",
     )
     assert no_token.status == 403

@@ -10,7 +10,8 @@ from __future__ import annotations
 from playwright.sync_api import Page, expect
 
 import hyperhive
-from hyperhive.supervisor import Hive
+from hyperhive.client import Client
+from hyperhive.supervisor import Daemon, Hive
 from hyperhive.web._auth import SESSION_COOKIE
 
 from .conftest import UI, base_url, http, post_json, session_cookie
@@ -29,8 +30,8 @@ GUARDED_GETS = [
 GUARDED_POSTS = ["approve", "deny", "answer", "send", "request_spawn", "destroy", "nonsense"]
 
 
-async def test_everything_needs_the_token(hive: Hive) -> None:
-    base = base_url(hive)
+async def test_everything_needs_the_token(inproc: Daemon) -> None:
+    base = base_url(inproc)
     for path in GUARDED_GETS:
         response = await http(base, "GET", path)
         assert response.status == 401, path
@@ -49,10 +50,22 @@ async def test_everything_needs_the_token(hive: Hive) -> None:
     assert wrong.header("set-cookie") is None
 
 
-async def test_the_token_logs_in_and_the_page_loads(hive: Hive) -> None:
-    assert hive.dashboard is not None
-    base = base_url(hive)
-    login = await http(base, "GET", f"/login?token={hive.dashboard.auth.token}")
+async def test_status_on_the_host_socket_gives_a_login_url_that_works(inproc: Daemon) -> None:
+    """The login URL the supervisor keeps (the dashboard's first bind + the token) is what
+    the operator's ``status`` shows; it logs a browser in."""
+    async with await Client.connect(inproc.hive.config.paths.host_socket) as host:
+        status = await host.request({"cmd": "status"})
+    assert inproc.auth is not None
+    url = status["dashboard_url"]
+    assert url == f"{base_url(inproc)}/login?token={inproc.auth.token}"
+    login = await http(base_url(inproc), "GET", url.removeprefix(base_url(inproc)))
+    assert login.status == 303 and login.header("set-cookie") is not None
+
+
+async def test_the_token_logs_in_and_the_page_loads(inproc: Daemon) -> None:
+    assert inproc.auth is not None
+    base = base_url(inproc)
+    login = await http(base, "GET", f"/login?token={inproc.auth.token}")
     assert login.status == 303 and login.header("location") == "/"
     cookie = login.header("set-cookie")
     assert cookie is not None
@@ -69,23 +82,23 @@ async def test_the_token_logs_in_and_the_page_loads(hive: Hive) -> None:
     state = await http(base, "GET", "/api/state", headers={"cookie": pair})
     assert state.status == 200
     snapshot = state.json()
-    assert snapshot["csrf"] == hive.dashboard.auth.csrf
+    assert snapshot["csrf"] == inproc.auth.csrf
     assert [a["name"] for a in snapshot["agents"]] == ["manager"]
 
 
-async def test_posts_need_the_csrf_token_and_the_same_origin(hive: Hive) -> None:
-    assert hive.dashboard is not None
-    csrf = hive.dashboard.auth.csrf
-    origin = base_url(hive)
+async def test_posts_need_the_csrf_token_and_the_same_origin(hive: Hive, inproc: Daemon) -> None:
+    assert inproc.auth is not None
+    csrf = inproc.auth.csrf
+    origin = base_url(inproc)
     body = {"cmd": "request_spawn", "name": "alice"}
-    missing = await post_json(hive, "request_spawn", body, headers={"origin": origin})
+    missing = await post_json(inproc, "request_spawn", body, headers={"origin": origin})
     assert missing.status == 403 and "CSRF" in missing.json()["error"]
     wrong = await post_json(
-        hive, "request_spawn", body, headers={"x-csrf-token": "0" * 64, "origin": origin}
+        inproc, "request_spawn", body, headers={"x-csrf-token": "0" * 64, "origin": origin}
     )
     assert wrong.status == 403
     cross = await post_json(
-        hive,
+        inproc,
         "request_spawn",
         body,
         headers={"x-csrf-token": csrf, "origin": "http://evil.example:8080"},
@@ -93,7 +106,7 @@ async def test_posts_need_the_csrf_token_and_the_same_origin(hive: Hive) -> None
     assert cross.status == 403 and "cross-origin" in cross.json()["error"]
     assert await hive.approvals.list(pending_only=True) == []  # none of them got through
     ok = await post_json(
-        hive, "request_spawn", body, headers={"x-csrf-token": csrf, "origin": origin}
+        inproc, "request_spawn", body, headers={"x-csrf-token": csrf, "origin": origin}
     )
     assert ok.status == 200 and ok.json()["ok"] is True
     [pending] = await hive.approvals.list(pending_only=True)
@@ -101,7 +114,9 @@ async def test_posts_need_the_csrf_token_and_the_same_origin(hive: Hive) -> None
     assert ok.json()["approval"]["id"] == pending.id
     assert pending.agent == "alice" and pending.kind == "spawn"
     # GET never changes anything: the action routes only take POST.
-    get = await http(origin, "GET", "/api/request_spawn", headers={"cookie": session_cookie(hive)})
+    get = await http(
+        origin, "GET", "/api/request_spawn", headers={"cookie": session_cookie(inproc)}
+    )
     assert get.status == 405
 
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from hyperhive.config import MAX_LINE_BYTES, MAX_LOG_LINES
 from hyperhive.protocol import HOST_TABLE
-from hyperhive.supervisor import Hive
+from hyperhive.supervisor import Daemon, Hive
 from hyperhive.web._app import DASHBOARD_COMMANDS
 from hyperhive.web._auth import CSRF_HEADER, SESSION_COOKIE
 from tests.conftest import connect_agent
@@ -33,13 +33,13 @@ from tests.strategies import for_type, json_text
 from .conftest import Response, _connect, _next_event, base_url, http, session_cookie
 
 
-async def raw_request(hive: Hive, head: bytes, body: bytes = b"") -> Response:
+async def raw_request(inproc: Daemon, head: bytes, body: bytes = b"") -> Response:
     """Send exactly these bytes (a request head and a body) and read the response.
 
     The body goes out while the response is read: the daemon may answer (and hang up)
     before it has read all of it.
     """
-    stream, _ = await _connect(base_url(hive))
+    stream, _ = await _connect(base_url(inproc))
     async with stream, trio.open_nursery() as nursery:
 
         async def send() -> None:
@@ -68,26 +68,26 @@ async def raw_request(hive: Hive, head: bytes, body: bytes = b"") -> Response:
     )
 
 
-def head(hive: Hive, method: str, target: str, headers: dict[str, bytes]) -> bytes:
-    host = urlsplit(base_url(hive)).netloc.encode()
+def head(inproc: Daemon, method: str, target: str, headers: dict[str, bytes]) -> bytes:
+    host = urlsplit(base_url(inproc)).netloc.encode()
     lines = [f"{method} {target} HTTP/1.1".encode(), b"host: " + host, b"connection: close"]
     lines += [k.encode() + b": " + v for k, v in headers.items()]
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-def operator_headers(hive: Hive) -> dict[str, str]:
-    assert hive.dashboard is not None
+def operator_headers(inproc: Daemon) -> dict[str, str]:
+    assert inproc.auth is not None
     return {
-        "cookie": session_cookie(hive),
+        "cookie": session_cookie(inproc),
         "content-type": "application/json",
-        CSRF_HEADER: hive.dashboard.auth.csrf,
-        "origin": base_url(hive),
+        CSRF_HEADER: inproc.auth.csrf,
+        "origin": base_url(inproc),
     }
 
 
-async def post(hive: Hive, cmd: str, body: bytes) -> Response:
+async def post(inproc: Daemon, cmd: str, body: bytes) -> Response:
     return await http(
-        base_url(hive), "POST", f"/api/{cmd}", headers=operator_headers(hive), body=body
+        base_url(inproc), "POST", f"/api/{cmd}", headers=operator_headers(inproc), body=body
     )
 
 
@@ -102,35 +102,37 @@ def refused(response: Response, status: int = 400) -> str:
 # ------------------------------------------------------------------ cookies, CSRF, origins
 
 
-async def test_odd_cookies_tokens_and_origins_are_refused_not_crashed(hive: Hive) -> None:
-    assert hive.dashboard is not None
+async def test_odd_cookies_tokens_and_origins_are_refused_not_crashed(
+    hive: Hive, inproc: Daemon
+) -> None:
+    assert inproc.auth is not None
     for value in ("é".encode("latin-1"), "ü".encode(), b"\xff\xfe", b"\xe2\x82\xac" * 30):
         cookie = {"cookie": SESSION_COOKIE.encode() + b"=" + value}
-        api = await raw_request(hive, head(hive, "GET", "/api/state", cookie))
+        api = await raw_request(inproc, head(inproc, "GET", "/api/state", cookie))
         assert refused(api, 401) == "log in first"
-        page = await raw_request(hive, head(hive, "GET", "/", cookie))
+        page = await raw_request(inproc, head(inproc, "GET", "/", cookie))
         assert page.status == 401 and b'name="token"' in page.body
         bearer = await raw_request(
-            hive, head(hive, "GET", "/metrics", {"authorization": b"Bearer " + value})
+            inproc, head(inproc, "GET", "/metrics", {"authorization": b"Bearer " + value})
         )
         assert bearer.status == 401
     for token in ("%C3%A9", "%FF", "%ED%A0%80", "%00"):
-        login = await http(base_url(hive), "GET", f"/login?token={token}")
+        login = await http(base_url(inproc), "GET", f"/login?token={token}")
         assert login.status == 401 and b"Wrong token." in login.body
 
     good = {
-        "cookie": session_cookie(hive).encode(),
+        "cookie": session_cookie(inproc).encode(),
         "content-type": b"application/json",
-        "origin": base_url(hive).encode(),
+        "origin": base_url(inproc).encode(),
     }
     request = json.dumps({"cmd": "request_spawn", "name": "alice"}).encode()
     for csrf in ("é".encode("latin-1"), "ü".encode(), b"\xff" * 64):
         headers = {**good, CSRF_HEADER: csrf, "content-length": str(len(request)).encode()}
         response = await raw_request(
-            hive, head(hive, "POST", "/api/request_spawn", headers), request
+            inproc, head(inproc, "POST", "/api/request_spawn", headers), request
         )
         assert "CSRF" in refused(response, 403)
-    csrf = hive.dashboard.auth.csrf.encode()
+    csrf = inproc.auth.csrf.encode()
     for origin in (b"http://[", b"http://\xc3\xa9:80", b"\xff"):
         headers = {
             **good,
@@ -139,7 +141,7 @@ async def test_odd_cookies_tokens_and_origins_are_refused_not_crashed(hive: Hive
             "content-length": str(len(request)).encode(),
         }
         response = await raw_request(
-            hive, head(hive, "POST", "/api/request_spawn", headers), request
+            inproc, head(inproc, "POST", "/api/request_spawn", headers), request
         )
         assert "cross-origin" in refused(response, 403)
     assert await hive.approvals.list(pending_only=True) == []  # none of them got through
@@ -171,9 +173,9 @@ BAD_BODIES: list[tuple[bytes, str]] = [
 ]
 
 
-async def test_invalid_bodies_get_400_with_a_reason(hive: Hive) -> None:
+async def test_invalid_bodies_get_400_with_a_reason(hive: Hive, inproc: Daemon) -> None:
     for body, reason in BAD_BODIES:
-        error = refused(await post(hive, "approve", body))
+        error = refused(await post(inproc, "approve", body))
         assert reason in error, (body[:60], error)
     # Unknown fields, wrong types and missing fields on other actions too.
     for cmd, fields in [
@@ -184,54 +186,56 @@ async def test_invalid_bodies_get_400_with_a_reason(hive: Hive) -> None:
         ("destroy", {"name": "manager", "purge": "yes"}),
         ("answer", {"id": 1}),
     ]:
-        refused(await post(hive, cmd, json.dumps({"cmd": cmd, **fields}).encode()))
+        refused(await post(inproc, cmd, json.dumps({"cmd": cmd, **fields}).encode()))
     # A lone surrogate (a JSON escape) in a message body is refused, and nothing is sent.
     lone = rb'{"cmd":"send","to":"manager","body":"half \ud800 a pair"}'
-    refused(await post(hive, "send", lone))  # the reason is up to the codec
+    refused(await post(inproc, "send", lone))  # the reason is up to the codec
     # Well-formed, but the daemon refuses: the same 400, with the daemon's reason.
-    assert "approval" in refused(await post(hive, "approve", b'{"cmd":"approve","id":424242}'))
+    assert "approval" in refused(await post(inproc, "approve", b'{"cmd":"approve","id":424242}'))
     assert (
         "manager"
-        in refused(await post(hive, "send", b'{"cmd":"send","to":"nobody-here","body":"hi"}'))
+        in refused(await post(inproc, "send", b'{"cmd":"send","to":"nobody-here","body":"hi"}'))
         or True
     )
     # What the dashboard does not serve is 404, the handshake and the token-bearing status too.
     for cmd in ("nonsense", "hello", "status", "ap%C2%B2prove"):
-        response = await post(hive, cmd, json.dumps({"cmd": cmd}).encode())
+        response = await post(inproc, cmd, json.dumps({"cmd": cmd}).encode())
         refused(response, 404)
     assert await hive.approvals.list(pending_only=False) == []
     assert await hive.broker.recent("manager", 10) == []
 
 
-async def test_oversized_bodies_are_refused_before_they_are_read(hive: Hive) -> None:
-    headers = {k: v.encode() for k, v in operator_headers(hive).items()}
+async def test_oversized_bodies_are_refused_before_they_are_read(
+    hive: Hive, inproc: Daemon
+) -> None:
+    headers = {k: v.encode() for k, v in operator_headers(inproc).items()}
     # Only the head goes out: the answer comes without the daemon waiting for the body.
     big = {**headers, "content-length": str(MAX_LINE_BYTES + 1).encode()}
     with trio.fail_after(10):
-        response = await raw_request(hive, head(hive, "POST", "/api/send", big))
+        response = await raw_request(inproc, head(inproc, "POST", "/api/send", big))
     assert "too large" in refused(response, 413)
     # Without a length (chunked), it stops reading once the bound is passed.
     chunked = {**headers, "transfer-encoding": b"chunked"}
     chunk = b"x" * 65536
     body = (f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n") * (MAX_LINE_BYTES // len(chunk) + 2)
     response = await raw_request(
-        hive, head(hive, "POST", "/api/send", chunked), body + b"0\r\n\r\n"
+        inproc, head(inproc, "POST", "/api/send", chunked), body + b"0\r\n\r\n"
     )
     assert "too large" in refused(response, 413)
     # Just under the bound it is read and decoded (and refused for what it says).
     filler = " " * (MAX_LINE_BYTES - 100)
     ok_size = (f'{{"cmd":"send","to":"manager","body":"hi"}}{filler}').encode()
     assert len(ok_size) <= MAX_LINE_BYTES
-    response = await post(hive, "send", ok_size)
+    response = await post(inproc, "send", ok_size)
     assert response.status == 200, response.body
 
 
 # ------------------------------------------------------------------ query values
 
 
-async def test_odd_query_values_get_400_with_a_reason(hive: Hive) -> None:
-    base = base_url(hive)
-    cookie = {"cookie": session_cookie(hive)}
+async def test_odd_query_values_get_400_with_a_reason(inproc: Daemon) -> None:
+    base = base_url(inproc)
+    cookie = {"cookie": session_cookie(inproc)}
     for value in (
         "%C2%B2",
         "-1",
@@ -272,13 +276,15 @@ async def test_odd_query_values_get_400_with_a_reason(hive: Hive) -> None:
 # ------------------------------------------------------------------ same dispatcher
 
 
-async def test_an_operator_reply_from_the_dashboard_keeps_in_reply_to(hive: Hive) -> None:
+async def test_an_operator_reply_from_the_dashboard_keeps_in_reply_to(
+    hive: Hive, inproc: Daemon
+) -> None:
     manager = await connect_agent(hive.config.paths, "manager")
     async with manager:
         asked = await manager.request({"cmd": "send", "to": "operator", "body": "ship it?"})
         assert asked["ok"] is True
         reply = {"cmd": "send", "to": "manager", "body": "yes", "in_reply_to": asked["id"]}
-        response = await post(hive, "send", json.dumps(reply).encode())
+        response = await post(inproc, "send", json.dumps(reply).encode())
         assert response.status == 200, response.body
         sent = response.json()
         assert sent["ok"] is True and sent["ids"] == [sent["id"]]
@@ -288,14 +294,14 @@ async def test_an_operator_reply_from_the_dashboard_keeps_in_reply_to(hive: Hive
         assert message["in_reply_to"] == asked["id"]
     # The page's snapshot shows the same link.
     state = await http(
-        base_url(hive), "GET", "/api/state", headers={"cookie": session_cookie(hive)}
+        base_url(inproc), "GET", "/api/state", headers={"cookie": session_cookie(inproc)}
     )
     [shown] = [m for m in state.json()["flow"] if m["id"] == sent["id"]]
     assert shown["in_reply_to"] == asked["id"]
 
 
 async def test_a_bug_in_a_handler_is_a_generic_500(
-    hive: Hive, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    hive: Hive, inproc: Daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def broken() -> Any:
         raise RuntimeError("secret detail")
@@ -303,7 +309,7 @@ async def test_a_bug_in_a_handler_is_a_generic_500(
     monkeypatch.setattr(hive, "tombstones", broken)
     with caplog.at_level(logging.ERROR, logger="hyperhive.web"):
         response = await http(
-            base_url(hive), "GET", "/api/state", headers={"cookie": session_cookie(hive)}
+            base_url(inproc), "GET", "/api/state", headers={"cookie": session_cookie(inproc)}
         )
     assert response.status == 500
     assert response.json() == {"ok": False, "error": "internal error"}
@@ -345,10 +351,10 @@ def _bodies(cmd: str) -> st.SearchStrategy[bytes]:
     )
 
 
-async def test_random_bodies_to_every_action_never_get_a_500(hive: Hive) -> None:
-    assert hive.dashboard is not None
-    parts = urlsplit(base_url(hive))
-    headers = operator_headers(hive)
+async def test_random_bodies_to_every_action_never_get_a_500(inproc: Daemon) -> None:
+    assert inproc.auth is not None
+    parts = urlsplit(base_url(inproc))
+    headers = operator_headers(inproc)
     statuses: set[int] = set()
 
     @settings(

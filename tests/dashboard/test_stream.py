@@ -12,7 +12,7 @@ from typing import Any
 from playwright.sync_api import Page, expect
 
 from hyperhive.events import EventHub
-from hyperhive.supervisor import Hive
+from hyperhive.supervisor import Daemon, Hive
 from tests.conftest import wait_until
 
 from .conftest import UI, EventStream
@@ -24,12 +24,12 @@ async def _no_subscribers(hive: Hive) -> bool:
     return hive.events.statistics().subscribers == 0
 
 
-async def test_reconnect_replays_exactly_the_missed_events(hive: Hive) -> None:
-    refused = await EventStream.open(hive, cookie=False)
+async def test_reconnect_replays_exactly_the_missed_events(hive: Hive, inproc: Daemon) -> None:
+    refused = await EventStream.open(inproc, cookie=False)
     assert refused.status == NoCookie
     await refused.aclose()
 
-    first = await EventStream.open(hive)
+    first = await EventStream.open(inproc)
     assert first.status == 200
     published = [hive.events.publish("probe", n=n).seq for n in range(3)]
     seen = [await first.next() for _ in range(3)]
@@ -40,7 +40,7 @@ async def test_reconnect_replays_exactly_the_missed_events(hive: Hive) -> None:
     await first.aclose()
 
     missed = [hive.events.publish("probe", n=n).seq for n in range(3, 13)]
-    second = await EventStream.open(hive, last_event_id=seen[-1].id)
+    second = await EventStream.open(inproc, last_event_id=seen[-1].id)
     got = [await second.next() for _ in range(len(missed))]
     assert [e.id for e in got] == missed
     assert [e.data["n"] for e in got] == list(range(3, 13))
@@ -51,8 +51,8 @@ async def test_reconnect_replays_exactly_the_missed_events(hive: Hive) -> None:
     await second.aclose()
 
 
-async def test_a_closed_stream_drops_its_subscription(hive: Hive) -> None:
-    stream = await EventStream.open(hive)
+async def test_a_closed_stream_drops_its_subscription(hive: Hive, inproc: Daemon) -> None:
+    stream = await EventStream.open(inproc)
     hive.events.publish("probe", n=0)
     await stream.next()
     assert hive.events.statistics().subscribers == 1
@@ -66,12 +66,12 @@ async def test_a_closed_stream_drops_its_subscription(hive: Hive) -> None:
     await wait_until(gone, interval=0.05)
 
 
-async def test_a_gap_older_than_the_ring_gets_one_resync(hive: Hive) -> None:
+async def test_a_gap_older_than_the_ring_gets_one_resync(hive: Hive, inproc: Daemon) -> None:
     hive.events._ring = deque(hive.events._ring, maxlen=4)
     last = hive.events.seq
     for n in range(6):
         hive.events.publish("probe", n=n)
-    stream = await EventStream.open(hive, last_event_id=last)
+    stream = await EventStream.open(inproc, last_event_id=last)
     resync = await stream.next()
     assert (resync.kind, resync.id, resync.data) == ("resync", hive.events.seq, {"seq": last + 6})
     fresh = hive.events.publish("probe", n=6)
@@ -79,21 +79,21 @@ async def test_a_gap_older_than_the_ring_gets_one_resync(hive: Hive) -> None:
     await stream.aclose()
 
     # Within the ring it still replays; garbage as Last-Event-ID resyncs.
-    recent = await EventStream.open(hive, last_event_id=hive.events.seq - 3)
+    recent = await EventStream.open(inproc, last_event_id=hive.events.seq - 3)
     assert [(await recent.next()).data["n"] for _ in range(3)] == [4, 5, 6]
     await recent.aclose()
-    garbage = await EventStream.open(hive, last_event_id="yesterday")
+    garbage = await EventStream.open(inproc, last_event_id="yesterday")
     assert (await garbage.next()).kind == "resync"
     fresh = hive.events.publish("probe", n=7)
     assert (await garbage.next()).id == fresh.seq  # and the stream goes on
     await garbage.aclose()
 
 
-async def test_an_id_from_before_a_restart_gets_a_resync(hive: Hive) -> None:
+async def test_an_id_from_before_a_restart_gets_a_resync(hive: Hive, inproc: Daemon) -> None:
     # seq starts again at 0 in a new daemon: an id ahead of it is from an older run, and
     # the events it would wait for to pass that id are exactly the ones it must not miss.
     hive.events.publish("probe", n=0)
-    stream = await EventStream.open(hive, last_event_id=hive.events.seq + 500)
+    stream = await EventStream.open(inproc, last_event_id=hive.events.seq + 500)
     resync = await stream.next()
     assert (resync.kind, resync.data) == ("resync", {"seq": hive.events.seq})
     fresh = hive.events.publish("probe", n=1)

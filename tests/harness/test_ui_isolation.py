@@ -27,7 +27,7 @@ import pytest
 
 from hyperhive.config import Config
 from hyperhive.registry import AgentState
-from hyperhive.supervisor import Hive, open_hive
+from hyperhive.supervisor import Daemon, open_daemon
 from tests.conftest import kill_leftovers, make_paths, require_backend
 from tests.dashboard.conftest import base_url, session_cookie
 
@@ -40,7 +40,7 @@ PROBE = Path(__file__).resolve().parent.parent / "payloads" / "ui_probe.py"
 
 @attrs.frozen
 class Scenario:
-    hive: Hive
+    inproc: Daemon
     victim: str
     prober: str
     mark: str
@@ -64,8 +64,8 @@ async def scenario(short_tmp: Path, daemon_env: None) -> AsyncIterator[Scenario]
         harness_command=command,
     )
     try:
-        async with open_hive(config) as hive:
-            yield Scenario(hive, victim, prober, mark)
+        async with open_daemon(config) as inproc:
+            yield Scenario(inproc, victim, prober, mark)
     finally:
         kill_leftovers(short_tmp)
 
@@ -73,7 +73,8 @@ async def scenario(short_tmp: Path, daemon_env: None) -> AsyncIterator[Scenario]
 async def test_from_a_container_nothing_reaches_another_agents_ui(
     scenario: Scenario, mock_api: MockAnthropic
 ) -> None:
-    hive, victim, prober, mark = scenario.hive, scenario.victim, scenario.prober, scenario.mark
+    inproc, victim, prober, mark = scenario.inproc, scenario.victim, scenario.prober, scenario.mark
+    hive = inproc.hive
     paths = hive.config.paths
     await hive.spawn(victim)
 
@@ -94,7 +95,7 @@ async def test_from_a_container_nothing_reaches_another_agents_ui(
     report_file = paths.agent_dir(prober) / "state" / "probe.json"
     await eventually(report_file.exists, within=90, what="the probe's report")
     report: dict[str, Any] = json.loads(report_file.read_text())
-    dashboard_port = urlsplit(base_url(hive)).port
+    dashboard_port = urlsplit(base_url(inproc)).port
     assert dashboard_port is not None
 
     # The probe did look: it saw the host's listening ports, the dashboard's among them.
@@ -115,12 +116,12 @@ async def test_from_a_container_nothing_reaches_another_agents_ui(
     assert not any(mark in r.last_user_text for r in mock_api.main_requests)
 
     # The operator, logged in to the dashboard, reaches the same UI meanwhile.
-    assert hive.dashboard is not None
+    assert inproc.auth is not None
     state = await http(
         dashboard_port,
         "GET",
         f"/agent/{victim}/api/state",
-        headers={"cookie": session_cookie(hive)},
+        headers={"cookie": session_cookie(inproc)},
     )
     assert state.status == 200 and state.json()["label"] == victim
     sent = await http(
@@ -128,7 +129,7 @@ async def test_from_a_container_nothing_reaches_another_agents_ui(
         "POST",
         f"/agent/{victim}/api/send",
         json_body={"body": "from the operator"},
-        headers={"cookie": session_cookie(hive), "x-csrf-token": hive.dashboard.auth.csrf},
+        headers={"cookie": session_cookie(inproc), "x-csrf-token": inproc.auth.csrf},
     )
     assert sent.status == 200, sent.body
     [delivered] = [m for m in await hive.broker.recent(victim, 50) if m.id == sent.json()["id"]]

@@ -20,7 +20,7 @@ import trio
 from playwright.sync_api import Page, expect
 
 from hyperhive.config import Config
-from hyperhive.supervisor import Hive, open_hive
+from hyperhive.supervisor import Daemon, Hive, open_daemon
 from hyperhive_harness.page import CSRF_META
 from hyperhive_harness.web import allowed_hosts, check_request, host_name
 from tests.conftest import make_paths
@@ -50,25 +50,30 @@ _SONNET = re.compile("sonnet")
 
 
 @pytest.fixture
-async def hive(short_tmp: Path) -> AsyncIterator[Hive]:
+async def inproc(short_tmp: Path) -> AsyncIterator[Daemon]:
     """The daemon with its dashboard on: the operator reaches every agent UI through it."""
     config = Config(
         paths=make_paths(short_tmp), backend="external", dashboard_bind=("127.0.0.1:0",)
     )
-    async with open_hive(config) as h:
-        yield h
+    async with open_daemon(config) as d:
+        yield d
+
+
+@pytest.fixture
+def hive(inproc: Daemon) -> Hive:
+    return inproc.hive
 
 
 class Dashboard:
     """Plain HTTP to the dashboard, as the operator's browser (cookie, CSRF token, Origin)."""
 
-    def __init__(self, hive: Hive) -> None:
-        assert hive.dashboard is not None
-        port = urlsplit(base_url(hive)).port
+    def __init__(self, inproc: Daemon) -> None:
+        assert inproc.auth is not None
+        port = urlsplit(base_url(inproc)).port
         assert port is not None
         self.port = port
-        self.cookie = session_cookie(hive)
-        self.csrf = hive.dashboard.auth.csrf
+        self.cookie = session_cookie(inproc)
+        self.csrf = inproc.auth.csrf
 
     async def get(self, path: str, *, cookie: bool = True, **kw: Any) -> HttpResponse:
         headers = {"cookie": self.cookie} if cookie else {}
@@ -172,7 +177,7 @@ async def test_the_ui_is_a_private_unix_socket_and_tcp_only_when_asked(
         assert f"ui unix:{ui} " in ready and " tcp " not in ready
         # The dashboard links to it by its own path.
         assert hive.registry.ui_url("alice") == "/agent/alice/"
-        [info] = [a for a in await hive.api.agent_infos() if a.name == "alice"]
+        [info] = [a for a in await hive.agent_infos() if a.name == "alice"]
         assert info.ui_url == "/agent/alice/"
         state = (await alice.get("/api/state")).json()
         assert state["ui_socket"] == str(ui) and state["port"] is None
@@ -199,13 +204,14 @@ async def test_the_ui_is_a_private_unix_socket_and_tcp_only_when_asked(
 
 async def test_ui_through_the_dashboard_state_history_stream_and_guards(
     hive: Hive,
+    inproc: Daemon,
     mock_api: MockAnthropic,
     claude_bin: Path,
     short_tmp: Path,
     nursery: trio.Nursery,
 ) -> None:
     paths = hive.config.paths
-    dash = Dashboard(hive)
+    dash = Dashboard(inproc)
     await hive.spawn("alice")
     alice = make_harness("alice", mock_api, claude_bin, short_tmp, paths.agent_socket("alice"))
     async with running(alice, nursery):
@@ -415,6 +421,7 @@ def _submit(page: Page, text: str) -> None:
 
 async def test_the_operator_uses_the_agent_ui_in_a_browser_through_the_dashboard(
     hive: Hive,
+    inproc: Daemon,
     mock_api: MockAnthropic,
     claude_bin: Path,
     short_tmp: Path,
@@ -430,7 +437,7 @@ async def test_the_operator_uses_the_agent_ui_in_a_browser_through_the_dashboard
         await alice.wait_for("status_changed", lambda p: p["status"] == "online")
         first = await operator_send(paths.host_socket, "alice", hostile)
         await alice.wait_for("turn_end", lambda p: p["id"] == first)
-        login = hive.dashboard_login_url()
+        login = inproc.dashboard_login_url()
         assert login is not None
         context, dash = await chromium.run(open_dashboard, chromium.browser, login, problems)
         try:
@@ -443,7 +450,7 @@ async def test_the_operator_uses_the_agent_ui_in_a_browser_through_the_dashboard
                     link.click()
                 page = opened.value
                 _watch(page, problems)
-                assert page.url == base_url(hive) + "/agent/alice/"
+                assert page.url == base_url(inproc) + "/agent/alice/"
                 # History: the finished turn, the hostile body as plain text.
                 live = page.locator("#live")
                 expect(live).to_contain_text("✓ turn ok")
@@ -531,6 +538,7 @@ async def test_the_operator_uses_the_agent_ui_in_a_browser_through_the_dashboard
 
 async def test_the_login_panel_works_through_the_dashboard(
     hive: Hive,
+    inproc: Daemon,
     mock_api: MockAnthropic,
     claude_bin: Path,
     short_tmp: Path,
@@ -564,14 +572,14 @@ async def test_the_login_panel_works_through_the_dashboard(
     async with running(alice, nursery):
         sent = await operator_send(paths.host_socket, "alice", "login-task")
         await alice.wait_for("status_changed", lambda p: p["status"] == "needs_login")
-        login = hive.dashboard_login_url()
+        login = inproc.dashboard_login_url()
         assert login is not None
         context, dash = await chromium.run(open_dashboard, chromium.browser, login, problems)
         try:
 
             def log_in(dash: Page) -> None:
                 _watch(dash, problems)
-                dash.goto(base_url(hive) + "/agent/alice/")
+                dash.goto(base_url(inproc) + "/agent/alice/")
                 panel = dash.locator("#login")
                 expect(panel).to_be_visible()
                 expect(dash.locator("#status")).to_have_text("needs login")
