@@ -16,7 +16,7 @@ it is re-raised so that the daemon ends.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -26,6 +26,7 @@ from hyperhive.events import EventHub
 from hyperhive.names import MANAGER, SYSTEM
 from hyperhive.questions import system_body
 from hyperhive.runtime import Backoff, Report, describe
+from hyperhive.runtime.supervise import DEFAULT_BACKOFF
 from hyperhive.store import DatabaseClosed, DatabaseFailed
 
 if TYPE_CHECKING:
@@ -42,10 +43,6 @@ __all__ = [
     "is_fatal",
     "supervise",
 ]
-
-
-#: The daemon's restart policy (the shared one: :class:`hyperhive.runtime.Backoff`).
-DEFAULT_BACKOFF: Final = Backoff()
 
 
 def is_fatal(exc: BaseException) -> bool:
