@@ -1,6 +1,7 @@
 // Y3R C4LL: approvals, questions and the operator inbox.
 import { $, h, setText, setAttr, reconcile, ago, clock, serverNow } from './dom.js';
 import { act, confirmDialog, openDrawer, getJSON, toast } from './ui.js';
+import { canReply, msgId, replyMark } from './flow.js';
 
 const LINGER_SECONDS = 30; // a question resolved while on screen stays there this long, marked
 
@@ -189,11 +190,50 @@ function makeQuestion(q0) {
 
 // ------------------------------------------------------------------ inbox
 
+// ↩ R3PLY opens a one-line form under the message: it goes back to the sender, with
+// in_reply_to set to this message.
+function replyForm(m0, toggle) {
+  const box = h('input', { name: 'body', spellcheck: 'false', 'aria-label': `reply to ${m0.from}` });
+  const out = h('output', { class: 'out' });
+  const submit = h('button', { type: 'submit', class: 'go', text: 'S3ND' });
+  const form = h('form', { class: 'reply-form', autocomplete: 'off', 'aria-label': `reply to message #${m0.id}`, hidden: true },
+    h('span', { class: 'prompt', text: `↩ @${m0.from}>` }), box, submit,
+    h('button', { type: 'button', text: 'C4NC3L', onclick: () => toggle(false) }), out);
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const body = box.value.trim();
+    if (!body) return;
+    const fields = { to: m0.from, body, in_reply_to: m0.id };
+    if (await act(submit, 'send', fields, { out, done: '' })) {
+      box.value = '';
+      toggle(false);
+      toast(`↩ replied to @${m0.from}`);
+    }
+  });
+  box.addEventListener('keydown', (e) => { if (e.key === 'Escape') { e.preventDefault(); toggle(false); } });
+  return { form, box, out };
+}
+
 function makeInbox(m0) {
   const when = h('time', { class: 'when' });
   const state = h('span', { class: 'mark' });
+  let reply = null;
+  let form = null;
+  const toggle = (open) => {
+    form.form.hidden = !open;
+    setAttr(reply, 'aria-expanded', String(open));
+    if (open) { setText(form.out, ''); form.box.focus(); } else reply.focus();
+  };
+  if (canReply(m0)) {
+    reply = h('button', {
+      type: 'button', class: 'reply', text: '↩ R3PLY', 'aria-expanded': 'false',
+      'aria-label': `reply to message #${m0.id} from ${m0.from}`, onclick: () => toggle(form.form.hidden),
+    });
+    form = replyForm(m0, toggle);
+  }
   const el = h('li', { class: 'msg', 'data-id': m0.id, 'data-from': m0.from },
-    when, h('span', { class: 'from', text: m0.from }), h('span', { class: 'body', text: m0.body }), state);
+    when, msgId(m0), h('span', { class: 'from', text: m0.from }), replyMark(m0),
+    h('span', { class: 'body', text: m0.body }), state, reply, form && form.form);
   return {
     el,
     update(m) {

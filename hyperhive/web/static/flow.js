@@ -4,13 +4,37 @@ import { act } from './ui.js';
 
 const STICKY_KEY = 'hyperhive.compose.to';
 const SHOWN = 500;
+// Senders the operator cannot write back to (the daemon's own messages).
+const NO_REPLY = new Set(['system', 'reminder']);
+
+export const canReply = (m) => m.to === 'operator' && !NO_REPLY.has(m.from);
+
+// A message's id and, for a reply, what it answers ("↩ #12"); shared with the inbox.
+export function msgId(m) {
+  return h('span', { class: 'id', text: `#${m.id}` });
+}
+
+export function replyMark(m) {
+  if (m.in_reply_to == null) return null;
+  return h('span', {
+    class: 'reply-to', text: `↩ #${m.in_reply_to}`, title: `in reply to message #${m.in_reply_to}`,
+  });
+}
+
+// Set by the composer: start a reply to message m from the flow.
+let startReply = () => {};
 
 function makeLine(m0) {
   const mark = h('span', { class: 'mark' });
+  const reply = canReply(m0) ? h('button', {
+    type: 'button', class: 'reply', text: '↩', title: `reply to @${m0.from}`,
+    'aria-label': `reply to message #${m0.id} from ${m0.from}`, onclick: () => startReply(m0),
+  }) : null;
   const el = h('li', { class: 'msg', 'data-id': m0.id, 'data-from': m0.from },
-    h('time', { class: 'when', text: clock(m0.sent_at) }),
+    h('time', { class: 'when', text: clock(m0.sent_at) }), msgId(m0),
     h('span', { class: 'from', text: m0.from }), h('span', { class: 'arrow', text: ' → ' }),
-    h('span', { class: 'to', text: m0.to }), h('span', { class: 'body', text: m0.body }), mark);
+    h('span', { class: 'to', text: m0.to }), replyMark(m0), h('span', { class: 'body', text: m0.body }),
+    mark, reply);
   return {
     el,
     update(m) {
@@ -55,7 +79,9 @@ export function setupComposer(state) {
   const prompt = $('compose-prompt');
   const out = form.querySelector('output');
   const submit = form.querySelector('button[type=submit]');
+  const chip = $('compose-reply');
   let sticky = localStorage.getItem(STICKY_KEY) || '';
+  let replying = null; // the message being answered, while the reply chip is shown
   let matches = [];
   let active = 0;
 
@@ -65,6 +91,18 @@ export function setupComposer(state) {
     localStorage.setItem(STICKY_KEY, name);
     showPrompt();
   };
+  const setReplying = (m) => {
+    replying = m;
+    chip.hidden = m == null;
+    setText($('compose-reply-text'), m == null ? '' : `↩ replying to #${m.id} from @${m.from}`);
+  };
+  startReply = (m) => {
+    setReplying(m);
+    input.value = `@${m.from} `;
+    setText(out, '');
+    input.focus();
+  };
+  $('compose-reply-cancel').addEventListener('click', () => { setReplying(null); input.focus(); });
   const names = () => [...[...state.agents.keys()].sort(), '*'];
 
   const close = () => {
@@ -127,8 +165,11 @@ export function setupComposer(state) {
     }
     if (!body) return;
     if (!to) { out.className = 'out error'; setText(out, 'who to? start with @name'); return; }
-    const result = await act(submit, 'send', { to, body }, { out, done: (r) => `sent to @${to} (${r.ids.length})` });
-    if (result) input.value = '';
+    // A reply answers its message only when it goes back to that message's sender.
+    const inReplyTo = replying && replying.from === to ? replying.id : null;
+    const fields = inReplyTo == null ? { to, body } : { to, body, in_reply_to: inReplyTo };
+    const result = await act(submit, 'send', fields, { out, done: (r) => `sent to @${to} (${r.ids.length})` });
+    if (result) { input.value = ''; setReplying(null); }
     input.focus();
   });
   showPrompt();
