@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
+import hypercorn.trio.run
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
+from hypercorn.trio.tcp_server import TCPServer
 
 from hyperhive.errors import HyperhiveError
 from hyperhive.supervision import Backoff, supervise
@@ -24,6 +26,33 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 BACKOFF = Backoff(first=1.0, limit=60.0)
+#: Most TCP connections the dashboard holds at once. Agents share the host's network, so
+#: any of them can connect; without a cap, thousands of idle connections would take the
+#: daemon's file descriptors (and its sockets and files with them) and its memory. Past the
+#: cap a new connection is closed at once: the dashboard may be busy, the daemon is not.
+MAX_DASHBOARD_CONNECTIONS: Final = 256
+
+
+class _CappedTCPServer(TCPServer):
+    """Hypercorn's per-connection server, refusing connections past the cap."""
+
+    active = 0
+
+    async def run(self) -> None:
+        if _CappedTCPServer.active >= MAX_DASHBOARD_CONNECTIONS:
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+            return
+        _CappedTCPServer.active += 1
+        try:
+            await super().run()
+        finally:
+            _CappedTCPServer.active -= 1
+
+
+# hypercorn's trio worker makes one TCPServer per accepted connection; it has no cap of
+# its own, so the worker is given this one.
+hypercorn.trio.run.TCPServer = _CappedTCPServer  # type: ignore[attr-defined]
 
 
 def hypercorn_config(bind: list[str]) -> HypercornConfig:
@@ -33,7 +62,9 @@ def hypercorn_config(bind: list[str]) -> HypercornConfig:
     config.errorlog = logging.getLogger("hyperhive.web.server")
     # Open event streams must not hold a daemon shutdown up for long.
     config.graceful_timeout = 1.0
-    config.keep_alive_timeout = 75.0
+    # An idle connection (also one whose request head never ends) is closed after 5 s, and
+    # its slot under MAX_DASHBOARD_CONNECTIONS is free again then; browsers reconnect.
+    config.keep_alive_timeout = 5.0
     return config
 
 
