@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,9 +22,11 @@ import pytest
 import trio
 
 from hyperhive.client import Client
+from hyperhive.config import Config
+from hyperhive.containers._backend import MAX_TAIL_BYTES
 from hyperhive.retention import sweep_events_db
-from hyperhive.supervisor import Hive
-from tests.conftest import DaemonProcess, git
+from hyperhive.supervisor import Hive, open_hive
+from tests.conftest import DaemonProcess, git, make_paths, wait_until
 
 SECRET = "root:$6$not-for-agents$hash:19000:0:99999:7:::"
 
@@ -265,3 +268,33 @@ def test_a_sweep_past_its_time_limit_is_interrupted(tmp_path: Path) -> None:
         sweep_events_db(db, time.time(), time_limit=0.5, clock=lambda: float(next(ticks)))
     assert _count(db) == 5002  # rolled back as a whole
     assert sweep_events_db(db, time.time()) == 5001  # with time, the same sweep goes through
+
+
+#: A payload whose output is one endless line (16 MiB without a newline), then waits.
+ENDLESS_LINE = (
+    sys.executable,
+    "-c",
+    "import sys, time; sys.stdout.write('x' * (16 << 20)); sys.stdout.flush(); time.sleep(600)",
+)
+
+
+async def test_logs_of_one_endless_line_are_read_in_part(short_tmp: Path) -> None:
+    cfg = Config(
+        paths=make_paths(short_tmp),
+        backend="process",
+        harness_command=ENDLESS_LINE,
+        stop_agents_on_exit=True,
+    )
+    async with open_hive(cfg) as hive:
+        await hive.spawn("mal")
+        log = hive.config.paths.container_log("mal")
+
+        async def written() -> bool:
+            return log.exists() and log.stat().st_size >= 16 << 20
+
+        await wait_until(written, limit=60)
+        async with await Client.connect(hive.config.paths.agent_socket("manager")) as manager:
+            with trio.fail_after(10):
+                reply = await manager.request({"cmd": "get_logs", "agent": "mal", "lines": 500})
+        assert reply["ok"], str(reply)[:200]
+        assert 0 < sum(len(line) for line in reply["lines"]) <= MAX_TAIL_BYTES
