@@ -367,7 +367,7 @@ class Registry:
     def ui_url(self, name: str) -> str | None:
         """The dashboard path of the agent's own web UI, once its harness made its socket."""
         try:
-            mode = self._paths.ui_socket(name).stat().st_mode
+            mode = self._paths.ui_socket(name).lstat().st_mode  # never a planted symlink
         except OSError:
             return None
         return f"/agent/{name}/" if stat.S_ISSOCK(mode) else None
