@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sqlite3
+import stat
 import sys
 import threading
 import time
@@ -25,6 +27,7 @@ from hyperhive.client import Client
 from hyperhive.config import Config
 from hyperhive.containers._backend import MAX_TAIL_BYTES
 from hyperhive.retention import sweep_events_db
+from hyperhive.server import set_socket_mode
 from hyperhive.supervisor import Hive, open_hive
 from tests.conftest import DaemonProcess, git, make_paths, wait_until
 
@@ -298,3 +301,21 @@ async def test_logs_of_one_endless_line_are_read_in_part(short_tmp: Path) -> Non
                 reply = await manager.request({"cmd": "get_logs", "agent": "mal", "lines": 500})
         assert reply["ok"], str(reply)[:200]
         assert 0 < sum(len(line) for line in reply["lines"]) <= MAX_TAIL_BYTES
+
+
+def test_a_socket_is_never_chmodded_through_a_planted_symlink(short_tmp: Path) -> None:
+    """Between the bind of an agent's socket and its chmod, the agent (which writes that
+    directory) could swap the socket for a symlink to a host file."""
+    victim = short_tmp / "setuid-program"
+    victim.write_text("#!/bin/sh\n")
+    victim.chmod(0o4755)
+    path = short_tmp / "mcp.sock"
+    path.symlink_to(victim)
+    with pytest.raises(OSError, match="replaced by something else than a socket"):
+        set_socket_mode(path, 0o600)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o4755
+    path.unlink()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        set_socket_mode(path, 0o600, os.getgid())
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
