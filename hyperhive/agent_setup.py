@@ -63,7 +63,38 @@ def check_proposed(paths: Paths, name: str) -> Path:
             raise RequestRefused(
                 f"{git_dir / rel} points git at another repository; remove it first"
             )
+    _refuse_symlinks(git_dir)
     return repo
+
+
+#: Most entries of a proposed repo's git dir the symlink check walks (a config repo has
+#: a few hundred).
+MAX_PROPOSED_GIT_ENTRIES: Final = 100_000
+
+
+def _refuse_symlinks(git_dir: Path) -> None:
+    """Refuse a symlink anywhere in the git dir: git never makes one there, and git run by
+    the daemon would read its target (any host file) as root — a ref, ``packed-refs`` or
+    pack pointing at ``/etc/shadow``."""
+    stack, seen = [git_dir], 0
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            seen += 1
+            if seen > MAX_PROPOSED_GIT_ENTRIES:
+                raise RequestRefused(
+                    f"{git_dir} holds more than {MAX_PROPOSED_GIT_ENTRIES} files; "
+                    "run git gc there first"
+                )
+            if entry.is_symlink():
+                raise RequestRefused(
+                    f"{entry.path} is a symlink; the daemon does not follow it: remove it"
+                )
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
 
 
 async def proposed_repo(paths: Paths, name: str) -> Path:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from typing import Final
@@ -94,13 +95,43 @@ def check_wake_label(label: str, principals: Collection[str]) -> str:
         raise RequestRefused(f"the wake label is longer than {MAX_WAKE_LABEL} characters")
     if any(ord(c) < 32 or ord(c) == 127 for c in label):
         raise RequestRefused("the wake label holds control characters")
-    bare = label.strip().lower()
+    if any(_invisible(c) for c in label):
+        raise RequestRefused(
+            "the wake label holds invisible or formatting characters (only the plain space)"
+        )
+    bare = unicodedata.normalize("NFKC", label).strip().casefold()
+    if _name_lookalike(bare):
+        raise RequestRefused(
+            f"the wake label {label!r} looks like a name but is not ASCII; describe the "
+            "source instead (for example 'forge: PR #42 opened')"
+        )
     if bare in RESERVED_NAMES or bare in principals:
         raise RequestRefused(
             f"the wake label {label!r} is the name of a principal; describe the source "
             "instead (for example 'forge: PR #42 opened')"
         )
     return label
+
+
+#: Unicode categories a wake label may not hold: controls, formatting (zero-width, bidi
+#: overrides), surrogates, private use, unassigned, line and paragraph separators.
+_INVISIBLE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def _invisible(c: str) -> bool:
+    category = unicodedata.category(c)
+    return category in _INVISIBLE_CATEGORIES or (category == "Zs" and c != " ")
+
+
+def _name_lookalike(bare: str) -> bool:
+    """One short word of letters, digits and '-' with a non-ASCII character: what a name of
+    a principal (at most 9 such ASCII characters) written with homoglyphs (a Cyrillic o
+    for a Latin one) would be."""
+    return (
+        0 < len(bare) <= 9
+        and not bare.isascii()
+        and all(c.isalnum() or c == "-" or unicodedata.category(c) == "Mn" for c in bare)
+    )
 
 
 def resolve_recipients(

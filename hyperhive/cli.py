@@ -40,6 +40,7 @@ from hyperhive.errors import AlreadyRunning, ClientError, HyperhiveError, Reques
 from hyperhive.protocol import CONVERTER, json_schema
 from hyperhive.runtime import innermost
 from hyperhive.store import DatabaseFailed, DatabaseUnusable
+from hyperhive.terminal import visible
 from hyperhive.web._serve import DashboardUnavailable
 
 
@@ -138,7 +139,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str)
     if not rows:
         typer.echo(empty)
         return
-    cells = [[str(c).replace("\n", " ") for c in row] for row in rows]
+    cells = [[visible(str(c).replace("\n", " ")) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         for i, c in enumerate(row[:-1]):
@@ -751,7 +752,9 @@ def logs(
 ) -> None:
     """Show the last lines of an agent's container output."""
     reply = _call(run_dir, {"cmd": "logs", "name": name, "lines": lines})
-    _emit(reply, as_json, lambda r: typer.echo("\n".join(r["lines"])))
+    _emit(
+        reply, as_json, lambda r: typer.echo("\n".join(visible(x, keep="\t") for x in r["lines"]))
+    )
 
 
 @app.command()

@@ -19,6 +19,7 @@ functions only run git.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -43,6 +44,7 @@ from hyperhive.config import MAX_DIFF_BYTES, MAX_TAG_MESSAGE_CHARS
 from hyperhive.errors import RequestRefused
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 BRANCH: Final = "main"
 GIT_NAME: Final = "hyperhive"
@@ -405,20 +407,30 @@ async def fetch_proposal(proposed: Path, applied: Path, commit_ref: str, approva
         await _need_repo(applied, "applied")
         await _need_repo(proposed, "proposed")
         try:
-            await _git_bytes(
-                applied,
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                "--no-recurse-submodules",
-                "--no-write-fetch-head",
-                "--",
-                _absolute(proposed),
-                "+refs/heads/*:refs/proposed/heads/*",
-                "+refs/tags/*:refs/proposed/tags/*",
-                options=safe_directory_options(proposed),
-                what="fetching from the proposed config repo",
-            )
+            try:
+                await _git_bytes(
+                    applied,
+                    "fetch",
+                    "--quiet",
+                    "--no-tags",
+                    "--no-recurse-submodules",
+                    "--no-write-fetch-head",
+                    "--",
+                    _absolute(proposed),
+                    "+refs/heads/*:refs/proposed/heads/*",
+                    "+refs/tags/*:refs/proposed/tags/*",
+                    options=safe_directory_options(proposed),
+                    what="fetching from the proposed config repo",
+                )
+            except GitFailed as exc:
+                # git quotes what it could not parse, and the manager can point files of
+                # its repo at any host file: its message goes to the log, not to the caller.
+                log.warning("fetching from %s failed: %s", proposed, exc.stderr.strip())
+                raise RequestRefused(
+                    f"fetching from the proposed config repo of {proposed.parent.name} failed "
+                    f"(git exited with status {exc.returncode}; git's message is in the "
+                    "daemon's log): is it a plain git repository?"
+                ) from None
             sha = await _resolve_proposed(applied, commit_ref)
             await _set_tag(applied, tag, sha)
             return sha

@@ -26,6 +26,7 @@ import attrs
 import trio
 
 from hyperhive.agent_config import InvalidAgentConfig, load_agent_config
+from hyperhive.agent_files import file_key, read_small_file, replace_file
 from hyperhive.config import DEFAULT_MODEL, Paths
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
@@ -36,6 +37,14 @@ from hyperhive.store import Database
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: Longest model file read (a model name is at most 100 characters).
+MAX_SMALL_FILE_BYTES: Final = 512
+
+
+def model_name_ok(text: str) -> bool:
+    """A model name as ``set_model`` takes it: one word of at most 100 printable characters
+    (a model file the agent filled with anything else is not shown to the operator)."""
+    return 0 < len(text) <= 100 and text.isprintable() and not any(c.isspace() for c in text)
 
 
 class AgentState(StrEnum):
@@ -175,7 +184,7 @@ class Registry:
         self._sockets: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self.harnesses: Counter[str] = Counter()
-        self._files: dict[Path, tuple[tuple[int, int], str]] = {}
+        self._files: dict[Path, tuple[tuple[int, int, int, int], str]] = {}
         #: Names whose directories are being removed: not registered again until gone.
         self._purging: set[str] = set()
 
@@ -351,41 +360,43 @@ class Registry:
 
     def model(self, name: str) -> str:
         """The model of the agent's next turn (its model file, which its harness may change)."""
-        return self._small_file(self._paths.model_file(name)) or DEFAULT_MODEL
+        text = self._small_file(self._paths.model_file(name))
+        return text if text is not None and model_name_ok(text) else DEFAULT_MODEL
 
     def ui_url(self, name: str) -> str | None:
         """The dashboard path of the agent's own web UI, once its harness made its socket."""
         try:
-            mode = self._paths.ui_socket(name).stat().st_mode
+            mode = self._paths.ui_socket(name).lstat().st_mode  # never a planted symlink
         except OSError:
             return None
         return f"/agent/{name}/" if stat.S_ISSOCK(mode) else None
 
     def _small_file(self, path: Path) -> str | None:
-        """A one-line file's text, cached by size and mtime: listing 100 agents costs a
-        ``stat`` each, not a read (these files are a few bytes on a local disk)."""
-        try:
-            st = path.stat()
-        except OSError:
+        """A one-line file's text, cached by inode, size and mtime: listing 100 agents costs
+        an ``lstat`` each, not a read (these files are a few bytes on a local disk). The file
+        is the agent's to write: a symlink, a FIFO, a device or a big file reads as None
+        (``agent_files``), never as some host file's content, a hang or a flood."""
+        key = file_key(path)
+        if key is None:
             return None
-        key = (st.st_mtime_ns, st.st_size)
         cached = self._files.get(path)
         if cached is not None and cached[0] == key:
             return cached[1]
+        raw = read_small_file(path, MAX_SMALL_FILE_BYTES)
         try:
-            text = path.read_text().strip()
-        except (OSError, UnicodeDecodeError):
-            return None
-        self._files[path] = (key, text)
+            text = raw.decode("utf-8").strip() if raw is not None else None
+        except UnicodeDecodeError:
+            text = None
+        if text is not None:
+            self._files[path] = (key, text)
         return text
 
     async def set_model(self, name: str, model: str) -> None:
         self.get(name)
-        path = trio.Path(self._paths.model_file(name))
-        await path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        await tmp.write_text(model + "\n")
-        await tmp.replace(path)
+        path = self._paths.model_file(name)
+        await trio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+        # The agent writes this directory: never through a name it may have planted.
+        await trio.to_thread.run_sync(replace_file, path, (model + "\n").encode())
         self._events.publish("model_changed", name=name, model=model)
 
     def tombstone_size(self, name: str) -> tuple[int, float]:

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import socket as stdlib_socket
+import stat
 from collections import deque
 from collections.abc import Iterator
 from enum import StrEnum
@@ -462,6 +463,25 @@ def _socket_for(path: Path) -> trio.socket.SocketType:
     return trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
 
 
+def set_socket_mode(path: Path, mode: int, group: int | None = None) -> None:
+    """chmod (and chgrp) the socket file just bound at ``path``, never through a symlink.
+
+    An agent writes the directory of its socket: between ``bind`` and ``chmod`` it could put
+    a symlink to a host file at the path, and a plain ``chmod`` as root would change that
+    file's mode (``/usr/bin/sudo`` losing its setuid bit). So the file at the path is opened
+    without following a link, must be a socket, and is changed through that very file.
+    """
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise OSError(errno.EEXIST, f"{path} was replaced by something else than a socket")
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+        if group is not None:
+            os.chown(f"/proc/self/fd/{fd}", -1, group)
+    finally:
+        os.close(fd)
+
+
 async def serve_unix_socket(
     path: Path,
     principal: Principal,
@@ -490,9 +510,7 @@ async def serve_unix_socket(
         if dir_mode is not None:
             os.chmod(path.parent, dir_mode)
         await sock.bind(os.fspath(path))
-        os.chmod(path, mode)
-        if group is not None:
-            os.chown(path, -1, group)
+        set_socket_mode(path, mode, group)
         sock.listen(128)
         listener = trio.SocketListener(sock)
 

@@ -14,7 +14,7 @@ import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
 import attrs
 import trio
@@ -26,6 +26,10 @@ from hyperhive.config import (
     STOP_GRACE_SECONDS,
 )
 from hyperhive.errors import RequestRefused
+
+#: Most bytes a tail reads from the end of a log: the agent writes it, and a log of one
+#: endless line must not be read whole; the reply fits a protocol line even escaped.
+MAX_TAIL_BYTES: Final = 128 * 1024
 
 
 @attrs.frozen
@@ -205,18 +209,19 @@ def spawn_detached(
 
 
 def tail_lines(log_file: Path, lines: int) -> list[str]:
-    """The last ``lines`` lines of a log file, reading only its end."""
+    """The last ``lines`` lines of a log file, reading only its end (at most
+    :data:`MAX_TAIL_BYTES`: the first line of a longer tail is cut)."""
     try:
         with log_file.open("rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            block = min(size, max(4096, lines * 400))
+            block = min(size, max(4096, lines * 400), MAX_TAIL_BYTES)
             while True:
                 f.seek(size - block)
                 data = f.read(block)
-                if data.count(b"\n") > lines or block == size:
+                if data.count(b"\n") > lines or block in (size, MAX_TAIL_BYTES):
                     break
-                block = min(size, block * 4)
+                block = min(size, block * 4, MAX_TAIL_BYTES)
     except FileNotFoundError:
         return []
     text = data.decode("utf-8", "replace").splitlines()

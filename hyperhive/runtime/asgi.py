@@ -35,7 +35,10 @@ def hypercorn_config(bind: list[str], *, graceful_timeout: float = 1.0) -> Hyper
     config.errorlog = logging.getLogger("hyperhive.web.server")
     # Open event streams must not hold a shutdown up for long.
     config.graceful_timeout = graceful_timeout
-    config.keep_alive_timeout = 75.0
+    # An idle connection (also one whose request head never ends) is closed after 5 s: the
+    # dashboard is reachable from every agent (they share the host's network), and its
+    # connections are capped (hyperhive/web/_serve.py); browsers reconnect at once.
+    config.keep_alive_timeout = 5.0
     return config
 
 

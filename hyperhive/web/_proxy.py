@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import contextlib
 import html
+import os
 import re
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
@@ -148,15 +150,28 @@ class Upstream:
 
     @classmethod
     async def open(cls, path: Path) -> Upstream:
+        # The agent writes the dir of its ui.sock: a symlink there could point the daemon
+        # (root) at any unix socket of the host. So the socket file itself is opened without
+        # following a link, and connected to through that very file (/proc/self/fd/N).
         try:
+            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise UpstreamUnavailable(f"nothing listens at {path}") from None
+        except OSError as exc:
+            raise UpstreamUnavailable(f"cannot connect to {path}: {exc.strerror}") from None
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                raise UpstreamUnavailable(f"{path} is not a socket (a symlink?)")
             with trio.fail_after(CONNECT_TIMEOUT):
-                stream = await trio.open_unix_socket(str(path))
+                stream = await trio.open_unix_socket(f"/proc/self/fd/{fd}")
         except FileNotFoundError:
             raise UpstreamUnavailable(f"nothing listens at {path}") from None
         except trio.TooSlowError:
             raise UpstreamUnavailable(f"no answer from {path} in {CONNECT_TIMEOUT:g} s") from None
         except OSError as exc:
             raise UpstreamUnavailable(f"cannot connect to {path}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
         return cls(stream)
 
     async def exchange(

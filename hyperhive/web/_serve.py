@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+import hypercorn.trio.run
 import trio
+from hypercorn.trio.tcp_server import TCPServer
 
 from hyperhive.errors import HyperhiveError
 from hyperhive.runtime import innermost
@@ -23,6 +25,33 @@ if TYPE_CHECKING:
     from hyperhive.hive import Hive
 
 BACKOFF: Final = Backoff(first=1.0, limit=60.0)
+#: Most TCP connections the dashboard holds at once. Agents share the host's network, so
+#: any of them can connect; without a cap, thousands of idle connections would take the
+#: daemon's file descriptors (and its sockets and files with them) and its memory. Past the
+#: cap a new connection is closed at once: the dashboard may be busy, the daemon is not.
+MAX_DASHBOARD_CONNECTIONS: Final = 256
+
+
+class _CappedTCPServer(TCPServer):
+    """Hypercorn's per-connection server, refusing connections past the cap."""
+
+    active = 0
+
+    async def run(self) -> None:
+        if _CappedTCPServer.active >= MAX_DASHBOARD_CONNECTIONS:
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+            return
+        _CappedTCPServer.active += 1
+        try:
+            await super().run()
+        finally:
+            _CappedTCPServer.active -= 1
+
+
+# hypercorn's trio worker makes one TCPServer per accepted connection; it has no cap of
+# its own, so the worker is given this one.
+hypercorn.trio.run.TCPServer = _CappedTCPServer  # type: ignore[attr-defined]
 
 
 class DashboardUnavailable(HyperhiveError):
