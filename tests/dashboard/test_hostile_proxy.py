@@ -11,13 +11,14 @@ from pathlib import Path
 
 import trio
 
-from hyperhive.supervisor import Hive
+from hyperhive.hive import Hive
+from hyperhive.supervisor import Daemon
 
 from .test_agent_proxy import FakeUi, get
 
 
 async def test_a_symlinked_ui_socket_is_not_followed(
-    hive: Hive, nursery: trio.Nursery, short_tmp: Path
+    inproc: Daemon, hive: Hive, nursery: trio.Nursery, short_tmp: Path
 ) -> None:
     await hive.spawn("alice")
     target = FakeUi()
@@ -26,18 +27,20 @@ async def test_a_symlinked_ui_socket_is_not_followed(
     hive.config.paths.ui_socket("alice").symlink_to(host_socket)
 
     for path in ("/agent/alice/api/state", "/agent/alice/events/stream", "/agent/alice/"):
-        response = await get(hive, path)
+        response = await get(inproc, path)
         assert response.status == 502, (path, response)
         assert b"not a socket" in response.body
     assert target.requests == []  # nothing reached the host's socket
     assert hive.registry.ui_url("alice") is None  # and the dashboard offers no link
 
 
-async def test_the_real_ui_socket_still_answers(hive: Hive, nursery: trio.Nursery) -> None:
+async def test_the_real_ui_socket_still_answers(
+    inproc: Daemon, hive: Hive, nursery: trio.Nursery
+) -> None:
     await hive.spawn("alice")
     ui = FakeUi()
     await nursery.start(ui.serve, hive.config.paths.ui_socket("alice"))
     assert hive.registry.ui_url("alice") == "/agent/alice/"
-    response = await get(hive, "/agent/alice/api/state")
+    response = await get(inproc, "/agent/alice/api/state")
     assert response.status == 200, response
     assert [r[0] for r in ui.requests] == ["GET"]
