@@ -174,7 +174,10 @@ def run(
     ] = None,
     stop_agents_on_exit: Annotated[
         bool,
-        typer.Option(help="Stop every agent when the daemon exits (development)."),
+        typer.Option(
+            help="Stop every agent when the daemon exits; the next start starts them again "
+            "(development)."
+        ),
     ] = False,
     harness_command: Annotated[
         str | None,
