@@ -215,6 +215,8 @@ class NspawnBackend:
             **_base_env(),
             **spec.env,
             "HOME": contract.HOME,
+            # claude's .claude.json beside its login in the bound dir, not in the volatile /root.
+            "CLAUDE_CONFIG_DIR": contract.CLAUDE_DIR,
             "HYPERHIVE_SOCKET": contract.SOCKET,
             "HYPERHIVE_STATE_DIR": state,
             "HYPERHIVE_EVENTS_DB": f"{state}/hyperhive-events.sqlite",
