@@ -234,7 +234,7 @@ class Api:
                     version=hyperhive.__version__,
                     protocol=PROTOCOL_VERSION,
                     pid=os.getpid(),
-                    backend=hive.config.backend,
+                    backend=hive.backend,
                     started_at=hive.started_at,
                     agents=len(hive.registry.live()),
                     pending_approvals=len(await hive.approvals.list(pending_only=True)),

@@ -189,7 +189,10 @@ def run(
     ] = _config_default("admin_group"),
     stop_agents_on_exit: Annotated[
         bool,
-        typer.Option(help="Stop every agent when the daemon exits (development)."),
+        typer.Option(
+            help="Stop every agent when the daemon exits; the next start starts them again "
+            "(development)."
+        ),
     ] = _config_default("stop_agents_on_exit"),
     harness_command: Annotated[
         str | None,

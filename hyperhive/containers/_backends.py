@@ -226,6 +226,8 @@ class NspawnBackend:
             **_base_env(),
             **spec.env,
             "HOME": contract.HOME,
+            # claude's .claude.json beside its login in the bound dir, not in the volatile /root.
+            "CLAUDE_CONFIG_DIR": contract.CLAUDE_DIR,
             **contract.agent_env(spec.name, socket=contract.SOCKET, state_dir=contract.STATE_DIR),
             contract.EXTRA_ALLOWED_TOOLS_ENV: CONTAINER_TOOLS,
             **(contract.manager_env(contract.AGENTS_DIR) if spec.agents_dir else {}),

@@ -132,7 +132,9 @@ class AgentRunner:
             if self._stop_on_exit and self.handle is not None:
                 with trio.CancelScope(shield=True):
                     await self.handle.stop()
-                    await self._registry.update(self.name, state=AgentState.STOPPED, pid=None)
+                    # Still ``running`` without a pid: the next daemon starts it again
+                    # (only the operator's kill leaves an agent stopped).
+                    await self._registry.update(self.name, pid=None)
             elif self.handle is not None:
                 self.handle.close()  # the payload runs on; a later daemon re-adopts it
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +49,19 @@ class Settings:
     step_seconds: float = 600.0
 
 
+def hyperhive_command(executable: str = sys.executable, path: str | None = None) -> list[str]:
+    """How the operator runs this hyperhive: ``hyperhive`` when that is the one on ``PATH``,
+    else the script beside this Python (``.venv/bin/hyperhive`` in a checkout), else
+    ``python -m hyperhive``."""
+    beside = Path(executable).parent / "hyperhive"
+    found = shutil.which("hyperhive", path=path)
+    if found and (not beside.is_file() or Path(found).resolve() == beside.resolve()):
+        return ["hyperhive"]
+    if beside.is_file():
+        return [str(beside)]
+    return [executable, "-m", "hyperhive"]
+
+
 def daemon_env(base: dict[str, str], mock_url: str, claude: Path) -> dict[str, str]:
     """The daemon's environment: no real credentials, the scripted API, the real claude."""
     env = {k: v for k, v in base.items() if not k.upper().startswith(_STRIP_PREFIXES)}
@@ -78,7 +92,7 @@ class Story:
 
     def cli(self, *args: str) -> str:
         """The CLI command an operator would type for this hive."""
-        return shlex.join(["hyperhive", *args, "--run-dir", str(self.run_dir)])
+        return shlex.join([*hyperhive_command(), *args, "--run-dir", str(self.run_dir)])
 
     # ------------------------------------------------------------ host.sock
 
@@ -209,7 +223,7 @@ class Story:
             self.say(f"   --auto: approving it ({self.cli('approve', str(aid))})")
             await self.call({"cmd": "approve", "id": aid})
         else:
-            self.say("   Your turn: approve it in the dashboard (Approvals), or run")
+            self.say("   Your turn: approve it in the dashboard (tab Y3R C4LL), or run")
             self.say(f"   {self.cli('approve', str(aid))}")
 
         async def decided() -> dict[str, Any] | None:
@@ -244,7 +258,7 @@ class Story:
             self.say(f"   --auto: answering {choice!r}")
             await self.call({"cmd": "answer", "id": qid, "answer": choice})
         else:
-            self.say("   Your turn: answer it in the dashboard (Questions), or run")
+            self.say("   Your turn: answer it in the dashboard (tab Y3R C4LL), or run")
             self.say(f"   {self.cli('answer', str(qid), question['options'][0])}")
 
         reply = await self.operator_message(script.NEW_AGENT, script.REPLY_PREFIX)
