@@ -15,6 +15,7 @@ from hyperhive.broker import Outgoing, check_body, check_wake_label
 from hyperhive.config import MAX_STATUS_TEXT, PROTOCOL_VERSION
 from hyperhive.envfile import CREDENTIALS_FILE, credentials_warning
 from hyperhive.errors import RequestRefused
+from hyperhive.kinds import BackendChoice, BackendName, ConnectionRole, PeerRole
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import (
     Ack,
@@ -82,6 +83,7 @@ from hyperhive.protocol import (
     VacuumReply,
     Wake,
 )
+from hyperhive.protocol.event_payloads import HarnessConnected, HarnessDisconnected
 from hyperhive.registry import AgentRecord, AgentState
 from hyperhive.server import Connection, SocketKind
 from hyperhive.store import DatabaseFailed
@@ -127,11 +129,11 @@ class Api:
             await self.hive.broker.undeliver(conn.principal.name, [m.id for m in reply.messages])
 
     def closed(self, conn: Connection) -> None:
-        if conn.role == "harness":
+        if conn.role == ConnectionRole.HARNESS:
             self.hive.registry.harnesses[conn.principal.name] -= 1
             if self.hive.registry.harnesses[conn.principal.name] <= 0:
                 del self.hive.registry.harnesses[conn.principal.name]
-                self.hive.events.publish("harness_disconnected", name=conn.principal.name)
+                self.hive.events.emit(HarnessDisconnected(name=conn.principal.name))
 
     async def _hello(self, conn: Connection, request: Hello) -> HelloReply:
         if request.protocol != PROTOCOL_VERSION:
@@ -140,17 +142,17 @@ class Api:
                 f"this daemon speaks {PROTOCOL_VERSION}"
             )
         principal = conn.principal
-        if request.role == "harness":
+        if request.role == ConnectionRole.HARNESS:
             if principal.kind is SocketKind.HOST:
                 raise RequestRefused("a harness connects to an agent socket, not the host socket")
-            if conn.role != "harness":
+            if conn.role != ConnectionRole.HARNESS:
                 self.hive.registry.harnesses[principal.name] += 1
-                self.hive.events.publish("harness_connected", name=principal.name)
+                self.hive.events.emit(HarnessConnected(name=principal.name))
             # A harness saying hello starts afresh: what it took but never acked comes again.
             await self.hive.broker.requeue_unacked(principal.name)
         conn.role = request.role
-        role = {SocketKind.HOST: "operator", SocketKind.MANAGER: "manager"}.get(
-            principal.kind, "agent"
+        role = {SocketKind.HOST: PeerRole.OPERATOR, SocketKind.MANAGER: PeerRole.MANAGER}.get(
+            principal.kind, PeerRole.AGENT
         )
         return HelloReply(protocol=PROTOCOL_VERSION, name=principal.name, role=role)
 
@@ -207,7 +209,7 @@ class Api:
                     model=hive.registry.model(record.name),
                     status_text=record.status_text,
                     parent=record.parent,
-                    state=record.state.value,
+                    state=record.state,
                 )
             case RequestSpawn(name=name, description=description):
                 return ApprovalReply(approval=await hive.request_spawn(name, description, MANAGER))
@@ -237,7 +239,7 @@ class Api:
                     version=hyperhive.__version__,
                     protocol=PROTOCOL_VERSION,
                     pid=os.getpid(),
-                    backend=hive.config.backend,
+                    backend=BackendChoice(hive.config.backend),
                     started_at=hive.started_at,
                     agents=len(hive.registry.live()),
                     pending_approvals=len(await hive.approvals.list(pending_only=True)),
@@ -314,7 +316,7 @@ class Api:
         return AgentInfo(
             name=record.name,
             role=record.role,
-            state=record.state.value,
+            state=record.state,
             backend=record.backend,
             created_at=record.created_at,
             parent=record.parent,
@@ -333,7 +335,7 @@ class Api:
         )
 
     def _agent_credentials_warning(self, record: AgentRecord) -> str | None:
-        if record.backend == "external" or record.state == AgentState.DESTROYED:
+        if record.backend == BackendName.EXTERNAL or record.state == AgentState.DESTROYED:
             return None  # an external agent's credentials are not ours to see
         login = self.hive.config.paths.agent_dir(record.name) / "claude" / CREDENTIALS_FILE
         return credentials_warning(os.environ, login.is_file())

@@ -71,6 +71,7 @@ from hyperhive.containers import (
 from hyperhive.errors import AlreadyRunning, DiskFull, RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.journal import OperationKind, crash_point, sql_begin, sql_end, sql_unfinished
+from hyperhive.kinds import BackendName
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import ApprovalInfo, LogsReply, RecentMessage, Tombstone
 from hyperhive.questions import QuestionBook
@@ -306,7 +307,7 @@ class Hive:
         await self.registry.set_model(agent, config.model)
         await self.registry.reload_config(agent)
         record = self.registry.get(agent)
-        if record.backend != "external" and record.state != AgentState.DESTROYED:
+        if record.backend != BackendName.EXTERNAL and record.state != AgentState.DESTROYED:
             await self.containers.request(agent, "rebuild")
 
     async def _denied_apply_commit(self, approval: ApprovalInfo) -> None:
@@ -351,7 +352,7 @@ class Hive:
         if not self.config.paths.model_file(name).exists():
             config = await load_applied_config(self.config.paths.applied_dir(name))
             await self.registry.set_model(name, config.model)
-        if record.backend != "external":
+        if record.backend != BackendName.EXTERNAL:
             await self.containers.ensure(name, first_start=first_start)
         return self.registry.get(name)
 
@@ -359,7 +360,7 @@ class Hive:
         record = self.registry.get(name)
         if record.state == AgentState.DESTROYED:
             raise RequestRefused(f"{name} is destroyed; revive it first")
-        if record.backend == "external":
+        if record.backend == BackendName.EXTERNAL:
             raise RequestRefused(
                 f"cannot {verb} {name}: the external backend starts nothing; "
                 f"run its harness by hand against {self.config.paths.agent_socket(name)}"
@@ -392,7 +393,7 @@ class Hive:
         """Stop the container, then in one transaction: the row DESTROYED, the agent's
         pending approvals failed, the journal entry ended. Idempotent."""
         record = self.registry.get(name)
-        if record.state != AgentState.DESTROYED and record.backend != "external":
+        if record.state != AgentState.DESTROYED and record.backend != BackendName.EXTERNAL:
             await self.containers.request(name, "destroy")
             crash_point("destroy-stopped")
             record = self.registry.get(name)
@@ -459,7 +460,7 @@ class Hive:
         record = self.registry.get(name)
         if not 1 <= lines <= MAX_LOG_LINES:
             raise RequestRefused(f"lines must be between 1 and {MAX_LOG_LINES}")
-        if record.backend == "external":
+        if record.backend == BackendName.EXTERNAL:
             raise RequestRefused(
                 f"no logs for {name}: the external backend does not run it, so its output "
                 "is wherever its harness was started by hand"
@@ -585,7 +586,7 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
                     await hive.registry.update(MANAGER, backend=hive.backend)
                 await prepare_agent_repos(paths, MANAGER, hive.seed_toml)
                 await nursery.start(hive.containers.serve)
-                if moved and hive.registry.get(MANAGER).backend != "external":
+                if moved and hive.registry.get(MANAGER).backend != BackendName.EXTERNAL:
                     # A manager re-adopted from before the move has no /agents: restart it.
                     await hive.containers.request(MANAGER, "restart")
                 await hive.finish_interrupted()

@@ -22,6 +22,7 @@ import trio
 from hyperhive.client import Client
 from hyperhive.config import PROTOCOL_VERSION
 from hyperhive.errors import ClientError, ProtocolError
+from hyperhive.kinds import ConnectionRole, PeerRole
 from hyperhive.protocol import REPLIES, Hello, HelloReply, Reply, Request, encode_request, structure
 
 R = TypeVar("R", bound=Reply)
@@ -58,9 +59,10 @@ class DaemonLink:
             stream = await trio.open_unix_socket(os.fspath(path))
         except OSError as exc:
             raise Disconnected(f"cannot connect to {path}: {exc.strerror or exc}") from None
-        link = cls(Client(stream), HelloReply(protocol=PROTOCOL_VERSION, name="", role=""))
+        unknown = HelloReply(protocol=PROTOCOL_VERSION, name="", role=PeerRole.AGENT)
+        link = cls(Client(stream), unknown)
         try:
-            hello = await link.call(Hello(role=role, protocol=PROTOCOL_VERSION))  # type: ignore[arg-type]
+            hello = await link.call(Hello(role=ConnectionRole(role), protocol=PROTOCOL_VERSION))
         except BaseException:
             await link.aclose()
             raise

@@ -40,6 +40,7 @@ from hyperhive.config import MAX_LINE_BYTES, MAX_LOG_LINES
 from hyperhive.config_repo import diff_proposal
 from hyperhive.errors import DiskFull, ProtocolError, RequestRefused
 from hyperhive.events import Event
+from hyperhive.kinds import AgentState, ApprovalStatus
 from hyperhive.names import OPERATOR
 from hyperhive.protocol import (
     CONVERTER,
@@ -48,8 +49,10 @@ from hyperhive.protocol import (
     SendReply,
     encode_error,
     encode_reply,
+    event_data,
+    kinds_js,
 )
-from hyperhive.registry import AgentState
+from hyperhive.protocol.event_payloads import Resync
 from hyperhive.server import Connection, Principal, SocketKind
 from hyperhive.web._auth import CSRF_HEADER, SESSION_COOKIE, Auth
 from hyperhive.web._proxy import AgentUiProxy, agent_name
@@ -239,7 +242,8 @@ class Dashboard:
         if not STATIC_NAME.fullmatch(name) or suffix not in STATIC_TYPES:
             return PlainTextResponse("not found", status_code=404)
         try:
-            body = _static(name)
+            # The kinds of the event stream come from the code, never from a copy.
+            body = kinds_js().encode() if name == "kinds.js" else _static(name)
         except OSError:  # no such file, or a name the file system refuses
             return PlainTextResponse("not found", status_code=404)
         return Response(body, media_type=STATIC_TYPES[suffix])
@@ -267,8 +271,8 @@ class Dashboard:
             },
             "tombstones": CONVERTER.unstructure(await hive.tombstones()),
             "approvals": CONVERTER.unstructure(
-                [a for a in approvals if a.status == "pending"]
-                + [a for a in approvals if a.status != "pending"][-HISTORY_LIMIT:]
+                [a for a in approvals if a.status == ApprovalStatus.PENDING]
+                + [a for a in approvals if a.status != ApprovalStatus.PENDING][-HISTORY_LIMIT:]
             ),
             "questions": CONVERTER.unstructure(
                 [q for q in questions if q.answered_at is None]
@@ -300,7 +304,7 @@ class Dashboard:
             try:
                 if backlog is None:
                     sent = events.seq
-                    yield _frame("resync", {"seq": sent}, sent)
+                    yield _frame(Resync.KIND, event_data(Resync(seq=sent)), sent)
                 else:
                     sent = since or 0
                     for event in backlog:
