@@ -224,8 +224,13 @@ class Registry:
         role: str = AgentRole.AGENT,
         parent: str | None = None,
         backend: str | None = None,
+        transient: Transient | None = None,
     ) -> AgentRecord:
-        """Create (or revive) an agent's directories, row and socket. Idempotent."""
+        """Create (or revive) an agent's directories, row and socket. Idempotent.
+
+        ``transient`` is what a new (or revived) agent shows until its creator clears it
+        (``spawning``); an agent that exists already is returned unchanged.
+        """
         try:
             name = parse_agent_name(name, allow_manager=role == AgentRole.MANAGER)
         except InvalidAgentName as exc:
@@ -245,6 +250,8 @@ class Registry:
             updated_at=now,
             parent=parent if existing is None else existing.parent,
             status_text="",
+            transient=transient,
+            transient_since=None if transient is None else now,
         )
         await self._db.transaction(lambda conn: _upsert(conn, record))
         self._agents[name] = record
