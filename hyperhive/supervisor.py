@@ -71,7 +71,13 @@ from hyperhive.containers import (
 from hyperhive.errors import AlreadyRunning, DiskFull, RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.journal import OperationKind, crash_point, sql_begin, sql_end, sql_unfinished
-from hyperhive.kinds import BackendName, Transient
+from hyperhive.kinds import (
+    AgentRole,
+    BackendChoice,
+    BackendName,
+    LifecycleVerb,
+    Transient,
+)
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import ApprovalInfo, LogsReply, RecentMessage, Tombstone
 from hyperhive.questions import QuestionBook
@@ -138,7 +144,7 @@ class Hive:
         self.dashboard: Dashboard | None = None
         self.dashboard_urls: list[str] = []
         self.containers = Containers(
-            {"process": ProcessBackend(), "nspawn": NspawnBackend()},
+            {BackendName.PROCESS: ProcessBackend(), BackendName.NSPAWN: NspawnBackend()},
             paths=config.paths,
             registry=self.registry,
             broker=self.broker,
@@ -308,7 +314,7 @@ class Hive:
         await self.registry.reload_config(agent)
         record = self.registry.get(agent)
         if record.backend != BackendName.EXTERNAL and record.state != AgentState.DESTROYED:
-            await self.containers.request(agent, "rebuild")
+            await self.containers.request(agent, LifecycleVerb.REBUILD)
 
     async def _denied_apply_commit(self, approval: ApprovalInfo) -> None:
         await mark_denied(self.config.paths.applied_dir(approval.agent), approval.id, approval.note)
@@ -332,7 +338,7 @@ class Hive:
         return await self._create(name, backend=backend)
 
     async def _create(
-        self, name: str, *, role: str = "agent", backend: str | None = None
+        self, name: str, *, role: str = AgentRole.AGENT, backend: str | None = None
     ) -> AgentRecord:
         """Register (or revive) an agent and hand it to its supervisor, which starts it.
 
@@ -373,7 +379,8 @@ class Hive:
                 f"cannot {verb} {name}: the external backend starts nothing; "
                 f"run its harness by hand against {self.config.paths.agent_socket(name)}"
             )
-        await self.containers.request(name, "rebuild" if verb == "update" else verb)
+        rebuild = verb == LifecycleVerb.UPDATE
+        await self.containers.request(name, LifecycleVerb.REBUILD if rebuild else verb)
 
     async def destroy(self, name: str, *, purge: bool) -> None:
         record = self.registry.get(name)
@@ -402,7 +409,7 @@ class Hive:
         pending approvals failed, the journal entry ended. Idempotent."""
         record = self.registry.get(name)
         if record.state != AgentState.DESTROYED and record.backend != BackendName.EXTERNAL:
-            await self.containers.request(name, "destroy")
+            await self.containers.request(name, LifecycleVerb.DESTROY)
             crash_point("destroy-stopped")
             record = self.registry.get(name)
         now = time.time()
@@ -499,8 +506,8 @@ def resolve_backend(name: str) -> str:
     """``auto`` is nspawn when it can run (binary present, root), else the process backend."""
     if name not in BACKENDS:
         raise RequestRefused(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
-    if name == "auto":
-        return "nspawn" if NspawnBackend.available() else "process"
+    if name == BackendChoice.AUTO:
+        return BackendName.NSPAWN if NspawnBackend.available() else BackendName.PROCESS
     return name
 
 
@@ -596,7 +603,7 @@ async def open_hive(config: Config) -> AsyncIterator[Hive]:
                 await nursery.start(hive.containers.serve)
                 if moved and hive.registry.get(MANAGER).backend != BackendName.EXTERNAL:
                     # A manager re-adopted from before the move has no /agents: restart it.
-                    await hive.containers.request(MANAGER, "restart")
+                    await hive.containers.request(MANAGER, LifecycleVerb.RESTART)
                 await hive.finish_interrupted()
                 for part, body in (
                     ("the questions watchdog", hive.questions.watchdog),
