@@ -14,6 +14,7 @@ from hyperhive.broker import Outgoing, check_body, check_wake_label
 from hyperhive.config import MAX_STATUS_TEXT, PROTOCOL_VERSION
 from hyperhive.errors import RequestRefused
 from hyperhive.hive import Hive
+from hyperhive.kinds import BackendChoice, ConnectionRole, PeerRole
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import (
     Ack,
@@ -79,6 +80,7 @@ from hyperhive.protocol import (
     VacuumReply,
     Wake,
 )
+from hyperhive.protocol.event_payloads import HarnessConnected, HarnessDisconnected
 from hyperhive.server import Connection, SocketKind
 from hyperhive.store import DatabaseFailed
 
@@ -124,11 +126,11 @@ class Api:
             await self.hive.broker.undeliver(conn.principal.name, [m.id for m in reply.messages])
 
     def closed(self, conn: Connection) -> None:
-        if conn.role == "harness":
+        if conn.role == ConnectionRole.HARNESS:
             self.hive.registry.harnesses[conn.principal.name] -= 1
             if self.hive.registry.harnesses[conn.principal.name] <= 0:
                 del self.hive.registry.harnesses[conn.principal.name]
-                self.hive.events.publish("harness_disconnected", name=conn.principal.name)
+                self.hive.events.emit(HarnessDisconnected(name=conn.principal.name))
 
     async def _hello(self, conn: Connection, request: Hello) -> HelloReply:
         if request.protocol != PROTOCOL_VERSION:
@@ -137,17 +139,17 @@ class Api:
                 f"this daemon speaks {PROTOCOL_VERSION}"
             )
         principal = conn.principal
-        if request.role == "harness":
+        if request.role == ConnectionRole.HARNESS:
             if principal.kind is SocketKind.HOST:
                 raise RequestRefused("a harness connects to an agent socket, not the host socket")
-            if conn.role != "harness":
+            if conn.role != ConnectionRole.HARNESS:
                 self.hive.registry.harnesses[principal.name] += 1
-                self.hive.events.publish("harness_connected", name=principal.name)
+                self.hive.events.emit(HarnessConnected(name=principal.name))
             # A harness saying hello starts afresh: what it took but never acked comes again.
             await self.hive.broker.requeue_unacked(principal.name)
         conn.role = request.role
-        role = {SocketKind.HOST: "operator", SocketKind.MANAGER: "manager"}.get(
-            principal.kind, "agent"
+        role = {SocketKind.HOST: PeerRole.OPERATOR, SocketKind.MANAGER: PeerRole.MANAGER}.get(
+            principal.kind, PeerRole.AGENT
         )
         return HelloReply(protocol=PROTOCOL_VERSION, name=principal.name, role=role)
 
@@ -204,7 +206,7 @@ class Api:
                     model=hive.registry.model(record.name),
                     status_text=record.status_text,
                     parent=record.parent,
-                    state=record.state.value,
+                    state=record.state,
                 )
             case RequestSpawn(name=name, description=description):
                 return ApprovalReply(approval=await hive.request_spawn(name, description, MANAGER))
@@ -234,7 +236,7 @@ class Api:
                     version=hyperhive.__version__,
                     protocol=PROTOCOL_VERSION,
                     pid=os.getpid(),
-                    backend=hive.backend,
+                    backend=BackendChoice(hive.backend),
                     started_at=hive.started_at,
                     agents=len(hive.registry.live()),
                     pending_approvals=len(await hive.approvals.list(pending_only=True)),

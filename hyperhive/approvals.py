@@ -19,7 +19,6 @@ import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from enum import StrEnum
 from typing import Final
 
 import attrs
@@ -35,25 +34,13 @@ from hyperhive.journal import (
     sql_end_approval,
     sql_for_approval,
 )
-from hyperhive.names import MANAGER, OPERATOR, SYSTEM
-from hyperhive.protocol import CONVERTER, ApprovalInfo
-from hyperhive.questions import system_body
+from hyperhive.kinds import ApprovalKind, ApprovalStatus, Decider
+from hyperhive.names import MANAGER, SYSTEM
+from hyperhive.protocol import ApprovalInfo, event_payloads, system_body, system_messages
 from hyperhive.store import Database
 
 log = logging.getLogger(__name__)
 COMMIT_REF_RE: Final = re.compile(r"[0-9a-f]{7,40}")
-
-
-class ApprovalKind(StrEnum):
-    SPAWN = "spawn"
-    APPLY_COMMIT = "apply_commit"
-
-
-class ApprovalStatus(StrEnum):
-    PENDING = "pending"
-    APPROVED = "approved"
-    DENIED = "denied"
-    FAILED = "failed"
 
 
 def check_commit_ref(ref: str) -> str:
@@ -75,11 +62,11 @@ def _row_to_info(row: sqlite3.Row) -> ApprovalInfo:
     return ApprovalInfo(
         id=row["id"],
         agent=row["agent"],
-        kind=row["kind"],
+        kind=ApprovalKind(row["kind"]),
         commit_ref=row["commit_ref"],
         requested_at=row["requested_at"],
-        decided_by=row["decided_by"],
-        status=row["status"],
+        decided_by=None if row["decided_by"] is None else Decider(row["decided_by"]),
+        status=ApprovalStatus(row["status"]),
         resolved_at=row["resolved_at"],
         note=row["note"],
         description=row["description"],
@@ -131,7 +118,7 @@ def sql_resolve(
     status: ApprovalStatus,
     note: str | None,
     now: float,
-    decided_by: str = SYSTEM,
+    decided_by: Decider = Decider.SYSTEM,
 ) -> tuple[ApprovalInfo, list[SentMessage]]:
     """Record a decision on a pending approval and tell the manager, in one transaction."""
     current = sql_get(conn, approval_id)
@@ -144,13 +131,14 @@ def sql_resolve(
     sql_end_approval(conn, approval_id)
     info = sql_get(conn, approval_id)
     body = system_body(
-        "approval_resolved",
-        id=info.id,
-        agent=info.agent,
-        kind=info.kind,
-        commit_ref=info.commit_ref,
-        status=info.status,
-        note=info.note,
+        system_messages.ApprovalResolved(
+            id=info.id,
+            agent=info.agent,
+            kind=info.kind,
+            commit_ref=info.commit_ref,
+            status=info.status,
+            note=info.note,
+        )
     )
     return info, sql_insert(conn, [Outgoing(SYSTEM, MANAGER, body)], now)
 
@@ -228,7 +216,7 @@ class ApprovalQueue:
             lambda conn: sql_request(conn, agent, kind, commit_ref, description, requested_by, now)
         )
         if created:
-            self._events.publish("approval_added", approval=CONVERTER.unstructure(info))
+            self._events.emit(event_payloads.ApprovalAdded(approval=info))
         return info
 
     async def approve(self, approval_id: int) -> ApprovalInfo:
@@ -237,7 +225,7 @@ class ApprovalQueue:
             info = await self.get(approval_id)
             if info.status != ApprovalStatus.PENDING:
                 raise RequestRefused(f"approval {approval_id} is already {info.status}")
-            kind = ApprovalKind(info.kind)
+            kind = info.kind
             now = self._clock()
             try:
                 if kind not in self._executors:
@@ -249,7 +237,9 @@ class ApprovalQueue:
                 if precheck is not None:
                     precheck(info)
             except RequestRefused as exc:
-                return await self._resolve(approval_id, ApprovalStatus.FAILED, str(exc), OPERATOR)
+                return await self._resolve(
+                    approval_id, ApprovalStatus.FAILED, str(exc), Decider.OPERATOR
+                )
             await self._db.transaction(lambda conn: sql_claim(conn, approval_id, now))
             crash_point("approve-claimed")
             return await self._carry_out(info)
@@ -262,25 +252,25 @@ class ApprovalQueue:
                 # Cannot happen (the outcome ends the journal entry); drop the stale entry.
                 await self._db.transaction(lambda conn: sql_end_approval(conn, approval_id))
                 return info
-            if ApprovalKind(info.kind) not in self._executors:
+            if info.kind not in self._executors:
                 return await self._resolve(
                     approval_id,
                     ApprovalStatus.FAILED,
                     f"{info.kind} cannot be carried out",
-                    OPERATOR,
+                    Decider.OPERATOR,
                 )
             return await self._carry_out(info)
 
     async def _carry_out(self, info: ApprovalInfo) -> ApprovalInfo:
         """Run the (idempotent) executor of a claimed approval and record the outcome."""
-        executor = self._executors[ApprovalKind(info.kind)]
+        executor = self._executors[info.kind]
         status, note = ApprovalStatus.APPROVED, None
         try:
             await executor(info)
         except (RequestRefused, OSError) as exc:
             status, note = ApprovalStatus.FAILED, str(exc)
         crash_point("approve-executed")
-        return await self._resolve(info.id, status, note, OPERATOR)
+        return await self._resolve(info.id, status, note, Decider.OPERATOR)
 
     async def deny(self, approval_id: int, note: str | None) -> ApprovalInfo:
         note = check_note(note)
@@ -293,27 +283,27 @@ class ApprovalQueue:
                     f"approval {approval_id} was approved and is being carried out; "
                     "approve it again to finish it"
                 )
-            hook = self._on_deny.get(ApprovalKind(info.kind))
+            hook = self._on_deny.get(info.kind)
             if hook is not None:
                 # Record the denial next to the proposal (a tag); it must not block the decision.
                 try:
                     await hook(attrs.evolve(info, note=note))
                 except (RequestRefused, OSError) as exc:
                     log.warning("approval %d: recording the denial failed: %s", approval_id, exc)
-            return await self._resolve(approval_id, ApprovalStatus.DENIED, note, OPERATOR)
+            return await self._resolve(approval_id, ApprovalStatus.DENIED, note, Decider.OPERATOR)
 
     async def set_fetched_sha(self, approval_id: int, sha: str) -> ApprovalInfo:
         return await self._db.transaction(lambda conn: sql_set_fetched(conn, approval_id, sha))
 
     async def fail(self, approval_id: int, note: str) -> ApprovalInfo:
         """Resolve a pending approval as failed (it could not even be prepared)."""
-        return await self._resolve(approval_id, ApprovalStatus.FAILED, note, SYSTEM)
+        return await self._resolve(approval_id, ApprovalStatus.FAILED, note, Decider.SYSTEM)
 
     def resolved(self, results: list[tuple[ApprovalInfo, list[SentMessage]]]) -> list[ApprovalInfo]:
         """Announce decisions committed by an ``sql_resolve`` in someone else's transaction."""
         for info, sent in results:
             self._broker.committed(sent)
-            self._events.publish("approval_resolved", approval=CONVERTER.unstructure(info))
+            self._events.emit(event_payloads.ApprovalResolved(approval=info))
         return [info for info, _ in results]
 
     async def get(self, approval_id: int) -> ApprovalInfo:
@@ -331,7 +321,7 @@ class ApprovalQueue:
         return await self._db.transaction(tx)
 
     async def _resolve(
-        self, approval_id: int, status: ApprovalStatus, note: str | None, decided_by: str
+        self, approval_id: int, status: ApprovalStatus, note: str | None, decided_by: Decider
     ) -> ApprovalInfo:
         now = self._clock()
         result = await self._db.transaction(

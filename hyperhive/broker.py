@@ -45,6 +45,7 @@ from hyperhive.names import (
     parse_agent_name,
 )
 from hyperhive.protocol import Message, RecentMessage
+from hyperhive.protocol import event_payloads as ev
 from hyperhive.store import Database
 
 BROADCAST_PREFIX: Final = "[broadcast to all agents] "
@@ -425,14 +426,15 @@ class Broker:
         """After a commit that inserted messages: publish them and wake their recipients."""
         for m in sent:
             self.sent_total += 1
-            self._events.publish(
-                "sent",
-                id=m.id,
-                sender=m.sender,
-                recipient=m.recipient,
-                body=m.body,
-                sent_at=m.sent_at,
-                in_reply_to=m.in_reply_to,
+            self._events.emit(
+                ev.Sent(
+                    id=m.id,
+                    sender=m.sender,
+                    recipient=m.recipient,
+                    body=m.body,
+                    sent_at=m.sent_at,
+                    in_reply_to=m.in_reply_to,
+                )
             )
             self._wake(m.recipient)
 
@@ -457,13 +459,14 @@ class Broker:
             )
             if messages:
                 for m in messages:
-                    self._events.publish(
-                        "delivered",
-                        id=m.id,
-                        sender=m.from_,
-                        recipient=recipient,
-                        redelivered=m.redelivered,
-                        acked=ack,
+                    self._events.emit(
+                        ev.Delivered(
+                            id=m.id,
+                            sender=m.from_,
+                            recipient=recipient,
+                            redelivered=m.redelivered,
+                            acked=ack,
+                        )
                     )
                 return messages
             if trio.current_time() >= deadline or self._stopping:
@@ -524,13 +527,10 @@ class Broker:
             lambda conn: sql_read_view(conn, recipient, limit, now)
         )
         for m in fresh:
-            self._events.publish(
-                "delivered",
-                id=m.id,
-                sender=m.from_,
-                recipient=recipient,
-                redelivered=False,
-                acked=True,
+            self._events.emit(
+                ev.Delivered(
+                    id=m.id, sender=m.from_, recipient=recipient, redelivered=False, acked=True
+                )
             )
         return messages
 
@@ -540,7 +540,7 @@ class Broker:
     async def vacuum(self, retention_seconds: float) -> int:
         cutoff = self._clock() - retention_seconds
         deleted = await self._db.transaction(lambda conn: sql_vacuum(conn, cutoff))
-        self._events.publish("vacuumed", deleted=deleted)
+        self._events.emit(ev.Vacuumed(deleted=deleted))
         return deleted
 
 

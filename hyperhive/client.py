@@ -22,6 +22,7 @@ import trio
 
 from hyperhive.config import MAX_LINE_BYTES, PROTOCOL_VERSION
 from hyperhive.errors import ClientError, ConnectionLost, ProtocolError
+from hyperhive.kinds import ConnectionRole
 from hyperhive.protocol import (
     OVERSIZED,
     REPLIES,
@@ -53,7 +54,8 @@ class Client:
         stream = await trio.open_unix_socket(os.fspath(path))
         client = cls(stream)
         if hello_role is not None:
-            await client.call(Hello(role=hello_role, protocol=PROTOCOL_VERSION))  # type: ignore[arg-type]
+            hello = Hello(role=ConnectionRole(hello_role), protocol=PROTOCOL_VERSION)
+            await client.call(hello)
         return client
 
     @classmethod

@@ -17,6 +17,7 @@ import attrs
 import trio
 
 from hyperhive.config import EVENT_RING_SIZE, EVENT_SUBSCRIBER_QUEUE
+from hyperhive.protocol.event_payloads import EventPayload, event_data
 
 
 class Numbered(Protocol):
@@ -117,7 +118,12 @@ class EventHub:
             self._seq, len(self._fanout), len(self._ring), self._fanout.dropped
         )
 
+    def emit(self, payload: EventPayload) -> Event:
+        """Publish one typed event (its kind and fields: ``hyperhive.protocol.event_payloads``)."""
+        return self.publish(payload.KIND, **event_data(payload))
+
     def publish(self, kind: str, **data: Any) -> Event:
+        """Publish raw fields; the daemon's own events go through :meth:`emit`."""
         self._seq += 1
         event = Event(self._seq, self._clock(), kind, data)
         self._ring.append(event)

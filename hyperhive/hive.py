@@ -46,6 +46,7 @@ from hyperhive.envfile import credentials_warning
 from hyperhive.errors import DiskFull, RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.journal import OperationKind, crash_point, sql_begin, sql_end, sql_unfinished
+from hyperhive.kinds import BackendName, Transient
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import AgentInfo, ApprovalInfo, LogsReply, RecentMessage, Tombstone
 from hyperhive.questions import QuestionBook
@@ -295,14 +296,22 @@ class Hive:
         await self.registry.make_dirs(name)
         await prepare_agent_repos(self.config.paths, name, self.seed_toml)
         crash_point("spawn-prepared")
-        record = await self.registry.register(name, role=role, backend=backend)
-        crash_point("spawn-registered")
-        await self.registry.reload_config(name)
-        if not self.config.paths.model_file(name).exists():
-            config = await load_applied_config(self.config.paths.applied_dir(name))
-            await self.registry.set_model(name, config.model)
-        if record.backend != "external":
-            await self.containers.ensure(name, first_start=first_start)
+        record = await self.registry.register(
+            name, role=role, backend=backend, transient=Transient.SPAWNING
+        )
+        try:
+            crash_point("spawn-registered")
+            await self.registry.reload_config(name)
+            if not self.config.paths.model_file(name).exists():
+                config = await load_applied_config(self.config.paths.applied_dir(name))
+                await self.registry.set_model(name, config.model)
+            if record.backend != BackendName.EXTERNAL:
+                # Its runner ends the spawning transient (and shows starting while it starts).
+                await self.containers.ensure(name, first_start=first_start)
+        finally:
+            if self.registry.get(name).transient == Transient.SPAWNING:
+                with trio.CancelScope(shield=True):
+                    await self.registry.update(name, transient=None, transient_since=None)
         return self.registry.get(name)
 
     async def lifecycle(self, verb: str, name: str) -> None:
@@ -432,7 +441,7 @@ class Hive:
         return AgentInfo(
             name=record.name,
             role=record.role,
-            state=record.state.value,
+            state=record.state,
             backend=record.backend,
             created_at=record.created_at,
             parent=record.parent,

@@ -30,17 +30,14 @@ from hyperhive.config import MAX_OPTIONS, MAX_QUESTION_CHARS, MAX_QUESTION_TTL_S
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.names import MANAGER, OPERATOR, SYSTEM, InvalidAgentName, parse_agent_name
-from hyperhive.protocol import CONVERTER, QuestionInfo
+from hyperhive.protocol import QuestionInfo, system_body
+from hyperhive.protocol.event_payloads import QuestionAdded, QuestionResolved
+from hyperhive.protocol.system_messages import QuestionAnswered, QuestionAsked
 from hyperhive.store import Database
 
 EXPIRED: Final = "[expired]"
 CANCELLED: Final = "[cancelled]"
 TTL_ANSWERER: Final = "ttl"
-
-
-def system_body(event: str, /, **fields: object) -> str:
-    """The body of a system message: its kind, then its fields as JSON."""
-    return f"{event} {json.dumps(fields, ensure_ascii=False, sort_keys=True)}"
 
 
 def check_ask(
@@ -122,11 +119,9 @@ def sql_resolve(
         (now, answer, answerer, question_id),
     )
     body = system_body(
-        "question_answered",
-        id=question_id,
-        question=question.question,
-        answer=answer,
-        answerer=answerer,
+        QuestionAnswered(
+            id=question_id, question=question.question, answer=answer, answerer=answerer
+        )
     )
     sent = sql_insert(conn, [Outgoing(SYSTEM, question.asker, body)], now)
     return sql_get(conn, question_id), sent
@@ -195,13 +190,14 @@ class QuestionBook:
             sent: list[SentMessage] = []
             if target is not None:
                 body = system_body(
-                    "question_asked",
-                    id=cur.lastrowid,
-                    asker=asker,
-                    question=question,
-                    options=options,
-                    multi=multi,
-                    deadline_at=deadline,
+                    QuestionAsked(
+                        id=cur.lastrowid,
+                        asker=asker,
+                        question=question,
+                        options=options,
+                        multi=multi,
+                        deadline_at=deadline,
+                    )
                 )
                 sent = sql_insert(conn, [Outgoing(SYSTEM, target, body)], now)
             return sql_get(conn, cur.lastrowid), sent
@@ -210,7 +206,7 @@ class QuestionBook:
         self._broker.committed(sent)
         if deadline is not None:
             self._arm(info.id, deadline)
-        self._events.publish("question_added", question=_info_dict(info))
+        self._events.emit(QuestionAdded(question=info))
         return info
 
     async def resolve(
@@ -226,7 +222,7 @@ class QuestionBook:
             lambda conn: sql_resolve(conn, question_id, answer, answerer, now, may_resolve)
         )
         self._broker.committed(sent)
-        self._events.publish("question_resolved", question=_info_dict(info))
+        self._events.emit(QuestionResolved(question=info))
         return info
 
     async def answer_as_agent(self, agent: str, question_id: int, answer: str) -> QuestionInfo:
@@ -294,8 +290,3 @@ class QuestionBook:
             wake_at = math.inf if deadline is None else trio_deadline(deadline, self._clock)
             with trio.move_on_at(wake_at):
                 await self._changed.wait()
-
-
-def _info_dict(info: QuestionInfo) -> dict[str, object]:
-    result: dict[str, object] = CONVERTER.unstructure(info)
-    return result

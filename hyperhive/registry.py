@@ -18,7 +18,6 @@ import stat
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -31,7 +30,9 @@ from hyperhive.config import DEFAULT_MODEL, Paths
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.journal import OperationKind, crash_point, sql_begin, sql_end
+from hyperhive.kinds import AgentRole, AgentState, BackendName, Transient
 from hyperhive.names import MANAGER, InvalidAgentName, parse_agent_name
+from hyperhive.protocol import event_payloads as ev
 from hyperhive.server import Principal, SocketKind
 from hyperhive.store import Database
 
@@ -47,31 +48,23 @@ def model_name_ok(text: str) -> bool:
     return 0 < len(text) <= 100 and text.isprintable() and not any(c.isspace() for c in text)
 
 
-class AgentState(StrEnum):
-    #: Socket bound; nothing started by the daemon (external backend).
-    REGISTERED = "registered"
-    RUNNING = "running"
-    STOPPED = "stopped"
-    #: Exited unexpectedly; a restart is scheduled by the restart policy.
-    CRASHED = "crashed"
-    #: Too many crashes: no automatic restart until the operator starts it.
-    CRASH_LOOP = "crash_loop"
-    #: Container gone, state directories kept: a tombstone that can be revived.
-    DESTROYED = "destroyed"
+__all__ = ["AgentRecord", "AgentState", "Registry", "read_allowed_recipients"]
 
 
 @attrs.frozen
 class AgentRecord:
     name: str
-    role: str
-    state: AgentState
-    backend: str
+    role: AgentRole = attrs.field(converter=AgentRole)
+    state: AgentState = attrs.field(converter=AgentState)
+    backend: BackendName = attrs.field(converter=BackendName)
     created_at: float
     updated_at: float
     parent: str | None
     status_text: str
-    #: ``spawning|starting|stopping|restarting|rebuilding|destroying`` while one runs.
-    transient: str | None = None
+    #: The lifecycle operation running right now, if any.
+    transient: Transient | None = attrs.field(
+        default=None, converter=attrs.converters.optional(Transient)
+    )
     transient_since: float | None = None
     #: The running payload (to re-adopt it after a daemon restart).
     pid: int | None = None
@@ -224,7 +217,7 @@ class Registry:
         self._agents = {r.name: r for r in records}
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await self.register(MANAGER, role="manager")
+            await self.register(MANAGER, role=AgentRole.MANAGER)
             for record in records:
                 await self.reload_config(record.name)
                 if record.state != AgentState.DESTROYED and record.name != MANAGER:
@@ -236,13 +229,18 @@ class Registry:
         self,
         name: str,
         *,
-        role: str = "agent",
+        role: str = AgentRole.AGENT,
         parent: str | None = None,
         backend: str | None = None,
+        transient: Transient | None = None,
     ) -> AgentRecord:
-        """Create (or revive) an agent's directories, row and socket. Idempotent."""
+        """Create (or revive) an agent's directories, row and socket. Idempotent.
+
+        ``transient`` is what a new (or revived) agent shows until its creator clears it
+        (``spawning``); an agent that exists already is returned unchanged.
+        """
         try:
-            name = parse_agent_name(name, allow_manager=role == "manager")
+            name = parse_agent_name(name, allow_manager=role == AgentRole.MANAGER)
         except InvalidAgentName as exc:
             raise RequestRefused(str(exc)) from None
         existing = self._agents.get(name)
@@ -260,12 +258,14 @@ class Registry:
             updated_at=now,
             parent=parent if existing is None else existing.parent,
             status_text="",
+            transient=transient,
+            transient_since=None if transient is None else now,
         )
         await self._db.transaction(lambda conn: _upsert(conn, record))
         self._agents[name] = record
         await self.reload_config(name)
         await self._bind(name)
-        self._events.publish("agent_registered", name=name, role=role, state=record.state.value)
+        self._events.emit(ev.AgentRegistered(name=name, role=record.role, state=record.state))
         return record
 
     async def reload_config(self, name: str) -> None:
@@ -304,7 +304,7 @@ class Registry:
         scope = self._sockets.pop(name, None)
         if scope is not None:
             scope.cancel()
-        self._events.publish("agent_destroyed", name=name)
+        self._events.emit(ev.AgentDestroyed(name=name))
         return record, result
 
     async def purge(self, name: str) -> None:
@@ -336,27 +336,28 @@ class Registry:
             await self._db.transaction(lambda conn: sql_end(conn, operation_id))
         finally:
             self._purging.discard(name)
-        self._events.publish("agent_purged", name=name)
+        self._events.emit(ev.AgentPurged(name=name))
 
     async def update(self, name: str, **changes: Any) -> AgentRecord:
         """Change fields of an agent's record, persist it, and publish ``agent_changed``."""
         record = attrs.evolve(self.get(name), updated_at=self._clock(), **changes)
         await self._db.transaction(lambda conn: _upsert(conn, record))
         self._agents[name] = record
-        self._events.publish(
-            "agent_changed",
-            name=name,
-            state=record.state.value,
-            transient=record.transient,
-            transient_since=record.transient_since,
-            warning=record.warning,
-            pid=record.pid,
+        self._events.emit(
+            ev.AgentChanged(
+                name=name,
+                state=record.state,
+                transient=record.transient,
+                transient_since=record.transient_since,
+                warning=record.warning,
+                pid=record.pid,
+            )
         )
         return record
 
     async def set_status_text(self, name: str, text: str) -> None:
         await self.update(name, status_text=text)
-        self._events.publish("status_changed", name=name, status_text=text)
+        self._events.emit(ev.StatusChanged(name=name, status_text=text))
 
     def model(self, name: str) -> str:
         """The model of the agent's next turn (its model file, which its harness may change)."""
@@ -397,7 +398,7 @@ class Registry:
         await trio.Path(path.parent).mkdir(parents=True, exist_ok=True)
         # The agent writes this directory: never through a name it may have planted.
         await trio.to_thread.run_sync(replace_file, path, (model + "\n").encode())
-        self._events.publish("model_changed", name=name, model=model)
+        self._events.emit(ev.ModelChanged(name=name, model=model))
 
     def tombstone_size(self, name: str) -> tuple[int, float]:
         """Bytes kept for a tombstone and the newest modification time (blocking)."""

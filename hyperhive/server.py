@@ -42,6 +42,7 @@ from hyperhive.config import (
     MAX_SOCKET_PATH,
 )
 from hyperhive.errors import ProtocolError, RequestRefused
+from hyperhive.kinds import ConnectionRole
 from hyperhive.protocol import (
     AGENT_TABLE,
     HOST_TABLE,
@@ -88,7 +89,7 @@ class Connection:
 
     principal: Principal
     peer_pid: int | None
-    role: str | None = None
+    role: ConnectionRole | None = None
 
 
 class Endpoint(Protocol):

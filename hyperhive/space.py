@@ -19,6 +19,7 @@ import trio
 
 from hyperhive.config import SPACE_CHECK_SECONDS, min_free_bytes
 from hyperhive.events import EventHub
+from hyperhive.protocol.event_payloads import SpaceChanged
 
 log = logging.getLogger(__name__)
 #: Pokes closer together than this share one look.
@@ -87,7 +88,7 @@ class SpaceMonitor:
         if space.low != was_low:
             if space.low:
                 log.warning("%s", self.problem())
-            self._events.publish("space_changed", free=space.free, low=space.low)
+            self._events.emit(SpaceChanged(free=space.free, low=space.low))
         return space
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

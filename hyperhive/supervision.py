@@ -24,7 +24,9 @@ from hyperhive import runtime
 from hyperhive.broker import Outgoing
 from hyperhive.events import EventHub
 from hyperhive.names import MANAGER, SYSTEM
-from hyperhive.questions import system_body
+from hyperhive.protocol import system_body
+from hyperhive.protocol.event_payloads import ProblemsChanged
+from hyperhive.protocol.system_messages import AgentError
 from hyperhive.runtime import Backoff, Report, describe
 from hyperhive.runtime.supervise import DEFAULT_BACKOFF
 from hyperhive.store import DatabaseClosed, DatabaseFailed
@@ -91,7 +93,7 @@ class Problems:
             del self._by_part[part]
         else:
             self._by_part[part] = problem
-        self._events.publish("problems_changed", problems=self.list())
+        self._events.emit(ProblemsChanged(problems=self.list()))
 
     def reporter(self, part: str) -> Report:
         async def report(problem: str | None) -> None:
@@ -112,7 +114,7 @@ def agent_reporter(registry: Registry, broker: Broker, name: str) -> Report:
             return
         shown[:] = [problem]
         await registry.update(name, warning=problem)
-        body = system_body("agent_error", agent=name, error=problem)
+        body = system_body(AgentError(agent=name, error=problem))
         await broker.inject([Outgoing(SYSTEM, MANAGER, body)])
 
     return report

@@ -35,6 +35,7 @@ from hyperhive.config import (
     PROTOCOL_VERSION,
 )
 from hyperhive.errors import ClientError, ConnectionLost
+from hyperhive.kinds import ConnectionRole
 from hyperhive.protocol import (
     AgentMetaReply,
     AgentsReply,
@@ -115,7 +116,7 @@ class ConnectionPool:
         except OSError as exc:
             raise ToolError(self._unreachable(exc)) from None
         try:
-            hello = await client.call(Hello(role="mcp", protocol=PROTOCOL_VERSION))
+            hello = await client.call(Hello(role=ConnectionRole.MCP, protocol=PROTOCOL_VERSION))
         except BaseException:
             with trio.CancelScope(shield=True):
                 await client.aclose()

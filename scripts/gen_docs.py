@@ -302,6 +302,15 @@ def protocol_reference(schema: dict[str, Any]) -> str:
             documented.setdefault(cmd, []).append((socket, spec))
         if out[-1] == "":
             out.pop()
+    out += [
+        "",
+        "## Event stream",
+        "",
+        "The dashboard's `/api/stream` (server-sent events): each frame's `event` is the kind,",
+        "its `data` the kind's fields below plus `seq` and `ts` (`resync` carries `seq` only).",
+    ]
+    for kind, spec in schema.get("events", {}).items():
+        out += ["", f"### event: `{kind}`", "", *_fields(spec)]
     out += ["", "## Types", ""]
     for name, spec in schema.get("$defs", {}).items():
         out += [f"### {name}", "", *_fields(spec), ""]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 import typing
+from enum import StrEnum
 from typing import Any, Literal, get_args, get_origin
 
 import attrs
@@ -44,6 +45,8 @@ def for_type(tp: Any, bounds: Bounds | None = None) -> st.SearchStrategy[Any]:
         return st.lists(for_type(get_args(tp)[0], items), max_size=most)
     if origin is Literal:
         return st.sampled_from(get_args(tp))
+    if isinstance(tp, type) and issubclass(tp, StrEnum):
+        return st.sampled_from(list(tp))
     if origin in (typing.Union, types.UnionType):
         return st.one_of(*(for_type(a, bounds) for a in get_args(tp)))
     if attrs.has(tp):

@@ -172,11 +172,16 @@ async def test_spawn_approval_interrupted_is_finished_at_start(
         request = await _ok(host, {"cmd": "request_spawn", "name": "alice"})
     approval_id = request["approval"]["id"]
     await _crashes(crashable, {"cmd": "approve", "id": approval_id})
+    if point == "spawn-registered":  # the agent showed the spawning transient when it died
+        (row,) = _db_rows(crashable.paths, "SELECT * FROM agents WHERE name = 'alice'")
+        assert (row["state"], row["transient"]) == ("registered", "spawning")
 
     await _restart(crashable, nursery, None)
     assert _status(crashable.paths, approval_id)["status"] == "approved"
     live, _ = await _agents(crashable)
     assert live == {"alice"}
+    listed = await crashable.call({"cmd": "list"})
+    assert [a["transient"] for a in listed["agents"] if a["name"] == "alice"] == [None]
     assert crashable.paths.agent_socket("alice").exists()
     await check_consistent(crashable)
     again = await crashable.call({"cmd": "approve", "id": approval_id})

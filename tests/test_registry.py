@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+from hyperhive.kinds import Transient
 from hyperhive.supervisor import Hive
 
 
@@ -31,3 +32,16 @@ async def test_model_and_ui_url_follow_the_files(hive: Hive) -> None:
         assert alice.ui_url == "/agent/alice/" and alice.model == "opus"
     ui.unlink()
     assert hive.registry.ui_url("alice") is None
+
+
+async def test_a_spawn_shows_spawning_until_it_is_done(hive: Hive) -> None:
+    # The spawn's row is written first, showing the transient (as after a crash right then).
+    record = await hive.registry.register("bob", transient=Transient.SPAWNING)
+    assert record.transient == "spawning" and record.transient_since is not None
+    [bob] = [a for a in await hive.api.agent_infos() if a.name == "bob"]
+    assert (bob.state, bob.transient) == ("registered", "spawning")
+    # Spawning again finishes it (idempotent) and the transient ends.
+    done = await hive.spawn("bob")
+    assert done.transient is None and done.transient_since is None
+    # A spawn that completes leaves no transient either.
+    assert (await hive.spawn("carol")).transient is None

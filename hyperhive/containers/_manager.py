@@ -16,7 +16,7 @@ import trio
 from hyperhive.containers._backend import AgentSpec, Backend, tail_lines
 from hyperhive.containers._runner import AgentRunner
 from hyperhive.errors import RequestRefused
-from hyperhive.registry import AgentState
+from hyperhive.kinds import AgentState, LifecycleVerb
 from hyperhive.supervision import Report, supervise
 
 if TYPE_CHECKING:
@@ -114,7 +114,11 @@ class Containers:
         return runner
 
     async def request(self, name: str, verb: str) -> None:
-        await self.runner(name).request(verb)
+        try:
+            command = LifecycleVerb(verb)
+        except ValueError:
+            raise RequestRefused(f"unknown lifecycle command {verb!r}") from None
+        await self.runner(name).request(command)
 
     def logs(self, name: str, lines: int) -> list[str]:
         return tail_lines(self._paths.container_log(name), lines)

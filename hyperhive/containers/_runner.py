@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -31,9 +32,9 @@ from hyperhive.clocks import WallClock, trio_deadline
 from hyperhive.containers._backend import AgentSpec, Backend, PayloadHandle, RunRecord, tail_lines
 from hyperhive.containers._policy import RestartPolicy
 from hyperhive.errors import RequestRefused
+from hyperhive.kinds import AgentState, LifecycleVerb, Transient
 from hyperhive.names import MANAGER, SYSTEM
-from hyperhive.questions import system_body
-from hyperhive.registry import AgentState
+from hyperhive.protocol import event_payloads, system_body, system_messages
 
 if TYPE_CHECKING:
     from hyperhive.broker import Broker
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 STDERR_TAIL_LINES: Final = 20
 
-PAST: Final = {"restart": "restarted", "rebuild": "rebuilt"}
+PAST: Final = {LifecycleVerb.RESTART: "restarted", LifecycleVerb.REBUILD: "rebuilt"}
 #: The start notice every launch puts first in the agent's inbox (``Broker.notice``).
 KICK_BODY: Final = (
     "Start notice: you were {verb}. Re-read your notes in /state before you go on, "
@@ -54,9 +55,16 @@ KICK_AFTER_CRASH: Final = "restarted by hyperhive after a crash"
 KICK_WITH_HIVE: Final = "started again by hyperhive when the hive started"
 
 
+class RunnerEvent(StrEnum):
+    """What, besides a command, wakes the runner."""
+
+    EXIT = "exit"
+    RESTART_DUE = "restart_due"
+
+
 @attrs.define(eq=False)
 class Command:
-    verb: str
+    verb: LifecycleVerb
     done: trio.Event = attrs.Factory(trio.Event)
     error: BaseException | None = None
 
@@ -97,7 +105,7 @@ class AgentRunner:
         record = registry.get(name)
         self.policy = RestartPolicy(crashes=record.crash_times, streak=record.crash_streak)
 
-    async def request(self, verb: str) -> None:
+    async def request(self, verb: LifecycleVerb) -> None:
         """Queue a lifecycle command and wait until the runner carried it out."""
         command = Command(verb)
         await self._send.send(command)
@@ -115,13 +123,13 @@ class AgentRunner:
                 event = await self._next_event()
                 if isinstance(event, Command):
                     await self._execute(event)
-                    if event.verb == "destroy" and event.error is None:
+                    if event.verb == LifecycleVerb.DESTROY and event.error is None:
                         return
-                elif event == "exit":
+                elif event == RunnerEvent.EXIT:
                     await self._on_unexpected_exit()
-                elif event == "restart_due":
+                elif event == RunnerEvent.RESTART_DUE:
                     self._restart_at = None
-                    await self._start_guarded("starting", kick=False)
+                    await self._start_guarded(Transient.STARTING, kick=False)
         except Exception:
             # A bug in here: the payload runs on, and the runner's restart re-adopts it.
             if self.handle is not None:
@@ -138,8 +146,8 @@ class AgentRunner:
             elif self.handle is not None:
                 self.handle.close()  # the payload runs on; a later daemon re-adopts it
 
-    async def _next_event(self) -> Command | str:
-        result: list[Command | str] = []
+    async def _next_event(self) -> Command | RunnerEvent:
+        result: list[Command | RunnerEvent] = []
         async with trio.open_nursery() as nursery:
 
             async def command() -> None:
@@ -148,12 +156,12 @@ class AgentRunner:
 
             async def exited(handle: PayloadHandle) -> None:
                 await handle.wait()
-                result.append("exit")
+                result.append(RunnerEvent.EXIT)
                 nursery.cancel_scope.cancel()
 
             async def timer(at: float) -> None:
                 await trio.sleep_until(trio_deadline(at, self._clock))
-                result.append("restart_due")
+                result.append(RunnerEvent.RESTART_DUE)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(command)
@@ -184,49 +192,50 @@ class AgentRunner:
         if record.state == AgentState.CRASHED:
             self._restart_at = self._clock() + self.policy.next_delay()
         elif record.state in (AgentState.RUNNING, AgentState.REGISTERED):
-            await self._start_guarded("starting", kick=False)
+            await self._start_guarded(Transient.STARTING, kick=False)
 
     # ------------------------------------------------------------ commands
 
     async def _execute(self, command: Command) -> None:
         try:
             match command.verb:
-                case "start":
+                case LifecycleVerb.START:
                     if self.handle is not None:
                         raise RequestRefused(f"{self.name} is already running")
                     self._restart_at = None
                     self.policy = self.policy.cleared()
-                    await self._start("starting", kick=True)
-                case "kill":
+                    await self._start(Transient.STARTING, kick=True)
+                case LifecycleVerb.KILL:
                     if self.handle is None and self._restart_at is None:
                         raise RequestRefused(f"{self.name} is not running")
                     self._restart_at = None
-                    async with self._transient("stopping"):
+                    async with self._transient(Transient.STOPPING):
                         await self._stop()
                         await self._registry.update(self.name, state=AgentState.STOPPED)
-                case "restart" | "rebuild":
-                    verb = "restarting" if command.verb == "restart" else "rebuilding"
+                case LifecycleVerb.RESTART | LifecycleVerb.REBUILD:
+                    restart = command.verb == LifecycleVerb.RESTART
+                    verb = Transient.RESTARTING if restart else Transient.REBUILDING
                     # Build the new spec first: a bad config leaves the running agent alone.
                     spec = await self._spec_for(self.name)
-                    if command.verb == "rebuild" and self.handle is None:
+                    if command.verb == LifecycleVerb.REBUILD and self.handle is None:
                         return  # not running: the new config applies at its next start
                     self._restart_at = None
                     self.policy = self.policy.cleared()
                     async with self._transient(verb):
                         await self._stop()
                         await self._launch(spec, kick=PAST[command.verb])
-                case "destroy":
+                case LifecycleVerb.DESTROY:
                     self._restart_at = None
-                    async with self._transient("destroying"):
+                    async with self._transient(Transient.DESTROYING):
                         await self._stop()
                 case _:
-                    raise RequestRefused(f"unknown lifecycle command {command.verb!r}")
+                    raise RequestRefused(f"unknown lifecycle command '{command.verb}'")
         except Exception as exc:  # handed back to the requester
             command.error = exc if isinstance(exc, RequestRefused) else RequestRefused(str(exc))
         finally:
             command.done.set()
 
-    async def _start_guarded(self, transient: str, *, kick: bool) -> None:
+    async def _start_guarded(self, transient: Transient, *, kick: bool) -> None:
         try:
             await self._start(transient, kick=kick)
         except (RequestRefused, OSError) as exc:
@@ -234,7 +243,7 @@ class AgentRunner:
             log.error("%s: %s", self.name, exc)
             await self._registry.update(self.name, state=AgentState.STOPPED, warning=str(exc))
 
-    async def _start(self, transient: str, *, kick: bool) -> None:
+    async def _start(self, transient: Transient, *, kick: bool) -> None:
         spec = await self._spec_for(self.name)
         async with self._transient(transient):
             await self._launch(spec, kick="started" if kick else None)
@@ -277,7 +286,7 @@ class AgentRunner:
             with trio.CancelScope(shield=True):
                 await handle.stop()
             raise
-        self._events.publish("container_started", name=self.name, pid=self.handle.pid)
+        self._events.emit(event_payloads.ContainerStarted(name=self.name, pid=self.handle.pid))
 
     async def _stop(self) -> None:
         if self.handle is not None:
@@ -305,20 +314,22 @@ class AgentRunner:
             crash_streak=self.policy.streak,
         )
         delay = math.inf if loop else self.policy.next_delay()
-        self._events.publish(
-            "container_crash",
-            name=self.name,
-            exit_status=exit_status,
-            crash_loop=loop,
-            restart_in=None if loop else delay,
+        self._events.emit(
+            event_payloads.ContainerCrash(
+                name=self.name,
+                exit_status=exit_status,
+                crash_loop=loop,
+                restart_in=None if loop else delay,
+            )
         )
         body = system_body(
-            "container_crash",
-            agent=self.name,
-            exit_status=exit_status,
-            stderr_tail="\n".join(tail),
-            crash_loop=loop,
-            restart_in_seconds=None if loop else delay,
+            system_messages.ContainerCrash(
+                agent=self.name,
+                exit_status=exit_status,
+                stderr_tail="\n".join(tail),
+                crash_loop=loop,
+                restart_in_seconds=None if loop else delay,
+            )
         )
         await self._broker.inject([Outgoing(SYSTEM, MANAGER, body)])
         log.warning(
@@ -330,7 +341,7 @@ class AgentRunner:
         self._restart_at = None if loop else now + delay
 
     @asynccontextmanager
-    async def _transient(self, verb: str) -> AsyncIterator[None]:
+    async def _transient(self, verb: Transient) -> AsyncIterator[None]:
         await self._registry.update(self.name, transient=verb, transient_since=self._clock())
         try:
             yield

@@ -18,6 +18,7 @@ import math
 import re
 import typing
 from collections.abc import Callable, Iterable, Mapping
+from enum import StrEnum
 from itertools import accumulate
 from typing import Any, Final, Literal, TypeVar, get_args, get_origin
 
@@ -84,6 +85,20 @@ def _strict_bool(value: object, _: type) -> bool:
     return value
 
 
+def one_of(values: Iterable[str]) -> str:
+    """``must be one of 'a', 'b'``: the reason a value outside a closed set is refused."""
+    return "must be one of " + ", ".join(repr(v) for v in values)
+
+
+def _strict_str_enum(value: object, tp: type[StrEnum]) -> StrEnum:
+    if type(value) is not str:
+        raise TypeError(f"expected a string, got {_json_type(value)}")
+    try:
+        return tp(value)
+    except ValueError:
+        raise FieldRefused(one_of(m.value for m in tp)) from None
+
+
 def _json_type(value: object) -> str:
     if value is None:
         return "null"
@@ -106,6 +121,9 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _strict_float)
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook(bool, _strict_bool)
+    # By class, not by predicate: the ``str`` hook above would otherwise take its subclasses.
+    conv.register_structure_hook(StrEnum, _strict_str_enum)
+    conv.register_unstructure_hook(StrEnum, str.__str__)  # the plain string
 
     def list_hook_factory(tp: Any) -> Callable[[object, Any], Any]:
         (item,) = getattr(tp, "__args__", (Any,))
@@ -328,8 +346,7 @@ def _format_exception(exc: BaseException, tp: type | None) -> str:
     if isinstance(exc, TypeError | ValueError) and str(exc).startswith(("expected", "item ")):
         return str(exc)
     if get_origin(tp) is Literal:
-        allowed = ", ".join(repr(a) for a in get_args(tp))
-        return f"must be one of {allowed}"
+        return one_of(get_args(tp))
     return cattrs.v.format_exception(exc, tp)
 
 

@@ -20,14 +20,24 @@ from hyperhive.config import (
     MAX_RECV_BATCH,
     MAX_RECV_WAIT_SECONDS,
 )
+from hyperhive.kinds import (
+    AgentRole,
+    AgentState,
+    ApprovalKind,
+    ApprovalStatus,
+    BackendChoice,
+    BackendName,
+    ConnectionRole,
+    Decider,
+    PeerRole,
+    Transient,
+)
 from hyperhive.protocol._bounds import Bounds, wire
 
 #: A row id (message, question, approval): what sqlite hands out.
 ID: Final = Bounds(minimum=1, maximum=MAX_ID)
 #: Text that reaches a command line or a file: no NUL.
 CLEAN_TEXT: Final = Bounds(no_nul=True)
-
-Role = Literal["harness", "mcp", "cli"]
 
 
 @attrs.frozen
@@ -85,24 +95,24 @@ class QuestionInfo:
 class ApprovalInfo:
     id: int
     agent: str
-    kind: str
+    kind: ApprovalKind
     commit_ref: str | None
     requested_at: float
-    status: str
+    status: ApprovalStatus
     resolved_at: float | None
     note: str | None
     description: str | None
     fetched_sha: str | None
     #: Who resolved it: ``operator`` (approve/deny), ``system`` (failed before a decision).
-    decided_by: str | None = None
+    decided_by: Decider | None = None
 
 
 @attrs.frozen
 class AgentInfo:
     name: str
-    role: str
-    state: str
-    backend: str
+    role: AgentRole
+    state: AgentState
+    backend: BackendName
     created_at: float
     parent: str | None
     model: str
@@ -110,7 +120,7 @@ class AgentInfo:
     unread: int
     harness_connected: bool
     #: The lifecycle operation running right now (``starting``, ``stopping``, …), if any.
-    transient: str | None
+    transient: Transient | None
     transient_since: float | None
     pid: int | None
     #: Something the operator should know (limits not enforced, last start failed, …).
@@ -126,7 +136,7 @@ class AgentInfo:
 @attrs.frozen
 class Hello(Request):
     CMD = "hello"
-    role: Role
+    role: ConnectionRole
     protocol: int
 
 
@@ -134,7 +144,7 @@ class Hello(Request):
 class HelloReply(Reply):
     protocol: int
     name: str
-    role: str
+    role: PeerRole
 
 
 @attrs.frozen
@@ -273,11 +283,11 @@ class GetAgentMeta(Request):
 @attrs.frozen
 class AgentMetaReply(Reply):
     name: str
-    role: str
+    role: AgentRole
     model: str
     status_text: str
     parent: str | None
-    state: str
+    state: AgentState
 
 
 # ---------------------------------------------------------------- manager socket
@@ -357,7 +367,8 @@ class HostStatusReply(Reply):
     version: str
     protocol: int
     pid: int
-    backend: str
+    #: The backend as configured (``auto`` is chosen per start-up; agents show theirs).
+    backend: BackendChoice
     started_at: float
     agents: int
     pending_approvals: int
@@ -444,7 +455,7 @@ class Spawn(Request):
     CMD = "spawn"
     name: str
     #: Overrides the daemon's backend for this agent (``nspawn``, ``process``, ``external``).
-    backend: str | None = None
+    backend: BackendChoice | None = None
 
 
 @attrs.frozen

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 import typing
+from enum import StrEnum
 from typing import Any, Literal, get_args, get_origin
 
 import attrs
@@ -11,6 +12,7 @@ import attrs
 from hyperhive.protocol._bounds import Bounds, bounds_of
 from hyperhive.protocol._codec import AGENT_TABLE, HOST_TABLE, MANAGER_TABLE, _wire_name
 from hyperhive.protocol._messages import REPLIES, Reply, Request
+from hyperhive.protocol.event_payloads import EVENT_PAYLOADS
 
 
 def _type_schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
@@ -30,6 +32,8 @@ def _type_schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
         return {"type": "array", "items": _type_schema(item, defs)}
     if origin is Literal:
         return {"enum": list(get_args(tp))}
+    if isinstance(tp, type) and issubclass(tp, StrEnum):
+        return {"type": "string", "enum": [m.value for m in tp]}
     if origin in (typing.Union, types.UnionType):
         return {"anyOf": [_type_schema(a, defs) for a in get_args(tp)]}
     if attrs.has(tp):
@@ -101,6 +105,7 @@ def json_schema() -> dict[str, Any]:
                 "reply": _reply_schema(REPLIES[cls], defs),
             }
         sockets[table.socket_name] = commands
+    events = {kind.value: _object_schema(cls, defs) for kind, cls in EVENT_PAYLOADS.items()}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "hyperhive wire protocol",
@@ -109,6 +114,7 @@ def json_schema() -> dict[str, Any]:
             '"ok": true, or {"ok": false, "error": "<reason>"}.'
         ),
         "sockets": sockets,
+        "events": events,
         "error": {
             "type": "object",
             "properties": {"ok": {"const": False}, "error": {"type": "string"}},

@@ -38,6 +38,7 @@ from hyperhive.config import MAX_ID, MAX_LINE_BYTES, MAX_LOG_LINES
 from hyperhive.config_repo import diff_proposal
 from hyperhive.errors import DiskFull, ProtocolError, RequestRefused
 from hyperhive.events import Event
+from hyperhive.kinds import AgentState, ApprovalStatus
 from hyperhive.names import OPERATOR
 from hyperhive.protocol import (
     CONVERTER,
@@ -46,8 +47,8 @@ from hyperhive.protocol import (
     SendReply,
     encode_error,
     encode_reply,
+    kinds_js,
 )
-from hyperhive.registry import AgentState
 from hyperhive.runtime import sse
 from hyperhive.runtime.sse import event_stream_response
 from hyperhive.server import Connection, Principal, SocketKind
@@ -240,7 +241,8 @@ class Dashboard:
         if not STATIC_NAME.fullmatch(name) or suffix not in STATIC_TYPES:
             return PlainTextResponse("not found", status_code=404)
         try:
-            body = _static(name)
+            # The kinds of the event stream come from the code, never from a copy.
+            body = kinds_js().encode() if name == "kinds.js" else _static(name)
         except OSError:  # no such file, or a name the file system refuses
             return PlainTextResponse("not found", status_code=404)
         return Response(body, media_type=STATIC_TYPES[suffix])
@@ -266,8 +268,8 @@ class Dashboard:
             "isolated": hive.isolation(),
             "tombstones": CONVERTER.unstructure(await hive.tombstones()),
             "approvals": CONVERTER.unstructure(
-                [a for a in approvals if a.status == "pending"]
-                + [a for a in approvals if a.status != "pending"][-HISTORY_LIMIT:]
+                [a for a in approvals if a.status == ApprovalStatus.PENDING]
+                + [a for a in approvals if a.status != ApprovalStatus.PENDING][-HISTORY_LIMIT:]
             ),
             "questions": CONVERTER.unstructure(
                 [q for q in questions if q.answered_at is None]

@@ -7,16 +7,10 @@ import { renderAgents } from './agents.js';
 import { renderCalls, lingerFor } from './calls.js';
 import { renderFlow, setupComposer, flowToBottom } from './flow.js';
 import { setupNotifications, notify } from './notify.js';
+// Every kind the daemon publishes (EventSource only delivers kinds it listens for),
+// served from the daemon's own list (hyperhive.kinds.EventKind).
+import { EVENT_KINDS } from './kinds.js';
 
-// Every kind the daemon publishes (EventSource only delivers kinds it listens for).
-const KINDS = [
-  'sent', 'delivered', 'vacuumed', 'resync',
-  'agent_registered', 'agent_changed', 'agent_destroyed', 'agent_purged',
-  'status_changed', 'model_changed', 'harness_connected', 'harness_disconnected',
-  'container_started', 'container_crash',
-  'question_added', 'question_resolved', 'approval_added', 'approval_resolved',
-  'problems_changed', 'space_changed',
-];
 const FLOW_KEEP = 1000;
 const INBOX_KEEP = 200;
 const RECENT_KEEP = 2000;
@@ -198,7 +192,7 @@ function connect() {
       else setTimeout(connect, 5000);
     });
   };
-  for (const kind of KINDS) stream.addEventListener(kind, onEvent);
+  for (const kind of EVENT_KINDS) stream.addEventListener(kind, onEvent);
 }
 
 function showConnection(kind, text) {

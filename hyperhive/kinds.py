@@ -1,0 +1,147 @@
+"""Every closed set of names the daemon uses and sends: states, verbs, kinds, roles.
+
+Defined once, below every other module (it imports nothing of hyperhive), as ``StrEnum``:
+a member *is* its wire string, so the JSON on the sockets, in sqlite and on the dashboard's
+event stream is the same text it always was. The wire classes in ``hyperhive.protocol``
+use these types, the strict codec refuses any other value, and the JSON Schema lists the
+values (``hyperhive schema``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class AgentState(StrEnum):
+    #: Socket bound; nothing started by the daemon (external backend).
+    REGISTERED = "registered"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    #: Exited unexpectedly; a restart is scheduled by the restart policy.
+    CRASHED = "crashed"
+    #: Too many crashes: no automatic restart until the operator starts it.
+    CRASH_LOOP = "crash_loop"
+    #: Container gone, state directories kept: a tombstone that can be revived.
+    DESTROYED = "destroyed"
+
+
+class Transient(StrEnum):
+    """The lifecycle operation running on an agent right now (``AgentInfo.transient``)."""
+
+    #: An approved (or operator) spawn is creating the agent: directories, socket, config.
+    SPAWNING = "spawning"
+    STARTING = "starting"
+    STOPPING = "stopping"
+    RESTARTING = "restarting"
+    REBUILDING = "rebuilding"
+    DESTROYING = "destroying"
+
+
+class LifecycleVerb(StrEnum):
+    """A lifecycle command carried out by an agent's runner."""
+
+    START = "start"
+    KILL = "kill"
+    RESTART = "restart"
+    #: The manager's word for :attr:`REBUILD` (apply the agent's new config).
+    UPDATE = "update"
+    REBUILD = "rebuild"
+    DESTROY = "destroy"
+
+
+class BackendName(StrEnum):
+    """What runs an agent."""
+
+    NSPAWN = "nspawn"
+    PROCESS = "process"
+    #: The daemon starts nothing: the harness is run by someone else.
+    EXTERNAL = "external"
+
+
+class BackendChoice(StrEnum):
+    """A backend as configured: a :class:`BackendName`, or ``auto``."""
+
+    #: nspawn when it can run (binary present, root), else process.
+    AUTO = "auto"
+    NSPAWN = "nspawn"
+    PROCESS = "process"
+    EXTERNAL = "external"
+
+
+class AgentRole(StrEnum):
+    MANAGER = "manager"
+    AGENT = "agent"
+
+
+class PeerRole(StrEnum):
+    """Who a socket's peer is, as ``hello`` tells it (fixed by the socket)."""
+
+    OPERATOR = "operator"
+    MANAGER = "manager"
+    AGENT = "agent"
+
+
+class ConnectionRole(StrEnum):
+    """What a client says it is in ``hello``."""
+
+    #: The agent's harness: its hello counts as the agent being connected.
+    HARNESS = "harness"
+    MCP = "mcp"
+    CLI = "cli"
+
+
+class ApprovalKind(StrEnum):
+    SPAWN = "spawn"
+    APPLY_COMMIT = "apply_commit"
+
+
+class ApprovalStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    FAILED = "failed"
+
+
+class Decider(StrEnum):
+    """Who resolved an approval."""
+
+    #: Approved or denied by the operator.
+    OPERATOR = "operator"
+    #: Failed before (or instead of) a decision.
+    SYSTEM = "system"
+
+
+class EventKind(StrEnum):
+    """Every kind on the daemon's event stream (the dashboard's ``/api/stream``)."""
+
+    SENT = "sent"
+    DELIVERED = "delivered"
+    VACUUMED = "vacuumed"
+    #: Sent by the stream itself: events were missed, take a fresh snapshot.
+    RESYNC = "resync"
+    AGENT_REGISTERED = "agent_registered"
+    AGENT_CHANGED = "agent_changed"
+    AGENT_DESTROYED = "agent_destroyed"
+    AGENT_PURGED = "agent_purged"
+    STATUS_CHANGED = "status_changed"
+    MODEL_CHANGED = "model_changed"
+    HARNESS_CONNECTED = "harness_connected"
+    HARNESS_DISCONNECTED = "harness_disconnected"
+    CONTAINER_STARTED = "container_started"
+    CONTAINER_CRASH = "container_crash"
+    QUESTION_ADDED = "question_added"
+    QUESTION_RESOLVED = "question_resolved"
+    APPROVAL_ADDED = "approval_added"
+    APPROVAL_RESOLVED = "approval_resolved"
+    PROBLEMS_CHANGED = "problems_changed"
+    SPACE_CHANGED = "space_changed"
+
+
+class SystemKind(StrEnum):
+    """The first word of a message from ``system``: what happened (its fields follow)."""
+
+    QUESTION_ASKED = "question_asked"
+    QUESTION_ANSWERED = "question_answered"
+    APPROVAL_RESOLVED = "approval_resolved"
+    CONTAINER_CRASH = "container_crash"
+    AGENT_ERROR = "agent_error"
