@@ -4,7 +4,7 @@ import json
 
 import attrs
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hyperhive.errors import ProtocolError
@@ -32,6 +32,7 @@ def table_for(request: object) -> RequestTable:
     raise AssertionError(f"no socket takes {request!r}")
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow])  # a loaded machine draws slowly
 @given(requests)
 def test_every_request_round_trips(request: object) -> None:
     line = encode_request(request)  # type: ignore[arg-type]

@@ -38,7 +38,7 @@ async def test_a_spawn_shows_spawning_until_it_is_done(hive: Hive) -> None:
     # The spawn's row is written first, showing the transient (as after a crash right then).
     record = await hive.registry.register("bob", transient=Transient.SPAWNING)
     assert record.transient == "spawning" and record.transient_since is not None
-    [bob] = [a for a in await hive.api.agent_infos() if a.name == "bob"]
+    [bob] = [a for a in await hive.agent_infos() if a.name == "bob"]
     assert (bob.state, bob.transient) == ("registered", "spawning")
     # Spawning again finishes it (idempotent) and the transient ends.
     done = await hive.spawn("bob")
