@@ -20,11 +20,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from hyperhive import runtime
-from hyperhive.broker import Outgoing
+from hyperhive import runtime, system_messages
 from hyperhive.events import EventHub
-from hyperhive.names import MANAGER, SYSTEM
-from hyperhive.questions import system_body
 from hyperhive.runtime import Backoff, Report, describe
 from hyperhive.store import DatabaseClosed, DatabaseFailed
 
@@ -115,7 +112,6 @@ def agent_reporter(registry: Registry, broker: Broker, name: str) -> Report:
             return
         shown[:] = [problem]
         await registry.update(name, warning=problem)
-        body = system_body("agent_error", agent=name, error=problem)
-        await broker.inject([Outgoing(SYSTEM, MANAGER, body)])
+        await broker.inject([system_messages.agent_error(name, problem)])
 
     return report
