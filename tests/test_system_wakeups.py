@@ -9,14 +9,19 @@ before its wait ran out.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
+from hyperhive import system_messages
+from hyperhive.broker import Outbox, Outgoing
 from hyperhive.client import Client
 from hyperhive.containers import FakeBackend
+from hyperhive.errors import RequestRefused
 from hyperhive.protocol import (
     Answer,
     Ask,
@@ -168,3 +173,26 @@ async def test_a_crash_report_wakes_the_manager(
         assert payload["agent"] == "alice" and payload["exit_status"] == 1
         assert "Traceback: boom" in str(payload["stderr_tail"])
         await wait_state(hive, "alice", AgentState.RUNNING)  # restarted after its backoff
+
+
+async def test_a_failed_transaction_announces_nothing(hive: Hive, connect: Connect) -> None:
+    """Rows inserted by a transaction that then fails are rolled back and never announced."""
+    manager = await connect("manager")
+    before = hive.events.seq
+
+    def fails(_conn: sqlite3.Connection, outbox: Outbox) -> None:
+        outbox.insert([Outgoing("system", "manager", "agent_error {}")])
+        raise RequestRefused("changed its mind")
+
+    async def fail_then_send() -> None:
+        with pytest.raises(RequestRefused, match="changed its mind"):
+            await hive.broker.transaction(fails)
+        await hive.broker.inject([system_messages.agent_error("alice", "after the failure")])
+
+    [(kind, payload)] = await woken_by(hive, manager, "manager", fail_then_send)
+    assert (kind, payload["error"]) == ("agent_error", "after the failure")
+    events = hive.events.since(before)
+    assert events is not None
+    sent = [e.data["body"] for e in events if e.kind == "sent"]
+    assert sent == [system_messages.agent_error("alice", "after the failure").body]
+    assert [m.body for m in await hive.broker.recent("manager", 10)] == sent
