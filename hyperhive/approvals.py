@@ -2,8 +2,9 @@
 
 Rules live in plain functions (:func:`check_commit_ref`, the ``sql_*`` transactions); the
 :class:`ApprovalQueue` carries a decision out and records it. Every decision (approved,
-denied, failed) is written in the same transaction as the ``approval_resolved`` system
-message to the manager, so the requester always hears of it. Rows are never deleted.
+denied, failed) is written in the same broker transaction
+(:meth:`hyperhive.broker.Broker.transaction`) as the ``approval_resolved`` system message to
+the manager, so the requester always hears of it (and is woken). Rows are never deleted.
 
 Approving is crash-consistent: the transaction that claims the decision records it in the
 operations journal (:mod:`hyperhive.journal`), the executor's effects are idempotent, and
@@ -23,7 +24,8 @@ from typing import Final
 
 import attrs
 
-from hyperhive.broker import Broker, Outgoing, SentMessage, sql_insert
+from hyperhive import system_messages
+from hyperhive.broker import Broker, Outbox
 from hyperhive.config import MAX_NOTE_CHARS
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
@@ -35,8 +37,7 @@ from hyperhive.journal import (
     sql_for_approval,
 )
 from hyperhive.kinds import ApprovalKind, ApprovalStatus, Decider
-from hyperhive.names import MANAGER, SYSTEM
-from hyperhive.protocol import ApprovalInfo, event_payloads, system_body, system_messages
+from hyperhive.protocol import ApprovalInfo, event_payloads
 from hyperhive.store import Database
 
 log = logging.getLogger(__name__)
@@ -114,12 +115,13 @@ def sql_set_fetched(conn: sqlite3.Connection, approval_id: int, sha: str) -> App
 
 def sql_resolve(
     conn: sqlite3.Connection,
+    outbox: Outbox,
     approval_id: int,
     status: ApprovalStatus,
     note: str | None,
     now: float,
     decided_by: Decider = Decider.SYSTEM,
-) -> tuple[ApprovalInfo, list[SentMessage]]:
+) -> ApprovalInfo:
     """Record a decision on a pending approval and tell the manager, in one transaction."""
     current = sql_get(conn, approval_id)
     if current.status != ApprovalStatus.PENDING:
@@ -130,17 +132,8 @@ def sql_resolve(
     )
     sql_end_approval(conn, approval_id)
     info = sql_get(conn, approval_id)
-    body = system_body(
-        system_messages.ApprovalResolved(
-            id=info.id,
-            agent=info.agent,
-            kind=info.kind,
-            commit_ref=info.commit_ref,
-            status=info.status,
-            note=info.note,
-        )
-    )
-    return info, sql_insert(conn, [Outgoing(SYSTEM, MANAGER, body)], now)
+    outbox.insert([system_messages.approval_resolved(info)])
+    return info
 
 
 def sql_claim(conn: sqlite3.Connection, approval_id: int, now: float) -> bool:
@@ -159,8 +152,8 @@ def sql_claim(conn: sqlite3.Connection, approval_id: int, now: float) -> bool:
 
 
 def sql_fail_pending(
-    conn: sqlite3.Connection, agent: str, note: str, now: float
-) -> list[tuple[ApprovalInfo, list[SentMessage]]]:
+    conn: sqlite3.Connection, outbox: Outbox, agent: str, note: str, now: float
+) -> list[ApprovalInfo]:
     """Fail the agent's pending approvals that are not being carried out."""
     ids = [
         r["id"]
@@ -170,7 +163,7 @@ def sql_fail_pending(
             (agent,),
         )
     ]
-    return [sql_resolve(conn, i, ApprovalStatus.FAILED, note, now) for i in ids]
+    return [sql_resolve(conn, outbox, i, ApprovalStatus.FAILED, note, now) for i in ids]
 
 
 #: Carries out an approved request; raise :class:`RequestRefused` (or any error) to fail it.
@@ -299,12 +292,12 @@ class ApprovalQueue:
         """Resolve a pending approval as failed (it could not even be prepared)."""
         return await self._resolve(approval_id, ApprovalStatus.FAILED, note, Decider.SYSTEM)
 
-    def resolved(self, results: list[tuple[ApprovalInfo, list[SentMessage]]]) -> list[ApprovalInfo]:
-        """Announce decisions committed by an ``sql_resolve`` in someone else's transaction."""
-        for info, sent in results:
-            self._broker.committed(sent)
+    def resolved(self, results: list[ApprovalInfo]) -> list[ApprovalInfo]:
+        """Show decisions committed by an ``sql_resolve`` in someone else's transaction on the
+        dashboard (the broker transaction they ran in has told and woken the manager)."""
+        for info in results:
             self._events.emit(event_payloads.ApprovalResolved(approval=info))
-        return [info for info, _ in results]
+        return results
 
     async def get(self, approval_id: int) -> ApprovalInfo:
         return await self._db.transaction(lambda conn: sql_get(conn, approval_id))
@@ -324,8 +317,11 @@ class ApprovalQueue:
         self, approval_id: int, status: ApprovalStatus, note: str | None, decided_by: Decider
     ) -> ApprovalInfo:
         now = self._clock()
-        result = await self._db.transaction(
-            lambda conn: sql_resolve(conn, approval_id, status, note, now, decided_by)
+        result = await self._broker.transaction(
+            lambda conn, outbox: sql_resolve(
+                conn, outbox, approval_id, status, note, now, decided_by
+            ),
+            now=now,
         )
         return self.resolved([result])[0]
 

@@ -5,6 +5,11 @@ send, and the ``sql_*`` functions are the synchronous transactions on ``broker.s
 :class:`Broker` is the trio side: it queues those transactions, wakes parked receivers
 when a send commits (no polling), and publishes ``sent``/``delivered`` events.
 
+Every message is inserted through an :class:`Outbox` that only :meth:`Broker.transaction`
+hands out: whoever writes messages in their own transaction (an approval's decision, a
+question's answer, a crash report) runs it there, and the broker publishes the rows and
+wakes their recipients after the commit, so no caller can forget to.
+
 A *start notice* (:meth:`Broker.notice`: a transient message from ``system``) is handed out
 before everything older in its recipient's inbox, and a new one replaces one still waiting.
 
@@ -20,8 +25,8 @@ import sqlite3
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable
-from typing import Final
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from typing import Final, TypeVar
 
 import attrs
 import trio
@@ -49,6 +54,7 @@ from hyperhive.protocol import event_payloads as ev
 from hyperhive.store import Database
 
 BROADCAST_PREFIX: Final = "[broadcast to all agents] "
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -181,7 +187,9 @@ def resolve_recipients(
 # ---------------------------------------------------------------- transactions (sync)
 
 
-def sql_insert(conn: sqlite3.Connection, rows: Iterable[Outgoing], now: float) -> list[SentMessage]:
+def _sql_insert(
+    conn: sqlite3.Connection, rows: Iterable[Outgoing], now: float
+) -> list[SentMessage]:
     sent = []
     for row in rows:
         cur = conn.execute(
@@ -203,7 +211,7 @@ def sql_message_exists(conn: sqlite3.Connection, message_id: int) -> bool:
 def sql_take(
     conn: sqlite3.Connection, recipient: str, limit: int, ack: bool, now: float
 ) -> list[Message]:
-    # Start notices first (see sql_notice), then everything else in id order.
+    # Start notices first (see _sql_notice), then everything else in id order.
     rows = conn.execute(
         "SELECT id, sender, recipient, body, sent_at, in_reply_to, redelivered FROM messages "
         "WHERE recipient = ? AND acked_at IS NULL AND delivered_at IS NULL "
@@ -232,7 +240,7 @@ def sql_take(
     ]
 
 
-def sql_notice(conn: sqlite3.Connection, recipient: str, body: str, now: float) -> SentMessage:
+def _sql_notice(conn: sqlite3.Connection, recipient: str, body: str, now: float) -> SentMessage:
     """Insert a start notice, dropping any earlier one its recipient has not acked yet.
 
     A notice is a transient row from ``system``; :func:`sql_take` hands such rows out before
@@ -243,7 +251,7 @@ def sql_notice(conn: sqlite3.Connection, recipient: str, body: str, now: float) 
         "AND acked_at IS NULL",
         (recipient, SYSTEM),
     )
-    return sql_insert(conn, [Outgoing(SYSTEM, recipient, body, transient=True)], now)[0]
+    return _sql_insert(conn, [Outgoing(SYSTEM, recipient, body, transient=True)], now)[0]
 
 
 def sql_ack(conn: sqlite3.Connection, recipient: str, ids: list[int], now: float) -> int:
@@ -335,6 +343,36 @@ def sql_vacuum(conn: sqlite3.Connection, acked_before: float) -> int:
     return deleted
 
 
+class Outbox:
+    """The messages one :meth:`Broker.transaction` inserts (sans-IO, inside the transaction).
+
+    Only the broker makes one, and it publishes what went through it once the transaction
+    has committed; a transaction that fails leaves nothing to publish.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, now: float) -> None:
+        self._conn = conn
+        self.now = now
+        self.sent: list[SentMessage] = []
+
+    def insert(self, rows: Iterable[Outgoing]) -> list[SentMessage]:
+        """Insert rows (already validated or written by the hive itself)."""
+        sent = _sql_insert(self._conn, rows, self.now)
+        self.sent += sent
+        return sent
+
+    def notice(self, recipient: str, body: str) -> SentMessage:
+        """Insert a start notice (transient, from ``system``), replacing an unacked one."""
+        sent = _sql_notice(self._conn, recipient, body, self.now)
+        self.sent.append(sent)
+        return sent
+
+
+#: What runs a broker transaction's function: by default the broker's database, or another
+#: transaction the rows must be part of (e.g. the registry's destroy, see Broker.transaction).
+TransactionRunner = Callable[[Callable[[sqlite3.Connection], T]], Awaitable[T]]
+
+
 # ---------------------------------------------------------------- trio side
 
 
@@ -399,30 +437,48 @@ class Broker:
         rows = self.prepare(sender, to, body, in_reply_to)
         now = self._clock()
 
-        def tx(conn: sqlite3.Connection) -> list[SentMessage]:
+        def tx(conn: sqlite3.Connection, outbox: Outbox) -> list[SentMessage]:
             if in_reply_to is not None and not sql_message_exists(conn, in_reply_to):
                 raise RequestRefused(f"in_reply_to {in_reply_to}: no such message")
-            return sql_insert(conn, rows, now)
+            return outbox.insert(rows)
 
-        sent = await self._db.transaction(tx)
-        self.committed(sent)
-        return sent
+        return await self.transaction(tx, now=now)
 
     async def inject(self, rows: list[Outgoing]) -> list[SentMessage]:
         """Write rows that need no recipient check (system messages, wakes)."""
-        now = self._clock()
-        sent = await self._db.transaction(lambda conn: sql_insert(conn, rows, now))
-        self.committed(sent)
-        return sent
+        return await self.transaction(lambda _conn, outbox: outbox.insert(rows))
 
     async def notice(self, recipient: str, body: str) -> SentMessage:
         """Put a start notice in ``recipient``'s inbox, ahead of what waits there already."""
-        now = self._clock()
-        sent = await self._db.transaction(lambda conn: sql_notice(conn, recipient, body, now))
-        self.committed([sent])
-        return sent
+        return await self.transaction(lambda _conn, outbox: outbox.notice(recipient, body))
 
-    def committed(self, sent: Iterable[SentMessage]) -> None:
+    async def transaction(
+        self,
+        fn: Callable[[sqlite3.Connection, Outbox], T],
+        *,
+        now: float | None = None,
+        run: TransactionRunner[tuple[T, list[SentMessage]]] | None = None,
+    ) -> T:
+        """Run ``fn(conn, outbox)`` in one transaction; after the commit, announce its messages.
+
+        Everything ``fn`` inserts through the outbox commits with the rest of its changes or
+        not at all; once committed, each message is published (``sent``) and its recipient's
+        parked ``recv`` woken. ``run`` runs the transaction elsewhere than on the broker's
+        database queue (a registry change the rows belong to), ``now`` is their ``sent_at``.
+        """
+        at = self._clock() if now is None else now
+
+        def tx(conn: sqlite3.Connection) -> tuple[T, list[SentMessage]]:
+            # A fresh outbox per attempt: the database may run a batch again (disk full).
+            outbox = Outbox(conn, at)
+            result = fn(conn, outbox)
+            return result, outbox.sent
+
+        result, sent = await (self._db.transaction(tx) if run is None else run(tx))
+        self._committed(sent)
+        return result
+
+    def _committed(self, sent: Iterable[SentMessage]) -> None:
         """After a commit that inserted messages: publish them and wake their recipients."""
         for m in sent:
             self.sent_total += 1

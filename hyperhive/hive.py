@@ -23,7 +23,7 @@ from hyperhive import contract
 from hyperhive.agent_config import AgentConfig, parse_agent_config, seed_agent_toml
 from hyperhive.agent_setup import load_applied_config, prepare_agent_repos, proposed_repo
 from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref, sql_fail_pending
-from hyperhive.broker import Broker, SentMessage
+from hyperhive.broker import Broker, Outbox, SentMessage
 from hyperhive.config import BACKENDS, MAX_LOG_LINES, Config
 from hyperhive.config_repo import (
     approve_proposal,
@@ -357,15 +357,20 @@ class Hive:
             record = self.registry.get(name)
         now = time.time()
 
-        def tx(conn: sqlite3.Connection) -> list[tuple[ApprovalInfo, list[SentMessage]]]:
+        def tx(conn: sqlite3.Connection, outbox: Outbox) -> list[ApprovalInfo]:
             sql_end(conn, operation_id)
-            return sql_fail_pending(conn, name, "agent destroyed", now)
+            return sql_fail_pending(conn, outbox, name, "agent destroyed", now)
 
-        if record.state != AgentState.DESTROYED:
-            _, failed = await self.registry.destroy(name, also=tx)
-        else:
-            failed = await self.db.transaction(tx)
-        self.approvals.resolved(failed or [])
+        Job = Callable[[sqlite3.Connection], tuple[list[ApprovalInfo], list[SentMessage]]]
+
+        async def with_the_row(job: Job) -> tuple[list[ApprovalInfo], list[SentMessage]]:
+            _, result = await self.registry.destroy(name, also=job)
+            assert result is not None
+            return result
+
+        live = record.state != AgentState.DESTROYED
+        failed = await self.broker.transaction(tx, now=now, run=with_the_row if live else None)
+        self.approvals.resolved(failed)
 
     async def finish_interrupted(self) -> None:
         """Finish every decision the previous daemon left half done (see hyperhive.journal).

@@ -6,9 +6,10 @@ sleeps until the earliest deadline (woken early when a nearer one arrives) and e
 due questions with the answer ``[expired]``. The watchdog is re-armed from the table at
 start, so deadlines that passed while the daemon was down expire at once.
 
-Resolution is one ``UPDATE … WHERE answered_at IS NULL`` in the same transaction as the
-``question_answered`` system message to the asker: answer, cancel and expiry race only
-for that row, and the asker hears exactly once.
+Resolution is one ``UPDATE … WHERE answered_at IS NULL`` in the same broker transaction
+(:meth:`hyperhive.broker.Broker.transaction`) as the ``question_answered`` system message to
+the asker: answer, cancel and expiry race only for that row, and the asker hears (and is
+woken) exactly once.
 """
 
 from __future__ import annotations
@@ -24,15 +25,15 @@ from typing import Final
 
 import trio
 
-from hyperhive.broker import Broker, Outgoing, SentMessage, sql_insert
+from hyperhive import system_messages
+from hyperhive.broker import Broker, Outbox
 from hyperhive.clocks import WallClock, trio_deadline
 from hyperhive.config import MAX_OPTIONS, MAX_QUESTION_CHARS, MAX_QUESTION_TTL_SECONDS
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
-from hyperhive.names import MANAGER, OPERATOR, SYSTEM, InvalidAgentName, parse_agent_name
-from hyperhive.protocol import QuestionInfo, system_body
+from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
+from hyperhive.protocol import QuestionInfo
 from hyperhive.protocol.event_payloads import QuestionAdded, QuestionResolved
-from hyperhive.protocol.system_messages import QuestionAnswered, QuestionAsked
 from hyperhive.store import Database
 
 EXPIRED: Final = "[expired]"
@@ -99,12 +100,13 @@ def sql_get(conn: sqlite3.Connection, question_id: int) -> QuestionInfo:
 
 def sql_resolve(
     conn: sqlite3.Connection,
+    outbox: Outbox,
     question_id: int,
     answer: str,
     answerer: str,
     now: float,
     may_resolve: Callable[[QuestionInfo], None] = lambda _: None,
-) -> tuple[QuestionInfo, list[SentMessage]]:
+) -> QuestionInfo:
     """Resolve an open question once and tell its asker; refuse if already resolved."""
     question = sql_get(conn, question_id)
     may_resolve(question)
@@ -118,13 +120,9 @@ def sql_resolve(
         "WHERE id = ? AND answered_at IS NULL",
         (now, answer, answerer, question_id),
     )
-    body = system_body(
-        QuestionAnswered(
-            id=question_id, question=question.question, answer=answer, answerer=answerer
-        )
-    )
-    sent = sql_insert(conn, [Outgoing(SYSTEM, question.asker, body)], now)
-    return sql_get(conn, question_id), sent
+    info = sql_get(conn, question_id)
+    outbox.insert([system_messages.question_answered(info)])
+    return info
 
 
 class DeadlineSchedule:
@@ -180,30 +178,19 @@ class QuestionBook:
         now = self._clock()
         deadline = now + ttl_seconds if ttl_seconds is not None else None
 
-        def tx(conn: sqlite3.Connection) -> tuple[QuestionInfo, list[SentMessage]]:
+        def tx(conn: sqlite3.Connection, outbox: Outbox) -> QuestionInfo:
             cur = conn.execute(
                 "INSERT INTO operator_questions (asker, target, question, options_json, multi, "
                 "asked_at, deadline_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (asker, target, question, json.dumps(options), int(multi), now, deadline),
             )
             assert cur.lastrowid is not None
-            sent: list[SentMessage] = []
+            info = sql_get(conn, cur.lastrowid)
             if target is not None:
-                body = system_body(
-                    QuestionAsked(
-                        id=cur.lastrowid,
-                        asker=asker,
-                        question=question,
-                        options=options,
-                        multi=multi,
-                        deadline_at=deadline,
-                    )
-                )
-                sent = sql_insert(conn, [Outgoing(SYSTEM, target, body)], now)
-            return sql_get(conn, cur.lastrowid), sent
+                outbox.insert([system_messages.question_asked(info)])
+            return info
 
-        info, sent = await self._db.transaction(tx)
-        self._broker.committed(sent)
+        info = await self._broker.transaction(tx, now=now)
         if deadline is not None:
             self._arm(info.id, deadline)
         self._events.emit(QuestionAdded(question=info))
@@ -218,10 +205,12 @@ class QuestionBook:
     ) -> QuestionInfo:
         """Answer (or cancel, or expire) a question; :class:`RequestRefused` if not open."""
         now = self._clock()
-        info, sent = await self._db.transaction(
-            lambda conn: sql_resolve(conn, question_id, answer, answerer, now, may_resolve)
+        info = await self._broker.transaction(
+            lambda conn, outbox: sql_resolve(
+                conn, outbox, question_id, answer, answerer, now, may_resolve
+            ),
+            now=now,
         )
-        self._broker.committed(sent)
         self._events.emit(QuestionResolved(question=info))
         return info
 

@@ -20,13 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from hyperhive import runtime
-from hyperhive.broker import Outgoing
+from hyperhive import runtime, system_messages
 from hyperhive.events import EventHub
-from hyperhive.names import MANAGER, SYSTEM
-from hyperhive.protocol import system_body
 from hyperhive.protocol.event_payloads import ProblemsChanged
-from hyperhive.protocol.system_messages import AgentError
 from hyperhive.runtime import Backoff, Report, describe
 from hyperhive.runtime.supervise import DEFAULT_BACKOFF
 from hyperhive.store import DatabaseClosed, DatabaseFailed
@@ -114,7 +110,6 @@ def agent_reporter(registry: Registry, broker: Broker, name: str) -> Report:
             return
         shown[:] = [problem]
         await registry.update(name, warning=problem)
-        body = system_body(AgentError(agent=name, error=problem))
-        await broker.inject([Outgoing(SYSTEM, MANAGER, body)])
+        await broker.inject([system_messages.agent_error(name, problem)])
 
     return report

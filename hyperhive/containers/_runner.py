@@ -27,14 +27,13 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
-from hyperhive.broker import Outgoing
+from hyperhive import system_messages
 from hyperhive.clocks import WallClock, trio_deadline
 from hyperhive.containers._backend import AgentSpec, Backend, PayloadHandle, RunRecord, tail_lines
 from hyperhive.containers._policy import RestartPolicy
 from hyperhive.errors import RequestRefused
 from hyperhive.kinds import AgentState, LifecycleVerb, Transient
-from hyperhive.names import MANAGER, SYSTEM
-from hyperhive.protocol import event_payloads, system_body, system_messages
+from hyperhive.protocol import event_payloads
 
 if TYPE_CHECKING:
     from hyperhive.broker import Broker
@@ -45,11 +44,6 @@ log = logging.getLogger(__name__)
 STDERR_TAIL_LINES: Final = 20
 
 PAST: Final = {LifecycleVerb.RESTART: "restarted", LifecycleVerb.REBUILD: "rebuilt"}
-#: The start notice every launch puts first in the agent's inbox (``Broker.notice``).
-KICK_BODY: Final = (
-    "Start notice: you were {verb}. Re-read your notes in /state before you go on, "
-    "then check your inbox (recv) and loose ends."
-)
 #: The notice's verb of a launch no lifecycle command asked for.
 KICK_AFTER_CRASH: Final = "restarted by hyperhive after a crash"
 KICK_WITH_HIVE: Final = "started again by hyperhive when the hive started"
@@ -265,7 +259,7 @@ class AgentRunner:
     async def _launch(self, spec: AgentSpec, *, kick: str | None) -> None:
         # Every launch starts with a notice. It is in the inbox before the payload starts and
         # the broker hands it out before older messages, so the first turn is on it.
-        await self._broker.notice(self.name, KICK_BODY.format(verb=self._kick_verb(kick)))
+        await self._broker.notice(self.name, system_messages.start_notice(self._kick_verb(kick)))
         started = self._clock()
         started_run = await self._backend.start(spec, started)
         self.handle = started_run.handle
@@ -322,16 +316,14 @@ class AgentRunner:
                 restart_in=None if loop else delay,
             )
         )
-        body = system_body(
-            system_messages.ContainerCrash(
-                agent=self.name,
-                exit_status=exit_status,
-                stderr_tail="\n".join(tail),
-                crash_loop=loop,
-                restart_in_seconds=None if loop else delay,
-            )
+        crash = system_messages.container_crash(
+            self.name,
+            exit_status=exit_status,
+            stderr_tail="\n".join(tail),
+            crash_loop=loop,
+            restart_in_seconds=None if loop else delay,
         )
-        await self._broker.inject([Outgoing(SYSTEM, MANAGER, body)])
+        await self._broker.inject([crash])
         log.warning(
             "%s crashed (exit %s); %s",
             self.name,
