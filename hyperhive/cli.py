@@ -38,7 +38,7 @@ from hyperhive.config import (
 )
 from hyperhive.errors import AlreadyRunning, ClientError, HyperhiveError, RequestRefused
 from hyperhive.protocol import CONVERTER, json_schema
-from hyperhive.runtime import innermost
+from hyperhive.runtime import find, innermost
 from hyperhive.store import DatabaseFailed, DatabaseUnusable
 from hyperhive.terminal import visible
 from hyperhive.web._serve import DashboardUnavailable
@@ -289,7 +289,7 @@ def run(
     except KeyboardInterrupt:
         pass
     except BaseException as exc:
-        failed = _database_failure(exc)
+        failed = find(exc, DatabaseFailed)
         if failed is not None:
             # The one failure the daemon does not survive: say it in one line, exit 1.
             raise _fail(f"{failed}; stopping") from None
@@ -297,18 +297,6 @@ def run(
         if problem is None:
             raise
         raise _fail(str(problem)) from None
-
-
-def _database_failure(exc: BaseException) -> DatabaseFailed | None:
-    """The failure of broker.sqlite itself, wherever it is in a task group."""
-    if isinstance(exc, DatabaseFailed):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _database_failure(inner)
-            if found is not None:
-                return found
-    return None
 
 
 def _load_env_file(path: Path) -> None:

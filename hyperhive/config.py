@@ -72,7 +72,6 @@ MAX_LIST_ITEMS: Final = 256
 #: consecutive crash doubles the wait up to 5 min; a run up for 10 min resets the streak;
 #: 5 crashes within 15 min is a crash loop (no more automatic restarts).
 RESTART_FIRST_DELAY_SECONDS: Final = 1.0
-RESTART_FACTOR: Final = 2.0
 RESTART_MAX_DELAY_SECONDS: Final = 300.0
 RESTART_RESET_AFTER_SECONDS: Final = 600.0
 RESTART_LOOP_WINDOW_SECONDS: Final = 900.0

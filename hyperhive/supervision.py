@@ -45,9 +45,7 @@ __all__ = [
 
 def is_fatal(exc: BaseException) -> bool:
     """True when ``exc`` is (or contains) a failure of the broker database itself."""
-    if isinstance(exc, BaseExceptionGroup):
-        return any(is_fatal(e) for e in exc.exceptions)
-    return isinstance(exc, DatabaseFailed | DatabaseClosed)
+    return runtime.find(exc, (DatabaseFailed, DatabaseClosed)) is not None
 
 
 async def supervise(

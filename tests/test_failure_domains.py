@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 import trio
 
-from hyperhive.cli import _database_failure
 from hyperhive.client import Client
 from hyperhive.config import Config
 from hyperhive.errors import ClientError
 from hyperhive.events import EventHub
 from hyperhive.registry import AgentState
+from hyperhive.runtime import find
 from hyperhive.server import SocketBudget
 from hyperhive.store import DatabaseFailed, open_database
 from hyperhive.supervision import Backoff, Problems, supervise
@@ -364,7 +364,7 @@ async def test_only_a_failing_database_ends_the_tree(short_tmp: Path) -> None:
                 )
             )
             await trio.sleep_forever()
-    failed = _database_failure(caught.value)
+    failed = find(caught.value, DatabaseFailed)
     assert isinstance(failed, DatabaseFailed) and "t.sqlite failed" in str(failed)
     assert restarts == 1 and problems.list() == []
 

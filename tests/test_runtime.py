@@ -10,7 +10,7 @@ import attrs
 import pytest
 import trio
 
-from hyperhive.runtime import Backoff, describe, innermost
+from hyperhive.runtime import Backoff, describe, find, innermost
 from hyperhive.runtime.sse import HEARTBEAT, EventStream, frame
 
 
@@ -72,3 +72,14 @@ def test_exception_groups_are_unwrapped_for_the_reason() -> None:
     two = ExceptionGroup("both", [ValueError("a"), KeyError("b")])
     assert innermost(two) is two
     assert describe(RuntimeError()) == "RuntimeError"
+
+
+def test_find_looks_through_nested_task_groups() -> None:
+    target = KeyError("the one")
+    group = BaseExceptionGroup(
+        "outer", [ValueError("a"), BaseExceptionGroup("inner", [OSError("b"), target])]
+    )
+    assert find(group, KeyError) is target
+    assert find(group, (LookupError, RuntimeError)) is target
+    assert find(group, RuntimeError) is None
+    assert find(target, KeyError) is target

@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import attrs
 
-from hyperhive.config import RESTART_FACTOR as FACTOR
 from hyperhive.config import RESTART_FIRST_DELAY_SECONDS as FIRST_DELAY
 from hyperhive.config import RESTART_LOOP_CRASHES as LOOP_CRASHES
 from hyperhive.config import RESTART_LOOP_WINDOW_SECONDS as LOOP_WINDOW
 from hyperhive.config import RESTART_MAX_DELAY_SECONDS as MAX_DELAY
 from hyperhive.config import RESTART_RESET_AFTER_SECONDS as RESET_AFTER
+from hyperhive.runtime import Backoff
+
+#: The hive's one backoff policy, with the restart rule's numbers.
+RESTART_BACKOFF = Backoff(first=FIRST_DELAY, limit=MAX_DELAY, reset_after=RESET_AFTER)
 
 
 @attrs.frozen
 class RestartPolicy:
-    first_delay: float = FIRST_DELAY
-    factor: float = FACTOR
-    max_delay: float = MAX_DELAY
-    reset_after: float = RESET_AFTER
+    backoff: Backoff = RESTART_BACKOFF
     loop_window: float = LOOP_WINDOW
     loop_crashes: int = LOOP_CRASHES
     #: Crash times, oldest first: all crashes inside the loop window, for the loop rule.
@@ -35,7 +35,7 @@ class RestartPolicy:
     def record_crash(self, at: float, up_since: float | None) -> RestartPolicy:
         """The policy after a crash at ``at`` of a run that started at ``up_since``."""
         streak = self.streak
-        if up_since is not None and at - up_since >= self.reset_after:
+        if up_since is not None and at - up_since >= self.backoff.reset_after:
             streak = 0
         recent = tuple(t for t in self.crashes if at - t < self.loop_window)
         return attrs.evolve(self, crashes=(*recent, at), streak=streak + 1)
@@ -51,7 +51,7 @@ class RestartPolicy:
         """How long to wait before the next restart (0 before any crash)."""
         if self.streak == 0:
             return 0.0
-        return min(self.first_delay * self.factor ** (self.streak - 1), self.max_delay)
+        return self.backoff.delay(self.streak - 1)
 
     def cleared(self) -> RestartPolicy:
         """The operator started the agent by hand: forget the crashes."""

@@ -15,7 +15,7 @@ The sqlite writer both use is :class:`hyperhive.store.Database`, the socket clie
 """
 
 from hyperhive.runtime.backoff import Backoff, Retry
-from hyperhive.runtime.exceptions import describe, innermost
+from hyperhive.runtime.exceptions import describe, find, innermost
 from hyperhive.runtime.supervise import Report, supervise
 
-__all__ = ["Backoff", "Report", "Retry", "describe", "innermost", "supervise"]
+__all__ = ["Backoff", "Report", "Retry", "describe", "find", "innermost", "supervise"]
