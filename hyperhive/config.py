@@ -21,6 +21,7 @@ import attrs
 from hyperhive import contract
 from hyperhive.contract import PROPOSED_REPO_NAME
 from hyperhive.names import MANAGER, parse_agent_name
+from hyperhive.runtime import Backoff
 
 if TYPE_CHECKING:
     from hyperhive.clocks import WallClock
@@ -75,6 +76,12 @@ RESTART_FIRST_DELAY_SECONDS: Final = 1.0
 RESTART_MAX_DELAY_SECONDS: Final = 300.0
 RESTART_RESET_AFTER_SECONDS: Final = 600.0
 RESTART_LOOP_WINDOW_SECONDS: Final = 900.0
+#: The restart delays as the hive's one backoff policy (``hyperhive.runtime.Backoff``).
+RESTART_BACKOFF: Final = Backoff(
+    first=RESTART_FIRST_DELAY_SECONDS,
+    limit=RESTART_MAX_DELAY_SECONDS,
+    reset_after=RESTART_RESET_AFTER_SECONDS,
+)
 RESTART_LOOP_CRASHES: Final = 5
 #: How long a stop waits after SIGTERM before SIGKILL.
 STOP_GRACE_SECONDS: Final = 10.0
@@ -296,3 +303,5 @@ class Config:
     #: (Values are :class:`hyperhive.containers.Backend`; typed loosely here, since config sits
     #: below the containers layer.)
     container_backends: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
+    #: Delays between an agent's crash restarts (``RestartPolicy``); tests shorten them.
+    restart_backoff: Backoff = RESTART_BACKOFF

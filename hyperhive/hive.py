@@ -126,6 +126,7 @@ class Hive:
             report_for=lambda name: agent_reporter(self.registry, self.broker, name),
             stop_on_exit=config.stop_agents_on_exit,
             clock=config.wall_clock,
+            restart_backoff=config.restart_backoff,
         )
 
     def refuse_if_disk_full(self, exc: OSError) -> None:

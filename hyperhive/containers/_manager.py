@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from hyperhive.config import RESTART_BACKOFF
 from hyperhive.containers._backend import AgentSpec, Backend, tail_lines
 from hyperhive.containers._runner import AgentRunner
 from hyperhive.errors import RequestRefused
 from hyperhive.kinds import AgentState, LifecycleVerb
+from hyperhive.runtime import Backoff
 from hyperhive.supervision import Report, supervise
 
 if TYPE_CHECKING:
@@ -46,6 +48,7 @@ class Containers:
         report_for: Callable[[str], Report],
         stop_on_exit: bool,
         clock: WallClock = time.time,
+        restart_backoff: Backoff = RESTART_BACKOFF,
     ) -> None:
         self.backends = backends
         self._paths = paths
@@ -56,6 +59,7 @@ class Containers:
         self._report_for = report_for
         self._stop_on_exit = stop_on_exit
         self._clock = clock
+        self._restart_backoff = restart_backoff
         self._runners: dict[str, AgentRunner] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -90,6 +94,7 @@ class Containers:
             log_file=self._paths.container_log(name),
             stop_on_exit=self._stop_on_exit,
             clock=self._clock,
+            restart_backoff=self._restart_backoff,
             first_start=first_start,
         )
         self._runners[name] = runner

@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import attrs
 
-from hyperhive.config import RESTART_FIRST_DELAY_SECONDS as FIRST_DELAY
+from hyperhive.config import RESTART_BACKOFF
 from hyperhive.config import RESTART_LOOP_CRASHES as LOOP_CRASHES
 from hyperhive.config import RESTART_LOOP_WINDOW_SECONDS as LOOP_WINDOW
-from hyperhive.config import RESTART_MAX_DELAY_SECONDS as MAX_DELAY
-from hyperhive.config import RESTART_RESET_AFTER_SECONDS as RESET_AFTER
 from hyperhive.runtime import Backoff
-
-#: The hive's one backoff policy, with the restart rule's numbers.
-RESTART_BACKOFF = Backoff(first=FIRST_DELAY, limit=MAX_DELAY, reset_after=RESET_AFTER)
 
 
 @attrs.frozen

@@ -29,11 +29,13 @@ import trio
 
 from hyperhive import system_messages
 from hyperhive.clocks import WallClock, trio_deadline
+from hyperhive.config import RESTART_BACKOFF
 from hyperhive.containers._backend import AgentSpec, Backend, PayloadHandle, RunRecord, tail_lines
 from hyperhive.containers._policy import RestartPolicy
 from hyperhive.errors import RequestRefused
 from hyperhive.kinds import AgentState, LifecycleVerb, Transient
 from hyperhive.protocol import event_payloads
+from hyperhive.runtime import Backoff
 
 if TYPE_CHECKING:
     from hyperhive.broker import Broker
@@ -79,6 +81,7 @@ class AgentRunner:
         log_file: Path,
         stop_on_exit: bool,
         clock: WallClock = time.time,
+        restart_backoff: Backoff = RESTART_BACKOFF,
         first_start: str | None = None,
     ) -> None:
         self.name = name
@@ -97,7 +100,9 @@ class AgentRunner:
         self.handle: PayloadHandle | None = None
         self._restart_at: float | None = None
         record = registry.get(name)
-        self.policy = RestartPolicy(crashes=record.crash_times, streak=record.crash_streak)
+        self.policy = RestartPolicy(
+            backoff=restart_backoff, crashes=record.crash_times, streak=record.crash_streak
+        )
 
     async def request(self, verb: LifecycleVerb) -> None:
         """Queue a lifecycle command and wait until the runner carried it out."""

@@ -9,6 +9,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from hyperhive.config import Config
+from hyperhive.runtime import Backoff
 from hyperhive.supervisor import Hive
 from tests.conftest import make_paths
 
@@ -30,6 +31,8 @@ def hive_config(short_tmp: Path) -> Config:
         stop_agents_on_exit=True,
         dashboard_bind=("127.0.0.1:0",),
         harness_command=("sh", "-c", PAYLOAD),
+        # The crash-loop rule counts crashes, not seconds: short delays show it at once.
+        restart_backoff=Backoff(first=0.3, limit=1.0),
     )
 
 
@@ -81,7 +84,7 @@ async def test_status_text_badges(hive: Hive, ui: UI) -> None:
 
 
 async def test_a_crash_loop_shows_live(hive: Hive, ui: UI) -> None:
-    await hive.spawn("bob")  # its payload exits at once: 5 crashes in 15 s make a loop
+    await hive.spawn("bob")  # its payload exits at once: 5 crashes in 15 min make a loop
 
     def looping(page: Page) -> None:
         row = page.get_by_role("article", name="agent bob")
