@@ -22,6 +22,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import (
@@ -63,6 +64,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FLOW_LIMIT: Final = 200
+#: Reads of a snapshot during which events were published, before one is sent anyway.
+SNAPSHOT_ATTEMPTS: Final = 4
 INBOX_LIMIT: Final = 50
 HISTORY_LIMIT: Final = 50
 STATIC_TYPES: Final = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
@@ -253,9 +256,23 @@ class Dashboard:
         return JSONResponse(await self.snapshot())
 
     async def snapshot(self) -> dict[str, Any]:
+        """The state with the ``seq`` it is consistent with.
+
+        The page applies every event newer than ``seq`` on top of it, so an event published
+        while the reads below ran (its effect possibly read already) would count twice: a
+        snapshot during which the hub moved is read again (a few times at most). The
+        checkpoint lets a task woken by the same database batch publish first.
+        """
+        for _ in range(SNAPSHOT_ATTEMPTS):
+            seq = self.hive.events.seq
+            snap = await self._read_snapshot(seq)
+            await trio.lowlevel.checkpoint()
+            if self.hive.events.seq == seq:
+                break
+        return snap
+
+    async def _read_snapshot(self, seq: int) -> dict[str, Any]:
         hive = self.hive
-        # Taken first: events after it are newer than everything read below.
-        seq = hive.events.seq
         approvals = await hive.approvals.list(pending_only=False)
         questions = await hive.questions.list(include_answered=True)
         return {

@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+import pytest
 from playwright.sync_api import Page, expect
 
 from hyperhive.events import EventHub
 from hyperhive.supervisor import Daemon, Hive
+from hyperhive.web import Dashboard
 from tests.conftest import wait_until
 
 from .conftest import UI, EventStream
@@ -158,3 +160,27 @@ async def test_the_page_catches_up_after_its_stream_is_cut(hive: Hive, ui: UI) -
     assert reconnect is not None  # EventSource sent Last-Event-ID itself: the last it had
     assert before < int(reconnect) < away[0]
     assert not [url for url, _ in requests if "/api/state" in url]  # no snapshot refetch
+
+
+async def test_a_snapshot_never_holds_an_event_newer_than_its_seq(
+    hive: Hive, inproc: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A send committed while the snapshot is read is either in it with its seq, or not."""
+    await hive.spawn("alice")
+    assert inproc.auth is not None
+    dashboard = Dashboard(hive, inproc.api, inproc.auth)
+    real_list = hive.approvals.list
+    sent = False
+
+    async def list_and_send(*args: Any, **kwargs: Any) -> Any:
+        nonlocal sent
+        if not sent:  # a message lands in the middle of the reads
+            sent = True
+            await hive.broker.send("operator", "alice", "mid-snapshot")
+        return await real_list(*args, **kwargs)
+
+    monkeypatch.setattr(hive.approvals, "list", list_and_send)
+    snap = await dashboard.snapshot()
+    [alice] = [a for a in snap["agents"] if a["name"] == "alice"]
+    # The page applies events newer than seq on top: the send's event must not be one.
+    assert alice["unread"] == 1 and snap["seq"] == hive.events.seq
