@@ -318,14 +318,9 @@ class SyncDaemon:
         return self.proc.poll() is None
 
 
-@pytest.fixture
-def sync_daemon(short_tmp: Path) -> Iterator[SyncDaemon]:
-    import select
-
-    paths = make_paths(short_tmp)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("NOTIFY_SOCKET", None)
-    cmd = [
+def run_command(paths: Paths) -> list[str]:
+    """``hyperhive run`` on ``paths``: external backend, no dashboard."""
+    return [
         sys.executable,
         "-m",
         "hyperhive",
@@ -339,6 +334,16 @@ def sync_daemon(short_tmp: Path) -> Iterator[SyncDaemon]:
         "--dashboard-bind",
         "off",
     ]
+
+
+@pytest.fixture
+def sync_daemon(short_tmp: Path) -> Iterator[SyncDaemon]:
+    import select
+
+    paths = make_paths(short_tmp)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("NOTIFY_SOCKET", None)
+    cmd = run_command(paths)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     assert proc.stdout is not None
     seen = b""

@@ -14,7 +14,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,26 +21,9 @@ import pytest
 
 from hyperhive.config import Paths
 from hyperhive.store import BROKER_MIGRATIONS
-from tests.conftest import make_paths, need
+from tests.conftest import make_paths, need, run_command
 
 Snapshot = dict[str, tuple[int, int, int, int, str]]
-
-
-def _command(paths: Paths) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "hyperhive",
-        "run",
-        "--state-dir",
-        str(paths.state_dir),
-        "--run-dir",
-        str(paths.run_dir),
-        "--backend",
-        "external",
-        "--dashboard-bind",
-        "off",
-    ]
 
 
 def _env() -> dict[str, str]:
@@ -54,7 +36,7 @@ def _env() -> dict[str, str]:
 def start_and_stop(paths: Paths) -> None:
     """Run the daemon until it is ready, then stop it cleanly."""
     proc = subprocess.Popen(
-        _command(paths), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env()
+        run_command(paths), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env()
     )
     assert proc.stdout is not None
     output = []
@@ -106,7 +88,7 @@ def snapshot(paths: Paths) -> Snapshot:
 def refuses(paths: Paths, *expected: str) -> str:
     """Run the daemon; it must exit 1 with one ``hyperhive: ...`` line and change nothing."""
     before = snapshot(paths)
-    proc = subprocess.run(_command(paths), capture_output=True, env=_env(), timeout=60)
+    proc = subprocess.run(run_command(paths), capture_output=True, env=_env(), timeout=60)
     stderr = proc.stderr.decode()
     assert proc.returncode == 1, (proc.returncode, stderr, proc.stdout)
     assert proc.stdout == b""

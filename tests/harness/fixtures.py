@@ -30,7 +30,7 @@ from hyperhive.client import Client
 from hyperhive.protocol import HostSend, RecentMessage, RecentReply, SendReply
 from hyperhive.protocol import Recent as RecentRequest
 
-from .mock_anthropic import MockAnthropic, RecordedRequest
+from .mock_anthropic import MockAnthropic, RecordedRequest, error
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -483,3 +483,27 @@ def pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def login_harness(mock_api: MockAnthropic, claude_bin: Path, tmp: Path, socket: Path) -> Harness:
+    """alice, whose claude needs a login: the API refuses (401) and ``claude auth login`` is a
+    stand-in that prints the URL and accepts the code ``good-code`` (the other end is
+    Anthropic's OAuth service)."""
+    login_script = tmp / "fake_login.py"
+    login_script.write_text(
+        "import sys\n"
+        "print('Browser did not open; visit https://claude.ai/oauth/authorize?state=abc', "
+        "flush=True)\n"
+        "code = sys.stdin.readline().strip()\n"
+        "sys.exit(0 if code == 'good-code' else 1)\n"
+    )
+    mock_api.script(error(401, "authentication_error", "token expired"))
+    return make_harness(
+        "alice",
+        mock_api,
+        claude_bin,
+        tmp,
+        socket,
+        HYPERHIVE_LOGIN_CMD=f"{sys.executable} {login_script}",
+        HYPERHIVE_LOGIN_POLL="600",  # only the login flow can end the park here
+    )

@@ -5,7 +5,6 @@ credentials appear)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from hyperhive.supervisor import Hive
 from .fixtures import (
     eventually,
     inbox_of,
+    login_harness,
     make_harness,
     message,
     operator_send,
@@ -187,25 +187,7 @@ async def test_login_panel_runs_the_login_command_and_replays(
 
     paths = hive.config.paths
     await hive.spawn("alice")
-    login_script = short_tmp / "fake_login.py"
-    # Stands in for `claude auth login` (whose other end is Anthropic's OAuth service).
-    login_script.write_text(
-        "import sys\n"
-        "print('Browser did not open; visit https://claude.ai/oauth/authorize?state=abc', "
-        "flush=True)\n"
-        "code = sys.stdin.readline().strip()\n"
-        "sys.exit(0 if code == 'good-code' else 1)\n"
-    )
-    mock_api.script(error(401, "authentication_error", "token expired"))
-    alice = make_harness(
-        "alice",
-        mock_api,
-        claude_bin,
-        short_tmp,
-        paths.agent_socket("alice"),
-        HYPERHIVE_LOGIN_CMD=f"{sys.executable} {login_script}",
-        HYPERHIVE_LOGIN_POLL="600",  # only the login flow can end the park here
-    )
+    alice = login_harness(mock_api, claude_bin, short_tmp, paths.agent_socket("alice"))
     async with running(alice, nursery):
         sent = await operator_send(paths.host_socket, "alice", "login-task")
         await alice.wait_for("status_changed", lambda p: p["status"] == "needs_login")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,13 @@ from .fixtures import (
     HttpResponse,
     eventually,
     http,
+    login_harness,
     make_harness,
     open_sse,
     operator_send,
     running,
 )
-from .mock_anthropic import MockAnthropic, error
+from .mock_anthropic import MockAnthropic
 
 #: Browser expectations that wait for a claude turn (the mock API is quick, the CLI less so).
 TURN_MS = 60_000
@@ -549,25 +549,7 @@ async def test_the_login_panel_works_through_the_dashboard(
     the URL, pastes the code; the parked message is replayed."""
     paths = hive.config.paths
     await hive.spawn("alice")
-    login_script = short_tmp / "fake_login.py"
-    # Stands in for `claude auth login` (whose other end is Anthropic's OAuth service).
-    login_script.write_text(
-        "import sys\n"
-        "print('Browser did not open; visit https://claude.ai/oauth/authorize?state=abc', "
-        "flush=True)\n"
-        "code = sys.stdin.readline().strip()\n"
-        "sys.exit(0 if code == 'good-code' else 1)\n"
-    )
-    mock_api.script(error(401, "authentication_error", "token expired"))
-    alice = make_harness(
-        "alice",
-        mock_api,
-        claude_bin,
-        short_tmp,
-        paths.agent_socket("alice"),
-        HYPERHIVE_LOGIN_CMD=f"{sys.executable} {login_script}",
-        HYPERHIVE_LOGIN_POLL="600",  # only the login flow can end the park here
-    )
+    alice = login_harness(mock_api, claude_bin, short_tmp, paths.agent_socket("alice"))
     problems: list[str] = []
     async with running(alice, nursery):
         sent = await operator_send(paths.host_socket, "alice", "login-task")
