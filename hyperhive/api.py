@@ -246,6 +246,7 @@ class Api:
                     dashboard_url=self.dashboard_url(),
                     problems=hive.problems_now(),
                     credentials_warning=hive.credentials_warning(),
+                    state_dir_bytes=hive.disk_usage.total if hive.disk_usage else None,
                 )
             case List():
                 return AgentsReply(agents=await hive.agent_infos())
@@ -296,5 +297,11 @@ class Api:
             case Logs(name=name, lines=lines):
                 return await hive.logs(_name(name), lines)
             case Vacuum():
-                return VacuumReply(deleted=await hive.broker.vacuum(hive.config.retention_seconds))
+                messages, events = await hive.retention()
+                await hive.measure_disk_usage()
+                return VacuumReply(
+                    deleted=messages.deleted,
+                    events_deleted=events.deleted,
+                    freed_bytes=messages.freed + events.freed,
+                )
         raise RequestRefused(f"{request.CMD!r} is not served on the host socket")

@@ -38,6 +38,7 @@ from hyperhive.config import (
     MAX_RECV_WAIT_SECONDS,
     MAX_WAKE_LABEL,
 )
+from hyperhive.disk import Reclaimed, reclaim_pages
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.names import (
@@ -331,16 +332,14 @@ def sql_messages(
     ]
 
 
-def sql_vacuum(conn: sqlite3.Connection, acked_before: float) -> int:
-    """Delete acked rows older than the cutoff (transient ones as soon as acked)."""
+def sql_vacuum(conn: sqlite3.Connection, acked_before: float) -> Reclaimed:
+    """Delete acked rows older than the cutoff (transient ones as soon as acked), and give
+    free pages back (the file shrinks at the next checkpoint; more with :func:`reclaim_pages`)."""
     cur = conn.execute(
         "DELETE FROM messages WHERE acked_at IS NOT NULL AND (acked_at < ? OR transient = 1)",
         (acked_before,),
     )
-    deleted = cur.rowcount
-    if deleted:
-        conn.execute("PRAGMA incremental_vacuum")
-    return deleted
+    return Reclaimed(cur.rowcount, reclaim_pages(conn))
 
 
 class Outbox:
@@ -593,11 +592,15 @@ class Broker:
     async def flow(self, limit: int) -> list[RecentMessage]:
         return await self._db.transaction(lambda conn: sql_messages(conn, limit))
 
-    async def vacuum(self, retention_seconds: float) -> int:
+    async def vacuum(self, retention_seconds: float) -> Reclaimed:
         cutoff = self._clock() - retention_seconds
-        deleted = await self._db.transaction(lambda conn: sql_vacuum(conn, cutoff))
-        self._events.emit(ev.Vacuumed(deleted=deleted))
-        return deleted
+        done = await self._db.transaction(lambda conn: sql_vacuum(conn, cutoff))
+        self._events.emit(ev.Vacuumed(deleted=done.deleted))
+        freed = done.freed
+        while freed:  # the rest of the free pages, a bounded pass per transaction
+            freed = await self._db.transaction(reclaim_pages)
+            done += Reclaimed(freed=freed)
+        return done
 
 
 def sql_read_view(

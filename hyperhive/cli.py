@@ -24,6 +24,7 @@ import typer
 from hyperhive.client import Client
 from hyperhive.config import (
     BACKENDS,
+    DAY,
     DEFAULT_CPU_QUOTA,
     DEFAULT_DASHBOARD_BIND,
     DEFAULT_LOG_LEVEL,
@@ -35,6 +36,7 @@ from hyperhive.config import (
     Paths,
     default_run_dir,
     default_state_dir,
+    parse_size,
 )
 from hyperhive.errors import AlreadyRunning, ClientError, HyperhiveError, RequestRefused
 from hyperhive.protocol import CONVERTER, json_schema
@@ -246,6 +248,41 @@ def run(
             "KEY=VALUE lines; keep it mode 600.",
         ),
     ] = None,
+    retention_days: Annotated[
+        float,
+        typer.Option(
+            envvar="HYPERHIVE_RETENTION_DAYS",
+            min=0,
+            help="Delete acknowledged messages older than this many days.",
+        ),
+    ] = _config_default("retention_seconds") / DAY,
+    events_days: Annotated[
+        float,
+        typer.Option(
+            envvar="HYPERHIVE_EVENTS_DAYS",
+            min=0,
+            help="Keep this many days of each agent's live events (its page's history).",
+        ),
+    ] = _config_default("events_max_age_seconds") / DAY,
+    events_keep: Annotated[
+        int,
+        typer.Option(
+            envvar="HYPERHIVE_EVENTS_KEEP", min=0, help="Then keep at most this many events."
+        ),
+    ] = _config_default("events_keep"),
+    log_cap: Annotated[
+        str,
+        typer.Option(
+            envvar="HYPERHIVE_LOG_CAP",
+            help="Rotate an agent's container log past this size, also while it runs (5M, 1G).",
+        ),
+    ] = f"{_config_default('log_cap_bytes') // 1024**2}M",
+    log_keep: Annotated[
+        int,
+        typer.Option(
+            envvar="HYPERHIVE_LOG_KEEP", min=0, help="Older container logs kept per agent."
+        ),
+    ] = _config_default("log_keep"),
     line_deadline_seconds: Annotated[
         float,
         typer.Option(
@@ -268,6 +305,12 @@ def run(
     )
     if env_file is not None:
         _load_env_file(env_file)
+    try:
+        log_cap_bytes = parse_size(log_cap)
+    except ValueError as exc:
+        raise _fail(f"--log-cap: {exc}") from None
+    if log_cap_bytes < 1:
+        raise _fail("--log-cap: must be at least one byte")
     config = Config(
         paths=Paths(state_dir=state_dir, run_dir=run_dir),
         backend=backend,
@@ -282,6 +325,11 @@ def run(
         ),
         harness_command=tuple(shlex.split(harness_command)) if harness_command else None,
         min_free=min_free,
+        retention_seconds=retention_days * DAY,
+        events_max_age_seconds=events_days * DAY,
+        events_keep=events_keep,
+        log_cap_bytes=log_cap_bytes,
+        log_keep=log_keep,
         line_deadline_seconds=line_deadline_seconds,
     )
     try:
@@ -773,9 +821,27 @@ def set_model(
 
 @app.command()
 def vacuum(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
-    """Run retention now: delete acked messages older than 30 days."""
+    """Run retention now (acknowledged messages, the agents' events) and report the space freed."""
     reply = _call(run_dir, {"cmd": "vacuum"})
-    _emit(reply, as_json, lambda r: typer.echo(f"deleted {r['deleted']} messages"))
+    _emit(
+        reply,
+        as_json,
+        lambda r: typer.echo(
+            f"deleted {r['deleted']} messages and {r['events_deleted']} events; "
+            f"{_size(r['freed_bytes'])} freed"
+        ),
+    )
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024 or unit == "GiB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 def main() -> None:

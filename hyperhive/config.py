@@ -20,6 +20,7 @@ import attrs
 
 from hyperhive import contract
 from hyperhive.contract import PROPOSED_REPO_NAME
+from hyperhive.disk import LogPolicy
 from hyperhive.names import MANAGER, parse_agent_name
 from hyperhive.runtime import Backoff
 
@@ -38,7 +39,8 @@ MAX_QUESTION_TTL_SECONDS: Final = 6 * 60 * 60
 MAX_STATUS_TEXT: Final = 200
 MAX_LOG_LINES: Final = 500
 #: Retention: acked messages older than this are deleted by the hourly loop and by ``vacuum``.
-RETENTION_SECONDS: Final = 30 * 24 * 60 * 60
+DAY: Final = 24 * 60 * 60
+RETENTION_SECONDS: Final = 30 * DAY
 RETENTION_INTERVAL_SECONDS: Final = 60 * 60
 #: Dashboard event ring buffer and per-subscriber queue.
 EVENT_RING_SIZE: Final = 4096
@@ -85,10 +87,17 @@ RESTART_BACKOFF: Final = Backoff(
 RESTART_LOOP_CRASHES: Final = 5
 #: How long a stop waits after SIGTERM before SIGKILL.
 STOP_GRACE_SECONDS: Final = 10.0
-#: Per-agent log file cap; the file is rotated to ``.1`` at (re)start beyond this.
+#: Per-agent log file cap: beyond it the log is rotated (also while the agent runs), and
+#: the older logs kept (``container.log.1`` … ``.3``); see :mod:`hyperhive.disk`.
 LOG_CAP_BYTES: Final = 5 * 1024 * 1024
+LOG_KEEP: Final = 3
+DEFAULT_LOG_POLICY: Final = LogPolicy(cap_bytes=LOG_CAP_BYTES, keep=LOG_KEEP)
+#: How often running agents' logs are measured against the cap.
+LOG_CHECK_SECONDS: Final = 30.0
+#: How often the state dir's and each agent's disk usage is measured (a tree walk).
+DISK_USAGE_SECONDS: Final = 300.0
 #: Events retention in every agent's events db (hourly): older rows go, the newest stay.
-EVENTS_MAX_AGE_SECONDS: Final = 7 * 24 * 60 * 60
+EVENTS_MAX_AGE_SECONDS: Final = 7 * DAY
 EVENTS_KEEP: Final = 2000
 
 # ---- what one request may carry beyond the line bounds below (docs/protocol.md)
@@ -130,11 +139,22 @@ def min_free_bytes(setting: str | None, total: int) -> int:
         if not 0 <= percent <= 100:
             raise ValueError(f"--min-free {setting!r}: a percentage is between 0 and 100")
         return int(total * percent / 100)
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise ValueError(
+            f"--min-free {setting!r}: give bytes (512M, 2G) or a percentage (5%)"
+        ) from None
+
+
+def parse_size(setting: str) -> int:
+    """A size in bytes: ``4096``, ``512K``, ``5M``, ``2G`` (ValueError if bad)."""
+    text = setting.strip().upper()
     number, unit = text.rstrip("IB"), ""
     if number and number[-1] in _SIZE_UNITS:
         number, unit = number[:-1], number[-1]
     if not number.isdigit():
-        raise ValueError(f"--min-free {setting!r}: give bytes (512M, 2G) or a percentage (5%)")
+        raise ValueError(f"{setting!r} is not a size (4096, 512K, 5M, 2G)")
     return int(number) * _SIZE_UNITS[unit]
 
 
@@ -276,6 +296,15 @@ class Config:
     synchronous: str = "FULL"
     retention_seconds: float = RETENTION_SECONDS
     retention_interval_seconds: float = RETENTION_INTERVAL_SECONDS
+    #: Events retention in each agent's events db: rows older than this go, then all but
+    #: the newest ``events_keep``.
+    events_max_age_seconds: float = EVENTS_MAX_AGE_SECONDS
+    events_keep: int = EVENTS_KEEP
+    #: Container logs: the cap of each file and how many older ones are kept.
+    log_cap_bytes: int = LOG_CAP_BYTES
+    log_keep: int = LOG_KEEP
+    log_check_seconds: float = LOG_CHECK_SECONDS
+    disk_usage_seconds: float = DISK_USAGE_SECONDS
     #: Stop every agent when the daemon exits (development); by default agents outlive it.
     stop_agents_on_exit: bool = False
     #: Where the dashboard listens (hypercorn binds: ``HOST:PORT``, ``unix:PATH``); () = off.
@@ -305,3 +334,7 @@ class Config:
     container_backends: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
     #: Delays between an agent's crash restarts (``RestartPolicy``); tests shorten them.
     restart_backoff: Backoff = RESTART_BACKOFF
+
+    @property
+    def log_policy(self) -> LogPolicy:
+        return LogPolicy(cap_bytes=self.log_cap_bytes, keep=self.log_keep)

@@ -42,6 +42,7 @@ from hyperhive.containers import (
     ProcessBackend,
     default_harness_command,
 )
+from hyperhive.disk import DiskUsage, Reclaimed, rotate_log, tree_bytes
 from hyperhive.envfile import credentials_warning
 from hyperhive.errors import DiskFull, RequestRefused
 from hyperhive.events import EventHub
@@ -49,6 +50,7 @@ from hyperhive.journal import OperationKind, crash_point, sql_begin, sql_end, sq
 from hyperhive.kinds import BackendName, Transient
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import AgentInfo, ApprovalInfo, LogsReply, RecentMessage, Tombstone
+from hyperhive.protocol.event_payloads import DiskUsageChanged
 from hyperhive.questions import QuestionBook
 from hyperhive.registry import AgentRecord, AgentState, Registry
 from hyperhive.retention import sweep_events_db
@@ -80,6 +82,8 @@ class Hive:
         #: What is wrong with the daemon's own parts (not with one agent), for ``status``.
         self.problems = Problems(self.events)
         self.space = SpaceMonitor(config.paths.state_dir, config.min_free, self.events)
+        #: The last :meth:`measure_disk_usage` (empty until the first).
+        self.disk_usage: DiskUsage | None = None
         db.on_disk_full = self.space.poke
         self.backend = resolve_backend(config.backend)
         self.seed_toml = seed_agent_toml(
@@ -117,7 +121,7 @@ class Hive:
         self._deploy_locks: dict[str, trio.Lock] = {}
         backends = config.container_backends
         self.containers = Containers(
-            dict(backends) if backends is not None else real_backends(),
+            dict(backends) if backends is not None else real_backends(config),
             paths=config.paths,
             registry=self.registry,
             broker=self.broker,
@@ -406,16 +410,61 @@ class Hive:
             result.append(tombstone(name, size, modified))
         return result
 
-    async def sweep_events(self) -> int:
-        """Events retention for every agent's events db; rows deleted in all."""
-        total = 0
+    async def sweep_events(self) -> Reclaimed:
+        """Events retention for every agent's events db: rows deleted, bytes given back."""
+        total = Reclaimed()
+        config = self.config
         for record in self.registry.all():
-            path = self.config.paths.events_db(record.name)
+            path = config.paths.events_db(record.name)
+            sweep = functools.partial(
+                sweep_events_db,
+                path,
+                time.time(),
+                max_age=config.events_max_age_seconds,
+                keep=config.events_keep,
+            )
             try:
-                total += await trio.to_thread.run_sync(sweep_events_db, path, time.time())
+                total += await trio.to_thread.run_sync(sweep)
             except sqlite3.Error as exc:
                 log.warning("events retention for %s failed: %s", record.name, exc)
         return total
+
+    async def retention(self) -> tuple[Reclaimed, Reclaimed]:
+        """One retention pass: acked messages of broker.sqlite, then the agents' events dbs."""
+        messages = await self.broker.vacuum(self.config.retention_seconds)
+        return messages, await self.sweep_events()
+
+    async def rotate_logs(self) -> int:
+        """Rotate each live agent's container log that is over the cap; how many were."""
+        policy = self.config.log_policy
+        rotated = 0
+        for record in self.registry.all():
+            if record.state == AgentState.DESTROYED:
+                continue
+            log_file = self.config.paths.container_log(record.name)
+            try:
+                rotated += await trio.to_thread.run_sync(rotate_log, log_file, policy)
+            except OSError as exc:
+                log.warning("log rotation for %s failed: %s", record.name, exc)
+        return rotated
+
+    async def measure_disk_usage(self) -> DiskUsage:
+        """The state dir's size and each agent's (a tree walk, off the event loop)."""
+        paths = self.config.paths
+        names = [r.name for r in self.registry.all() if r.state != AgentState.DESTROYED]
+
+        def measure() -> DiskUsage:
+            agents = {
+                name: tree_bytes(paths.agent_dir(name)) + tree_bytes(paths.proposed_dir(name))
+                for name in names
+            }
+            return DiskUsage(total=tree_bytes(paths.state_dir), agents=agents)
+
+        usage = await trio.to_thread.run_sync(measure)
+        if usage != self.disk_usage:
+            self.disk_usage = usage
+            self.events.emit(DiskUsageChanged(total=usage.total, agents=usage.agents))
+        return usage
 
     async def operator_inbox(self, limit: int) -> list[RecentMessage]:
         return await self.broker.read_view(OPERATOR, limit)
@@ -463,6 +512,7 @@ class Hive:
             )
             or None,
             ui_url=self.registry.ui_url(record.name),
+            disk_bytes=self.disk_usage.agents.get(record.name) if self.disk_usage else None,
         )
 
     def _agent_credentials_warning(self, record: AgentRecord) -> str | None:
@@ -492,8 +542,12 @@ def extra_mcp_env(settings: AgentConfig) -> dict[str, str]:
     return {contract.EXTRA_MCP_ENV: json.dumps(document, separators=(",", ":"))}
 
 
-def real_backends() -> dict[str, Backend]:
-    return {"process": ProcessBackend(), "nspawn": NspawnBackend()}
+def real_backends(config: Config) -> dict[str, Backend]:
+    policy = config.log_policy
+    return {
+        "process": ProcessBackend(log_policy=policy),
+        "nspawn": NspawnBackend(log_policy=policy),
+    }
 
 
 def resolve_backend(name: str) -> str:

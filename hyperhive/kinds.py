@@ -135,6 +135,7 @@ class EventKind(StrEnum):
     APPROVAL_RESOLVED = "approval_resolved"
     PROBLEMS_CHANGED = "problems_changed"
     SPACE_CHANGED = "space_changed"
+    DISK_USAGE_CHANGED = "disk_usage_changed"
 
 
 class SystemKind(StrEnum):

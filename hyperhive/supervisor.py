@@ -18,6 +18,8 @@
         │           ├── QuestionBook.watchdog *
         │           │                        sleeps until the earliest deadline
         │           ├── retention_loop *     hourly: acked messages > 30 days; agents' events dbs
+        │           ├── housekeeping_loop *  every 30 s: running agents' logs over the cap
+        │           │                        rotated; every 5 min: disk usage measured
         │           ├── SpaceMonitor.run *   statvfs of the state dir every 30 s and on disk-full
         │           ├── serve_dashboard *    with --dashboard-bind: hypercorn-trio; started(urls)
         │           └── serve_unix_socket    <run>/host.sock (operator)
@@ -167,15 +169,32 @@ async def retention_loop(
     task_status.started()
     while True:
         try:
-            deleted = await hive.broker.vacuum(hive.config.retention_seconds)
+            messages = await hive.broker.vacuum(hive.config.retention_seconds)
         except DiskFull as exc:
             # Deleting needs room in the WAL too; the next round will do it.
             log.warning("retention: %s", exc)
         else:
-            if deleted:
-                log.info("retention: deleted %d acked messages", deleted)
-        await hive.sweep_events()
+            if messages.deleted:
+                log.info("retention: deleted %d acked messages", messages.deleted)
+        events = await hive.sweep_events()
+        if events.deleted:
+            log.info("retention: deleted %d events, %d bytes freed", events.deleted, events.freed)
         await trio.sleep(hive.config.retention_interval_seconds)
+
+
+async def housekeeping_loop(
+    hive: Hive, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Rotate running agents' logs past the cap; measure the state dir now and then."""
+    task_status.started()
+    config = hive.config
+    next_usage = trio.current_time()
+    while True:
+        await hive.rotate_logs()
+        if trio.current_time() >= next_usage:
+            await hive.measure_disk_usage()
+            next_usage = trio.current_time() + config.disk_usage_seconds
+        await trio.sleep(config.log_check_seconds)
 
 
 @asynccontextmanager
@@ -229,6 +248,7 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
                 for part, body in (
                     ("the questions watchdog", hive.questions.watchdog),
                     ("the retention loop", functools.partial(retention_loop, hive)),
+                    ("the housekeeping loop", functools.partial(housekeeping_loop, hive)),
                     ("the free-space monitor", hive.space.run),
                 ):
                     await nursery.start(

@@ -203,6 +203,8 @@ class DaemonProcess:
     output: list[str] = attrs.Factory(list)
     #: ``http://127.0.0.1:PORT/login?token=…`` as printed by the daemon.
     dashboard_login: str | None = None
+    #: More options of ``hyperhive run`` (set before a (re)start).
+    args: list[str] = attrs.Factory(list)
 
     @property
     def pid(self) -> int:
@@ -223,6 +225,7 @@ class DaemonProcess:
             "external",
             "--dashboard-bind",
             "127.0.0.1:0",
+            *self.args,
         ]
 
     async def start(self, nursery: trio.Nursery) -> None:

@@ -98,7 +98,7 @@ async def test_operator_workflow(daemon: DaemonProcess) -> None:
     assert r.code == 0
     assert daemon.paths.model_file("alice").read_text().strip() == "sonnet"
     r = await cli(daemon, "vacuum", "--json")
-    assert r.json() == {"deleted": 0}
+    assert r.json() == {"deleted": 0, "events_deleted": 0, "freed_bytes": 0}
 
 
 async def test_errors_go_to_stderr_with_exit_1(daemon: DaemonProcess) -> None:

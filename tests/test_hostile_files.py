@@ -191,7 +191,7 @@ async def test_events_db_made_hostile_never_holds_the_sweep(hive: Hive) -> None:
     make_events_db(good)
     with trio.fail_after(20):
         deleted = await hive.sweep_events()
-    assert deleted == 1  # good's old row; mal's db is refused, not swept
+    assert deleted.deleted == 1  # good's old row; mal's db is refused, not swept
     conn = sqlite3.connect(state / "hyperhive-events.sqlite")
     assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 2
     conn.close()
@@ -270,7 +270,9 @@ def test_a_sweep_past_its_time_limit_is_interrupted(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.OperationalError, match="interrupted"):
         sweep_events_db(db, time.time(), time_limit=0.5, clock=lambda: float(next(ticks)))
     assert _count(db) == 5002  # rolled back as a whole
-    assert sweep_events_db(db, time.time()) == 5001  # with time, the same sweep goes through
+    assert (
+        sweep_events_db(db, time.time()).deleted == 5001
+    )  # with time, the same sweep goes through
 
 
 #: A payload whose output is one endless line (16 MiB without a newline), then waits.
@@ -287,6 +289,7 @@ async def test_logs_of_one_endless_line_are_read_in_part(short_tmp: Path) -> Non
         backend="process",
         harness_command=ENDLESS_LINE,
         stop_agents_on_exit=True,
+        log_cap_bytes=64 << 20,  # not rotated away while the test reads it
     )
     async with open_hive(cfg) as hive:
         await hive.spawn("mal")

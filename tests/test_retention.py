@@ -37,15 +37,15 @@ def test_old_rows_go_then_the_rest_is_trimmed(tmp_path: Path) -> None:
     stamps = [now - week - 10] * 5 + [now - i for i in range(30, 0, -1)]
     db = tmp_path / "events.sqlite"
     make_events_db(db, stamps)
-    assert sweep_events_db(db, now, keep=20) == 5 + 10
+    assert sweep_events_db(db, now, keep=20).deleted == 5 + 10
     assert remaining(db) == stamps[-20:]
-    assert sweep_events_db(db, now, keep=20) == 0
+    assert sweep_events_db(db, now, keep=20).deleted == 0
 
 
 def test_missing_db_or_table_is_fine(tmp_path: Path) -> None:
-    assert sweep_events_db(tmp_path / "none.sqlite", time.time()) == 0
+    assert sweep_events_db(tmp_path / "none.sqlite", time.time()).deleted == 0
     sqlite3.connect(tmp_path / "empty.sqlite").close()
-    assert sweep_events_db(tmp_path / "empty.sqlite", time.time()) == 0
+    assert sweep_events_db(tmp_path / "empty.sqlite", time.time()).deleted == 0
 
 
 async def test_daemon_sweeps_every_agent(hive: Hive) -> None:
@@ -54,6 +54,6 @@ async def test_daemon_sweeps_every_agent(hive: Hive) -> None:
     for name in ("alice", "manager"):
         db = hive.config.paths.agent_dir(name) / "state" / "hyperhive-events.sqlite"
         make_events_db(db, [now - 8 * 24 * 3600, now])
-    assert await hive.sweep_events() == 2
+    assert (await hive.sweep_events()).deleted == 2
     db = hive.config.paths.agent_dir("alice") / "state" / "hyperhive-events.sqlite"
     assert len(remaining(db)) == 1

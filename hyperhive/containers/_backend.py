@@ -22,9 +22,9 @@ import trio
 from hyperhive.config import (
     DEFAULT_CPU_QUOTA,
     DEFAULT_MEMORY_MAX,
-    LOG_CAP_BYTES,
     STOP_GRACE_SECONDS,
 )
+from hyperhive.disk import LogPolicy, rotate_log
 from hyperhive.errors import RequestRefused
 
 #: Most bytes a tail reads from the end of a log: the agent writes it, and a log of one
@@ -172,20 +172,19 @@ async def adopt_detached(record: RunRecord) -> Handle | None:
     return await trio.to_thread.run_sync(adopt, record)
 
 
-def rotate_log(log_file: Path) -> None:
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if log_file.stat().st_size > LOG_CAP_BYTES:
-            log_file.replace(log_file.with_name(log_file.name + ".1"))
-    except FileNotFoundError:
-        pass
-
-
 def spawn_detached(
-    argv: Sequence[str], *, env: dict[str, str], log_file: Path, cwd: Path, started_at: float
+    argv: Sequence[str],
+    *,
+    env: dict[str, str],
+    log_file: Path,
+    log_policy: LogPolicy,
+    cwd: Path,
+    started_at: float,
 ) -> Handle:
-    """Start ``argv`` in a new session with stdout+stderr appended to ``log_file``."""
-    rotate_log(log_file)
+    """Start ``argv`` in a new session with stdout+stderr appended to ``log_file`` (rotated
+    first when it is over the cap; the running payload's is rotated by the daemon)."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    rotate_log(log_file, log_policy)
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT  # inherited: no O_CLOEXEC
     # posix_spawn has no chdir before 3.13: a tiny shell does it, then execs the payload.
     shell = ("/bin/sh", "-c", 'cd "$0" && exec "$@"', str(cwd), *argv)

@@ -18,6 +18,7 @@ from typing import Final
 import trio
 
 from hyperhive import contract
+from hyperhive.config import DEFAULT_LOG_POLICY
 from hyperhive.containers._backend import (
     AgentSpec,
     Handle,
@@ -26,6 +27,7 @@ from hyperhive.containers._backend import (
     adopt_detached,
     spawn_detached,
 )
+from hyperhive.disk import LogPolicy
 from hyperhive.envfile import ENV_FILE_KEYS
 from hyperhive.errors import RequestRefused
 from hyperhive.names import machine_name
@@ -92,8 +94,11 @@ class ProcessBackend:
     name = "process"
     isolated = False
 
-    def __init__(self, limits: CgroupLimits | None = None) -> None:
+    def __init__(
+        self, limits: CgroupLimits | None = None, log_policy: LogPolicy = DEFAULT_LOG_POLICY
+    ) -> None:
         self._limits = limits or CgroupLimits()
+        self._log_policy = log_policy
 
     def environment(self, spec: AgentSpec) -> dict[str, str]:
         return {
@@ -119,6 +124,7 @@ class ProcessBackend:
                 spec.command,
                 env=env,
                 log_file=spec.log_file,
+                log_policy=self._log_policy,
                 cwd=spec.state_dir,
                 started_at=started_at,
             )
@@ -172,8 +178,11 @@ class NspawnBackend:
     name = "nspawn"
     isolated = True
 
-    def __init__(self, limits: CgroupLimits | None = None) -> None:
+    def __init__(
+        self, limits: CgroupLimits | None = None, log_policy: LogPolicy = DEFAULT_LOG_POLICY
+    ) -> None:
         self._limits = limits or CgroupLimits()
+        self._log_policy = log_policy
         self._systemd = Path("/run/systemd/system").is_dir()
 
     @staticmethod
@@ -246,6 +255,7 @@ class NspawnBackend:
                 argv,
                 env=env,
                 log_file=spec.log_file,
+                log_policy=self._log_policy,
                 cwd=Path("/"),
                 started_at=started_at,
             )

@@ -128,6 +128,9 @@ class AgentInfo:
     #: The dashboard path of the agent's own web UI (``/agent/<name>/``), once its harness
     #: serves it.
     ui_url: str | None
+    #: Bytes its dir and proposed repo take on disk (measured every few minutes; None
+    #: until then).
+    disk_bytes: int | None = None
 
 
 # ---------------------------------------------------------------- every socket
@@ -383,6 +386,8 @@ class HostStatusReply(Reply):
     problems: list[str] = attrs.Factory(list)
     #: Agents that cannot reach the API (no key or token, no claude login), and what to do.
     credentials_warning: str | None = None
+    #: Bytes the state dir takes on disk (measured every few minutes; None until then).
+    state_dir_bytes: int | None = None
 
 
 @attrs.frozen
@@ -546,7 +551,12 @@ class Vacuum(Request):
 
 @attrs.frozen
 class VacuumReply(Reply):
+    #: Acknowledged messages deleted from broker.sqlite.
     deleted: int
+    #: Rows deleted from the agents' events dbs.
+    events_deleted: int = 0
+    #: Bytes the files gave back (broker.sqlite's at its next checkpoint).
+    freed_bytes: int = 0
 
 
 # ---------------------------------------------------------------- which socket takes what

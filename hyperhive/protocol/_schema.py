@@ -30,6 +30,11 @@ def _type_schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
     if origin is list:
         (item,) = get_args(tp)
         return {"type": "array", "items": _type_schema(item, defs)}
+    if origin is dict:
+        key, value = get_args(tp)
+        if key is not str:
+            raise TypeError(f"no JSON Schema for {tp!r}: object keys are strings")
+        return {"type": "object", "additionalProperties": _type_schema(value, defs)}
     if origin is Literal:
         return {"enum": list(get_args(tp))}
     if isinstance(tp, type) and issubclass(tp, StrEnum):

@@ -172,6 +172,15 @@ class SpaceChanged(EventPayload):
     low: bool
 
 
+@attrs.frozen
+class DiskUsageChanged(EventPayload):
+    """The state dir's size and each agent's, in bytes (measured every few minutes)."""
+
+    KIND = EventKind.DISK_USAGE_CHANGED
+    total: int
+    agents: dict[str, int]
+
+
 #: Every event kind and the class of its payload.
 EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
     cls.KIND: cls
@@ -196,6 +205,7 @@ EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
         ApprovalResolved,
         ProblemsChanged,
         SpaceChanged,
+        DiskUsageChanged,
     )
 }
 assert set(EVENT_PAYLOADS) == set(EventKind), "every event kind needs exactly one payload class"

@@ -281,6 +281,7 @@ class Dashboard:
             "version": hyperhive.__version__,
             "backend": hive.backend,
             "problems": hive.problems_now(),
+            "state_dir_bytes": hive.disk_usage.total if hive.disk_usage else None,
             "agents": CONVERTER.unstructure(await hive.agent_infos()),
             "isolated": hive.isolation(),
             "tombstones": CONVERTER.unstructure(await hive.tombstones()),

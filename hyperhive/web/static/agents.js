@@ -61,6 +61,7 @@ function makeAgent(state) {
     const backend = h('span', { class: 'backend' });
     const isolation = badge('warn', 'no isolation', 'this backend runs agents as plain processes');
     const pid = h('span', { class: 'pid' });
+    const disk = h('span', { class: 'disk', title: 'its dir and proposed config on disk' });
     const status = h('p', { class: 'status', hidden: true });
     const warning = h('p', { class: 'warning', hidden: true });
     const buttons = LIFECYCLE.map(([verb, label]) => h('button', {
@@ -84,7 +85,7 @@ function makeAgent(state) {
     const el = h('article', { class: 'row agent', 'data-name': first.name, 'aria-label': `agent ${first.name}` },
       h('div', { class: 'info' },
         h('div', { class: 'line' }, branch, name, role, stateBadge, transient, crashLoop, login, rate, harness, unread, link),
-        h('div', { class: 'line meta' }, model, backend, isolation, pid),
+        h('div', { class: 'line meta' }, model, backend, isolation, pid, disk),
         status, warning),
       h('div', { class: 'actions' }, ...buttons, logs, destroy));
     const update = ({ agent: a, branch: b }) => {
@@ -114,6 +115,7 @@ function makeAgent(state) {
       setText(backend, a.backend);
       show(isolation, state.isolated[a.backend] === false);
       setText(pid, a.pid ? `pid ${a.pid}` : '');
+      setText(disk, a.disk_bytes == null ? '' : `⛁ ${bytes(a.disk_bytes)}`);
       show(status, !!a.status_text, a.status_text);
       show(warning, !!a.warning, `⚠ ${a.warning}`);
       const external = a.backend === 'external';

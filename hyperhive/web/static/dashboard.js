@@ -1,7 +1,7 @@
 // The operator dashboard: one /api/state snapshot, then the /api/stream event stream.
 // Events are applied to the in-memory state where that is easy, otherwise a (throttled)
 // refetch of the snapshot; either way the view is re-rendered with keyed, in-place updates.
-import { $, setText, tickClocks, setServerNow, serverNow } from './dom.js';
+import { $, setText, tickClocks, setServerNow, serverNow, bytes } from './dom.js';
 import { getJSON, LoggedOut, setCsrf, toast, act } from './ui.js';
 import { renderAgents } from './agents.js';
 import { renderCalls, lingerFor } from './calls.js';
@@ -39,6 +39,7 @@ function load(snap) {
   setServerNow(snap.now);
   setText($('version'), `v${snap.version}`);
   setText($('backend'), `backend ${snap.backend}`);
+  showDisk(snap.state_dir_bytes);
   const problems = $('problems'); // the daemon's own: failed parts, low space, disk full
   problems.replaceChildren(...snap.problems.map((p) => Object.assign(document.createElement('li'), { textContent: `⚠ ${p}` })));
   problems.hidden = snap.problems.length === 0;
@@ -53,6 +54,10 @@ function load(snap) {
   state.flow = new Map();
   for (const m of flow) keep(state.flow, m, FLOW_KEEP);
   for (const e of recent) if (e.seq > snap.seq) apply(e.kind, e.data, false);
+}
+
+function showDisk(total) {
+  setText($('disk'), total == null ? '' : `state ${bytes(total)}`);
 }
 
 // Add a message to a bounded map (ids only grow, so the first key is the oldest).
@@ -97,6 +102,10 @@ function apply(kind, d, live) {
     }
     case 'status_changed':
       patchAgent(d.name, { status_text: d.status_text });
+      break;
+    case 'disk_usage_changed':
+      showDisk(d.total);
+      for (const [name, size] of Object.entries(d.agents)) patchAgent(name, { disk_bytes: size });
       break;
     case 'model_changed':
       patchAgent(d.name, { model: d.model });
