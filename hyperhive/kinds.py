@@ -135,6 +135,8 @@ class EventKind(StrEnum):
     APPROVAL_RESOLVED = "approval_resolved"
     PROBLEMS_CHANGED = "problems_changed"
     SPACE_CHANGED = "space_changed"
+    AGENT_PAUSED = "agent_paused"
+    AGENT_RESUMED = "agent_resumed"
 
 
 class SystemKind(StrEnum):
@@ -145,3 +147,4 @@ class SystemKind(StrEnum):
     APPROVAL_RESOLVED = "approval_resolved"
     CONTAINER_CRASH = "container_crash"
     AGENT_ERROR = "agent_error"
+    AGENT_PAUSED = "agent_paused"
