@@ -130,6 +130,13 @@ class Client:
         except ProtocolError as exc:
             raise ClientError(f"unexpected reply to {request.CMD!r}: {exc}") from None
 
+    async def receive(self) -> dict[str, Any]:
+        """The next line the daemon pushes (after ``watch``), as a JSON object."""
+        try:
+            return await self._read_reply()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ConnectionLost(f"the connection to the daemon broke: {exc}") from None
+
     async def _read_reply(self) -> dict[str, Any]:
         while not self._lines:
             data = await self._stream.receive_some(65536)

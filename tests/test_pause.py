@@ -7,6 +7,8 @@ process for what must survive a daemon restart.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Any
 
 import pytest
@@ -164,3 +166,66 @@ async def test_pause_survives_daemon_and_agent_restart(
         assert (await daemon.call({"cmd": "resume", "names": ["ivy"]}))["ok"]
         reply = await a.request({"cmd": "recv", "max": 32})
         assert [m["body"] for m in reply["messages"]] == ["w0", "w1"]
+
+
+async def hyperhive_cli(daemon: DaemonProcess, *args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERHIVE_")}
+    argv = [sys.executable, "-m", "hyperhive", *args, "--run-dir", str(daemon.paths.run_dir)]
+    proc = await trio.run_process(
+        argv, env=env, capture_stdout=True, capture_stderr=True, check=False
+    )
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+async def test_cli_pause_list_resume(daemon: DaemonProcess) -> None:
+    for name in ("jo", "kim"):
+        assert (await daemon.call({"cmd": "spawn", "name": name}))["ok"]
+    code, out, _ = await hyperhive_cli(daemon, "pause", "jo", "kim", "--reason", "quota")
+    assert (code, out.strip()) == (0, "paused jo, kim")
+    code, out, _ = await hyperhive_cli(daemon, "list")
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "registered, paused" in rows["jo"] and "[paused by operator" in rows["jo"]
+    assert "quota]" in rows["kim"] and "paused" not in rows["manager"]
+    code, out, _ = await hyperhive_cli(daemon, "resume", "kim")
+    assert (code, out.strip()) == (0, "resumed kim")
+    code, out, _ = await hyperhive_cli(daemon, "list", "--json")
+    paused = {a["name"]: a["paused_reason"] for a in json.loads(out)["agents"]}
+    assert paused == {"manager": None, "jo": "quota", "kim": None}
+    # Unknown names: refused, and nothing was paused.
+    code, _, err = await hyperhive_cli(daemon, "pause", "kim", "nobody")
+    assert code == 1 and "no agent named 'nobody'" in err
+    assert agent_row(await daemon.call({"cmd": "list"}), "kim")["paused_at"] is None
+
+
+@pytest.mark.parametrize("verb", ["pause", "resume", "start", "kill", "restart", "rebuild"])
+async def test_cli_verbs_on_agents_refuse_an_empty_selection(
+    daemon: DaemonProcess, verb: str
+) -> None:
+    assert (await daemon.call({"cmd": "spawn", "name": "lou"}))["ok"]
+    code, _, err = await hyperhive_cli(daemon, verb)
+    assert code == 2 and "missing argument 'name" in err.lower()
+    assert agent_row(await daemon.call({"cmd": "list"}), "lou")["paused_at"] is None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"cmd": "pause", "names": []},
+        {"cmd": "resume", "names": []},
+        {"cmd": "pause"},
+        {"cmd": "start"},
+        {"cmd": "kill", "name": ""},
+        {"cmd": "restart", "name": "*"},
+        {"cmd": "rebuild", "name": "all"},
+        {"cmd": "destroy", "name": ""},
+    ],
+)
+async def test_wire_verbs_on_agents_refuse_an_empty_or_wildcard_selection(
+    hive: Hive, payload: dict[str, Any]
+) -> None:
+    await hive.spawn("max")
+    async with await host(hive) as op:
+        reply = await op.request(payload)
+    assert reply["ok"] is False, reply
+    record = hive.registry.get("max")
+    assert record.paused_at is None and record.state == "registered"
