@@ -222,6 +222,7 @@ class Api:
                     state=record.state,
                     paused_at=record.paused_at,
                     paused_reason=record.paused_reason,
+                    paused_by=record.paused_by,
                 )
             case RequestSpawn(name=name, description=description):
                 return ApprovalReply(approval=await hive.request_spawn(name, description, MANAGER))

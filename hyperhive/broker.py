@@ -504,6 +504,7 @@ class Broker:
         if not 1 <= limit <= MAX_RECV_BATCH:
             raise RequestRefused(f"max must be between 1 and {MAX_RECV_BATCH}")
         deadline = trio.current_time() + wait_seconds
+        paused = self._paused(recipient)
         while True:
             # Take the waiter before looking, so a send committing after the look wakes us.
             waiter = self._waiters.get(recipient)
@@ -532,6 +533,8 @@ class Broker:
                 return messages
             if trio.current_time() >= deadline or self._stopping:
                 return []
+            if self._paused(recipient) != paused:
+                return []  # paused or resumed meanwhile: the receiver learns it now
             self._park(recipient, +1)
             try:
                 with trio.move_on_at(deadline):
@@ -563,8 +566,9 @@ class Broker:
         self._wake(recipient)
         return count
 
-    def resumed(self, recipient: str) -> None:
-        """``recipient`` was resumed: a receiver parked while it was paused looks again."""
+    def pause_changed(self, recipient: str) -> None:
+        """``recipient`` was paused or resumed: its parked receivers look again (after a
+        resume they take what waits; with nothing to take they return, empty, at once)."""
         self._wake(recipient)
 
     def _wake(self, recipient: str) -> None:

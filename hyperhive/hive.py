@@ -357,16 +357,18 @@ class Hive:
             return result
 
         await self.broker.transaction(tx, now=now, run=with_the_row)
+        self.broker.pause_changed(name)
         self.events.emit(AgentPaused(name=name, reason=reason, by=by, paused_at=now))
 
     async def resume(self, name: str, by: str) -> None:
-        """Resume a paused agent (idempotent): a ``recv`` parked meanwhile looks again, so
-        what waits in its inbox is handed out at once, in order."""
+        """Resume a paused agent (idempotent): a parked ``recv`` looks again, so what waits
+        in its inbox is handed out at once, in order (with nothing waiting it returns empty
+        at once: the receiver learns of the resume)."""
         record = self.registry.get(name)
         if record.paused_at is None:
             return
         await self.registry.set_paused(name, None)
-        self.broker.resumed(name)
+        self.broker.pause_changed(name)
         self.events.emit(AgentResumed(name=name, by=by))
 
     async def destroy(self, name: str, *, purge: bool) -> None:

@@ -294,9 +294,10 @@ class AgentMetaReply(Reply):
     status_text: str
     parent: str | None
     state: AgentState
-    #: Paused since (None: not paused) and why; see ``AgentInfo``.
+    #: Paused since (None: not paused), why and by whom; see ``AgentInfo``.
     paused_at: float | None = None
     paused_reason: str | None = None
+    paused_by: str | None = None
 
 
 # ---------------------------------------------------------------- manager socket
