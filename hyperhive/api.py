@@ -87,7 +87,7 @@ from hyperhive.protocol import (
 from hyperhive.protocol.event_payloads import HarnessConnected, HarnessDisconnected
 from hyperhive.server import Connection, SocketKind
 from hyperhive.store import DatabaseFailed
-from hyperhive.watch import feed
+from hyperhive.watch import Feed
 
 
 def _name(raw: str, *, allow_manager: bool = True) -> str:
@@ -139,6 +139,8 @@ class Api:
             await self.hive.broker.undeliver(conn.principal.name, [m.id for m in reply.messages])
 
     def closed(self, conn: Connection) -> None:
+        if conn.feed is not None:
+            conn.feed.close()  # unsubscribed, whether or not its lines were ever read
         if conn.role == ConnectionRole.HARNESS:
             self.hive.registry.harnesses[conn.principal.name] -= 1
             if self.hive.registry.harnesses[conn.principal.name] <= 0:
@@ -332,7 +334,7 @@ class Api:
                 if conn.feed is not None:
                     raise RequestRefused("this connection is watching already")
                 # Subscribed before the reply: no change after ``seq`` is missed.
-                conn.feed = feed(hive.events.subscribe())
+                conn.feed = Feed(hive.events.subscribe())
                 return WatchReply(seq=hive.events.seq)
         raise RequestRefused(f"{request.CMD!r} is not served on the host socket")
 

@@ -93,7 +93,17 @@ class Connection:
     peer_pid: int | None
     role: ConnectionRole | None = None
     #: Set by a ``watch`` request: the lines pushed to this connection after its reply.
-    feed: AsyncIterator[bytes] | None = None
+    feed: Feed | None = None
+
+
+class Feed(Protocol):
+    """What a watching connection pushes (:class:`hyperhive.watch.Feed`)."""
+
+    def lines(self) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None:
+        """Unsubscribe (the connection ended); called by the endpoint's ``closed``."""
+        ...
 
 
 class Endpoint(Protocol):
@@ -387,7 +397,7 @@ async def _serve(
         if reader.cut is not None:
             raise _Cut(reader.cut)
         if conn.feed is not None:
-            await _follow(conn.feed, reader, stream, drain)
+            await _follow(conn.feed.lines(), reader, stream, drain)
             return
 
 

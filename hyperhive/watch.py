@@ -7,7 +7,7 @@ order. Fan-out is bounded: a watcher whose queue fills up (it does not read) is 
 the hub, gets one final error line and is closed; it never slows a publisher. Message
 traffic (``sent``/``delivered``) is not in the feed: the dashboard shows it.
 
-The lines are decided here (:func:`watch_line`, no I/O); :func:`feed` is the thin trio
+The lines are decided here (:func:`watch_line`, no I/O); :class:`Feed` is the thin trio
 adapter the socket server writes out.
 """
 
@@ -70,18 +70,26 @@ def _dump(obj: object) -> bytes:
     return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
 
 
-async def feed(events: trio.MemoryReceiveChannel[Event]) -> AsyncIterator[bytes]:
-    """The lines of a subscription, ending with :func:`dropped_line` if the hub cut it off.
+class Feed:
+    """One watcher's subscription: its lines (:meth:`lines`), ending with
+    :func:`dropped_line` if the hub cut it off (the hub closes a subscriber's channel only
+    when it fell behind). :meth:`close` unsubscribes; it is called when the connection
+    ends, whether or not the lines were ever read."""
 
-    The hub closes a subscriber's channel only when it fell behind; the subscription is
-    closed (unsubscribed) when the feed is.
-    """
-    with events:
+    def __init__(self, events: trio.MemoryReceiveChannel[Event]) -> None:
+        self._events = events
+
+    def close(self) -> None:
+        self._events.close()
+
+    async def lines(self) -> AsyncIterator[bytes]:
         while True:
             try:
-                event = await events.receive()
+                event = await self._events.receive()
             except trio.EndOfChannel:
                 yield dropped_line()
+                return
+            except trio.ClosedResourceError:
                 return
             line = watch_line(event)
             if line is not None:

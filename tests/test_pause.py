@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
 from hyperhive.client import Client
-from hyperhive.supervisor import Hive
-from tests.conftest import Connect, DaemonProcess
+from hyperhive.config import Config
+from hyperhive.supervisor import Hive, open_daemon
+from tests.conftest import Connect, DaemonProcess, make_paths
 
 
 async def host(hive: Hive) -> Client:
@@ -229,3 +231,47 @@ async def test_wire_verbs_on_agents_refuse_an_empty_or_wildcard_selection(
     assert reply["ok"] is False, reply
     record = hive.registry.get("max")
     assert record.paused_at is None and record.state == "registered"
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        ({"names": ["zed"], "reason": "x" * 501}, "longer than 500 characters"),
+        ({"names": ["zed"], "reason": "one\ntwo"}, "control characters"),
+        ({"names": ["zed"], "reason": "nul\x00"}, "NUL"),
+        ({"names": ["zed"] * 257}, "at most 256 items"),
+        ({"names": "zed"}, "expected an array"),
+    ],
+)
+async def test_pause_requests_are_bounded(hive: Hive, payload: dict[str, Any], error: str) -> None:
+    await hive.spawn("zed")
+    async with await host(hive) as op:
+        reply = await op.request({"cmd": "pause", **payload})
+    assert reply["ok"] is False and error in reply["error"], reply
+    assert hive.registry.get("zed").paused_at is None
+
+
+async def test_a_stopped_agent_can_be_paused_and_stays_paused_when_started(
+    short_tmp: Path,
+) -> None:
+    config = Config(
+        paths=make_paths(short_tmp),
+        backend="process",
+        stop_agents_on_exit=True,
+        harness_command=("sh", "-c", "exec sleep 300"),
+    )
+    async with open_daemon(config) as daemon:
+        hive = daemon.hive
+        await hive.spawn("stu")
+        async with await host(hive) as op:
+            assert (await op.request({"cmd": "kill", "name": "stu"}))["ok"]
+            assert hive.registry.get("stu").state == "stopped"
+            paused = await op.request({"cmd": "pause", "names": ["stu"], "reason": "later"})
+            assert paused["ok"] and agent_row(paused, "stu")["state"] == "stopped"
+            assert (await op.request({"cmd": "start", "name": "stu"}))["ok"]
+            row = agent_row(await op.request({"cmd": "list"}), "stu")
+        assert (row["state"], row["paused_reason"]) == ("running", "later")
+        # Its start notice waits: the started agent is handed nothing while paused.
+        async with await Client.connect(config.paths.agent_socket("stu")) as stu:
+            assert (await stu.request({"cmd": "recv"}))["messages"] == []
+            assert (await stu.request({"cmd": "status"}))["unread"] >= 1

@@ -21,7 +21,8 @@ import trio
 from hyperhive.client import Client
 from hyperhive.config import PROTOCOL_VERSION
 from hyperhive.protocol import json_schema
-from tests.conftest import DaemonProcess
+from hyperhive.supervisor import Hive
+from tests.conftest import DaemonProcess, wait_until
 
 
 class LineReader:
@@ -258,3 +259,27 @@ def test_the_schema_shows_the_protocol_on_host_replies() -> None:
             assert "protocol" not in entry["reply"]["properties"], cmd
     assert schema["error"]["properties"]["protocol"] == {"const": PROTOCOL_VERSION}
     assert set(schema["watch_line"]["required"]) == {"seq", "ts", "kind", "data"}
+
+
+async def test_a_watcher_that_leaves_is_unsubscribed(hive: Hive) -> None:
+    before = hive.events.statistics().subscribers
+
+    async def subscribers() -> bool:
+        # The hub lets go of a closed subscription at its next event: the operator's
+        # vacuum publishes one.
+        async with await Client.connect(hive.config.paths.host_socket) as other:
+            assert (await other.request({"cmd": "vacuum"}))["ok"]
+        return hive.events.statistics().subscribers == before
+
+    async with await Client.connect(hive.config.paths.host_socket, hello_role="cli") as op:
+        assert (await op.request({"cmd": "watch"}))["ok"]
+        assert hive.events.statistics().subscribers == before + 1
+        await hive.spawn("fred")
+        assert (await op.receive())["kind"] == "agent_registered"
+        assert not await subscribers()
+    await wait_until(subscribers)
+    # One that hangs up before reading even the reply is unsubscribed too.
+    stream = await trio.open_unix_socket(str(hive.config.paths.host_socket))
+    await stream.send_all(b'{"cmd":"watch"}\n')
+    await stream.aclose()
+    await wait_until(subscribers)
