@@ -389,9 +389,11 @@ class Broker:
         *,
         directory: Callable[[], tuple[Collection[str], Collection[str]]],
         allowed_recipients: Callable[[str], Collection[str] | None] = lambda _: None,
+        paused: Callable[[str], bool] = lambda _: False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
+        self._paused = paused
         self._events = events
         self._directory = directory
         self._allowed = allowed_recipients
@@ -501,17 +503,21 @@ class Broker:
         if not 1 <= limit <= MAX_RECV_BATCH:
             raise RequestRefused(f"max must be between 1 and {MAX_RECV_BATCH}")
         deadline = trio.current_time() + wait_seconds
+        paused = self._paused(recipient)
         while True:
             # Take the waiter before looking, so a send committing after the look wakes us.
             waiter = self._waiters.get(recipient)
             if waiter is None:
                 waiter = self._waiters[recipient] = trio.Event()
-            messages = await self._db.transaction(
-                functools.partial(
-                    sql_take, recipient=recipient, limit=limit, ack=ack, now=self._clock()
-                ),
-                durable=False,
-            )
+            # A paused recipient is handed nothing: its inbox waits, in order, unacked.
+            messages = []
+            if not self._paused(recipient):
+                messages = await self._db.transaction(
+                    functools.partial(
+                        sql_take, recipient=recipient, limit=limit, ack=ack, now=self._clock()
+                    ),
+                    durable=False,
+                )
             if messages:
                 for m in messages:
                     self._events.emit(
@@ -526,6 +532,8 @@ class Broker:
                 return messages
             if trio.current_time() >= deadline or self._stopping:
                 return []
+            if self._paused(recipient) != paused:
+                return []  # paused or resumed meanwhile: the receiver learns it now
             self._park(recipient, +1)
             try:
                 with trio.move_on_at(deadline):
@@ -556,6 +564,11 @@ class Broker:
         count = await self._db.transaction(lambda conn: sql_undeliver(conn, recipient, ids))
         self._wake(recipient)
         return count
+
+    def pause_changed(self, recipient: str) -> None:
+        """``recipient`` was paused or resumed: its parked receivers look again (after a
+        resume they take what waits; with nothing to take they return, empty, at once)."""
+        self._wake(recipient)
 
     def _wake(self, recipient: str) -> None:
         waiter = self._waiters.pop(recipient, None)

@@ -467,12 +467,21 @@ def status(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
 
 def _agent_state(a: dict[str, Any]) -> str:
     if a["transient"]:
-        return f"{a['transient']} ({_span(time.time() - a['transient_since'])})"
-    return str(a["state"])
+        state = f"{a['transient']} ({_span(time.time() - a['transient_since'])})"
+    else:
+        state = str(a["state"])
+    return f"{state}, paused" if a.get("paused_at") is not None else state
+
+
+def _pause_text(a: dict[str, Any]) -> str | None:
+    if a.get("paused_at") is None:
+        return None
+    reason = f": {a['paused_reason']}" if a.get("paused_reason") else ""
+    return f"[paused by {a['paused_by']} {_when(a['paused_at'])}{reason}]"
 
 
 def _agent_status(a: dict[str, Any]) -> str:
-    parts = [a["status_text"], a["warning"] and f"(! {a['warning']})"]
+    parts = [_pause_text(a), a["status_text"], a["warning"] and f"(! {a['warning']})"]
     return " ".join(p for p in parts if p) or "-"
 
 
@@ -773,6 +782,90 @@ def _lifecycle(verb: str, past: str) -> None:
 for _verb, _past in [("start", "started"), ("kill", "stopped"), ("restart", "restarted"),
                      ("rebuild", "rebuilt")]:  # fmt: skip
     _lifecycle(_verb, _past)
+
+
+@app.command()
+def pause(
+    names: Annotated[
+        list[str], typer.Argument(metavar="NAME...", help="The agents to pause (at least one).")
+    ],
+    run_dir: RunDir,
+    state_dir: StateDir,
+    reason: Annotated[str, typer.Option(help="Why; shown wherever the agent is.")] = "",
+    as_json: Json = False,
+) -> None:
+    """Pause agents: they are handed no messages (so run no turns) until resumed."""
+    reply = _call(run_dir, {"cmd": "pause", "names": names, "reason": reason})
+    _emit(reply, as_json, lambda r: typer.echo(f"paused {', '.join(_names(r))}"))
+
+
+@app.command()
+def resume(
+    names: Annotated[
+        list[str], typer.Argument(metavar="NAME...", help="The agents to resume (at least one).")
+    ],
+    run_dir: RunDir,
+    state_dir: StateDir,
+    as_json: Json = False,
+) -> None:
+    """Resume paused agents: what waits in their inboxes is handed out, in order."""
+    reply = _call(run_dir, {"cmd": "resume", "names": names})
+    _emit(reply, as_json, lambda r: typer.echo(f"resumed {', '.join(_names(r))}"))
+
+
+def _names(r: dict[str, Any]) -> list[str]:
+    return [a["name"] for a in r["agents"]]
+
+
+def _watch_line(line: dict[str, Any]) -> str:
+    """One change of ``hyperhive watch`` for people: time, kind, what changed."""
+    d, kind = line["data"], line["kind"]
+    at = time.strftime("%H:%M:%S", time.localtime(line["ts"]))
+    if "approval" in d:
+        a = d["approval"]
+        what = f"#{a['id']} {a['kind']} {a['agent']} {a['status']}"
+    elif "question" in d:
+        q = d["question"]
+        answer = f" -> {q['answer']}" if q.get("answer") is not None else ""
+        what = f"#{q['id']} {q['asker']} to {q['target'] or 'operator'}: {q['question']}{answer}"
+    elif kind == "agent_paused":
+        what = f"{d['name']} by {d['by']}" + (f": {d['reason']}" if d["reason"] else "")
+    elif kind == "problems_changed":
+        what = "; ".join(d["problems"]) or "none"
+    else:
+        detail = [d.get("transient") or d.get("state"), d.get("status_text"), d.get("by")]
+        what = " ".join(str(x) for x in [d.get("name"), *detail] if x)
+    return visible(f"{at} {kind} {what}".replace("\n", " "))
+
+
+@app.command()
+def watch(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
+    """Print every change (agents, pauses, approvals, questions) as it happens, until ^C."""
+    socket = run_dir / "host.sock"
+
+    async def go() -> None:
+        async with await Client.connect(socket, hello_role="cli") as client:
+            reply = await client.request({"cmd": "watch"})
+            if not reply.get("ok"):
+                raise ClientError(str(reply.get("error")))
+            while True:
+                line = await client.receive()
+                if line.get("ok") is False:
+                    raise ClientError(str(line.get("error")))
+                if as_json:
+                    typer.echo(json.dumps(line, ensure_ascii=False), nl=True)
+                else:
+                    typer.echo(_watch_line(line))
+                sys.stdout.flush()
+
+    try:
+        trio.run(go)
+    except KeyboardInterrupt:
+        return
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise _fail(f"no daemon is listening on {socket}") from None
+    except (ClientError, OSError) as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command()

@@ -136,6 +136,8 @@ class EventKind(StrEnum):
     PROBLEMS_CHANGED = "problems_changed"
     SPACE_CHANGED = "space_changed"
     DISK_USAGE_CHANGED = "disk_usage_changed"
+    AGENT_PAUSED = "agent_paused"
+    AGENT_RESUMED = "agent_resumed"
 
 
 class SystemKind(StrEnum):
@@ -146,3 +148,4 @@ class SystemKind(StrEnum):
     APPROVAL_RESOLVED = "approval_resolved"
     CONTAINER_CRASH = "container_crash"
     AGENT_ERROR = "agent_error"
+    AGENT_PAUSED = "agent_paused"

@@ -197,9 +197,15 @@ class TurnLoop:
 
     async def _serve(self, link: Client) -> None:
         await self._pay_debts(link)
+        await self._show_pause(link)
         while True:
             reply = await link.call(Recv(wait_seconds=self.cfg.recv_wait, max=1, ack=False))
             assert isinstance(reply, RecvReply)
+            if not reply.messages:
+                # Nothing came: the wait ran out, or the agent was paused or resumed.
+                await self._show_pause(link)
+            elif self.view.status is Status.PAUSED:
+                self.view.set_status(Status.ONLINE)
             for message in reply.messages:
                 if message.id in self.owed:
                     self.events.note(
@@ -209,6 +215,16 @@ class TurnLoop:
                     await self._pay_debts(link)
                     continue
                 await self._handle(link, message)
+
+    async def _show_pause(self, link: Client) -> None:
+        """Show on the UI whether the daemon holds this agent paused (and why)."""
+        meta = await link.call(GetAgentMeta())
+        assert isinstance(meta, AgentMetaReply)
+        if meta.paused_at is not None:
+            why = f": {meta.paused_reason}" if meta.paused_reason else ""
+            self.view.set_status(Status.PAUSED, f"paused by {meta.paused_by}{why}")
+        elif self.view.status is Status.PAUSED:
+            self.view.set_status(Status.ONLINE)
 
     async def _pay_debts(self, link: Client) -> None:
         """Send owed failure reports and acks; keep what the daemon did not confirm."""

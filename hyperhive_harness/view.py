@@ -25,6 +25,8 @@ class Status(StrEnum):
     DISCONNECTED = "disconnected"
     RATE_LIMITED = "rate_limited"
     NEEDS_LOGIN = "needs_login"
+    #: Paused by the operator (or a budget): the daemon hands it no messages until resumed.
+    PAUSED = "paused"
 
 
 class View:
@@ -34,6 +36,8 @@ class View:
         self.label = ""
         self.role = ""
         self.status = Status.STARTING
+        #: What goes with the status (the pause's reason and who paused), if anything.
+        self.status_detail: str | None = None
         self.turn_state = TurnState.IDLE
         self.turn_state_since = events.clock()
         self.ctx: int | None = None
@@ -50,6 +54,7 @@ class View:
         match event.kind:
             case "status_changed":
                 self.status = Status(p["status"])
+                self.status_detail = p.get("detail")
             case "turn_state_changed":
                 self.turn_state = TurnState(p["state"])
                 self.turn_state_since = p["since"]
@@ -72,9 +77,12 @@ class View:
     def set_identity(self, label: str, role: str) -> None:
         self.label, self.role = label, role
 
-    def set_status(self, status: Status) -> None:
-        if status is not self.status:
-            self._events.publish("status_changed", status=status.value)
+    def set_status(self, status: Status, detail: str | None = None) -> None:
+        if status is not self.status or detail != self.status_detail:
+            if detail is None:
+                self._events.publish("status_changed", status=status.value)
+            else:
+                self._events.publish("status_changed", status=status.value, detail=detail)
 
     def set_turn_state(self, state: TurnState) -> None:
         if state is not self.turn_state:
@@ -98,6 +106,7 @@ class View:
             "label": self.label,
             "role": self.role,
             "status": self.status.value,
+            "status_detail": self.status_detail,
             "turn_state": self.turn_state.value,
             "turn_state_since": self.turn_state_since,
             "model": self._model.last or self._model.read(),

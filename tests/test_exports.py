@@ -121,6 +121,7 @@ PROTOCOL_TYPES = [
     "LogsReply",
     "LooseEndsReply",
     "Message",
+    "Pause",
     "Pending",
     "QuestionInfo",
     "QuestionReply",
@@ -135,6 +136,7 @@ PROTOCOL_TYPES = [
     "RequestApplyCommit",
     "RequestSpawn",
     "Restart",
+    "Resume",
     "Revive",
     "Send",
     "SendReply",
@@ -151,6 +153,8 @@ PROTOCOL_TYPES = [
     "Vacuum",
     "VacuumReply",
     "Wake",
+    "Watch",
+    "WatchReply",
     "wire",
 ]
 

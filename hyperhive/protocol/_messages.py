@@ -15,6 +15,7 @@ from hyperhive.config import (
     MAX_ACK_IDS,
     MAX_ID,
     MAX_LOG_LINES,
+    MAX_NAMES,
     MAX_QUESTION_TTL_SECONDS,
     MAX_RECENT,
     MAX_RECV_BATCH,
@@ -131,6 +132,11 @@ class AgentInfo:
     #: Bytes its dir and proposed repo take on disk (measured every few minutes; None
     #: until then).
     disk_bytes: int | None = None
+    #: Paused since (None: not paused): no messages are handed to it, so it runs no turns.
+    paused_at: float | None = None
+    paused_reason: str | None = None
+    #: Who paused it: ``operator``, or what else did (a budget).
+    paused_by: str | None = None
 
 
 # ---------------------------------------------------------------- every socket
@@ -291,6 +297,10 @@ class AgentMetaReply(Reply):
     status_text: str
     parent: str | None
     state: AgentState
+    #: Paused since (None: not paused), why and by whom; see ``AgentInfo``.
+    paused_at: float | None = None
+    paused_reason: str | None = None
+    paused_by: str | None = None
 
 
 # ---------------------------------------------------------------- manager socket
@@ -559,6 +569,37 @@ class VacuumReply(Reply):
     freed_bytes: int = 0
 
 
+# ---------------------------------------------------------------- pause / resume, watch
+
+
+@attrs.frozen
+class Pause(Request):
+    """Pause agents: no messages are handed to them (so no turns) until resumed."""
+
+    CMD = "pause"
+    names: list[str] = attrs.field(metadata=wire(Bounds(max_items=MAX_NAMES)))
+    reason: str = attrs.field(default="", metadata=wire(CLEAN_TEXT))
+
+
+@attrs.frozen
+class Resume(Request):
+    CMD = "resume"
+    names: list[str] = attrs.field(metadata=wire(Bounds(max_items=MAX_NAMES)))
+
+
+@attrs.frozen
+class Watch(Request):
+    """Turn this host connection into a feed: after the reply, one JSON line per change."""
+
+    CMD = "watch"
+
+
+@attrs.frozen
+class WatchReply(Reply):
+    #: The ``seq`` of the newest event before the feed starts; its lines follow from there.
+    seq: int
+
+
 # ---------------------------------------------------------------- which socket takes what
 
 AGENT_REQUESTS: tuple[type[Request], ...] = (
@@ -612,6 +653,9 @@ HOST_REQUESTS: tuple[type[Request], ...] = (
     SetModel,
     Logs,
     Vacuum,
+    Pause,
+    Resume,
+    Watch,
 )
 
 #: The reply class of each request class (the schema and the client use it).
@@ -657,4 +701,7 @@ REPLIES: dict[type[Request], type[Reply]] = {
     SetModel: Empty,
     Logs: LogsReply,
     Vacuum: VacuumReply,
+    Pause: AgentsReply,
+    Resume: AgentsReply,
+    Watch: WatchReply,
 }

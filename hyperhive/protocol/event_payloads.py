@@ -181,6 +181,27 @@ class DiskUsageChanged(EventPayload):
     agents: dict[str, int]
 
 
+@attrs.frozen
+class AgentPaused(EventPayload):
+    """An agent was paused: no messages are handed to it (so no turns) until resumed."""
+
+    KIND = EventKind.AGENT_PAUSED
+    name: str
+    reason: str
+    #: ``operator``, or what else paused it (a budget, ``system``).
+    by: str
+    paused_at: float
+
+
+@attrs.frozen
+class AgentResumed(EventPayload):
+    """A paused agent was resumed: what waits in its inbox is handed out again."""
+
+    KIND = EventKind.AGENT_RESUMED
+    name: str
+    by: str
+
+
 #: Every event kind and the class of its payload.
 EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
     cls.KIND: cls
@@ -206,6 +227,8 @@ EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
         ProblemsChanged,
         SpaceChanged,
         DiskUsageChanged,
+        AgentPaused,
+        AgentResumed,
     )
 }
 assert set(EVENT_PAYLOADS) == set(EventKind), "every event kind needs exactly one payload class"

@@ -123,4 +123,16 @@ def _v4(conn: sqlite3.Connection) -> None:
     )
 
 
-BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (_v1, _v2, _v3, _v4)
+def _v5_pause(conn: sqlite3.Connection) -> None:
+    """Pause: since when an agent is paused (NULL: not paused), why, and by whom."""
+    _execute_script(
+        conn,
+        """
+        ALTER TABLE agents ADD COLUMN paused_at REAL;
+        ALTER TABLE agents ADD COLUMN paused_reason TEXT;
+        ALTER TABLE agents ADD COLUMN paused_by TEXT;
+        """,
+    )
+
+
+BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (_v1, _v2, _v3, _v4, _v5_pause)

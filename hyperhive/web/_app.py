@@ -78,7 +78,8 @@ SECURITY_HEADERS: Final = {
 
 #: The host socket's requests an action may be: all but the handshake, and ``status``,
 #: whose login URL carries the token (a script on the page must not be able to read it).
-DASHBOARD_COMMANDS: Final = frozenset(HOST_TABLE.by_cmd) - {"hello", "status"}
+#: ``watch`` is a feed on a socket connection; the dashboard has its event stream instead.
+DASHBOARD_COMMANDS: Final = frozenset(HOST_TABLE.by_cmd) - {"hello", "status", "watch"}
 DEFAULT_LOG_LINES: Final = 200
 STATIC_NAME: Final = re.compile(r"[A-Za-z0-9_-]+\.[a-z]+")
 OPERATOR_PRINCIPAL: Final = Principal(SocketKind.HOST, OPERATOR)

@@ -1,6 +1,6 @@
 // SW4RM: the agents (a tree by parent) and the kept state of destroyed ones.
 import { $, h, setText, setAttr, reconcile, bytes, ago } from './dom.js';
-import { act, confirmDialog, openDrawer, getJSON } from './ui.js';
+import { act, askDialog, confirmDialog, openDrawer, getJSON } from './ui.js';
 
 // What the harness puts in the status text when it is stuck (and close variants).
 const NEEDS_LOGIN = /\bneeds?[ _-]?log ?in\b|\bnot logged in\b|\blogin required\b/i;
@@ -62,6 +62,25 @@ function makeAgent(state) {
     const isolation = badge('warn', 'no isolation', 'this backend runs agents as plain processes');
     const pid = h('span', { class: 'pid' });
     const disk = h('span', { class: 'disk', title: 'its dir and proposed config on disk' });
+    const paused = badge('warn paused', '⏸ P4US3D', 'paused: it is handed no messages until resumed');
+    const pausedWhy = h('p', { class: 'paused-reason', hidden: true });
+    const pause = h('button', {
+      type: 'button', class: 'pause', text: 'P4US3', 'aria-label': `pause ${first.name}`,
+      onclick: async (e) => {
+        const button = e.currentTarget;
+        if (agent.paused_at != null) {
+          act(button, 'resume', { names: [agent.name] }, { done: `resumed ${agent.name}` });
+          return;
+        }
+        const reason = await askDialog({
+          title: `P4US3 ${agent.name}?`,
+          text: 'It is handed no messages (so runs no turns) until resumed; they wait in its inbox.',
+          ok: 'P4US3',
+          label: 'Reason (shown wherever it is listed)',
+        });
+        if (reason !== null) act(button, 'pause', { names: [agent.name], reason }, { done: `paused ${agent.name}` });
+      },
+    });
     const status = h('p', { class: 'status', hidden: true });
     const warning = h('p', { class: 'warning', hidden: true });
     const buttons = LIFECYCLE.map(([verb, label]) => h('button', {
@@ -84,10 +103,10 @@ function makeAgent(state) {
     });
     const el = h('article', { class: 'row agent', 'data-name': first.name, 'aria-label': `agent ${first.name}` },
       h('div', { class: 'info' },
-        h('div', { class: 'line' }, branch, name, role, stateBadge, transient, crashLoop, login, rate, harness, unread, link),
+        h('div', { class: 'line' }, branch, name, role, stateBadge, transient, crashLoop, paused, login, rate, harness, unread, link),
         h('div', { class: 'line meta' }, model, backend, isolation, pid, disk),
-        status, warning),
-      h('div', { class: 'actions' }, ...buttons, logs, destroy));
+        pausedWhy, status, warning),
+      h('div', { class: 'actions' }, pause, ...buttons, logs, destroy));
     const update = ({ agent: a, branch: b }) => {
       agent = a;
       setText(branch, b);
@@ -101,6 +120,12 @@ function makeAgent(state) {
         setAttr(since, 'data-since', a.transient_since ?? '');
       }
       show(crashLoop, a.state === 'crash_loop');
+      const isPaused = a.paused_at != null;
+      setAttr(el, 'data-paused', isPaused ? 'yes' : null);
+      show(paused, isPaused);
+      show(pausedWhy, isPaused, `⏸ paused by ${a.paused_by} ${isPaused ? ago(a.paused_at) : ''}${a.paused_reason ? `: ${a.paused_reason}` : ''}`);
+      setText(pause, isPaused ? 'R3SUM3' : 'P4US3');
+      setAttr(pause, 'aria-label', `${isPaused ? 'resume' : 'pause'} ${a.name}`);
       show(login, NEEDS_LOGIN.test(a.status_text));
       show(rate, RATE_LIMITED.test(a.status_text));
       setText(harness, a.harness_connected ? '● connected' : '○ no harness');

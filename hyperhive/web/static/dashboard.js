@@ -115,6 +115,12 @@ function apply(kind, d, live) {
       patchAgent(d.name, { harness_connected: kind === 'harness_connected' });
       refetchSoon(); // a harness saying hello gets its unacked messages again: unread changes
       break;
+    case 'agent_paused':
+      patchAgent(d.name, { paused_at: d.paused_at, paused_reason: d.reason, paused_by: d.by });
+      break;
+    case 'agent_resumed':
+      patchAgent(d.name, { paused_at: null, paused_reason: null, paused_by: null });
+      break;
     case 'container_started':
       patchAgent(d.name, { pid: d.pid });
       break;

@@ -83,6 +83,17 @@ export function confirmDialog({ title, text, ok, typed }) {
   });
 }
 
+// The same modal asking for a line of free text: resolves to it, or null when cancelled.
+export async function askDialog({ title, text, ok, label }) {
+  const input = $('confirm-typed');
+  const pending = confirmDialog({ title, text, ok });
+  $('confirm-typed-wrap').hidden = false;
+  $('confirm-typed-label').textContent = label;
+  input.oninput = null;
+  input.focus();
+  return (await pending) ? input.value : null;
+}
+
 // The side drawer (logs, diffs). `fill(body, tools)` fills it and may refill it later.
 export function openDrawer(title, fill) {
   const dialog = $('drawer');
