@@ -778,6 +778,83 @@ def vacuum(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
     _emit(reply, as_json, lambda r: typer.echo(f"deleted {r['deleted']} messages"))
 
 
+def _usd(value: float) -> str:
+    return f"${value:.2f}"
+
+
+def _outcomes(items: list[dict[str, Any]]) -> str:
+    return " ".join(f"{o['outcome']}:{o['count']}" for o in items) or "-"
+
+
+def _stats_tables(r: dict[str, Any]) -> None:
+    rows = [*r["agents"], r["hive"]]
+    _table(
+        ["NAME", "TODAY", "TOTAL", "TOKENS TODAY", "TOKENS", "TURNS", "CTX", "OUTCOMES"],
+        [
+            [
+                s["name"],
+                _usd(s["today"]["cost_usd"]),
+                _usd(s["total"]["cost_usd"]),
+                s["today"]["tokens"],
+                s["total"]["tokens"],
+                s["total"]["turns"],
+                "-" if s["ctx_tokens"] is None else s["ctx_tokens"],
+                _outcomes(s["total"]["outcomes"]),
+            ]
+            for s in rows
+        ],
+        "no turns recorded",
+    )
+    for s in rows:
+        typer.echo(f"\n{s['name']}:")
+
+        def num(value: float | None, unit: str = "") -> str:
+            return "-" if value is None else f"{value:g}{unit}"
+
+        _table(
+            [
+                "WINDOW",
+                "TURNS",
+                "PER HOUR",
+                "P50",
+                "P95",
+                "CTX AVG",
+                "CTX MAX",
+                "COST",
+                "TOP TOOLS",
+            ],
+            [
+                [
+                    w["window"],
+                    w["turns"],
+                    num(w["turns_per_hour"]),
+                    num(w["duration_p50"], " s"),
+                    num(w["duration_p95"], " s"),
+                    num(w["ctx_avg"]),
+                    num(w["ctx_max"]),
+                    _usd(w["cost_usd"]),
+                    " ".join(f"{t['name']}:{t['count']}" for t in w["top_tools"]) or "-",
+                ]
+                for w in s["windows"]
+            ],
+            "",
+        )
+
+
+@app.command()
+def stats(
+    run_dir: RunDir,
+    state_dir: StateDir,
+    name: Annotated[str | None, typer.Argument(help="Only this agent.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Spend and turn figures from the ledger, per agent and for the hive."""
+    payload: dict[str, Any] = {"cmd": "stats"}
+    if name is not None:
+        payload["name"] = name
+    _emit(_call(run_dir, payload), as_json, _stats_tables)
+
+
 def main() -> None:
     app()
 

@@ -47,8 +47,18 @@ from hyperhive.errors import DiskFull, RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.journal import OperationKind, crash_point, sql_begin, sql_end, sql_unfinished
 from hyperhive.kinds import BackendName, Transient
+from hyperhive.ledger import Ledger, Spend, Sums
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
-from hyperhive.protocol import AgentInfo, ApprovalInfo, LogsReply, RecentMessage, Tombstone
+from hyperhive.protocol import (
+    AgentInfo,
+    ApprovalInfo,
+    LogsReply,
+    RecentMessage,
+    StatsReply,
+    Tombstone,
+    TurnReport,
+)
+from hyperhive.protocol.event_payloads import SpendChanged
 from hyperhive.questions import QuestionBook
 from hyperhive.registry import AgentRecord, AgentState, Registry
 from hyperhive.retention import sweep_events_db
@@ -115,6 +125,8 @@ class Hive:
             prechecks={ApprovalKind.SPAWN: self._check_spawn},
         )
         self._deploy_locks: dict[str, trio.Lock] = {}
+        #: The spend ledger: every turn's tokens and cost, per agent (hyperhive/ledger.py).
+        self.ledger = Ledger(db, clock=config.wall_clock)
         backends = config.container_backends
         self.containers = Containers(
             dict(backends) if backends is not None else real_backends(),
@@ -127,6 +139,7 @@ class Hive:
             stop_on_exit=config.stop_agents_on_exit,
             clock=config.wall_clock,
             restart_backoff=config.restart_backoff,
+            on_crash=self.ledger.record_crash,
         )
 
     def refuse_if_disk_full(self, exc: OSError) -> None:
@@ -431,19 +444,57 @@ class Hive:
             )
         return LogsReply(lines=await trio.to_thread.run_sync(self.containers.logs, name, lines))
 
+    # ------------------------------------------------------------ spend ledger
+
+    async def turn_reported(self, agent: str, report: TurnReport) -> bool:
+        """Record a turn of ``agent`` in the ledger; False when it was recorded before."""
+        found = await self.ledger.record(agent, report)
+        if not found.recorded:
+            return False
+        ctx = (await self.ledger.spend())[2]
+        self.events.emit(
+            SpendChanged(
+                name=agent,
+                cost_today_usd=found.today.cost_usd,
+                cost_total_usd=found.total.cost_usd,
+                tokens_today=found.today.tokens,
+                tokens_total=found.total.tokens,
+                ctx_tokens=ctx.get(agent),
+                hive_cost_today_usd=found.hive_today.cost_usd,
+                hive_cost_total_usd=found.hive_total.cost_usd,
+            )
+        )
+        return True
+
+    def is_paused(self, name: str) -> bool:
+        return False
+
+    async def stats(self, name: str | None) -> StatsReply:
+        names = None if name is None else [name]
+        if name is not None:
+            self.registry.get(name)  # refuses an unknown name
+        agents, hive, start, now = await self.ledger.stats(names)
+        return StatsReply(agents=agents, hive=hive, day_start=start, generated_at=now)
+
     # ------------------------------------------------------------ read models
 
     async def agent_infos(self) -> list[AgentInfo]:
         unread = await self.broker.unread_by_recipient()
+        spend = await self.ledger.spend()
         return [
-            await self.agent_info(r, unread.get(r.name, 0))
+            await self.agent_info(r, unread.get(r.name, 0), spend)
             for r in self.registry.all()
             if r.state != AgentState.DESTROYED
         ]
 
-    async def agent_info(self, record: AgentRecord, unread: int | None = None) -> AgentInfo:
+    async def agent_info(
+        self, record: AgentRecord, unread: int | None = None, spend: Spend | None = None
+    ) -> AgentInfo:
         if unread is None:
             unread = await self.broker.unread(record.name)
+        if spend is None:
+            spend = await self.ledger.spend()
+        today, total, ctx = spend
         return AgentInfo(
             name=record.name,
             role=record.role,
@@ -463,6 +514,9 @@ class Hive:
             )
             or None,
             ui_url=self.registry.ui_url(record.name),
+            cost_today_usd=today.get(record.name, Sums()).cost_usd,
+            cost_total_usd=total.get(record.name, Sums()).cost_usd,
+            ctx_tokens=ctx.get(record.name),
         )
 
     def _agent_credentials_warning(self, record: AgentRecord) -> str | None:

@@ -135,6 +135,8 @@ class EventKind(StrEnum):
     APPROVAL_RESOLVED = "approval_resolved"
     PROBLEMS_CHANGED = "problems_changed"
     SPACE_CHANGED = "space_changed"
+    #: A turn was recorded in the spend ledger (an agent's and the hive's spend changed).
+    SPEND_CHANGED = "spend_changed"
 
 
 class SystemKind(StrEnum):
@@ -145,3 +147,14 @@ class SystemKind(StrEnum):
     APPROVAL_RESOLVED = "approval_resolved"
     CONTAINER_CRASH = "container_crash"
     AGENT_ERROR = "agent_error"
+
+
+class TurnOutcome(StrEnum):
+    """How one claude run of an agent ended, as its harness reports it (the spend ledger)."""
+
+    OK = "ok"
+    CANCELLED = "cancelled"
+    RATE_LIMITED = "rate_limited"
+    NEEDS_LOGIN = "needs_login"
+    NO_SESSION = "no_session"
+    FAILED = "failed"

@@ -49,8 +49,11 @@ class Containers:
         stop_on_exit: bool,
         clock: WallClock = time.time,
         restart_backoff: Backoff = RESTART_BACKOFF,
+        on_crash: Callable[[str, float], Awaitable[None]] | None = None,
     ) -> None:
         self.backends = backends
+        #: Called with the agent's name and the time of each crash (the ledger counts them).
+        self._on_crash = on_crash
         self._paths = paths
         self._registry = registry
         self._broker = broker
@@ -96,6 +99,7 @@ class Containers:
             clock=self._clock,
             restart_backoff=self._restart_backoff,
             first_start=first_start,
+            on_crash=self._on_crash,
         )
         self._runners[name] = runner
 

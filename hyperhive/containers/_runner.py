@@ -83,8 +83,10 @@ class AgentRunner:
         clock: WallClock = time.time,
         restart_backoff: Backoff = RESTART_BACKOFF,
         first_start: str | None = None,
+        on_crash: Callable[[str, float], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
+        self._on_crash = on_crash
         self._log_file = log_file
         self._backend = backend
         self._registry = registry
@@ -312,6 +314,8 @@ class AgentRunner:
             crash_times=self.policy.crashes,
             crash_streak=self.policy.streak,
         )
+        if self._on_crash is not None:
+            await self._on_crash(self.name, now)
         delay = math.inf if loop else self.policy.next_delay()
         self._events.emit(
             event_payloads.ContainerCrash(

@@ -172,6 +172,21 @@ class SpaceChanged(EventPayload):
     low: bool
 
 
+@attrs.frozen
+class SpendChanged(EventPayload):
+    """A turn of ``name`` was recorded in the spend ledger (today = since midnight UTC)."""
+
+    KIND = EventKind.SPEND_CHANGED
+    name: str
+    cost_today_usd: float
+    cost_total_usd: float
+    tokens_today: int
+    tokens_total: int
+    ctx_tokens: int | None
+    hive_cost_today_usd: float
+    hive_cost_total_usd: float
+
+
 #: Every event kind and the class of its payload.
 EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
     cls.KIND: cls
@@ -196,6 +211,7 @@ EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
         ApprovalResolved,
         ProblemsChanged,
         SpaceChanged,
+        SpendChanged,
     )
 }
 assert set(EVENT_PAYLOADS) == set(EventKind), "every event kind needs exactly one payload class"
