@@ -14,7 +14,7 @@ from hyperhive.broker import Outgoing, check_body, check_wake_label
 from hyperhive.config import MAX_STATUS_TEXT, PROTOCOL_VERSION
 from hyperhive.errors import RequestRefused
 from hyperhive.hive import Hive
-from hyperhive.kinds import BackendChoice, ConnectionRole, PeerRole
+from hyperhive.kinds import AgentState, BackendChoice, ConnectionRole, PeerRole
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import (
     Ack,
@@ -52,6 +52,7 @@ from hyperhive.protocol import (
     ListContainers,
     Logs,
     LooseEndsReply,
+    Pause,
     Pending,
     QuestionReply,
     Questions,
@@ -66,6 +67,7 @@ from hyperhive.protocol import (
     RequestApplyCommit,
     RequestSpawn,
     Restart,
+    Resume,
     Revive,
     Send,
     SendReply,
@@ -84,10 +86,13 @@ from hyperhive.protocol import (
     Vacuum,
     VacuumReply,
     Wake,
+    Watch,
+    WatchReply,
 )
 from hyperhive.protocol.event_payloads import HarnessConnected, HarnessDisconnected
 from hyperhive.server import Connection, SocketKind
 from hyperhive.store import DatabaseFailed
+from hyperhive.watch import feed
 
 
 def _name(raw: str, *, allow_manager: bool = True) -> str:
@@ -95,6 +100,14 @@ def _name(raw: str, *, allow_manager: bool = True) -> str:
         return parse_agent_name(raw, allow_manager=allow_manager)
     except InvalidAgentName as exc:
         raise RequestRefused(str(exc)) from None
+
+
+def _selection(names: list[str], verb: str) -> list[str]:
+    """The agents a verb on several agents names: at least one, each a valid name, each
+    once (in the order given). An empty selection is refused, never taken as "all"."""
+    if not names:
+        raise RequestRefused(f"{verb} needs at least one agent name (there is no 'all')")
+    return list(dict.fromkeys(_name(n) for n in names))
 
 
 class Api:
@@ -119,7 +132,7 @@ class Api:
         if isinstance(request, Hello):
             return await self._hello(conn, request)
         if conn.principal.kind is SocketKind.HOST:
-            return await self._host(request)
+            return await self._host(conn, request)
         return await self._agent(conn.principal.name, conn.principal.kind, request)
 
     def blocks(self, request: Request) -> bool:
@@ -215,6 +228,8 @@ class Api:
                     status_text=record.status_text,
                     parent=record.parent,
                     state=record.state,
+                    paused_at=record.paused_at,
+                    paused_reason=record.paused_reason,
                 )
             case RequestSpawn(name=name, description=description):
                 return ApprovalReply(approval=await hive.request_spawn(name, description, MANAGER))
@@ -244,7 +259,7 @@ class Api:
 
     # ------------------------------------------------------------ host socket (operator)
 
-    async def _host(self, request: Request) -> Reply:
+    async def _host(self, conn: Connection, request: Request) -> Reply:
         hive = self.hive
         match request:
             case HostStatus():
@@ -314,6 +329,31 @@ class Api:
                 return await hive.logs(_name(name), lines)
             case Vacuum():
                 return VacuumReply(deleted=await hive.broker.vacuum(hive.config.retention_seconds))
+            case Pause(names=names, reason=reason):
+                selected = _selection(names, "pause")
+                for name in selected:  # every name is checked before any agent is paused
+                    if hive.registry.get(name).state == AgentState.DESTROYED:
+                        raise RequestRefused(f"{name} is destroyed; nothing to pause")
+                for name in selected:
+                    await hive.pause(name, reason, OPERATOR)
+                return await self._agents_reply(selected)
+            case Resume(names=names):
+                selected = _selection(names, "resume")
+                for name in selected:
+                    hive.registry.get(name)
+                for name in selected:
+                    await hive.resume(name, OPERATOR)
+                return await self._agents_reply(selected)
+            case Watch():
+                if conn.feed is not None:
+                    raise RequestRefused("this connection is watching already")
+                # Subscribed before the reply: no change after ``seq`` is missed.
+                conn.feed = feed(hive.events.subscribe())
+                return WatchReply(seq=hive.events.seq)
             case Stats(name=name):
                 return await hive.stats(None if name is None else _name(name))
         raise RequestRefused(f"{request.CMD!r} is not served on the host socket")
+
+    async def _agents_reply(self, names: list[str]) -> AgentsReply:
+        hive = self.hive
+        return AgentsReply(agents=[await hive.agent_info(hive.registry.get(n)) for n in names])

@@ -390,9 +390,11 @@ class Broker:
         *,
         directory: Callable[[], tuple[Collection[str], Collection[str]]],
         allowed_recipients: Callable[[str], Collection[str] | None] = lambda _: None,
+        paused: Callable[[str], bool] = lambda _: False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
+        self._paused = paused
         self._events = events
         self._directory = directory
         self._allowed = allowed_recipients
@@ -507,12 +509,15 @@ class Broker:
             waiter = self._waiters.get(recipient)
             if waiter is None:
                 waiter = self._waiters[recipient] = trio.Event()
-            messages = await self._db.transaction(
-                functools.partial(
-                    sql_take, recipient=recipient, limit=limit, ack=ack, now=self._clock()
-                ),
-                durable=False,
-            )
+            # A paused recipient is handed nothing: its inbox waits, in order, unacked.
+            messages = []
+            if not self._paused(recipient):
+                messages = await self._db.transaction(
+                    functools.partial(
+                        sql_take, recipient=recipient, limit=limit, ack=ack, now=self._clock()
+                    ),
+                    durable=False,
+                )
             if messages:
                 for m in messages:
                     self._events.emit(
@@ -557,6 +562,10 @@ class Broker:
         count = await self._db.transaction(lambda conn: sql_undeliver(conn, recipient, ids))
         self._wake(recipient)
         return count
+
+    def resumed(self, recipient: str) -> None:
+        """``recipient`` was resumed: a receiver parked while it was paused looks again."""
+        self._wake(recipient)
 
     def _wake(self, recipient: str) -> None:
         waiter = self._waiters.pop(recipient, None)

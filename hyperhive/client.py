@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import attrs
 import trio
 
 from hyperhive.config import MAX_LINE_BYTES, PROTOCOL_VERSION
@@ -121,8 +122,11 @@ class Client:
         if not reply.get("ok"):
             raise ClientError(str(reply.get("error", "request failed")))
         reply.pop("ok")
+        cls = REPLIES[type(request)]
+        if "protocol" not in attrs.fields_dict(cls):
+            reply.pop("protocol", None)  # the host socket's envelope field
         try:
-            return structure(reply, REPLIES[type(request)], what=f"{request.CMD!r} reply")
+            return structure(reply, cls, what=f"{request.CMD!r} reply")
         except ProtocolError as exc:
             raise ClientError(f"unexpected reply to {request.CMD!r}: {exc}") from None
 

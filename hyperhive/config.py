@@ -50,6 +50,8 @@ RETENTION_INTERVAL_SECONDS: Final = 60 * 60
 #: Dashboard event ring buffer and per-subscriber queue.
 EVENT_RING_SIZE: Final = 4096
 EVENT_SUBSCRIBER_QUEUE: Final = 256
+#: How long one line of a ``watch`` feed may wait to be written before the watcher is dropped.
+WATCH_SEND_SECONDS: Final = 30.0
 #: Graceful shutdown budget after SIGTERM/SIGINT.
 SHUTDOWN_GRACE_SECONDS: Final = 10.0
 BACKENDS: Final = ("auto", "nspawn", "process", "external")
@@ -106,6 +108,10 @@ MAX_OPTIONS: Final = 32
 MAX_NOTE_CHARS: Final = 2000
 #: A wake-up's label (``wake``).
 MAX_WAKE_LABEL: Final = 200
+#: Longest reason given for pausing an agent.
+MAX_PAUSE_REASON: Final = 500
+#: Most agents one ``pause``/``resume`` names.
+MAX_NAMES: Final = 256
 #: Longest error kept in a config repo's ``failed/<id>`` tag message, and longest diff returned.
 MAX_TAG_MESSAGE_CHARS: Final = 64 * 1024
 MAX_DIFF_BYTES: Final = 1024 * 1024

@@ -19,12 +19,12 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from hyperhive import contract
+from hyperhive import contract, system_messages
 from hyperhive.agent_config import AgentConfig, parse_agent_config, seed_agent_toml
 from hyperhive.agent_setup import load_applied_config, prepare_agent_repos, proposed_repo
 from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref, sql_fail_pending
 from hyperhive.broker import Broker, Outbox, SentMessage
-from hyperhive.config import BACKENDS, MAX_LOG_LINES, Config
+from hyperhive.config import BACKENDS, MAX_LOG_LINES, MAX_PAUSE_REASON, Config
 from hyperhive.config_repo import (
     approve_proposal,
     fetch_proposal,
@@ -58,7 +58,7 @@ from hyperhive.protocol import (
     Tombstone,
     TurnReport,
 )
-from hyperhive.protocol.event_payloads import SpendChanged
+from hyperhive.protocol.event_payloads import AgentPaused, AgentResumed, SpendChanged
 from hyperhive.questions import QuestionBook
 from hyperhive.registry import AgentRecord, AgentState, Registry
 from hyperhive.retention import sweep_events_db
@@ -109,6 +109,7 @@ class Hive:
             self.events,
             directory=self.registry.directory,
             allowed_recipients=self.registry.allowed_recipients,
+            paused=self.registry.paused,
         )
         self.questions = QuestionBook(
             db, self.broker, self.events, known_agents=self.registry.known, clock=config.wall_clock
@@ -339,6 +340,47 @@ class Hive:
             )
         await self.containers.request(name, "rebuild" if verb == "update" else verb)
 
+    async def pause(self, name: str, reason: str, by: str) -> None:
+        """Pause an agent: from now on the broker hands it no messages, so it runs no turns
+        (a turn under way finishes); what is sent to it waits in its inbox, unacked.
+
+        Persisted (it survives restarts of the daemon and of the agent), allowed on a
+        stopped agent, idempotent (pausing a paused agent keeps the first pause). Publishes
+        ``agent_paused``; a pause by anyone but the operator also tells the manager.
+        """
+        reason = check_pause_reason(reason)
+        record = self.registry.get(name)
+        if record.state == AgentState.DESTROYED:
+            raise RequestRefused(f"{name} is destroyed; nothing to pause")
+        if record.paused_at is not None:
+            return
+        now = self.config.wall_clock()
+        tell = by != OPERATOR
+
+        def tx(conn: sqlite3.Connection, outbox: Outbox) -> None:
+            if tell:
+                outbox.insert([system_messages.agent_paused(name, reason, by)])
+
+        async def with_the_row(
+            job: Callable[[sqlite3.Connection], tuple[None, list[SentMessage]]],
+        ) -> tuple[None, list[SentMessage]]:
+            _, result = await self.registry.set_paused(name, (now, reason, by), also=job)
+            assert result is not None
+            return result
+
+        await self.broker.transaction(tx, now=now, run=with_the_row)
+        self.events.emit(AgentPaused(name=name, reason=reason, by=by, paused_at=now))
+
+    async def resume(self, name: str, by: str) -> None:
+        """Resume a paused agent (idempotent): a ``recv`` parked meanwhile looks again, so
+        what waits in its inbox is handed out at once, in order."""
+        record = self.registry.get(name)
+        if record.paused_at is None:
+            return
+        await self.registry.set_paused(name, None)
+        self.broker.resumed(name)
+        self.events.emit(AgentResumed(name=name, by=by))
+
     async def destroy(self, name: str, *, purge: bool) -> None:
         record = self.registry.get(name)
         if name == MANAGER:
@@ -467,7 +509,11 @@ class Hive:
         return True
 
     def is_paused(self, name: str) -> bool:
-        return False
+        """True while ``name`` is paused (False for a name the registry does not know)."""
+        try:
+            return self.registry.get(name).paused_at is not None
+        except RequestRefused:
+            return False
 
     async def stats(self, name: str | None) -> StatsReply:
         names = None if name is None else [name]
@@ -514,6 +560,9 @@ class Hive:
             )
             or None,
             ui_url=self.registry.ui_url(record.name),
+            paused_at=record.paused_at,
+            paused_reason=record.paused_reason,
+            paused_by=record.paused_by,
             cost_today_usd=today.get(record.name, Sums()).cost_usd,
             cost_total_usd=total.get(record.name, Sums()).cost_usd,
             ctx_tokens=ctx.get(record.name),
@@ -544,6 +593,16 @@ def extra_mcp_env(settings: AgentConfig) -> dict[str, str]:
         return {}
     document = {**settings.mcp_config(), "allowedTools": settings.mcp_allowed_tools()}
     return {contract.EXTRA_MCP_ENV: json.dumps(document, separators=(",", ":"))}
+
+
+def check_pause_reason(reason: str) -> str:
+    """A pause's reason: one line of at most ``MAX_PAUSE_REASON`` characters (may be empty)."""
+    reason = reason.strip()
+    if len(reason) > MAX_PAUSE_REASON:
+        raise RequestRefused(f"the pause reason is longer than {MAX_PAUSE_REASON} characters")
+    if not reason.isprintable():
+        raise RequestRefused("the pause reason holds control characters")
+    return reason
 
 
 def real_backends() -> dict[str, Backend]:

@@ -135,6 +135,8 @@ class EventKind(StrEnum):
     APPROVAL_RESOLVED = "approval_resolved"
     PROBLEMS_CHANGED = "problems_changed"
     SPACE_CHANGED = "space_changed"
+    AGENT_PAUSED = "agent_paused"
+    AGENT_RESUMED = "agent_resumed"
     #: A turn was recorded in the spend ledger (an agent's and the hive's spend changed).
     SPEND_CHANGED = "spend_changed"
 
@@ -147,6 +149,7 @@ class SystemKind(StrEnum):
     APPROVAL_RESOLVED = "approval_resolved"
     CONTAINER_CRASH = "container_crash"
     AGENT_ERROR = "agent_error"
+    AGENT_PAUSED = "agent_paused"
 
 
 class TurnOutcome(StrEnum):

@@ -75,6 +75,10 @@ class AgentRecord:
     last_exit: int | None = None
     #: Something the operator should see (limits not enforced, last start failed, ...).
     warning: str | None = None
+    #: Paused (no messages handed out, so no turns) since when, why and by whom.
+    paused_at: float | None = None
+    paused_reason: str | None = None
+    paused_by: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> AgentRecord:
@@ -96,6 +100,9 @@ class AgentRecord:
             crash_streak=row["crash_streak"],
             last_exit=row["last_exit"],
             warning=row["warning"],
+            paused_at=row["paused_at"],
+            paused_reason=row["paused_reason"],
+            paused_by=row["paused_by"],
         )
 
 
@@ -106,8 +113,9 @@ def _load_all(conn: sqlite3.Connection) -> list[AgentRecord]:
 _COLUMNS: Final = (
     "name", "role", "state", "backend", "created_at", "updated_at", "parent", "status_text",
     "transient", "transient_since", "pid", "start_ticks", "run_started_at", "crash_times_json",
-    "crash_streak", "last_exit", "warning",
+    "crash_streak", "last_exit", "warning", "paused_at", "paused_reason", "paused_by",
 )  # fmt: skip
+_PAUSE_COLUMNS: Final = ("paused_at", "paused_reason", "paused_by")
 
 
 def _upsert(conn: sqlite3.Connection, record: AgentRecord) -> None:
@@ -129,12 +137,28 @@ def _upsert(conn: sqlite3.Connection, record: AgentRecord) -> None:
         record.crash_streak,
         record.last_exit,
         record.warning,
+        record.paused_at,
+        record.paused_reason,
+        record.paused_by,
     )
-    updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c not in ("name", "created_at"))
+    # The pause columns are written by sql_set_paused only: a record evolved before a pause
+    # committed never undoes it.
+    fixed = ("name", "created_at", *_PAUSE_COLUMNS)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c not in fixed)
     conn.execute(
         f"INSERT INTO agents ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
         f"ON CONFLICT (name) DO UPDATE SET {updates}",
         values,
+    )
+
+
+def sql_set_paused(
+    conn: sqlite3.Connection, name: str, paused: tuple[float, str, str] | None
+) -> None:
+    """Pause (``(at, reason, by)``) or resume (None) an agent's row."""
+    conn.execute(
+        "UPDATE agents SET paused_at = ?, paused_reason = ?, paused_by = ? WHERE name = ?",
+        (*(paused or (None, None, None)), name),
     )
 
 
@@ -209,6 +233,11 @@ class Registry:
     def allowed_recipients(self, name: str) -> frozenset[str] | None:
         return self._allowed.get(name)
 
+    def paused(self, name: str) -> bool:
+        """Whether ``name`` is paused (the broker hands a paused agent no messages)."""
+        record = self._agents.get(name)
+        return record is not None and record.paused_at is not None
+
     # ------------------------------------------------------------ lifecycle
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -261,6 +290,8 @@ class Registry:
             transient=transient,
             transient_since=None if transient is None else now,
         )
+        if existing is not None:
+            record = self._with_pause_of(existing, record)  # a revived agent stays paused
         await self._db.transaction(lambda conn: _upsert(conn, record))
         self._agents[name] = record
         await self.reload_config(name)
@@ -300,7 +331,7 @@ class Registry:
             return None if also is None else also(conn)
 
         result = await self._db.transaction(tx)
-        self._agents[name] = record
+        self._agents[name] = self._with_pause_of(self.get(name), record)
         scope = self._sockets.pop(name, None)
         if scope is not None:
             scope.cancel()
@@ -342,6 +373,7 @@ class Registry:
         """Change fields of an agent's record, persist it, and publish ``agent_changed``."""
         record = attrs.evolve(self.get(name), updated_at=self._clock(), **changes)
         await self._db.transaction(lambda conn: _upsert(conn, record))
+        record = self._with_pause_of(self.get(name), record)
         self._agents[name] = record
         self._events.emit(
             ev.AgentChanged(
@@ -354,6 +386,38 @@ class Registry:
             )
         )
         return record
+
+    @staticmethod
+    def _with_pause_of(current: AgentRecord, record: AgentRecord) -> AgentRecord:
+        """``record`` with the pause of ``current`` (a pause that committed meanwhile)."""
+        return attrs.evolve(
+            record,
+            paused_at=current.paused_at,
+            paused_reason=current.paused_reason,
+            paused_by=current.paused_by,
+        )
+
+    async def set_paused(
+        self,
+        name: str,
+        paused: tuple[float, str, str] | None,
+        *,
+        also: Callable[[sqlite3.Connection], T] | None = None,
+    ) -> tuple[AgentRecord, T | None]:
+        """Pause (``(at, reason, by)``) or resume (None) an agent, persisted.
+
+        ``also`` runs in the same transaction (see :meth:`destroy`); its result is returned.
+        """
+        at, reason, by = paused if paused is not None else (None, None, None)
+
+        def tx(conn: sqlite3.Connection) -> T | None:
+            sql_set_paused(conn, name, paused)
+            return None if also is None else also(conn)
+
+        result = await self._db.transaction(tx)
+        record = attrs.evolve(self.get(name), paused_at=at, paused_reason=reason, paused_by=by)
+        self._agents[name] = record
+        return record, result
 
     async def set_status_text(self, name: str, text: str) -> None:
         await self.update(name, status_text=text)

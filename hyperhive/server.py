@@ -25,7 +25,7 @@ import os
 import socket as stdlib_socket
 import stat
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
@@ -40,6 +40,8 @@ from hyperhive.config import (
     MAX_LINE_BYTES,
     MAX_SOCKET_BUFFERED_BYTES,
     MAX_SOCKET_PATH,
+    PROTOCOL_VERSION,
+    WATCH_SEND_SECONDS,
 )
 from hyperhive.errors import ProtocolError, RequestRefused
 from hyperhive.kinds import ConnectionRole
@@ -90,6 +92,8 @@ class Connection:
     principal: Principal
     peer_pid: int | None
     role: ConnectionRole | None = None
+    #: Set by a ``watch`` request: the lines pushed to this connection after its reply.
+    feed: AsyncIterator[bytes] | None = None
 
 
 class Endpoint(Protocol):
@@ -320,11 +324,11 @@ async def handle_connection(
         pass
     except _Cut as cut:
         reader.release()  # before the await: the socket's other connections may use it now
-        await _say_last(stream, str(cut))
+        await _say_last(stream, str(cut), _envelope(conn))
     except Exception:
         reader.release()
         log.exception("internal error on a %s socket connection; closing it", principal.kind)
-        await _say_last(stream, "internal error; closing the connection")
+        await _say_last(stream, "internal error; closing the connection", _envelope(conn))
     finally:
         reader.release()
         try:
@@ -335,13 +339,13 @@ async def handle_connection(
             await stream.aclose()
 
 
-async def _say_last(stream: trio.SocketStream, reason: str) -> None:
+async def _say_last(stream: trio.SocketStream, reason: str, protocol: int | None = None) -> None:
     """Best effort: one error line to a client about to be disconnected."""
     with (
         trio.move_on_after(1),
         contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
     ):
-        await stream.send_all(encode_error(reason))
+        await stream.send_all(encode_error(reason, protocol=protocol))
 
 
 async def _serve(
@@ -370,7 +374,8 @@ async def _serve(
                 return
         else:
             wire = encode_error(
-                f"request line longer than {reader.buffer.max_line} bytes; it was discarded"
+                f"request line longer than {reader.buffer.max_line} bytes; it was discarded",
+                protocol=_envelope(conn),
             )
         try:
             await stream.send_all(wire)
@@ -381,6 +386,48 @@ async def _serve(
             return
         if reader.cut is not None:
             raise _Cut(reader.cut)
+        if conn.feed is not None:
+            await _follow(conn.feed, reader, stream, drain)
+            return
+
+
+async def _follow(
+    feed: AsyncIterator[bytes], reader: _Reader, stream: trio.SocketStream, drain: Drain
+) -> None:
+    """Push ``feed``'s lines to a watching connection until the feed ends, the client hangs
+    up or sends anything more, a line cannot be written within ``WATCH_SEND_SECONDS``
+    (the client does not read), or the daemon drains."""
+    async with contextlib.aclosing(feed), trio.open_nursery() as nursery:  # type: ignore[type-var]
+
+        async def hang_up() -> None:
+            try:
+                if await reader.fill():
+                    reader.cut = "a watching connection takes no further requests"
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            except _Cut as cut:
+                reader.cut = str(cut)
+            nursery.cancel_scope.cancel()
+
+        async def stopping() -> None:
+            await drain.stopping.wait()
+            nursery.cancel_scope.cancel()
+
+        async def push() -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                async for line in feed:
+                    with trio.move_on_after(WATCH_SEND_SECONDS) as timed:
+                        await stream.send_all(line)
+                    if timed.cancelled_caught:
+                        reader.cut = f"watch dropped: a line waited {WATCH_SEND_SECONDS:g} s unread"
+                        break
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(hang_up)
+        nursery.start_soon(stopping)
+        nursery.start_soon(push)
+    if reader.cut is not None:
+        raise _Cut(reader.cut)
 
 
 async def _answer(
@@ -396,15 +443,23 @@ async def _answer(
                 return request, None, b"", hung_up
         else:
             reply, hung_up = await endpoint.dispatch(conn, request), False
-        return request, reply, encode_reply(reply), hung_up
+        return request, reply, encode_reply(reply, protocol=_envelope(conn)), hung_up
     except (ProtocolError, RequestRefused) as exc:
-        return request, None, encode_error(str(exc)), False
+        return request, None, encode_error(str(exc), protocol=_envelope(conn)), False
     except Exception as exc:
         # A bug must not take the daemon down; the caller learns something went wrong.
         log.exception(
             "internal error while handling a request on the %s socket", conn.principal.kind
         )
-        return request, None, encode_error(f"internal error: {type(exc).__name__}: {exc}"), False
+        wire = encode_error(
+            f"internal error: {type(exc).__name__}: {exc}", protocol=_envelope(conn)
+        )
+        return request, None, wire, False
+
+
+def _envelope(conn: Connection) -> int | None:
+    """The protocol version every host-socket reply carries (None: not on this socket)."""
+    return PROTOCOL_VERSION if conn.principal.kind is SocketKind.HOST else None
 
 
 async def _dispatch_watching(
@@ -521,6 +576,7 @@ async def serve_unix_socket(
                     stream,
                     f"too many connections on the {principal.kind} socket (at most "
                     f"{budget.limits.max_connections}); close one and retry",
+                    PROTOCOL_VERSION if principal.kind is SocketKind.HOST else None,
                 )
                 with trio.CancelScope(shield=True):
                     await stream.aclose()

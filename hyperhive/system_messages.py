@@ -89,6 +89,12 @@ def agent_error(agent: str, error: str) -> Outgoing:
     return Outgoing(SYSTEM, MANAGER, system_body(kinds.AgentError(agent=agent, error=error)))
 
 
+def agent_paused(agent: str, reason: str, by: str) -> Outgoing:
+    """To the manager: ``agent`` was paused by something other than the operator."""
+    message = kinds.AgentPaused(agent=agent, reason=reason, by=by)
+    return Outgoing(SYSTEM, MANAGER, system_body(message))
+
+
 def start_notice(verb: str) -> str:
     """The body of a start notice: why the agent (re)started (``Broker.notice`` sends it)."""
     return KICK_BODY.format(verb=verb)

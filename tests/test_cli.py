@@ -12,6 +12,7 @@ import attrs
 import trio
 
 from hyperhive.client import Client
+from hyperhive.config import PROTOCOL_VERSION
 from hyperhive.protocol import Recv
 from tests.conftest import DaemonProcess
 
@@ -98,7 +99,8 @@ async def test_operator_workflow(daemon: DaemonProcess) -> None:
     assert r.code == 0
     assert daemon.paths.model_file("alice").read_text().strip() == "sonnet"
     r = await cli(daemon, "vacuum", "--json")
-    assert r.json() == {"deleted": 0}
+    # --json prints the daemon's reply: with the protocol version every host reply carries.
+    assert r.json() == {"protocol": PROTOCOL_VERSION, "deleted": 0}
 
 
 async def test_errors_go_to_stderr_with_exit_1(daemon: DaemonProcess) -> None:

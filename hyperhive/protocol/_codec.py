@@ -355,12 +355,17 @@ def encode_request(request: Request) -> bytes:
     return _dump({"cmd": request.CMD, **body})
 
 
-def encode_reply(reply: Reply) -> bytes:
-    return _dump_safe({"ok": True, **CONVERTER.unstructure(reply)})
+def encode_reply(reply: Reply, *, protocol: int | None = None) -> bytes:
+    """A reply line; ``protocol`` (the host socket's replies) goes in as an envelope field."""
+    envelope = {"ok": True} if protocol is None else {"ok": True, "protocol": protocol}
+    return _dump_safe({**envelope, **CONVERTER.unstructure(reply)})
 
 
-def encode_error(reason: str) -> bytes:
-    return _dump_safe({"ok": False, "error": reason})
+def encode_error(reason: str, *, protocol: int | None = None) -> bytes:
+    """An error line (``ok: false``), with the ``protocol`` envelope field when given."""
+    if protocol is None:
+        return _dump_safe({"ok": False, "error": reason})
+    return _dump_safe({"ok": False, "protocol": protocol, "error": reason})
 
 
 def _dump(obj: Mapping[str, Any]) -> bytes:

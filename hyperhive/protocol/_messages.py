@@ -15,6 +15,7 @@ from hyperhive.config import (
     MAX_ACK_IDS,
     MAX_ID,
     MAX_LOG_LINES,
+    MAX_NAMES,
     MAX_QUESTION_TTL_SECONDS,
     MAX_RECENT,
     MAX_RECV_BATCH,
@@ -130,6 +131,11 @@ class AgentInfo:
     #: The dashboard path of the agent's own web UI (``/agent/<name>/``), once its harness
     #: serves it.
     ui_url: str | None
+    #: Paused since (None: not paused): no messages are handed to it, so it runs no turns.
+    paused_at: float | None = None
+    paused_reason: str | None = None
+    #: Who paused it: ``operator``, or what else did (a budget).
+    paused_by: str | None = None
     #: Spend ledger: cost since midnight UTC and ever, and the last turn's context size.
     cost_today_usd: float = 0.0
     cost_total_usd: float = 0.0
@@ -294,6 +300,9 @@ class AgentMetaReply(Reply):
     status_text: str
     parent: str | None
     state: AgentState
+    #: Paused since (None: not paused) and why; see ``AgentInfo``.
+    paused_at: float | None = None
+    paused_reason: str | None = None
 
 
 # ---------------------------------------------------------------- manager socket
@@ -555,6 +564,37 @@ class VacuumReply(Reply):
     deleted: int
 
 
+# ---------------------------------------------------------------- pause / resume, watch
+
+
+@attrs.frozen
+class Pause(Request):
+    """Pause agents: no messages are handed to them (so no turns) until resumed."""
+
+    CMD = "pause"
+    names: list[str] = attrs.field(metadata=wire(Bounds(max_items=MAX_NAMES)))
+    reason: str = attrs.field(default="", metadata=wire(CLEAN_TEXT))
+
+
+@attrs.frozen
+class Resume(Request):
+    CMD = "resume"
+    names: list[str] = attrs.field(metadata=wire(Bounds(max_items=MAX_NAMES)))
+
+
+@attrs.frozen
+class Watch(Request):
+    """Turn this host connection into a feed: after the reply, one JSON line per change."""
+
+    CMD = "watch"
+
+
+@attrs.frozen
+class WatchReply(Reply):
+    #: The ``seq`` of the newest event before the feed starts; its lines follow from there.
+    seq: int
+
+
 # ---------------------------------------------------------------- spend ledger: turn reports, stats
 
 #: Tokens of one turn (one claude run): far beyond any real turn, small enough for sqlite.
@@ -737,6 +777,9 @@ HOST_REQUESTS: tuple[type[Request], ...] = (
     SetModel,
     Logs,
     Vacuum,
+    Pause,
+    Resume,
+    Watch,
     Stats,
 )
 
@@ -783,6 +826,9 @@ REPLIES: dict[type[Request], type[Reply]] = {
     SetModel: Empty,
     Logs: LogsReply,
     Vacuum: VacuumReply,
+    Pause: AgentsReply,
+    Resume: AgentsReply,
+    Watch: WatchReply,
     TurnReport: TurnReportReply,
     GetStats: AgentStatsReply,
     Stats: StatsReply,

@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import attrs
 
+from hyperhive.config import PROTOCOL_VERSION
 from hyperhive.protocol._bounds import Bounds, bounds_of
 from hyperhive.protocol._codec import AGENT_TABLE, HOST_TABLE, MANAGER_TABLE, _wire_name
 from hyperhive.protocol._messages import REPLIES, Reply, Request
@@ -89,8 +90,12 @@ def _request_schema(cls: type[Request], defs: dict[str, Any]) -> dict[str, Any]:
     return _object_schema(cls, defs, props={"cmd": {"const": cls.CMD}}, required=["cmd"])
 
 
-def _reply_schema(cls: type[Reply], defs: dict[str, Any]) -> dict[str, Any]:
-    return _object_schema(cls, defs, props={"ok": {"const": True}}, required=["ok"])
+def _reply_schema(cls: type[Reply], defs: dict[str, Any], *, host: bool) -> dict[str, Any]:
+    if not host:
+        return _object_schema(cls, defs, props={"ok": {"const": True}}, required=["ok"])
+    # Every reply on the host socket carries the protocol version (an envelope field).
+    props = {"ok": {"const": True}, "protocol": {"const": PROTOCOL_VERSION}}
+    return _object_schema(cls, defs, props=props, required=["ok", "protocol"])
 
 
 def json_schema() -> dict[str, Any]:
@@ -102,7 +107,7 @@ def json_schema() -> dict[str, Any]:
         for cmd, cls in sorted(table.by_cmd.items()):
             commands[cmd] = {
                 "request": _request_schema(cls, defs),
-                "reply": _reply_schema(REPLIES[cls], defs),
+                "reply": _reply_schema(REPLIES[cls], defs, host=table is HOST_TABLE),
             }
         sockets[table.socket_name] = commands
     events = {kind.value: _object_schema(cls, defs) for kind, cls in EVENT_PAYLOADS.items()}
@@ -111,14 +116,35 @@ def json_schema() -> dict[str, Any]:
         "title": "hyperhive wire protocol",
         "description": (
             "One JSON object per line. Every reply is either the command's reply with "
-            '"ok": true, or {"ok": false, "error": "<reason>"}.'
+            '"ok": true, or {"ok": false, "error": "<reason>"}. On the host socket every '
+            'reply (errors too) also carries "protocol": the protocol version. After the '
+            "reply to watch, the host connection receives watch lines (see watch_line)."
         ),
         "sockets": sockets,
         "events": events,
         "error": {
             "type": "object",
-            "properties": {"ok": {"const": False}, "error": {"type": "string"}},
+            "properties": {
+                "ok": {"const": False},
+                "error": {"type": "string"},
+                "protocol": {"const": PROTOCOL_VERSION},
+            },
             "required": ["ok", "error"],
+            "additionalProperties": False,
+        },
+        "watch_line": {
+            "type": "object",
+            "description": (
+                "One change pushed to a watching host connection: an event of the kinds "
+                "in 'events' (agent, pause, approval, question and problem changes)."
+            ),
+            "properties": {
+                "seq": {"type": "integer"},
+                "ts": {"type": "number"},
+                "kind": {"type": "string"},
+                "data": {"type": "object"},
+            },
+            "required": ["seq", "ts", "kind", "data"],
             "additionalProperties": False,
         },
         "$defs": defs,

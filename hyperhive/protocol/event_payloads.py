@@ -173,6 +173,27 @@ class SpaceChanged(EventPayload):
 
 
 @attrs.frozen
+class AgentPaused(EventPayload):
+    """An agent was paused: no messages are handed to it (so no turns) until resumed."""
+
+    KIND = EventKind.AGENT_PAUSED
+    name: str
+    reason: str
+    #: ``operator``, or what else paused it (a budget, ``system``).
+    by: str
+    paused_at: float
+
+
+@attrs.frozen
+class AgentResumed(EventPayload):
+    """A paused agent was resumed: what waits in its inbox is handed out again."""
+
+    KIND = EventKind.AGENT_RESUMED
+    name: str
+    by: str
+
+
+@attrs.frozen
 class SpendChanged(EventPayload):
     """A turn of ``name`` was recorded in the spend ledger (today = since midnight UTC)."""
 
@@ -211,6 +232,8 @@ EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
         ApprovalResolved,
         ProblemsChanged,
         SpaceChanged,
+        AgentPaused,
+        AgentResumed,
         SpendChanged,
     )
 }

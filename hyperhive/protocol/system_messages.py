@@ -79,10 +79,27 @@ class AgentError(SystemMessage):
     error: str
 
 
+@attrs.frozen
+class AgentPaused(SystemMessage):
+    """To the manager, when an agent was paused by something other than the operator."""
+
+    KIND = SystemKind.AGENT_PAUSED
+    agent: str
+    reason: str
+    by: str
+
+
 #: Every system-message kind and its class.
 SYSTEM_MESSAGES: Final[dict[SystemKind, type[SystemMessage]]] = {
     cls.KIND: cls
-    for cls in (QuestionAsked, QuestionAnswered, ApprovalResolved, ContainerCrash, AgentError)
+    for cls in (
+        QuestionAsked,
+        QuestionAnswered,
+        ApprovalResolved,
+        ContainerCrash,
+        AgentError,
+        AgentPaused,
+    )
 }
 assert set(SYSTEM_MESSAGES) == set(SystemKind), "every system kind needs exactly one class"
 

@@ -123,6 +123,18 @@ def _v4(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v5_pause(conn: sqlite3.Connection) -> None:
+    """Pause: since when an agent is paused (NULL: not paused), why, and by whom."""
+    _execute_script(
+        conn,
+        """
+        ALTER TABLE agents ADD COLUMN paused_at REAL;
+        ALTER TABLE agents ADD COLUMN paused_reason TEXT;
+        ALTER TABLE agents ADD COLUMN paused_by TEXT;
+        """,
+    )
+
+
 def _v5_ledger(conn: sqlite3.Connection) -> None:
     """The spend ledger (see :mod:`hyperhive.ledger`): one row per reported claude run."""
     _execute_script(
@@ -159,4 +171,4 @@ def _v5_ledger(conn: sqlite3.Connection) -> None:
     )
 
 
-BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (_v1, _v2, _v3, _v4, _v5_ledger)
+BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (_v1, _v2, _v3, _v4, _v5_pause, _v5_ledger)
