@@ -255,6 +255,35 @@ def run(
             help="Seconds a socket client has to finish a request line it started (testing).",
         ),
     ] = _config_default("line_deadline_seconds"),
+    budget_daily_usd: Annotated[
+        float | None,
+        typer.Option(
+            envvar="HYPERHIVE_BUDGET_DAILY_USD",
+            min=0,
+            help="Hive-wide budget: USD all agents together may spend per day (UTC); "
+            "an agent reporting a turn past it is paused.",
+        ),
+    ] = _config_default("budget_daily_usd"),
+    budget_total_usd: Annotated[
+        float | None,
+        typer.Option(
+            envvar="HYPERHIVE_BUDGET_TOTAL_USD", min=0, help="Hive-wide budget: USD in total."
+        ),
+    ] = _config_default("budget_total_usd"),
+    budget_daily_tokens: Annotated[
+        int | None,
+        typer.Option(
+            envvar="HYPERHIVE_BUDGET_DAILY_TOKENS",
+            min=0,
+            help="Hive-wide budget: tokens per day (UTC).",
+        ),
+    ] = _config_default("budget_daily_tokens"),
+    budget_total_tokens: Annotated[
+        int | None,
+        typer.Option(
+            envvar="HYPERHIVE_BUDGET_TOTAL_TOKENS", min=0, help="Hive-wide budget: tokens in total."
+        ),
+    ] = _config_default("budget_total_tokens"),
 ) -> None:
     """Run the host daemon until SIGTERM or Ctrl-C."""
     from hyperhive.supervisor import main as daemon_main
@@ -283,6 +312,10 @@ def run(
         harness_command=tuple(shlex.split(harness_command)) if harness_command else None,
         min_free=min_free,
         line_deadline_seconds=line_deadline_seconds,
+        budget_daily_usd=budget_daily_usd,
+        budget_total_usd=budget_total_usd,
+        budget_daily_tokens=budget_daily_tokens,
+        budget_total_tokens=budget_total_tokens,
     )
     try:
         trio.run(daemon_main, config)

@@ -15,12 +15,17 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import trio
 
 from hyperhive import contract, system_messages
-from hyperhive.agent_config import AgentConfig, parse_agent_config, seed_agent_toml
+from hyperhive.agent_config import (
+    AgentConfig,
+    BudgetSettings,
+    parse_agent_config,
+    seed_agent_toml,
+)
 from hyperhive.agent_setup import load_applied_config, prepare_agent_repos, proposed_repo
 from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref, sql_fail_pending
 from hyperhive.broker import Broker, Outbox, SentMessage
@@ -47,7 +52,16 @@ from hyperhive.errors import DiskFull, RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.journal import OperationKind, crash_point, sql_begin, sql_end, sql_unfinished
 from hyperhive.kinds import BackendName, Transient
-from hyperhive.ledger import Ledger, Spend, Sums
+from hyperhive.ledger import (
+    BY_BUDGET,
+    Budget,
+    Ledger,
+    Spend,
+    Sums,
+    budget_of,
+    limit_reached,
+    within_budget,
+)
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import (
     AgentInfo,
@@ -128,6 +142,8 @@ class Hive:
         self._deploy_locks: dict[str, trio.Lock] = {}
         #: The spend ledger: every turn's tokens and cost, per agent (hyperhive/ledger.py).
         self.ledger = Ledger(db, clock=config.wall_clock)
+        #: Each agent's ``[budget]``, read from its applied agent.toml when first needed.
+        self._budgets: dict[str, BudgetSettings] = {}
         backends = config.container_backends
         self.containers = Containers(
             dict(backends) if backends is not None else real_backends(),
@@ -271,6 +287,8 @@ class Hive:
     async def _deploy(self, agent: str, config: AgentConfig) -> None:
         await self.registry.set_model(agent, config.model)
         await self.registry.reload_config(agent)
+        self._budgets[agent] = config.budget
+        await self.lift_budget_pauses([agent])
         record = self.registry.get(agent)
         if record.backend != "external" and record.state != AgentState.DESTROYED:
             await self.containers.request(agent, "rebuild")
@@ -379,6 +397,7 @@ class Hive:
             return
         await self.registry.set_paused(name, None)
         self.broker.resumed(name)
+        self.ledger.note_resumed(name)
         self.events.emit(AgentResumed(name=name, by=by))
 
     async def destroy(self, name: str, *, purge: bool) -> None:
@@ -506,7 +525,55 @@ class Hive:
                 hive_cost_total_usd=found.hive_total.cost_usd,
             )
         )
+        settings = await self._budget_settings(agent)
+        verdict = limit_reached(
+            found,
+            agent=budget_of(settings),
+            hive=self.hive_budget(),
+            no_progress_turns=settings.no_progress_turns,
+        )
+        if verdict is not None and not self.is_paused(agent):
+            reason, by = verdict
+            await self.pause(agent, reason, by)
+            await self.broker.inject([system_messages.limit_reached(agent, reason, by)])
         return True
+
+    def hive_budget(self) -> Budget:
+        config = self.config
+        return Budget(
+            daily_usd=config.budget_daily_usd,
+            total_usd=config.budget_total_usd,
+            daily_tokens=config.budget_daily_tokens,
+            total_tokens=config.budget_total_tokens,
+        )
+
+    async def _budget_settings(self, agent: str) -> BudgetSettings:
+        """The agent's ``[budget]`` from its applied agent.toml (defaults if unreadable)."""
+        cached = self._budgets.get(agent)
+        if cached is None:
+            try:
+                cached = (await load_applied_config(self.config.paths.applied_dir(agent))).budget
+            except (RequestRefused, OSError):
+                cached = BudgetSettings()
+            self._budgets[agent] = cached
+        return cached
+
+    async def lift_budget_pauses(self, names: Iterable[str] | None = None) -> list[str]:
+        """Resume the agents paused by a budget that are within every limit again (after a
+        deploy raised theirs, or at start-up with the daemon's options); returns them."""
+        lifted = []
+        for name in list(names) if names is not None else [r.name for r in self.registry.all()]:
+            record = self.registry.get(name)
+            if record.paused_at is None or record.paused_by != BY_BUDGET:
+                continue
+            today, total, hive_today, hive_total = await self.ledger.sums(name)
+            agent = budget_of(await self._budget_settings(name))
+            if within_budget(
+                today, total, hive_today, hive_total, agent=agent, hive=self.hive_budget()
+            ):
+                await self.resume(name, BY_BUDGET)
+                lifted.append(name)
+        return lifted
 
     def is_paused(self, name: str) -> bool:
         """True while ``name`` is paused (False for a name the registry does not know)."""

@@ -25,6 +25,7 @@ from typing import Final
 
 import attrs
 
+from hyperhive.agent_config import BudgetSettings
 from hyperhive.clocks import WallClock
 from hyperhive.config import MAX_REPORT_NAME
 from hyperhive.errors import RequestRefused
@@ -271,13 +272,14 @@ def sql_last_ctx(conn: sqlite3.Connection) -> dict[str, int]:
     }
 
 
-def sql_idle_streak(conn: sqlite3.Connection, agent: str) -> int:
-    """How many of the agent's newest ``ok`` turns in a row made no progress."""
+def sql_idle_streak(conn: sqlite3.Connection, agent: str, since: float | None = None) -> int:
+    """How many of the agent's newest ``ok`` turns in a row (recorded after ``since``) made
+    no progress."""
     streak = 0
     for (progress,) in conn.execute(
-        "SELECT progress FROM ledger_turns WHERE agent = ? AND outcome = ?"
+        "SELECT progress FROM ledger_turns WHERE agent = ? AND outcome = ? AND recorded_at > ?"
         " ORDER BY id DESC LIMIT ?",
-        (agent, TurnOutcome.OK.value, MAX_STREAK_ROWS),
+        (agent, TurnOutcome.OK.value, -1.0 if since is None else since, MAX_STREAK_ROWS),
     ):
         if progress:
             break
@@ -357,6 +359,16 @@ class Budget:
     total_tokens: int | None = None
 
 
+def budget_of(settings: BudgetSettings) -> Budget:
+    """The spend limits of an agent.toml ``[budget]``."""
+    return Budget(
+        daily_usd=settings.daily_usd,
+        total_usd=settings.total_usd,
+        daily_tokens=settings.daily_tokens,
+        total_tokens=settings.total_tokens,
+    )
+
+
 def budget_breach(budget: Budget, today: Sums, total: Sums, *, scope: str = "") -> str | None:
     """The pause reason when a limit of ``budget`` is reached (None: within budget).
 
@@ -378,6 +390,42 @@ def budget_breach(budget: Budget, today: Sums, total: Sums, *, scope: str = "") 
 def no_progress(idle_streak: int, limit: int) -> bool:
     """The runaway breaker: ``limit`` turns in a row without progress (0 disables it)."""
     return limit > 0 and idle_streak >= limit
+
+
+#: Who a pause by :func:`limit_reached` is by: a spend limit, or the no-progress breaker.
+BY_BUDGET: Final = "budget"
+BY_BREAKER: Final = "breaker"
+
+
+def limit_reached(
+    found: Recorded, *, agent: Budget, hive: Budget, no_progress_turns: int
+) -> tuple[str, str] | None:
+    """After a recorded turn: ``(reason, by)`` of the pause it calls for, or None.
+
+    The agent's own budget first, then the hive's, then the no-progress breaker.
+    """
+    reason = budget_breach(agent, found.today, found.total) or budget_breach(
+        hive, found.hive_today, found.hive_total, scope="hive "
+    )
+    if reason is not None:
+        return reason, BY_BUDGET
+    if no_progress(found.idle_streak, no_progress_turns):
+        return (
+            f"no progress: {found.idle_streak} turns in a row sent no message, asked nothing "
+            "and changed no file",
+            BY_BREAKER,
+        )
+    return None
+
+
+def within_budget(
+    today: Sums, total: Sums, hive_today: Sums, hive_total: Sums, *, agent: Budget, hive: Budget
+) -> bool:
+    """True when no spend limit is reached (a budget pause may be lifted)."""
+    return (
+        budget_breach(agent, today, total) is None
+        and budget_breach(hive, hive_today, hive_total) is None
+    )
 
 
 # ---------------------------------------------------------------- the trio shell
@@ -405,6 +453,11 @@ class Ledger:
         self._clock = clock
         #: Agents that sent a message, asked or answered since their last turn report.
         self._active: set[str] = set()
+        #: When each agent was last resumed: its no-progress streak starts over from there.
+        self._resumed: dict[str, float] = {}
+
+    def note_resumed(self, agent: str) -> None:
+        self._resumed[agent] = self._clock()
 
     def note_activity(self, agent: str) -> None:
         """The agent sent, asked or answered something: its current turn made progress."""
@@ -425,7 +478,7 @@ class Ledger:
                 total=total.get(agent, Sums()),
                 hive_today=add_sums(today.values()),
                 hive_total=add_sums(total.values()),
-                idle_streak=sql_idle_streak(conn, agent),
+                idle_streak=sql_idle_streak(conn, agent, self._resumed.get(agent)),
             )
 
         result = await self._db.transaction(tx)
@@ -490,7 +543,7 @@ class Ledger:
         ) -> tuple[dict[str, Sums], dict[str, Sums], dict[str, int], list[Row], dict[str, int]]:
             rows = sql_rows(conn, None, now - longest)
             names = agents if agents is not None else sorted(sql_sums(conn))
-            streaks = {name: sql_idle_streak(conn, name) for name in names}
+            streaks = {name: sql_idle_streak(conn, name, self._resumed.get(name)) for name in names}
             return sql_sums(conn, start), sql_sums(conn), sql_last_ctx(conn), rows, streaks
 
         today, total, ctx, rows, streaks = await self._db.transaction(tx, durable=False)

@@ -1,0 +1,229 @@
+"""The spend ledger's decisions (pure functions) and its socket surface (a real daemon).
+
+End to end with the real claude CLI: ``tests/harness/test_ledger.py`` and
+``tests/harness/test_budgets.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hyperhive.hive import Hive
+from hyperhive.kinds import TurnOutcome
+from hyperhive.ledger import (
+    BY_BREAKER,
+    BY_BUDGET,
+    Budget,
+    Recorded,
+    Row,
+    Sums,
+    budget_breach,
+    day_start,
+    limit_reached,
+    no_progress,
+    percentile,
+    window_stats,
+    within_budget,
+)
+from hyperhive.names import OPERATOR
+
+from .conftest import Connect
+
+
+def sums(cost_usd: float = 0.0, tokens: int = 0) -> Sums:
+    return Sums(turns=1, input_tokens=tokens, cost_micros=round(cost_usd * 1_000_000))
+
+
+def recorded(
+    today: Sums = Sums(),
+    total: Sums | None = None,
+    *,
+    hive_today: Sums | None = None,
+    streak: int = 0,
+) -> Recorded:
+    total = total or today
+    return Recorded(
+        recorded=True,
+        today=today,
+        total=total,
+        hive_today=hive_today or today,
+        hive_total=hive_today or total,
+        idle_streak=streak,
+    )
+
+
+# ---------------------------------------------------------------- decisions
+
+
+def test_budget_breach_names_the_limit_reached() -> None:
+    budget = Budget(daily_usd=5.0, total_tokens=1000)
+    assert budget_breach(budget, sums(4.99), sums(4.99)) is None
+    assert budget_breach(budget, sums(5.0), sums(5.0)) == "budget: daily USD 5.00 reached"
+    assert budget_breach(budget, sums(1.0, 10), sums(1.0, 1000)) == (
+        "budget: total tokens 1000 reached"
+    )
+    assert budget_breach(Budget(), sums(10**6, 10**9), sums(10**6, 10**9)) is None
+    hive = budget_breach(Budget(total_usd=2), sums(1), sums(2.5), scope="hive ")
+    assert hive == "budget: hive total USD 2.00 reached"
+
+
+def test_limit_reached_agent_then_hive_then_breaker() -> None:
+    agent, hive = Budget(daily_usd=5), Budget(daily_usd=8)
+    ok = recorded(sums(1), hive_today=sums(2), streak=3)
+    assert limit_reached(ok, agent=agent, hive=hive, no_progress_turns=20) is None
+    over_agent = recorded(sums(6), hive_today=sums(9))
+    assert limit_reached(over_agent, agent=agent, hive=hive, no_progress_turns=20) == (
+        "budget: daily USD 5.00 reached",
+        BY_BUDGET,
+    )
+    over_hive = recorded(sums(1), hive_today=sums(9))
+    assert limit_reached(over_hive, agent=agent, hive=hive, no_progress_turns=20) == (
+        "budget: hive daily USD 8.00 reached",
+        BY_BUDGET,
+    )
+    idle = recorded(sums(1), streak=20)
+    reason, by = limit_reached(idle, agent=agent, hive=hive, no_progress_turns=20) or ("", "")
+    assert by == BY_BREAKER and reason.startswith("no progress: 20 turns in a row")
+    assert limit_reached(idle, agent=agent, hive=hive, no_progress_turns=0) is None
+    assert limit_reached(idle, agent=agent, hive=hive, no_progress_turns=21) is None
+
+
+def test_no_progress_and_within_budget() -> None:
+    assert not no_progress(5, 0) and not no_progress(4, 5) and no_progress(5, 5)
+    low, high = Budget(daily_usd=1), Budget(daily_usd=10)
+    spent = sums(2)
+    assert not within_budget(spent, spent, spent, spent, agent=low, hive=Budget())
+    assert within_budget(spent, spent, spent, spent, agent=high, hive=Budget())
+    assert not within_budget(spent, spent, spent, spent, agent=high, hive=low)
+
+
+def test_windows_percentiles_and_days() -> None:
+    assert percentile([], 0.5) is None
+    assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert percentile([float(n) for n in range(1, 101)], 0.95) == 95.0
+    now = 10 * 86400 + 7200.0
+    assert day_start(now) == 10 * 86400
+
+    def row(age: float, cost: float, ctx: int, tools: dict[str, int]) -> Row:
+        return Row(
+            agent="alice",
+            recorded_at=now - age,
+            outcome=TurnOutcome.OK,
+            input_tokens=100,
+            output_tokens=10,
+            cache_read_tokens=0,
+            cache_creation_tokens=0,
+            cost_micros=round(cost * 1e6),
+            duration_seconds=age / 100,
+            tools=tools,
+            ctx_tokens=ctx,
+        )
+
+    rows = [
+        row(60, 0.10, 1000, {"Bash": 2}),
+        row(600, 0.20, 3000, {"Bash": 1, "Read": 5}),
+        row(7200, 0.40, 500, {"Edit": 1}),
+    ]
+    hour = window_stats(rows, "1h", 3600, now)
+    assert hour.turns == 2 and hour.turns_per_hour == 2.0
+    assert round(hour.cost_usd, 2) == 0.30 and hour.tokens == 220
+    assert hour.ctx_avg == 2000.0 and hour.ctx_max == 3000
+    assert [(t.name, t.count) for t in hour.top_tools] == [("Read", 5), ("Bash", 3)]
+    day = window_stats(rows, "24h", 86400, now)
+    assert day.turns == 3 and day.duration_p50 == 6.0 and day.duration_p95 == 72.0
+
+
+# ---------------------------------------------------------------- the socket surface
+
+
+def report(**fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "cmd": "turn_report",
+        "report_id": "r1",
+        "outcome": "ok",
+        "model": "claude-haiku",
+        "input_tokens": 1000,
+        "output_tokens": 200,
+        "cache_read_tokens": 300,
+        "cache_creation_tokens": 40,
+        "cost_usd": 0.25,
+        "duration_seconds": 3.5,
+        "tool_calls": 2,
+        "tools": [{"name": "Bash", "count": 2}],
+        "ctx_tokens": 1340,
+    }
+    return {**base, **fields}
+
+
+async def test_reports_are_recorded_once_as_the_socket_s_agent(
+    hive: Hive, connect: Connect
+) -> None:
+    alice = await connect("alice")
+    bob = await connect("bob")
+    first = await alice.request(report())
+    assert first == {"ok": True, "recorded": True}
+    # The same report again (a reply lost on a reconnect): recorded once, never rewritten.
+    again = await alice.request(report(cost_usd=99.0))
+    assert again == {"ok": True, "recorded": False}
+    # Report ids are per agent: bob's "r1" is his own.
+    assert (await bob.request(report(cost_usd=0.5)))["recorded"] is True
+
+    mine = await alice.request({"cmd": "get_stats"})
+    assert mine["ok"] and mine["stats"]["name"] == "alice"
+    assert mine["stats"]["total"]["cost_usd"] == 0.25
+    assert mine["stats"]["total"]["tokens"] == 1540
+    stats = await hive.stats(None)
+    by_name = {s.name: s for s in stats.agents}
+    assert by_name["bob"].total.cost_usd == 0.5
+    assert stats.hive.total.cost_usd == 0.75 and stats.hive.total.turns == 2
+    # get_stats takes no name: an agent sees only its own figures.
+    refused = await alice.request({"cmd": "get_stats", "name": "bob"})
+    assert refused["ok"] is False
+    # stats is the operator's: not served on an agent socket.
+    assert (await alice.request({"cmd": "stats"}))["ok"] is False
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"cost_usd": -1}, "cost_usd must be between"),
+        ({"input_tokens": 10**13}, "input_tokens must be between"),
+        ({"outcome": "great"}, "outcome"),
+        ({"model": "m" * 201}, "model must be 1 to 200 characters"),
+        ({"report_id": ""}, "report_id must be 1 to 200 characters"),
+        ({"tools": [{"name": "a", "count": 1}] * 2}, "tools must name each tool once"),
+        ({"tools": [{"name": f"t{i}", "count": 1} for i in range(65)]}, "tools must have at most"),
+        ({"duration_seconds": 10**9}, "duration_seconds must be between"),
+        ({"agent": "bob"}, "agent"),
+    ],
+)
+async def test_a_report_out_of_bounds_is_refused(
+    hive: Hive, connect: Connect, fields: dict[str, Any], error: str
+) -> None:
+    alice = await connect("alice")
+    reply = await alice.request(report(**fields))
+    assert reply["ok"] is False and error in reply["error"], reply
+    assert (await hive.stats("alice")).agents[0].total.turns == 0
+
+
+async def test_progress_comes_from_sends_questions_and_changed_files(
+    hive: Hive, connect: Connect
+) -> None:
+    alice = await connect("alice")
+    for n in range(3):
+        await alice.request(report(report_id=f"idle{n}"))
+    assert (await hive.stats("alice")).agents[0].idle_streak == 3
+    await alice.request({"cmd": "send", "to": "operator", "body": "progress"})
+    await alice.request(report(report_id="sent"))
+    assert (await hive.stats("alice")).agents[0].idle_streak == 0
+    await alice.request(report(report_id="idle-again"))
+    await alice.request(report(report_id="failed", outcome="failed"))  # neither counts nor resets
+    assert (await hive.stats("alice")).agents[0].idle_streak == 1
+    await alice.request(report(report_id="wrote", files_changed=True))
+    assert (await hive.stats("alice")).agents[0].idle_streak == 0
+    await hive.pause("alice", "testing", OPERATOR)
+    await alice.request(report(report_id="idle-paused"))
+    await hive.resume("alice", OPERATOR)  # the streak starts over at a resume
+    assert (await hive.stats("alice")).agents[0].idle_streak == 0
