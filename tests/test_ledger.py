@@ -37,7 +37,7 @@ def sums(cost_usd: float = 0.0, tokens: int = 0) -> Sums:
 
 
 def recorded(
-    today: Sums = Sums(),
+    today: Sums,
     total: Sums | None = None,
     *,
     hive_today: Sums | None = None,
