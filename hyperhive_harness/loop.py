@@ -56,6 +56,7 @@ from hyperhive.protocol import (
     Send,
     SetStatus,
     StatusReply,
+    TurnReportReply,
 )
 from hyperhive.protocol import Status as StatusRequest
 from hyperhive.runtime import Retry
@@ -217,11 +218,24 @@ class TurnLoop:
         """Send the pending turn reports; ConnectionLost leaves them for the reconnect."""
         for report in self.reports.pending():
             try:
-                await link.call(report)
+                reply = await link.call(report)
             except ConnectionLost:
                 raise
             except ClientError as exc:
                 self.events.note(f"the daemon refused the turn report {report.report_id}: {exc}")
+            else:
+                assert isinstance(reply, TurnReportReply)
+                self.events.publish(
+                    "turn_reported",
+                    report_id=report.report_id,
+                    id=report.message_id,
+                    recorded=reply.recorded,
+                    cost_usd=report.cost_usd,
+                    tokens=report.input_tokens
+                    + report.output_tokens
+                    + report.cache_read_tokens
+                    + report.cache_creation_tokens,
+                )
             self.reports.done(report.report_id)
 
     async def _pay_debts(self, link: Client) -> None:

@@ -40,6 +40,7 @@ from hyperhive.config_repo import diff_proposal
 from hyperhive.errors import DiskFull, ProtocolError, RequestRefused
 from hyperhive.events import Event
 from hyperhive.kinds import ApprovalStatus
+from hyperhive.ledger import add_sums
 from hyperhive.names import OPERATOR
 from hyperhive.protocol import (
     CONVERTER,
@@ -296,7 +297,16 @@ class Dashboard:
             ),
             "inbox": CONVERTER.unstructure(await hive.broker.recent(OPERATOR, INBOX_LIMIT)),
             "flow": CONVERTER.unstructure(await hive.broker.flow(FLOW_LIMIT)),
+            "spend": await self._hive_spend(),
             "now": time.time(),
+        }
+
+    async def _hive_spend(self) -> dict[str, float]:
+        """The hive's spend from the ledger, every agent (destroyed and purged ones too)."""
+        today, total, _ctx = await self.hive.ledger.spend()
+        return {
+            "today_usd": add_sums(today.values()).cost_usd,
+            "total_usd": add_sums(total.values()).cost_usd,
         }
 
     async def stream(self, request: Request) -> Response:

@@ -61,6 +61,10 @@ function makeAgent(state) {
     const backend = h('span', { class: 'backend' });
     const isolation = badge('warn', 'no isolation', 'this backend runs agents as plain processes');
     const pid = h('span', { class: 'pid' });
+    const spend = h('span', { class: 'spend', title: 'spend from the ledger: today (since midnight UTC) and in total' });
+    const ctx = h('span', { class: 'ctx', title: 'context tokens of the last turn' });
+    const paused = badge('warn', '⏸ paused', '');
+    const pausedLine = h('p', { class: 'warning paused', hidden: true });
     const status = h('p', { class: 'status', hidden: true });
     const warning = h('p', { class: 'warning', hidden: true });
     const buttons = LIFECYCLE.map(([verb, label]) => h('button', {
@@ -83,9 +87,9 @@ function makeAgent(state) {
     });
     const el = h('article', { class: 'row agent', 'data-name': first.name, 'aria-label': `agent ${first.name}` },
       h('div', { class: 'info' },
-        h('div', { class: 'line' }, branch, name, role, stateBadge, transient, crashLoop, login, rate, harness, unread, link),
-        h('div', { class: 'line meta' }, model, backend, isolation, pid),
-        status, warning),
+        h('div', { class: 'line' }, branch, name, role, stateBadge, transient, crashLoop, paused, login, rate, harness, unread, link),
+        h('div', { class: 'line meta' }, model, backend, isolation, pid, spend, ctx),
+        pausedLine, status, warning),
       h('div', { class: 'actions' }, ...buttons, logs, destroy));
     const update = ({ agent: a, branch: b }) => {
       agent = a;
@@ -114,6 +118,11 @@ function makeAgent(state) {
       setText(backend, a.backend);
       show(isolation, state.isolated[a.backend] === false);
       setText(pid, a.pid ? `pid ${a.pid}` : '');
+      setText(spend, `$${(a.cost_today_usd ?? 0).toFixed(2)} today · $${(a.cost_total_usd ?? 0).toFixed(2)} total`);
+      setText(ctx, a.ctx_tokens == null ? '' : `ctx ${a.ctx_tokens.toLocaleString('en')}`);
+      show(paused, a.paused_at != null);
+      setAttr(paused, 'title', a.paused_at != null ? `paused by ${a.paused_by}: ${a.paused_reason}` : null);
+      show(pausedLine, a.paused_at != null, `⏸ paused by ${a.paused_by}${a.paused_reason ? `: ${a.paused_reason}` : ''}`);
       show(status, !!a.status_text, a.status_text);
       show(warning, !!a.warning, `⚠ ${a.warning}`);
       const external = a.backend === 'external';
