@@ -94,9 +94,7 @@ async def test_dashboard_and_agent_stats_page_show_the_scripted_turns(
                 row = page.get_by_role("article", name="agent alice")
                 expect(row.locator(".spend")).to_have_text(f"{money} today · {money} total")
                 expect(row.locator(".ctx")).to_have_text(f"ctx {info.ctx_tokens:,}")
-                expect(page.locator("#spend")).to_have_text(
-                    f"spend {money} today · {money} total"
-                )
+                expect(page.locator("#spend")).to_have_text(f"spend {money} today · {money} total")
 
             await chromium.run(dashboard, dash)
 
