@@ -278,7 +278,7 @@ def sql_idle_streak(conn: sqlite3.Connection, agent: str, since: float | None = 
     streak = 0
     for (progress,) in conn.execute(
         "SELECT progress FROM ledger_turns WHERE agent = ? AND outcome = ? AND recorded_at > ?"
-        " ORDER BY id DESC LIMIT ?",
+        " ORDER BY recorded_at DESC LIMIT ?",
         (agent, TurnOutcome.OK.value, -1.0 if since is None else since, MAX_STREAK_ROWS),
     ):
         if progress:
@@ -435,6 +435,36 @@ def within_budget(
 Spend = tuple[dict[str, Sums], dict[str, Sums], dict[str, int]]
 
 
+def report_sums(report: TurnReport) -> Sums:
+    """The sums of one turn, as its row adds them up."""
+    return Sums(
+        turns=1,
+        input_tokens=report.input_tokens,
+        output_tokens=report.output_tokens,
+        cache_read_tokens=report.cache_read_tokens,
+        cache_creation_tokens=report.cache_creation_tokens,
+        cost_micros=round(report.cost_usd * MICROS),
+        outcomes=((report.outcome, 1),),
+    )
+
+
+@attrs.frozen
+class _SpendCache:
+    day: float
+    today: dict[str, Sums]
+    total: dict[str, Sums]
+    ctx: dict[str, int]
+
+    def add(self, agent: str, turn: Sums, ctx: int | None) -> _SpendCache:
+        """With one more turn of ``agent`` (new dicts: a reader keeps what it holds)."""
+        return _SpendCache(
+            day=self.day,
+            today={**self.today, agent: add_sums([self.today.get(agent, Sums()), turn])},
+            total={**self.total, agent: add_sums([self.total.get(agent, Sums()), turn])},
+            ctx=self.ctx if ctx is None else {**self.ctx, agent: ctx},
+        )
+
+
 @attrs.frozen
 class Recorded:
     """What recording a report found: whether it was new, and the agent's figures after it."""
@@ -455,6 +485,8 @@ class Ledger:
         self._active: set[str] = set()
         #: When each agent was last resumed: its no-progress streak starts over from there.
         self._resumed: dict[str, float] = {}
+        #: Every agent's sums, replaced (never changed in place) by the writer's thread.
+        self._cache: _SpendCache | None = None
 
     def note_resumed(self, agent: str) -> None:
         self._resumed[agent] = self._clock()
@@ -467,23 +499,39 @@ class Ledger:
         check_report(report)
         progress = report.files_changed or agent in self._active
         now = self._clock()
-        start = day_start(now)
+        day = day_start(now)
 
         def tx(conn: sqlite3.Connection) -> Recorded:
+            # In the writer's thread, in commit order: the cache follows the table.
             new = sql_record(conn, agent, report, progress=progress, now=now)
-            today, total = sql_sums(conn, start), sql_sums(conn)
+            cache = self._cached(conn, day)
+            if new:
+                cache = self._cache = cache.add(agent, report_sums(report), report.ctx_tokens)
             return Recorded(
                 recorded=new,
-                today=today.get(agent, Sums()),
-                total=total.get(agent, Sums()),
-                hive_today=add_sums(today.values()),
-                hive_total=add_sums(total.values()),
+                today=cache.today.get(agent, Sums()),
+                total=cache.total.get(agent, Sums()),
+                hive_today=add_sums(cache.today.values()),
+                hive_total=add_sums(cache.total.values()),
                 idle_streak=sql_idle_streak(conn, agent, self._resumed.get(agent)),
             )
 
-        result = await self._db.transaction(tx)
+        try:
+            result = await self._db.transaction(tx)
+        except BaseException:
+            self._cache = None  # rolled back (a full disk): read the table again
+            raise
         self._active.discard(agent)
         return result
+
+    def _cached(self, conn: sqlite3.Connection, day: float) -> _SpendCache:
+        """The sums of every agent (today's from ``day``), read once and then kept up to
+        date by :meth:`record`; read again when the day changes."""
+        cache = self._cache
+        if cache is None or cache.day != day:
+            cache = _SpendCache(day, sql_sums(conn, day), sql_sums(conn), sql_last_ctx(conn))
+            self._cache = cache
+        return cache
 
     async def record_crash(self, agent: str, at: float) -> None:
         """Count a crash of ``agent`` (``hyperhive_agent_crashes_total``)."""
@@ -507,28 +555,23 @@ class Ledger:
         return await self._db.transaction(tx, durable=False)
 
     async def spend(self) -> Spend:
-        """Per agent: today's sums, all-time sums, the last context size."""
-        start = day_start(self._clock())
-
-        def tx(conn: sqlite3.Connection) -> Spend:
-            return sql_sums(conn, start), sql_sums(conn), sql_last_ctx(conn)
-
-        return await self._db.transaction(tx, durable=False)
+        """Per agent: today's sums, all-time sums, the last context size (from memory once
+        read: the dashboard and ``/metrics`` ask for them often)."""
+        day = day_start(self._clock())
+        cache = self._cache
+        if cache is None or cache.day != day:
+            cache = await self._db.transaction(lambda conn: self._cached(conn, day), durable=False)
+        return cache.today, cache.total, cache.ctx
 
     async def sums(self, agent: str) -> tuple[Sums, Sums, Sums, Sums]:
         """The agent's today and total sums, then the hive's."""
-        start = day_start(self._clock())
-
-        def tx(conn: sqlite3.Connection) -> tuple[Sums, Sums, Sums, Sums]:
-            today, total = sql_sums(conn, start), sql_sums(conn)
-            return (
-                today.get(agent, Sums()),
-                total.get(agent, Sums()),
-                add_sums(today.values()),
-                add_sums(total.values()),
-            )
-
-        return await self._db.transaction(tx, durable=False)
+        today, total, _ctx = await self.spend()
+        return (
+            today.get(agent, Sums()),
+            total.get(agent, Sums()),
+            add_sums(today.values()),
+            add_sums(total.values()),
+        )
 
     async def stats(
         self, agents: Sequence[str] | None
