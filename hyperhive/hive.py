@@ -60,6 +60,7 @@ from hyperhive.ledger import (
     Sums,
     budget_of,
     limit_reached,
+    sql_record_crash,
     within_budget,
 )
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
@@ -156,7 +157,7 @@ class Hive:
             stop_on_exit=config.stop_agents_on_exit,
             clock=config.wall_clock,
             restart_backoff=config.restart_backoff,
-            on_crash=self.ledger.record_crash,
+            on_crash=sql_record_crash,
         )
 
     def refuse_if_disk_full(self, exc: OSError) -> None:

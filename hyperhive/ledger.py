@@ -272,6 +272,11 @@ def sql_last_ctx(conn: sqlite3.Connection) -> dict[str, int]:
     }
 
 
+def sql_record_crash(conn: sqlite3.Connection, agent: str, at: float) -> None:
+    """Count a crash of ``agent`` (``hyperhive_agent_crashes_total``)."""
+    conn.execute("INSERT INTO ledger_crashes (agent, crashed_at) VALUES (?, ?)", (agent, at))
+
+
 def sql_idle_streak(conn: sqlite3.Connection, agent: str, since: float | None = None) -> int:
     """How many of the agent's newest ``ok`` turns in a row (recorded after ``since``) made
     no progress."""
@@ -532,16 +537,6 @@ class Ledger:
             cache = _SpendCache(day, sql_sums(conn, day), sql_sums(conn), sql_last_ctx(conn))
             self._cache = cache
         return cache
-
-    async def record_crash(self, agent: str, at: float) -> None:
-        """Count a crash of ``agent`` (``hyperhive_agent_crashes_total``)."""
-
-        def tx(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO ledger_crashes (agent, crashed_at) VALUES (?, ?)", (agent, at)
-            )
-
-        await self._db.transaction(tx)
 
     async def crashes(self) -> dict[str, int]:
         def tx(conn: sqlite3.Connection) -> dict[str, int]:
