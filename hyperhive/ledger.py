@@ -508,8 +508,8 @@ class Ledger:
 
         def tx(conn: sqlite3.Connection) -> Recorded:
             # In the writer's thread, in commit order: the cache follows the table.
+            cache = self._cached(conn, day)  # before the insert: the row is added once
             new = sql_record(conn, agent, report, progress=progress, now=now)
-            cache = self._cached(conn, day)
             if new:
                 cache = self._cache = cache.add(agent, report_sums(report), report.ctx_tokens)
             return Recorded(

@@ -6,10 +6,12 @@ End to end with the real claude CLI: ``tests/harness/test_ledger.py`` and
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hyperhive.config import Config
 from hyperhive.hive import Hive
 from hyperhive.kinds import TurnOutcome
 from hyperhive.ledger import (
@@ -28,8 +30,9 @@ from hyperhive.ledger import (
     within_budget,
 )
 from hyperhive.names import OPERATOR
+from hyperhive.supervisor import open_daemon
 
-from .conftest import Connect
+from .conftest import Connect, connect_agent, make_paths
 
 
 def sums(cost_usd: float = 0.0, tokens: int = 0) -> Sums:
@@ -227,3 +230,34 @@ async def test_progress_comes_from_sends_questions_and_changed_files(
     await alice.request(report(report_id="idle-paused"))
     await hive.resume("alice", OPERATOR)  # the streak starts over at a resume
     assert (await hive.stats("alice")).agents[0].idle_streak == 0
+
+
+async def test_a_hive_budget_pauses_and_a_daemon_started_with_a_higher_one_lifts_it(
+    short_tmp: Path,
+) -> None:
+    """The hive-wide budget comes from ``hyperhive run``'s options (``Config``): reached, the
+    reporting agent is paused; a daemon started again with a higher limit lets it run."""
+    paths = make_paths(short_tmp)
+    low = Config(paths=paths, backend="external", budget_total_usd=0.5)
+    async with open_daemon(low) as daemon:
+        hive = daemon.hive
+        await hive.spawn("alice")
+        async with await connect_agent(paths, "alice", role="harness") as alice:
+            await alice.request(report(report_id="a", cost_usd=0.3))
+            assert hive.registry.get("alice").paused_at is None
+            await alice.request(report(report_id="b", cost_usd=0.3))
+        record = hive.registry.get("alice")
+        assert record.paused_reason == "budget: hive total USD 0.50 reached"
+        assert record.paused_by == "budget"
+        inbox = await hive.operator_inbox(10)
+        assert any(m.body.startswith("agent_paused") and "hive total USD" in m.body for m in inbox)
+    # The same limit: still paused after a restart.
+    async with open_daemon(low) as daemon:
+        assert daemon.hive.registry.get("alice").paused_at is not None
+    higher = Config(paths=paths, backend="external", budget_total_usd=5.0)
+    async with open_daemon(higher) as daemon:
+        assert daemon.hive.registry.get("alice").paused_at is None
+        assert (await daemon.hive.stats("alice")).agents[0].total.cost_usd == 0.6
+        # The figures kept in memory (dashboard, /metrics) agree with the table.
+        [info] = [a for a in await daemon.hive.agent_infos() if a.name == "alice"]
+        assert info.cost_total_usd == 0.6 and info.cost_today_usd == 0.6
