@@ -32,7 +32,8 @@ from hyperhive.ledger import (
 from hyperhive.names import OPERATOR
 from hyperhive.supervisor import open_daemon
 
-from .conftest import Connect, connect_agent, make_paths
+from .conftest import Connect, DaemonProcess, connect_agent, make_paths
+from .test_cli import cli
 
 
 def sums(cost_usd: float = 0.0, tokens: int = 0) -> Sums:
@@ -261,3 +262,26 @@ async def test_a_hive_budget_pauses_and_a_daemon_started_with_a_higher_one_lifts
         # The figures kept in memory (dashboard, /metrics) agree with the table.
         [info] = [a for a in await daemon.hive.agent_infos() if a.name == "alice"]
         assert info.cost_total_usd == 0.6 and info.cost_today_usd == 0.6
+
+
+async def test_hyperhive_stats_prints_a_table_per_agent_and_the_hive(
+    daemon: DaemonProcess,
+) -> None:
+    assert (await daemon.call({"cmd": "spawn", "name": "alice"}))["ok"]
+    async with await connect_agent(daemon.paths, "alice", role="harness") as alice:
+        reply = await alice.request(report(cost_usd=1.25, ctx_tokens=4321))
+        assert reply["recorded"] is True
+    r = await cli(daemon, "stats")
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    assert lines[0].split()[:4] == ["NAME", "TODAY", "TOTAL", "TOKENS"]
+    alice_row = next(line.split() for line in lines if line.startswith("alice "))
+    assert alice_row[:7] == ["alice", "$1.25", "$1.25", "1540", "1540", "1", "4321"]
+    assert alice_row[7] == "ok:1"
+    hive_row = next(line.split() for line in lines if line.startswith("hive "))
+    assert hive_row[1:3] == ["$1.25", "$1.25"]
+    assert "alice:" in lines and any(line.startswith("24h ") for line in lines)
+    one = await cli(daemon, "stats", "alice", "--json")
+    assert [a["name"] for a in one.json()["agents"]] == ["alice"]
+    unknown = await cli(daemon, "stats", "nobody")
+    assert unknown.code == 1 and "no agent named 'nobody'" in unknown.err
