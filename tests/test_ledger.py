@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from hyperhive.config import Config
 from hyperhive.hive import Hive
@@ -31,6 +32,7 @@ from hyperhive.ledger import (
 )
 from hyperhive.names import OPERATOR
 from hyperhive.supervisor import open_daemon
+from hyperhive.web._metrics import DirSize, metrics_text
 
 from .conftest import Connect, DaemonProcess, connect_agent, make_paths
 from .test_cli import cli
@@ -252,6 +254,14 @@ async def test_a_hive_budget_pauses_and_a_daemon_started_with_a_higher_one_lifts
         assert record.paused_by == "budget"
         inbox = await hive.operator_inbox(10)
         assert any(m.body.startswith("agent_paused") and "hive total USD" in m.body for m in inbox)
+        exposition = (await metrics_text(hive, DirSize(paths.state_dir))).decode()
+        samples = {
+            (sample.name, sample.labels.get("agent")): sample.value
+            for family in text_string_to_metric_families(exposition)
+            for sample in family.samples
+        }
+        assert samples[("hyperhive_agent_paused", "alice")] == 1
+        assert samples[("hyperhive_agent_cost_usd_total", "alice")] == 0.6
     # The same limit: still paused after a restart.
     async with open_daemon(low) as daemon:
         assert daemon.hive.registry.get("alice").paused_at is not None
