@@ -27,6 +27,8 @@ from hyperhive.config import (
     DEFAULT_CPU_QUOTA,
     DEFAULT_MEMORY_MAX,
     DEFAULT_MODEL,
+    DEFAULT_NO_PROGRESS_TURNS,
+    MAX_BUDGET,
     MAX_DESCRIPTION_CHARS,
     MAX_LIST_ITEMS,
     MAX_STRING_CHARS,
@@ -78,6 +80,7 @@ KNOWN_KEYS: Final = (
     "cpu_quota",
     "memory_max",
     "description",
+    "budget",
 )
 MCP_SERVER_KEYS: Final = ("command", "args", "env", "allowed_tools")
 
@@ -109,6 +112,21 @@ class ExtraMcpServer:
         return [self.command, *self.args]
 
 
+BUDGET_KEYS: Final = ("daily_usd", "total_usd", "daily_tokens", "total_tokens", "no_progress_turns")
+
+
+@attrs.frozen
+class BudgetSettings:
+    """agent.toml's ``[budget]``: spend limits (None: none) and the no-progress breaker."""
+
+    daily_usd: float | None = None
+    total_usd: float | None = None
+    daily_tokens: int | None = None
+    total_tokens: int | None = None
+    #: Consecutive turns without progress that pause the agent; 0 disables the breaker.
+    no_progress_turns: int = DEFAULT_NO_PROGRESS_TURNS
+
+
 @attrs.frozen
 class AgentConfig:
     """A validated agent.toml. Build it with :func:`parse_agent_config`, not by hand."""
@@ -122,6 +140,7 @@ class AgentConfig:
     cpu_quota: str = DEFAULT_CPU_QUOTA
     memory_max: str = DEFAULT_MEMORY_MAX
     description: str = ""
+    budget: BudgetSettings = BudgetSettings()
 
     @property
     def cpu_quota_percent(self) -> int:
@@ -227,6 +246,33 @@ class _Checker:
             self.problem(f"{key} has more than {MAX_LIST_ITEMS} entries")
             return None
         return value
+
+    def budget(self, key: str, value: object) -> BudgetSettings | None:
+        table = self.table(key, value)
+        if table is None:
+            return None
+        self.unknown_keys(f"{key}: ", table, BUDGET_KEYS)
+        values: dict[str, float | int] = {}
+        before = len(self.problems)
+        for name in BUDGET_KEYS:
+            if name not in table:
+                continue
+            raw = table[name]
+            usd = name.endswith("_usd")
+            kind = "a number" if usd else "an integer"
+            if (
+                isinstance(raw, bool)
+                or not isinstance(raw, int | float)
+                or (not usd and not isinstance(raw, int))
+            ):
+                self.problem(f"{key}.{name} must be {kind}, not {_kind(raw)}")
+            elif not (0 <= raw <= MAX_BUDGET):  # NaN fails this too
+                self.problem(f"{key}.{name} must be between 0 and {MAX_BUDGET}")
+            else:
+                values[name] = float(raw) if usd else int(raw)
+        if len(self.problems) != before:
+            return None
+        return BudgetSettings(**values)  # type: ignore[arg-type]
 
     def unknown_keys(self, where: str, data: Mapping[str, object], known: tuple[str, ...]) -> None:
         for key in data:
@@ -422,11 +468,15 @@ def agent_config_from_dict(data: Mapping[str, object]) -> AgentConfig:
     if (raw := get("description")) is not missing:
         description = check.string("description", raw, limit=MAX_DESCRIPTION_CHARS)
 
+    budget: BudgetSettings | None = default.budget
+    if (raw := get("budget")) is not missing:
+        budget = check.budget("budget", raw)
+
     if check.problems:
         raise InvalidAgentConfig(check.problems)
     assert model is not None and available is not None and recipients is not None
     assert env is not None and servers is not None and description is not None
-    assert cpu_quota is not None and memory_max is not None
+    assert cpu_quota is not None and memory_max is not None and budget is not None
     return AgentConfig(
         model=model,
         available_models=available,
@@ -436,6 +486,7 @@ def agent_config_from_dict(data: Mapping[str, object]) -> AgentConfig:
         cpu_quota=cpu_quota,
         memory_max=memory_max,
         description=description,
+        budget=budget,
     )
 
 
@@ -516,6 +567,18 @@ memory_max = "{DEFAULT_MEMORY_MAX}"
 
 # One line saying what the agent is for; shown on the dashboard.
 description = ""
+
+# Spend limits, checked after each turn from the daemon's spend ledger; at a limit the agent
+# is paused (the operator resumes it, or a raised limit lets it run again). Unset: no limit.
+# Daily limits count from midnight UTC; tokens are input + output + cache read + cache write.
+#   daily_usd, total_usd         USD (numbers)
+#   daily_tokens, total_tokens   tokens (integers)
+#   no_progress_turns            pause after this many turns in a row that sent no message,
+#                                asked nothing and changed no file in /state (default
+#                                {DEFAULT_NO_PROGRESS_TURNS}; 0 turns the breaker off)
+[budget]
+# daily_usd = 5.0
+# no_progress_turns = {DEFAULT_NO_PROGRESS_TURNS}
 
 # Extra environment variables for the agent (its harness and claude). Names must be valid
 # environment variable names; PATH, HOME, HYPERHIVE_* and the other names hyperhive sets

@@ -22,6 +22,7 @@ from hyperhive.protocol import (
     AgentMetaReply,
     AgentReply,
     AgentsReply,
+    AgentStatsReply,
     Answer,
     ApprovalReply,
     Approvals,
@@ -36,6 +37,7 @@ from hyperhive.protocol import (
     GetAgentMeta,
     GetLogs,
     GetLooseEnds,
+    GetStats,
     Hello,
     HelloReply,
     HostAnswer,
@@ -73,10 +75,13 @@ from hyperhive.protocol import (
     SetStatus,
     Spawn,
     Start,
+    Stats,
     Status,
     StatusReply,
     Tombstones,
     TombstonesReply,
+    TurnReport,
+    TurnReportReply,
     Update,
     Vacuum,
     VacuumReply,
@@ -175,6 +180,7 @@ class Api:
         match request:
             case Send(to=to, body=body, in_reply_to=in_reply_to):
                 sent = await hive.broker.send(me, to, body, in_reply_to)
+                hive.ledger.note_activity(me)
                 return SendReply(id=sent[0].id, ids=[m.id for m in sent])
             case Recv(wait_seconds=wait, max=limit, ack=ack):
                 messages = await hive.broker.recv(me, wait_seconds=wait, limit=limit, ack=ack)
@@ -187,9 +193,11 @@ class Api:
                 return RecentReply(messages=await hive.broker.recent(me, limit))
             case Ask(question=q, options=options, multi=multi, ttl_seconds=ttl, to=to):
                 info = await hive.questions.ask(me, q, options, multi, ttl, to)
+                hive.ledger.note_activity(me)
                 return IdReply(id=info.id)
             case Answer(id=qid, answer=answer):
                 await hive.questions.answer_as_agent(me, qid, answer)
+                hive.ledger.note_activity(me)
                 return Empty()
             case GetLooseEnds():
                 if kind is SocketKind.MANAGER:
@@ -241,6 +249,15 @@ class Api:
                 return AgentsReply(agents=await hive.agent_infos())
             case GetLogs(agent=agent, lines=lines):
                 return await hive.logs(_name(agent), lines)
+            case TurnReport():
+                return TurnReportReply(recorded=await hive.turn_reported(me, request))
+            case GetStats():
+                stats = await hive.stats(me)
+                return AgentStatsReply(
+                    stats=stats.agents[0],
+                    day_start=stats.day_start,
+                    generated_at=stats.generated_at,
+                )
         raise RequestRefused(f"{request.CMD!r} is not served on this socket")
 
     # ------------------------------------------------------------ host socket (operator)
@@ -343,6 +360,8 @@ class Api:
                 # Subscribed before the reply: no change after ``seq`` is missed.
                 conn.feed = Feed(hive.events.subscribe())
                 return WatchReply(seq=hive.events.seq)
+            case Stats(name=name):
+                return await hive.stats(None if name is None else _name(name))
         raise RequestRefused(f"{request.CMD!r} is not served on the host socket")
 
     async def _agents_reply(self, names: list[str]) -> AgentsReply:

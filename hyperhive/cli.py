@@ -292,6 +292,35 @@ def run(
             help="Seconds a socket client has to finish a request line it started (testing).",
         ),
     ] = _config_default("line_deadline_seconds"),
+    budget_daily_usd: Annotated[
+        float | None,
+        typer.Option(
+            envvar="HYPERHIVE_BUDGET_DAILY_USD",
+            min=0,
+            help="Hive-wide budget: USD all agents together may spend per day (UTC); "
+            "an agent reporting a turn past it is paused.",
+        ),
+    ] = _config_default("budget_daily_usd"),
+    budget_total_usd: Annotated[
+        float | None,
+        typer.Option(
+            envvar="HYPERHIVE_BUDGET_TOTAL_USD", min=0, help="Hive-wide budget: USD in total."
+        ),
+    ] = _config_default("budget_total_usd"),
+    budget_daily_tokens: Annotated[
+        int | None,
+        typer.Option(
+            envvar="HYPERHIVE_BUDGET_DAILY_TOKENS",
+            min=0,
+            help="Hive-wide budget: tokens per day (UTC).",
+        ),
+    ] = _config_default("budget_daily_tokens"),
+    budget_total_tokens: Annotated[
+        int | None,
+        typer.Option(
+            envvar="HYPERHIVE_BUDGET_TOTAL_TOKENS", min=0, help="Hive-wide budget: tokens in total."
+        ),
+    ] = _config_default("budget_total_tokens"),
 ) -> None:
     """Run the host daemon until SIGTERM or Ctrl-C."""
     from hyperhive.supervisor import main as daemon_main
@@ -331,6 +360,10 @@ def run(
         log_cap_bytes=log_cap_bytes,
         log_keep=log_keep,
         line_deadline_seconds=line_deadline_seconds,
+        budget_daily_usd=budget_daily_usd,
+        budget_total_usd=budget_total_usd,
+        budget_daily_tokens=budget_daily_tokens,
+        budget_total_tokens=budget_total_tokens,
     )
     try:
         trio.run(daemon_main, config)
@@ -935,6 +968,83 @@ def _size(n: int) -> str:
         if value < 1024 or unit == "GiB":
             break
     return f"{value:.1f} {unit}"
+
+
+def _usd(value: float) -> str:
+    return f"${value:.2f}"
+
+
+def _outcomes(items: list[dict[str, Any]]) -> str:
+    return " ".join(f"{o['outcome']}:{o['count']}" for o in items) or "-"
+
+
+def _stats_tables(r: dict[str, Any]) -> None:
+    rows = [*r["agents"], r["hive"]]
+    _table(
+        ["NAME", "TODAY", "TOTAL", "TOKENS TODAY", "TOKENS", "TURNS", "CTX", "OUTCOMES"],
+        [
+            [
+                s["name"],
+                _usd(s["today"]["cost_usd"]),
+                _usd(s["total"]["cost_usd"]),
+                s["today"]["tokens"],
+                s["total"]["tokens"],
+                s["total"]["turns"],
+                "-" if s["ctx_tokens"] is None else s["ctx_tokens"],
+                _outcomes(s["total"]["outcomes"]),
+            ]
+            for s in rows
+        ],
+        "no turns recorded",
+    )
+    for s in rows:
+        typer.echo(f"\n{s['name']}:")
+
+        def num(value: float | None, unit: str = "") -> str:
+            return "-" if value is None else f"{value:g}{unit}"
+
+        _table(
+            [
+                "WINDOW",
+                "TURNS",
+                "PER HOUR",
+                "P50",
+                "P95",
+                "CTX AVG",
+                "CTX MAX",
+                "COST",
+                "TOP TOOLS",
+            ],
+            [
+                [
+                    w["window"],
+                    w["turns"],
+                    num(w["turns_per_hour"]),
+                    num(w["duration_p50"], " s"),
+                    num(w["duration_p95"], " s"),
+                    num(w["ctx_avg"]),
+                    num(w["ctx_max"]),
+                    _usd(w["cost_usd"]),
+                    " ".join(f"{t['name']}:{t['count']}" for t in w["top_tools"]) or "-",
+                ]
+                for w in s["windows"]
+            ],
+            "",
+        )
+
+
+@app.command()
+def stats(
+    run_dir: RunDir,
+    state_dir: StateDir,
+    name: Annotated[str | None, typer.Argument(help="Only this agent.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Spend and turn figures from the ledger, per agent and for the hive."""
+    payload: dict[str, Any] = {"cmd": "stats"}
+    if name is not None:
+        payload["name"] = name
+    _emit(_call(run_dir, payload), as_json, _stats_tables)
 
 
 def main() -> None:

@@ -38,6 +38,13 @@ MAX_RECENT: Final = 200
 MAX_QUESTION_TTL_SECONDS: Final = 6 * 60 * 60
 MAX_STATUS_TEXT: Final = 200
 MAX_LOG_LINES: Final = 500
+#: Spend ledger: the most distinct tools one turn report lists, and the longest names in it.
+MAX_REPORT_TOOLS: Final = 64
+MAX_REPORT_NAME: Final = 200
+#: The no-progress breaker's default: consecutive turns without progress that pause an agent.
+DEFAULT_NO_PROGRESS_TURNS: Final = 20
+#: The largest number a budget limit may be (USD or tokens).
+MAX_BUDGET: Final = 10**15
 #: Retention: acked messages older than this are deleted by the hourly loop and by ``vacuum``.
 DAY: Final = 24 * 60 * 60
 RETENTION_SECONDS: Final = 30 * DAY
@@ -340,6 +347,11 @@ class Config:
     container_backends: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
     #: Delays between an agent's crash restarts (``RestartPolicy``); tests shorten them.
     restart_backoff: Backoff = RESTART_BACKOFF
+    #: Hive-wide budgets (``--budget-daily-usd`` …): every agent's spend together; None: no limit.
+    budget_daily_usd: float | None = None
+    budget_total_usd: float | None = None
+    budget_daily_tokens: int | None = None
+    budget_total_tokens: int | None = None
 
     @property
     def log_policy(self) -> LogPolicy:

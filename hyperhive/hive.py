@@ -15,12 +15,17 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import trio
 
 from hyperhive import contract, system_messages
-from hyperhive.agent_config import AgentConfig, parse_agent_config, seed_agent_toml
+from hyperhive.agent_config import (
+    AgentConfig,
+    BudgetSettings,
+    parse_agent_config,
+    seed_agent_toml,
+)
 from hyperhive.agent_setup import load_applied_config, prepare_agent_repos, proposed_repo
 from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref, sql_fail_pending
 from hyperhive.broker import Broker, Outbox, SentMessage
@@ -48,9 +53,33 @@ from hyperhive.errors import DiskFull, RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.journal import OperationKind, crash_point, sql_begin, sql_end, sql_unfinished
 from hyperhive.kinds import BackendName, Transient
+from hyperhive.ledger import (
+    BY_BUDGET,
+    Budget,
+    Ledger,
+    Spend,
+    Sums,
+    budget_of,
+    limit_reached,
+    sql_record_crash,
+    within_budget,
+)
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
-from hyperhive.protocol import AgentInfo, ApprovalInfo, LogsReply, RecentMessage, Tombstone
-from hyperhive.protocol.event_payloads import AgentPaused, AgentResumed, DiskUsageChanged
+from hyperhive.protocol import (
+    AgentInfo,
+    ApprovalInfo,
+    LogsReply,
+    RecentMessage,
+    StatsReply,
+    Tombstone,
+    TurnReport,
+)
+from hyperhive.protocol.event_payloads import (
+    AgentPaused,
+    AgentResumed,
+    DiskUsageChanged,
+    SpendChanged,
+)
 from hyperhive.questions import QuestionBook
 from hyperhive.registry import AgentRecord, AgentState, Registry
 from hyperhive.retention import sweep_events_db
@@ -120,6 +149,10 @@ class Hive:
             prechecks={ApprovalKind.SPAWN: self._check_spawn},
         )
         self._deploy_locks: dict[str, trio.Lock] = {}
+        #: The spend ledger: every turn's tokens and cost, per agent (hyperhive/ledger.py).
+        self.ledger = Ledger(db, clock=config.wall_clock)
+        #: Each agent's ``[budget]``, read from its applied agent.toml when first needed.
+        self._budgets: dict[str, BudgetSettings] = {}
         backends = config.container_backends
         self.containers = Containers(
             dict(backends) if backends is not None else real_backends(config),
@@ -132,6 +165,7 @@ class Hive:
             stop_on_exit=config.stop_agents_on_exit,
             clock=config.wall_clock,
             restart_backoff=config.restart_backoff,
+            on_crash=sql_record_crash,
         )
 
     def refuse_if_disk_full(self, exc: OSError) -> None:
@@ -262,6 +296,8 @@ class Hive:
     async def _deploy(self, agent: str, config: AgentConfig) -> None:
         await self.registry.set_model(agent, config.model)
         await self.registry.reload_config(agent)
+        self._budgets[agent] = config.budget
+        await self.lift_budget_pauses([agent])
         record = self.registry.get(agent)
         if record.backend != "external" and record.state != AgentState.DESTROYED:
             await self.containers.request(agent, "rebuild")
@@ -372,6 +408,7 @@ class Hive:
             return
         await self.registry.set_paused(name, None)
         self.broker.pause_changed(name)
+        self.ledger.note_resumed(name)
         self.events.emit(AgentResumed(name=name, by=by))
 
     async def destroy(self, name: str, *, purge: bool) -> None:
@@ -524,19 +561,109 @@ class Hive:
             )
         return LogsReply(lines=await trio.to_thread.run_sync(self.containers.logs, name, lines))
 
+    # ------------------------------------------------------------ spend ledger
+
+    async def turn_reported(self, agent: str, report: TurnReport) -> bool:
+        """Record a turn of ``agent`` in the ledger; False when it was recorded before."""
+        found = await self.ledger.record(agent, report)
+        if not found.recorded:
+            return False
+        ctx = (await self.ledger.spend())[2]
+        self.events.emit(
+            SpendChanged(
+                name=agent,
+                cost_today_usd=found.today.cost_usd,
+                cost_total_usd=found.total.cost_usd,
+                tokens_today=found.today.tokens,
+                tokens_total=found.total.tokens,
+                ctx_tokens=ctx.get(agent),
+                hive_cost_today_usd=found.hive_today.cost_usd,
+                hive_cost_total_usd=found.hive_total.cost_usd,
+            )
+        )
+        settings = await self._budget_settings(agent)
+        verdict = limit_reached(
+            found,
+            agent=budget_of(settings),
+            hive=self.hive_budget(),
+            no_progress_turns=settings.no_progress_turns,
+        )
+        if verdict is not None and not self.is_paused(agent):
+            reason, by = verdict
+            await self.pause(agent, reason, by)
+            await self.broker.inject([system_messages.limit_reached(agent, reason, by)])
+        return True
+
+    def hive_budget(self) -> Budget:
+        config = self.config
+        return Budget(
+            daily_usd=config.budget_daily_usd,
+            total_usd=config.budget_total_usd,
+            daily_tokens=config.budget_daily_tokens,
+            total_tokens=config.budget_total_tokens,
+        )
+
+    async def _budget_settings(self, agent: str) -> BudgetSettings:
+        """The agent's ``[budget]`` from its applied agent.toml (defaults if unreadable)."""
+        cached = self._budgets.get(agent)
+        if cached is None:
+            try:
+                cached = (await load_applied_config(self.config.paths.applied_dir(agent))).budget
+            except (RequestRefused, OSError):
+                cached = BudgetSettings()
+            self._budgets[agent] = cached
+        return cached
+
+    async def lift_budget_pauses(self, names: Iterable[str] | None = None) -> list[str]:
+        """Resume the agents paused by a budget that are within every limit again (after a
+        deploy raised theirs, or at start-up with the daemon's options); returns them."""
+        lifted = []
+        for name in list(names) if names is not None else [r.name for r in self.registry.all()]:
+            record = self.registry.get(name)
+            if record.paused_at is None or record.paused_by != BY_BUDGET:
+                continue
+            today, total, hive_today, hive_total = await self.ledger.sums(name)
+            agent = budget_of(await self._budget_settings(name))
+            if within_budget(
+                today, total, hive_today, hive_total, agent=agent, hive=self.hive_budget()
+            ):
+                await self.resume(name, BY_BUDGET)
+                lifted.append(name)
+        return lifted
+
+    def is_paused(self, name: str) -> bool:
+        """True while ``name`` is paused (False for a name the registry does not know)."""
+        try:
+            return self.registry.get(name).paused_at is not None
+        except RequestRefused:
+            return False
+
+    async def stats(self, name: str | None) -> StatsReply:
+        names = None if name is None else [name]
+        if name is not None:
+            self.registry.get(name)  # refuses an unknown name
+        agents, hive, start, now = await self.ledger.stats(names)
+        return StatsReply(agents=agents, hive=hive, day_start=start, generated_at=now)
+
     # ------------------------------------------------------------ read models
 
     async def agent_infos(self) -> list[AgentInfo]:
         unread = await self.broker.unread_by_recipient()
+        spend = await self.ledger.spend()
         return [
-            await self.agent_info(r, unread.get(r.name, 0))
+            await self.agent_info(r, unread.get(r.name, 0), spend)
             for r in self.registry.all()
             if r.state != AgentState.DESTROYED
         ]
 
-    async def agent_info(self, record: AgentRecord, unread: int | None = None) -> AgentInfo:
+    async def agent_info(
+        self, record: AgentRecord, unread: int | None = None, spend: Spend | None = None
+    ) -> AgentInfo:
         if unread is None:
             unread = await self.broker.unread(record.name)
+        if spend is None:
+            spend = await self.ledger.spend()
+        today, total, ctx = spend
         return AgentInfo(
             name=record.name,
             role=record.role,
@@ -560,6 +687,9 @@ class Hive:
             paused_at=record.paused_at,
             paused_reason=record.paused_reason,
             paused_by=record.paused_by,
+            cost_today_usd=today.get(record.name, Sums()).cost_usd,
+            cost_total_usd=total.get(record.name, Sums()).cost_usd,
+            ctx_tokens=ctx.get(record.name),
         )
 
     def _agent_credentials_warning(self, record: AgentRecord) -> str | None:

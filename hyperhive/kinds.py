@@ -138,6 +138,8 @@ class EventKind(StrEnum):
     DISK_USAGE_CHANGED = "disk_usage_changed"
     AGENT_PAUSED = "agent_paused"
     AGENT_RESUMED = "agent_resumed"
+    #: A turn was recorded in the spend ledger (an agent's and the hive's spend changed).
+    SPEND_CHANGED = "spend_changed"
 
 
 class SystemKind(StrEnum):
@@ -149,3 +151,14 @@ class SystemKind(StrEnum):
     CONTAINER_CRASH = "container_crash"
     AGENT_ERROR = "agent_error"
     AGENT_PAUSED = "agent_paused"
+
+
+class TurnOutcome(StrEnum):
+    """How one claude run of an agent ended, as its harness reports it (the spend ledger)."""
+
+    OK = "ok"
+    CANCELLED = "cancelled"
+    RATE_LIMITED = "rate_limited"
+    NEEDS_LOGIN = "needs_login"
+    NO_SESSION = "no_session"
+    FAILED = "failed"

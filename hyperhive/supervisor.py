@@ -245,6 +245,8 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
                     # A manager re-adopted from before the move has no /agents: restart it.
                     await hive.containers.request(MANAGER, "restart")
                 await hive.finish_interrupted()
+                # A budget raised by the daemon's options lets agents paused by it run again.
+                await hive.lift_budget_pauses()
                 for part, body in (
                     ("the questions watchdog", hive.questions.watchdog),
                     ("the retention loop", functools.partial(retention_loop, hive)),

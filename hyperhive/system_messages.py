@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Final
 
 from hyperhive.broker import Outgoing
-from hyperhive.names import MANAGER, SYSTEM
+from hyperhive.names import MANAGER, OPERATOR, SYSTEM
 from hyperhive.protocol import ApprovalInfo, QuestionInfo, system_body
 from hyperhive.protocol import system_messages as kinds
 
@@ -93,6 +93,12 @@ def agent_paused(agent: str, reason: str, by: str) -> Outgoing:
     """To the manager: ``agent`` was paused by something other than the operator."""
     message = kinds.AgentPaused(agent=agent, reason=reason, by=by)
     return Outgoing(SYSTEM, MANAGER, system_body(message))
+
+
+def limit_reached(agent: str, reason: str, by: str) -> Outgoing:
+    """To the operator's inbox: ``agent`` was paused at a spend limit or by the breaker."""
+    message = kinds.AgentPaused(agent=agent, reason=reason, by=by)
+    return Outgoing(SYSTEM, OPERATOR, system_body(message))
 
 
 def start_notice(verb: str) -> str:

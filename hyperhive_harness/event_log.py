@@ -44,6 +44,8 @@ KINDS: Final = frozenset(
         "model_changed",
         "token_usage_changed",
         "turn_state_changed",
+        #: The daemon recorded a turn's report in its spend ledger.
+        "turn_reported",
     }
 )
 HISTORY_SIZE: Final = 2000

@@ -56,6 +56,7 @@ from hyperhive.protocol import (
     Send,
     SetStatus,
     StatusReply,
+    TurnReportReply,
 )
 from hyperhive.protocol import Status as StatusRequest
 from hyperhive.runtime import Retry
@@ -85,6 +86,7 @@ from hyperhive_harness.prompt import (
     session_preface,
     wake_prompt,
 )
+from hyperhive_harness.spend import PendingReports, state_fingerprint, turn_report
 from hyperhive_harness.stream import TurnObserver, TurnState
 from hyperhive_harness.view import Status, View
 
@@ -131,6 +133,8 @@ class TurnLoop:
         self.connected = False
         #: Finished messages not yet confirmed acked: id → failure report still to send.
         self.owed: OrderedDict[int, str | None] = OrderedDict()
+        #: Turn reports for the spend ledger not yet confirmed by the daemon.
+        self.reports = PendingReports()
         self.turns = 0
         self._saved_status_text: str | None = None
         self._mcp_config_file = runtime_dir / "claude-mcp-config.json"
@@ -226,8 +230,34 @@ class TurnLoop:
         elif self.view.status is Status.PAUSED:
             self.view.set_status(Status.ONLINE)
 
+    async def _send_reports(self, link: Client) -> None:
+        """Send the pending turn reports; ConnectionLost leaves them for the reconnect."""
+        for report in self.reports.pending():
+            try:
+                reply = await link.call(report)
+            except ConnectionLost:
+                raise
+            except ClientError as exc:
+                self.events.note(f"the daemon refused the turn report {report.report_id}: {exc}")
+            else:
+                assert isinstance(reply, TurnReportReply)
+                self.events.publish(
+                    "turn_reported",
+                    report_id=report.report_id,
+                    id=report.message_id,
+                    recorded=reply.recorded,
+                    cost_usd=report.cost_usd,
+                    tokens=report.input_tokens
+                    + report.output_tokens
+                    + report.cache_read_tokens
+                    + report.cache_creation_tokens,
+                )
+            self.reports.done(report.report_id)
+
     async def _pay_debts(self, link: Client) -> None:
-        """Send owed failure reports and acks; keep what the daemon did not confirm."""
+        """Send turn reports, owed failure reports and acks; keep what the daemon did not
+        confirm."""
+        await self._send_reports(link)
         for message_id in list(self.owed):
             report = self.owed[message_id]
             if report is not None:
@@ -272,6 +302,8 @@ class TurnLoop:
                 outcome=verdict.outcome.value,
                 duration_seconds=duration,
             )
+            with contextlib.suppress(ConnectionLost):  # kept; sent after the reconnect
+                await self._send_reports(link)
             fresh_session = decision.fresh_session
             brk = session_break(verdict, decision, message_id=message.id, sender=message.from_)
             if brk is not None:
@@ -453,6 +485,7 @@ class TurnLoop:
             if line.strip():
                 events.note(line, source="stderr")
 
+        before = await trio.to_thread.run_sync(state_fingerprint, self.cfg.state_dir)
         started = trio.current_time()
         exit_code: int | None = None
         try:
@@ -479,7 +512,19 @@ class TurnLoop:
             self._clear_session_break()
         if obs.ctx is not None or obs.cost is not None:
             view.set_token_usage(obs.ctx, obs.cost, obs.cost_usd)
-        return judge(obs, exit_code, cancelled=control.cancelled.is_set()), duration
+        verdict = judge(obs, exit_code, cancelled=control.cancelled.is_set())
+        after = await trio.to_thread.run_sync(state_fingerprint, self.cfg.state_dir)
+        self.reports.add(
+            turn_report(
+                obs,
+                outcome=verdict.outcome.value,
+                duration=duration,
+                model=model,
+                message_id=message.id,
+                files_changed=before != after,
+            )
+        )
+        return verdict, duration
 
 
 def describe(loop: TurnLoop) -> dict[str, Any]:
@@ -488,4 +533,5 @@ def describe(loop: TurnLoop) -> dict[str, Any]:
         "turn_running": loop.turn_running,
         "turns": loop.turns,
         "owed_acks": list(loop.owed),
+        "pending_turn_reports": len(loop.reports),
     }

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from collections import deque
+from collections import Counter, deque
 from enum import StrEnum
 from typing import Any, Final
 
@@ -50,6 +50,9 @@ class TurnObserver:
     error_kinds: list[str] = attrs.field(factory=list)
     session_id: str | None = None
     unparsed_lines: int = 0
+    #: The model of the last real inference, and the tool calls made, by tool name.
+    model: str | None = None
+    tools: Counter[str] = attrs.field(factory=Counter)
 
     def feed_stdout(self, line: str) -> tuple[Any, TurnState | None]:
         """Take one stdout line; return its parsed value (None if not JSON) and the new turn
@@ -86,6 +89,13 @@ class TurnObserver:
             return
         if message.get("model") == "<synthetic>":
             return
+        if isinstance(message.get("model"), str):
+            self.model = message["model"]
+        content = message.get("content")
+        for block in content if isinstance(content, list) else ():
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                name = block.get("name")
+                self.tools[name if isinstance(name, str) and name else "?"] += 1
         usage = message.get("usage")
         if isinstance(usage, dict):
             self.ctx = _usage_tokens(usage, *CONTEXT_KEYS)

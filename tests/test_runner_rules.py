@@ -222,6 +222,8 @@ async def test_a_crash_is_reported_to_the_manager_and_restarted_after_backoff(
         assert message["exit_status"] == 3 and message["crash_loop"] is False
         assert message["restart_in_seconds"] == 1.0
         assert "Traceback: boom" in str(message["stderr_tail"])
+        # Counted in the ledger (hyperhive_agent_crashes_total), durable across restarts.
+        assert await hive.ledger.crashes() == {"alice": 1}
 
         second = await running(hive, backend, "alice", 2)
         assert second is not first and second.running
@@ -234,6 +236,7 @@ async def test_a_crash_is_reported_to_the_manager_and_restarted_after_backoff(
         # The operator's kill during a backoff cancels the pending restart.
         second.exit(3)
         assert (await crashes.next("alice")).data["restart_in"] == 2.0
+        assert await hive.ledger.crashes() == {"alice": 2}
         await hive.lifecycle("kill", "alice")
         assert hive.registry.get("alice").state == AgentState.STOPPED
         await trio.sleep(100)

@@ -22,6 +22,7 @@ from hyperhive.runtime import Backoff
 from hyperhive.supervision import Report, supervise
 
 if TYPE_CHECKING:
+    import sqlite3
     from collections.abc import Awaitable, Callable
 
     from hyperhive.broker import Broker
@@ -49,8 +50,12 @@ class Containers:
         stop_on_exit: bool,
         clock: WallClock = time.time,
         restart_backoff: Backoff = RESTART_BACKOFF,
+        on_crash: Callable[[sqlite3.Connection, str, float], None] | None = None,
     ) -> None:
         self.backends = backends
+        #: Run in the transaction that reports a crash, with the agent's name and the time
+        #: (the ledger counts crashes).
+        self._on_crash = on_crash
         self._paths = paths
         self._registry = registry
         self._broker = broker
@@ -96,6 +101,7 @@ class Containers:
             clock=self._clock,
             restart_backoff=self._restart_backoff,
             first_start=first_start,
+            on_crash=self._on_crash,
         )
         self._runners[name] = runner
 

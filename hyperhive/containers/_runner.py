@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -38,7 +39,7 @@ from hyperhive.protocol import event_payloads
 from hyperhive.runtime import Backoff
 
 if TYPE_CHECKING:
-    from hyperhive.broker import Broker
+    from hyperhive.broker import Broker, Outbox
     from hyperhive.events import EventHub
     from hyperhive.registry import Registry
 
@@ -83,8 +84,10 @@ class AgentRunner:
         clock: WallClock = time.time,
         restart_backoff: Backoff = RESTART_BACKOFF,
         first_start: str | None = None,
+        on_crash: Callable[[sqlite3.Connection, str, float], None] | None = None,
     ) -> None:
         self.name = name
+        self._on_crash = on_crash
         self._log_file = log_file
         self._backend = backend
         self._registry = registry
@@ -328,7 +331,14 @@ class AgentRunner:
             crash_loop=loop,
             restart_in_seconds=None if loop else delay,
         )
-        await self._broker.inject([crash])
+        count = self._on_crash
+
+        def report(conn: sqlite3.Connection, outbox: Outbox) -> None:
+            if count is not None:
+                count(conn, self.name, now)  # the crash is counted with its report, or not at all
+            outbox.insert([crash])
+
+        await self._broker.transaction(report)
         log.warning(
             "%s crashed (exit %s); %s",
             self.name,

@@ -20,6 +20,7 @@ from hyperhive.config import (
     MAX_RECENT,
     MAX_RECV_BATCH,
     MAX_RECV_WAIT_SECONDS,
+    MAX_REPORT_TOOLS,
 )
 from hyperhive.kinds import (
     AgentRole,
@@ -32,6 +33,7 @@ from hyperhive.kinds import (
     Decider,
     PeerRole,
     Transient,
+    TurnOutcome,
 )
 from hyperhive.protocol._bounds import Bounds, wire
 
@@ -137,6 +139,10 @@ class AgentInfo:
     paused_reason: str | None = None
     #: Who paused it: ``operator``, or what else did (a budget).
     paused_by: str | None = None
+    #: Spend ledger: cost since midnight UTC and ever, and the last turn's context size.
+    cost_today_usd: float = 0.0
+    cost_total_usd: float = 0.0
+    ctx_tokens: int | None = None
 
 
 # ---------------------------------------------------------------- every socket
@@ -600,6 +606,133 @@ class WatchReply(Reply):
     seq: int
 
 
+# ---------------------------------------------------------------- spend ledger: turn reports, stats
+
+#: Tokens of one turn (one claude run): far beyond any real turn, small enough for sqlite.
+_TURN_TOKENS: Final = Bounds(minimum=0, maximum=10**12)
+
+
+@attrs.frozen
+class ToolCount:
+    name: str
+    count: int = attrs.field(metadata=wire(Bounds(minimum=0, maximum=10**9)))
+
+
+@attrs.frozen
+class OutcomeCount:
+    outcome: TurnOutcome
+    count: int
+
+
+@attrs.frozen
+class TurnReport(Request):
+    """What one claude run of the caller cost (from claude's ``result`` event); append-only.
+
+    ``report_id`` is the harness's name for the report: the same report sent again after a
+    reconnect is recorded once.
+    """
+
+    CMD = "turn_report"
+    report_id: str = attrs.field(metadata=wire(CLEAN_TEXT))
+    outcome: TurnOutcome
+    model: str = attrs.field(metadata=wire(CLEAN_TEXT))
+    input_tokens: int = attrs.field(metadata=wire(_TURN_TOKENS))
+    output_tokens: int = attrs.field(metadata=wire(_TURN_TOKENS))
+    cache_read_tokens: int = attrs.field(metadata=wire(_TURN_TOKENS))
+    cache_creation_tokens: int = attrs.field(metadata=wire(_TURN_TOKENS))
+    cost_usd: float = attrs.field(metadata=wire(Bounds(minimum=0, maximum=10**6)))
+    duration_seconds: float = attrs.field(metadata=wire(Bounds(minimum=0, maximum=7 * 86400)))
+    tool_calls: int = attrs.field(metadata=wire(Bounds(minimum=0, maximum=10**6)))
+    tools: list[ToolCount] = attrs.field(
+        factory=list, metadata=wire(Bounds(max_items=MAX_REPORT_TOOLS))
+    )
+    #: Prompt size of the turn's last inference (input + cache tokens).
+    ctx_tokens: int | None = attrs.field(default=None, metadata=wire(_TURN_TOKENS))
+    #: The turn changed a file in the agent's state dir.
+    files_changed: bool = False
+    message_id: int | None = attrs.field(default=None, metadata=wire(ID))
+
+
+@attrs.frozen
+class TurnReportReply(Reply):
+    #: False: a report with this ``report_id`` was recorded before (nothing changed).
+    recorded: bool
+
+
+@attrs.frozen
+class SpendTotals:
+    cost_usd: float
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_creation_tokens: int
+    #: All four kinds of tokens together (what token budgets count).
+    tokens: int
+    turns: int
+    outcomes: list[OutcomeCount]
+
+
+@attrs.frozen
+class WindowStats:
+    #: ``1h``, ``24h``, ``7d`` or ``30d``.
+    window: str
+    seconds: int
+    turns: int
+    turns_per_hour: float
+    duration_p50: float | None
+    duration_p95: float | None
+    ctx_avg: float | None
+    ctx_max: int | None
+    cost_usd: float
+    tokens: int
+    top_tools: list[ToolCount]
+    outcomes: list[OutcomeCount]
+
+
+@attrs.frozen
+class AgentStats:
+    #: The agent's name, or ``hive`` for every agent together.
+    name: str
+    today: SpendTotals
+    total: SpendTotals
+    windows: list[WindowStats]
+    #: Context size of the last turn (None before the first).
+    ctx_tokens: int | None
+    #: Consecutive turns without progress (no message sent, nothing asked, no file changed).
+    idle_streak: int
+
+
+@attrs.frozen
+class Stats(Request):
+    """The operator's view of the ledger: one agent (``name``) or every agent and the hive."""
+
+    CMD = "stats"
+    name: str | None = None
+
+
+@attrs.frozen
+class StatsReply(Reply):
+    agents: list[AgentStats]
+    hive: AgentStats
+    #: When "today" started (UTC midnight), seconds since the epoch.
+    day_start: float
+    generated_at: float
+
+
+@attrs.frozen
+class GetStats(Request):
+    """The caller's own ledger figures (the agent UI's stats page)."""
+
+    CMD = "get_stats"
+
+
+@attrs.frozen
+class AgentStatsReply(Reply):
+    stats: AgentStats
+    day_start: float
+    generated_at: float
+
+
 # ---------------------------------------------------------------- which socket takes what
 
 AGENT_REQUESTS: tuple[type[Request], ...] = (
@@ -616,6 +749,8 @@ AGENT_REQUESTS: tuple[type[Request], ...] = (
     Wake,
     SetStatus,
     GetAgentMeta,
+    TurnReport,
+    GetStats,
 )
 MANAGER_REQUESTS: tuple[type[Request], ...] = (
     *AGENT_REQUESTS,
@@ -656,6 +791,7 @@ HOST_REQUESTS: tuple[type[Request], ...] = (
     Pause,
     Resume,
     Watch,
+    Stats,
 )
 
 #: The reply class of each request class (the schema and the client use it).
@@ -704,4 +840,7 @@ REPLIES: dict[type[Request], type[Reply]] = {
     Pause: AgentsReply,
     Resume: AgentsReply,
     Watch: WatchReply,
+    TurnReport: TurnReportReply,
+    GetStats: AgentStatsReply,
+    Stats: StatsReply,
 }

@@ -202,6 +202,21 @@ class AgentResumed(EventPayload):
     by: str
 
 
+@attrs.frozen
+class SpendChanged(EventPayload):
+    """A turn of ``name`` was recorded in the spend ledger (today = since midnight UTC)."""
+
+    KIND = EventKind.SPEND_CHANGED
+    name: str
+    cost_today_usd: float
+    cost_total_usd: float
+    tokens_today: int
+    tokens_total: int
+    ctx_tokens: int | None
+    hive_cost_today_usd: float
+    hive_cost_total_usd: float
+
+
 #: Every event kind and the class of its payload.
 EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
     cls.KIND: cls
@@ -229,6 +244,7 @@ EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
         DiskUsageChanged,
         AgentPaused,
         AgentResumed,
+        SpendChanged,
     )
 }
 assert set(EVENT_PAYLOADS) == set(EventKind), "every event kind needs exactly one payload class"

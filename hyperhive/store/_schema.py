@@ -135,4 +135,40 @@ def _v5_pause(conn: sqlite3.Connection) -> None:
     )
 
 
-BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (_v1, _v2, _v3, _v4, _v5_pause)
+def _v5_ledger(conn: sqlite3.Connection) -> None:
+    """The spend ledger (see :mod:`hyperhive.ledger`): one row per reported claude run."""
+    _execute_script(
+        conn,
+        """
+        CREATE TABLE ledger_turns (
+            id                    INTEGER PRIMARY KEY AUTOINCREMENT,
+            agent                 TEXT NOT NULL,
+            report_id             TEXT NOT NULL,  -- the harness's id: a resent report counts once
+            recorded_at           REAL NOT NULL,
+            message_id            INTEGER,
+            model                 TEXT NOT NULL,
+            outcome               TEXT NOT NULL,
+            input_tokens          INTEGER NOT NULL,
+            output_tokens         INTEGER NOT NULL,
+            cache_read_tokens     INTEGER NOT NULL,
+            cache_creation_tokens INTEGER NOT NULL,
+            cost_micros           INTEGER NOT NULL,  -- USD * 1e6, summed exactly
+            duration_seconds      REAL NOT NULL,
+            tool_calls            INTEGER NOT NULL,
+            tools_json            TEXT NOT NULL DEFAULT '{}',
+            ctx_tokens            INTEGER,
+            progress              INTEGER NOT NULL  -- 1: sent, asked or changed a file
+        );
+        CREATE UNIQUE INDEX ledger_turns_report ON ledger_turns (agent, report_id);
+        CREATE INDEX ledger_turns_agent_time ON ledger_turns (agent, recorded_at);
+        CREATE INDEX ledger_turns_time ON ledger_turns (recorded_at);
+        CREATE TABLE ledger_crashes (
+            id         INTEGER PRIMARY KEY AUTOINCREMENT,
+            agent      TEXT NOT NULL,
+            crashed_at REAL NOT NULL
+        );
+        """,
+    )
+
+
+BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (_v1, _v2, _v3, _v4, _v5_pause, _v5_ledger)

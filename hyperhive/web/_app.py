@@ -39,7 +39,8 @@ from hyperhive.config import MAX_ID, MAX_LINE_BYTES, MAX_LOG_LINES
 from hyperhive.config_repo import diff_proposal
 from hyperhive.errors import DiskFull, ProtocolError, RequestRefused
 from hyperhive.events import Event
-from hyperhive.kinds import AgentState, ApprovalStatus
+from hyperhive.kinds import ApprovalStatus
+from hyperhive.ledger import add_sums
 from hyperhive.names import OPERATOR
 from hyperhive.protocol import (
     CONVERTER,
@@ -54,6 +55,7 @@ from hyperhive.runtime import sse
 from hyperhive.runtime.sse import event_stream_response
 from hyperhive.server import Connection, Principal, SocketKind
 from hyperhive.web._auth import CSRF_HEADER, SESSION_COOKIE, Auth
+from hyperhive.web._metrics import CONTENT_TYPE, DirSize, metrics_text
 from hyperhive.web._proxy import AgentUiProxy, agent_name
 
 if TYPE_CHECKING:
@@ -169,6 +171,7 @@ class Dashboard:
         self.hive = hive
         self.dispatcher = dispatcher
         self.auth = auth
+        self._state_dir_size = DirSize(hive.config.paths.state_dir)
 
     # ------------------------------------------------------------ guards
 
@@ -296,7 +299,16 @@ class Dashboard:
             ),
             "inbox": CONVERTER.unstructure(await hive.broker.recent(OPERATOR, INBOX_LIMIT)),
             "flow": CONVERTER.unstructure(await hive.broker.flow(FLOW_LIMIT)),
+            "spend": await self._hive_spend(),
             "now": time.time(),
+        }
+
+    async def _hive_spend(self) -> dict[str, float]:
+        """The hive's spend from the ledger, every agent (destroyed and purged ones too)."""
+        today, total, _ctx = await self.hive.ledger.spend()
+        return {
+            "today_usd": add_sums(today.values()).cost_usd,
+            "total_usd": add_sums(total.values()).cost_usd,
         }
 
     async def stream(self, request: Request) -> Response:
@@ -339,64 +351,12 @@ class Dashboard:
         bearer = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not (self._session(request) or self.auth.check_token(bearer or None)):
             return PlainTextResponse("log in first\n", status_code=401)
-        return PlainTextResponse(await self.metrics_text(), media_type="text/plain; version=0.0.4")
+        return Response(
+            await metrics_text(self.hive, self._state_dir_size), media_type=CONTENT_TYPE
+        )
 
     async def metrics_text(self) -> str:
-        hive = self.hive
-        lines = [
-            "# HELP hyperhive_agents Agents by state.",
-            "# TYPE hyperhive_agents gauge",
-        ]
-        counts = dict.fromkeys((s.value for s in AgentState), 0)
-        for record in hive.registry.all():
-            counts[record.state.value] += 1
-        lines += [f'hyperhive_agents{{state="{s}"}} {n}' for s, n in counts.items()]
-        unread = await hive.broker.unread_by_recipient()
-        lines += [
-            "# HELP hyperhive_unread_messages Messages not yet received, by recipient.",
-            "# TYPE hyperhive_unread_messages gauge",
-        ]
-        lines += [
-            f'hyperhive_unread_messages{{recipient="{r}"}} {n}' for r, n in sorted(unread.items())
-        ]
-        pending = len(await hive.approvals.list(pending_only=True))
-        open_q = len(await hive.questions.list())
-        lines += [
-            "# HELP hyperhive_pending_approvals Approvals waiting for the operator.",
-            "# TYPE hyperhive_pending_approvals gauge",
-            f"hyperhive_pending_approvals {pending}",
-            "# HELP hyperhive_open_questions Questions not yet resolved.",
-            "# TYPE hyperhive_open_questions gauge",
-            f"hyperhive_open_questions {open_q}",
-            "# HELP hyperhive_messages_sent_total Messages sent since the daemon started.",
-            "# TYPE hyperhive_messages_sent_total counter",
-            f"hyperhive_messages_sent_total {hive.broker.sent_total}",
-            "# HELP hyperhive_parked_receivers Receivers parked in a long-poll recv.",
-            "# TYPE hyperhive_parked_receivers gauge",
-            f"hyperhive_parked_receivers {hive.broker.parked()}",
-            "# TYPE hyperhive_event_seq counter",
-            f"hyperhive_event_seq {hive.events.seq}",
-            "# HELP hyperhive_problems Problems of the daemon itself (see status).",
-            "# TYPE hyperhive_problems gauge",
-            f"hyperhive_problems {len(hive.problems_now())}",
-            "# HELP hyperhive_disk_full 1 while writes are refused for lack of space.",
-            "# TYPE hyperhive_disk_full gauge",
-            f"hyperhive_disk_full {int(hive.db.full)}",
-        ]
-        space = hive.space.space
-        if space is not None:
-            lines += [
-                "# HELP hyperhive_state_dir_free_bytes Free space in the state dir.",
-                "# TYPE hyperhive_state_dir_free_bytes gauge",
-                f"hyperhive_state_dir_free_bytes {space.free}",
-                "# HELP hyperhive_state_dir_min_free_bytes The --min-free threshold.",
-                "# TYPE hyperhive_state_dir_min_free_bytes gauge",
-                f"hyperhive_state_dir_min_free_bytes {space.threshold}",
-                "# HELP hyperhive_state_dir_low_space 1 while free space is under --min-free.",
-                "# TYPE hyperhive_state_dir_low_space gauge",
-                f"hyperhive_state_dir_low_space {int(space.low)}",
-            ]
-        return "\n".join(lines) + "\n"
+        return (await metrics_text(self.hive, self._state_dir_size)).decode()
 
     # ------------------------------------------------------------ actions (POST, host requests)
 

@@ -81,6 +81,8 @@ function makeAgent(state) {
         if (reason !== null) act(button, 'pause', { names: [agent.name], reason }, { done: `paused ${agent.name}` });
       },
     });
+    const spend = h('span', { class: 'spend', title: 'spend from the ledger: today (since midnight UTC) and in total' });
+    const ctx = h('span', { class: 'ctx', title: 'context tokens of the last turn' });
     const status = h('p', { class: 'status', hidden: true });
     const warning = h('p', { class: 'warning', hidden: true });
     const buttons = LIFECYCLE.map(([verb, label]) => h('button', {
@@ -104,7 +106,7 @@ function makeAgent(state) {
     const el = h('article', { class: 'row agent', 'data-name': first.name, 'aria-label': `agent ${first.name}` },
       h('div', { class: 'info' },
         h('div', { class: 'line' }, branch, name, role, stateBadge, transient, crashLoop, paused, login, rate, harness, unread, link),
-        h('div', { class: 'line meta' }, model, backend, isolation, pid, disk),
+        h('div', { class: 'line meta' }, model, backend, isolation, pid, spend, ctx, disk),
         pausedWhy, status, warning),
       h('div', { class: 'actions' }, pause, ...buttons, logs, destroy));
     const update = ({ agent: a, branch: b }) => {
@@ -141,6 +143,8 @@ function makeAgent(state) {
       show(isolation, state.isolated[a.backend] === false);
       setText(pid, a.pid ? `pid ${a.pid}` : '');
       setText(disk, a.disk_bytes == null ? '' : `⛁ ${bytes(a.disk_bytes)}`);
+      setText(spend, `$${(a.cost_today_usd ?? 0).toFixed(2)} today · $${(a.cost_total_usd ?? 0).toFixed(2)} total`);
+      setText(ctx, a.ctx_tokens == null ? '' : `ctx ${a.ctx_tokens.toLocaleString('en')}`);
       show(status, !!a.status_text, a.status_text);
       show(warning, !!a.warning, `⚠ ${a.warning}`);
       const external = a.backend === 'external';

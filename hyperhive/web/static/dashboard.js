@@ -25,6 +25,7 @@ const state = {
   inbox: new Map(),
   flow: new Map(),
   lingering: new Map(),
+  spend: { today: 0, total: 0 },
 };
 const recent = []; // events seen on the stream, re-applied on top of a newer snapshot
 let streamSeq = 0;
@@ -40,6 +41,7 @@ function load(snap) {
   setText($('version'), `v${snap.version}`);
   setText($('backend'), `backend ${snap.backend}`);
   showDisk(snap.state_dir_bytes);
+  state.spend = { today: snap.spend.today_usd, total: snap.spend.total_usd };
   const problems = $('problems'); // the daemon's own: failed parts, low space, disk full
   problems.replaceChildren(...snap.problems.map((p) => Object.assign(document.createElement('li'), { textContent: `⚠ ${p}` })));
   problems.hidden = snap.problems.length === 0;
@@ -123,6 +125,10 @@ function apply(kind, d, live) {
       break;
     case 'container_started':
       patchAgent(d.name, { pid: d.pid });
+      break;
+    case 'spend_changed':
+      patchAgent(d.name, { cost_today_usd: d.cost_today_usd, cost_total_usd: d.cost_total_usd, ctx_tokens: d.ctx_tokens });
+      state.spend = { today: d.hive_cost_today_usd, total: d.hive_cost_total_usd };
       break;
     case 'question_added':
     case 'question_resolved': {
@@ -238,6 +244,7 @@ function render() {
   const agents = renderAgents(state);
   const calls = renderCalls(state);
   renderFlow(state);
+  setText($('spend'), `spend $${state.spend.today.toFixed(2)} today · $${state.spend.total.toFixed(2)} total`);
   setText($('pill-swarm'), agents);
   setText($('pill-call'), calls);
   $('pill-call').classList.toggle('hot', calls > 0);
