@@ -68,6 +68,7 @@ from hyperhive.protocol import (
     Send,
     SendReply,
     SetModel,
+    SetParent,
     SetStatus,
     Spawn,
     Start,
@@ -83,6 +84,7 @@ from hyperhive.protocol import (
 from hyperhive.protocol.event_payloads import HarnessConnected, HarnessDisconnected
 from hyperhive.server import Connection, SocketKind
 from hyperhive.store import DatabaseFailed
+from hyperhive.topology import in_subtree
 
 
 def _name(raw: str, *, allow_manager: bool = True) -> str:
@@ -205,25 +207,52 @@ class Api:
                     role=record.role,
                     model=hive.registry.model(record.name),
                     status_text=record.status_text,
-                    parent=record.parent,
+                    parent=hive.registry.parent(record.name),
                     state=record.state,
                 )
             case RequestSpawn(name=name, description=description):
-                return ApprovalReply(approval=await hive.request_spawn(name, description, MANAGER))
+                # A lead's spawn becomes its child once approved; the manager's, a top agent.
+                requester = MANAGER if kind is SocketKind.MANAGER else self._lead(me, request)
+                return ApprovalReply(
+                    approval=await hive.request_spawn(name, description, requester)
+                )
             case RequestApplyCommit(agent=agent, commit_ref=ref, description=description):
                 return ApprovalReply(
                     approval=await hive.request_apply_commit(agent, ref, description)
                 )
             case Kill(name=name) | Start(name=name) | Restart(name=name) | Update(name=name):
-                if _name(name) == MANAGER:
+                if kind is not SocketKind.MANAGER:
+                    self._lead(me, request, _name(name))
+                elif _name(name) == MANAGER:
                     raise RequestRefused(f"the manager cannot {request.CMD} itself")
                 await hive.lifecycle(request.CMD, name)
                 return Empty()
             case ListContainers():
                 return AgentsReply(agents=await hive.agent_infos())
             case GetLogs(agent=agent, lines=lines):
+                if kind is not SocketKind.MANAGER:
+                    self._lead(me, request, _name(agent))
                 return await hive.logs(_name(agent), lines)
         raise RequestRefused(f"{request.CMD!r} is not served on this socket")
+
+    def _lead(self, me: str, request: Request, target: str | None = None) -> str:
+        """Refuse unless ``me`` is a lead and ``target`` is strictly below it; returns ``me``.
+
+        A lead acts on its subtree without itself (as the manager never acts on itself).
+        """
+        registry = self.hive.registry
+        if not registry.is_lead(me):
+            raise RequestRefused(
+                f"{request.CMD} is for the manager and leads: {me} is not a lead "
+                "(lead = true in its agent.toml grants it)"
+            )
+        if target is not None:
+            registry.get(target)  # an unknown name is refused as such
+            if target == me:
+                raise RequestRefused(f"a lead cannot {request.CMD} itself")
+            if not in_subtree(registry.parents(), me, target):
+                raise RequestRefused(f"{target} is not in your subtree")
+        return me
 
     # ------------------------------------------------------------ host socket (operator)
 
@@ -297,4 +326,9 @@ class Api:
                 return await hive.logs(_name(name), lines)
             case Vacuum():
                 return VacuumReply(deleted=await hive.broker.vacuum(hive.config.retention_seconds))
+            case SetParent(child=child, parent=parent):
+                await hive.registry.set_parent(
+                    _name(child), None if parent is None else _name(parent)
+                )
+                return Empty()
         raise RequestRefused(f"{request.CMD!r} is not served on the host socket")

@@ -135,6 +135,8 @@ class EventKind(StrEnum):
     APPROVAL_RESOLVED = "approval_resolved"
     PROBLEMS_CHANGED = "problems_changed"
     SPACE_CHANGED = "space_changed"
+    #: An agent got a new parent (``set_parent``, or its parent was destroyed).
+    PARENT_CHANGED = "parent_changed"
 
 
 class SystemKind(StrEnum):

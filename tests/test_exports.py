@@ -139,6 +139,7 @@ PROTOCOL_TYPES = [
     "Send",
     "SendReply",
     "SetModel",
+    "SetParent",
     "SetStatus",
     "Spawn",
     "Start",

@@ -172,6 +172,13 @@ class SpaceChanged(EventPayload):
     low: bool
 
 
+@attrs.frozen
+class ParentChanged(EventPayload):
+    KIND = EventKind.PARENT_CHANGED
+    name: str
+    parent: str | None
+
+
 #: Every event kind and the class of its payload.
 EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
     cls.KIND: cls
@@ -196,6 +203,7 @@ EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
         ApprovalResolved,
         ProblemsChanged,
         SpaceChanged,
+        ParentChanged,
     )
 }
 assert set(EVENT_PAYLOADS) == set(EventKind), "every event kind needs exactly one payload class"
