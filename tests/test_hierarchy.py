@@ -249,8 +249,17 @@ async def test_a_lead_runs_lifecycle_verbs_in_its_subtree_only(
         # A spawn the lead requests becomes its child once approved.
         asked = await lead.request({"cmd": "request_spawn", "name": "newb"})
         assert asked["ok"], asked
-    assert (await d.call({"cmd": "approve", "id": asked["approval"]["id"]}))["ok"]
+    spawn_id = asked["approval"]["id"]
+    assert (await d.call({"cmd": "approve", "id": spawn_id}))["ok"]
     assert (await agent(d, "newb"))["parent"] == "lead"
+    # The lead hears the decision on its own request, as the manager does.
+    async with await Client.connect(d.paths.agent_socket("lead"), hello_role="cli") as lead:
+        got = await lead.request({"cmd": "recv", "wait_seconds": 10, "max": 32})
+        # (its start notice from the rebuild that made it a lead comes first)
+        [told] = [m for m in got["messages"] if m["body"].startswith("approval_resolved ")]
+        assert told["from"] == "system"
+        assert f'"id":{spawn_id}' in told["body"].replace(" ", "")
+        assert '"status":"approved"' in told["body"].replace(" ", "")
 
     # A plain agent has none of it, not even for what is below it.
     assert (await d.call({"cmd": "set_parent", "child": "sib", "parent": "kid"}))["ok"]
