@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 import trio
 
+from hyperhive.broker import resolve_recipients
 from hyperhive.client import Client
+from hyperhive.errors import RequestRefused
 from hyperhive.supervisor import Daemon
 from tests.conftest import (
     Connect,
@@ -126,6 +128,38 @@ async def test_a_subtree_broadcast_reaches_exactly_the_subtree(
     assert alone["ok"] is False and "reaches nobody but the sender" in alone["error"]
     ghost = await clients["k1"].request({"cmd": "send", "to": "*:ghost", "body": "x"})
     assert ghost["ok"] is False and "unknown broadcast subtree 'ghost'" in ghost["error"]
+
+
+def test_resolve_recipients_of_a_subtree_broadcast() -> None:
+    parents: dict[str, str | None] = {
+        "manager": None,
+        "lead": "manager",
+        "k1": "lead",
+        "g1": "k1",
+        "sib": "manager",
+        "old": "lead",
+    }
+    live = set(parents) - {"old"}  # a tombstone is never reached
+    known = set(parents)
+
+    def to(sender: str, target: str, allowed: list[str] | None = None) -> list[str]:
+        return resolve_recipients(
+            sender, target, known=known, live=live, allowed=allowed, parents=parents
+        )
+
+    assert to("sib", "*:lead") == ["g1", "k1", "lead"]
+    assert to("lead", "*:lead") == ["g1", "k1"]
+    assert to("k1", "*:manager") == sorted(live - {"k1"})
+    for target, error in [
+        ("*:old", "unknown broadcast subtree 'old'"),
+        ("*:Nope", "unknown broadcast subtree: invalid agent name"),
+        ("*:", "unknown broadcast subtree: invalid agent name"),
+        ("*:g1", "reaches nobody but the sender"),
+    ]:
+        with pytest.raises(RequestRefused, match=error):
+            to("g1", target)
+    with pytest.raises(RequestRefused, match="sib may not broadcast"):
+        to("sib", "*:lead", allowed=["lead"])
 
 
 async def test_set_parent_from_the_cli(daemon: DaemonProcess) -> None:
