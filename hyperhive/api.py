@@ -153,6 +153,8 @@ class Api:
         role = {SocketKind.HOST: PeerRole.OPERATOR, SocketKind.MANAGER: PeerRole.MANAGER}.get(
             principal.kind, PeerRole.AGENT
         )
+        if role is PeerRole.AGENT and self.hive.registry.is_lead(principal.name):
+            role = PeerRole.LEAD
         return HelloReply(protocol=PROTOCOL_VERSION, name=principal.name, role=role)
 
     # ------------------------------------------------------------ agent and manager sockets

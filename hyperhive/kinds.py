@@ -79,6 +79,8 @@ class PeerRole(StrEnum):
     OPERATOR = "operator"
     MANAGER = "manager"
     AGENT = "agent"
+    #: An agent whose applied agent.toml says ``lead = true`` (lifecycle verbs below it).
+    LEAD = "lead"
 
 
 class ConnectionRole(StrEnum):
