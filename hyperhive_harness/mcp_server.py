@@ -234,7 +234,7 @@ def format_recv(reply: RecvReply) -> str:
 
 
 def format_send(reply: SendReply, to: str) -> str:
-    if to == "*":
+    if to == "*" or to.startswith("*:"):
         ids = ", ".join(f"#{i}" for i in reply.ids)
         return f"broadcast to {len(reply.ids)} agent(s): {ids}"
     return f"sent #{reply.id} to {to}"
@@ -346,7 +346,11 @@ def build_server(link: ConnectionPool, *, role: str, name: str | None) -> MCPSer
 
     async def send(
         to: Annotated[
-            str, Field(description="An agent name, 'manager', 'operator' or '*' (all agents).")
+            str,
+            Field(
+                description="An agent name, 'manager', 'operator', '*' (all agents) or "
+                "'*:<name>' (that agent and every agent below it)."
+            ),
         ],
         body: Annotated[str, Field(description="The message: short, plain text.")],
         in_reply_to: Annotated[

@@ -64,6 +64,9 @@ async def test_a_lead_gets_the_lead_tools_for_its_subtree(hive: Hive) -> None:
     assert (pending.agent, pending.description) == ("newb", "a helper")
     assert (await host(hive, {"cmd": "approve", "id": pending.id}))["ok"]
     assert hive.registry.parent("newb") == "lead"
+    async with mcp_session(lead_socket) as mcp:
+        sent = await call(mcp, "send", to="*:lead", body="team: stand-up in 5")
+        assert sent.startswith("broadcast to 2 agent(s): #")
 
     # The plain agent below it keeps the plain tools.
     async with mcp_session(hive.config.paths.agent_socket("kid")) as mcp:
