@@ -180,6 +180,9 @@ class Registry:
         self._allowed: dict[str, frozenset[str] | None] = {}
         #: Agents whose applied agent.toml says ``lead = true``.
         self._leads: set[str] = set()
+        #: Held from a re-parenting's cycle check to its write, so two moves made at once
+        #: can never each pass the check and together make a cycle.
+        self._topology = trio.Lock()
         self._sockets: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self.harnesses: Counter[str] = Counter()
@@ -242,6 +245,10 @@ class Registry:
 
         Refused for unknown names, the manager, self-parenting and cycles. Idempotent.
         """
+        async with self._topology:
+            return await self._set_parent(child, parent)
+
+    async def _set_parent(self, child: str, parent: str | None) -> str:
         record = self.get(child)
         if record.state == AgentState.DESTROYED:
             raise RequestRefused(f"{child} is destroyed")
@@ -352,23 +359,25 @@ class Registry:
         if record.state == AgentState.DESTROYED:
             raise RequestRefused(f"{name} is already destroyed")
         record = attrs.evolve(record, state=AgentState.DESTROYED, updated_at=self._clock())
-        # Its children move to its own parent, in the same transaction.
-        adopted = [
-            attrs.evolve(self._agents[child], parent=parent, updated_at=record.updated_at)
-            for child, parent in orphaned_by(self.parents(), name).items()
-        ]
+        async with self._topology:
+            # Its children move to its own parent, in the same transaction.
+            adopted = orphaned_by(self.parents(), name)
 
-        def tx(conn: sqlite3.Connection) -> T | None:
-            _upsert(conn, record)
-            for child in adopted:
-                _upsert(conn, child)
-            return None if also is None else also(conn)
+            def tx(conn: sqlite3.Connection) -> T | None:
+                _upsert(conn, record)
+                conn.executemany(
+                    "UPDATE agents SET parent = ?, updated_at = ? WHERE name = ?",
+                    [(parent, record.updated_at, child) for child, parent in adopted.items()],
+                )
+                return None if also is None else also(conn)
 
-        result = await self._db.transaction(tx)
-        self._agents[name] = record
-        for child in adopted:
-            self._agents[child.name] = child
-            self._events.emit(ev.ParentChanged(name=child.name, parent=child.parent))
+            result = await self._db.transaction(tx)
+            self._agents[name] = record
+            for child, parent in adopted.items():
+                self._agents[child] = attrs.evolve(
+                    self._agents[child], parent=parent, updated_at=record.updated_at
+                )
+                self._events.emit(ev.ParentChanged(name=child, parent=parent))
         scope = self._sockets.pop(name, None)
         if scope is not None:
             scope.cancel()

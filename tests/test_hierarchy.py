@@ -130,6 +130,31 @@ async def test_a_subtree_broadcast_reaches_exactly_the_subtree(
     assert ghost["ok"] is False and "unknown broadcast subtree 'ghost'" in ghost["error"]
 
 
+async def test_two_moves_at_once_never_make_a_cycle(inproc: Daemon) -> None:
+    paths = inproc.hive.config.paths
+    async with await host(paths) as op:
+        for name in ("alice", "bob"):
+            assert (await op.request({"cmd": "spawn", "name": name}))["ok"]
+    for _ in range(5):
+        replies: list[dict[str, Any]] = []
+
+        async def move(child: str, parent: str) -> None:
+            async with await host(paths) as op:
+                replies.append(
+                    await op.request({"cmd": "set_parent", "child": child, "parent": parent})
+                )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(move, "alice", "bob")
+            nursery.start_soon(move, "bob", "alice")
+        assert sorted(r["ok"] for r in replies) == [False, True], replies
+        async with await host(paths) as op:
+            parents = await parents_listed(op)
+            assert not (parents["alice"] == "bob" and parents["bob"] == "alice")
+            for child in ("alice", "bob"):
+                assert (await op.request({"cmd": "set_parent", "child": child}))["ok"]
+
+
 def test_resolve_recipients_of_a_subtree_broadcast() -> None:
     parents: dict[str, str | None] = {
         "manager": None,
