@@ -135,18 +135,18 @@ async def test_two_moves_at_once_never_make_a_cycle(inproc: Daemon) -> None:
     async with await host(paths) as op:
         for name in ("alice", "bob"):
             assert (await op.request({"cmd": "spawn", "name": name}))["ok"]
+
+    async def move(replies: list[dict[str, Any]], child: str, parent: str) -> None:
+        async with await host(paths) as op:
+            replies.append(
+                await op.request({"cmd": "set_parent", "child": child, "parent": parent})
+            )
+
     for _ in range(5):
         replies: list[dict[str, Any]] = []
-
-        async def move(child: str, parent: str) -> None:
-            async with await host(paths) as op:
-                replies.append(
-                    await op.request({"cmd": "set_parent", "child": child, "parent": parent})
-                )
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(move, "alice", "bob")
-            nursery.start_soon(move, "bob", "alice")
+            nursery.start_soon(move, replies, "alice", "bob")
+            nursery.start_soon(move, replies, "bob", "alice")
         assert sorted(r["ok"] for r in replies) == [False, True], replies
         async with await host(paths) as op:
             parents = await parents_listed(op)
