@@ -81,6 +81,7 @@ KNOWN_KEYS: Final = (
     "memory_max",
     "description",
     "budget",
+    "lead",
 )
 MCP_SERVER_KEYS: Final = ("command", "args", "env", "allowed_tools")
 
@@ -141,6 +142,8 @@ class AgentConfig:
     memory_max: str = DEFAULT_MEMORY_MAX
     description: str = ""
     budget: BudgetSettings = BudgetSettings()
+    #: The ``lead`` role: lifecycle verbs and ``request_spawn`` for the agents below it.
+    lead: bool = False
 
     @property
     def cpu_quota_percent(self) -> int:
@@ -467,6 +470,12 @@ def agent_config_from_dict(data: Mapping[str, object]) -> AgentConfig:
     description: str | None = default.description
     if (raw := get("description")) is not missing:
         description = check.string("description", raw, limit=MAX_DESCRIPTION_CHARS)
+    lead = default.lead
+    if (raw := get("lead")) is not missing:
+        if isinstance(raw, bool):
+            lead = raw
+        else:
+            check.problem(f"lead must be a boolean (true or false), not {_kind(raw)}")
 
     budget: BudgetSettings | None = default.budget
     if (raw := get("budget")) is not missing:
@@ -487,6 +496,7 @@ def agent_config_from_dict(data: Mapping[str, object]) -> AgentConfig:
         memory_max=memory_max,
         description=description,
         budget=budget,
+        lead=lead,
     )
 
 
@@ -579,6 +589,10 @@ description = ""
 [budget]
 # daily_usd = 5.0
 # no_progress_turns = {DEFAULT_NO_PROGRESS_TURNS}
+
+# The lead role: true lets the agent kill, start, restart and update the agents below it in
+# the hierarchy, read their logs and request spawns (which become its children).
+lead = false
 
 # Extra environment variables for the agent (its harness and claude). Names must be valid
 # environment variable names; PATH, HOME, HYPERHIVE_* and the other names hyperhive sets

@@ -72,6 +72,7 @@ from hyperhive.protocol import (
     Send,
     SendReply,
     SetModel,
+    SetParent,
     SetStatus,
     Spawn,
     Start,
@@ -92,6 +93,7 @@ from hyperhive.protocol import (
 from hyperhive.protocol.event_payloads import HarnessConnected, HarnessDisconnected
 from hyperhive.server import Connection, SocketKind
 from hyperhive.store import DatabaseFailed
+from hyperhive.topology import in_subtree
 from hyperhive.watch import Feed
 
 
@@ -171,6 +173,8 @@ class Api:
         role = {SocketKind.HOST: PeerRole.OPERATOR, SocketKind.MANAGER: PeerRole.MANAGER}.get(
             principal.kind, PeerRole.AGENT
         )
+        if role is PeerRole.AGENT and self.hive.registry.is_lead(principal.name):
+            role = PeerRole.LEAD
         return HelloReply(protocol=PROTOCOL_VERSION, name=principal.name, role=role)
 
     # ------------------------------------------------------------ agent and manager sockets
@@ -228,26 +232,34 @@ class Api:
                     role=record.role,
                     model=hive.registry.model(record.name),
                     status_text=record.status_text,
-                    parent=record.parent,
+                    parent=hive.registry.parent(record.name),
                     state=record.state,
                     paused_at=record.paused_at,
                     paused_reason=record.paused_reason,
                     paused_by=record.paused_by,
                 )
             case RequestSpawn(name=name, description=description):
-                return ApprovalReply(approval=await hive.request_spawn(name, description, MANAGER))
+                # A lead's spawn becomes its child once approved; the manager's, a top agent.
+                requester = MANAGER if kind is SocketKind.MANAGER else self._lead(me, request)
+                return ApprovalReply(
+                    approval=await hive.request_spawn(name, description, requester)
+                )
             case RequestApplyCommit(agent=agent, commit_ref=ref, description=description):
                 return ApprovalReply(
                     approval=await hive.request_apply_commit(agent, ref, description)
                 )
             case Kill(name=name) | Start(name=name) | Restart(name=name) | Update(name=name):
-                if _name(name) == MANAGER:
+                if kind is not SocketKind.MANAGER:
+                    self._lead(me, request, _name(name))
+                elif _name(name) == MANAGER:
                     raise RequestRefused(f"the manager cannot {request.CMD} itself")
                 await hive.lifecycle(request.CMD, name)
                 return Empty()
             case ListContainers():
                 return AgentsReply(agents=await hive.agent_infos())
             case GetLogs(agent=agent, lines=lines):
+                if kind is not SocketKind.MANAGER:
+                    self._lead(me, request, _name(agent))
                 return await hive.logs(_name(agent), lines)
             case TurnReport():
                 return TurnReportReply(recorded=await hive.turn_reported(me, request))
@@ -259,6 +271,25 @@ class Api:
                     generated_at=stats.generated_at,
                 )
         raise RequestRefused(f"{request.CMD!r} is not served on this socket")
+
+    def _lead(self, me: str, request: Request, target: str | None = None) -> str:
+        """Refuse unless ``me`` is a lead and ``target`` is strictly below it; returns ``me``.
+
+        A lead acts on its subtree without itself (as the manager never acts on itself).
+        """
+        registry = self.hive.registry
+        if not registry.is_lead(me):
+            raise RequestRefused(
+                f"{request.CMD} is for the manager and leads: {me} is not a lead "
+                "(lead = true in its agent.toml grants it)"
+            )
+        if target is not None:
+            registry.get(target)  # an unknown name is refused as such
+            if target == me:
+                raise RequestRefused(f"a lead cannot {request.CMD} itself")
+            if not in_subtree(registry.parents(), me, target):
+                raise RequestRefused(f"{target} is not in your subtree")
+        return me
 
     # ------------------------------------------------------------ host socket (operator)
 
@@ -362,6 +393,11 @@ class Api:
                 return WatchReply(seq=hive.events.seq)
             case Stats(name=name):
                 return await hive.stats(None if name is None else _name(name))
+            case SetParent(child=child, parent=parent):
+                await hive.registry.set_parent(
+                    _name(child), None if parent is None else _name(parent)
+                )
+                return Empty()
         raise RequestRefused(f"{request.CMD!r} is not served on the host socket")
 
     async def _agents_reply(self, names: list[str]) -> AgentsReply:

@@ -133,6 +133,7 @@ class Hive:
             directory=self.registry.directory,
             allowed_recipients=self.registry.allowed_recipients,
             paused=self.registry.paused,
+            parents=self.registry.parents,
         )
         self.questions = QuestionBook(
             db, self.broker, self.events, known_agents=self.registry.known, clock=config.wall_clock
@@ -311,7 +312,16 @@ class Hive:
 
     async def _approved_spawn(self, approval: ApprovalInfo) -> None:
         # Idempotent: after a crash it finishes whatever part of the spawn happened.
-        await self._create(approval.agent)
+        requested_by = await self.db.transaction(
+            lambda conn: conn.execute(
+                "SELECT requested_by FROM approvals WHERE id = ?", (approval.id,)
+            ).fetchone()[0]
+        )
+        # Spawned at a lead's request: the lead's child (while the lead is live), else the
+        # manager's.
+        live = self.registry.live()
+        parent = requested_by if requested_by in live and requested_by != MANAGER else MANAGER
+        await self._create(approval.agent, parent=parent)
 
     async def spawn(self, name: str, *, backend: str | None = None) -> AgentRecord:
         """Operator's direct spawn: no approval; idempotent for an existing agent."""
@@ -324,7 +334,12 @@ class Hive:
         return await self._create(name, backend=backend)
 
     async def _create(
-        self, name: str, *, role: str = "agent", backend: str | None = None
+        self,
+        name: str,
+        *,
+        role: str = "agent",
+        backend: str | None = None,
+        parent: str = MANAGER,
     ) -> AgentRecord:
         """Register (or revive) an agent and hand it to its supervisor, which starts it.
 
@@ -339,7 +354,7 @@ class Hive:
         await prepare_agent_repos(self.config.paths, name, self.seed_toml)
         crash_point("spawn-prepared")
         record = await self.registry.register(
-            name, role=role, backend=backend, transient=Transient.SPAWNING
+            name, role=role, backend=backend, transient=Transient.SPAWNING, parent=parent
         )
         try:
             crash_point("spawn-registered")
@@ -670,7 +685,7 @@ class Hive:
             state=record.state,
             backend=record.backend,
             created_at=record.created_at,
-            parent=record.parent,
+            parent=self.registry.parent(record.name),
             model=self.registry.model(record.name),
             status_text=record.status_text,
             unread=unread,
@@ -690,6 +705,7 @@ class Hive:
             cost_today_usd=today.get(record.name, Sums()).cost_usd,
             cost_total_usd=total.get(record.name, Sums()).cost_usd,
             ctx_tokens=ctx.get(record.name),
+            lead=self.registry.is_lead(record.name),
         )
 
     def _agent_credentials_warning(self, record: AgentRecord) -> str | None:

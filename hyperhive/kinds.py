@@ -79,6 +79,8 @@ class PeerRole(StrEnum):
     OPERATOR = "operator"
     MANAGER = "manager"
     AGENT = "agent"
+    #: An agent whose applied agent.toml says ``lead = true`` (lifecycle verbs below it).
+    LEAD = "lead"
 
 
 class ConnectionRole(StrEnum):
@@ -140,6 +142,8 @@ class EventKind(StrEnum):
     AGENT_RESUMED = "agent_resumed"
     #: A turn was recorded in the spend ledger (an agent's and the hive's spend changed).
     SPEND_CHANGED = "spend_changed"
+    #: An agent got a new parent (``set_parent``, or its parent was destroyed).
+    PARENT_CHANGED = "parent_changed"
 
 
 class SystemKind(StrEnum):

@@ -234,7 +234,7 @@ def format_recv(reply: RecvReply) -> str:
 
 
 def format_send(reply: SendReply, to: str) -> str:
-    if to == "*":
+    if to == "*" or to.startswith("*:"):
         ids = ", ".join(f"#{i}" for i in reply.ids)
         return f"broadcast to {len(reply.ids)} agent(s): {ids}"
     return f"sent #{reply.id} to {to}"
@@ -324,8 +324,10 @@ a message)."""
 
 
 def build_server(link: ConnectionPool, *, role: str, name: str | None) -> MCPServer:
-    """The MCP server with the agent tools, plus the manager tools when ``role`` is manager."""
-    who = "the manager" if role == "manager" else "an agent"
+    """The MCP server with the agent tools, plus the manager tools when ``role`` is manager,
+    or the lead tools (spawn requests, lifecycle verbs and logs for the agents below it)
+    when ``role`` is lead."""
+    who = {"manager": "the manager", "lead": "a lead"}.get(role, "an agent")
     if name and name != "manager":
         who = f"{name}, {who}"
     server = MCPServer(
@@ -344,7 +346,11 @@ def build_server(link: ConnectionPool, *, role: str, name: str | None) -> MCPSer
 
     async def send(
         to: Annotated[
-            str, Field(description="An agent name, 'manager', 'operator' or '*' (all agents).")
+            str,
+            Field(
+                description="An agent name, 'manager', 'operator', '*' (all agents) or "
+                "'*:<name>' (that agent and every agent below it)."
+            ),
         ],
         body: Annotated[str, Field(description="The message: short, plain text.")],
         in_reply_to: Annotated[
@@ -461,10 +467,10 @@ def build_server(link: ConnectionPool, *, role: str, name: str | None) -> MCPSer
     tool(cancel_loose_end)
     tool(set_status)
     tool(get_agent_meta)
-    if role != "manager":
+    if role not in ("manager", "lead"):
         return server
 
-    # -------------------------------------------------------- the manager only
+    # -------------------------------------------------------- the manager (and a lead)
 
     async def request_spawn(
         name: Annotated[str, Field(description="The new agent's name (lowercase, short).")],
@@ -501,7 +507,8 @@ def build_server(link: ConnectionPool, *, role: str, name: str | None) -> MCPSer
         tool(fn, name=verb)
 
     tool(request_spawn)
-    tool(request_apply_commit)
+    if role == "manager":
+        tool(request_apply_commit)
     lifecycle("kill", Kill, "Stop an agent's container (its state is kept). Not yourself.")
     lifecycle("start", Start, "Start a stopped agent's container.")
     lifecycle("restart", Restart, "Restart an agent's container (e.g. when it is stuck).")
@@ -522,7 +529,8 @@ def build_server(link: ConnectionPool, *, role: str, name: str | None) -> MCPSer
         reply = await call(GetLogs(agent=agent, lines=lines), LogsReply)
         return "\n".join(reply.lines) if reply.lines else "(no log lines)"
 
-    tool(list_containers)
+    if role == "manager":
+        tool(list_containers)
     tool(get_logs)
     return server
 

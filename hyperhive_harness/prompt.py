@@ -26,6 +26,16 @@ AGENT_TOOLS: Final = (
     "set_status",
     "get_agent_meta",
 )
+#: What a lead (``lead = true`` in its agent.toml) adds, for the agents below it.
+LEAD_TOOLS: Final = (
+    *AGENT_TOOLS,
+    "request_spawn",
+    "kill",
+    "start",
+    "restart",
+    "update",
+    "get_logs",
+)
 MANAGER_TOOLS: Final = (
     *AGENT_TOOLS,
     "request_spawn",
@@ -44,7 +54,7 @@ MANAGER_TOOLS: Final = (
 
 def allowed_tools(role: str, extra: Iterable[str] = ()) -> list[str]:
     """The ``--allowedTools`` list: the hyperhive MCP tools of the role, then ``extra``."""
-    names = MANAGER_TOOLS if role == "manager" else AGENT_TOOLS
+    names = {"manager": MANAGER_TOOLS, "lead": LEAD_TOOLS}.get(role, AGENT_TOOLS)
     tools = [f"mcp__{SERVER_NAME}__{name}" for name in names]
     tools.extend(t for t in extra if t not in tools)
     return tools

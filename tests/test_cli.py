@@ -51,6 +51,7 @@ async def test_operator_workflow(daemon: DaemonProcess) -> None:
     assert lines[0].split() == [
         "NAME",
         "ROLE",
+        "PARENT",
         "STATE",
         "BACKEND",
         "HARNESS",

@@ -145,6 +145,7 @@ PROTOCOL_TYPES = [
     "Send",
     "SendReply",
     "SetModel",
+    "SetParent",
     "SetStatus",
     "Spawn",
     "SpendTotals",

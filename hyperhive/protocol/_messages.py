@@ -143,6 +143,8 @@ class AgentInfo:
     cost_today_usd: float = 0.0
     cost_total_usd: float = 0.0
     ctx_tokens: int | None = None
+    #: Its applied agent.toml grants the ``lead`` role (lifecycle verbs below it).
+    lead: bool = False
 
 
 # ---------------------------------------------------------------- every socket
@@ -844,3 +846,23 @@ REPLIES: dict[type[Request], type[Reply]] = {
     GetStats: AgentStatsReply,
     Stats: StatsReply,
 }
+
+
+# ---------------------------------------------------------------- hierarchy (set_parent, leads)
+
+
+@attrs.frozen
+class SetParent(Request):
+    """Give ``child`` a new parent; ``parent`` null puts it back under ``manager``."""
+
+    CMD = "set_parent"
+    child: str
+    parent: str | None = None
+
+
+#: A lead (``lead = true`` in its agent.toml) runs these on its own agent socket for the
+#: agents below it; a plain agent's request is refused by the daemon, not by the codec.
+LEAD_REQUESTS: tuple[type[Request], ...] = (RequestSpawn, Kill, Start, Restart, Update, GetLogs)
+AGENT_REQUESTS = (*AGENT_REQUESTS, *LEAD_REQUESTS)
+HOST_REQUESTS = (*HOST_REQUESTS, SetParent)
+REPLIES[SetParent] = Empty

@@ -217,6 +217,13 @@ class SpendChanged(EventPayload):
     hive_cost_total_usd: float
 
 
+@attrs.frozen
+class ParentChanged(EventPayload):
+    KIND = EventKind.PARENT_CHANGED
+    name: str
+    parent: str | None
+
+
 #: Every event kind and the class of its payload.
 EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
     cls.KIND: cls
@@ -245,6 +252,7 @@ EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
         AgentPaused,
         AgentResumed,
         SpendChanged,
+        ParentChanged,
     )
 }
 assert set(EVENT_PAYLOADS) == set(EventKind), "every event kind needs exactly one payload class"
