@@ -51,6 +51,7 @@ from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_nam
 from hyperhive.protocol import AgentInfo, ApprovalInfo, LogsReply, RecentMessage, Tombstone
 from hyperhive.questions import QuestionBook
 from hyperhive.registry import AgentRecord, AgentState, Registry
+from hyperhive.reminders import ReminderBook
 from hyperhive.retention import sweep_events_db
 from hyperhive.space import SpaceMonitor
 from hyperhive.store import Database, is_disk_full
@@ -102,6 +103,13 @@ class Hive:
         )
         self.questions = QuestionBook(
             db, self.broker, self.events, known_agents=self.registry.known, clock=config.wall_clock
+        )
+        self.reminders = ReminderBook(
+            db,
+            self.broker,
+            self.events,
+            state_dir=config.paths.agent_state_dir,
+            clock=config.wall_clock,
         )
         self.approvals = ApprovalQueue(
             db,
@@ -435,15 +443,20 @@ class Hive:
 
     async def agent_infos(self) -> list[AgentInfo]:
         unread = await self.broker.unread_by_recipient()
+        reminders = await self.reminders.pending_by_agent()
         return [
-            await self.agent_info(r, unread.get(r.name, 0))
+            await self.agent_info(r, unread.get(r.name, 0), reminders.get(r.name, 0))
             for r in self.registry.all()
             if r.state != AgentState.DESTROYED
         ]
 
-    async def agent_info(self, record: AgentRecord, unread: int | None = None) -> AgentInfo:
+    async def agent_info(
+        self, record: AgentRecord, unread: int | None = None, reminders: int | None = None
+    ) -> AgentInfo:
         if unread is None:
             unread = await self.broker.unread(record.name)
+        if reminders is None:
+            reminders = await self.reminders.pending_count(record.name)
         return AgentInfo(
             name=record.name,
             role=record.role,
@@ -463,6 +476,7 @@ class Hive:
             )
             or None,
             ui_url=self.registry.ui_url(record.name),
+            pending_reminders=reminders,
         )
 
     def _agent_credentials_warning(self, record: AgentRecord) -> str | None:

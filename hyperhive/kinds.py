@@ -135,6 +135,8 @@ class EventKind(StrEnum):
     APPROVAL_RESOLVED = "approval_resolved"
     PROBLEMS_CHANGED = "problems_changed"
     SPACE_CHANGED = "space_changed"
+    #: A reminder was set, delivered, failed, retried or cancelled (``removed``: it is gone).
+    REMINDER_CHANGED = "reminder_changed"
 
 
 class SystemKind(StrEnum):
@@ -145,3 +147,11 @@ class SystemKind(StrEnum):
     APPROVAL_RESOLVED = "approval_resolved"
     CONTAINER_CRASH = "container_crash"
     AGENT_ERROR = "agent_error"
+
+
+class LooseEndKind(StrEnum):
+    """What ``cancel_loose_end`` and ``get_loose_ends`` deal with."""
+
+    QUESTION = "question"
+    REMINDER = "reminder"
+    APPROVAL = "approval"

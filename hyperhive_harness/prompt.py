@@ -25,6 +25,7 @@ AGENT_TOOLS: Final = (
     "cancel_loose_end",
     "set_status",
     "get_agent_meta",
+    "remind",
 )
 MANAGER_TOOLS: Final = (
     *AGENT_TOOLS,
