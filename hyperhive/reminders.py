@@ -221,6 +221,8 @@ def sql_retry(conn: sqlite3.Connection, reminder_id: int) -> ReminderInfo:
     info = sql_get(conn, reminder_id)
     if info.sent_at is not None:
         raise RequestRefused(f"reminder {reminder_id} was delivered already")
+    if info.attempt_count == 0:
+        raise RequestRefused(f"reminder {reminder_id} has not failed; it is delivered at its time")
     conn.execute(
         "UPDATE reminders SET attempt_count = 0, last_error = NULL WHERE id = ?", (reminder_id,)
     )
