@@ -24,7 +24,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -154,11 +154,12 @@ def sql_insert(
     file_path: str | None,
     due_at: float,
     now: float,
+    max_pending: int = MAX_PENDING_REMINDERS,
 ) -> ReminderInfo:
     """Set a reminder; refused when the agent already has the most pending."""
-    if sql_pending_count(conn, agent) >= MAX_PENDING_REMINDERS:
+    if sql_pending_count(conn, agent) >= max_pending:
         raise RequestRefused(
-            f"{agent} already has {MAX_PENDING_REMINDERS} pending reminders, the most allowed; "
+            f"{agent} already has {max_pending} pending reminders, the most allowed; "
             "cancel one (cancel_loose_end) or wait for one to fire"
         )
     cur = conn.execute(
@@ -261,6 +262,7 @@ class ReminderBook:
         state_dir: Callable[[str], Path],
         clock: WallClock = time.time,
         retry_backoff: Backoff = REMINDER_RETRY_BACKOFF,
+        max_pending: int = MAX_PENDING_REMINDERS,
     ) -> None:
         self._db = db
         self._broker = broker
@@ -268,6 +270,7 @@ class ReminderBook:
         self._state_dir = state_dir
         self._clock = clock
         self._backoff = retry_backoff
+        self._max_pending = max_pending
         self._schedule = DeadlineSchedule()
         self._changed = trio.Event()
 
@@ -283,7 +286,7 @@ class ReminderBook:
         now = self._clock()
         due = check_remind(body, in_seconds, at, file_path, now=now)
         info = await self._db.transaction(
-            lambda conn: sql_insert(conn, agent, body, file_path, due, now)
+            lambda conn: sql_insert(conn, agent, body, file_path, due, now, self._max_pending)
         )
         self._arm(info.id, info.due_at)
         self._events.emit(ReminderChanged(reminder=info))
@@ -379,17 +382,29 @@ class ReminderBook:
         if attempts < MAX_REMINDER_ATTEMPTS:
             self._arm(info.id, self._clock() + self._backoff.delay(attempts - 1))
 
+    async def load(self) -> None:
+        """Arm every pending reminder from the table (at start: past ones are due at once)."""
+        for info in await self.list():
+            if not info.failed:
+                self._arm(info.id, info.due_at)
+
+    async def fire_due(self) -> Sequence[ReminderInfo]:
+        """Deliver every armed reminder due by now; return the ones delivered."""
+        delivered: list[ReminderInfo] = []
+        for reminder_id in self._schedule.pop_due(self._clock()):
+            info = await self.deliver(reminder_id)
+            if info is not None:
+                delivered.append(info)
+        return delivered
+
     async def scheduler(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Deliver reminders when due; re-armed from the table at start."""
-        for info in await self.list():
-            if not info.failed:
-                self._schedule.add(info.id, info.due_at)
+        await self.load()
         task_status.started()
         while True:
-            for reminder_id in self._schedule.pop_due(self._clock()):
-                await self.deliver(reminder_id)
+            await self.fire_due()
             self._changed = trio.Event()
             due = self._schedule.next_deadline()
             # Stored times are wall-clock times; the wait runs on trio's clock.

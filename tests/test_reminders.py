@@ -7,6 +7,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -22,9 +23,10 @@ from hyperhive.config import (
     Config,
 )
 from hyperhive.errors import RequestRefused
+from hyperhive.hive import Hive
 from hyperhive.protocol import Recv
 from hyperhive.reminders import check_remind, state_relative
-from hyperhive.supervisor import Hive, open_hive
+from hyperhive.supervisor import open_hive
 from tests.conftest import Connect, connect_agent, make_paths, wait_until
 
 
@@ -51,7 +53,7 @@ async def test_a_reminder_fires_at_its_time_into_the_own_inbox(
             meta = await alice.request({"cmd": "get_agent_meta"})
             assert meta["pending_reminders"] == 1
             # Parked receives of at most 180 s each: only the reminder wakes one.
-            messages = []
+            messages: list[Any] = []
             while not messages:
                 got = await alice.call(Recv(wait_seconds=MAX_RECV_WAIT_SECONDS, ack=False))
                 messages = got.messages  # type: ignore[attr-defined]
@@ -123,7 +125,7 @@ async def test_a_reminder_due_while_down_fires_once_at_start(
 
 async def test_the_cap_and_the_time_arguments(hive: Hive, connect: Connect) -> None:
     alice = await connect("alice")
-    for request, error in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"cmd": "remind", "body": "x"}, "give exactly one of in_seconds and at"),
         (
             {"cmd": "remind", "body": "x", "in_seconds": 1, "at": 1e9},
@@ -133,7 +135,8 @@ async def test_the_cap_and_the_time_arguments(hive: Hive, connect: Connect) -> N
         ({"cmd": "remind", "body": "x", "in_seconds": -1}, "in_seconds"),
         ({"cmd": "remind", "body": "x", "in_seconds": 1, "file_path": "/etc/passwd"}, "/state/"),
         ({"cmd": "remind", "body": "x", "in_seconds": 1, "file_path": "/state/../x"}, "'..'"),
-    ]:
+    ]
+    for request, error in cases:
         reply = await alice.request(request)
         assert not reply["ok"] and error in reply["error"], (request, reply)
     for i in range(MAX_PENDING_REMINDERS):
