@@ -315,3 +315,5 @@ class Config:
     container_backends: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
     #: Delays between an agent's crash restarts (``RestartPolicy``); tests shorten them.
     restart_backoff: Backoff = RESTART_BACKOFF
+    #: Delays between a reminder's failed delivery attempts; tests shorten them.
+    reminder_retry_backoff: Backoff = REMINDER_RETRY_BACKOFF

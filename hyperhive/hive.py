@@ -110,6 +110,7 @@ class Hive:
             self.events,
             state_dir=config.paths.agent_state_dir,
             clock=config.wall_clock,
+            retry_backoff=config.reminder_retry_backoff,
         )
         self.approvals = ApprovalQueue(
             db,
