@@ -3,6 +3,7 @@
     GET  /                  the page (hyperhive_harness/static/index.html, see page.py)
     GET  /api/state         status, turn state (+since), model, ctx/cost, last turn, login
     GET  /api/inbox         the last 30 inbox messages (``recent`` on the socket)
+    GET  /api/loose-ends    open questions, pending reminders (``get_loose_ends`` on the socket)
     GET  /events/history    {seq, events}: the newest events (up to 2000)
     GET  /events/stream     SSE (:mod:`hyperhive.runtime.sse`): one frame per event, its type
                             the event's kind; ``Last-Event-ID`` (or ``?since=``) resumes
@@ -43,7 +44,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hyperhive.client import call_once
 from hyperhive.errors import ClientError, ConnectionLost
-from hyperhive.protocol import CONVERTER, Recent, RecentReply
+from hyperhive.protocol import CONVERTER, GetLooseEnds, LooseEndsReply, Recent, RecentReply
 from hyperhive.runtime import sse
 from hyperhive_harness.commands import Commands
 from hyperhive_harness.event_log import EventLog, event_json
@@ -239,6 +240,16 @@ def create_app(ctx: UiContext, guard: frozenset[str] | None = None) -> ASGIApp:
         assert isinstance(reply, RecentReply)
         return JSONResponse({"messages": [CONVERTER.unstructure(m) for m in reply.messages]})
 
+    async def loose_ends(request: Request) -> Response:
+        try:
+            reply = await call_once(ctx.socket, GetLooseEnds())
+        except ConnectionLost as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        except ClientError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=502)
+        assert isinstance(reply, LooseEndsReply)
+        return JSONResponse({"items": CONVERTER.unstructure(reply.items)})
+
     async def history(request: Request) -> Response:
         try:
             limit = int(request.query_params.get("limit", "2000"))
@@ -301,6 +312,7 @@ def create_app(ctx: UiContext, guard: frozenset[str] | None = None) -> ASGIApp:
         Route("/", _guarded(index)),
         Route("/api/state", _guarded(state)),
         Route("/api/inbox", _guarded(inbox)),
+        Route("/api/loose-ends", _guarded(loose_ends)),
         Route("/events/history", _guarded(history)),
         Route("/events/stream", _guarded(stream)),
         Route("/api/model", _guarded(model), methods=["POST"]),
