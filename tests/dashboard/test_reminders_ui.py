@@ -52,6 +52,8 @@ async def test_failed_reminder_is_retried_and_a_pending_one_cancelled(
     await wait_until(given_up)
 
     def look_and_cancel(page: Page) -> None:
+        chip = page.locator("article[data-name='alice'] .badge.reminders")
+        expect(chip).to_have_text("⏰ 2")
         page.get_by_role("link", name=re.compile("Y3R C4LL")).click()
         expect(page.locator("#reminders-count")).to_have_text("2")
         expect(page.locator("#reminders-failed")).to_have_text("⚠ 1 failed")
@@ -64,6 +66,7 @@ async def test_failed_reminder_is_retried_and_a_pending_one_cancelled(
         good.get_by_role("button", name="C4NC3L").click()
         expect(good).to_have_count(0)
         expect(page.locator("#reminders-count")).to_have_text("1")
+        expect(chip).to_have_text("⏰ 1")  # from the event stream, no reload
 
     await ui(look_and_cancel)
     assert [r.id for r in await hive.reminders.list()] == [failing]
@@ -76,6 +79,9 @@ async def test_failed_reminder_is_retried_and_a_pending_one_cancelled(
         expect(bad).to_have_count(0)
         expect(page.locator("#reminders-empty")).to_be_visible()
         expect(page.locator("#reminders-failed")).to_be_hidden()
+        chip = page.locator("article[data-name='alice'] .badge.reminders")
+        page.get_by_role("link", name=re.compile("SW4RM")).click()
+        expect(chip).to_be_hidden()
 
     await ui(retry)
     delivered = await hive.reminders.get(failing)
