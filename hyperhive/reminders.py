@@ -273,6 +273,8 @@ class ReminderBook:
         self._max_pending = max_pending
         self._schedule = DeadlineSchedule()
         self._changed = trio.Event()
+        #: Failed deliveries whose failure could not be recorded either (the disk is full).
+        self._unrecorded: dict[int, int] = {}
 
     async def remind(
         self,
@@ -364,23 +366,26 @@ class ReminderBook:
 
     async def _failed(self, info: ReminderInfo, error: str) -> None:
         log.warning("reminder %d for %s: delivery failed: %s", info.id, info.agent, error)
-        attempts = info.attempt_count + 1
         try:
             recorded = await self._db.transaction(
                 lambda conn: sql_record_failure(conn, info.id, error)
             )
         except DatabaseFailed:
             raise
-        except OSError as exc:  # the database cannot be written either (disk full)
+        except (OSError, RequestRefused) as exc:
+            # The database cannot be written either (disk full): nothing is recorded, and
+            # the reminder is tried again after a growing delay until it can be.
             log.warning("reminder %d: recording the failure failed: %s", info.id, exc)
-            recorded = None
-        else:
-            if recorded is None:
-                return  # cancelled meanwhile
-            attempts = recorded.attempt_count
-            self._events.emit(ReminderChanged(reminder=recorded))
-        if attempts < MAX_REMINDER_ATTEMPTS:
-            self._arm(info.id, self._clock() + self._backoff.delay(attempts - 1))
+            unrecorded = self._unrecorded[info.id] = self._unrecorded.get(info.id, 0) + 1
+            self._arm(info.id, self._clock() + self._backoff.delay(unrecorded - 1))
+            return
+        self._unrecorded.pop(info.id, None)
+        if recorded is None:
+            return  # cancelled meanwhile
+        self._events.emit(ReminderChanged(reminder=recorded))
+        if recorded.attempt_count < MAX_REMINDER_ATTEMPTS:
+            delay = self._backoff.delay(recorded.attempt_count - 1)
+            self._arm(info.id, self._clock() + delay)
 
     async def load(self) -> None:
         """Arm every pending reminder from the table (at start: past ones are due at once)."""
