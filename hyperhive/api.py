@@ -15,6 +15,7 @@ from hyperhive.config import MAX_STATUS_TEXT, PROTOCOL_VERSION
 from hyperhive.errors import RequestRefused
 from hyperhive.hive import Hive
 from hyperhive.kinds import AgentState, BackendChoice, ConnectionRole, PeerRole
+from hyperhive.loose_ends import Books, cancel, collect
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import (
     Ack,
@@ -31,6 +32,7 @@ from hyperhive.protocol import (
     Ask,
     CancelLooseEnd,
     CancelQuestion,
+    CancelReminder,
     Deny,
     Destroy,
     Empty,
@@ -51,7 +53,6 @@ from hyperhive.protocol import (
     List,
     ListContainers,
     Logs,
-    LooseEndsReply,
     Pause,
     Pending,
     QuestionReply,
@@ -62,12 +63,17 @@ from hyperhive.protocol import (
     RecentReply,
     Recv,
     RecvReply,
+    Remind,
+    ReminderReply,
+    Reminders,
+    RemindersReply,
     Reply,
     Request,
     RequestApplyCommit,
     RequestSpawn,
     Restart,
     Resume,
+    RetryReminder,
     Revive,
     Send,
     SendReply,
@@ -137,6 +143,10 @@ class Api:
             return await self._host(conn, request)
         return await self._agent(conn.principal.name, conn.principal.kind, request)
 
+    def _books(self) -> Books:
+        hive = self.hive
+        return Books(questions=hive.questions, reminders=hive.reminders, approvals=hive.approvals)
+
     def blocks(self, request: Request) -> bool:
         return isinstance(request, Recv) and request.wait_seconds > 0
 
@@ -204,17 +214,17 @@ class Api:
                 hive.ledger.note_activity(me)
                 return Empty()
             case GetLooseEnds():
-                if kind is SocketKind.MANAGER:
-                    return LooseEndsReply(
-                        questions=await hive.questions.list(),
-                        approvals=await hive.approvals.list(pending_only=True),
-                    )
-                return LooseEndsReply(
-                    questions=await hive.questions.list(involving=me), approvals=[]
-                )
-            case CancelLooseEnd(id=qid):
-                await hive.questions.cancel_as_agent(me, qid)
+                manager = kind is SocketKind.MANAGER
+                now = hive.config.wall_clock()
+                return await collect(self._books(), me, manager=manager, now=now)
+            case CancelLooseEnd(kind=what, id=item_id):
+                await cancel(self._books(), me, what, item_id)
                 return Empty()
+            case Remind(body=body, in_seconds=in_seconds, at=at, file_path=file_path):
+                reminder = await hive.reminders.remind(
+                    me, body, in_seconds=in_seconds, at=at, file_path=file_path
+                )
+                return ReminderReply(reminder=reminder)
             case Wake(from_=label, body=body, transient=transient):
                 check_wake_label(label, hive.registry.known())
                 check_body(body)
@@ -237,6 +247,7 @@ class Api:
                     paused_at=record.paused_at,
                     paused_reason=record.paused_reason,
                     paused_by=record.paused_by,
+                    pending_reminders=await hive.reminders.pending_count(record.name),
                 )
             case RequestSpawn(name=name, description=description):
                 # A lead's spawn becomes its child once approved; the manager's, a top agent.
@@ -398,6 +409,14 @@ class Api:
                     _name(child), None if parent is None else _name(parent)
                 )
                 return Empty()
+            case Reminders(include_sent=include_sent):
+                return RemindersReply(
+                    reminders=await hive.reminders.list(include_sent=include_sent)
+                )
+            case RetryReminder(id=rid):
+                return ReminderReply(reminder=await hive.reminders.retry(rid))
+            case CancelReminder(id=rid):
+                return ReminderReply(reminder=await hive.reminders.cancel(rid))
         raise RequestRefused(f"{request.CMD!r} is not served on the host socket")
 
     async def _agents_reply(self, names: list[str]) -> AgentsReply:

@@ -121,6 +121,16 @@ MAX_WAKE_LABEL: Final = 200
 MAX_PAUSE_REASON: Final = 500
 #: Most agents one ``pause``/``resume`` names.
 MAX_NAMES: Final = 256
+#: Reminders (``remind``, docs/protocol.md): the most pending per agent, the furthest ahead
+#: one may be set, the body length (characters) above which it is written to a file in the
+#: agent's state dir and the message carries the path, the longest ``file_path``, and the
+#: delivery attempts (spaced by ``REMINDER_RETRY_BACKOFF``) before the operator must retry.
+MAX_PENDING_REMINDERS: Final = 50
+MAX_REMINDER_DELAY_SECONDS: Final = 366 * 24 * 60 * 60
+REMINDER_SPILL_CHARS: Final = 4096
+MAX_REMINDER_PATH_CHARS: Final = 1024
+MAX_REMINDER_ATTEMPTS: Final = 5
+REMINDER_RETRY_BACKOFF: Final = Backoff(first=5.0, limit=300.0)
 #: Longest error kept in a config repo's ``failed/<id>`` tag message, and longest diff returned.
 MAX_TAG_MESSAGE_CHARS: Final = 64 * 1024
 MAX_DIFF_BYTES: Final = 1024 * 1024
@@ -347,6 +357,8 @@ class Config:
     container_backends: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
     #: Delays between an agent's crash restarts (``RestartPolicy``); tests shorten them.
     restart_backoff: Backoff = RESTART_BACKOFF
+    #: Delays between a reminder's failed delivery attempts; tests shorten them.
+    reminder_retry_backoff: Backoff = REMINDER_RETRY_BACKOFF
     #: Hive-wide budgets (``--budget-daily-usd`` …): every agent's spend together; None: no limit.
     budget_daily_usd: float | None = None
     budget_total_usd: float | None = None

@@ -82,6 +82,7 @@ from hyperhive.protocol.event_payloads import (
 )
 from hyperhive.questions import QuestionBook
 from hyperhive.registry import AgentRecord, AgentState, Registry
+from hyperhive.reminders import ReminderBook
 from hyperhive.retention import sweep_events_db
 from hyperhive.space import SpaceMonitor
 from hyperhive.store import Database, is_disk_full
@@ -137,6 +138,14 @@ class Hive:
         )
         self.questions = QuestionBook(
             db, self.broker, self.events, known_agents=self.registry.known, clock=config.wall_clock
+        )
+        self.reminders = ReminderBook(
+            db,
+            self.broker,
+            self.events,
+            state_dir=config.paths.agent_state_dir,
+            clock=config.wall_clock,
+            retry_backoff=config.reminder_retry_backoff,
         )
         self.approvals = ApprovalQueue(
             db,
@@ -665,20 +674,27 @@ class Hive:
     async def agent_infos(self) -> list[AgentInfo]:
         unread = await self.broker.unread_by_recipient()
         spend = await self.ledger.spend()
+        reminders = await self.reminders.pending_by_agent()
         return [
-            await self.agent_info(r, unread.get(r.name, 0), spend)
+            await self.agent_info(r, unread.get(r.name, 0), spend, reminders.get(r.name, 0))
             for r in self.registry.all()
             if r.state != AgentState.DESTROYED
         ]
 
     async def agent_info(
-        self, record: AgentRecord, unread: int | None = None, spend: Spend | None = None
+        self,
+        record: AgentRecord,
+        unread: int | None = None,
+        spend: Spend | None = None,
+        reminders: int | None = None,
     ) -> AgentInfo:
         if unread is None:
             unread = await self.broker.unread(record.name)
         if spend is None:
             spend = await self.ledger.spend()
         today, total, ctx = spend
+        if reminders is None:
+            reminders = await self.reminders.pending_count(record.name)
         return AgentInfo(
             name=record.name,
             role=record.role,
@@ -706,6 +722,7 @@ class Hive:
             cost_total_usd=total.get(record.name, Sums()).cost_usd,
             ctx_tokens=ctx.get(record.name),
             lead=self.registry.is_lead(record.name),
+            pending_reminders=reminders,
         )
 
     def _agent_credentials_warning(self, record: AgentRecord) -> str | None:

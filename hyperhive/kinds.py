@@ -144,6 +144,8 @@ class EventKind(StrEnum):
     SPEND_CHANGED = "spend_changed"
     #: An agent got a new parent (``set_parent``, or its parent was destroyed).
     PARENT_CHANGED = "parent_changed"
+    #: A reminder was set, delivered, failed, retried or cancelled (``removed``: it is gone).
+    REMINDER_CHANGED = "reminder_changed"
 
 
 class SystemKind(StrEnum):
@@ -166,3 +168,11 @@ class TurnOutcome(StrEnum):
     NEEDS_LOGIN = "needs_login"
     NO_SESSION = "no_session"
     FAILED = "failed"
+
+
+class LooseEndKind(StrEnum):
+    """What ``cancel_loose_end`` and ``get_loose_ends`` deal with."""
+
+    QUESTION = "question"
+    REMINDER = "reminder"
+    APPROVAL = "approval"

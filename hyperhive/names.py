@@ -15,7 +15,9 @@ MANAGER: Final = "manager"
 OPERATOR: Final = "operator"
 SYSTEM: Final = "system"
 BROADCAST: Final = "*"
-RESERVED_NAMES: Final = frozenset({OPERATOR, SYSTEM, MANAGER, "reminder"})
+#: The sender of a reminder in its agent's own inbox.
+REMINDER: Final = "reminder"
+RESERVED_NAMES: Final = frozenset({OPERATOR, SYSTEM, MANAGER, REMINDER})
 
 
 class InvalidAgentName(ValueError):

@@ -20,7 +20,7 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Final
 
 import trio
@@ -256,6 +256,21 @@ class QuestionBook:
 
         return await self._db.transaction(tx)
 
+    async def load(self) -> None:
+        """Arm the deadline of every open question from the table (past ones: due at once)."""
+        for q in await self.list():
+            if q.deadline_at is not None:
+                self._arm(q.id, q.deadline_at)
+
+    async def expire_due(self) -> Sequence[QuestionInfo]:
+        """Expire every open question whose deadline has passed; return the ones expired."""
+        expired: list[QuestionInfo] = []
+        for question_id in self._schedule.pop_due(self._clock()):
+            # Answered or cancelled first: the expiry loses the race, as it should.
+            with contextlib.suppress(RequestRefused):
+                expired.append(await self.resolve(question_id, EXPIRED, TTL_ANSWERER))
+        return expired
+
     def _arm(self, question_id: int, deadline: float) -> None:
         self._schedule.add(question_id, deadline)
         self._changed.set()
@@ -264,15 +279,10 @@ class QuestionBook:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Expire questions at their deadline; re-armed from the table at start."""
-        for q in await self.list():
-            if q.deadline_at is not None:
-                self._schedule.add(q.id, q.deadline_at)
+        await self.load()
         task_status.started()
         while True:
-            for question_id in self._schedule.pop_due(self._clock()):
-                # Answered or cancelled first: the expiry loses the race, as it should.
-                with contextlib.suppress(RequestRefused):
-                    await self.resolve(question_id, EXPIRED, TTL_ANSWERER)
+            await self.expire_due()
             self._changed = trio.Event()
             deadline = self._schedule.next_deadline()
             # Stored deadlines are wall-clock times; the wait runs on trio's clock.

@@ -16,6 +16,7 @@
         │           │                        re-adopts or starts its payload, waits on its pidfd,
         │           │                        carries out lifecycle commands
         │           ├── QuestionBook.watchdog *
+        │           ├── ReminderBook.scheduler *
         │           │                        sleeps until the earliest deadline
         │           ├── retention_loop *     hourly: acked messages > 30 days; agents' events dbs
         │           ├── housekeeping_loop *  every 30 s: running agents' logs over the cap
@@ -249,6 +250,7 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
                 await hive.lift_budget_pauses()
                 for part, body in (
                     ("the questions watchdog", hive.questions.watchdog),
+                    ("the reminder scheduler", hive.reminders.scheduler),
                     ("the retention loop", functools.partial(retention_loop, hive)),
                     ("the housekeeping loop", functools.partial(housekeeping_loop, hive)),
                     ("the free-space monitor", hive.space.run),

@@ -25,6 +25,7 @@ AGENT_TOOLS: Final = (
     "cancel_loose_end",
     "set_status",
     "get_agent_meta",
+    "remind",
 )
 #: What a lead (``lead = true`` in its agent.toml) adds, for the agents below it.
 LEAD_TOOLS: Final = (

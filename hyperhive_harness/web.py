@@ -4,6 +4,7 @@
     GET  /api/state         status, turn state (+since), model, ctx/cost, last turn, login
     GET  /api/inbox         the last 30 inbox messages (``recent`` on the socket)
     GET  /api/stats         this agent's spend and turn figures (``get_stats`` on the socket)
+    GET  /api/loose-ends    open questions, pending reminders (``get_loose_ends`` on the socket)
     GET  /events/history    {seq, events}: the newest events (up to 2000)
     GET  /events/stream     SSE (:mod:`hyperhive.runtime.sse`): one frame per event, its type
                             the event's kind; ``Last-Event-ID`` (or ``?since=``) resumes
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import trio
@@ -44,7 +45,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hyperhive.client import call_once
 from hyperhive.errors import ClientError, ConnectionLost
-from hyperhive.protocol import CONVERTER, AgentStatsReply, GetStats, Recent, RecentReply
+from hyperhive.protocol import (
+    CONVERTER,
+    AgentStatsReply,
+    GetLooseEnds,
+    GetStats,
+    LooseEndsReply,
+    Recent,
+    RecentReply,
+    Reply,
+)
+from hyperhive.protocol import Request as Request_
 from hyperhive.runtime import sse
 from hyperhive_harness.commands import Commands
 from hyperhive_harness.event_log import EventLog, event_json
@@ -52,6 +63,8 @@ from hyperhive_harness.login import LoginSession
 from hyperhive_harness.model import InvalidModel
 from hyperhive_harness.page import PAGE_HEADERS, render_page
 from hyperhive_harness.view import View
+
+R = TypeVar("R", bound=Reply)
 
 INBOX_LIMIT: Final = 30
 MAX_POST_BYTES: Final = 1024 * 1024
@@ -240,15 +253,28 @@ def create_app(ctx: UiContext, guard: frozenset[str] | None = None) -> ASGIApp:
         assert isinstance(reply, RecentReply)
         return JSONResponse({"messages": [CONVERTER.unstructure(m) for m in reply.messages]})
 
-    async def stats(request: Request) -> Response:
+    async def ask_daemon(request_: Request_, reply_type: type[R]) -> R | Response:
+        """One request on the agent's socket; the daemon's refusal or absence as an error."""
         try:
-            reply = await call_once(ctx.socket, GetStats())
+            reply = await call_once(ctx.socket, request_)
         except ConnectionLost as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
         except ClientError as exc:
             return JSONResponse({"error": str(exc)}, status_code=502)
-        assert isinstance(reply, AgentStatsReply)
+        assert isinstance(reply, reply_type)
+        return reply
+
+    async def stats(request: Request) -> Response:
+        reply = await ask_daemon(GetStats(), AgentStatsReply)
+        if isinstance(reply, Response):
+            return reply
         return JSONResponse(CONVERTER.unstructure(reply))
+
+    async def loose_ends(request: Request) -> Response:
+        reply = await ask_daemon(GetLooseEnds(), LooseEndsReply)
+        if isinstance(reply, Response):
+            return reply
+        return JSONResponse({"items": CONVERTER.unstructure(reply.items)})
 
     async def history(request: Request) -> Response:
         try:
@@ -313,6 +339,7 @@ def create_app(ctx: UiContext, guard: frozenset[str] | None = None) -> ASGIApp:
         Route("/api/state", _guarded(state)),
         Route("/api/inbox", _guarded(inbox)),
         Route("/api/stats", _guarded(stats)),
+        Route("/api/loose-ends", _guarded(loose_ends)),
         Route("/events/history", _guarded(history)),
         Route("/events/stream", _guarded(stream)),
         Route("/api/model", _guarded(model), methods=["POST"]),

@@ -135,7 +135,29 @@ def _v5_pause(conn: sqlite3.Connection) -> None:
     )
 
 
-def _v5_ledger(conn: sqlite3.Connection) -> None:
+def _v7_reminders(conn: sqlite3.Connection) -> None:
+    """Reminders (see :mod:`hyperhive.reminders`): one row per ``remind``, until cancelled."""
+    _execute_script(
+        conn,
+        """
+        CREATE TABLE reminders (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            agent         TEXT NOT NULL,        -- whose own inbox it lands in
+            body          TEXT NOT NULL,
+            file_path     TEXT,                 -- in-container path the body is written to
+            due_at        REAL NOT NULL,
+            created_at    REAL NOT NULL,
+            sent_at       REAL,                 -- NULL while pending
+            message_id    INTEGER,              -- the message it became
+            attempt_count INTEGER NOT NULL DEFAULT 0,
+            last_error    TEXT
+        );
+        CREATE INDEX reminders_pending ON reminders (agent, due_at) WHERE sent_at IS NULL;
+        """,
+    )
+
+
+def _v6_ledger(conn: sqlite3.Connection) -> None:
     """The spend ledger (see :mod:`hyperhive.ledger`): one row per reported claude run."""
     _execute_script(
         conn,
@@ -171,4 +193,12 @@ def _v5_ledger(conn: sqlite3.Connection) -> None:
     )
 
 
-BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (_v1, _v2, _v3, _v4, _v5_pause, _v5_ledger)
+BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (
+    _v1,
+    _v2,
+    _v3,
+    _v4,
+    _v5_pause,
+    _v6_ledger,
+    _v7_reminders,
+)

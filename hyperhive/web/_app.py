@@ -297,6 +297,7 @@ class Dashboard:
                 [q for q in questions if q.answered_at is None]
                 + [q for q in questions if q.answered_at is not None][-HISTORY_LIMIT:]
             ),
+            "reminders": CONVERTER.unstructure(await hive.reminders.list()),
             "inbox": CONVERTER.unstructure(await hive.broker.recent(OPERATOR, INBOX_LIMIT)),
             "flow": CONVERTER.unstructure(await hive.broker.flow(FLOW_LIMIT)),
             "spend": await self._hive_spend(),

@@ -71,6 +71,7 @@ function makeAgent(state) {
     const rate = badge('warn', '⊘ rate limited', 'the status says it is rate limited');
     const harness = h('span', { class: 'badge harness' });
     const unread = badge('unread', '');
+    const reminders = badge('reminders', '');
     const model = h('span', { class: 'model' });
     const backend = h('span', { class: 'backend' });
     const isolation = badge('warn', 'no isolation', 'this backend runs agents as plain processes');
@@ -130,7 +131,7 @@ function makeAgent(state) {
     });
     const el = h('article', { class: 'row agent', 'data-name': first.name, 'aria-label': `agent ${first.name}` },
       h('div', { class: 'info' },
-        h('div', { class: 'line' }, branch, name, role, lead, stateBadge, transient, crashLoop, paused, login, rate, harness, unread, link),
+        h('div', { class: 'line' }, branch, name, role, lead, stateBadge, transient, crashLoop, paused, login, rate, harness, unread, reminders, link),
         h('div', { class: 'line meta' }, model, backend, isolation, pid, spend, ctx, disk),
         pausedWhy, status, warning),
       h('div', { class: 'actions' }, pause, parent, ...buttons, logs, destroy));
@@ -169,6 +170,8 @@ function makeAgent(state) {
       setAttr(harness, 'data-on', a.harness_connected ? 'yes' : 'no');
       show(unread, a.unread > 0, `✉ ${a.unread}`);
       setAttr(unread, 'title', `${a.unread} unread`);
+      show(reminders, a.pending_reminders > 0, `⏰ ${a.pending_reminders}`);
+      setAttr(reminders, 'title', `${a.pending_reminders} pending reminders`);
       // The agent's UI through this dashboard (same login); a path of ours, never script.
       const url = /^\/agent\/[a-z][a-z0-9-]{0,8}\/$/.test(a.ui_url || '') ? a.ui_url : null;
       link.hidden = !url;

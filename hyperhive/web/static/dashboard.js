@@ -6,6 +6,7 @@ import { getJSON, LoggedOut, setCsrf, toast, act } from './ui.js';
 import { renderAgents } from './agents.js';
 import { renderCalls, lingerFor } from './calls.js';
 import { renderFlow, setupComposer, flowToBottom } from './flow.js';
+import { renderReminders } from './reminders.js';
 import { setupNotifications, notify } from './notify.js';
 // Every kind the daemon publishes (EventSource only delivers kinds it listens for),
 // served from the daemon's own list (hyperhive.kinds.EventKind).
@@ -22,6 +23,7 @@ const state = {
   tombstones: [],
   approvals: new Map(),
   questions: new Map(),
+  reminders: new Map(),
   inbox: new Map(),
   flow: new Map(),
   lingering: new Map(),
@@ -50,6 +52,7 @@ function load(snap) {
   state.tombstones = snap.tombstones;
   state.approvals = byId(snap.approvals);
   state.questions = byId(snap.questions);
+  state.reminders = byId(snap.reminders);
   state.inbox = byId(snap.inbox);
   // Merged, so lines older than the snapshot's window stay on screen; kept in id order.
   const flow = [...state.flow.values(), ...snap.flow].sort((a, b) => a.id - b.id);
@@ -147,6 +150,16 @@ function apply(kind, d, live) {
       const a = d.approval;
       state.approvals.set(a.id, a);
       if (live && kind === 'approval_added') notify(`◆ approval #${a.id}`, `${a.kind} ${a.agent}${a.description ? `: ${a.description}` : ''}`, `approval-${a.id}`);
+      break;
+    }
+    case 'reminder_changed': {
+      const r = d.reminder;
+      const before = state.reminders.has(r.id);
+      if (d.removed || r.sent_at != null) state.reminders.delete(r.id);
+      else state.reminders.set(r.id, r);
+      const now = state.reminders.has(r.id);
+      const agent = state.agents.get(r.agent);
+      if (agent && before !== now) patchAgent(r.agent, { pending_reminders: Math.max(0, agent.pending_reminders + (now ? 1 : -1)) });
       break;
     }
     default: // registered, destroyed, purged, crashes, vacuum: take a fresh snapshot
@@ -248,6 +261,7 @@ function render() {
   const calls = renderCalls(state);
   renderFlow(state);
   setText($('spend'), `spend $${state.spend.today.toFixed(2)} today · $${state.spend.total.toFixed(2)} total`);
+  renderReminders(state);
   setText($('pill-swarm'), agents);
   setText($('pill-call'), calls);
   $('pill-call').classList.toggle('hot', calls > 0);
