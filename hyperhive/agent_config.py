@@ -578,6 +578,10 @@ memory_max = "{DEFAULT_MEMORY_MAX}"
 # One line saying what the agent is for; shown on the dashboard.
 description = ""
 
+# The lead role: true lets the agent kill, start, restart and update the agents below it in
+# the hierarchy, read their logs and request spawns (which become its children).
+lead = false
+
 # Spend limits, checked after each turn from the daemon's spend ledger; at a limit the agent
 # is paused (the operator resumes it, or a raised limit lets it run again). Unset: no limit.
 # Daily limits count from midnight UTC; tokens are input + output + cache read + cache write.
@@ -589,10 +593,6 @@ description = ""
 [budget]
 # daily_usd = 5.0
 # no_progress_turns = {DEFAULT_NO_PROGRESS_TURNS}
-
-# The lead role: true lets the agent kill, start, restart and update the agents below it in
-# the hierarchy, read their logs and request spawns (which become its children).
-lead = false
 
 # Extra environment variables for the agent (its harness and claude). Names must be valid
 # environment variable names; PATH, HOME, HYPERHIVE_* and the other names hyperhive sets
