@@ -19,6 +19,7 @@ from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_nam
 from hyperhive.protocol import (
     Ack,
     AckReply,
+    AddSchedule,
     AgentMetaReply,
     AgentReply,
     AgentsReply,
@@ -30,9 +31,12 @@ from hyperhive.protocol import (
     Ask,
     CancelLooseEnd,
     CancelQuestion,
+    CancelSchedule,
     Deny,
     Destroy,
+    EditSchedule,
     Empty,
+    FireScheduleNow,
     GetAgentMeta,
     GetLogs,
     GetLooseEnds,
@@ -48,6 +52,7 @@ from hyperhive.protocol import (
     Kill,
     List,
     ListContainers,
+    ListSchedules,
     Logs,
     LooseEndsReply,
     Pending,
@@ -62,9 +67,12 @@ from hyperhive.protocol import (
     Reply,
     Request,
     RequestApplyCommit,
+    RequestSchedule,
     RequestSpawn,
     Restart,
     Revive,
+    ScheduleReply,
+    SchedulesReply,
     Send,
     SendReply,
     SetModel,
@@ -81,6 +89,7 @@ from hyperhive.protocol import (
     Wake,
 )
 from hyperhive.protocol.event_payloads import HarnessConnected, HarnessDisconnected
+from hyperhive.schedules import SOURCE_OPERATOR, Changes, may_see
 from hyperhive.server import Connection, SocketKind
 from hyperhive.store import DatabaseFailed
 
@@ -155,8 +164,38 @@ class Api:
 
     # ------------------------------------------------------------ agent and manager sockets
 
+    async def _schedules(self, me: str, request: Request) -> Reply | None:
+        """The schedule verbs every socket serves; ``me`` is the caller (or ``operator``)."""
+        schedules = self.hive.schedules
+        check = self.hive.schedule_check(me)
+        match request:
+            case EditSchedule():
+                changes = Changes(
+                    body=request.body,
+                    description=request.description,
+                    interval_seconds=request.interval_seconds,
+                    cron=request.cron,
+                    once=request.once,
+                    next_at=request.next_at,
+                    targets_add=tuple(request.targets_add),
+                    targets_remove=tuple(request.targets_remove),
+                )
+                return ScheduleReply(schedule=await schedules.edit(request.id, changes, check))
+            case CancelSchedule(id=sid, targets=targets):
+                return ScheduleReply(schedule=await schedules.cancel(sid, targets, check))
+            case FireScheduleNow(id=sid):
+                return ScheduleReply(schedule=await schedules.fire_now(sid, check))
+            case ListSchedules(include_ended=include_ended):
+                every = await schedules.list(include_ended=include_ended)
+                in_subtree = self.hive.in_subtree(me)
+                return SchedulesReply(schedules=[s for s in every if may_see(me, s, in_subtree)])
+        return None
+
     async def _agent(self, me: str, kind: SocketKind, request: Request) -> Reply:
         hive = self.hive
+        reply = await self._schedules(me, request)
+        if reply is not None:
+            return reply
         match request:
             case Send(to=to, body=body, in_reply_to=in_reply_to):
                 sent = await hive.broker.send(me, to, body, in_reply_to)
@@ -207,7 +246,18 @@ class Api:
                     status_text=record.status_text,
                     parent=record.parent,
                     state=record.state,
+                    schedules=await hive.schedules.targeting(record.name),
                 )
+            case RequestSchedule():
+                spec = hive.schedules.check(
+                    request.targets,
+                    request.body,
+                    request.first_at,
+                    request.interval_seconds,
+                    request.cron,
+                    request.description,
+                )
+                return ApprovalReply(approval=await hive.request_schedule(me, spec))
             case RequestSpawn(name=name, description=description):
                 return ApprovalReply(approval=await hive.request_spawn(name, description, MANAGER))
             case RequestApplyCommit(agent=agent, commit_ref=ref, description=description):
@@ -229,6 +279,9 @@ class Api:
 
     async def _host(self, request: Request) -> Reply:
         hive = self.hive
+        reply = await self._schedules(OPERATOR, request)
+        if reply is not None:
+            return reply
         match request:
             case HostStatus():
                 unread = await hive.broker.unread_by_recipient()
@@ -295,6 +348,19 @@ class Api:
                 return Empty()
             case Logs(name=name, lines=lines):
                 return await hive.logs(_name(name), lines)
+            case AddSchedule():
+                spec = hive.schedules.check(
+                    request.targets,
+                    request.body,
+                    request.first_at,
+                    request.interval_seconds,
+                    request.cron,
+                    request.description,
+                    request.timezone,
+                )
+                return ScheduleReply(
+                    schedule=await hive.schedules.create(OPERATOR, spec, SOURCE_OPERATOR)
+                )
             case Vacuum():
                 return VacuumReply(deleted=await hive.broker.vacuum(hive.config.retention_seconds))
         raise RequestRefused(f"{request.CMD!r} is not served on the host socket")

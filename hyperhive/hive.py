@@ -48,10 +48,19 @@ from hyperhive.events import EventHub
 from hyperhive.journal import OperationKind, crash_point, sql_begin, sql_end, sql_unfinished
 from hyperhive.kinds import BackendName, Transient
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
-from hyperhive.protocol import AgentInfo, ApprovalInfo, LogsReply, RecentMessage, Tombstone
+from hyperhive.protocol import (
+    AgentInfo,
+    ApprovalInfo,
+    LogsReply,
+    RecentMessage,
+    ScheduleInfo,
+    Tombstone,
+)
+from hyperhive.protocol.event_payloads import ScheduleChanged
 from hyperhive.questions import QuestionBook
 from hyperhive.registry import AgentRecord, AgentState, Registry
 from hyperhive.retention import sweep_events_db
+from hyperhive.schedules import ScheduleBook, Spec, local_timezone, may_touch, sql_save_request
 from hyperhive.space import SpaceMonitor
 from hyperhive.store import Database, is_disk_full
 from hyperhive.supervision import Problems, agent_reporter
@@ -110,9 +119,18 @@ class Hive:
             executors={
                 ApprovalKind.SPAWN: self._approved_spawn,
                 ApprovalKind.APPLY_COMMIT: self._approved_apply_commit,
+                ApprovalKind.SCHEDULE: self._approved_schedule,
             },
             on_deny={ApprovalKind.APPLY_COMMIT: self._denied_apply_commit},
             prechecks={ApprovalKind.SPAWN: self._check_spawn},
+        )
+        self.schedules = ScheduleBook(
+            db,
+            self.broker,
+            live=self.registry.live,
+            timezone=config.timezone or local_timezone(),
+            clock=config.wall_clock,
+            on_change=lambda info: self.events.emit(ScheduleChanged(schedule=info)),
         )
         self._deploy_locks: dict[str, trio.Lock] = {}
         backends = config.container_backends
@@ -271,6 +289,61 @@ class Hive:
     async def _approved_spawn(self, approval: ApprovalInfo) -> None:
         # Idempotent: after a crash it finishes whatever part of the spawn happened.
         await self._create(approval.agent)
+
+    # ------------------------------------------------------------ scheduled prompts
+
+    async def request_schedule(self, requester: str, spec: Spec) -> ApprovalInfo:
+        """An agent's (or the manager's) schedule: an approval of kind ``schedule``."""
+
+        def attach(conn: sqlite3.Connection, info: ApprovalInfo, created: bool) -> None:
+            if not created:
+                raise RequestRefused(
+                    f"your schedule request #{info.id} is still waiting for the operator; "
+                    "ask again once it is decided"
+                )
+            sql_save_request(conn, info.id, spec)
+
+        return await self.approvals.request(
+            requester,
+            ApprovalKind.SCHEDULE,
+            requested_by=requester,
+            description=spec.summary(),
+            attach=attach,
+        )
+
+    async def _approved_schedule(self, approval: ApprovalInfo) -> None:
+        # Idempotent: a schedule made from this approval already is the outcome.
+        await self.schedules.create_from_request(approval.agent, approval.id)
+
+    def in_subtree(self, root: str) -> Callable[[str], bool]:
+        """Whether a name is ``root`` or below it (by the agents' ``parent``)."""
+        parents = {r.name: r.parent for r in self.registry.all()}
+
+        def below(name: str) -> bool:
+            seen: set[str] = set()
+            current: str | None = name
+            while current is not None and current not in seen:
+                if current == root:
+                    return True
+                seen.add(current)
+                current = parents.get(current)
+            return False
+
+        return below
+
+    def schedule_check(self, caller: str) -> Callable[[ScheduleInfo], None]:
+        """Refuses a schedule ``caller`` may not touch (see :func:`schedules.may_touch`)."""
+        in_subtree = self.in_subtree(caller)
+
+        def check(info: ScheduleInfo) -> None:
+            if not may_touch(caller, info, in_subtree):
+                raise RequestRefused(
+                    f"schedule {info.id} belongs to {info.owner} and targets agents outside "
+                    f"your subtree; you may touch only your own schedules and those for "
+                    "yourself or the agents below you"
+                )
+
+        return check
 
     async def spawn(self, name: str, *, backend: str | None = None) -> AgentRecord:
         """Operator's direct spawn: no approval; idempotent for an existing agent."""
@@ -435,15 +508,20 @@ class Hive:
 
     async def agent_infos(self) -> list[AgentInfo]:
         unread = await self.broker.unread_by_recipient()
+        targeting = await self.schedules.targeting_all()
         return [
-            await self.agent_info(r, unread.get(r.name, 0))
+            await self.agent_info(r, unread.get(r.name, 0), targeting.get(r.name, []))
             for r in self.registry.all()
             if r.state != AgentState.DESTROYED
         ]
 
-    async def agent_info(self, record: AgentRecord, unread: int | None = None) -> AgentInfo:
+    async def agent_info(
+        self, record: AgentRecord, unread: int | None = None, schedules: list[int] | None = None
+    ) -> AgentInfo:
         if unread is None:
             unread = await self.broker.unread(record.name)
+        if schedules is None:
+            schedules = await self.schedules.targeting(record.name)
         return AgentInfo(
             name=record.name,
             role=record.role,
@@ -463,6 +541,7 @@ class Hive:
             )
             or None,
             ui_url=self.registry.ui_url(record.name),
+            schedules=schedules,
         )
 
     def _agent_credentials_warning(self, record: AgentRecord) -> str | None:

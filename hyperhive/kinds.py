@@ -93,6 +93,8 @@ class ConnectionRole(StrEnum):
 class ApprovalKind(StrEnum):
     SPAWN = "spawn"
     APPLY_COMMIT = "apply_commit"
+    #: A scheduled prompt an agent asked for (``request_schedule``).
+    SCHEDULE = "schedule"
 
 
 class ApprovalStatus(StrEnum):
@@ -135,6 +137,8 @@ class EventKind(StrEnum):
     APPROVAL_RESOLVED = "approval_resolved"
     PROBLEMS_CHANGED = "problems_changed"
     SPACE_CHANGED = "space_changed"
+    #: A scheduled prompt was created, changed, fired or ended.
+    SCHEDULE_CHANGED = "schedule_changed"
 
 
 class SystemKind(StrEnum):

@@ -15,7 +15,9 @@ MANAGER: Final = "manager"
 OPERATOR: Final = "operator"
 SYSTEM: Final = "system"
 BROADCAST: Final = "*"
-RESERVED_NAMES: Final = frozenset({OPERATOR, SYSTEM, MANAGER, "reminder"})
+#: The sender of scheduled prompts.
+SCHEDULER: Final = "scheduler"
+RESERVED_NAMES: Final = frozenset({OPERATOR, SYSTEM, MANAGER, "reminder", SCHEDULER})
 
 
 class InvalidAgentName(ValueError):

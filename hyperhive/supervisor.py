@@ -228,6 +228,7 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
                 await hive.finish_interrupted()
                 for part, body in (
                     ("the questions watchdog", hive.questions.watchdog),
+                    ("the schedules", hive.schedules.run),
                     ("the retention loop", functools.partial(retention_loop, hive)),
                     ("the free-space monitor", hive.space.run),
                 ):

@@ -14,7 +14,7 @@ import attrs
 
 from hyperhive.kinds import AgentRole, AgentState, EventKind, Transient
 from hyperhive.protocol._codec import CONVERTER
-from hyperhive.protocol._messages import ApprovalInfo, QuestionInfo
+from hyperhive.protocol._messages import ApprovalInfo, QuestionInfo, ScheduleInfo
 
 
 @attrs.frozen
@@ -172,6 +172,14 @@ class SpaceChanged(EventPayload):
     low: bool
 
 
+@attrs.frozen
+class ScheduleChanged(EventPayload):
+    """A scheduled prompt was created, edited, fired, or ended."""
+
+    KIND = EventKind.SCHEDULE_CHANGED
+    schedule: ScheduleInfo
+
+
 #: Every event kind and the class of its payload.
 EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
     cls.KIND: cls
@@ -196,6 +204,7 @@ EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
         ApprovalResolved,
         ProblemsChanged,
         SpaceChanged,
+        ScheduleChanged,
     )
 }
 assert set(EVENT_PAYLOADS) == set(EventKind), "every event kind needs exactly one payload class"

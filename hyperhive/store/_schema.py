@@ -123,4 +123,36 @@ def _v4(conn: sqlite3.Connection) -> None:
     )
 
 
-BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (_v1, _v2, _v3, _v4)
+def _v5_schedules(conn: sqlite3.Connection) -> None:
+    """Scheduled prompts (see :mod:`hyperhive.schedules`) and the specs awaiting approval."""
+    _execute_script(
+        conn,
+        """
+        CREATE TABLE schedules (
+            id               INTEGER PRIMARY KEY AUTOINCREMENT,
+            owner            TEXT NOT NULL,      -- agent name or 'operator'
+            targets_json     TEXT NOT NULL,      -- JSON list of agent names
+            body             TEXT NOT NULL,
+            description      TEXT,
+            interval_seconds INTEGER,            -- NULL: cron, or one-shot
+            cron             TEXT,
+            timezone         TEXT NOT NULL,
+            next_at          REAL,               -- NULL once ended
+            created_at       REAL NOT NULL,
+            source           TEXT NOT NULL,      -- 'operator' | 'approval:<id>'
+            ended_at         REAL,
+            last_fired_at    REAL,
+            fires            INTEGER NOT NULL DEFAULT 0,
+            skipped          INTEGER NOT NULL DEFAULT 0,
+            last_skipped     INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX schedules_due ON schedules (next_at) WHERE ended_at IS NULL;
+        CREATE TABLE schedule_requests (
+            approval_id INTEGER PRIMARY KEY,     -- the approval of kind 'schedule'
+            spec_json   TEXT NOT NULL
+        );
+        """,
+    )
+
+
+BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (_v1, _v2, _v3, _v4, _v5_schedules)
