@@ -7,6 +7,7 @@ import { renderAgents } from './agents.js';
 import { renderCalls, lingerFor } from './calls.js';
 import { renderFlow, setupComposer, flowToBottom } from './flow.js';
 import { setupNotifications, notify } from './notify.js';
+import { renderSchedules, setupScheduleForm } from './schedules.js';
 // Every kind the daemon publishes (EventSource only delivers kinds it listens for),
 // served from the daemon's own list (hyperhive.kinds.EventKind).
 import { EVENT_KINDS } from './kinds.js';
@@ -25,6 +26,7 @@ const state = {
   inbox: new Map(),
   flow: new Map(),
   lingering: new Map(),
+  schedules: new Map(),
 };
 const recent = []; // events seen on the stream, re-applied on top of a newer snapshot
 let streamSeq = 0;
@@ -48,6 +50,7 @@ function load(snap) {
   state.approvals = byId(snap.approvals);
   state.questions = byId(snap.questions);
   state.inbox = byId(snap.inbox);
+  state.schedules = byId(snap.schedules);
   // Merged, so lines older than the snapshot's window stay on screen; kept in id order.
   const flow = [...state.flow.values(), ...snap.flow].sort((a, b) => a.id - b.id);
   state.flow = new Map();
@@ -125,6 +128,9 @@ function apply(kind, d, live) {
       if (live && kind === 'approval_added') notify(`◆ approval #${a.id}`, `${a.kind} ${a.agent}${a.description ? `: ${a.description}` : ''}`, `approval-${a.id}`);
       break;
     }
+    case 'schedule_changed':
+      state.schedules.set(d.schedule.id, d.schedule);
+      break;
     default: // registered, destroyed, purged, crashes, vacuum: take a fresh snapshot
       refetchSoon();
   }
@@ -223,6 +229,7 @@ function render() {
   const agents = renderAgents(state);
   const calls = renderCalls(state);
   renderFlow(state);
+  setText($('pill-schedules'), renderSchedules(state));
   setText($('pill-swarm'), agents);
   setText($('pill-call'), calls);
   $('pill-call').classList.toggle('hot', calls > 0);
@@ -246,7 +253,7 @@ function tick() {
 
 function showTab() {
   const tab = (location.hash || '#swarm').slice(1);
-  const known = ['swarm', 'call', 'flow'].includes(tab) ? tab : 'swarm';
+  const known = ['swarm', 'call', 'flow', 'schedules'].includes(tab) ? tab : 'swarm';
   for (const view of document.querySelectorAll('.view')) view.hidden = view.id !== `view-${known}`;
   for (const link of document.querySelectorAll('.tabs a')) {
     if (link.dataset.tab === known) link.setAttribute('aria-current', 'page');
@@ -281,6 +288,7 @@ async function boot() {
   setupNotifications();
   setupComposer(state);
   setupForms();
+  setupScheduleForm();
   try {
     load(await getJSON('/api/state'));
   } catch (err) {
