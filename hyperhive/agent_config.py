@@ -78,6 +78,7 @@ KNOWN_KEYS: Final = (
     "cpu_quota",
     "memory_max",
     "description",
+    "lead",
 )
 MCP_SERVER_KEYS: Final = ("command", "args", "env", "allowed_tools")
 
@@ -122,6 +123,8 @@ class AgentConfig:
     cpu_quota: str = DEFAULT_CPU_QUOTA
     memory_max: str = DEFAULT_MEMORY_MAX
     description: str = ""
+    #: The ``lead`` role: lifecycle verbs and ``request_spawn`` for the agents below it.
+    lead: bool = False
 
     @property
     def cpu_quota_percent(self) -> int:
@@ -421,6 +424,12 @@ def agent_config_from_dict(data: Mapping[str, object]) -> AgentConfig:
     description: str | None = default.description
     if (raw := get("description")) is not missing:
         description = check.string("description", raw, limit=MAX_DESCRIPTION_CHARS)
+    lead = default.lead
+    if (raw := get("lead")) is not missing:
+        if isinstance(raw, bool):
+            lead = raw
+        else:
+            check.problem(f"lead must be a boolean (true or false), not {_kind(raw)}")
 
     if check.problems:
         raise InvalidAgentConfig(check.problems)
@@ -436,6 +445,7 @@ def agent_config_from_dict(data: Mapping[str, object]) -> AgentConfig:
         cpu_quota=cpu_quota,
         memory_max=memory_max,
         description=description,
+        lead=lead,
     )
 
 
@@ -516,6 +526,10 @@ memory_max = "{DEFAULT_MEMORY_MAX}"
 
 # One line saying what the agent is for; shown on the dashboard.
 description = ""
+
+# The lead role: true lets the agent kill, start, restart and update the agents below it in
+# the hierarchy, read their logs and request spawns (which become its children).
+lead = false
 
 # Extra environment variables for the agent (its harness and claude). Names must be valid
 # environment variable names; PATH, HOME, HYPERHIVE_* and the other names hyperhive sets

@@ -76,6 +76,7 @@ from hyperhive.protocol import (
     Send,
     SendReply,
     SetModel,
+    SetParent,
     SetStatus,
     Spawn,
     Start,
@@ -92,6 +93,7 @@ from hyperhive.protocol.event_payloads import HarnessConnected, HarnessDisconnec
 from hyperhive.schedules import SOURCE_OPERATOR, Changes, may_see
 from hyperhive.server import Connection, SocketKind
 from hyperhive.store import DatabaseFailed
+from hyperhive.topology import in_subtree
 
 
 def _name(raw: str, *, allow_manager: bool = True) -> str:
@@ -187,8 +189,8 @@ class Api:
                 return ScheduleReply(schedule=await schedules.fire_now(sid, check))
             case ListSchedules(include_ended=include_ended):
                 every = await schedules.list(include_ended=include_ended)
-                in_subtree = self.hive.in_subtree(me)
-                return SchedulesReply(schedules=[s for s in every if may_see(me, s, in_subtree)])
+                below = self.hive.in_subtree(me)
+                return SchedulesReply(schedules=[s for s in every if may_see(me, s, below)])
         return None
 
     async def _agent(self, me: str, kind: SocketKind, request: Request) -> Reply:
@@ -244,7 +246,7 @@ class Api:
                     role=record.role,
                     model=hive.registry.model(record.name),
                     status_text=record.status_text,
-                    parent=record.parent,
+                    parent=hive.registry.parent(record.name),
                     state=record.state,
                     schedules=await hive.schedules.targeting(record.name),
                 )
@@ -259,21 +261,48 @@ class Api:
                 )
                 return ApprovalReply(approval=await hive.request_schedule(me, spec))
             case RequestSpawn(name=name, description=description):
-                return ApprovalReply(approval=await hive.request_spawn(name, description, MANAGER))
+                # A lead's spawn becomes its child once approved; the manager's, a top agent.
+                requester = MANAGER if kind is SocketKind.MANAGER else self._lead(me, request)
+                return ApprovalReply(
+                    approval=await hive.request_spawn(name, description, requester)
+                )
             case RequestApplyCommit(agent=agent, commit_ref=ref, description=description):
                 return ApprovalReply(
                     approval=await hive.request_apply_commit(agent, ref, description)
                 )
             case Kill(name=name) | Start(name=name) | Restart(name=name) | Update(name=name):
-                if _name(name) == MANAGER:
+                if kind is not SocketKind.MANAGER:
+                    self._lead(me, request, _name(name))
+                elif _name(name) == MANAGER:
                     raise RequestRefused(f"the manager cannot {request.CMD} itself")
                 await hive.lifecycle(request.CMD, name)
                 return Empty()
             case ListContainers():
                 return AgentsReply(agents=await hive.agent_infos())
             case GetLogs(agent=agent, lines=lines):
+                if kind is not SocketKind.MANAGER:
+                    self._lead(me, request, _name(agent))
                 return await hive.logs(_name(agent), lines)
         raise RequestRefused(f"{request.CMD!r} is not served on this socket")
+
+    def _lead(self, me: str, request: Request, target: str | None = None) -> str:
+        """Refuse unless ``me`` is a lead and ``target`` is strictly below it; returns ``me``.
+
+        A lead acts on its subtree without itself (as the manager never acts on itself).
+        """
+        registry = self.hive.registry
+        if not registry.is_lead(me):
+            raise RequestRefused(
+                f"{request.CMD} is for the manager and leads: {me} is not a lead "
+                "(lead = true in its agent.toml grants it)"
+            )
+        if target is not None:
+            registry.get(target)  # an unknown name is refused as such
+            if target == me:
+                raise RequestRefused(f"a lead cannot {request.CMD} itself")
+            if not in_subtree(registry.parents(), me, target):
+                raise RequestRefused(f"{target} is not in your subtree")
+        return me
 
     # ------------------------------------------------------------ host socket (operator)
 
@@ -363,4 +392,9 @@ class Api:
                 )
             case Vacuum():
                 return VacuumReply(deleted=await hive.broker.vacuum(hive.config.retention_seconds))
+            case SetParent(child=child, parent=parent):
+                await hive.registry.set_parent(
+                    _name(child), None if parent is None else _name(parent)
+                )
+                return Empty()
         raise RequestRefused(f"{request.CMD!r} is not served on the host socket")

@@ -37,6 +37,7 @@ from hyperhive.journal import (
     sql_for_approval,
 )
 from hyperhive.kinds import ApprovalKind, ApprovalStatus, Decider
+from hyperhive.names import MANAGER
 from hyperhive.protocol import ApprovalInfo, event_payloads
 from hyperhive.store import Database
 
@@ -132,7 +133,16 @@ def sql_resolve(
     )
     sql_end_approval(conn, approval_id)
     info = sql_get(conn, approval_id)
-    outbox.insert([system_messages.approval_resolved(info)])
+    messages = [system_messages.approval_resolved(info)]
+    # A lead's spawn request: the lead hears the decision too (while it is live).
+    lead = conn.execute(
+        "SELECT a.name FROM approvals p JOIN agents a ON a.name = p.requested_by "
+        "WHERE p.id = ? AND a.state != 'destroyed' AND a.name != ?",
+        (approval_id, MANAGER),
+    ).fetchone()
+    if lead is not None:
+        messages.append(system_messages.approval_resolved(info, to=lead[0]))
+    outbox.insert(messages)
     return info
 
 

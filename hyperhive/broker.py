@@ -25,7 +25,7 @@ import sqlite3
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Final, TypeVar
 
 import attrs
@@ -52,8 +52,22 @@ from hyperhive.names import (
 from hyperhive.protocol import Message, RecentMessage
 from hyperhive.protocol import event_payloads as ev
 from hyperhive.store import Database
+from hyperhive.topology import subtree
 
 BROADCAST_PREFIX: Final = "[broadcast to all agents] "
+#: ``*:<name>``: a broadcast to ``<name>`` and every agent below it.
+SUBTREE_BROADCAST: Final = BROADCAST + ":"
+
+
+def broadcast_prefix(to: str) -> str | None:
+    """The line a broadcast's body starts with (None: ``to`` is not a broadcast)."""
+    if to == BROADCAST:
+        return BROADCAST_PREFIX
+    if to.startswith(SUBTREE_BROADCAST):
+        return f"[broadcast to {to[len(SUBTREE_BROADCAST) :]}'s subtree] "
+    return None
+
+
 T = TypeVar("T")
 
 
@@ -148,14 +162,35 @@ def resolve_recipients(
     known: Collection[str],
     live: Collection[str],
     allowed: Collection[str] | None = None,
+    parents: Mapping[str, str | None] | None = None,
 ) -> list[str]:
     """Who receives ``sender``'s message addressed to ``to``.
 
     ``known`` is every agent a message may wait for (tombstones included), ``live`` the agents
-    a broadcast reaches, ``allowed`` the sender's ``allowed_recipients`` (None or empty: any).
+    a broadcast reaches, ``allowed`` the sender's ``allowed_recipients`` (None or empty: any),
+    ``parents`` the hierarchy (``hyperhive.topology``) a subtree broadcast ``*:<name>``
+    follows: it reaches ``<name>`` and every live agent below it, never the sender.
     Raises :class:`RequestRefused` with the reason, so a typo never swallows a message.
     """
     restricted = bool(allowed)
+    if to.startswith(SUBTREE_BROADCAST):
+        root = to[len(SUBTREE_BROADCAST) :]
+        if restricted:
+            raise RequestRefused(
+                f"{sender} may not broadcast: its allowed recipients are "
+                f"{', '.join(sorted(allowed or ()))}, manager and operator"
+            )
+        try:
+            parse_agent_name(root, allow_manager=True)
+        except InvalidAgentName as exc:
+            raise RequestRefused(f"unknown broadcast subtree: {exc}") from None
+        if root not in live:
+            raise RequestRefused(f"unknown broadcast subtree {root!r}: no live agent has that name")
+        below = subtree(parents or {}, root)
+        targets = sorted(name for name in live if name in below and name != sender)
+        if not targets:
+            raise RequestRefused(f"broadcast to {root}'s subtree reaches nobody but the sender")
+        return targets
     if to == BROADCAST:
         if restricted:
             raise RequestRefused(
@@ -391,7 +426,9 @@ class Broker:
         directory: Callable[[], tuple[Collection[str], Collection[str]]],
         allowed_recipients: Callable[[str], Collection[str] | None] = lambda _: None,
         clock: Callable[[], float] = time.time,
+        parents: Callable[[], Mapping[str, str | None]] = dict,
     ) -> None:
+        self._parents = parents
         self._db = db
         self._events = events
         self._directory = directory
@@ -427,8 +464,11 @@ class Broker:
         check_body(body)
         known, live = self._directory()
         allowed = None if sender in (OPERATOR, SYSTEM) else self._allowed(sender)
-        recipients = resolve_recipients(sender, to, known=known, live=live, allowed=allowed)
-        text = BROADCAST_PREFIX + body if to == BROADCAST else body
+        parents = self._parents() if to.startswith(SUBTREE_BROADCAST) else None
+        recipients = resolve_recipients(
+            sender, to, known=known, live=live, allowed=allowed, parents=parents
+        )
+        text = (broadcast_prefix(to) or "") + body
         return [Outgoing(sender, r, text, in_reply_to) for r in recipients]
 
     async def send(

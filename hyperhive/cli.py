@@ -441,11 +441,12 @@ def _agent_status(a: dict[str, Any]) -> str:
 
 def _agents_table(r: dict[str, Any]) -> None:
     _table(
-        ["NAME", "ROLE", "STATE", "BACKEND", "HARNESS", "UNREAD", "MODEL", "STATUS"],
+        ["NAME", "ROLE", "PARENT", "STATE", "BACKEND", "HARNESS", "UNREAD", "MODEL", "STATUS"],
         [
             [
                 a["name"],
-                a["role"],
+                "lead" if a.get("lead") else a["role"],
+                a["parent"] or "-",
                 _agent_state(a),
                 a["backend"],
                 "connected" if a["harness_connected"] else "-",
@@ -780,6 +781,21 @@ def set_model(
     """Set the model an agent uses from its next turn on."""
     reply = _call(run_dir, {"cmd": "set_model", "name": name, "model": model})
     _emit(reply, as_json, lambda _: typer.echo(f"{name} uses {model} from its next turn"))
+
+
+@app.command("set-parent")
+def set_parent(
+    child: str,
+    run_dir: RunDir,
+    state_dir: StateDir,
+    parent: Annotated[
+        str | None, typer.Argument(help="The new parent; omitted: back under the manager.")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Move an agent in the hierarchy (refused for unknown names, itself and cycles)."""
+    reply = _call(run_dir, {"cmd": "set_parent", "child": child, "parent": parent})
+    _emit(reply, as_json, lambda _: typer.echo(f"{child} is now below {parent or 'manager'}"))
 
 
 @app.command()

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from hyperhive import contract
+from hyperhive import contract, topology
 from hyperhive.agent_config import AgentConfig, parse_agent_config, seed_agent_toml
 from hyperhive.agent_setup import load_applied_config, prepare_agent_repos, proposed_repo
 from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref, sql_fail_pending
@@ -108,6 +108,7 @@ class Hive:
             self.events,
             directory=self.registry.directory,
             allowed_recipients=self.registry.allowed_recipients,
+            parents=self.registry.parents,
         )
         self.questions = QuestionBook(
             db, self.broker, self.events, known_agents=self.registry.known, clock=config.wall_clock
@@ -288,7 +289,16 @@ class Hive:
 
     async def _approved_spawn(self, approval: ApprovalInfo) -> None:
         # Idempotent: after a crash it finishes whatever part of the spawn happened.
-        await self._create(approval.agent)
+        requested_by = await self.db.transaction(
+            lambda conn: conn.execute(
+                "SELECT requested_by FROM approvals WHERE id = ?", (approval.id,)
+            ).fetchone()[0]
+        )
+        # Spawned at a lead's request: the lead's child (while the lead is live), else the
+        # manager's.
+        live = self.registry.live()
+        parent = requested_by if requested_by in live and requested_by != MANAGER else MANAGER
+        await self._create(approval.agent, parent=parent)
 
     # ------------------------------------------------------------ scheduled prompts
 
@@ -316,20 +326,9 @@ class Hive:
         await self.schedules.create_from_request(approval.agent, approval.id)
 
     def in_subtree(self, root: str) -> Callable[[str], bool]:
-        """Whether a name is ``root`` or below it (by the agents' ``parent``)."""
-        parents = {r.name: r.parent for r in self.registry.all()}
-
-        def below(name: str) -> bool:
-            seen: set[str] = set()
-            current: str | None = name
-            while current is not None and current not in seen:
-                if current == root:
-                    return True
-                seen.add(current)
-                current = parents.get(current)
-            return False
-
-        return below
+        """Whether a name is ``root`` or below it in the hierarchy (``hyperhive.topology``)."""
+        parents = self.registry.parents()
+        return functools.partial(topology.in_subtree, parents, root)
 
     def schedule_check(self, caller: str) -> Callable[[ScheduleInfo], None]:
         """Refuses a schedule ``caller`` may not touch (see :func:`schedules.may_touch`)."""
@@ -356,7 +355,12 @@ class Hive:
         return await self._create(name, backend=backend)
 
     async def _create(
-        self, name: str, *, role: str = "agent", backend: str | None = None
+        self,
+        name: str,
+        *,
+        role: str = "agent",
+        backend: str | None = None,
+        parent: str = MANAGER,
     ) -> AgentRecord:
         """Register (or revive) an agent and hand it to its supervisor, which starts it.
 
@@ -371,7 +375,7 @@ class Hive:
         await prepare_agent_repos(self.config.paths, name, self.seed_toml)
         crash_point("spawn-prepared")
         record = await self.registry.register(
-            name, role=role, backend=backend, transient=Transient.SPAWNING
+            name, role=role, backend=backend, transient=Transient.SPAWNING, parent=parent
         )
         try:
             crash_point("spawn-registered")
@@ -528,7 +532,7 @@ class Hive:
             state=record.state,
             backend=record.backend,
             created_at=record.created_at,
-            parent=record.parent,
+            parent=self.registry.parent(record.name),
             model=self.registry.model(record.name),
             status_text=record.status_text,
             unread=unread,
@@ -542,6 +546,7 @@ class Hive:
             or None,
             ui_url=self.registry.ui_url(record.name),
             schedules=schedules,
+            lead=self.registry.is_lead(record.name),
         )
 
     def _agent_credentials_warning(self, record: AgentRecord) -> str | None:

@@ -139,6 +139,8 @@ class EventKind(StrEnum):
     SPACE_CHANGED = "space_changed"
     #: A scheduled prompt was created, changed, fired or ended.
     SCHEDULE_CHANGED = "schedule_changed"
+    #: An agent got a new parent (``set_parent``, or its parent was destroyed).
+    PARENT_CHANGED = "parent_changed"
 
 
 class SystemKind(StrEnum):

@@ -35,6 +35,7 @@ from hyperhive.names import MANAGER, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import event_payloads as ev
 from hyperhive.server import Principal, SocketKind
 from hyperhive.store import Database
+from hyperhive.topology import TopologyError, check_parent, orphaned_by
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -138,18 +139,21 @@ def _upsert(conn: sqlite3.Connection, record: AgentRecord) -> None:
     )
 
 
-def read_allowed_recipients(agent_toml: Path) -> frozenset[str] | None:
-    """``allowed_recipients`` of an applied agent.toml (blocking); None means unrestricted.
-
-    An applied file that does not parse (it was valid when deployed, so someone edited it
-    by hand) is logged and treated as unrestricted rather than silencing the agent.
-    """
+def read_enforced(agent_toml: Path) -> tuple[frozenset[str] | None, bool]:
+    """What the core enforces from an applied agent.toml (blocking): ``allowed_recipients``
+    (None: unrestricted) and ``lead``. An applied file that does not parse is logged and
+    read as unrestricted and not a lead."""
     try:
         config = load_agent_config(agent_toml)
     except InvalidAgentConfig as exc:
-        log.warning("%s: %s; allowed_recipients ignored", agent_toml, exc)
-        return None
-    return frozenset(config.allowed_recipients) or None
+        log.warning("%s: %s; allowed_recipients and lead ignored", agent_toml, exc)
+        return None, False
+    return frozenset(config.allowed_recipients) or None, config.lead
+
+
+def read_allowed_recipients(agent_toml: Path) -> frozenset[str] | None:
+    """``allowed_recipients`` of an applied agent.toml (blocking); None means unrestricted."""
+    return read_enforced(agent_toml)[0]
 
 
 SocketServer = Callable[[Path, Principal], Awaitable[None]]
@@ -174,6 +178,8 @@ class Registry:
         self._clock = clock
         self._agents: dict[str, AgentRecord] = {}
         self._allowed: dict[str, frozenset[str] | None] = {}
+        #: Agents whose applied agent.toml says ``lead = true``.
+        self._leads: set[str] = set()
         self._sockets: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self.harnesses: Counter[str] = Counter()
@@ -208,6 +214,52 @@ class Registry:
 
     def allowed_recipients(self, name: str) -> frozenset[str] | None:
         return self._allowed.get(name)
+
+    def is_lead(self, name: str) -> bool:
+        """Whether the agent's applied agent.toml grants it the ``lead`` role."""
+        return name in self._leads and name in self._agents
+
+    def parents(self) -> dict[str, str | None]:
+        """Each live agent's parent (``hyperhive.topology``'s mapping): the manager is the
+        root; a parent never set (NULL), or one that is not live, reads as ``manager``."""
+        live = self.live()
+        return {
+            name: None
+            if name == MANAGER
+            else (record.parent if record.parent in live and record.parent != name else MANAGER)
+            for name, record in self._agents.items()
+            if name in live
+        }
+
+    def parent(self, name: str) -> str | None:
+        """The agent's parent as :meth:`parents` reads it (None for the manager)."""
+        if name == MANAGER:
+            return None
+        return self.parents().get(name, MANAGER)
+
+    async def set_parent(self, child: str, parent: str | None) -> str:
+        """Give a live agent a new parent (None: back to ``manager``); returns the parent.
+
+        Refused for unknown names, the manager, self-parenting and cycles. Idempotent.
+        """
+        record = self.get(child)
+        if record.state == AgentState.DESTROYED:
+            raise RequestRefused(f"{child} is destroyed")
+        if child == MANAGER:
+            raise RequestRefused("the manager is the root of the hive: it has no parent")
+        new = MANAGER if parent is None else parent
+        if new != MANAGER:
+            target = self.get(new)
+            if target.state == AgentState.DESTROYED:
+                raise RequestRefused(f"{new} is destroyed")
+        try:
+            check_parent(self.parents(), child, new)
+        except TopologyError as exc:
+            raise RequestRefused(str(exc)) from None
+        if record.parent != new:
+            await self.update(child, parent=new)
+            self._events.emit(ev.ParentChanged(name=child, parent=new))
+        return new
 
     # ------------------------------------------------------------ lifecycle
 
@@ -269,10 +321,16 @@ class Registry:
         return record
 
     async def reload_config(self, name: str) -> None:
-        """Re-read what the broker enforces from the applied agent.toml (after a deploy)."""
-        self._allowed[name] = await trio.to_thread.run_sync(
-            read_allowed_recipients, self._paths.applied_dir(name) / "agent.toml"
+        """Re-read what the core enforces from the applied agent.toml (after a deploy):
+        the broker's allowed recipients and the ``lead`` role."""
+        allowed, lead = await trio.to_thread.run_sync(
+            read_enforced, self._paths.applied_dir(name) / "agent.toml"
         )
+        self._allowed[name] = allowed
+        if lead:
+            self._leads.add(name)
+        else:
+            self._leads.discard(name)
 
     async def make_dirs(self, name: str) -> None:
         """Create the agent's state directories where missing (idempotent)."""
@@ -294,13 +352,23 @@ class Registry:
         if record.state == AgentState.DESTROYED:
             raise RequestRefused(f"{name} is already destroyed")
         record = attrs.evolve(record, state=AgentState.DESTROYED, updated_at=self._clock())
+        # Its children move to its own parent, in the same transaction.
+        adopted = [
+            attrs.evolve(self._agents[child], parent=parent, updated_at=record.updated_at)
+            for child, parent in orphaned_by(self.parents(), name).items()
+        ]
 
         def tx(conn: sqlite3.Connection) -> T | None:
             _upsert(conn, record)
+            for child in adopted:
+                _upsert(conn, child)
             return None if also is None else also(conn)
 
         result = await self._db.transaction(tx)
         self._agents[name] = record
+        for child in adopted:
+            self._agents[child.name] = child
+            self._events.emit(ev.ParentChanged(name=child.name, parent=child.parent))
         scope = self._sockets.pop(name, None)
         if scope is not None:
             scope.cancel()
@@ -324,6 +392,7 @@ class Registry:
         operation_id = await self._db.transaction(tx)
         del self._agents[name]
         self._allowed.pop(name, None)
+        self._leads.discard(name)
         await self.finish_purge(name, operation_id)
 
     async def finish_purge(self, name: str, operation_id: int) -> None:

@@ -29,8 +29,9 @@ KICK_BODY: Final = (
 )
 
 
-def approval_resolved(info: ApprovalInfo) -> Outgoing:
-    """To the manager: a decision (approved, denied, failed) on one of its requests."""
+def approval_resolved(info: ApprovalInfo, to: str = MANAGER) -> Outgoing:
+    """To the manager (and to the lead that asked, ``to``): a decision (approved, denied,
+    failed) on one of its requests."""
     message = kinds.ApprovalResolved(
         id=info.id,
         agent=info.agent,
@@ -39,7 +40,7 @@ def approval_resolved(info: ApprovalInfo) -> Outgoing:
         status=info.status,
         note=info.note,
     )
-    return Outgoing(SYSTEM, MANAGER, system_body(message))
+    return Outgoing(SYSTEM, to, system_body(message))
 
 
 def question_asked(info: QuestionInfo) -> Outgoing:

@@ -180,6 +180,8 @@ def test_memory_max_bytes(memory_max: str, expected: int | None) -> None:
         ("model = 1979-05-27", "model must be a string, not a date/time"),
         ("model = 1.5", "model must be a string, not a float"),
         ("model = {}", "model must be a string, not a table"),
+        ('lead = "yes"', "lead must be a boolean (true or false), not a string"),
+        ("lead = 1", "lead must be a boolean (true or false), not an integer"),
     ],
 )
 def test_invalid_values_name_the_key(text: str, expected: str) -> None:
@@ -188,6 +190,12 @@ def test_invalid_values_name_the_key(text: str, expected: str) -> None:
     assert expected in str(info.value)
     assert str(info.value).startswith("agent.toml: ")
     assert isinstance(info.value, RequestRefused)
+
+
+def test_lead_is_a_boolean_off_by_default() -> None:
+    assert parse_agent_config("").lead is False
+    assert parse_agent_config("lead = true").lead is True
+    assert parse_agent_config("lead = false").lead is False
 
 
 def test_syntax_error_gives_line_and_column() -> None:

@@ -50,6 +50,7 @@ async def test_operator_workflow(daemon: DaemonProcess) -> None:
     assert lines[0].split() == [
         "NAME",
         "ROLE",
+        "PARENT",
         "STATE",
         "BACKEND",
         "HARNESS",

@@ -131,7 +131,13 @@ def test_malformed_requests(line: bytes, reason: str) -> None:
 
 
 def test_sockets_expose_the_right_commands() -> None:
-    assert "request_spawn" not in AGENT_TABLE.by_cmd
+    # A lead runs request_spawn and the lifecycle verbs on its agent socket (the daemon
+    # refuses them for a plain agent); apply_commit and list_containers stay the manager's.
+    assert "request_apply_commit" not in AGENT_TABLE.by_cmd
+    assert "list_containers" not in AGENT_TABLE.by_cmd
+    assert {"request_spawn", "kill", "start", "restart", "update", "get_logs"} <= set(
+        AGENT_TABLE.by_cmd
+    )
     assert "request_spawn" in MANAGER_TABLE.by_cmd
     assert "approve" in HOST_TABLE.by_cmd and "approve" not in MANAGER_TABLE.by_cmd
     assert AGENT_TABLE.decode(b'{"cmd":"send","to":"bob","body":"hi"}') == Send("bob", "hi")

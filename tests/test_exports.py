@@ -148,6 +148,7 @@ PROTOCOL_TYPES = [
     "Send",
     "SendReply",
     "SetModel",
+    "SetParent",
     "SetStatus",
     "Spawn",
     "Start",

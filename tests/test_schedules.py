@@ -229,9 +229,15 @@ async def test_agent_request_becomes_approval_and_approving_creates_it(
                 ["alice"],
                 f"approval:{approval['id']}",
             )
+            # alice hears the decision (she requested it), then the first fire comes.
             got = await alice.request({"cmd": "recv", "wait_seconds": 60, "max": 8})
-            bodies = [(m["from"], m["body"].split(" ")[0]) for m in got["messages"]]
-            assert ("scheduler", "check") in bodies
+            heard = [(m["from"], m["body"].split(" ")[0]) for m in got["messages"]]
+            assert heard[0] == ("system", "approval_resolved")
+            while ("scheduler", "check") not in heard:
+                got = await alice.request({"cmd": "recv", "wait_seconds": 60, "max": 8})
+                assert got["messages"], heard
+                heard += [(m["from"], m["body"].split(" ")[0]) for m in got["messages"]]
+            assert heard == [("system", "approval_resolved"), ("scheduler", "check")]
             meta = await alice.request({"cmd": "get_agent_meta"})
             assert meta["schedules"] == [info.id]
         finally:
@@ -438,3 +444,34 @@ async def test_real_daemon_restart_fires_once_late_with_skipped_count(
     late = [m for m in got["messages"] if "earlier fire(s) were skipped" in m["body"]]
     assert len(late) == 1, [m["body"] for m in got["messages"]]
     assert f"{s['last_skipped']} earlier fire(s)" in late[0]["body"]
+
+
+async def test_an_agent_may_touch_schedules_for_agents_below_it(
+    hive: Hive, connect: Connect
+) -> None:
+    lead = await connect("lead")
+    await connect("w1")
+    await connect("sib")
+    assert (await _host(hive, {"cmd": "set_parent", "child": "w1", "parent": "lead"}))["ok"]
+
+    async def add(targets: list[str]) -> int:
+        reply = await _host(
+            hive,
+            {
+                "cmd": "add_schedule",
+                "targets": targets,
+                "body": "x",
+                "first_at": 1e10,
+                "interval_seconds": 60,
+            },
+        )
+        return int(reply["schedule"]["id"])
+
+    below, mixed, other = await add(["w1"]), await add(["w1", "sib"]), await add(["sib"])
+    listed = await lead.request({"cmd": "list_schedules"})
+    assert [s["id"] for s in listed["schedules"]] == [below]
+    assert (await lead.request({"cmd": "edit_schedule", "id": below, "body": "y"}))["ok"]
+    for sid in (mixed, other):
+        refused = await lead.request({"cmd": "cancel_schedule", "id": sid})
+        assert not refused["ok"] and "outside your subtree" in refused["error"]
+    assert (await lead.request({"cmd": "cancel_schedule", "id": below}))["ok"]

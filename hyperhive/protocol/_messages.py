@@ -135,6 +135,9 @@ class AgentInfo:
     #: Ids of the active schedules that deliver to this agent.
     schedules: list[int] = attrs.Factory(list)
 
+    #: Its applied agent.toml grants the ``lead`` role (lifecycle verbs below it).
+    lead: bool = False
+
 
 # ---------------------------------------------------------------- every socket
 
@@ -812,3 +815,23 @@ REPLIES.update(
         ListSchedules: SchedulesReply,
     }
 )
+
+
+# ---------------------------------------------------------------- hierarchy (set_parent, leads)
+
+
+@attrs.frozen
+class SetParent(Request):
+    """Give ``child`` a new parent; ``parent`` null puts it back under ``manager``."""
+
+    CMD = "set_parent"
+    child: str
+    parent: str | None = None
+
+
+#: A lead (``lead = true`` in its agent.toml) runs these on its own agent socket for the
+#: agents below it; a plain agent's request is refused by the daemon, not by the codec.
+LEAD_REQUESTS: tuple[type[Request], ...] = (RequestSpawn, Kill, Start, Restart, Update, GetLogs)
+AGENT_REQUESTS = (*AGENT_REQUESTS, *LEAD_REQUESTS)
+HOST_REQUESTS = (*HOST_REQUESTS, SetParent)
+REPLIES[SetParent] = Empty

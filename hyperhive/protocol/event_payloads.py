@@ -180,6 +180,13 @@ class ScheduleChanged(EventPayload):
     schedule: ScheduleInfo
 
 
+@attrs.frozen
+class ParentChanged(EventPayload):
+    KIND = EventKind.PARENT_CHANGED
+    name: str
+    parent: str | None
+
+
 #: Every event kind and the class of its payload.
 EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
     cls.KIND: cls
@@ -205,6 +212,7 @@ EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
         ProblemsChanged,
         SpaceChanged,
         ScheduleChanged,
+        ParentChanged,
     )
 }
 assert set(EVENT_PAYLOADS) == set(EventKind), "every event kind needs exactly one payload class"

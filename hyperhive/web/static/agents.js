@@ -34,6 +34,19 @@ export function agentTree(agents) {
   return out;
 }
 
+// The agent and everything below it (by parent), for the parent picker: never a cycle.
+function below(agents, root) {
+  const found = new Set([root]);
+  let grew = true;
+  while (grew) {
+    grew = false;
+    for (const a of agents) {
+      if (!found.has(a.name) && found.has(a.parent)) { found.add(a.name); grew = true; }
+    }
+  }
+  return found;
+}
+
 function badge(cls, text, title) {
   return h('span', { class: `badge ${cls}`, title, hidden: true, text });
 }
@@ -49,6 +62,7 @@ function makeAgent(state) {
     const branch = h('span', { class: 'branch', 'aria-hidden': 'true' });
     const name = h('span', { class: 'name', text: first.name });
     const role = badge('role', 'manager');
+    const lead = badge('role', 'lead', 'lead = true: may run lifecycle verbs below it');
     const stateBadge = h('span', { class: 'badge state' });
     const since = h('span', { class: 'since' });
     const transient = h('span', { class: 'badge transient', hidden: true }, h('span'), ' · ', since);
@@ -67,6 +81,17 @@ function makeAgent(state) {
       type: 'button', text: label, 'aria-label': `${verb} ${first.name}`,
       onclick: (e) => act(e.currentTarget, verb, { name: agent.name }, { done: `${verb}: ${agent.name}` }),
     }));
+    // Re-parenting: every agent but itself and those below it (the daemon checks again).
+    const parent = h('select', {
+      class: 'parent', 'aria-label': `parent of ${first.name}`, title: 'move below another agent',
+      onchange: async (e) => {
+        const select = e.currentTarget;
+        const to = select.value;
+        const done = await act(select, 'set_parent', { child: agent.name, parent: to }, { done: `${agent.name} is now below ${to}` });
+        if (!done) select.value = agent.parent || 'manager';
+      },
+    });
+    let choices = '';
     const link = h('a', { class: 'ui-link', target: '_blank', rel: 'noopener noreferrer', hidden: true, text: '↗ UI', 'aria-label': `${first.name}'s own page` });
     const logs = h('button', { type: 'button', text: 'L0GS', 'aria-label': `logs of ${first.name}`, onclick: () => showLogs(agent.name) });
     const destroy = h('button', {
@@ -83,15 +108,25 @@ function makeAgent(state) {
     });
     const el = h('article', { class: 'row agent', 'data-name': first.name, 'aria-label': `agent ${first.name}` },
       h('div', { class: 'info' },
-        h('div', { class: 'line' }, branch, name, role, stateBadge, transient, crashLoop, login, rate, harness, unread, link),
+        h('div', { class: 'line' }, branch, name, role, lead, stateBadge, transient, crashLoop, login, rate, harness, unread, link),
         h('div', { class: 'line meta' }, model, backend, isolation, pid),
         status, warning),
-      h('div', { class: 'actions' }, ...buttons, logs, destroy));
+      h('div', { class: 'actions' }, parent, ...buttons, logs, destroy));
     const update = ({ agent: a, branch: b }) => {
       agent = a;
       setText(branch, b);
       setAttr(el, 'data-state', a.state);
       show(role, a.role === 'manager');
+      show(lead, !!a.lead);
+      parent.hidden = a.role === 'manager';
+      const all = [...state.agents.values()];
+      const banned = below(all, a.name);
+      const names = all.map((x) => x.name).filter((n) => !banned.has(n)).sort();
+      if (names.join(' ') !== choices) {
+        choices = names.join(' ');
+        parent.replaceChildren(...names.map((n) => h('option', { value: n, text: `↳ ${n}` })));
+      }
+      if (parent.getAttribute('aria-busy') !== 'true') parent.value = a.parent || 'manager';
       setText(stateBadge, a.state.replace('_', ' '));
       setAttr(stateBadge, 'data-state', a.state);
       show(transient, !!a.transient);

@@ -104,6 +104,9 @@ function apply(kind, d, live) {
     case 'model_changed':
       patchAgent(d.name, { model: d.model });
       break;
+    case 'parent_changed':
+      patchAgent(d.name, { parent: d.parent });
+      break;
     case 'harness_connected':
     case 'harness_disconnected':
       patchAgent(d.name, { harness_connected: kind === 'harness_connected' });
