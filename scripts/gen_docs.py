@@ -119,9 +119,7 @@ def cli_reference() -> str:
         (f"{n} {sub}" if sub else n, c)
         for n, top in group.commands.items()
         if not top.hidden
-        for sub, c in (
-            sorted(top.commands.items()) if hasattr(top, "commands") else [("", top)]
-        )
+        for sub, c in (sorted(top.commands.items()) if hasattr(top, "commands") else [("", top)])
         if not c.hidden
     ]
 
@@ -154,7 +152,10 @@ def cli_reference() -> str:
     ]
     out += _table(
         ["command", "what it does"],
-        [[f"[`{n}`](#hyperhive-{n.replace(' ', '-')})", _cell((c.help or "").split("\n\n")[0])] for n, c in commands],
+        [
+            [f"[`{n}`](#hyperhive-{n.replace(' ', '-')})", _cell((c.help or "").split("\n\n")[0])]
+            for n, c in commands
+        ],
     )
     if shared:
         out += ["", "## Common options", "", "Most commands that talk to the daemon take:", ""]
