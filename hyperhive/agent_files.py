@@ -68,3 +68,46 @@ def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def write_under(root: Path, relative: tuple[str, ...], data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``root/<relative…>`` atomically, creating the directories between.
+
+    Every directory is opened relative to the one before it and never through a symlink
+    (``O_NOFOLLOW``: a planted symlink fails the write with ``ELOOP``/``ENOTDIR``), and the
+    file is a fresh temporary one renamed over the last name, as in :func:`replace_file`.
+    ``relative`` holds plain names only (no ``..``, no ``/``); the caller validated them.
+    """
+    if not relative or any(p in ("", ".", "..") or "/" in p or "\x00" in p for p in relative):
+        raise ValueError(f"not a plain relative path: {relative!r}")
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in relative[:-1]:
+            try:
+                inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        name = relative[-1]
+        tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+        out = os.open(tmp, _WRITE_FLAGS, mode, dir_fd=fd)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(out, view) :]
+            finally:
+                os.close(out)
+            os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)
+            raise
+    finally:
+        os.close(fd)

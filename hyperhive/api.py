@@ -15,6 +15,7 @@ from hyperhive.config import MAX_STATUS_TEXT, PROTOCOL_VERSION
 from hyperhive.errors import RequestRefused
 from hyperhive.hive import Hive
 from hyperhive.kinds import BackendChoice, ConnectionRole, PeerRole
+from hyperhive.loose_ends import Books, cancel, collect
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import (
     Ack,
@@ -31,6 +32,7 @@ from hyperhive.protocol import (
     Ask,
     CancelLooseEnd,
     CancelQuestion,
+    CancelReminder,
     CancelSchedule,
     Deny,
     Destroy,
@@ -54,7 +56,6 @@ from hyperhive.protocol import (
     ListContainers,
     ListSchedules,
     Logs,
-    LooseEndsReply,
     Pending,
     QuestionReply,
     Questions,
@@ -64,12 +65,17 @@ from hyperhive.protocol import (
     RecentReply,
     Recv,
     RecvReply,
+    Remind,
+    ReminderReply,
+    Reminders,
+    RemindersReply,
     Reply,
     Request,
     RequestApplyCommit,
     RequestSchedule,
     RequestSpawn,
     Restart,
+    RetryReminder,
     Revive,
     ScheduleReply,
     SchedulesReply,
@@ -127,6 +133,16 @@ class Api:
         if conn.principal.kind is SocketKind.HOST:
             return await self._host(request)
         return await self._agent(conn.principal.name, conn.principal.kind, request)
+
+    def _books(self) -> Books:
+        hive = self.hive
+        return Books(
+            questions=hive.questions,
+            reminders=hive.reminders,
+            approvals=hive.approvals,
+            schedules=hive.schedules,
+            schedule_check=hive.schedule_check,
+        )
 
     def blocks(self, request: Request) -> bool:
         return isinstance(request, Recv) and request.wait_seconds > 0
@@ -218,17 +234,17 @@ class Api:
                 await hive.questions.answer_as_agent(me, qid, answer)
                 return Empty()
             case GetLooseEnds():
-                if kind is SocketKind.MANAGER:
-                    return LooseEndsReply(
-                        questions=await hive.questions.list(),
-                        approvals=await hive.approvals.list(pending_only=True),
-                    )
-                return LooseEndsReply(
-                    questions=await hive.questions.list(involving=me), approvals=[]
-                )
-            case CancelLooseEnd(id=qid):
-                await hive.questions.cancel_as_agent(me, qid)
+                manager = kind is SocketKind.MANAGER
+                now = hive.config.wall_clock()
+                return await collect(self._books(), me, manager=manager, now=now)
+            case CancelLooseEnd(kind=what, id=item_id):
+                await cancel(self._books(), me, what, item_id)
                 return Empty()
+            case Remind(body=body, in_seconds=in_seconds, at=at, file_path=file_path):
+                reminder = await hive.reminders.remind(
+                    me, body, in_seconds=in_seconds, at=at, file_path=file_path
+                )
+                return ReminderReply(reminder=reminder)
             case Wake(from_=label, body=body, transient=transient):
                 check_wake_label(label, hive.registry.known())
                 check_body(body)
@@ -249,6 +265,7 @@ class Api:
                     parent=hive.registry.parent(record.name),
                     state=record.state,
                     schedules=await hive.schedules.targeting(record.name),
+                    pending_reminders=await hive.reminders.pending_count(record.name),
                 )
             case RequestSchedule():
                 spec = hive.schedules.check(
@@ -397,4 +414,12 @@ class Api:
                     _name(child), None if parent is None else _name(parent)
                 )
                 return Empty()
+            case Reminders(include_sent=include_sent):
+                return RemindersReply(
+                    reminders=await hive.reminders.list(include_sent=include_sent)
+                )
+            case RetryReminder(id=rid):
+                return ReminderReply(reminder=await hive.reminders.retry(rid))
+            case CancelReminder(id=rid):
+                return ReminderReply(reminder=await hive.reminders.cancel(rid))
         raise RequestRefused(f"{request.CMD!r} is not served on the host socket")

@@ -14,6 +14,7 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -987,6 +988,61 @@ def schedule_fire(
     """Deliver a schedule now; a recurring one keeps its cadence, a one-shot is used up."""
     reply = _call(run_dir, {"cmd": "fire_schedule_now", "id": schedule_id})
     _emit(reply, as_json, _schedule_line)
+
+
+# ---------------------------------------------------------------- reminders
+
+
+def _reminders_table(r: dict[str, Any]) -> None:
+    rows = []
+    for x in r["reminders"]:
+        state = "sent" if x["sent_at"] is not None else "pending"
+        if x["failed"]:
+            state = f"FAILED x{x['attempt_count']}: {x['last_error']}"
+        elif x["attempt_count"]:
+            state = f"retrying ({x['attempt_count']} failed: {x['last_error']})"
+        body = x["body"] if len(x["body"]) <= 60 else x["body"][:59] + "…"
+        rows.append([x["id"], x["agent"], _when(x["due_at"]), x["file_path"] or "-", state, body])
+    _table(["ID", "AGENT", "DUE", "FILE", "STATE", "BODY"], rows, "no pending reminders")
+
+
+@app.command()
+def reminders(
+    run_dir: RunDir,
+    state_dir: StateDir,
+    all_: Annotated[bool, typer.Option("--all", help="Include delivered reminders.")] = False,
+    as_json: Json = False,
+) -> None:
+    """List reminders not yet delivered (failed ones say why)."""
+    reply = _call(run_dir, {"cmd": "reminders", "include_sent": all_})
+    _emit(reply, as_json, _reminders_table)
+
+
+class ReminderAction(StrEnum):
+    RETRY = "retry"
+    CANCEL = "cancel"
+
+
+@app.command()
+def reminder(
+    action: Annotated[
+        ReminderAction,
+        typer.Argument(help="retry: deliver it again now; cancel: it never fires."),
+    ],
+    reminder_id: Annotated[int, typer.Argument(help="The reminder's id.")],
+    run_dir: RunDir,
+    state_dir: StateDir,
+    as_json: Json = False,
+) -> None:
+    """Retry a reminder whose delivery failed (its attempts start over), or cancel one."""
+    cmd = "retry_reminder" if action is ReminderAction.RETRY else "cancel_reminder"
+    reply = _call(run_dir, {"cmd": cmd, "id": reminder_id})
+    verb = "is delivered now" if action is ReminderAction.RETRY else "is cancelled"
+    _emit(
+        reply,
+        as_json,
+        lambda r: typer.echo(f"reminder {r['reminder']['id']} of {r['reminder']['agent']} {verb}"),
+    )
 
 
 def main() -> None:

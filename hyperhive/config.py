@@ -109,6 +109,16 @@ MAX_OPTIONS: Final = 32
 MAX_NOTE_CHARS: Final = 2000
 #: A wake-up's label (``wake``).
 MAX_WAKE_LABEL: Final = 200
+#: Reminders (``remind``, docs/protocol.md): the most pending per agent, the furthest ahead
+#: one may be set, the body length (characters) above which it is written to a file in the
+#: agent's state dir and the message carries the path, the longest ``file_path``, and the
+#: delivery attempts (spaced by ``REMINDER_RETRY_BACKOFF``) before the operator must retry.
+MAX_PENDING_REMINDERS: Final = 50
+MAX_REMINDER_DELAY_SECONDS: Final = 366 * 24 * 60 * 60
+REMINDER_SPILL_CHARS: Final = 4096
+MAX_REMINDER_PATH_CHARS: Final = 1024
+MAX_REMINDER_ATTEMPTS: Final = 5
+REMINDER_RETRY_BACKOFF: Final = Backoff(first=5.0, limit=300.0)
 #: Longest error kept in a config repo's ``failed/<id>`` tag message, and longest diff returned.
 MAX_TAG_MESSAGE_CHARS: Final = 64 * 1024
 MAX_DIFF_BYTES: Final = 1024 * 1024

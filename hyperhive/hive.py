@@ -59,6 +59,7 @@ from hyperhive.protocol import (
 from hyperhive.protocol.event_payloads import ScheduleChanged
 from hyperhive.questions import QuestionBook
 from hyperhive.registry import AgentRecord, AgentState, Registry
+from hyperhive.reminders import ReminderBook
 from hyperhive.retention import sweep_events_db
 from hyperhive.schedules import ScheduleBook, Spec, local_timezone, may_touch, sql_save_request
 from hyperhive.space import SpaceMonitor
@@ -112,6 +113,13 @@ class Hive:
         )
         self.questions = QuestionBook(
             db, self.broker, self.events, known_agents=self.registry.known, clock=config.wall_clock
+        )
+        self.reminders = ReminderBook(
+            db,
+            self.broker,
+            self.events,
+            state_dir=config.paths.agent_state_dir,
+            clock=config.wall_clock,
         )
         self.approvals = ApprovalQueue(
             db,
@@ -513,17 +521,26 @@ class Hive:
     async def agent_infos(self) -> list[AgentInfo]:
         unread = await self.broker.unread_by_recipient()
         targeting = await self.schedules.targeting_all()
+        reminders = await self.reminders.pending_by_agent()
         return [
-            await self.agent_info(r, unread.get(r.name, 0), targeting.get(r.name, []))
+            await self.agent_info(
+                r, unread.get(r.name, 0), reminders.get(r.name, 0), targeting.get(r.name, [])
+            )
             for r in self.registry.all()
             if r.state != AgentState.DESTROYED
         ]
 
     async def agent_info(
-        self, record: AgentRecord, unread: int | None = None, schedules: list[int] | None = None
+        self,
+        record: AgentRecord,
+        unread: int | None = None,
+        reminders: int | None = None,
+        schedules: list[int] | None = None,
     ) -> AgentInfo:
         if unread is None:
             unread = await self.broker.unread(record.name)
+        if reminders is None:
+            reminders = await self.reminders.pending_count(record.name)
         if schedules is None:
             schedules = await self.schedules.targeting(record.name)
         return AgentInfo(
@@ -547,6 +564,7 @@ class Hive:
             ui_url=self.registry.ui_url(record.name),
             schedules=schedules,
             lead=self.registry.is_lead(record.name),
+            pending_reminders=reminders,
         )
 
     def _agent_credentials_warning(self, record: AgentRecord) -> str | None:

@@ -141,6 +141,8 @@ class EventKind(StrEnum):
     SCHEDULE_CHANGED = "schedule_changed"
     #: An agent got a new parent (``set_parent``, or its parent was destroyed).
     PARENT_CHANGED = "parent_changed"
+    #: A reminder was set, delivered, failed, retried or cancelled (``removed``: it is gone).
+    REMINDER_CHANGED = "reminder_changed"
 
 
 class SystemKind(StrEnum):
@@ -151,3 +153,13 @@ class SystemKind(StrEnum):
     APPROVAL_RESOLVED = "approval_resolved"
     CONTAINER_CRASH = "container_crash"
     AGENT_ERROR = "agent_error"
+
+
+class LooseEndKind(StrEnum):
+    """What ``cancel_loose_end`` and ``get_loose_ends`` deal with."""
+
+    QUESTION = "question"
+    REMINDER = "reminder"
+    APPROVAL = "approval"
+    #: A scheduled prompt the caller owns (cancelling it ends it).
+    SCHEDULE = "schedule"

@@ -15,9 +15,11 @@ MANAGER: Final = "manager"
 OPERATOR: Final = "operator"
 SYSTEM: Final = "system"
 BROADCAST: Final = "*"
+#: The sender of a reminder in its agent's own inbox.
+REMINDER: Final = "reminder"
 #: The sender of scheduled prompts.
 SCHEDULER: Final = "scheduler"
-RESERVED_NAMES: Final = frozenset({OPERATOR, SYSTEM, MANAGER, "reminder", SCHEDULER})
+RESERVED_NAMES: Final = frozenset({OPERATOR, SYSTEM, MANAGER, REMINDER, SCHEDULER})
 
 
 class InvalidAgentName(ValueError):

@@ -16,6 +16,7 @@
         │           │                        re-adopts or starts its payload, waits on its pidfd,
         │           │                        carries out lifecycle commands
         │           ├── QuestionBook.watchdog *
+        │           ├── ReminderBook.scheduler *
         │           │                        sleeps until the earliest deadline
         │           ├── retention_loop *     hourly: acked messages > 30 days; agents' events dbs
         │           ├── SpaceMonitor.run *   statvfs of the state dir every 30 s and on disk-full
@@ -229,6 +230,7 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
                 for part, body in (
                     ("the questions watchdog", hive.questions.watchdog),
                     ("the schedules", hive.schedules.run),
+                    ("the reminder scheduler", hive.reminders.scheduler),
                     ("the retention loop", functools.partial(retention_loop, hive)),
                     ("the free-space monitor", hive.space.run),
                 ):

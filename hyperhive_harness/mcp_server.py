@@ -31,11 +31,12 @@ from hyperhive.config import (
     MAX_QUESTION_TTL_SECONDS,
     MAX_RECV_BATCH,
     MAX_RECV_WAIT_SECONDS,
+    MAX_REMINDER_DELAY_SECONDS,
     MAX_STATUS_TEXT,
     PROTOCOL_VERSION,
 )
 from hyperhive.errors import ClientError, ConnectionLost
-from hyperhive.kinds import ConnectionRole
+from hyperhive.kinds import ConnectionRole, LooseEndKind
 from hyperhive.protocol import (
     AgentMetaReply,
     AgentsReply,
@@ -63,6 +64,9 @@ from hyperhive.protocol import (
     QuestionInfo,
     Recv,
     RecvReply,
+    Remind,
+    ReminderInfo,
+    ReminderReply,
     Reply,
     Request,
     RequestApplyCommit,
@@ -271,10 +275,24 @@ def format_approval(a: ApprovalInfo, now: float) -> str:
     return line
 
 
+def format_reminder(r: ReminderInfo, now: float) -> str:
+    text = r.body if len(r.body) <= 80 else r.body[:79] + "…"
+    line = f"reminder #{r.id} for {r.agent}: {text!r}, "
+    line += f"due in {_span(r.due_at - now)}" if r.due_at > now else "due now"
+    line += f", set {_ago(r.created_at, now)}"
+    if r.file_path:
+        line += f", body goes to {r.file_path}"
+    if r.failed:
+        line += f" (delivery failed {r.attempt_count} times: {r.last_error}; the operator retries)"
+    return line
+
+
 def format_loose_ends(reply: LooseEndsReply) -> str:
     now = time.time()
     lines = [format_question(q, now) for q in reply.questions]
+    lines += [format_reminder(r, now) for r in reply.reminders]
     lines += [format_approval(a, now) for a in reply.approvals]
+    lines += [format_schedule(s, now) for s in reply.schedules]
     return "\n".join(lines) if lines else "(no loose ends)"
 
 
@@ -461,15 +479,20 @@ def build_server(link: ConnectionPool, *, role: str, name: str | None) -> MCPSer
 
     async def get_loose_ends() -> str:
         """List what is still open around you: questions you asked that are unanswered,
-        questions waiting for your answer, and (manager) approvals awaiting the operator."""
+        questions waiting for your answer, your reminders not yet delivered, and (manager)
+        approvals awaiting the operator. Each comes with its id and age."""
         return format_loose_ends(await call(GetLooseEnds(), LooseEndsReply))
 
     async def cancel_loose_end(
-        kind: Annotated[Literal["question"], Field(description="What to cancel: 'question'.")],
+        kind: Annotated[
+            Literal["question", "reminder", "schedule"],
+            Field(description="What to cancel: 'question', 'reminder' or 'schedule'."),
+        ],
         id: Annotated[int, Field(description="Its id.")],
     ) -> str:
-        """Withdraw an open question you asked (when it no longer matters)."""
-        await call(CancelLooseEnd(kind=kind, id=id), Empty)
+        """Withdraw an open question you asked, cancel a reminder you set before it fires,
+        or end a schedule you own (when it no longer matters)."""
+        await call(CancelLooseEnd(kind=LooseEndKind(kind), id=id), Empty)
         return f"cancelled {kind} #{id}"
 
     async def set_status(
@@ -582,6 +605,37 @@ def build_server(link: ConnectionPool, *, role: str, name: str | None) -> MCPSer
         cadence, next fire, how often it fired and skipped."""
         return format_schedules(await call(ListSchedules(), SchedulesReply))
 
+    async def remind(
+        body: Annotated[str, Field(description="What you want to be told then.")],
+        in_seconds: Annotated[
+            float | None,
+            Field(
+                ge=0,
+                le=MAX_REMINDER_DELAY_SECONDS,
+                description="Deliver it this many seconds from now.",
+            ),
+        ] = None,
+        at: Annotated[
+            float | None, Field(ge=0, description="Or deliver it at this time (unix seconds).")
+        ] = None,
+        file_path: Annotated[
+            str | None,
+            Field(
+                description="Optional: a file under /state to write the body to; the "
+                "reminder then carries only that path."
+            ),
+        ] = None,
+    ) -> str:
+        """Set a reminder: at the time you choose, a message from 'reminder' with this body
+        lands in your own inbox and starts a turn of yours. Give exactly one of in_seconds
+        and at. Use it instead of sleeping or polling (for example 'check the build in 10
+        minutes'). A long body is written to a file under /state and the message carries
+        its path. At most 50 pending reminders; list them with get_loose_ends, cancel one
+        with cancel_loose_end(kind='reminder')."""
+        request = Remind(body=body, in_seconds=in_seconds, at=at, file_path=file_path)
+        r = (await call(request, ReminderReply)).reminder
+        return f"reminder #{r.id} set, due in {_span(r.due_at - time.time())}"
+
     tool(send)
     tool(recv)
     tool(ask)
@@ -595,6 +649,7 @@ def build_server(link: ConnectionPool, *, role: str, name: str | None) -> MCPSer
     tool(cancel_schedule)
     tool(fire_schedule_now)
     tool(list_schedules)
+    tool(remind)
     if role != "manager":
         return server
 

@@ -30,6 +30,7 @@ AGENT_TOOLS: Final = (
     "cancel_schedule",
     "fire_schedule_now",
     "list_schedules",
+    "remind",
 )
 MANAGER_TOOLS: Final = (
     *AGENT_TOOLS,

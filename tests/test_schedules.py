@@ -475,3 +475,40 @@ async def test_an_agent_may_touch_schedules_for_agents_below_it(
         refused = await lead.request({"cmd": "cancel_schedule", "id": sid})
         assert not refused["ok"] and "outside your subtree" in refused["error"]
     assert (await lead.request({"cmd": "cancel_schedule", "id": below}))["ok"]
+
+
+async def test_loose_ends_carry_the_schedules_the_caller_owns(hive: Hive, connect: Connect) -> None:
+    alice = await connect("alice")
+    bob = await connect("bob")
+    manager = await connect("manager")
+    reply = await alice.request(
+        {
+            "cmd": "request_schedule",
+            "targets": ["alice", "bob"],
+            "body": "nudge bob",
+            "first_at": 1e10,
+        }
+    )
+    await _host(hive, {"cmd": "approve", "id": reply["approval"]["id"]})
+    [mine] = await hive.schedules.list()
+    ends = await alice.request({"cmd": "get_loose_ends"})
+    assert [s["id"] for s in ends["schedules"]] == [mine.id]
+    [item] = [i for i in ends["items"] if i["kind"] == "schedule"]
+    assert (item["id"], item["owner"], item["target"], item["summary"]) == (
+        mine.id,
+        "alice",
+        "alice, bob",
+        "nudge bob",
+    )
+    # bob is a target, not its owner: not bob's loose end, and (alice is not below bob)
+    # not bob's to cancel.
+    assert (await bob.request({"cmd": "get_loose_ends"}))["schedules"] == []
+    assert mine.id in [
+        s["id"] for s in (await manager.request({"cmd": "get_loose_ends"}))["schedules"]
+    ]
+    refused = await bob.request({"cmd": "cancel_loose_end", "kind": "schedule", "id": mine.id})
+    assert not refused["ok"] and "outside your subtree" in refused["error"]
+    done = await alice.request({"cmd": "cancel_loose_end", "kind": "schedule", "id": mine.id})
+    assert done["ok"], done
+    assert (await hive.schedules.get(mine.id)).ended_at is not None
+    assert (await alice.request({"cmd": "get_loose_ends"}))["schedules"] == []

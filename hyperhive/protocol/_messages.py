@@ -7,7 +7,7 @@ a default are optional on the wire. Reply classes hold the fields that follow ``
 
 from __future__ import annotations
 
-from typing import ClassVar, Final, Literal
+from typing import ClassVar, Final
 
 import attrs
 
@@ -19,6 +19,7 @@ from hyperhive.config import (
     MAX_RECENT,
     MAX_RECV_BATCH,
     MAX_RECV_WAIT_SECONDS,
+    MAX_REMINDER_DELAY_SECONDS,
     MAX_SCHEDULE_AT,
     MAX_SCHEDULE_INTERVAL_SECONDS,
     MAX_SCHEDULE_TARGETS,
@@ -33,6 +34,7 @@ from hyperhive.kinds import (
     BackendName,
     ConnectionRole,
     Decider,
+    LooseEndKind,
     PeerRole,
     Transient,
 )
@@ -137,6 +139,8 @@ class AgentInfo:
 
     #: Its applied agent.toml grants the ``lead`` role (lifecycle verbs below it).
     lead: bool = False
+    #: Reminders set and not yet delivered (see ``remind``).
+    pending_reminders: int = 0
 
 
 # ---------------------------------------------------------------- every socket
@@ -260,12 +264,18 @@ class LooseEndsReply(Reply):
     questions: list[QuestionInfo]
     #: Pending approvals; filled for the manager only.
     approvals: list[ApprovalInfo]
+    #: Reminders not yet delivered: the caller's own (every agent's for the manager).
+    reminders: list[ReminderInfo] = attrs.Factory(list)
+    #: Active schedules the caller owns (every active one for the manager).
+    schedules: list[ScheduleInfo] = attrs.Factory(list)
+    #: Every loose end above, one uniform row each (kind, id, owner, age), oldest first.
+    items: list[LooseEnd] = attrs.Factory(list)
 
 
 @attrs.frozen
 class CancelLooseEnd(Request):
     CMD = "cancel_loose_end"
-    kind: Literal["question"]
+    kind: LooseEndKind
     id: int = attrs.field(metadata=wire(ID))
 
 
@@ -299,6 +309,8 @@ class AgentMetaReply(Reply):
     state: AgentState
     #: Ids of the active schedules that deliver to this agent.
     schedules: list[int] = attrs.Factory(list)
+    #: Reminders of the agent set and not yet delivered.
+    pending_reminders: int = 0
 
 
 # ---------------------------------------------------------------- manager socket
@@ -560,6 +572,93 @@ class VacuumReply(Reply):
     deleted: int
 
 
+# ---------------------------------------------------------------- reminders and loose ends
+# (feature: reminders; SPEC §16)
+
+
+@attrs.frozen
+class ReminderInfo:
+    id: int
+    #: Whose own inbox it lands in (who set it).
+    agent: str
+    body: str
+    #: The in-container path its body is (or will be) written to; None: delivered inline.
+    file_path: str | None
+    due_at: float
+    created_at: float
+    #: When it was delivered; None while pending.
+    sent_at: float | None
+    #: Failed deliveries so far, and the last one's reason.
+    attempt_count: int
+    last_error: str | None
+    #: Every delivery attempt failed: it waits for the operator's retry or cancel.
+    failed: bool
+
+
+@attrs.frozen
+class LooseEnd:
+    """One open thing around an agent, whatever its kind (``get_loose_ends``)."""
+
+    kind: LooseEndKind
+    id: int
+    #: Who may cancel it (the manager may cancel any).
+    owner: str
+    #: The other party (a question's target, ``operator``), if any.
+    target: str | None
+    summary: str
+    created_at: float
+    age_seconds: float
+    #: When it falls due (a question's deadline, a reminder's time), if ever.
+    due_at: float | None
+
+
+@attrs.frozen
+class Remind(Request):
+    """A message into one's own inbox later: exactly one of ``in_seconds`` and ``at``."""
+
+    CMD = "remind"
+    body: str = attrs.field(metadata=wire(CLEAN_TEXT))
+    in_seconds: float | None = attrs.field(
+        default=None, metadata=wire(Bounds(minimum=0, maximum=MAX_REMINDER_DELAY_SECONDS))
+    )
+    #: Unix seconds.
+    at: float | None = attrs.field(default=None, metadata=wire(Bounds(minimum=0, maximum=2**40)))
+    #: An in-container path under ``/state`` to write the body to; the message carries it.
+    file_path: str | None = attrs.field(default=None, metadata=wire(CLEAN_TEXT))
+
+
+@attrs.frozen
+class ReminderReply(Reply):
+    reminder: ReminderInfo
+
+
+@attrs.frozen
+class Reminders(Request):
+    """Reminders not yet delivered (``include_sent``: delivered ones too)."""
+
+    CMD = "reminders"
+    include_sent: bool = False
+
+
+@attrs.frozen
+class RemindersReply(Reply):
+    reminders: list[ReminderInfo]
+
+
+@attrs.frozen
+class RetryReminder(Request):
+    """Deliver a reminder whose attempts failed again now (its attempt count starts over)."""
+
+    CMD = "retry_reminder"
+    id: int = attrs.field(metadata=wire(ID))
+
+
+@attrs.frozen
+class CancelReminder(Request):
+    CMD = "cancel_reminder"
+    id: int = attrs.field(metadata=wire(ID))
+
+
 # ---------------------------------------------------------------- which socket takes what
 
 AGENT_REQUESTS: tuple[type[Request], ...] = (
@@ -576,6 +675,7 @@ AGENT_REQUESTS: tuple[type[Request], ...] = (
     Wake,
     SetStatus,
     GetAgentMeta,
+    Remind,
 )
 MANAGER_REQUESTS: tuple[type[Request], ...] = (
     *AGENT_REQUESTS,
@@ -613,6 +713,9 @@ HOST_REQUESTS: tuple[type[Request], ...] = (
     SetModel,
     Logs,
     Vacuum,
+    Reminders,
+    RetryReminder,
+    CancelReminder,
 )
 
 #: The reply class of each request class (the schema and the client use it).
@@ -658,6 +761,10 @@ REPLIES: dict[type[Request], type[Reply]] = {
     SetModel: Empty,
     Logs: LogsReply,
     Vacuum: VacuumReply,
+    Remind: ReminderReply,
+    Reminders: RemindersReply,
+    RetryReminder: ReminderReply,
+    CancelReminder: ReminderReply,
 }
 
 

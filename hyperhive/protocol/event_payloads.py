@@ -14,7 +14,7 @@ import attrs
 
 from hyperhive.kinds import AgentRole, AgentState, EventKind, Transient
 from hyperhive.protocol._codec import CONVERTER
-from hyperhive.protocol._messages import ApprovalInfo, QuestionInfo, ScheduleInfo
+from hyperhive.protocol._messages import ApprovalInfo, QuestionInfo, ReminderInfo, ScheduleInfo
 
 
 @attrs.frozen
@@ -148,6 +148,15 @@ class QuestionResolved(EventPayload):
 
 
 @attrs.frozen
+class ReminderChanged(EventPayload):
+    """A reminder was set, delivered, failed, retried, or cancelled (``removed``)."""
+
+    KIND = EventKind.REMINDER_CHANGED
+    reminder: ReminderInfo
+    removed: bool = False
+
+
+@attrs.frozen
 class ApprovalAdded(EventPayload):
     KIND = EventKind.APPROVAL_ADDED
     approval: ApprovalInfo
@@ -213,6 +222,7 @@ EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
         SpaceChanged,
         ScheduleChanged,
         ParentChanged,
+        ReminderChanged,
     )
 }
 assert set(EVENT_PAYLOADS) == set(EventKind), "every event kind needs exactly one payload class"

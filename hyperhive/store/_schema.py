@@ -155,4 +155,33 @@ def _v5_schedules(conn: sqlite3.Connection) -> None:
     )
 
 
-BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (_v1, _v2, _v3, _v4, _v5_schedules)
+def _v5_reminders(conn: sqlite3.Connection) -> None:
+    """Reminders (see :mod:`hyperhive.reminders`): one row per ``remind``, until cancelled."""
+    _execute_script(
+        conn,
+        """
+        CREATE TABLE reminders (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            agent         TEXT NOT NULL,        -- whose own inbox it lands in
+            body          TEXT NOT NULL,
+            file_path     TEXT,                 -- in-container path the body is written to
+            due_at        REAL NOT NULL,
+            created_at    REAL NOT NULL,
+            sent_at       REAL,                 -- NULL while pending
+            message_id    INTEGER,              -- the message it became
+            attempt_count INTEGER NOT NULL DEFAULT 0,
+            last_error    TEXT
+        );
+        CREATE INDEX reminders_pending ON reminders (agent, due_at) WHERE sent_at IS NULL;
+        """,
+    )
+
+
+BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (
+    _v1,
+    _v2,
+    _v3,
+    _v4,
+    _v5_schedules,
+    _v5_reminders,
+)

@@ -42,6 +42,7 @@ HYPERHIVE_TOOLS = {
         "cancel_loose_end",
         "set_status",
         "get_agent_meta",
+        "remind",
     )
 }
 
