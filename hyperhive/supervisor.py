@@ -16,6 +16,7 @@
         │           │                        re-adopts or starts its payload, waits on its pidfd,
         │           │                        carries out lifecycle commands
         │           ├── QuestionBook.watchdog *
+        │           ├── ScheduleBook.run *    fires scheduled prompts at their due times
         │           ├── ReminderBook.scheduler *
         │           │                        sleeps until the earliest deadline
         │           ├── retention_loop *     hourly: acked messages > 30 days; agents' events dbs
