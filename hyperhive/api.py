@@ -96,7 +96,7 @@ from hyperhive.protocol import (
     Wake,
 )
 from hyperhive.protocol.event_payloads import HarnessConnected, HarnessDisconnected
-from hyperhive.schedules import SOURCE_OPERATOR, Changes, may_see
+from hyperhive.schedules import SOURCE_OPERATOR, Changes, check_added_targets, may_see
 from hyperhive.server import Connection, SocketKind
 from hyperhive.store import DatabaseFailed
 from hyperhive.topology import in_subtree
@@ -188,6 +188,7 @@ class Api:
         check = self.hive.schedule_check(me)
         match request:
             case EditSchedule():
+                check_added_targets(me, request.targets_add, self.hive.in_subtree(me))
                 changes = Changes(
                     body=request.body,
                     description=request.description,

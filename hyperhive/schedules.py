@@ -266,6 +266,21 @@ def may_touch(caller: str, schedule: ScheduleInfo, in_subtree: Callable[[str], b
     return bool(schedule.targets) and all(in_subtree(t) for t in schedule.targets)
 
 
+def check_added_targets(
+    caller: str, added: Iterable[str], in_subtree: Callable[[str], bool]
+) -> None:
+    """An agent may add only itself or agents below it to a schedule: the operator approved
+    the targets it asked for, and an edit must not reach anyone else."""
+    if caller in (OPERATOR, MANAGER):
+        return
+    outside = [t for t in added if not in_subtree(t)]
+    if outside:
+        raise RequestRefused(
+            f"cannot add {', '.join(outside)[:200]}: an agent may add only itself or the "
+            "agents below it to a schedule (ask for a new schedule instead)"
+        )
+
+
 def may_see(caller: str, schedule: ScheduleInfo, in_subtree: Callable[[str], bool]) -> bool:
     """What ``list_schedules`` shows a caller: what it may touch, and what targets it."""
     return may_touch(caller, schedule, in_subtree) or caller in schedule.targets

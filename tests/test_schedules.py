@@ -290,6 +290,10 @@ async def test_agent_cannot_touch_a_schedule_outside_its_subtree(
     listed = await bob.request({"cmd": "list_schedules"})
     assert [s["id"] for s in listed["schedules"]] == [b_id]
     assert (await bob.request({"cmd": "edit_schedule", "id": b_id, "body": "b2"}))["ok"]
+    # Its own schedule, but it may not reach beyond its subtree by adding a target.
+    refused = await bob.request({"cmd": "edit_schedule", "id": b_id, "targets_add": ["alice"]})
+    assert not refused["ok"] and "cannot add alice" in refused["error"], refused
+    assert (await hive.schedules.get(b_id)).targets == ["bob"]
     assert (await alice.request({"cmd": "fire_schedule_now", "id": a_id}))["ok"]
     # The manager may touch any.
     assert (await manager.request({"cmd": "cancel_schedule", "id": a_id}))["ok"]

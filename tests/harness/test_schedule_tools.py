@@ -43,8 +43,13 @@ async def test_schedule_tools_request_list_fire_cancel(hive: Hive) -> None:
         [msg] = await inbox(hive, "alice")
         assert (msg.from_, msg.body) == ("scheduler", "water the plants")
 
-        edited = await call(mcp, "edit_schedule", id=info.id, targets_add=["bob"])
-        assert "to alice, bob" in edited
+        edited = await call(mcp, "edit_schedule", id=info.id, description="every day")
+        assert edited.endswith("— every day\n  body: water the plants")
+        # The operator approved alice as the target: alice cannot add bob herself.
+        refused = await mcp.call_tool("edit_schedule", {"id": info.id, "targets_add": ["bob"]})
+        assert refused.is_error is True and "cannot add bob" in result_text(refused)
+        added = await _host(hive, {"cmd": "edit_schedule", "id": info.id, "targets_add": ["bob"]})
+        assert added["ok"], added
 
     async with mcp_session(hive.config.paths.agent_socket("bob")) as bob:
         # bob is a target, so it sees the schedule, but alice owns it and it also targets
@@ -54,6 +59,7 @@ async def test_schedule_tools_request_list_fire_cancel(hive: Hive) -> None:
         assert refused.is_error is True and "outside your subtree" in result_text(refused)
 
     async with mcp_session(hive.config.paths.agent_socket("alice")) as mcp:
+        assert "to alice, bob" in await call(mcp, "list_schedules")
         dropped = await call(mcp, "cancel_schedule", id=info.id, targets=["alice"])
         assert "to bob" in dropped and "ended" not in dropped
         ended = await call(mcp, "cancel_schedule", id=info.id)
