@@ -40,8 +40,9 @@ async def test_schedule_tools_request_list_fire_cancel(hive: Hive) -> None:
 
         fired = await call(mcp, "fire_schedule_now", id=info.id)
         assert "fired 1x" in fired
-        [msg] = await inbox(hive, "alice")
-        assert (msg.from_, msg.body) == ("scheduler", "water the plants")
+        # alice heard the decision on her request, then the fire.
+        got = [(m.from_, m.body.split(" ")[0]) for m in await inbox(hive, "alice")]
+        assert got == [("system", "approval_resolved"), ("scheduler", "water")]
 
         edited = await call(mcp, "edit_schedule", id=info.id, description="every day")
         assert edited.endswith("— every day\n  body: water the plants")
