@@ -522,3 +522,24 @@ async def test_loose_ends_carry_the_schedules_the_caller_owns(hive: Hive, connec
     assert done["ok"], done
     assert (await hive.schedules.get(mine.id)).ended_at is not None
     assert (await alice.request({"cmd": "get_loose_ends"}))["schedules"] == []
+
+
+async def test_cron_runs_in_the_daemons_time_zone_stored_per_schedule(short_tmp: Path) -> None:
+    config = Config(paths=make_paths(short_tmp), backend="external", timezone="Asia/Tokyo")
+    async with open_hive(config) as hive:
+        await hive.spawn("alice")
+        base = {"cmd": "add_schedule", "targets": ["alice"], "body": "b", "first_at": 1e9}
+        tokyo = (await _host(hive, base | {"cron": "0 9 * * *"}))["schedule"]
+        utc = (await _host(hive, base | {"cron": "0 9 * * *", "timezone": "UTC"}))["schedule"]
+        bad = await _host(hive, base | {"cron": "0 9 * * *", "timezone": "../etc/passwd"})
+    assert (tokyo["timezone"], utc["timezone"]) == ("Asia/Tokyo", "UTC")
+    at_tokyo = datetime.fromtimestamp(tokyo["next_at"], ZoneInfo("Asia/Tokyo"))
+    at_utc = datetime.fromtimestamp(utc["next_at"], ZoneInfo("UTC"))
+    assert (at_tokyo.hour, at_tokyo.minute, at_utc.hour) == (9, 0, 9)
+    # first_at 1e9 is 2001-09-09 01:46:40 UTC (10:46:40 in Tokyo): the first 09:00 at or
+    # after it in each zone.
+    assert (
+        tokyo["next_at"] == datetime(2001, 9, 10, 9, 0, tzinfo=ZoneInfo("Asia/Tokyo")).timestamp()
+    )
+    assert utc["next_at"] == datetime(2001, 9, 9, 9, 0, tzinfo=ZoneInfo("UTC")).timestamp()
+    assert not bad["ok"] and "unknown time zone" in bad["error"]
