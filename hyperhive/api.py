@@ -77,6 +77,7 @@ from hyperhive.protocol import (
     Restart,
     RetryReminder,
     Revive,
+    ScheduleInfo,
     ScheduleReply,
     SchedulesReply,
     Send,
@@ -96,7 +97,13 @@ from hyperhive.protocol import (
     Wake,
 )
 from hyperhive.protocol.event_payloads import HarnessConnected, HarnessDisconnected
-from hyperhive.schedules import SOURCE_OPERATOR, Changes, check_added_targets, may_see
+from hyperhive.schedules import (
+    SOURCE_OPERATOR,
+    Changes,
+    check_added_targets,
+    check_agent_cadence,
+    may_see,
+)
 from hyperhive.server import Connection, SocketKind
 from hyperhive.store import DatabaseFailed
 from hyperhive.topology import in_subtree
@@ -199,7 +206,12 @@ class Api:
                     targets_add=tuple(request.targets_add),
                     targets_remove=tuple(request.targets_remove),
                 )
-                return ScheduleReply(schedule=await schedules.edit(request.id, changes, check))
+
+                def may_edit(info: ScheduleInfo) -> None:
+                    check(info)
+                    check_agent_cadence(me, info, changes)
+
+                return ScheduleReply(schedule=await schedules.edit(request.id, changes, may_edit))
             case CancelSchedule(id=sid, targets=targets):
                 return ScheduleReply(schedule=await schedules.cancel(sid, targets, check))
             case FireScheduleNow(id=sid):

@@ -281,6 +281,24 @@ def check_added_targets(
         )
 
 
+def check_agent_cadence(caller: str, schedule: ScheduleInfo, changes: Changes) -> None:
+    """An agent's edit may make a schedule fire less often, never more: a longer interval
+    (of an interval schedule) or ``once``; a new cron expression or a shorter interval needs
+    a new request the operator approves. The operator and the manager may change anything."""
+    if caller in (OPERATOR, MANAGER):
+        return
+    if changes.cron is not None:
+        raise RequestRefused(
+            "an agent cannot change a schedule's cron expression; ask for a new schedule"
+        )
+    new = changes.interval_seconds
+    if new is not None and (schedule.interval_seconds is None or new < schedule.interval_seconds):
+        raise RequestRefused(
+            f"an agent may only lengthen a schedule's interval (now "
+            f"{schedule.interval_seconds or 'none'}); ask for a new schedule to fire more often"
+        )
+
+
 def may_see(caller: str, schedule: ScheduleInfo, in_subtree: Callable[[str], bool]) -> bool:
     """What ``list_schedules`` shows a caller: what it may touch, and what targets it."""
     return may_touch(caller, schedule, in_subtree) or caller in schedule.targets

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import attrs
 import pytest
 import trio
 from trio.testing import MockClock
@@ -21,7 +22,9 @@ from hyperhive.errors import RequestRefused
 from hyperhive.protocol import ScheduleInfo
 from hyperhive.schedules import (
     Cadence,
+    Changes,
     Fire,
+    check_agent_cadence,
     check_spec,
     first_cron_time,
     may_touch,
@@ -122,6 +125,18 @@ def test_may_touch_own_or_subtree_only() -> None:
     assert not may_touch("lead", _info("other", ["other"]), subtree)
     assert may_touch("manager", _info("other", ["other"]), subtree)
     assert may_touch("operator", _info("other", ["other"]), subtree)
+
+
+def test_an_agents_edit_only_slows_a_schedule_down() -> None:
+    hourly = attrs.evolve(_info("alice", ["alice"]), interval_seconds=3600)
+    check_agent_cadence("alice", hourly, Changes(interval_seconds=7200))
+    check_agent_cadence("alice", hourly, Changes(once=True))
+    check_agent_cadence("alice", hourly, Changes(body="new words"))
+    for faster in (Changes(interval_seconds=60), Changes(cron="0 * * * *")):
+        with pytest.raises(RequestRefused, match="new schedule"):
+            check_agent_cadence("alice", hourly, faster)
+        check_agent_cadence("manager", hourly, faster)
+        check_agent_cadence("operator", hourly, faster)
 
 
 # ---------------------------------------------------------------- a daemon on trio's clock
@@ -290,6 +305,11 @@ async def test_agent_cannot_touch_a_schedule_outside_its_subtree(
     listed = await bob.request({"cmd": "list_schedules"})
     assert [s["id"] for s in listed["schedules"]] == [b_id]
     assert (await bob.request({"cmd": "edit_schedule", "id": b_id, "body": "b2"}))["ok"]
+    # For bob, but an agent's edit never makes it fire more often.
+    assert (await hive.schedules.get(b_id)).interval_seconds is None
+    for faster in ({"interval_seconds": 1}, {"cron": "* * * * *"}):
+        refused = await bob.request({"cmd": "edit_schedule", "id": b_id} | faster)
+        assert not refused["ok"] and "ask for a new schedule" in refused["error"], refused
     # Its own schedule, but it may not reach beyond its subtree by adding a target.
     refused = await bob.request({"cmd": "edit_schedule", "id": b_id, "targets_add": ["alice"]})
     assert not refused["ok"] and "cannot add alice" in refused["error"], refused
