@@ -20,6 +20,7 @@ from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_nam
 from hyperhive.protocol import (
     Ack,
     AckReply,
+    AddSchedule,
     AgentMetaReply,
     AgentReply,
     AgentsReply,
@@ -33,9 +34,12 @@ from hyperhive.protocol import (
     CancelLooseEnd,
     CancelQuestion,
     CancelReminder,
+    CancelSchedule,
     Deny,
     Destroy,
+    EditSchedule,
     Empty,
+    FireScheduleNow,
     GetAgentMeta,
     GetLogs,
     GetLooseEnds,
@@ -52,6 +56,7 @@ from hyperhive.protocol import (
     Kill,
     List,
     ListContainers,
+    ListSchedules,
     Logs,
     Pause,
     Pending,
@@ -70,11 +75,15 @@ from hyperhive.protocol import (
     Reply,
     Request,
     RequestApplyCommit,
+    RequestSchedule,
     RequestSpawn,
     Restart,
     Resume,
     RetryReminder,
     Revive,
+    ScheduleInfo,
+    ScheduleReply,
+    SchedulesReply,
     Send,
     SendReply,
     SetModel,
@@ -97,6 +106,13 @@ from hyperhive.protocol import (
     WatchReply,
 )
 from hyperhive.protocol.event_payloads import HarnessConnected, HarnessDisconnected
+from hyperhive.schedules import (
+    SOURCE_OPERATOR,
+    Changes,
+    check_added_targets,
+    check_agent_cadence,
+    may_see,
+)
 from hyperhive.server import Connection, SocketKind
 from hyperhive.store import DatabaseFailed
 from hyperhive.topology import in_subtree
@@ -145,7 +161,13 @@ class Api:
 
     def _books(self) -> Books:
         hive = self.hive
-        return Books(questions=hive.questions, reminders=hive.reminders, approvals=hive.approvals)
+        return Books(
+            questions=hive.questions,
+            reminders=hive.reminders,
+            approvals=hive.approvals,
+            schedules=hive.schedules,
+            schedule_check=hive.schedule_check,
+        )
 
     def blocks(self, request: Request) -> bool:
         return isinstance(request, Recv) and request.wait_seconds > 0
@@ -189,8 +211,44 @@ class Api:
 
     # ------------------------------------------------------------ agent and manager sockets
 
+    async def _schedules(self, me: str, request: Request) -> Reply | None:
+        """The schedule verbs every socket serves; ``me`` is the caller (or ``operator``)."""
+        schedules = self.hive.schedules
+        check = self.hive.schedule_check(me)
+        match request:
+            case EditSchedule():
+                check_added_targets(me, request.targets_add, self.hive.in_subtree(me))
+                changes = Changes(
+                    body=request.body,
+                    description=request.description,
+                    interval_seconds=request.interval_seconds,
+                    cron=request.cron,
+                    once=request.once,
+                    next_at=request.next_at,
+                    targets_add=tuple(request.targets_add),
+                    targets_remove=tuple(request.targets_remove),
+                )
+
+                def may_edit(info: ScheduleInfo) -> None:
+                    check(info)
+                    check_agent_cadence(me, info, changes)
+
+                return ScheduleReply(schedule=await schedules.edit(request.id, changes, may_edit))
+            case CancelSchedule(id=sid, targets=targets):
+                return ScheduleReply(schedule=await schedules.cancel(sid, targets, check))
+            case FireScheduleNow(id=sid):
+                return ScheduleReply(schedule=await schedules.fire_now(sid, check))
+            case ListSchedules(include_ended=include_ended):
+                every = await schedules.list(include_ended=include_ended)
+                below = self.hive.in_subtree(me)
+                return SchedulesReply(schedules=[s for s in every if may_see(me, s, below)])
+        return None
+
     async def _agent(self, me: str, kind: SocketKind, request: Request) -> Reply:
         hive = self.hive
+        reply = await self._schedules(me, request)
+        if reply is not None:
+            return reply
         match request:
             case Send(to=to, body=body, in_reply_to=in_reply_to):
                 sent = await hive.broker.send(me, to, body, in_reply_to)
@@ -247,8 +305,19 @@ class Api:
                     paused_at=record.paused_at,
                     paused_reason=record.paused_reason,
                     paused_by=record.paused_by,
+                    schedules=await hive.schedules.targeting(record.name),
                     pending_reminders=await hive.reminders.pending_count(record.name),
                 )
+            case RequestSchedule():
+                spec = hive.schedules.check(
+                    request.targets,
+                    request.body,
+                    request.first_at,
+                    request.interval_seconds,
+                    request.cron,
+                    request.description,
+                )
+                return ApprovalReply(approval=await hive.request_schedule(me, spec))
             case RequestSpawn(name=name, description=description):
                 # A lead's spawn becomes its child once approved; the manager's, a top agent.
                 requester = MANAGER if kind is SocketKind.MANAGER else self._lead(me, request)
@@ -306,6 +375,9 @@ class Api:
 
     async def _host(self, conn: Connection, request: Request) -> Reply:
         hive = self.hive
+        reply = await self._schedules(OPERATOR, request)
+        if reply is not None:
+            return reply
         match request:
             case HostStatus():
                 unread = await hive.broker.unread_by_recipient()
@@ -373,6 +445,19 @@ class Api:
                 return Empty()
             case Logs(name=name, lines=lines):
                 return await hive.logs(_name(name), lines)
+            case AddSchedule():
+                spec = hive.schedules.check(
+                    request.targets,
+                    request.body,
+                    request.first_at,
+                    request.interval_seconds,
+                    request.cron,
+                    request.description,
+                    request.timezone,
+                )
+                return ScheduleReply(
+                    schedule=await hive.schedules.create(OPERATOR, spec, SOURCE_OPERATOR)
+                )
             case Vacuum():
                 messages, events = await hive.retention()
                 await hive.measure_disk_usage()

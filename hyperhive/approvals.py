@@ -213,11 +213,21 @@ class ApprovalQueue:
         requested_by: str,
         commit_ref: str | None = None,
         description: str | None = None,
+        attach: Callable[[sqlite3.Connection, ApprovalInfo, bool], None] | None = None,
     ) -> ApprovalInfo:
+        """Queue an approval (or find the pending one it repeats); ``attach(conn, info,
+        created)`` runs in the same transaction (e.g. stores what the request carries)."""
         now = self._clock()
-        info, created = await self._db.transaction(
-            lambda conn: sql_request(conn, agent, kind, commit_ref, description, requested_by, now)
-        )
+
+        def tx(conn: sqlite3.Connection) -> tuple[ApprovalInfo, bool]:
+            info, created = sql_request(
+                conn, agent, kind, commit_ref, description, requested_by, now
+            )
+            if attach is not None:
+                attach(conn, info, created)
+            return info, created
+
+        info, created = await self._db.transaction(tx)
         if created:
             self._events.emit(event_payloads.ApprovalAdded(approval=info))
         return info

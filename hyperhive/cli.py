@@ -42,6 +42,7 @@ from hyperhive.config import (
 from hyperhive.errors import AlreadyRunning, ClientError, HyperhiveError, RequestRefused
 from hyperhive.protocol import CONVERTER, json_schema
 from hyperhive.runtime import find, innermost
+from hyperhive.schedules import check_timezone
 from hyperhive.store import DatabaseFailed, DatabaseUnusable
 from hyperhive.terminal import visible
 from hyperhive.web._serve import DashboardUnavailable
@@ -322,12 +323,21 @@ def run(
             envvar="HYPERHIVE_BUDGET_TOTAL_TOKENS", min=0, help="Hive-wide budget: tokens in total."
         ),
     ] = _config_default("budget_total_tokens"),
+    timezone: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HYPERHIVE_TIMEZONE",
+            help="IANA time zone of cron schedules (default: the host's local zone).",
+        ),
+    ] = _config_default("timezone"),
 ) -> None:
     """Run the host daemon until SIGTERM or Ctrl-C."""
     from hyperhive.supervisor import main as daemon_main
 
     if backend not in BACKENDS:
         raise _fail(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+    if timezone is not None and not check_timezone(timezone, refuse=False):
+        raise _fail(f"unknown time zone {timezone!r}: give an IANA name such as Europe/Berlin")
     logging.basicConfig(
         level=log_level.upper(),
         stream=sys.stderr,
@@ -365,6 +375,7 @@ def run(
         budget_total_usd=budget_total_usd,
         budget_daily_tokens=budget_daily_tokens,
         budget_total_tokens=budget_total_tokens,
+        timezone=timezone,
     )
     try:
         trio.run(daemon_main, config)
@@ -1062,6 +1073,190 @@ def stats(
     if name is not None:
         payload["name"] = name
     _emit(_call(run_dir, payload), as_json, _stats_tables)
+
+
+# ---------------------------------------------------------------- scheduled prompts
+
+schedule_app = typer.Typer(
+    help="Scheduled prompts: a message delivered to agents at a time, once or recurring.",
+    no_args_is_help=True,
+)
+app.add_typer(schedule_app, name="schedule")
+
+
+def parse_at(raw: str, now: float | None = None) -> float:
+    """A time for ``--at``: ``now``, ``+90s``/``+10m``/``+2h``/``+1d``, seconds since the
+    epoch, or an ISO date-time (local time unless it names its offset)."""
+    from datetime import datetime
+
+    now = time.time() if now is None else now
+    text = raw.strip()
+    if text == "now":
+        return now
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text.startswith("+") and text[-1:] in units and text[1:-1].isdigit():
+        return now + int(text[1:-1]) * units[text[-1]]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise _fail(
+            f"--at {raw!r}: give 'now', '+10m' (s, m, h, d), seconds since the epoch or "
+            "an ISO date-time such as 2026-12-01T09:00"
+        ) from None
+
+
+def _schedule_cadence(s: dict[str, Any]) -> str:
+    if s["interval_seconds"] is not None:
+        return f"every {_span(s['interval_seconds'])}"
+    if s["cron"] is not None:
+        return f"cron {s['cron']} ({s['timezone']})"
+    return "once"
+
+
+def _schedules_table(r: dict[str, Any]) -> None:
+    rows = [
+        [
+            s["id"],
+            s["owner"],
+            ",".join(s["targets"]) or "-",
+            _schedule_cadence(s),
+            "ended " + _when(s["ended_at"]) if s["ended_at"] else _when(s["next_at"]),
+            s["fires"],
+            s["skipped"],
+            s["description"] or s["body"],
+        ]
+        for s in r["schedules"]
+    ]
+    _table(
+        ["ID", "OWNER", "TARGETS", "CADENCE", "NEXT", "FIRES", "SKIPPED", "BODY"],
+        rows,
+        "no schedules",
+    )
+
+
+def _schedule_line(r: dict[str, Any]) -> None:
+    s = r["schedule"]
+    state = f"ended {_when(s['ended_at'])}" if s["ended_at"] else f"next {_when(s['next_at'])}"
+    typer.echo(
+        f"schedule {s['id']}: {_schedule_cadence(s)} to {', '.join(s['targets']) or '-'}, "
+        f"{state}, fired {s['fires']} (skipped {s['skipped']})"
+    )
+
+
+Targets = Annotated[list[str], typer.Argument(help="The agents it delivers to.")]
+
+
+@schedule_app.command("add")
+def schedule_add(
+    targets: Targets,
+    run_dir: RunDir,
+    state_dir: StateDir,
+    body: Annotated[str, typer.Option("--body", "-m", help="The message delivered.")],
+    at: Annotated[str, typer.Option(help="First fire: now, +10m, epoch seconds, ISO time.")] = (
+        "now"
+    ),
+    every: Annotated[
+        int | None, typer.Option(help="Recurring: seconds between fires.", min=1)
+    ] = None,
+    cron: Annotated[
+        str | None, typer.Option(help="Recurring by a five-field cron expression.")
+    ] = None,
+    timezone: Annotated[
+        str | None, typer.Option(help="IANA zone for --cron (default: the daemon's).")
+    ] = None,
+    description: Annotated[str | None, typer.Option(help="What it is for.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Create a schedule directly (no approval needed: the operator owns it)."""
+    payload: dict[str, Any] = {
+        "cmd": "add_schedule",
+        "targets": targets,
+        "body": body,
+        "first_at": parse_at(at),
+    }
+    for key, value in [
+        ("interval_seconds", every),
+        ("cron", cron),
+        ("timezone", timezone),
+        ("description", description),
+    ]:
+        if value is not None:
+            payload[key] = value
+    _emit(_call(run_dir, payload), as_json, _schedule_line)
+
+
+@schedule_app.command("list")
+def schedule_list(
+    run_dir: RunDir,
+    state_dir: StateDir,
+    all_: Annotated[bool, typer.Option("--all", help="Include ended schedules.")] = False,
+    as_json: Json = False,
+) -> None:
+    """List schedules: cadence, next fire, fires and skipped fires."""
+    reply = _call(run_dir, {"cmd": "list_schedules", "include_ended": all_})
+    _emit(reply, as_json, _schedules_table)
+
+
+@schedule_app.command("edit")
+def schedule_edit(
+    schedule_id: int,
+    run_dir: RunDir,
+    state_dir: StateDir,
+    body: Annotated[str | None, typer.Option("--body", "-m", help="New message.")] = None,
+    at: Annotated[str | None, typer.Option(help="Next fire (as for add).")] = None,
+    every: Annotated[int | None, typer.Option(help="New interval in seconds.", min=1)] = None,
+    cron: Annotated[str | None, typer.Option(help="New cron expression.")] = None,
+    once: Annotated[bool, typer.Option(help="Fire once more only, then end.")] = False,
+    add: Annotated[list[str] | None, typer.Option("--add", help="Add a target.")] = None,
+    remove: Annotated[list[str] | None, typer.Option("--remove", help="Drop a target.")] = None,
+    description: Annotated[str | None, typer.Option(help="New description.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Change a schedule; what is not given stays as it is."""
+    payload: dict[str, Any] = {"cmd": "edit_schedule", "id": schedule_id, "once": once}
+    for key, value in [
+        ("body", body),
+        ("next_at", None if at is None else parse_at(at)),
+        ("interval_seconds", every),
+        ("cron", cron),
+        ("description", description),
+        ("targets_add", add),
+        ("targets_remove", remove),
+    ]:
+        if value is not None:
+            payload[key] = value
+    _emit(_call(run_dir, payload), as_json, _schedule_line)
+
+
+@schedule_app.command("cancel")
+def schedule_cancel(
+    schedule_id: int,
+    run_dir: RunDir,
+    state_dir: StateDir,
+    target: Annotated[
+        list[str] | None,
+        typer.Option("--target", help="Stop delivering to this agent only (repeatable)."),
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """End a schedule, or drop some of its targets (it ends when none is left)."""
+    payload: dict[str, Any] = {"cmd": "cancel_schedule", "id": schedule_id}
+    if target:
+        payload["targets"] = target
+    _emit(_call(run_dir, payload), as_json, _schedule_line)
+
+
+@schedule_app.command("fire")
+def schedule_fire(
+    schedule_id: int, run_dir: RunDir, state_dir: StateDir, as_json: Json = False
+) -> None:
+    """Deliver a schedule now; a recurring one keeps its cadence, a one-shot is used up."""
+    reply = _call(run_dir, {"cmd": "fire_schedule_now", "id": schedule_id})
+    _emit(reply, as_json, _schedule_line)
 
 
 # ---------------------------------------------------------------- reminders

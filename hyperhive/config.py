@@ -45,6 +45,16 @@ MAX_REPORT_NAME: Final = 200
 DEFAULT_NO_PROGRESS_TURNS: Final = 20
 #: The largest number a budget limit may be (USD or tokens).
 MAX_BUDGET: Final = 10**15
+#: Scheduled prompts (docs/operations.md): most targets of one schedule, shortest and longest
+#: interval (an agent's schedule is approved by the operator, who sees its cadence), latest
+#: time a schedule may be set to (year 9999), most active schedules an agent owns, and the
+#: longest cron expression.
+MAX_SCHEDULE_TARGETS: Final = 32
+MIN_SCHEDULE_INTERVAL_SECONDS: Final = 1
+MAX_SCHEDULE_INTERVAL_SECONDS: Final = 366 * 24 * 60 * 60
+MAX_SCHEDULE_AT: Final = 253402300799.0
+MAX_SCHEDULES_PER_OWNER: Final = 50
+MAX_CRON_CHARS: Final = 200
 #: Retention: acked messages older than this are deleted by the hourly loop and by ``vacuum``.
 DAY: Final = 24 * 60 * 60
 RETENTION_SECONDS: Final = 30 * DAY
@@ -355,6 +365,9 @@ class Config:
     #: (Values are :class:`hyperhive.containers.Backend`; typed loosely here, since config sits
     #: below the containers layer.)
     container_backends: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
+    #: ``--timezone``: the IANA zone cron schedules are evaluated in (stored per schedule);
+    #: None: the host's local zone.
+    timezone: str | None = None
     #: Delays between an agent's crash restarts (``RestartPolicy``); tests shorten them.
     restart_backoff: Backoff = RESTART_BACKOFF
     #: Delays between a reminder's failed delivery attempts; tests shorten them.

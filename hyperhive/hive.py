@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import trio
 
-from hyperhive import contract, system_messages
+from hyperhive import contract, system_messages, topology
 from hyperhive.agent_config import (
     AgentConfig,
     BudgetSettings,
@@ -70,6 +70,7 @@ from hyperhive.protocol import (
     ApprovalInfo,
     LogsReply,
     RecentMessage,
+    ScheduleInfo,
     StatsReply,
     Tombstone,
     TurnReport,
@@ -78,12 +79,14 @@ from hyperhive.protocol.event_payloads import (
     AgentPaused,
     AgentResumed,
     DiskUsageChanged,
+    ScheduleChanged,
     SpendChanged,
 )
 from hyperhive.questions import QuestionBook
 from hyperhive.registry import AgentRecord, AgentState, Registry
 from hyperhive.reminders import ReminderBook
 from hyperhive.retention import sweep_events_db
+from hyperhive.schedules import ScheduleBook, Spec, local_timezone, may_touch, sql_save_request
 from hyperhive.space import SpaceMonitor
 from hyperhive.store import Database, is_disk_full
 from hyperhive.supervision import Problems, agent_reporter
@@ -154,9 +157,18 @@ class Hive:
             executors={
                 ApprovalKind.SPAWN: self._approved_spawn,
                 ApprovalKind.APPLY_COMMIT: self._approved_apply_commit,
+                ApprovalKind.SCHEDULE: self._approved_schedule,
             },
             on_deny={ApprovalKind.APPLY_COMMIT: self._denied_apply_commit},
             prechecks={ApprovalKind.SPAWN: self._check_spawn},
+        )
+        self.schedules = ScheduleBook(
+            db,
+            self.broker,
+            live=self.registry.live,
+            timezone=config.timezone or local_timezone(),
+            clock=config.wall_clock,
+            on_change=lambda info: self.events.emit(ScheduleChanged(schedule=info)),
         )
         self._deploy_locks: dict[str, trio.Lock] = {}
         #: The spend ledger: every turn's tokens and cost, per agent (hyperhive/ledger.py).
@@ -331,6 +343,50 @@ class Hive:
         live = self.registry.live()
         parent = requested_by if requested_by in live and requested_by != MANAGER else MANAGER
         await self._create(approval.agent, parent=parent)
+
+    # ------------------------------------------------------------ scheduled prompts
+
+    async def request_schedule(self, requester: str, spec: Spec) -> ApprovalInfo:
+        """An agent's (or the manager's) schedule: an approval of kind ``schedule``."""
+
+        def attach(conn: sqlite3.Connection, info: ApprovalInfo, created: bool) -> None:
+            if not created:
+                raise RequestRefused(
+                    f"your schedule request #{info.id} is still waiting for the operator; "
+                    "ask again once it is decided"
+                )
+            sql_save_request(conn, info.id, spec)
+
+        return await self.approvals.request(
+            requester,
+            ApprovalKind.SCHEDULE,
+            requested_by=requester,
+            description=spec.summary(),
+            attach=attach,
+        )
+
+    async def _approved_schedule(self, approval: ApprovalInfo) -> None:
+        # Idempotent: a schedule made from this approval already is the outcome.
+        await self.schedules.create_from_request(approval.agent, approval.id)
+
+    def in_subtree(self, root: str) -> Callable[[str], bool]:
+        """Whether a name is ``root`` or below it in the hierarchy (``hyperhive.topology``)."""
+        parents = self.registry.parents()
+        return functools.partial(topology.in_subtree, parents, root)
+
+    def schedule_check(self, caller: str) -> Callable[[ScheduleInfo], None]:
+        """Refuses a schedule ``caller`` may not touch (see :func:`schedules.may_touch`)."""
+        in_subtree = self.in_subtree(caller)
+
+        def check(info: ScheduleInfo) -> None:
+            if not may_touch(caller, info, in_subtree):
+                raise RequestRefused(
+                    f"schedule {info.id} belongs to {info.owner} and targets agents outside "
+                    f"your subtree; you may touch only your own schedules and those for "
+                    "yourself or the agents below you"
+                )
+
+        return check
 
     async def spawn(self, name: str, *, backend: str | None = None) -> AgentRecord:
         """Operator's direct spawn: no approval; idempotent for an existing agent."""
@@ -674,9 +730,16 @@ class Hive:
     async def agent_infos(self) -> list[AgentInfo]:
         unread = await self.broker.unread_by_recipient()
         spend = await self.ledger.spend()
+        targeting = await self.schedules.targeting_all()
         reminders = await self.reminders.pending_by_agent()
         return [
-            await self.agent_info(r, unread.get(r.name, 0), spend, reminders.get(r.name, 0))
+            await self.agent_info(
+                r,
+                unread.get(r.name, 0),
+                spend,
+                reminders.get(r.name, 0),
+                targeting.get(r.name, []),
+            )
             for r in self.registry.all()
             if r.state != AgentState.DESTROYED
         ]
@@ -687,6 +750,7 @@ class Hive:
         unread: int | None = None,
         spend: Spend | None = None,
         reminders: int | None = None,
+        schedules: list[int] | None = None,
     ) -> AgentInfo:
         if unread is None:
             unread = await self.broker.unread(record.name)
@@ -695,6 +759,8 @@ class Hive:
         today, total, ctx = spend
         if reminders is None:
             reminders = await self.reminders.pending_count(record.name)
+        if schedules is None:
+            schedules = await self.schedules.targeting(record.name)
         return AgentInfo(
             name=record.name,
             role=record.role,
@@ -721,6 +787,7 @@ class Hive:
             cost_today_usd=today.get(record.name, Sums()).cost_usd,
             cost_total_usd=total.get(record.name, Sums()).cost_usd,
             ctx_tokens=ctx.get(record.name),
+            schedules=schedules,
             lead=self.registry.is_lead(record.name),
             pending_reminders=reminders,
         )

@@ -95,6 +95,8 @@ class ConnectionRole(StrEnum):
 class ApprovalKind(StrEnum):
     SPAWN = "spawn"
     APPLY_COMMIT = "apply_commit"
+    #: A scheduled prompt an agent asked for (``request_schedule``).
+    SCHEDULE = "schedule"
 
 
 class ApprovalStatus(StrEnum):
@@ -142,6 +144,8 @@ class EventKind(StrEnum):
     AGENT_RESUMED = "agent_resumed"
     #: A turn was recorded in the spend ledger (an agent's and the hive's spend changed).
     SPEND_CHANGED = "spend_changed"
+    #: A scheduled prompt was created, changed, fired or ended.
+    SCHEDULE_CHANGED = "schedule_changed"
     #: An agent got a new parent (``set_parent``, or its parent was destroyed).
     PARENT_CHANGED = "parent_changed"
     #: A reminder was set, delivered, failed, retried or cancelled (``removed``: it is gone).
@@ -176,3 +180,5 @@ class LooseEndKind(StrEnum):
     QUESTION = "question"
     REMINDER = "reminder"
     APPROVAL = "approval"
+    #: A scheduled prompt the caller owns (cancelling it ends it).
+    SCHEDULE = "schedule"

@@ -17,7 +17,9 @@ SYSTEM: Final = "system"
 BROADCAST: Final = "*"
 #: The sender of a reminder in its agent's own inbox.
 REMINDER: Final = "reminder"
-RESERVED_NAMES: Final = frozenset({OPERATOR, SYSTEM, MANAGER, REMINDER})
+#: The sender of scheduled prompts.
+SCHEDULER: Final = "scheduler"
+RESERVED_NAMES: Final = frozenset({OPERATOR, SYSTEM, MANAGER, REMINDER, SCHEDULER})
 
 
 class InvalidAgentName(ValueError):

@@ -16,6 +16,7 @@
         │           │                        re-adopts or starts its payload, waits on its pidfd,
         │           │                        carries out lifecycle commands
         │           ├── QuestionBook.watchdog *
+        │           ├── ScheduleBook.run *    fires scheduled prompts at their due times
         │           ├── ReminderBook.scheduler *
         │           │                        sleeps until the earliest deadline
         │           ├── retention_loop *     hourly: acked messages > 30 days; agents' events dbs
@@ -250,6 +251,7 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
                 await hive.lift_budget_pauses()
                 for part, body in (
                     ("the questions watchdog", hive.questions.watchdog),
+                    ("the schedules", hive.schedules.run),
                     ("the reminder scheduler", hive.reminders.scheduler),
                     ("the retention loop", functools.partial(retention_loop, hive)),
                     ("the housekeeping loop", functools.partial(housekeeping_loop, hive)),

@@ -45,7 +45,10 @@ from hyperhive.protocol import (
     ApprovalReply,
     Ask,
     CancelLooseEnd,
+    CancelSchedule,
+    EditSchedule,
     Empty,
+    FireScheduleNow,
     GetAgentMeta,
     GetLogs,
     GetLooseEnds,
@@ -54,6 +57,7 @@ from hyperhive.protocol import (
     IdReply,
     Kill,
     ListContainers,
+    ListSchedules,
     LogsReply,
     LooseEndsReply,
     Message,
@@ -66,8 +70,12 @@ from hyperhive.protocol import (
     Reply,
     Request,
     RequestApplyCommit,
+    RequestSchedule,
     RequestSpawn,
     Restart,
+    ScheduleInfo,
+    ScheduleReply,
+    SchedulesReply,
     Send,
     SendReply,
     SetStatus,
@@ -284,6 +292,7 @@ def format_loose_ends(reply: LooseEndsReply) -> str:
     lines = [format_question(q, now) for q in reply.questions]
     lines += [format_reminder(r, now) for r in reply.reminders]
     lines += [format_approval(a, now) for a in reply.approvals]
+    lines += [format_schedule(s, now) for s in reply.schedules]
     return "\n".join(lines) if lines else "(no loose ends)"
 
 
@@ -297,6 +306,8 @@ def format_meta(meta: AgentMetaReply) -> str:
     ]
     if meta.parent:
         lines.append(f"parent: {meta.parent}")
+    if meta.schedules:
+        lines.append(f"schedules delivering to it: {', '.join(f'#{i}' for i in meta.schedules)}")
     return "\n".join(lines)
 
 
@@ -313,6 +324,34 @@ def format_agents(reply: AgentsReply) -> str:
             line += f", status {a.status_text!r}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def format_schedule(s: ScheduleInfo, now: float) -> str:
+    if s.interval_seconds is not None:
+        cadence = f"every {_span(s.interval_seconds)}"
+    elif s.cron is not None:
+        cadence = f"cron '{s.cron}' ({s.timezone})"
+    else:
+        cadence = "once"
+    targets = ", ".join(s.targets) or "-"
+    line = f"schedule #{s.id} ({s.owner}): {cadence} to {targets}"
+    if s.ended_at is not None:
+        line += f", ended {_ago(s.ended_at, now)}"
+    elif s.next_at is not None:
+        line += f", next in {_span(s.next_at - now)}"
+    line += f", fired {s.fires}x"
+    if s.skipped:
+        line += f", {s.skipped} skipped while the hive was down"
+    if s.description:
+        line += f" — {s.description}"
+    body = s.body if len(s.body) <= 200 else s.body[:200] + "…"
+    return f"{line}\n  body: {body}"
+
+
+def format_schedules(reply: SchedulesReply) -> str:
+    now = time.time()
+    lines = [format_schedule(s, now) for s in reply.schedules]
+    return "\n".join(lines) if lines else "(no schedules)"
 
 
 def format_approval_request(reply: ApprovalReply) -> str:
@@ -452,13 +491,13 @@ def build_server(link: ConnectionPool, *, role: str, name: str | None) -> MCPSer
 
     async def cancel_loose_end(
         kind: Annotated[
-            Literal["question", "reminder"],
-            Field(description="What to cancel: 'question' or 'reminder'."),
+            Literal["question", "reminder", "schedule"],
+            Field(description="What to cancel: 'question', 'reminder' or 'schedule'."),
         ],
         id: Annotated[int, Field(description="Its id.")],
     ) -> str:
-        """Withdraw an open question you asked, or cancel a reminder you set before it
-        fires (when it no longer matters)."""
+        """Withdraw an open question you asked, cancel a reminder you set before it fires,
+        or end a schedule you own (when it no longer matters)."""
         await call(CancelLooseEnd(kind=LooseEndKind(kind), id=id), Empty)
         return f"cancelled {kind} #{id}"
 
@@ -480,6 +519,97 @@ def build_server(link: ConnectionPool, *, role: str, name: str | None) -> MCPSer
     ) -> str:
         """Look up an agent (yourself by default): role, state, model, status line, parent."""
         return format_meta(await call(GetAgentMeta(name=name), AgentMetaReply))
+
+    # -------------------------------------------------------- scheduling
+
+    async def request_schedule(
+        targets: Annotated[list[str], Field(description="The agents it delivers to.")],
+        body: Annotated[str, Field(description="The message delivered at each fire.")],
+        first_at: Annotated[
+            float,
+            Field(
+                description="First fire, in seconds since the epoch (with cron: the first "
+                "cron time at or after it)."
+            ),
+        ],
+        interval_seconds: Annotated[
+            int | None, Field(ge=1, description="Recurring: seconds between fires.")
+        ] = None,
+        cron: Annotated[
+            str | None,
+            Field(
+                description="Recurring by a five-field cron expression, e.g. '0 9 * * 1-5', "
+                "in the operator's time zone (instead of interval_seconds)."
+            ),
+        ] = None,
+        description: Annotated[str | None, Field(description="What it is for.")] = None,
+    ) -> str:
+        """Ask the operator for a scheduled prompt: a message delivered (from 'scheduler') to
+        the targets at first_at, then again every interval_seconds or by cron, or only once.
+        Returns at once with an approval id; the decision arrives later as an
+        'approval_resolved' message. If the hive was down across several fire times, only
+        one late fire happens and says how many were skipped."""
+        request = RequestSchedule(
+            targets=targets,
+            body=body,
+            first_at=first_at,
+            interval_seconds=interval_seconds,
+            cron=cron,
+            description=description,
+        )
+        return format_approval_request(await call(request, ApprovalReply))
+
+    async def edit_schedule(
+        id: Annotated[int, Field(description="The schedule id.")],
+        body: Annotated[str | None, Field(description="New message.")] = None,
+        description: Annotated[str | None, Field(description="New description.")] = None,
+        interval_seconds: Annotated[
+            int | None, Field(ge=1, description="New interval (drops cron).")
+        ] = None,
+        cron: Annotated[str | None, Field(description="New cron expression.")] = None,
+        once: Annotated[bool, Field(description="Fire once more only, then end.")] = False,
+        next_at: Annotated[
+            float | None, Field(description="Next fire, seconds since the epoch.")
+        ] = None,
+        targets_add: Annotated[list[str] | None, Field(description="Agents to add.")] = None,
+        targets_remove: Annotated[list[str] | None, Field(description="Agents to drop.")] = None,
+    ) -> str:
+        """Change a schedule you own (or one for yourself or agents below you); what you leave
+        out stays as it is."""
+        request = EditSchedule(
+            id=id,
+            body=body,
+            description=description,
+            interval_seconds=interval_seconds,
+            cron=cron,
+            once=once,
+            next_at=next_at,
+            targets_add=targets_add or [],
+            targets_remove=targets_remove or [],
+        )
+        return format_schedule((await call(request, ScheduleReply)).schedule, time.time())
+
+    async def cancel_schedule(
+        id: Annotated[int, Field(description="The schedule id.")],
+        targets: Annotated[
+            list[str] | None,
+            Field(description="Stop delivering to these only; omit to end the schedule."),
+        ] = None,
+    ) -> str:
+        """End a schedule, or stop it for some of its targets (it ends when none is left)."""
+        reply = await call(CancelSchedule(id=id, targets=targets or None), ScheduleReply)
+        return format_schedule(reply.schedule, time.time())
+
+    async def fire_schedule_now(id: Annotated[int, Field(description="The schedule id.")]) -> str:
+        """Deliver a schedule's message now. A recurring one keeps its cadence; a one-shot is
+        used up."""
+        reply = await call(FireScheduleNow(id=id), ScheduleReply)
+        return format_schedule(reply.schedule, time.time())
+
+    async def list_schedules() -> str:
+        """List the active schedules you own, that deliver to you, or to agents below you:
+        cadence, next fire, how often it fired and skipped."""
+        return format_schedules(await call(ListSchedules(), SchedulesReply))
 
     async def remind(
         body: Annotated[str, Field(description="What you want to be told then.")],
@@ -520,6 +650,11 @@ def build_server(link: ConnectionPool, *, role: str, name: str | None) -> MCPSer
     tool(cancel_loose_end)
     tool(set_status)
     tool(get_agent_meta)
+    tool(request_schedule)
+    tool(edit_schedule)
+    tool(cancel_schedule)
+    tool(fire_schedule_now)
+    tool(list_schedules)
     tool(remind)
     if role not in ("manager", "lead"):
         return server

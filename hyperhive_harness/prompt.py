@@ -25,6 +25,11 @@ AGENT_TOOLS: Final = (
     "cancel_loose_end",
     "set_status",
     "get_agent_meta",
+    "request_schedule",
+    "edit_schedule",
+    "cancel_schedule",
+    "fire_schedule_now",
+    "list_schedules",
     "remind",
 )
 #: What a lead (``lead = true`` in its agent.toml) adds, for the agents below it.

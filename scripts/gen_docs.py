@@ -64,6 +64,10 @@ def _callbacks(app: Any) -> dict[str, Callable[..., Any]]:
     for info in app.registered_commands:
         name = info.name or info.callback.__name__.replace("_", "-")
         found[name] = info.callback
+    # A command group (``hyperhive schedule …``): its commands as "<group> <command>".
+    for group in app.registered_groups:
+        for sub, callback in _callbacks(group.typer_instance).items():
+            found[f"{group.name} {sub}"] = callback
     return found
 
 
@@ -111,7 +115,13 @@ def cli_reference() -> str:
 
     group = typer.main.get_command(app)
     callbacks = _callbacks(app)
-    commands = [(n, c) for n, c in group.commands.items() if not c.hidden]
+    commands = [
+        (f"{n} {sub}" if sub else n, c)
+        for n, top in group.commands.items()
+        if not top.hidden
+        for sub, c in (sorted(top.commands.items()) if hasattr(top, "commands") else [("", top)])
+        if not c.hidden
+    ]
 
     def hints_of(name: str) -> dict[str, Any]:
         return typing.get_type_hints(callbacks[name], include_extras=True)
@@ -142,7 +152,10 @@ def cli_reference() -> str:
     ]
     out += _table(
         ["command", "what it does"],
-        [[f"[`{n}`](#hyperhive-{n})", _cell((c.help or "").split("\n\n")[0])] for n, c in commands],
+        [
+            [f"[`{n}`](#hyperhive-{n.replace(' ', '-')})", _cell((c.help or "").split("\n\n")[0])]
+            for n, c in commands
+        ],
     )
     if shared:
         out += ["", "## Common options", "", "Most commands that talk to the daemon take:", ""]

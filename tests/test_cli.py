@@ -183,6 +183,7 @@ def test_run_takes_its_defaults_from_config() -> None:
         "agent_memory_max",
         "min_free",
         "line_deadline_seconds",
+        "timezone",
     ]
     assert {name: params[name] for name in shared} == {
         name: fields[name].default for name in shared

@@ -22,6 +22,10 @@ from hyperhive.config import (
     MAX_RECV_WAIT_SECONDS,
     MAX_REMINDER_DELAY_SECONDS,
     MAX_REPORT_TOOLS,
+    MAX_SCHEDULE_AT,
+    MAX_SCHEDULE_INTERVAL_SECONDS,
+    MAX_SCHEDULE_TARGETS,
+    MIN_SCHEDULE_INTERVAL_SECONDS,
 )
 from hyperhive.kinds import (
     AgentRole,
@@ -145,6 +149,8 @@ class AgentInfo:
     cost_today_usd: float = 0.0
     cost_total_usd: float = 0.0
     ctx_tokens: int | None = None
+    #: Ids of the active schedules that deliver to this agent.
+    schedules: list[int] = attrs.Factory(list)
     #: Its applied agent.toml grants the ``lead`` role (lifecycle verbs below it).
     lead: bool = False
     #: Reminders set and not yet delivered (see ``remind``).
@@ -274,6 +280,8 @@ class LooseEndsReply(Reply):
     approvals: list[ApprovalInfo]
     #: Reminders not yet delivered: the caller's own (every agent's for the manager).
     reminders: list[ReminderInfo] = attrs.Factory(list)
+    #: Active schedules the caller owns (every active one for the manager).
+    schedules: list[ScheduleInfo] = attrs.Factory(list)
     #: Every loose end above, one uniform row each (kind, id, owner, age), oldest first.
     items: list[LooseEnd] = attrs.Factory(list)
 
@@ -317,6 +325,8 @@ class AgentMetaReply(Reply):
     paused_at: float | None = None
     paused_reason: str | None = None
     paused_by: str | None = None
+    #: Ids of the active schedules that deliver to this agent.
+    schedules: list[int] = attrs.Factory(list)
     #: Reminders of the agent set and not yet delivered.
     pending_reminders: int = 0
 
@@ -951,6 +961,162 @@ REPLIES: dict[type[Request], type[Reply]] = {
     RetryReminder: ReminderReply,
     CancelReminder: ReminderReply,
 }
+
+
+# ---------------------------------------------------------------- scheduled prompts
+# (agent + manager sockets: request_schedule and the schedule verbs; host socket: the verbs
+# and add_schedule, which needs no approval)
+
+
+@attrs.frozen
+class ScheduleInfo:
+    id: int
+    #: Who it belongs to: the agent whose request was approved, or ``operator``.
+    owner: str
+    #: The agents it delivers to (a target cancelled alone is gone from the list).
+    targets: list[str]
+    body: str
+    description: str | None
+    #: Recurring every this many seconds (None: by ``cron``, or one-shot when both are None).
+    interval_seconds: int | None
+    #: A five-field cron expression, evaluated in ``timezone``.
+    cron: str | None
+    timezone: str
+    #: When it fires next (None once it has ended).
+    next_at: float | None
+    created_at: float
+    #: ``operator`` or ``approval:<id>``.
+    source: str
+    #: When it ended (cancelled, no targets left, a one-shot fired); None while active.
+    ended_at: float | None
+    last_fired_at: float | None
+    #: How many times it fired.
+    fires: int
+    #: Fires skipped in all (the hive was down across several due times: one late fire).
+    skipped: int
+    #: Fires skipped just before its last fire.
+    last_skipped: int
+
+
+@attrs.frozen
+class RequestSchedule(Request):
+    """Ask the operator for a schedule (an approval of kind ``schedule``)."""
+
+    CMD = "request_schedule"
+    targets: list[str] = attrs.field(metadata=wire(Bounds(max_items=MAX_SCHEDULE_TARGETS)))
+    body: str = attrs.field(metadata=wire(CLEAN_TEXT))
+    #: Wall-clock seconds of the first fire (cron: the first cron time at or after it).
+    first_at: float = attrs.field(metadata=wire(Bounds(minimum=0, maximum=MAX_SCHEDULE_AT)))
+    interval_seconds: int | None = attrs.field(
+        default=None,
+        metadata=wire(
+            Bounds(minimum=MIN_SCHEDULE_INTERVAL_SECONDS, maximum=MAX_SCHEDULE_INTERVAL_SECONDS)
+        ),
+    )
+    cron: str | None = attrs.field(default=None, metadata=wire(CLEAN_TEXT))
+    description: str | None = None
+
+
+@attrs.frozen
+class AddSchedule(Request):
+    """The operator creates a schedule directly (no approval)."""
+
+    CMD = "add_schedule"
+    targets: list[str] = attrs.field(metadata=wire(Bounds(max_items=MAX_SCHEDULE_TARGETS)))
+    body: str = attrs.field(metadata=wire(CLEAN_TEXT))
+    first_at: float = attrs.field(metadata=wire(Bounds(minimum=0, maximum=MAX_SCHEDULE_AT)))
+    interval_seconds: int | None = attrs.field(
+        default=None,
+        metadata=wire(
+            Bounds(minimum=MIN_SCHEDULE_INTERVAL_SECONDS, maximum=MAX_SCHEDULE_INTERVAL_SECONDS)
+        ),
+    )
+    cron: str | None = attrs.field(default=None, metadata=wire(CLEAN_TEXT))
+    description: str | None = None
+    #: An IANA zone for ``cron`` (default: the daemon's ``--timezone``).
+    timezone: str | None = None
+
+
+@attrs.frozen
+class EditSchedule(Request):
+    """Change an active schedule; a field left out (null) stays as it is."""
+
+    CMD = "edit_schedule"
+    id: int = attrs.field(metadata=wire(ID))
+    body: str | None = attrs.field(default=None, metadata=wire(CLEAN_TEXT))
+    description: str | None = None
+    interval_seconds: int | None = attrs.field(
+        default=None,
+        metadata=wire(
+            Bounds(minimum=MIN_SCHEDULE_INTERVAL_SECONDS, maximum=MAX_SCHEDULE_INTERVAL_SECONDS)
+        ),
+    )
+    cron: str | None = attrs.field(default=None, metadata=wire(CLEAN_TEXT))
+    #: Make it fire once more only (drops interval and cron).
+    once: bool = False
+    next_at: float | None = attrs.field(
+        default=None, metadata=wire(Bounds(minimum=0, maximum=MAX_SCHEDULE_AT))
+    )
+    targets_add: list[str] = attrs.field(
+        factory=list, metadata=wire(Bounds(max_items=MAX_SCHEDULE_TARGETS))
+    )
+    targets_remove: list[str] = attrs.field(
+        factory=list, metadata=wire(Bounds(max_items=MAX_SCHEDULE_TARGETS))
+    )
+
+
+@attrs.frozen
+class CancelSchedule(Request):
+    """End a schedule, or (``targets``) stop delivering to some of its targets only."""
+
+    CMD = "cancel_schedule"
+    id: int = attrs.field(metadata=wire(ID))
+    targets: list[str] | None = attrs.field(
+        default=None, metadata=wire(Bounds(max_items=MAX_SCHEDULE_TARGETS))
+    )
+
+
+@attrs.frozen
+class FireScheduleNow(Request):
+    CMD = "fire_schedule_now"
+    id: int = attrs.field(metadata=wire(ID))
+
+
+@attrs.frozen
+class ListSchedules(Request):
+    CMD = "list_schedules"
+    include_ended: bool = False
+
+
+@attrs.frozen
+class ScheduleReply(Reply):
+    schedule: ScheduleInfo
+
+
+@attrs.frozen
+class SchedulesReply(Reply):
+    schedules: list[ScheduleInfo]
+
+
+SCHEDULE_REQUESTS: tuple[type[Request], ...] = (
+    EditSchedule,
+    CancelSchedule,
+    FireScheduleNow,
+    ListSchedules,
+)
+AGENT_REQUESTS += (RequestSchedule, *SCHEDULE_REQUESTS)
+MANAGER_REQUESTS += (RequestSchedule, *SCHEDULE_REQUESTS)
+HOST_REQUESTS += (AddSchedule, *SCHEDULE_REQUESTS)
+REPLIES.update(
+    {
+        RequestSchedule: ApprovalReply,
+        AddSchedule: ScheduleReply,
+        EditSchedule: ScheduleReply,
+        CancelSchedule: ScheduleReply,
+        FireScheduleNow: ScheduleReply,
+        ListSchedules: SchedulesReply,
+    }
+)
 
 
 # ---------------------------------------------------------------- hierarchy (set_parent, leads)

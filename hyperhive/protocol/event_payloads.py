@@ -14,7 +14,7 @@ import attrs
 
 from hyperhive.kinds import AgentRole, AgentState, EventKind, Transient
 from hyperhive.protocol._codec import CONVERTER
-from hyperhive.protocol._messages import ApprovalInfo, QuestionInfo, ReminderInfo
+from hyperhive.protocol._messages import ApprovalInfo, QuestionInfo, ReminderInfo, ScheduleInfo
 
 
 @attrs.frozen
@@ -227,6 +227,14 @@ class SpendChanged(EventPayload):
 
 
 @attrs.frozen
+class ScheduleChanged(EventPayload):
+    """A scheduled prompt was created, edited, fired, or ended."""
+
+    KIND = EventKind.SCHEDULE_CHANGED
+    schedule: ScheduleInfo
+
+
+@attrs.frozen
 class ParentChanged(EventPayload):
     KIND = EventKind.PARENT_CHANGED
     name: str
@@ -261,6 +269,7 @@ EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
         AgentPaused,
         AgentResumed,
         SpendChanged,
+        ScheduleChanged,
         ParentChanged,
         ReminderChanged,
     )

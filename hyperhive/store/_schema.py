@@ -135,6 +135,38 @@ def _v5_pause(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v8_schedules(conn: sqlite3.Connection) -> None:
+    """Scheduled prompts (see :mod:`hyperhive.schedules`) and the specs awaiting approval."""
+    _execute_script(
+        conn,
+        """
+        CREATE TABLE schedules (
+            id               INTEGER PRIMARY KEY AUTOINCREMENT,
+            owner            TEXT NOT NULL,      -- agent name or 'operator'
+            targets_json     TEXT NOT NULL,      -- JSON list of agent names
+            body             TEXT NOT NULL,
+            description      TEXT,
+            interval_seconds INTEGER,            -- NULL: cron, or one-shot
+            cron             TEXT,
+            timezone         TEXT NOT NULL,
+            next_at          REAL,               -- NULL once ended
+            created_at       REAL NOT NULL,
+            source           TEXT NOT NULL,      -- 'operator' | 'approval:<id>'
+            ended_at         REAL,
+            last_fired_at    REAL,
+            fires            INTEGER NOT NULL DEFAULT 0,
+            skipped          INTEGER NOT NULL DEFAULT 0,
+            last_skipped     INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX schedules_due ON schedules (next_at) WHERE ended_at IS NULL;
+        CREATE TABLE schedule_requests (
+            approval_id INTEGER PRIMARY KEY,     -- the approval of kind 'schedule'
+            spec_json   TEXT NOT NULL
+        );
+        """,
+    )
+
+
 def _v7_reminders(conn: sqlite3.Connection) -> None:
     """Reminders (see :mod:`hyperhive.reminders`): one row per ``remind``, until cancelled."""
     _execute_script(
@@ -201,4 +233,5 @@ BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v5_pause,
     _v6_ledger,
     _v7_reminders,
+    _v8_schedules,
 )

@@ -301,6 +301,7 @@ class Dashboard:
             "inbox": CONVERTER.unstructure(await hive.broker.recent(OPERATOR, INBOX_LIMIT)),
             "flow": CONVERTER.unstructure(await hive.broker.flow(FLOW_LIMIT)),
             "spend": await self._hive_spend(),
+            "schedules": CONVERTER.unstructure(await hive.schedules.list()),
             "now": time.time(),
         }
 

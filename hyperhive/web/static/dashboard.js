@@ -8,6 +8,7 @@ import { renderCalls, lingerFor } from './calls.js';
 import { renderFlow, setupComposer, flowToBottom } from './flow.js';
 import { renderReminders } from './reminders.js';
 import { setupNotifications, notify } from './notify.js';
+import { renderSchedules, setupScheduleForm } from './schedules.js';
 // Every kind the daemon publishes (EventSource only delivers kinds it listens for),
 // served from the daemon's own list (hyperhive.kinds.EventKind).
 import { EVENT_KINDS } from './kinds.js';
@@ -28,6 +29,7 @@ const state = {
   flow: new Map(),
   lingering: new Map(),
   spend: { today: 0, total: 0 },
+  schedules: new Map(),
 };
 const recent = []; // events seen on the stream, re-applied on top of a newer snapshot
 let streamSeq = 0;
@@ -54,6 +56,7 @@ function load(snap) {
   state.questions = byId(snap.questions);
   state.reminders = byId(snap.reminders);
   state.inbox = byId(snap.inbox);
+  state.schedules = byId(snap.schedules);
   // Merged, so lines older than the snapshot's window stay on screen; kept in id order.
   const flow = [...state.flow.values(), ...snap.flow].sort((a, b) => a.id - b.id);
   state.flow = new Map();
@@ -162,6 +165,9 @@ function apply(kind, d, live) {
       if (agent && before !== now) patchAgent(r.agent, { pending_reminders: Math.max(0, agent.pending_reminders + (now ? 1 : -1)) });
       break;
     }
+    case 'schedule_changed':
+      state.schedules.set(d.schedule.id, d.schedule);
+      break;
     default: // registered, destroyed, purged, crashes, vacuum: take a fresh snapshot
       refetchSoon();
   }
@@ -262,6 +268,7 @@ function render() {
   renderFlow(state);
   setText($('spend'), `spend $${state.spend.today.toFixed(2)} today · $${state.spend.total.toFixed(2)} total`);
   renderReminders(state);
+  setText($('pill-schedules'), renderSchedules(state));
   setText($('pill-swarm'), agents);
   setText($('pill-call'), calls);
   $('pill-call').classList.toggle('hot', calls > 0);
@@ -285,7 +292,7 @@ function tick() {
 
 function showTab() {
   const tab = (location.hash || '#swarm').slice(1);
-  const known = ['swarm', 'call', 'flow'].includes(tab) ? tab : 'swarm';
+  const known = ['swarm', 'call', 'flow', 'schedules'].includes(tab) ? tab : 'swarm';
   for (const view of document.querySelectorAll('.view')) view.hidden = view.id !== `view-${known}`;
   for (const link of document.querySelectorAll('.tabs a')) {
     if (link.dataset.tab === known) link.setAttribute('aria-current', 'page');
@@ -320,6 +327,7 @@ async function boot() {
   setupNotifications();
   setupComposer(state);
   setupForms();
+  setupScheduleForm();
   try {
     load(await getJSON('/api/state'));
   } catch (err) {
