@@ -50,6 +50,8 @@ class TurnObserver:
     error_kinds: list[str] = attrs.field(factory=list)
     session_id: str | None = None
     unparsed_lines: int = 0
+    #: claude compacted the session in this run (a ``compact_boundary`` was seen).
+    compacted: bool = False
 
     def feed_stdout(self, line: str) -> tuple[Any, TurnState | None]:
         """Take one stdout line; return its parsed value (None if not JSON) and the new turn
@@ -74,6 +76,8 @@ class TurnObserver:
         elif kind == "error":
             err = value.get("error")
             self._error(None, err.get("type") if isinstance(err, dict) else err)
+        elif kind == "system" and subtype == "compact_boundary":
+            self._compact_boundary(value)
         return value, self._state_change(kind, subtype, value)
 
     def _assistant(self, value: dict[str, Any]) -> None:
@@ -89,6 +93,14 @@ class TurnObserver:
         usage = message.get("usage")
         if isinstance(usage, dict):
             self.ctx = _usage_tokens(usage, *CONTEXT_KEYS)
+
+    def _compact_boundary(self, value: dict[str, Any]) -> None:
+        """The context is what the compaction left (until the next inference reports one)."""
+        self.compacted = True
+        meta = value.get("compact_metadata")
+        post = meta.get("post_tokens") if isinstance(meta, dict) else None
+        if isinstance(post, int) and not isinstance(post, bool) and post >= 0:
+            self.ctx = post
 
     def _error(self, status: Any, kind: Any) -> None:
         if isinstance(status, int) and not isinstance(status, bool):
