@@ -30,6 +30,7 @@ from hyperhive.protocol import (
     Ask,
     CancelLooseEnd,
     CancelQuestion,
+    Compact,
     Deny,
     Destroy,
     Empty,
@@ -81,6 +82,7 @@ from hyperhive.protocol import (
     Wake,
 )
 from hyperhive.protocol.event_payloads import HarnessConnected, HarnessDisconnected
+from hyperhive.runtime import agent_ui
 from hyperhive.server import Connection, SocketKind
 from hyperhive.store import DatabaseFailed
 
@@ -295,6 +297,16 @@ class Api:
                 return Empty()
             case Logs(name=name, lines=lines):
                 return await hive.logs(_name(name), lines)
+            case Compact(name=name):
+                agent = _name(name)
+                hive.registry.get(agent)
+                try:
+                    status = await agent_ui.post(hive.config.paths.ui_socket(agent), "/api/compact")
+                except agent_ui.AgentUiUnavailable as exc:
+                    raise RequestRefused(f"{agent}'s harness cannot be reached: {exc}") from None
+                if status != 200:
+                    raise RequestRefused(f"{agent}'s harness refused the compaction ({status})")
+                return Empty()
             case Vacuum():
                 return VacuumReply(deleted=await hive.broker.vacuum(hive.config.retention_seconds))
         raise RequestRefused(f"{request.CMD!r} is not served on the host socket")

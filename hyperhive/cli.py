@@ -772,6 +772,13 @@ def set_model(
 
 
 @app.command()
+def compact(name: str, run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
+    """Compact an agent's claude session now (after its running turn, if one runs)."""
+    reply = _call(run_dir, {"cmd": "compact", "name": name})
+    _emit(reply, as_json, lambda _: typer.echo(f"{name} compacts its session when no turn runs"))
+
+
+@app.command()
 def vacuum(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
     """Run retention now: delete acked messages older than 30 days."""
     reply = _call(run_dir, {"cmd": "vacuum"})

@@ -98,6 +98,7 @@ PROTOCOL_TYPES = [
     "CLEAN_TEXT",
     "CancelLooseEnd",
     "CancelQuestion",
+    "Compact",
     "Deny",
     "Destroy",
     "Empty",

@@ -648,3 +648,14 @@ REPLIES: dict[type[Request], type[Reply]] = {
     Logs: LogsReply,
     Vacuum: VacuumReply,
 }
+
+
+# ---- compaction: the operator has an agent's harness compact its claude session
+@attrs.frozen
+class Compact(Request):
+    CMD = "compact"
+    name: str
+
+
+HOST_REQUESTS = (*HOST_REQUESTS, Compact)
+REPLIES[Compact] = Empty
