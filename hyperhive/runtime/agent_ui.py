@@ -56,8 +56,8 @@ async def _exchange(stream: trio.SocketStream, target: str) -> int:
         ("content-length", str(len(body))),
     ]
     request = h11.Request(method="POST", target=target, headers=headers)
-    for event in (request, h11.Data(data=body), h11.EndOfMessage()):
-        await stream.send_all(conn.send(event) or b"")
+    for out in (request, h11.Data(data=body), h11.EndOfMessage()):
+        await stream.send_all(conn.send(out) or b"")
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
