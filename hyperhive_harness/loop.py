@@ -72,6 +72,7 @@ from hyperhive_harness.model import ModelFile
 from hyperhive_harness.policy import (
     CHECKPOINT_PROMPT,
     COMPACT_PROMPT,
+    Decision,
     Next,
     Outcome,
     SessionBreak,
@@ -150,6 +151,8 @@ class TurnLoop:
         self._settings_file = runtime_dir / "claude-settings.json"
         #: Held by every claude run on the session (turns, checkpoints, compactions).
         self._session = trio.Lock()
+        #: The context window claude reported in the last result (None: not reported).
+        self._window: int | None = None
 
     @property
     def turn_running(self) -> bool:
@@ -344,7 +347,18 @@ class TurnLoop:
                     )
                     await self._park_for_login(fingerprint)
                 case Next.COMPACT_AND_RETRY:
-                    await self._compact(f"the turn on message #{message.id} was too long")
+                    if not await self._compact(f"the turn on message #{message.id} was too long"):
+                        # Nothing was compacted, so the same run would fail the same way:
+                        # the retry starts a new session at once.
+                        too_long += 1
+                        fresh_session = True
+                        retry_fresh = Decision(Next.RETRY, fresh_session=True)
+                        brk = session_break(
+                            verdict, retry_fresh, message_id=message.id, sender=message.from_
+                        )
+                        if brk is not None:
+                            self._save_session_break(brk)
+                        self.events.note("retrying the same message in a new session")
 
     # ------------------------------------------------------------ compaction
 
@@ -359,12 +373,13 @@ class TurnLoop:
     async def _compact_if_full(self) -> None:
         """After a clean turn: past the watermark, a checkpoint turn, then a compaction."""
         ctx, model = self.view.ctx, self.model.last or self.model.read()
-        percent = self.cfg.compact_at_percent
-        if not should_compact(ctx, model=model, percent=percent):
+        percent, window = self.cfg.compact_at_percent, self._window
+        if not should_compact(ctx, model=model, percent=percent, window=window):
             return
         self.events.note(
-            f"context {ctx:,} tokens passed {percent} % of the {context_window(model):,}-token "
-            f"window of {model}: a checkpoint turn, then a compaction"
+            f"context {ctx:,} tokens passed {percent} % of the "
+            f"{window or context_window(model):,}-token window of {model}: a checkpoint "
+            "turn, then a compaction"
         )
         checkpoint = CHECKPOINT_PROMPT.format(state_dir=os.fspath(self.cfg.state_dir))
         obs, exit_code, cancelled = await self._session_run(checkpoint, compacting=False)
@@ -390,7 +405,10 @@ class TurnLoop:
             self.view.set_token_usage(obs.ctx, None)
             self.events.note(compaction_note(before, obs.ctx))
             return True
-        why = verdict.note if not verdict.ok else "claude reported no compaction"
+        if not verdict.ok:
+            why = verdict.note
+        else:
+            why = obs.compact_error or "claude reported no compaction"
         self.events.note(f"compaction failed: {why}")
         return False
 
@@ -620,6 +638,7 @@ class TurnLoop:
             self._clear_session_break()
         if obs.ctx is not None or obs.cost is not None:
             view.set_token_usage(obs.ctx, obs.cost, obs.cost_usd)
+        self._window = obs.context_window or self._window
         return judge(obs, exit_code, cancelled=control.cancelled.is_set()), duration
 
 

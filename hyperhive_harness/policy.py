@@ -389,12 +389,13 @@ def context_window(model: str) -> int:
     return next((size for key, size in CONTEXT_WINDOWS if key in name), DEFAULT_CONTEXT_WINDOW)
 
 
-def should_compact(ctx: int | None, *, model: str, percent: int) -> bool:
+def should_compact(ctx: int | None, *, model: str, percent: int, window: int | None = None) -> bool:
     """After a clean turn: does a context of ``ctx`` tokens pass the watermark, ``percent``
-    of the model's window? ``percent`` 0 disables proactive compaction."""
+    of the model's window (``window`` as claude reported it, else from the table)?
+    ``percent`` 0 disables proactive compaction."""
     if percent <= 0 or ctx is None:
         return False
-    return ctx * 100 >= context_window(model) * percent
+    return ctx * 100 >= (window or context_window(model)) * percent
 
 
 def compaction_note(before: int | None, after: int | None) -> str:

@@ -52,6 +52,9 @@ class TurnObserver:
     unparsed_lines: int = 0
     #: claude compacted the session in this run (a ``compact_boundary`` was seen).
     compacted: bool = False
+    #: Why claude's compaction failed (``compact_result: failed``), e.g. "Not enough
+    #: messages to compact." when the session holds only one unanswered prompt.
+    compact_error: str | None = None
 
     def feed_stdout(self, line: str) -> tuple[Any, TurnState | None]:
         """Take one stdout line; return its parsed value (None if not JSON) and the new turn
@@ -78,6 +81,9 @@ class TurnObserver:
             self._error(None, err.get("type") if isinstance(err, dict) else err)
         elif kind == "system" and subtype == "compact_boundary":
             self._compact_boundary(value)
+        elif kind == "system" and subtype == "status" and value.get("compact_result") == "failed":
+            error = value.get("compact_error")
+            self.compact_error = error if isinstance(error, str) and error else "unknown reason"
         return value, self._state_change(kind, subtype, value)
 
     def _assistant(self, value: dict[str, Any]) -> None:
@@ -131,6 +137,17 @@ class TurnObserver:
             return None
         usage = self.result.get("usage")
         return _usage_tokens(usage, *ALL_KEYS) if isinstance(usage, dict) else None
+
+    @property
+    def context_window(self) -> int | None:
+        """The model's context window as claude reports it in the result (``modelUsage``:
+        ``contextWindow`` per model; the largest), None when it does not."""
+        usage = self.result.get("modelUsage") if self.result else None
+        if not isinstance(usage, dict):
+            return None
+        sizes = [m.get("contextWindow") for m in usage.values() if isinstance(m, dict)]
+        known = [n for n in sizes if isinstance(n, int) and not isinstance(n, bool) and n > 0]
+        return max(known) if known else None
 
     @property
     def cost_usd(self) -> float | None:

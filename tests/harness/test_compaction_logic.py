@@ -161,3 +161,36 @@ async def test_no_compaction_when_the_next_turn_starts_a_new_session_anyway(
             lambda: any("not compacted" in n for n in notes(rig)), what="the refusal note"
         )
         assert rig.calls() == []
+
+
+async def test_a_compaction_claude_refuses_sends_the_retry_to_a_new_session_at_once(
+    hive: Hive, short_tmp: Path
+) -> None:
+    # A session holding only the failed prompt: claude has "Not enough messages to compact."
+    steps = [{"result": "too_long"}, {"compact_error": "Not enough messages to compact."}, {}]
+    async with turn_loop(hive, short_tmp, steps) as rig:
+        sent = await rig.send("a job")
+        await wait_acked(rig.socket, sent)
+        assert [e["outcome"] for e in rig.of_kind("turn_end")] == ["too_long", "ok"]
+        assert "compaction failed: Not enough messages to compact." in notes(rig)
+        _first, compaction, fresh = rig.calls()
+        assert prompt_of(compaction) == "/compact"
+        assert not continued(fresh) and "new attempt at it" in prompt_of(fresh)
+        assert rig.view.ctx == 120  # the badge is not touched by a failed compaction
+
+
+async def test_the_window_claude_reports_sets_the_watermark(hive: Hive, short_tmp: Path) -> None:
+    # 160,020 tokens pass 75 % of the table's 200,000, not of the 1,000,000 claude reports.
+    steps = [{"input_tokens": 160_000, "context_window": 1_000_000}, {"input_tokens": 760_000}]
+    async with turn_loop(hive, short_tmp, steps + [{}, {}]) as rig:
+        first = await rig.send("big")
+        await wait_acked(rig.socket, first)
+        second = await rig.send("bigger")
+        await wait_acked(rig.socket, second)
+        await eventually(
+            lambda: any("session compacted" in n for n in notes(rig)), what="the compaction"
+        )
+        prompts = [prompt_of(c) for c in rig.calls()]
+        assert "big" in prompts[0] and "bigger" in prompts[1]
+        assert CHECKPOINT in prompts[2] and prompts[3] == "/compact"
+        assert any("75 % of the 1,000,000-token window" in n for n in notes(rig))

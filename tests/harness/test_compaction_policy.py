@@ -161,3 +161,31 @@ def test_the_watermark_setting() -> None:
     assert HarnessConfig.from_env({"HYPERHIVE_COMPACT_AT_PERCENT": "0"}).compact_at_percent == 0
     with pytest.raises(ValueError, match="HYPERHIVE_COMPACT_AT_PERCENT"):
         HarnessConfig.from_env({"HYPERHIVE_COMPACT_AT_PERCENT": "101"})
+
+
+def test_the_window_claude_reports_wins_over_the_table() -> None:
+    assert should_compact(160_000, model="haiku", percent=75)
+    assert not should_compact(160_000, model="haiku", percent=75, window=1_000_000)
+    result = {
+        "type": "result",
+        "is_error": False,
+        "modelUsage": {"claude-haiku-5-5": {"contextWindow": 1_000_000}, "x": {}, "y": 3},
+    }
+    assert observe([result]).context_window == 1_000_000
+    assert (
+        observe([{"type": "result", "modelUsage": {"m": {"contextWindow": True}}}]).context_window
+        is None
+    )
+    assert TurnObserver().context_window is None
+
+
+def test_a_failed_compaction_says_why() -> None:
+    failed = {
+        "type": "system",
+        "subtype": "status",
+        "status": None,
+        "compact_result": "failed",
+        "compact_error": "Not enough messages to compact.",
+    }
+    obs = observe([failed, {"type": "result", "is_error": False}])
+    assert not obs.compacted and obs.compact_error == "Not enough messages to compact."

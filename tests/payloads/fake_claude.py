@@ -13,7 +13,9 @@ rules are tested in milliseconds (the real CLI stays for the end-to-end tests).
   ``input_tokens`` (default 100) of the assistant's usage; ``"too_long"`` as ``result``: the
   context-length failure as claude reports it (``terminal_reason: prompt_too_long``). A run
   whose prompt is ``/compact`` prints claude's compaction (``status`` compacting,
-  ``compact_boundary`` with ``post_tokens``, default 50) unless its step fails.
+  ``compact_boundary`` with ``post_tokens``, default 50; with ``compact_error``, claude's
+  failed compaction instead) unless its step fails. ``context_window``: reported in the
+  result's ``modelUsage``.
 - ``calls.jsonl`` — written by it: one line per run, ``{"argv": [...], "step": {...}}``.
 
 Standard library only: it runs under any ``python3``.
@@ -58,7 +60,7 @@ def main() -> int:
     kind = step.get("result", "ok")
     prompt = argv[argv.index("--") + 1] if "--" in argv else ""
     if prompt == "/compact" and kind == "ok":
-        return compaction(sid, int(step.get("post_tokens", 50)))
+        return compaction(sid, int(step.get("post_tokens", 50)), step.get("compact_error"))
     if kind == "too_long":
         emit(
             {
@@ -101,6 +103,8 @@ def main() -> int:
         "usage": usage,
         "total_cost_usd": 0.0012,
     }
+    if "context_window" in step:
+        result["modelUsage"] = {model: {"contextWindow": int(step["context_window"])}}
     if kind == "api_error":
         status, error_type = int(step["status"]), str(step["error_type"])
         emit(
@@ -126,11 +130,15 @@ def main() -> int:
     return 0 if kind == "ok" else 1
 
 
-def compaction(sid: str, post_tokens: int) -> int:
+def compaction(sid: str, post_tokens: int, error: str | None) -> int:
     emit({"type": "system", "subtype": "status", "status": "compacting", "session_id": sid})
-    emit({"type": "system", "subtype": "status", "status": None, "compact_result": "success"})
-    meta = {"trigger": "manual", "pre_tokens": 5000, "post_tokens": post_tokens}
-    emit({"type": "system", "subtype": "compact_boundary", "compact_metadata": meta})
+    if error:
+        failed = {"compact_result": "failed", "compact_error": error}
+        emit({"type": "system", "subtype": "status", "status": None, **failed})
+    else:
+        emit({"type": "system", "subtype": "status", "status": None, "compact_result": "success"})
+        meta = {"trigger": "manual", "pre_tokens": 5000, "post_tokens": post_tokens}
+        emit({"type": "system", "subtype": "compact_boundary", "compact_metadata": meta})
     emit(
         {
             "type": "result",
