@@ -182,7 +182,7 @@ async def test_a_compaction_claude_refuses_sends_the_retry_to_a_new_session_at_o
 async def test_the_window_claude_reports_sets_the_watermark(hive: Hive, short_tmp: Path) -> None:
     # 160,020 tokens pass 75 % of the table's 200,000, not of the 1,000,000 claude reports.
     steps = [{"input_tokens": 160_000, "context_window": 1_000_000}, {"input_tokens": 760_000}]
-    async with turn_loop(hive, short_tmp, steps + [{}, {}]) as rig:
+    async with turn_loop(hive, short_tmp, [*steps, {}, {}]) as rig:
         first = await rig.send("big")
         await wait_acked(rig.socket, first)
         second = await rig.send("bigger")
