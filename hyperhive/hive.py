@@ -162,7 +162,7 @@ class Hive:
             claude_dir=paths.claude_dir(name),
             log_file=self.config.paths.container_log(name),
             command=self.config.harness_command or default_harness_command(),
-            env={**settings.env, **extra_mcp_env(settings)},
+            env={**settings.env, **extra_mcp_env(settings), **session_env(settings)},
             cpu_quota=settings.cpu_quota,
             memory_max=settings.memory_max,
             agents_dir=self.config.paths.proposed_root if name == MANAGER else None,
@@ -490,6 +490,11 @@ def extra_mcp_env(settings: AgentConfig) -> dict[str, str]:
         return {}
     document = {**settings.mcp_config(), "allowedTools": settings.mcp_allowed_tools()}
     return {contract.EXTRA_MCP_ENV: json.dumps(document, separators=(",", ":"))}
+
+
+def session_env(settings: AgentConfig) -> dict[str, str]:
+    """How the harness keeps claude's session (agent.toml ``[session]``)."""
+    return {contract.COMPACT_AT_PERCENT_ENV: str(settings.compact_at_percent)}
 
 
 def real_backends() -> dict[str, Backend]:

@@ -360,17 +360,12 @@ def failure_report(
 
 # ---------------------------------------------------------------- compaction
 
-#: Context windows (tokens) by model: the first entry whose key is in the model name (an
-#: alias or a full id, lowercased) wins; anything else gets :data:`DEFAULT_CONTEXT_WINDOW`.
-CONTEXT_WINDOWS: Final = (
-    ("[1m]", 1_000_000),
-    ("opus", 200_000),
-    ("sonnet", 200_000),
-    ("haiku", 200_000),
-)
+#: Context windows (tokens) by model, used when claude's result does not report the window
+#: (``modelUsage.contextWindow``): the first entry whose key is in the model name (an alias
+#: or a full id, lowercased) wins; anything else (haiku, sonnet, opus) gets
+#: :data:`DEFAULT_CONTEXT_WINDOW`.
+CONTEXT_WINDOWS: Final = (("[1m]", 1_000_000),)
 DEFAULT_CONTEXT_WINDOW: Final = 200_000
-#: Default watermark: compact once the context passes this share of the window.
-DEFAULT_COMPACT_AT_PERCENT: Final = 75
 
 #: The checkpoint turn's prompt, run before a compaction the harness decided on.
 CHECKPOINT_PROMPT: Final = (

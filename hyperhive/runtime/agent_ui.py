@@ -18,7 +18,7 @@ import h11
 import trio
 
 TIMEOUT: Final = 10.0
-MAX_HEAD_BYTES: Final = 16 * 1024
+MAX_ANSWER_BYTES: Final = 16 * 1024
 
 
 class AgentUiUnavailable(Exception):
@@ -47,7 +47,7 @@ async def post(path: Path, target: str) -> int:
 
 
 async def _exchange(stream: trio.SocketStream, target: str) -> int:
-    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_ANSWER_BYTES)
     body = b"{}"
     headers = [
         ("host", "localhost"),
@@ -61,7 +61,7 @@ async def _exchange(stream: trio.SocketStream, target: str) -> int:
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            data = await stream.receive_some(MAX_HEAD_BYTES)
+            data = await stream.receive_some(MAX_ANSWER_BYTES)
             if not data:
                 raise AgentUiUnavailable("the agent's UI closed without an answer")
             conn.receive_data(data)
