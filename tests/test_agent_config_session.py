@@ -32,7 +32,7 @@ def test_a_watermark_from_0_to_100_is_taken(value: int) -> None:
 
 @pytest.mark.parametrize("value", ["101", "-1", "true", '"75"', "75.0"])
 def test_anything_else_is_refused_by_name(value: str) -> None:
-    with pytest.raises(InvalidAgentConfig, match="session.compact_at_percent"):
+    with pytest.raises(InvalidAgentConfig, match=r"session\.compact_at_percent"):
         parse_agent_config(f"[session]\ncompact_at_percent = {value}\n")
 
 
