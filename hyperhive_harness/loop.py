@@ -48,7 +48,7 @@ from typing import Any
 
 import trio
 
-from hyperhive.client import Client
+from hyperhive.client import Client, call_once
 from hyperhive.errors import ClientError, ConnectionLost
 from hyperhive.protocol import (
     Ack,
@@ -105,6 +105,8 @@ MAX_OWED = 1000
 MAX_STATUS_TEXT = 200
 #: In the state dir while the next turn must start a new claude session (a JSON SessionBreak).
 SESSION_BREAK_FILE_NAME = "hyperhive-new-session.json"
+#: The agent's status text while its session is compacted (the dashboard shows a badge).
+COMPACTING_STATUS = "⟳ compacting claude's session"
 
 
 def system_prompt_template(role: str) -> str:
@@ -399,7 +401,12 @@ class TurnLoop:
             return False
         before = self.view.ctx
         self.events.note(f"compacting claude's session ({reason})")
-        obs, exit_code, cancelled = await self._session_run(COMPACT_PROMPT, compacting=True)
+        saved = await self._show_compacting()
+        try:
+            obs, exit_code, cancelled = await self._session_run(COMPACT_PROMPT, compacting=True)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._restore_status_text(saved)
         verdict = judge(obs, exit_code, cancelled=cancelled)
         if verdict.ok and obs.compacted:
             self.view.set_token_usage(obs.ctx, None)
@@ -411,6 +418,24 @@ class TurnLoop:
             why = obs.compact_error or "claude reported no compaction"
         self.events.note(f"compaction failed: {why}")
         return False
+
+    async def _show_compacting(self) -> str | None:
+        """Put :data:`COMPACTING_STATUS` in the agent's status text, which the dashboard
+        shows; the text it replaced (None: the daemon could not be asked). On a connection
+        of its own: the loop's may be parked in ``recv``."""
+        try:
+            meta = await call_once(self.cfg.socket, GetAgentMeta())
+            assert isinstance(meta, AgentMetaReply)
+            await call_once(self.cfg.socket, SetStatus(text=COMPACTING_STATUS))
+        except ClientError:
+            return None
+        return meta.status_text
+
+    async def _restore_status_text(self, saved: str | None) -> None:
+        if saved is None:
+            return
+        with contextlib.suppress(ClientError):
+            await call_once(self.cfg.socket, SetStatus(text=saved))
 
     async def _session_run(
         self, prompt: str, *, compacting: bool

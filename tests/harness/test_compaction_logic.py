@@ -194,3 +194,27 @@ async def test_the_window_claude_reports_sets_the_watermark(hive: Hive, short_tm
         assert "big" in prompts[0] and "bigger" in prompts[1]
         assert CHECKPOINT in prompts[2] and prompts[3] == "/compact"
         assert any("75 % of the 1,000,000-token window" in n for n in notes(rig))
+
+
+async def test_the_dashboard_sees_the_compaction_in_the_status_text(
+    hive: Hive, short_tmp: Path
+) -> None:
+    steps = [{"input_tokens": 160_000}, {}, {"delay": 1.0}]
+    async with turn_loop(hive, short_tmp, steps) as rig:
+        await hive.registry.set_status_text("alice", "reviewing the parser")
+        sent = await rig.send("a big job")
+        await wait_acked(rig.socket, sent)
+        # While claude compacts, the agent's status text (what the dashboard shows) says so.
+        await eventually(
+            lambda: hive.registry.get("alice").status_text == "⟳ compacting claude's session",
+            what="the compacting status text",
+            interval=0.01,
+        )
+        assert rig.view.turn_state.value == "compacting"
+        await eventually(
+            lambda: any("session compacted" in n for n in notes(rig)), what="the compaction"
+        )
+        await eventually(
+            lambda: hive.registry.get("alice").status_text == "reviewing the parser",
+            what="the status text restored",
+        )
