@@ -24,6 +24,7 @@ import attrs
 
 from hyperhive.config import (
     DEFAULT_AVAILABLE_MODELS,
+    DEFAULT_COMPACT_AT_PERCENT,
     DEFAULT_CPU_QUOTA,
     DEFAULT_MEMORY_MAX,
     DEFAULT_MODEL,
@@ -82,8 +83,11 @@ KNOWN_KEYS: Final = (
     "description",
     "budget",
     "lead",
+    "session",
 )
 MCP_SERVER_KEYS: Final = ("command", "args", "env", "allowed_tools")
+#: ``[session]``: how the harness keeps claude's session (compaction).
+SESSION_KEYS: Final = ("compact_at_percent",)
 
 
 class InvalidAgentConfig(RequestRefused):
@@ -144,6 +148,8 @@ class AgentConfig:
     budget: BudgetSettings = BudgetSettings()
     #: The ``lead`` role: lifecycle verbs and ``request_spawn`` for the agents below it.
     lead: bool = False
+    #: ``[session] compact_at_percent`` (0-100; 0: no proactive compaction).
+    compact_at_percent: int = DEFAULT_COMPACT_AT_PERCENT
 
     @property
     def cpu_quota_percent(self) -> int:
@@ -480,6 +486,17 @@ def agent_config_from_dict(data: Mapping[str, object]) -> AgentConfig:
     budget: BudgetSettings | None = default.budget
     if (raw := get("budget")) is not missing:
         budget = check.budget("budget", raw)
+    compact_at_percent = default.compact_at_percent
+    if (raw := get("session")) is not missing and (table := check.table("session", raw)):
+        check.unknown_keys("session: ", table, SESSION_KEYS)
+        percent = table.get("compact_at_percent", compact_at_percent)
+        if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+            check.problem(
+                "session.compact_at_percent must be an integer from 0 to 100, "
+                f"not {_show(str(percent))}"
+            )
+        else:
+            compact_at_percent = percent
 
     if check.problems:
         raise InvalidAgentConfig(check.problems)
@@ -497,6 +514,7 @@ def agent_config_from_dict(data: Mapping[str, object]) -> AgentConfig:
         description=description,
         budget=budget,
         lead=lead,
+        compact_at_percent=compact_at_percent,
     )
 
 
@@ -593,6 +611,12 @@ lead = false
 [budget]
 # daily_usd = 5.0
 # no_progress_turns = {DEFAULT_NO_PROGRESS_TURNS}
+
+# How the harness keeps claude's session. compact_at_percent: after a turn whose context
+# passed this share of the model's context window, the agent gets a checkpoint turn (to
+# write its notes) and the session is compacted; 0 turns that off.
+[session]
+compact_at_percent = {DEFAULT_COMPACT_AT_PERCENT}
 
 # Extra environment variables for the agent (its harness and claude). Names must be valid
 # environment variable names; PATH, HOME, HYPERHIVE_* and the other names hyperhive sets

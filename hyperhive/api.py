@@ -35,6 +35,7 @@ from hyperhive.protocol import (
     CancelQuestion,
     CancelReminder,
     CancelSchedule,
+    Compact,
     Deny,
     Destroy,
     EditSchedule,
@@ -106,6 +107,7 @@ from hyperhive.protocol import (
     WatchReply,
 )
 from hyperhive.protocol.event_payloads import HarnessConnected, HarnessDisconnected
+from hyperhive.runtime import agent_ui
 from hyperhive.schedules import (
     SOURCE_OPERATOR,
     Changes,
@@ -458,6 +460,16 @@ class Api:
                 return ScheduleReply(
                     schedule=await hive.schedules.create(OPERATOR, spec, SOURCE_OPERATOR)
                 )
+            case Compact(name=name):
+                agent = _name(name)
+                hive.registry.get(agent)
+                try:
+                    status = await agent_ui.post(hive.config.paths.ui_socket(agent), "/api/compact")
+                except agent_ui.AgentUiUnavailable as exc:
+                    raise RequestRefused(f"{agent}'s harness cannot be reached: {exc}") from None
+                if status != 200:
+                    raise RequestRefused(f"{agent}'s harness refused the compaction ({status})")
+                return Empty()
             case Vacuum():
                 messages, events = await hive.retention()
                 await hive.measure_disk_usage()

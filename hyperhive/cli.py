@@ -974,6 +974,13 @@ def set_parent(
 
 
 @app.command()
+def compact(name: str, run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
+    """Compact an agent's claude session now (after its running turn, if one runs)."""
+    reply = _call(run_dir, {"cmd": "compact", "name": name})
+    _emit(reply, as_json, lambda _: typer.echo(f"{name} compacts its session when no turn runs"))
+
+
+@app.command()
 def vacuum(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
     """Run retention now (acknowledged messages, the agents' events) and report the space freed."""
     reply = _call(run_dir, {"cmd": "vacuum"})

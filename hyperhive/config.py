@@ -82,6 +82,8 @@ DEFAULT_AVAILABLE_MODELS: Final = ("haiku", "sonnet", "opus")
 #: CPU limit of an agent's container in percent of one CPU, and its memory limit.
 DEFAULT_CPU_QUOTA: Final = "200%"
 DEFAULT_MEMORY_MAX: Final = "4G"
+#: ``[session] compact_at_percent``: compact claude's session past this share of the window.
+DEFAULT_COMPACT_AT_PERCENT: Final = 75
 #: Bounds of agent.toml (docs/agent-toml.md): the largest file accepted (UTF-8 bytes), the
 #: longest description and other string, the most items of a list.
 MAX_AGENT_TOML_BYTES: Final = 64 * 1024

@@ -60,6 +60,9 @@ CREDENTIALS_FILE_ENV: Final = "HYPERHIVE_CREDENTIALS_FILE"
 EXTRA_ALLOWED_TOOLS_ENV: Final = "HYPERHIVE_EXTRA_ALLOWED_TOOLS"
 #: The agent's extra MCP servers, JSON, from its applied agent.toml.
 EXTRA_MCP_ENV: Final = "HYPERHIVE_EXTRA_MCP"
+#: The compaction watermark, percent of the model's context window (agent.toml
+#: ``[session] compact_at_percent``; 0: no proactive compaction).
+COMPACT_AT_PERCENT_ENV: Final = "HYPERHIVE_COMPACT_AT_PERCENT"
 #: A claude ``--settings`` JSON (the manager's: its working directories).
 CLAUDE_SETTINGS_ENV: Final = "HYPERHIVE_CLAUDE_SETTINGS"
 #: Where the manager's payload finds the proposed tree (``/agents`` in a container).

@@ -223,7 +223,7 @@ class Hive:
             claude_dir=paths.claude_dir(name),
             log_file=self.config.paths.container_log(name),
             command=self.config.harness_command or default_harness_command(),
-            env={**settings.env, **extra_mcp_env(settings)},
+            env={**settings.env, **extra_mcp_env(settings), **session_env(settings)},
             cpu_quota=settings.cpu_quota,
             memory_max=settings.memory_max,
             agents_dir=self.config.paths.proposed_root if name == MANAGER else None,
@@ -827,6 +827,11 @@ def check_pause_reason(reason: str) -> str:
     if not reason.isprintable():
         raise RequestRefused("the pause reason holds control characters")
     return reason
+
+
+def session_env(settings: AgentConfig) -> dict[str, str]:
+    """How the harness keeps claude's session (agent.toml ``[session]``)."""
+    return {contract.COMPACT_AT_PERCENT_ENV: str(settings.compact_at_percent)}
 
 
 def real_backends(config: Config) -> dict[str, Backend]:

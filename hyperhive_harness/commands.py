@@ -1,5 +1,6 @@
 """What the operator can ask of the turn loop from the UI: cancel the running turn, retry
-now (end a rate-limit sleep or a login park), start a new session, set the model.
+now (end a rate-limit sleep or a login park), start a new session, set the model, compact
+claude's session.
 
 :class:`Commands` is the one place these requests land; the turn loop reads them through the
 same object (the running turn's :class:`~hyperhive_harness.claude.TurnControl`, the
@@ -23,6 +24,7 @@ class Commands:
         self.control: TurnControl | None = None
         self._retry = trio.Event()
         self._new_session = False
+        self._compact = trio.Event()
 
     # ------------------------------------------------------------ from the UI
 
@@ -48,6 +50,14 @@ class Commands:
                 "operator asked for a new session: the next turn starts without --continue"
             )
 
+    def request_compact(self) -> None:
+        """Compact claude's session as soon as no turn runs (the loop's compactor does it)."""
+        self._compact.set()
+        self._events.note(
+            "operator asked for a compaction of claude's session; it runs when no turn does",
+            source="operator",
+        )
+
     def set_model(self, raw: str) -> str:
         """Write the model file; raises InvalidModel or OSError."""
         chosen = self._model.write(raw)
@@ -63,6 +73,19 @@ class Commands:
     def take_new_session(self) -> bool:
         taken, self._new_session = self._new_session, False
         return taken
+
+    @property
+    def compact_pending(self) -> bool:
+        return self._compact.is_set()
+
+    async def wait_compact(self) -> None:
+        """Wait until a compaction is asked for (it stays asked until taken)."""
+        await self._compact.wait()
+
+    def take_compact(self) -> None:
+        """The asked-for compaction starts now; asking again asks for another one."""
+        if self._compact.is_set():
+            self._compact = trio.Event()
 
     def arm_retry(self) -> None:
         """Forget earlier retry requests: only one from now on ends the next wait."""

@@ -15,6 +15,7 @@ from typing import Any, Final
 import attrs
 
 from hyperhive import contract
+from hyperhive.config import DEFAULT_COMPACT_AT_PERCENT
 from hyperhive.config import DEFAULT_MODEL as DEFAULT_MODEL
 from hyperhive.runtime import Backoff
 
@@ -104,6 +105,8 @@ class HarnessConfig:
     max_turn_attempts: int = MAX_TURN_ATTEMPTS
     failed_retry_delay: float = FAILED_RETRY_DELAY_SECONDS
     cancel_grace: float = CANCEL_GRACE_SECONDS
+    #: The compaction watermark in percent of the model's context window (0: off).
+    compact_at_percent: int = DEFAULT_COMPACT_AT_PERCENT
     #: Long-poll length of the loop's ``recv`` (SPEC: 180 s; shorter only for tests).
     recv_wait: int = RECV_WAIT_SECONDS
     #: Tools allowed besides the ``mcp__hyperhive__*`` ones (comma list).
@@ -173,6 +176,9 @@ class HarnessConfig:
             ),
             cancel_grace=_float(env, contract.CANCEL_GRACE_ENV, CANCEL_GRACE_SECONDS),
             recv_wait=_int(env, contract.RECV_WAIT_ENV, RECV_WAIT_SECONDS, low=1, high=180),
+            compact_at_percent=_int(
+                env, contract.COMPACT_AT_PERCENT_ENV, DEFAULT_COMPACT_AT_PERCENT, low=0, high=100
+            ),
             extra_allowed_tools=parse_tool_list(env.get(contract.EXTRA_ALLOWED_TOOLS_ENV, ""))
             + extra_tools,
             extra_mcp_servers=extra_servers,

@@ -27,6 +27,11 @@ still owed when it comes back is acked without a new turn.
 A run that failed (or was rate limited, or refused authentication) may have left its prompt
 unanswered in claude's session; the loop then writes a session break to the state dir, and
 the next run starts a new session with a preface saying what happened (``policy.SessionBreak``).
+
+Compaction (docs/harness.md, *Compaction*): after a clean turn whose context passed the
+watermark, a checkpoint turn and then claude's ``/compact``; a context-length failure is
+compacted and retried, then retried in a new session; the operator's ``/compact`` runs when
+no turn does. One claude run at a time works on the session (``_session``, a lock).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from typing import Any
 
 import trio
 
-from hyperhive.client import Client
+from hyperhive.client import Client, call_once
 from hyperhive.errors import ClientError, ConnectionLost
 from hyperhive.protocol import (
     Ack,
@@ -66,20 +71,27 @@ from hyperhive_harness.config import HarnessConfig
 from hyperhive_harness.event_log import EventLog
 from hyperhive_harness.model import ModelFile
 from hyperhive_harness.policy import (
+    CHECKPOINT_PROMPT,
+    COMPACT_PROMPT,
+    Decision,
     Next,
     Outcome,
     SessionBreak,
     Verdict,
+    compaction_note,
+    context_window,
     decide,
     failure_report,
     judge,
     report_recipient,
     session_break,
+    should_compact,
 )
 from hyperhive_harness.prompt import (
     allowed_tools,
     claude_argv,
     claude_env,
+    claude_settings,
     mcp_config,
     new_session_note,
     render_system_prompt,
@@ -95,6 +107,8 @@ MAX_OWED = 1000
 MAX_STATUS_TEXT = 200
 #: In the state dir while the next turn must start a new claude session (a JSON SessionBreak).
 SESSION_BREAK_FILE_NAME = "hyperhive-new-session.json"
+#: The agent's status text while its session is compacted (the dashboard shows a badge).
+COMPACTING_STATUS = "⟳ compacting claude's session"
 
 
 def system_prompt_template(role: str) -> str:
@@ -140,6 +154,11 @@ class TurnLoop:
         self._mcp_config_file = runtime_dir / "claude-mcp-config.json"
         self._system_prompt_file = runtime_dir / "claude-system-prompt.md"
         self._session_break_file = cfg.state_dir / SESSION_BREAK_FILE_NAME
+        self._settings_file = runtime_dir / "claude-settings.json"
+        #: Held by every claude run on the session (turns, checkpoints, compactions).
+        self._session = trio.Lock()
+        #: The context window claude reported in the last result (None: not reported).
+        self._window: int | None = None
 
     @property
     def turn_running(self) -> bool:
@@ -148,6 +167,11 @@ class TurnLoop:
     # ------------------------------------------------------------ the loop
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._compactor)
+            await self._run(task_status=task_status)
+
+    async def _run(self, *, task_status: trio.TaskStatus[None]) -> None:
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
         killed = kill_orphan(self.cfg.claude_pid_file)
         if killed is not None:
@@ -198,6 +222,28 @@ class TurnLoop:
             state_dir=os.fspath(self.cfg.state_dir),
         )
         self._system_prompt_file.write_text(prompt)
+        self._settings_file.write_text(claude_settings(self._extra_settings()))
+
+    def _extra_settings(self) -> dict[str, Any] | None:
+        """The configured claude settings (a JSON object, or the path of a file holding one)."""
+        raw = self.cfg.claude_settings
+        if not raw:
+            return None
+        text = raw
+        if not raw.lstrip().startswith("{"):
+            try:
+                text = Path(raw).read_text(encoding="utf-8")
+            except OSError as exc:
+                self.events.note(f"cannot read the claude settings {raw}: {exc}")
+                return None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            self.events.note("the claude settings are not a JSON object: ignored")
+            return None
+        return data
 
     async def _serve(self, link: Client) -> None:
         await self._pay_debts(link)
@@ -218,7 +264,8 @@ class TurnLoop:
                     )
                     await self._pay_debts(link)
                     continue
-                await self._handle(link, message)
+                async with self._session:
+                    await self._handle(link, message)
 
     async def _show_pause(self, link: Client) -> None:
         """Show on the UI whether the daemon holds this agent paused (and why)."""
@@ -279,6 +326,7 @@ class TurnLoop:
 
     async def _handle(self, link: Client, message: Message) -> None:
         failed_attempts = 0
+        too_long = 0
         fresh_session = False
         while True:
             unread = await self._unread(link)
@@ -286,12 +334,15 @@ class TurnLoop:
             verdict, duration = await self._turn(message, unread, fresh_session=fresh_session)
             if verdict.outcome is Outcome.FAILED:
                 failed_attempts += 1
+            elif verdict.outcome is Outcome.TOO_LONG:
+                too_long += 1
             decision = decide(
                 verdict,
                 attempt=failed_attempts,
                 max_attempts=self.cfg.max_turn_attempts,
                 rate_limit_sleep=self.cfg.rate_limit_sleep,
                 failed_retry_delay=self.cfg.failed_retry_delay,
+                too_long=too_long,
             )
             note = "\n".join(n for n in (verdict.note, decision.note) if n)
             self.events.publish(
@@ -324,6 +375,8 @@ class TurnLoop:
                     await self._leave_trouble(link)
                     self._owe(message.id, report)
                     await self._pay_debts(link)
+                    if verdict.ok:
+                        await self._compact_if_full()
                     return
                 case Next.RETRY:
                     self.commands.arm_retry()
@@ -343,6 +396,153 @@ class TurnLoop:
                         link, Status.NEEDS_LOGIN, "needs login: open this agent's UI to log in"
                     )
                     await self._park_for_login(fingerprint)
+                case Next.COMPACT_AND_RETRY:
+                    if not await self._compact(f"the turn on message #{message.id} was too long"):
+                        # Nothing was compacted, so the same run would fail the same way:
+                        # the retry starts a new session at once.
+                        too_long += 1
+                        fresh_session = True
+                        retry_fresh = Decision(Next.RETRY, fresh_session=True)
+                        brk = session_break(
+                            verdict, retry_fresh, message_id=message.id, sender=message.from_
+                        )
+                        if brk is not None:
+                            self._save_session_break(brk)
+                        self.events.note("retrying the same message in a new session")
+
+    # ------------------------------------------------------------ compaction
+
+    async def _compactor(self) -> None:
+        """Run the operator's compactions, each when no other run works on the session."""
+        while True:
+            await self.commands.wait_compact()
+            async with self._session:
+                self.commands.take_compact()
+                await self._compact("asked by the operator")
+
+    async def _compact_if_full(self) -> None:
+        """After a clean turn: past the watermark, a checkpoint turn, then a compaction."""
+        ctx, model = self.view.ctx, self.model.last or self.model.read()
+        percent, window = self.cfg.compact_at_percent, self._window
+        if not should_compact(ctx, model=model, percent=percent, window=window):
+            return
+        self.events.note(
+            f"context {ctx:,} tokens passed {percent} % of the "
+            f"{window or context_window(model):,}-token window of {model}: a checkpoint "
+            "turn, then a compaction"
+        )
+        checkpoint = CHECKPOINT_PROMPT.format(state_dir=os.fspath(self.cfg.state_dir))
+        obs, exit_code, cancelled = await self._session_run(checkpoint, compacting=False)
+        verdict = judge(obs, exit_code, cancelled=cancelled)
+        if verdict.outcome is Outcome.CANCELLED:
+            self.events.note("checkpoint turn cancelled: no compaction this time")
+            return
+        if not verdict.ok:
+            self.events.note(f"checkpoint turn failed ({verdict.note}); compacting anyway")
+        await self._compact(f"context past {percent} % of the window")
+
+    async def _compact(self, reason: str) -> bool:
+        """Compact claude's session (``/compact`` as the prompt of a ``--continue`` run);
+        True when claude reported the compaction."""
+        if self._session_break_file.exists() or self.commands.new_session_pending:
+            self.events.note("not compacted: the next turn starts a new session anyway")
+            return False
+        before = self.view.ctx
+        self.events.note(f"compacting claude's session ({reason})")
+        saved = await self._show_compacting()
+        try:
+            obs, exit_code, cancelled = await self._session_run(COMPACT_PROMPT, compacting=True)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._restore_status_text(saved)
+        verdict = judge(obs, exit_code, cancelled=cancelled)
+        if verdict.ok and obs.compacted:
+            self.view.set_token_usage(obs.ctx, None)
+            self.events.note(compaction_note(before, obs.ctx))
+            return True
+        if not verdict.ok:
+            why = verdict.note
+        else:
+            why = obs.compact_error or "claude reported no compaction"
+        self.events.note(f"compaction failed: {why}")
+        return False
+
+    async def _show_compacting(self) -> str | None:
+        """Put :data:`COMPACTING_STATUS` in the agent's status text, which the dashboard
+        shows; the text it replaced (None: the daemon could not be asked). On a connection
+        of its own: the loop's may be parked in ``recv``."""
+        try:
+            meta = await call_once(self.cfg.socket, GetAgentMeta())
+            assert isinstance(meta, AgentMetaReply)
+            await call_once(self.cfg.socket, SetStatus(text=COMPACTING_STATUS))
+        except ClientError:
+            return None
+        return meta.status_text
+
+    async def _restore_status_text(self, saved: str | None) -> None:
+        if saved is None:
+            return
+        with contextlib.suppress(ClientError):
+            await call_once(self.cfg.socket, SetStatus(text=saved))
+
+    async def _session_run(
+        self, prompt: str, *, compacting: bool
+    ) -> tuple[TurnObserver, int | None, bool]:
+        """One claude run of the harness's own (a checkpoint or a compaction) on the current
+        session: what it printed, its exit code, whether the operator cancelled it."""
+        events, view = self.events, self.view
+        argv = claude_argv(
+            self.cfg.claude,
+            model=self.model.read(),
+            prompt=prompt,
+            mcp_config_file=os.fspath(self._mcp_config_file),
+            system_prompt_file=os.fspath(self._system_prompt_file),
+            tools=allowed_tools(view.role, self.cfg.extra_allowed_tools),
+            continue_session=True,
+            settings=os.fspath(self._settings_file),
+        )
+        state = TurnState.COMPACTING if compacting else TurnState.THINKING
+        view.set_turn_state(state)
+        obs = TurnObserver(state=state)
+        control = TurnControl()
+        self.commands.control = control
+
+        def on_stdout(line: str) -> None:
+            if not line.strip():
+                return
+            value, new_state = obs.feed_stdout(line)
+            if value is None:
+                events.note(line, source="stdout")
+            else:
+                events.publish("stream", value=value)
+            if new_state is not None and not compacting:
+                view.set_turn_state(new_state)
+
+        def on_stderr(line: str) -> None:
+            obs.feed_stderr(line)
+            if line.strip():
+                events.note(line, source="stderr")
+
+        exit_code: int | None = None
+        try:
+            exit_code = await run_claude(
+                argv,
+                env=claude_env(self.cfg.env),
+                cwd=self.cfg.state_dir,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                control=control,
+                pid_file=self.cfg.claude_pid_file,
+                cancel_grace=self.cfg.cancel_grace,
+            )
+        except OSError as exc:
+            on_stderr(f"cannot start {self.cfg.claude}: {exc}")
+        finally:
+            self.commands.control = None
+            view.set_turn_state(TurnState.IDLE)
+        if not compacting and (obs.ctx is not None or obs.cost is not None):
+            view.set_token_usage(obs.ctx, obs.cost, obs.cost_usd)
+        return obs, exit_code, control.cancelled.is_set()
 
     # ------------------------------------------------------------ session breaks
 
@@ -450,7 +650,7 @@ class TurnLoop:
             system_prompt_file=os.fspath(self._system_prompt_file),
             tools=allowed_tools(view.role, self.cfg.extra_allowed_tools),
             continue_session=not skip_continue,
-            settings=self.cfg.claude_settings,
+            settings=os.fspath(self._settings_file),
         )
         self.turns += 1
         events.publish(
@@ -524,6 +724,7 @@ class TurnLoop:
                 files_changed=before != after,
             )
         )
+        self._window = obs.context_window or self._window
         return verdict, duration
 
 

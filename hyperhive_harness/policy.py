@@ -7,6 +7,9 @@
 - :func:`session_break` — after a run that may have left its prompt unanswered in claude's
   session, the next run starts a new session (:class:`SessionBreak`, kept in a file).
 - :func:`failure_report`, :func:`report_recipient` — who hears about a dropped message, and what.
+- :func:`context_window`, :func:`should_compact` — when a session is compacted before it
+  grows too long (the watermark); a context-length failure is :attr:`Outcome.TOO_LONG`, which
+  :func:`decide` answers with a compaction, then a new session.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class Outcome(StrEnum):
     NEEDS_LOGIN = "needs_login"
     #: ``--continue`` found no conversation (older CLIs fail instead of starting one).
     NO_SESSION = "no_session"
+    #: The prompt did not fit the model's context window ("prompt is too long").
+    TOO_LONG = "too_long"
     FAILED = "failed"
 
 
@@ -61,6 +66,9 @@ RATE_MARKERS: Final = ("rate_limit", "rate limit", "usage limit reached")
 AUTH_KINDS: Final = frozenset({"authentication_error", "authentication_failed"})
 RATE_KINDS: Final = frozenset({"rate_limit_error", "rate_limit"})
 NO_SESSION_MARKERS: Final = ("no conversation found to continue", "no conversation found")
+#: claude's ``terminal_reason`` for a context-length failure, and the API's wording of it.
+TOO_LONG_REASON: Final = "prompt_too_long"
+TOO_LONG_MARKERS: Final = ("prompt is too long",)
 _CODE_RE: Final = re.compile(r"\b(401|429)\b")
 
 
@@ -104,6 +112,10 @@ def judge(obs: TurnObserver, exit_code: int | None, *, cancelled: bool = False) 
     lower = _text_of(obs).lower()
     if any(m in lower for m in NO_SESSION_MARKERS):
         return Verdict(Outcome.NO_SESSION, "no conversation to continue: " + summary)
+    if (result is not None and result.get("terminal_reason") == TOO_LONG_REASON) or any(
+        m in lower for m in TOO_LONG_MARKERS
+    ):
+        return Verdict(Outcome.TOO_LONG, "context too long: " + summary)
     # The final failure decides (a retried 429 that ended in a 500 is a 500): the result's
     # own error fields, else the last error seen on the way, else markers in the text.
     status: object = result.get("api_error_status") if result is not None else None
@@ -162,6 +174,8 @@ class Next(StrEnum):
     SLEEP_AND_RETRY = "sleep_and_retry"
     #: Status ``needs_login``, park until credentials appear, run the same message again.
     PARK_AND_RETRY = "park_and_retry"
+    #: Compact claude's session, then run the same message again in it.
+    COMPACT_AND_RETRY = "compact_and_retry"
 
 
 @attrs.frozen
@@ -184,14 +198,19 @@ def decide(
     max_attempts: int,
     rate_limit_sleep: float,
     failed_retry_delay: float,
+    too_long: int = 0,
 ) -> Decision:
     """The failure policy. ``attempt`` counts the failed runs of this message so far, this
-    one included (rate limits, login parks and a missing session do not count).
+    one included (rate limits, login parks, a missing session and a context-length failure
+    do not count); ``too_long`` counts its context-length failures, this one included.
 
     - ok, or cancelled by the operator (the operator chose to stop it): ack.
     - rate limited: keep the message unacked, sleep, retry; no limit (it is not its fault).
     - authentication failure: keep it unacked, park until credentials appear, replay it.
     - ``--continue`` found nothing: retry at once without ``--continue``.
+    - the context is too long: the first time, compact the session and retry in it; the
+      second time, retry in a new session; a third time (the message alone does not fit):
+      ack it and report it.
     - any other failure: retry after a short delay until ``max_attempts`` runs failed, then
       ack it (no endless loop on a message that breaks every turn) and report it, with the
       stderr tail, to the manager so nothing is lost silently.
@@ -215,6 +234,24 @@ def decide(
             )
         case Outcome.NO_SESSION:
             return Decision(Next.RETRY, fresh_session=True, note="retrying in a new session")
+        case Outcome.TOO_LONG if too_long <= 1:
+            return Decision(
+                Next.COMPACT_AND_RETRY,
+                note="compacting claude's session, then retrying the same message",
+            )
+        case Outcome.TOO_LONG if too_long == 2:
+            return Decision(
+                Next.RETRY,
+                fresh_session=True,
+                note="still too long after the compaction: retrying in a new session",
+            )
+        case Outcome.TOO_LONG:
+            return Decision(
+                Next.ACK,
+                report=True,
+                note="too long even in a new session; giving up: the message is acked "
+                "and the failure reported",
+            )
     if attempt < max_attempts:
         return Decision(
             Next.RETRY,
@@ -235,7 +272,9 @@ def decide(
 #: Verdicts of a run that may have sent its prompt without getting it answered. claude
 #: records the prompt in its session before the request, so ``--continue`` would send it
 #: again with the next prompt: a prompt the API refuses would fail every following turn.
-SESSION_BREAKING: Final = frozenset({Outcome.FAILED, Outcome.RATE_LIMITED, Outcome.NEEDS_LOGIN})
+SESSION_BREAKING: Final = frozenset(
+    {Outcome.FAILED, Outcome.RATE_LIMITED, Outcome.NEEDS_LOGIN, Outcome.TOO_LONG}
+)
 MAX_REASON_CHARS: Final = 300
 
 
@@ -286,8 +325,9 @@ class SessionBreak:
 def session_break(
     verdict: Verdict, decision: Decision, *, message_id: int, sender: str
 ) -> SessionBreak | None:
-    """The session break a verdict calls for (None: the session can go on)."""
-    if verdict.outcome not in SESSION_BREAKING:
+    """The session break a verdict calls for (None: the session can go on; a session that is
+    compacted goes on too)."""
+    if verdict.outcome not in SESSION_BREAKING or decision.next is Next.COMPACT_AND_RETRY:
         return None
     first = next((line.strip() for line in verdict.note.splitlines() if line.strip()), "")
     reason = first if len(first) <= MAX_REASON_CHARS else first[: MAX_REASON_CHARS - 1] + "…"
@@ -316,3 +356,47 @@ def failure_report(
         "with it: its next turn starts a new session that does not carry the failed prompt."
         f"\nmessage: {preview}\nlast failure: {note}"
     )
+
+
+# ---------------------------------------------------------------- compaction
+
+#: Context windows (tokens) by model, used when claude's result does not report the window
+#: (``modelUsage.contextWindow``): the first entry whose key is in the model name (an alias
+#: or a full id, lowercased) wins; anything else (haiku, sonnet, opus) gets
+#: :data:`DEFAULT_CONTEXT_WINDOW`.
+CONTEXT_WINDOWS: Final = (("[1m]", 1_000_000),)
+DEFAULT_CONTEXT_WINDOW: Final = 200_000
+
+#: The checkpoint turn's prompt, run before a compaction the harness decided on.
+CHECKPOINT_PROMPT: Final = (
+    "[hyperhive harness] Your conversation is about to be compacted: its earlier part will be "
+    "replaced by a summary. Write what you must keep (open tasks, decisions, who waits for "
+    "what, anything you would need to carry on) into your notes in {state_dir} now. Do not "
+    "send messages for this; just update your notes and end the turn."
+)
+#: What claude takes as the request to compact its session (its ``/compact`` command).
+COMPACT_PROMPT: Final = "/compact"
+
+
+def context_window(model: str) -> int:
+    """The context window of ``model`` in tokens (from :data:`CONTEXT_WINDOWS`)."""
+    name = model.lower()
+    return next((size for key, size in CONTEXT_WINDOWS if key in name), DEFAULT_CONTEXT_WINDOW)
+
+
+def should_compact(ctx: int | None, *, model: str, percent: int, window: int | None = None) -> bool:
+    """After a clean turn: does a context of ``ctx`` tokens pass the watermark, ``percent``
+    of the model's window (``window`` as claude reported it, else from the table)?
+    ``percent`` 0 disables proactive compaction."""
+    if percent <= 0 or ctx is None:
+        return False
+    return ctx * 100 >= (window or context_window(model)) * percent
+
+
+def compaction_note(before: int | None, after: int | None) -> str:
+    """The UI's note after a compaction."""
+
+    def tokens(n: int | None) -> str:
+        return "?" if n is None else f"{n:,}"
+
+    return f"claude's session compacted: context {tokens(before)} → {tokens(after)} tokens"

@@ -9,6 +9,7 @@ that open a new session. Plain functions, no I/O.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -108,6 +109,16 @@ def claude_argv(
         argv += ["--settings", settings]
     argv += ["--", prompt]
     return argv
+
+
+#: Settings of every claude run: the harness alone decides when the session is compacted.
+HARNESS_CLAUDE_SETTINGS: Final = {"autoCompactEnabled": False}
+
+
+def claude_settings(extra: Mapping[str, Any] | None = None) -> str:
+    """The ``--settings`` document: ``extra`` (the agent's, e.g. the manager's working
+    directories) with :data:`HARNESS_CLAUDE_SETTINGS` on top."""
+    return json.dumps({**(extra or {}), **HARNESS_CLAUDE_SETTINGS}, indent=2) + "\n"
 
 
 def claude_env(base: Mapping[str, str]) -> dict[str, str]:

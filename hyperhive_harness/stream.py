@@ -53,6 +53,11 @@ class TurnObserver:
     #: The model of the last real inference, and the tool calls made, by tool name.
     model: str | None = None
     tools: Counter[str] = attrs.field(factory=Counter)
+    #: claude compacted the session in this run (a ``compact_boundary`` was seen).
+    compacted: bool = False
+    #: Why claude's compaction failed (``compact_result: failed``), e.g. "Not enough
+    #: messages to compact." when the session holds only one unanswered prompt.
+    compact_error: str | None = None
 
     def feed_stdout(self, line: str) -> tuple[Any, TurnState | None]:
         """Take one stdout line; return its parsed value (None if not JSON) and the new turn
@@ -77,6 +82,11 @@ class TurnObserver:
         elif kind == "error":
             err = value.get("error")
             self._error(None, err.get("type") if isinstance(err, dict) else err)
+        elif kind == "system" and subtype == "compact_boundary":
+            self._compact_boundary(value)
+        elif kind == "system" and subtype == "status" and value.get("compact_result") == "failed":
+            error = value.get("compact_error")
+            self.compact_error = error if isinstance(error, str) and error else "unknown reason"
         return value, self._state_change(kind, subtype, value)
 
     def _assistant(self, value: dict[str, Any]) -> None:
@@ -99,6 +109,14 @@ class TurnObserver:
         usage = message.get("usage")
         if isinstance(usage, dict):
             self.ctx = _usage_tokens(usage, *CONTEXT_KEYS)
+
+    def _compact_boundary(self, value: dict[str, Any]) -> None:
+        """The context is what the compaction left (until the next inference reports one)."""
+        self.compacted = True
+        meta = value.get("compact_metadata")
+        post = meta.get("post_tokens") if isinstance(meta, dict) else None
+        if isinstance(post, int) and not isinstance(post, bool) and post >= 0:
+            self.ctx = post
 
     def _error(self, status: Any, kind: Any) -> None:
         if isinstance(status, int) and not isinstance(status, bool):
@@ -129,6 +147,17 @@ class TurnObserver:
             return None
         usage = self.result.get("usage")
         return _usage_tokens(usage, *ALL_KEYS) if isinstance(usage, dict) else None
+
+    @property
+    def context_window(self) -> int | None:
+        """The model's context window as claude reports it in the result (``modelUsage``:
+        ``contextWindow`` per model; the largest), None when it does not."""
+        usage = self.result.get("modelUsage") if self.result else None
+        if not isinstance(usage, dict):
+            return None
+        sizes = [m.get("contextWindow") for m in usage.values() if isinstance(m, dict)]
+        known = [n for n in sizes if isinstance(n, int) and not isinstance(n, bool) and n > 0]
+        return max(known) if known else None
 
     @property
     def cost_usd(self) -> float | None:

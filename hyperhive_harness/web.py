@@ -12,6 +12,7 @@
     POST /api/cancel        SIGINT the running claude
     POST /api/new-session   the next turn runs without ``--continue``
     POST /api/retry         end a rate-limit sleep or a login park now
+    POST /api/compact       compact claude's session as soon as no turn runs
     POST /api/login/start   run ``claude auth login``; /api/login/code {code} feeds it
 
 The UI is served on a unix socket in the agent's socket dir (``/run/hive/ui.sock``, 0600,
@@ -231,6 +232,7 @@ def create_app(ctx: UiContext, guard: frozenset[str] | None = None) -> ASGIApp:
         snap = view.snapshot()
         snap.update(
             new_session_pending=commands.new_session_pending,
+            compact_pending=commands.compact_pending,
             **events.status(),
             seq=events.seq,
             alive=True,
@@ -320,6 +322,10 @@ def create_app(ctx: UiContext, guard: frozenset[str] | None = None) -> ASGIApp:
         commands.request_new_session()
         return JSONResponse({"new_session": True})
 
+    async def compact(request: Request) -> Response:
+        commands.request_compact()
+        return JSONResponse({"compact_pending": True})
+
     async def retry(request: Request) -> Response:
         commands.retry_now()
         return JSONResponse({"retrying": True})
@@ -346,6 +352,7 @@ def create_app(ctx: UiContext, guard: frozenset[str] | None = None) -> ASGIApp:
         Route("/api/cancel", _guarded(cancel), methods=["POST"]),
         Route("/api/new-session", _guarded(new_session), methods=["POST"]),
         Route("/api/retry", _guarded(retry), methods=["POST"]),
+        Route("/api/compact", _guarded(compact), methods=["POST"]),
         Route("/api/login/start", _guarded(login_start), methods=["POST"]),
         Route("/api/login/code", _guarded(login_code), methods=["POST"]),
     ]

@@ -103,6 +103,7 @@ PROTOCOL_TYPES = [
     "CancelQuestion",
     "CancelReminder",
     "CancelSchedule",
+    "Compact",
     "Deny",
     "Destroy",
     "EditSchedule",

@@ -1137,3 +1137,14 @@ LEAD_REQUESTS: tuple[type[Request], ...] = (RequestSpawn, Kill, Start, Restart, 
 AGENT_REQUESTS = (*AGENT_REQUESTS, *LEAD_REQUESTS)
 HOST_REQUESTS = (*HOST_REQUESTS, SetParent)
 REPLIES[SetParent] = Empty
+
+
+# ---- compaction: the operator has an agent's harness compact its claude session
+@attrs.frozen
+class Compact(Request):
+    CMD = "compact"
+    name: str
+
+
+HOST_REQUESTS = (*HOST_REQUESTS, Compact)
+REPLIES[Compact] = Empty

@@ -62,6 +62,15 @@ What Claude Code 2.1.x sends, seen with this mock (``claude_env`` settings):
   and ``api_error_type``, and the ``assistant`` event before it has ``error``
   (``rate_limit``, ``authentication_failed``, ...) — while ``subtype`` still says "success".
 - ``--allowedTools`` takes several values: put the prompt after ``--``.
+- ``--continue -- /compact`` compacts the session: one main request whose newest user text
+  asks for "a detailed summary of the conversation so far" (answer it with any text, e.g.
+  ``<summary>…</summary>``); stdout has ``system/status`` ``compacting``, then
+  ``compact_boundary`` (``compact_metadata.post_tokens``) and a clean ``result``. A session
+  holding only one unanswered prompt gets no request: ``compact_result: "failed"``,
+  ``compact_error: "Not enough messages to compact."``.
+- A 400 "prompt is too long" ends the run with ``terminal_reason: "prompt_too_long"`` when
+  the settings say ``autoCompactEnabled: false``; without it claude compacts by itself and
+  retries (a summary request, then the prompt again).
 """
 
 from __future__ import annotations

@@ -83,6 +83,20 @@ async def test_status_text_badges(hive: Hive, ui: UI) -> None:
         await ui(badges)
 
 
+async def test_the_compacting_badge_follows_the_status_text(hive: Hive, ui: UI) -> None:
+    await hive.spawn("alice")
+    # What the harness puts there while it compacts claude's session (loop.COMPACTING_STATUS).
+    for text, compacting in [("⟳ compacting claude's session", True), ("back to work", False)]:
+        await hive.registry.set_status_text("alice", text)
+
+        def badge(page: Page, text: str = text, compacting: bool = compacting) -> None:
+            row = page.get_by_role("article", name="agent alice")
+            expect(row.locator(".status")).to_have_text(text)
+            expect(row.locator(".badge.compacting")).to_be_visible(visible=compacting)
+
+        await ui(badge)
+
+
 async def test_a_crash_loop_shows_live(hive: Hive, ui: UI) -> None:
     await hive.spawn("bob")  # its payload exits at once: 5 crashes in 15 min make a loop
 

@@ -5,6 +5,8 @@ import { act, askDialog, confirmDialog, openDrawer, getJSON } from './ui.js';
 // What the harness puts in the status text when it is stuck (and close variants).
 const NEEDS_LOGIN = /\bneeds?[ _-]?log ?in\b|\bnot logged in\b|\blogin required\b/i;
 const RATE_LIMITED = /\brate[ _-]?limit|\busage limit\b/i;
+// The harness's status text while it compacts the agent's claude session.
+const COMPACTING = /^⟳ compacting\b/;
 const LIFECYCLE = [['start', 'ST4RT'], ['kill', 'ST0P'], ['restart', 'R3ST4RT'], ['rebuild', 'R3BU1LD']];
 
 // Depth-first by parent, alphabetical, the manager first; orphans and cycles become roots.
@@ -69,6 +71,7 @@ function makeAgent(state) {
     const crashLoop = badge('bad', 'CR4SH L00P', 'crashed too often: start it by hand');
     const login = badge('warn', 'needs login', 'the status says it needs a login');
     const rate = badge('warn', '⊘ rate limited', 'the status says it is rate limited');
+    const compacting = badge('compacting', '⟳ compacting', "its harness compacts claude's session");
     const harness = h('span', { class: 'badge harness' });
     const unread = badge('unread', '');
     const reminders = badge('reminders', '');
@@ -131,7 +134,7 @@ function makeAgent(state) {
     });
     const el = h('article', { class: 'row agent', 'data-name': first.name, 'aria-label': `agent ${first.name}` },
       h('div', { class: 'info' },
-        h('div', { class: 'line' }, branch, name, role, lead, stateBadge, transient, crashLoop, paused, login, rate, harness, unread, reminders, link),
+        h('div', { class: 'line' }, branch, name, role, lead, stateBadge, transient, crashLoop, paused, login, rate, compacting, harness, unread, reminders, link),
         h('div', { class: 'line meta' }, model, backend, isolation, pid, spend, ctx, disk),
         pausedWhy, status, warning),
       h('div', { class: 'actions' }, pause, parent, ...buttons, logs, destroy));
@@ -166,6 +169,7 @@ function makeAgent(state) {
       setAttr(pause, 'aria-label', `${isPaused ? 'resume' : 'pause'} ${a.name}`);
       show(login, NEEDS_LOGIN.test(a.status_text));
       show(rate, RATE_LIMITED.test(a.status_text));
+      show(compacting, COMPACTING.test(a.status_text));
       setText(harness, a.harness_connected ? '● connected' : '○ no harness');
       setAttr(harness, 'data-on', a.harness_connected ? 'yes' : 'no');
       show(unread, a.unread > 0, `✉ ${a.unread}`);
