@@ -147,18 +147,20 @@ async def test_a_tool_call_with_the_daemon_gone_fails_within_a_second(
     daemon: Any, short_tmp: Path
 ) -> None:
     assert (await daemon.call({"cmd": "spawn", "name": "alice"}))["ok"] is True
-    async with hosting(daemon.paths.agent_socket("alice"), short_tmp / "mcp.sock") as host:
-        async with session(host, host.open_turn()) as mcp:
-            ok = await mcp.call_tool("send", {"to": "operator", "body": "before"})
-            assert ok.is_error is False, ok
-            await daemon.kill()  # crashed: its socket file is left behind, nobody listens
-            for tool, args in (("send", {"to": "operator", "body": "after"}), ("recv", {})):
-                started = trio.current_time()
-                failed = await mcp.call_tool(tool, args)
-                elapsed = trio.current_time() - started
-                assert failed.is_error is True
-                assert "cannot reach the hyperhive daemon at " in result_text(failed)
-                assert elapsed < 1.0, f"{tool} took {elapsed:.2f} s to fail"
+    async with (
+        hosting(daemon.paths.agent_socket("alice"), short_tmp / "mcp.sock") as host,
+        session(host, host.open_turn()) as mcp,
+    ):
+        ok = await mcp.call_tool("send", {"to": "operator", "body": "before"})
+        assert ok.is_error is False, ok
+        await daemon.kill()  # crashed: its socket file is left behind, nobody listens
+        for tool, args in (("send", {"to": "operator", "body": "after"}), ("recv", {})):
+            started = trio.current_time()
+            failed = await mcp.call_tool(tool, args)
+            elapsed = trio.current_time() - started
+            assert failed.is_error is True
+            assert "cannot reach the hyperhive daemon at " in result_text(failed)
+            assert elapsed < 1.0, f"{tool} took {elapsed:.2f} s to fail"
 
 
 async def test_claude_reads_a_readable_error_when_the_daemon_is_gone(
