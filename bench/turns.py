@@ -16,6 +16,8 @@ the instant scripted Messages API (``hyperhive.rehearsal.mock_api``) and a real 
 - ``stdio_server``: the previous design, for comparison: claude starts
   ``python -m hyperhive_harness.mcp_server`` every turn.
 
+``shim_session``: one whole run of the shim alone, what the tools add to a turn's start.
+
 ``harness_rss``: a real ``hyperhive-harness serve`` process for a second agent: VmRSS once
 ready, and idle again after one turn with a tool call. Target ≤ 60 MB.
 """
@@ -103,6 +105,21 @@ async def direct_send_p50(socket: Path, n: int) -> list[float]:
     return times
 
 
+async def shim_sessions(host: McpHost, n: int) -> list[float]:
+    """Whole runs of the shim as claude starts it: start, connect, secret, ``ok``, EOF, exit."""
+    config = host.config(sys.executable, host.open_turn())["mcpServers"]["hyperhive"]
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        proc = await trio.run_process(
+            [config["command"], *config["args"]], stdin=b"", env=config["env"], check=True
+        )
+        times.append(time.perf_counter() - started)
+        assert proc.returncode == 0
+    host.close_turn()
+    return times
+
+
 async def turns(paths: Paths, root: Path, samples: int) -> dict[str, Any]:
     claude = claude_path()
     async with trio.open_nursery() as nursery:
@@ -152,12 +169,13 @@ async def turns(paths: Paths, root: Path, samples: int) -> dict[str, Any]:
                 if i:
                     times[kind].append(elapsed)
         direct = await direct_send_p50(socket, 200)
+        shim = await shim_sessions(host, 20)
         nursery.cancel_scope.cancel()
 
     bare = summary_ms(times["bare"])
     out: dict[str, Any] = {"claude": claude, "samples": samples}
     for kind in KINDS:
-        fig = summary_ms(times[kind])
+        fig: dict[str, Any] = dict(summary_ms(times[kind]))
         if kind != "bare":
             fig["baseline"] = "bare"
             fig["ratio_to_bare_p50"] = fig["p50_ms"] / bare["p50_ms"]
@@ -174,6 +192,12 @@ async def turns(paths: Paths, root: Path, samples: int) -> dict[str, Any]:
         "ratio_to_baseline_p50": rt["p50_ms"] / base,
         "target_p50_ms": TOOL_P50_TARGET_MS,
         "meets_target": rt["p50_ms"] <= TOOL_P50_TARGET_MS,
+    }
+    out["shim_session"] = {
+        **summary_ms(shim),
+        "what": "one whole shim run (python -I -S start, connect, secret, ok, EOF, exit)",
+        "baseline": "bare",
+        "ratio_to_bare_p50": statistics.median(shim) * 1000 / bare["p50_ms"],
     }
     return out
 
