@@ -412,9 +412,15 @@ class TurnLoop:
             events.note(new_session_note(brk))
         if self.mcp_host is not None:
             token = self.mcp_host.open_turn()
-            self._write_mcp_config(
-                self.mcp_host.config(self.python, token, self.cfg.extra_mcp_servers)
-            )
+            try:
+                self._write_mcp_config(
+                    self.mcp_host.config(self.python, token, self.cfg.extra_mcp_servers)
+                )
+            except OSError as exc:
+                # No stale config with an old secret: claude fails the turn instead.
+                events.note(f"cannot write the MCP config {self._mcp_config_file}: {exc}")
+                with contextlib.suppress(OSError):
+                    self._mcp_config_file.unlink()
         argv = claude_argv(
             self.cfg.claude,
             model=model,
