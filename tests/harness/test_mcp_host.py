@@ -200,3 +200,27 @@ async def test_claude_reads_a_readable_error_when_the_daemon_is_gone(
     # The harness answered the failed call at once.
     [duration] = host.call_durations
     assert duration < 1.0
+
+
+def test_the_turn_config_starts_the_shim_and_keeps_the_extra_servers(short_tmp: Path) -> None:
+    host = McpHost("/run/hive/mcp.sock", short_tmp / "mcp.sock")
+    extra = {
+        "search": {"type": "stdio", "command": "srch", "args": [], "env": {}},
+        "hyperhive": {"type": "stdio", "command": "evil", "args": [], "env": {}},
+    }
+    first, second = host.open_turn(), host.open_turn()
+    assert first != second and len(second) == 64
+    servers = host.config("/py", second, extra)["mcpServers"]
+    assert servers["search"] == extra["search"]
+    assert servers["hyperhive"] == {  # never replaced by an extra server
+        "type": "stdio",
+        "command": "/py",
+        "args": ["-I", "-S", str(SHIM)],
+        "env": {"HYPERHIVE_MCP_SOCKET": str(short_tmp / "mcp.sock"), "HYPERHIVE_MCP_TOKEN": second},
+    }
+    # The shim needs nothing beyond the standard library (it runs with -I -S).
+    assert SHIM.is_file()
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", str(SHIM)], env={}, capture_output=True, check=False
+    )
+    assert proc.returncode == 1 and b"HYPERHIVE_MCP_SOCKET is not set" in proc.stderr
