@@ -21,7 +21,8 @@ from hyperhive.client import Client
 from hyperhive.protocol import Recv, RecvReply
 from hyperhive.supervisor import Hive
 from hyperhive_harness.mcp_host import SHIM, McpHost
-from hyperhive_harness.mcp_server import AGENT_TOOLS
+from hyperhive_harness.mcp_server import AGENT_TOOLS, ConnectionPool, build_server
+from hyperhive_harness.toolserver import HANDSHAKE_VERSIONS
 
 from .mock_anthropic import MockAnthropic, text, tool_result_text, tool_use
 
@@ -224,3 +225,23 @@ def test_the_turn_config_starts_the_shim_and_keeps_the_extra_servers(short_tmp: 
         [sys.executable, "-I", "-S", str(SHIM)], env={}, capture_output=True, check=False
     )
     assert proc.returncode == 1 and b"HYPERHIVE_MCP_SOCKET is not set" in proc.stderr
+
+
+async def test_the_handshake_answers(short_tmp: Path) -> None:
+    server = build_server(ConnectionPool(str(short_tmp / "none.sock")), role="agent", name="a")
+    discover = await server.handle({"jsonrpc": "2.0", "id": "p", "method": "server/discover"})
+    assert discover is not None
+    assert discover["result"]["supportedVersions"] == list(HANDSHAKE_VERSIONS)
+    init = {"protocolVersion": "2099-01-01", "capabilities": {}}
+    answer = await server.handle(
+        {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init}
+    )
+    assert answer is not None and answer["result"]["protocolVersion"] == HANDSHAKE_VERSIONS[-1]
+    init["protocolVersion"] = "2025-06-18"
+    answer = await server.handle(
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init}
+    )
+    assert answer is not None and answer["result"]["protocolVersion"] == "2025-06-18"
+    unknown = await server.handle({"jsonrpc": "2.0", "id": 2, "method": "resources/list"})
+    assert unknown is not None and unknown["error"]["code"] == -32601
+    assert await server.handle({"jsonrpc": "2.0", "method": "notifications/initialized"}) is None
