@@ -80,6 +80,7 @@ bench: $(STAMP)
 	@mkdir -p bench/results
 	$(PY) -m bench.broker --out bench/results/broker.json
 	$(PY) -m bench.dashboard --out bench/results/dashboard.json
+	$(PY) -m bench.turns --out bench/results/turns.json
 
 screenshots: $(STAMP) system-deps
 	$(PY) scripts/screenshots.py --out docs/screenshots

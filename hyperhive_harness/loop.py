@@ -69,6 +69,7 @@ from hyperhive_harness.claude import TurnControl, kill_orphan, run_claude
 from hyperhive_harness.commands import Commands
 from hyperhive_harness.config import HarnessConfig
 from hyperhive_harness.event_log import EventLog
+from hyperhive_harness.mcp_host import McpHost
 from hyperhive_harness.model import ModelFile
 from hyperhive_harness.policy import (
     CHECKPOINT_PROMPT,
@@ -136,6 +137,7 @@ class TurnLoop:
         runtime_dir: Path,
         *,
         python: str = sys.executable,
+        mcp_host: McpHost | None = None,
     ) -> None:
         self.cfg = cfg
         self.events = events
@@ -144,6 +146,9 @@ class TurnLoop:
         self.model = model
         self.runtime_dir = runtime_dir
         self.python = python
+        #: Serves the hyperhive tools to each turn's claude; without it claude starts the
+        #: stdio server (``python -m hyperhive_harness.mcp_server``) every turn.
+        self.mcp_host = mcp_host
         self.connected = False
         #: Finished messages not yet confirmed acked: id → failure report still to send.
         self.owed: OrderedDict[int, str | None] = OrderedDict()
@@ -208,13 +213,16 @@ class TurnLoop:
         retry.reset()
         self.connected = True
         self.view.set_identity(link.name, link.role)
+        if self.mcp_host is not None:
+            self.mcp_host.set_identity(link.role, link.name)
         self._write_turn_files(link.name, link.role)
         self.view.set_status(Status.ONLINE)
 
     def _write_turn_files(self, label: str, role: str) -> None:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
-        config = mcp_config(self.python, os.fspath(self.cfg.socket), self.cfg.extra_mcp_servers)
-        self._mcp_config_file.write_text(json.dumps(config, indent=2) + "\n")
+        if self.mcp_host is None:
+            config = mcp_config(self.python, os.fspath(self.cfg.socket), self.cfg.extra_mcp_servers)
+            self._write_mcp_config(config)
         prompt = render_system_prompt(
             system_prompt_template(role),
             label=label,
@@ -244,6 +252,14 @@ class TurnLoop:
             self.events.note("the claude settings are not a JSON object: ignored")
             return None
         return data
+
+    def _write_mcp_config(self, config: dict[str, Any]) -> None:
+        """Written under a temporary name (0600) and renamed: claude never reads half a file."""
+        tmp = self._mcp_config_file.with_name(f".{self._mcp_config_file.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(config, indent=2) + "\n")
+        tmp.replace(self._mcp_config_file)
 
     async def _serve(self, link: Client) -> None:
         await self._pay_debts(link)
@@ -642,6 +658,17 @@ class TurnLoop:
             )
             prompt = preface + "\n\n" + prompt
             events.note(new_session_note(brk))
+        if self.mcp_host is not None:
+            token = self.mcp_host.open_turn()
+            try:
+                self._write_mcp_config(
+                    self.mcp_host.config(self.python, token, self.cfg.extra_mcp_servers)
+                )
+            except OSError as exc:
+                # No stale config with an old secret: claude fails the turn instead.
+                events.note(f"cannot write the MCP config {self._mcp_config_file}: {exc}")
+                with contextlib.suppress(OSError):
+                    self._mcp_config_file.unlink()
         argv = claude_argv(
             self.cfg.claude,
             model=model,
@@ -704,6 +731,8 @@ class TurnLoop:
             # bodies, but a message must never end the loop, whatever it holds.
             on_stderr(f"cannot start {self.cfg.claude}: {exc}")
         finally:
+            if self.mcp_host is not None:
+                self.mcp_host.close_turn()
             self.commands.control = None
             duration = round(trio.current_time() - started, 3)
             view.set_turn_state(TurnState.IDLE)

@@ -1,10 +1,12 @@
-"""The stdio MCP server that ``claude`` starts each turn: the agent's hyperhive tools.
+"""The agent's hyperhive MCP tools (:func:`build_server`) and the stdio server.
 
-``hyperhive-harness mcp`` (or ``python -m hyperhive_harness.mcp_server``) serves MCP on
-stdin/stdout under trio. It says hello to the agent socket as ``mcp``; the reply tells
-whether this is the manager (manager tool set) or an agent. Every tool forwards one request
-over the socket and returns a short readable text; a refusal from the daemon becomes a
-``ToolError`` carrying the daemon's reason, which the model reads.
+The harness serves these tools itself to the claude of each turn (:mod:`mcp_host`, through
+the stdlib-only :mod:`mcp_shim`); ``hyperhive-harness mcp`` (or ``python -m
+hyperhive_harness.mcp_server``) serves the same tools on stdin/stdout under trio, for
+debugging and other MCP clients. It says hello to the agent socket as ``mcp``; the reply
+tells whether this is the manager (manager tool set) or an agent. Every tool forwards one
+request over the socket and returns a short readable text; a refusal from the daemon becomes
+a ``ToolError`` carrying the daemon's reason, which the model reads.
 
 Nothing is printed on stdout except the MCP wire; logs go to stderr.
 """
@@ -21,8 +23,6 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal, TypeVar
 
 import trio
-from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from hyperhive import contract
@@ -84,6 +84,7 @@ from hyperhive.protocol import (
 )
 from hyperhive.runtime import Backoff
 from hyperhive_harness.prompt import AGENT_TOOLS, MANAGER_TOOLS, SERVER_NAME
+from hyperhive_harness.toolserver import ToolError, ToolServer
 
 __all__ = [
     "AGENT_TOOLS",
@@ -91,6 +92,7 @@ __all__ = [
     "MANAGER_TOOLS",
     "ConnectionPool",
     "ToolError",
+    "ToolServer",
     "build_server",
     "main",
     "serve",
@@ -379,18 +381,14 @@ recv with a long wait_seconds waits for you, and ask returns at once (the answer
 a message)."""
 
 
-def build_server(link: ConnectionPool, *, role: str, name: str | None) -> MCPServer:
+def build_server(link: ConnectionPool, *, role: str, name: str | None) -> ToolServer:
     """The MCP server with the agent tools, plus the manager tools when ``role`` is manager,
     or the lead tools (spawn requests, lifecycle verbs and logs for the agents below it)
     when ``role`` is lead."""
     who = {"manager": "the manager", "lead": "a lead"}.get(role, "an agent")
     if name and name != "manager":
         who = f"{name}, {who}"
-    server = MCPServer(
-        SERVER_NAME,
-        instructions=INSTRUCTIONS.format(who=who),
-        log_level="WARNING",
-    )
+    server = ToolServer(SERVER_NAME, instructions=INSTRUCTIONS.format(who=who))
 
     def tool(fn: Callable[..., Awaitable[str]], name: str | None = None) -> None:
         server.add_tool(fn, name=name, description=reflow(fn.__doc__), structured_output=False)
@@ -737,7 +735,13 @@ async def serve(socket_path: str) -> None:
         else:
             role, name = hello.role, hello.name
         server = build_server(link, role=role, name=name)
-        await server.run_stdio_async()
+        stdio = trio.StapledStream(
+            trio.lowlevel.FdStream(os.dup(1)), trio.lowlevel.FdStream(os.dup(0))
+        )
+        # Nothing but the wire may reach fd 1: stray output goes to stderr meanwhile.
+        os.dup2(2, 1)
+        async with stdio:
+            await server.serve(stdio)
     finally:
         with trio.CancelScope(shield=True):
             await link.aclose()

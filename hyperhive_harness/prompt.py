@@ -2,7 +2,8 @@
 that open a new session. Plain functions, no I/O.
 
 - :func:`wake_prompt` — the text a turn starts with (sender, body, pending count).
-- :func:`claude_argv`, :func:`mcp_config`, :func:`allowed_tools` — how claude is started.
+- :func:`claude_argv`, :func:`mcp_shim_config` (:func:`mcp_config` without the harness's
+  tool socket), :func:`allowed_tools` — how claude is started.
 - :func:`session_preface`, :func:`new_session_note` — what a new session after a failure is
   told, and what the UI shows about it.
 """
@@ -76,6 +77,22 @@ def mcp_config(python: str, socket: str, extra: Mapping[str, Any] | None = None)
         "command": python,
         "args": ["-m", "hyperhive_harness.mcp_server"],
         "env": {"HYPERHIVE_SOCKET": socket},
+    }
+    return {"mcpServers": servers}
+
+
+def mcp_shim_config(
+    python: str, shim: str, socket: str, token: str, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``--mcp-config`` document when the harness serves the tools itself: claude starts
+    the stdlib-only shim (``python -I -S``), which bridges to the harness's tool socket with
+    the turn's secret; plus the agent's extra servers (which can never replace ``hyperhive``)."""
+    servers = {name: spec for name, spec in (extra or {}).items() if name != SERVER_NAME}
+    servers[SERVER_NAME] = {
+        "type": "stdio",
+        "command": python,
+        "args": ["-I", "-S", shim],
+        "env": {"HYPERHIVE_MCP_SOCKET": socket, "HYPERHIVE_MCP_TOKEN": token},
     }
     return {"mcpServers": servers}
 

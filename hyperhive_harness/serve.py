@@ -7,6 +7,8 @@ serve()
 │   │                           (hyperhive.runtime.asgi), restarted with backoff if it fails,
 │   │                           so a broken UI never stops the turn loop
 │   └── (tcp)                   only with ``--ui-port``: a guarded TCP listener for debugging
+├── McpHost.run                 the hyperhive MCP tools for each turn's claude, on
+│                               <runtime dir>/mcp.sock (0600, a secret per turn)
 ├── LoginSession                the UI's claude login (started on demand)
 └── TurnLoop.run                connect → recv → claude → ack, reconnecting forever
 """
@@ -33,6 +35,7 @@ from hyperhive_harness.config import HarnessConfig
 from hyperhive_harness.event_log import EventLog, open_event_log
 from hyperhive_harness.login import LoginSession
 from hyperhive_harness.loop import TurnLoop
+from hyperhive_harness.mcp_host import McpHost
 from hyperhive_harness.model import ModelFile
 from hyperhive_harness.view import View
 from hyperhive_harness.web import UiContext, allowed_hosts, create_app
@@ -176,7 +179,17 @@ async def serve(
             model = ModelFile(cfg.model_file, events)
             view = View(events, model)
             commands = Commands(events, model)
-            loop = TurnLoop(cfg, events, view, commands, model, runtime_dir, python=sys.executable)
+            mcp_host = McpHost(os.fspath(cfg.socket), runtime_dir / "mcp.sock")
+            loop = TurnLoop(
+                cfg,
+                events,
+                view,
+                commands,
+                model,
+                runtime_dir,
+                python=sys.executable,
+                mcp_host=mcp_host,
+            )
             login = LoginSession(
                 cfg.login_command,
                 env=cfg.env,
@@ -194,6 +207,7 @@ async def serve(
                 nursery=nursery,
                 ui_socket=os.fspath(cfg.ui_socket),
             )
+            await nursery.start(mcp_host.run)
             await nursery.start(loop.run)
             await nursery.start(run_ui, ctx, cfg)
             if out is not None:

@@ -199,7 +199,9 @@ HARNESS_MODULES = [
     "event_log",
     "login",
     "loop",
+    "mcp_host",
     "mcp_server",
+    "mcp_shim",
     "model",
     "page",
     "policy",
@@ -207,6 +209,7 @@ HARNESS_MODULES = [
     "serve",
     "spend",
     "stream",
+    "toolserver",
     "view",
     "web",
 ]

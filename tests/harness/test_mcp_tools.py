@@ -14,7 +14,6 @@ from typing import Any
 import trio
 from mcp.client import Client as McpClient
 from mcp.client.stdio import StdioServerParameters
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult
 
 from hyperhive.client import Client
@@ -35,6 +34,7 @@ from hyperhive_harness.mcp_server import (
     AGENT_TOOLS,
     MANAGER_TOOLS,
     ConnectionPool,
+    ToolError,
     connect_at_startup,
 )
 
