@@ -17,11 +17,13 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 
+import attrs
 import trio
 
 from hyperhive import contract
 from hyperhive.agent_config import AgentConfig, parse_agent_config, seed_agent_toml
 from hyperhive.agent_setup import load_applied_config, prepare_agent_repos, proposed_repo
+from hyperhive.agent_views import AgentFacts, AgentViews
 from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref, sql_fail_pending
 from hyperhive.broker import Broker, Outbox, SentMessage
 from hyperhive.config import BACKENDS, MAX_LOG_LINES, Config
@@ -93,6 +95,13 @@ class Hive:
             self.events,
             backend=self.backend,
             serve_socket=serve_agent_socket,
+        )
+        #: Agent views for listings and the dashboard (no file read per request).
+        self.views = AgentViews(
+            self.events,
+            records=self.registry.all,
+            read_facts=self.read_facts,
+            build=self._agent_view,
         )
         self.broker = Broker(
             db,
@@ -435,15 +444,25 @@ class Hive:
 
     async def agent_infos(self) -> list[AgentInfo]:
         unread = await self.broker.unread_by_recipient()
-        return [
-            await self.agent_info(r, unread.get(r.name, 0))
-            for r in self.registry.all()
-            if r.state != AgentState.DESTROYED
-        ]
+        return await self.views.infos(unread)
 
     async def agent_info(self, record: AgentRecord, unread: int | None = None) -> AgentInfo:
         if unread is None:
             unread = await self.broker.unread(record.name)
+        view = self._agent_view(record, await self.views.facts(record.name))
+        return attrs.evolve(view, unread=unread)
+
+    def read_facts(self, name: str) -> AgentFacts:
+        """What an agent's files say, for its view (blocking: :class:`AgentViews` runs it in
+        a worker thread, never per request)."""
+        return AgentFacts(
+            model=self.registry.model(name),
+            ui_url=self.registry.ui_url(name),
+            logged_in=self.config.paths.credentials_file(name).is_file(),
+        )
+
+    def _agent_view(self, record: AgentRecord, facts: AgentFacts) -> AgentInfo:
+        """An agent's view from its record and facts, ``unread`` left at 0 (sans-IO)."""
         return AgentInfo(
             name=record.name,
             role=record.role,
@@ -451,25 +470,32 @@ class Hive:
             backend=record.backend,
             created_at=record.created_at,
             parent=record.parent,
-            model=self.registry.model(record.name),
+            model=facts.model,
             status_text=record.status_text,
-            unread=unread,
+            unread=0,
             harness_connected=self.registry.harnesses[record.name] > 0,
             transient=record.transient,
             transient_since=record.transient_since,
             pid=record.pid,
             warning="; ".join(
-                w for w in (self._agent_credentials_warning(record), record.warning) if w
+                w for w in (self._agent_credentials_warning(record, facts), record.warning) if w
             )
             or None,
-            ui_url=self.registry.ui_url(record.name),
+            ui_url=facts.ui_url,
         )
 
-    def _agent_credentials_warning(self, record: AgentRecord) -> str | None:
+    def _agent_credentials_warning(
+        self, record: AgentRecord, facts: AgentFacts | None = None
+    ) -> str | None:
         if record.backend == "external" or record.state == AgentState.DESTROYED:
             return None  # an external agent's credentials are not ours to see
-        login = self.config.paths.credentials_file(record.name)
-        return credentials_warning(os.environ, login.is_file())
+        if facts is None:
+            facts = self.views.cached_facts(record.name)
+        if facts is None:
+            logged_in = self.config.paths.credentials_file(record.name).is_file()
+        else:
+            logged_in = facts.logged_in
+        return credentials_warning(os.environ, logged_in)
 
     def credentials_warning(self) -> str | None:
         """Which agents have no API key in the daemon's environment and no claude login."""

@@ -19,6 +19,8 @@
         │           │                        sleeps until the earliest deadline
         │           ├── retention_loop *     hourly: acked messages > 30 days; agents' events dbs
         │           ├── SpaceMonitor.run *   statvfs of the state dir every 30 s and on disk-full
+        │           ├── AgentViews.refresh_loop *
+        │           │                        every 2 s: agents' model, UI socket, login (a thread)
         │           ├── serve_dashboard *    with --dashboard-bind: hypercorn-trio; started(urls)
         │           └── serve_unix_socket    <run>/host.sock (operator)
         └── _watchdog_pings                  start_soon, only when WATCHDOG_USEC is set; pings
@@ -230,6 +232,7 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
                     ("the questions watchdog", hive.questions.watchdog),
                     ("the retention loop", functools.partial(retention_loop, hive)),
                     ("the free-space monitor", hive.space.run),
+                    ("the agent views", hive.views.refresh_loop),
                 ):
                     await nursery.start(
                         functools.partial(

@@ -281,7 +281,7 @@ class Dashboard:
             "version": hyperhive.__version__,
             "backend": hive.backend,
             "problems": hive.problems_now(),
-            "agents": CONVERTER.unstructure(await hive.agent_infos()),
+            "agents": await hive.views.wire(await hive.broker.unread_by_recipient()),
             "isolated": hive.isolation(),
             "tombstones": CONVERTER.unstructure(await hive.tombstones()),
             "approvals": CONVERTER.unstructure(
