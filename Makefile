@@ -80,6 +80,7 @@ bench: $(STAMP)
 	@mkdir -p bench/results
 	$(PY) -m bench.broker --out bench/results/broker.json
 	$(PY) -m bench.dashboard --out bench/results/dashboard.json
+	$(PY) -m bench.dashboard --out bench/results/dashboard-1000.json --agents 1000 --history 1000000
 
 screenshots: $(STAMP) system-deps
 	$(PY) scripts/screenshots.py --out docs/screenshots
