@@ -64,9 +64,9 @@ async def spawn(paths: Paths, names: list[str]) -> None:
 
 
 async def pair_throughput(paths: Paths, pairs: int, per_pair: int) -> float:
+    """Agents ``s<i>``/``r<i>`` must exist (:func:`spawn`): not part of the figure."""
     senders = [f"s{i}" for i in range(pairs)]
     receivers = [f"r{i}" for i in range(pairs)]
-    await spawn(paths, senders + receivers)
 
     async def send_all(name: str, to: str) -> None:
         async with await Client.connect(paths.agent_socket(name)) as client:
@@ -226,6 +226,7 @@ def main() -> None:
             paths = Paths(state_dir=root / f"s{pairs}", run_dir=root / f"r{pairs}")
 
             async def body(paths: Paths, pid: int, pairs: int) -> tuple[float, float]:
+                await spawn(paths, [f"{side}{i}" for side in "sr" for i in range(pairs)])
                 cpu = cpu_seconds(pid)
                 rate = await pair_throughput(paths, pairs, args.messages // pairs)
                 return rate, cpu_seconds(pid) - cpu

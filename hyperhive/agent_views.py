@@ -109,6 +109,9 @@ class AgentViews:
                 self._dirty.add(name)
                 if event.kind in _FACTS_CHANGE:
                     self._stale.add(name)
+                elif event.kind == EventKind.AGENT_PURGED:
+                    self._facts.pop(name, None)
+                    self._views.pop(name, None)
 
     # ------------------------------------------------------------ facts
 
