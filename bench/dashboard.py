@@ -37,7 +37,7 @@ import h11
 import trio
 
 from bench._daemon import start_daemon
-from bench._floor import prefill_history
+from bench._floor import cpu_seconds, prefill_history
 from hyperhive.client import Client
 from hyperhive.config import MAX_RECV_BATCH, Paths
 from hyperhive.protocol import HostSend, Recv, Send, Spawn
@@ -154,7 +154,7 @@ async def drain(paths: Paths, name: str) -> None:
             pass
 
 
-async def state_latency(base: str, cookie: str, samples: int) -> dict[str, Any]:
+async def state_latency(base: str, cookie: str, samples: int, pid: int) -> dict[str, Any]:
     http = await Http.open(base, cookie)
 
     async def timed(target: str) -> tuple[list[float], int]:
@@ -171,7 +171,9 @@ async def state_latency(base: str, cookie: str, samples: int) -> dict[str, Any]:
         return times, size
 
     baseline, _ = await timed("/static/dashboard.css")
+    cpu = cpu_seconds(pid)
     state, size = await timed("/api/state")
+    cpu = cpu_seconds(pid) - cpu
     _, body = await http.get("/api/state")
     snapshot = json.loads(body)
     await http.aclose()
@@ -180,6 +182,7 @@ async def state_latency(base: str, cookie: str, samples: int) -> dict[str, Any]:
         "agents": len(snapshot["agents"]),
         "samples": samples,
         "response_bytes": size,
+        "daemon_cpu_ms_per_request": cpu / (samples + 10) * 1000,
         "p50_ms": p50 * 1000,
         "p99_ms": percentile(state, 0.99) * 1000,
         "baseline": "GET /static/dashboard.css",
@@ -232,10 +235,10 @@ async def fanout_latency(
     return latencies
 
 
-async def measure(paths: Paths, url: str, args: argparse.Namespace) -> dict[str, Any]:
+async def measure(paths: Paths, url: str, args: argparse.Namespace, pid: int) -> dict[str, Any]:
     await populate(paths, args.agents, args.messages)
     base, cookie = await login(url)
-    state = await state_latency(base, cookie, args.samples)
+    state = await state_latency(base, cookie, args.samples, pid)
     state["messages"] = args.messages
     state["history"] = args.history
     single = await fanout_latency(paths, base, cookie, 1, args.samples)
@@ -278,7 +281,7 @@ def main() -> None:
     proc, url = start_daemon(paths, dashboard=True)
     try:
         results: dict[str, Any] = {"machine": platform.node(), "cpus": os.cpu_count()}
-        results.update(trio.run(measure, paths, url, args))
+        results.update(trio.run(measure, paths, url, args, proc.pid))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
