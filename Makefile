@@ -81,6 +81,7 @@ bench: $(STAMP)
 	$(PY) -m bench.broker --out bench/results/broker.json
 	$(PY) -m bench.dashboard --out bench/results/dashboard.json
 	$(PY) -m bench.turns --out bench/results/turns.json
+	$(PY) -m bench.dashboard --out bench/results/dashboard-1000.json --agents 1000 --history 1000000
 
 screenshots: $(STAMP) system-deps
 	$(PY) scripts/screenshots.py --out docs/screenshots

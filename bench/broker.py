@@ -1,14 +1,20 @@
-"""Broker benchmark: durable throughput and wake latency, each as a ratio to a same-run baseline.
+"""Broker benchmark: each figure with the baseline measured in the same run, the ratio, and
+whether it meets its target (``meets_target``). See bench/README.md.
 
     python -m bench.broker --out bench/results/broker.json
 
 - ``throughput``: messages/s that go send → recv (acked) over real unix sockets through a
-  real daemon process with ``synchronous=FULL``, divided by raw single-row sqlite commits/s
-  at the same synchronous level on the same disk (the cost floor of one durable write).
-  Measured with one sender/receiver pair (sequential) and with several pairs at once.
+  real daemon process with ``synchronous=FULL``, with 1, 4 and 16 sender/receiver pairs,
+  divided by raw single-row commits/s on the broker's own schema at the same synchronous
+  level on the same disk, measured right before and right after each daemon run
+  (interleaved, so the load of the machine at the time is in both); and the daemon's CPU
+  time (all threads, from /proc) per message.
+- ``history``: with 1M old acked messages in ``broker.sqlite``, p50/p99 of an empty ``recv``
+  and of ``status`` (ms) and the daemon's CPU per request, divided by the p50 round trip of
+  a trio echo server in its own process (the floor of any reply on a unix socket).
 - ``wake_latency``: with 100 receivers parked in ``recv{wait_seconds:180}``, the time from
-  a ``send`` to the matching ``recv`` returning; p50/p99 in ms, and divided by the p50 of a
-  plain request round trip on the same socket (the floor of any reply).
+  a ``send`` to the matching ``recv`` returning over ≥ 1000 samples; p50/p99 in ms, and
+  divided by the echo floor.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ import os
 import platform
 import shutil
 import signal
-import sqlite3
 import statistics
 import tempfile
 import time
@@ -29,24 +34,27 @@ from typing import Any
 import trio
 
 from bench._daemon import start_daemon
+from bench._floor import (
+    cpu_seconds,
+    echo_floor,
+    prefill_history,
+    raw_commits_per_second,
+    start_echo,
+)
 from hyperhive.client import Client
 from hyperhive.config import Paths
 from hyperhive.protocol import Recv, Send, Spawn, Status
 
+TARGET_RATIO_16 = 0.5
+TARGET_RATIO_1 = 0.15
+TARGET_CPU_US_PER_MESSAGE = 250.0
+TARGET_HISTORY_P50_MS = 0.5
+TARGET_WAKE_P99_MS = 2.0
 
-def raw_commits_per_second(path: Path, synchronous: str, n: int) -> float:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
-    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
-    start = time.perf_counter()
-    for i in range(n):
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO t (body) VALUES (?)", (f"message {i}",))
-        conn.execute("COMMIT")
-    elapsed = time.perf_counter() - start
-    conn.close()
-    return n / elapsed
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, int(len(ordered) * fraction) - 1)]
 
 
 async def spawn(paths: Paths, names: list[str]) -> None:
@@ -56,9 +64,9 @@ async def spawn(paths: Paths, names: list[str]) -> None:
 
 
 async def pair_throughput(paths: Paths, pairs: int, per_pair: int) -> float:
+    """Agents ``s<i>``/``r<i>`` must exist (:func:`spawn`): not part of the figure."""
     senders = [f"s{i}" for i in range(pairs)]
     receivers = [f"r{i}" for i in range(pairs)]
-    await spawn(paths, senders + receivers)
 
     async def send_all(name: str, to: str) -> None:
         async with await Client.connect(paths.agent_socket(name)) as client:
@@ -80,7 +88,7 @@ async def pair_throughput(paths: Paths, pairs: int, per_pair: int) -> float:
     return pairs * per_pair / (time.perf_counter() - start)
 
 
-async def wake_latency(paths: Paths, parked: int, samples: int) -> dict[str, float]:
+async def wake_latency(paths: Paths, parked: int, samples: int, floor_ms: float) -> dict[str, Any]:
     names = [f"p{i}" for i in range(parked)]
     await spawn(paths, names)
     clients = {n: await Client.connect(paths.agent_socket(n)) for n in names}
@@ -129,51 +137,130 @@ async def wake_latency(paths: Paths, parked: int, samples: int) -> dict[str, flo
     latencies.sort()
     roundtrips.sort()
     p50 = statistics.median(latencies)
-    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    p99 = percentile(latencies, 0.99)
     rt50 = statistics.median(roundtrips)
     return {
         "parked_receivers": parked,
-        "samples": samples,
+        "samples": len(latencies),
         "p50_ms": p50 * 1000,
         "p99_ms": p99 * 1000,
-        "baseline_roundtrip_p50_ms": rt50 * 1000,
-        "p50_ratio_to_roundtrip": p50 / rt50,
-        "p99_ratio_to_roundtrip": p99 / rt50,
-        "target_p99_ms": 2.0,
+        "status_roundtrip_p50_ms": rt50 * 1000,
+        "baseline": "trio echo round trip p50 (another process, unix socket)",
+        "baseline_p50_ms": floor_ms,
+        "p99_ratio_to_baseline": p99 * 1000 / floor_ms,
+        "target_p99_ms": TARGET_WAKE_P99_MS,
+        "meets_target": p99 * 1000 <= TARGET_WAKE_P99_MS,
     }
 
 
+async def history_latency(paths: Paths, pid: int, samples: int, floor_ms: float) -> dict[str, Any]:
+    """Empty ``recv`` and ``status`` of an agent with a long acked history."""
+    await spawn(paths, ["h0"])
+    out: dict[str, Any] = {}
+    async with await Client.connect(paths.agent_socket("h0")) as client:
+        for name, request in (("recv", Recv()), ("status", Status())):
+            for _ in range(50):
+                await client.call(request)
+            times = []
+            cpu = cpu_seconds(pid)
+            for _ in range(samples):
+                start = time.perf_counter()
+                await client.call(request)
+                times.append(time.perf_counter() - start)
+            cpu = cpu_seconds(pid) - cpu
+            p50 = statistics.median(times) * 1000
+            out[name] = {
+                "samples": samples,
+                "p50_ms": p50,
+                "p99_ms": percentile(times, 0.99) * 1000,
+                "daemon_cpu_us_per_request": cpu / samples * 1e6,
+                "p50_ratio_to_baseline": p50 / floor_ms,
+                "target_p50_ms": TARGET_HISTORY_P50_MS,
+                "meets_target": p50 <= TARGET_HISTORY_P50_MS,
+            }
+    out["baseline"] = "trio echo round trip p50 (another process, unix socket)"
+    out["baseline_p50_ms"] = floor_ms
+    return out
+
+
+def run_daemon(paths: Paths, body: Any, *args: Any) -> tuple[Any, float]:
+    """Run ``body(paths, pid, *args)`` against a fresh daemon; also its CPU seconds in all."""
+    proc, _ = start_daemon(paths)
+    try:
+        before = cpu_seconds(proc.pid)
+        result = trio.run(body, paths, proc.pid, *args)
+        return result, cpu_seconds(proc.pid) - before
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/broker.json"))
-    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--messages", type=int, default=4000)
+    parser.add_argument("--raw", type=int, default=1000, help="raw commits per baseline run")
+    parser.add_argument("--history", type=int, default=1_000_000)
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--wake-samples", type=int, default=1000)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="hh-bench-", dir="/tmp"))
+    results: dict[str, Any] = {"machine": platform.node(), "cpus": os.cpu_count()}
     try:
-        raw_full = raw_commits_per_second(root / "raw.sqlite", "FULL", args.messages)
-        results: dict[str, Any] = {"machine": platform.node(), "cpus": os.cpu_count()}
-        throughput: dict[str, Any] = {"synchronous": "FULL", "raw_commits_per_s": raw_full}
-        for pairs in (1, 4, 16):
-            paths = Paths(state_dir=root / f"s{pairs}", run_dir=root / f"r{pairs}")
-            proc, _ = start_daemon(paths)
-            try:
-                rate = trio.run(pair_throughput, paths, pairs, args.messages // pairs)
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=15)
-            throughput[f"pairs_{pairs}"] = {
-                "messages_per_s": rate,
-                "ratio_to_raw_commits": rate / raw_full,
-            }
-        throughput["target_ratio"] = 0.5
-        results["throughput"] = throughput
-        paths = Paths(state_dir=root / "sw", run_dir=root / "rw")
-        proc, _ = start_daemon(paths)
+        echo = start_echo(root / "echo.sock")
+        line = b'{"cmd":"recv","wait_seconds":0,"max":1}\n'
         try:
-            results["wake_latency"] = trio.run(wake_latency, paths, 100, 300)
+            floor = trio.run(echo_floor, root / "echo.sock", args.samples, line)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=15)
+            echo.kill()
+            echo.wait()
+        results["echo_floor"] = floor
+        throughput: dict[str, Any] = {
+            "synchronous": "FULL",
+            "baseline": "raw single-row commits/s on the broker schema, before and after",
+        }
+        for pairs in (1, 4, 16):
+            raw_before = raw_commits_per_second(root / "raw.sqlite", "FULL", args.raw)
+            paths = Paths(state_dir=root / f"s{pairs}", run_dir=root / f"r{pairs}")
+
+            async def body(paths: Paths, pid: int, pairs: int) -> tuple[float, float]:
+                await spawn(paths, [f"{side}{i}" for side in "sr" for i in range(pairs)])
+                cpu = cpu_seconds(pid)
+                rate = await pair_throughput(paths, pairs, args.messages // pairs)
+                return rate, cpu_seconds(pid) - cpu
+
+            (rate, cpu), _ = run_daemon(paths, body, pairs)
+            raw_after = raw_commits_per_second(root / "raw.sqlite", "FULL", args.raw)
+            raw = (raw_before + raw_after) / 2
+            messages = pairs * (args.messages // pairs)
+            figure: dict[str, Any] = {
+                "messages_per_s": rate,
+                "raw_commits_per_s": raw,
+                "raw_commits_per_s_before_after": [raw_before, raw_after],
+                "ratio_to_raw_commits": rate / raw,
+                "daemon_cpu_us_per_message": cpu / messages * 1e6,
+            }
+            if pairs in (1, 16):
+                target = TARGET_RATIO_1 if pairs == 1 else TARGET_RATIO_16
+                figure["target_ratio"] = target
+                figure["meets_target"] = rate / raw >= target
+            if pairs == 16:
+                figure["target_cpu_us_per_message"] = TARGET_CPU_US_PER_MESSAGE
+                figure["meets_cpu_target"] = cpu / messages * 1e6 <= TARGET_CPU_US_PER_MESSAGE
+            throughput[f"pairs_{pairs}"] = figure
+        results["throughput"] = throughput
+        paths = Paths(state_dir=root / "sh", run_dir=root / "rh")
+        prefill_history(paths.broker_db, args.history, ["h0", "h1", "h2", "h3"])
+        results["history"], _ = run_daemon(paths, history_latency, args.samples, floor["p50_ms"])
+        results["history"]["messages"] = args.history
+        paths = Paths(state_dir=root / "sw", run_dir=root / "rw")
+
+        async def wake(paths: Paths, pid: int) -> dict[str, Any]:
+            return await wake_latency(paths, 100, args.wake_samples, floor["p50_ms"])
+
+        results["wake_latency"], _ = run_daemon(paths, wake)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,10 @@ def broadcast_prefix(to: str) -> str | None:
     return None
 
 
+#: Inbox queries name the partial index of unacked rows: without statistics (or with stale
+#: ones) sqlite may pick ``messages_recipient`` instead and walk a recipient's whole history
+#: (milliseconds per ``recv`` with tens of thousands of old rows, instead of microseconds).
+INBOX: Final = "INDEXED BY messages_unacked"
 T = TypeVar("T")
 
 
@@ -250,7 +254,7 @@ def sql_take(
     # Start notices first (see _sql_notice), then everything else in id order.
     rows = conn.execute(
         "SELECT id, sender, recipient, body, sent_at, in_reply_to, redelivered FROM messages "
-        "WHERE recipient = ? AND acked_at IS NULL AND delivered_at IS NULL "
+        f"{INBOX} WHERE recipient = ? AND acked_at IS NULL AND delivered_at IS NULL "
         "ORDER BY (sender = ? AND transient = 1) DESC, id LIMIT ?",
         (recipient, SYSTEM, limit),
     ).fetchall()
@@ -283,7 +287,7 @@ def _sql_notice(conn: sqlite3.Connection, recipient: str, body: str, now: float)
     older messages, so the agent's first turn after a start is on it.
     """
     conn.execute(
-        "DELETE FROM messages WHERE recipient = ? AND sender = ? AND transient = 1 "
+        f"DELETE FROM messages {INBOX} WHERE recipient = ? AND sender = ? AND transient = 1 "
         "AND acked_at IS NULL",
         (recipient, SYSTEM),
     )
@@ -318,7 +322,7 @@ def sql_undeliver(conn: sqlite3.Connection, recipient: str, ids: list[int]) -> i
 
 def sql_requeue(conn: sqlite3.Connection, recipient: str) -> int:
     cur = conn.execute(
-        "UPDATE messages SET delivered_at = NULL, redelivered = 1 "
+        f"UPDATE messages {INBOX} SET delivered_at = NULL, redelivered = 1 "
         "WHERE recipient = ? AND delivered_at IS NOT NULL AND acked_at IS NULL",
         (recipient,),
     )
@@ -327,7 +331,7 @@ def sql_requeue(conn: sqlite3.Connection, recipient: str) -> int:
 
 def sql_unread(conn: sqlite3.Connection, recipient: str) -> int:
     row = conn.execute(
-        "SELECT COUNT(*) FROM messages WHERE recipient = ? AND acked_at IS NULL "
+        f"SELECT COUNT(*) FROM messages {INBOX} WHERE recipient = ? AND acked_at IS NULL "
         "AND delivered_at IS NULL",
         (recipient,),
     ).fetchone()
@@ -336,7 +340,7 @@ def sql_unread(conn: sqlite3.Connection, recipient: str) -> int:
 
 def sql_unread_by_recipient(conn: sqlite3.Connection) -> dict[str, int]:
     rows = conn.execute(
-        "SELECT recipient, COUNT(*) FROM messages WHERE acked_at IS NULL "
+        f"SELECT recipient, COUNT(*) FROM messages {INBOX} WHERE acked_at IS NULL "
         "AND delivered_at IS NULL GROUP BY recipient"
     ).fetchall()
     return {r[0]: int(r[1]) for r in rows}

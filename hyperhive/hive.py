@@ -16,7 +16,9 @@ import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
+import attrs
 import trio
 
 from hyperhive import contract, system_messages, topology
@@ -27,6 +29,7 @@ from hyperhive.agent_config import (
     seed_agent_toml,
 )
 from hyperhive.agent_setup import load_applied_config, prepare_agent_repos, proposed_repo
+from hyperhive.agent_views import AgentFacts, AgentViews
 from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref, sql_fail_pending
 from hyperhive.broker import Broker, Outbox, SentMessage
 from hyperhive.config import BACKENDS, MAX_LOG_LINES, MAX_PAUSE_REASON, Config
@@ -57,7 +60,6 @@ from hyperhive.ledger import (
     BY_BUDGET,
     Budget,
     Ledger,
-    Spend,
     Sums,
     budget_of,
     limit_reached,
@@ -130,6 +132,13 @@ class Hive:
             self.events,
             backend=self.backend,
             serve_socket=serve_agent_socket,
+        )
+        #: Agent views for listings and the dashboard (no file read per request).
+        self.views = AgentViews(
+            self.events,
+            records=self.registry.all,
+            read_facts=self.read_facts,
+            build=self._agent_view,
         )
         self.broker = Broker(
             db,
@@ -729,38 +738,47 @@ class Hive:
 
     async def agent_infos(self) -> list[AgentInfo]:
         unread = await self.broker.unread_by_recipient()
-        spend = await self.ledger.spend()
-        targeting = await self.schedules.targeting_all()
-        reminders = await self.reminders.pending_by_agent()
-        return [
-            await self.agent_info(
-                r,
-                unread.get(r.name, 0),
-                spend,
-                reminders.get(r.name, 0),
-                targeting.get(r.name, []),
-            )
-            for r in self.registry.all()
-            if r.state != AgentState.DESTROYED
-        ]
+        return await self.views.infos(unread, await self.agent_extras())
 
-    async def agent_info(
-        self,
-        record: AgentRecord,
-        unread: int | None = None,
-        spend: Spend | None = None,
-        reminders: int | None = None,
-        schedules: list[int] | None = None,
-    ) -> AgentInfo:
+    async def agent_extras(self) -> dict[str, dict[str, Any]]:
+        """The fields of the agents' views that change without an event naming the agent
+        (spend, pending reminders, schedules, disk usage): a few aggregate queries per
+        request and the last disk measurement, no file read; JSON-ready values."""
+        today, total, ctx = await self.ledger.spend()
+        reminders = await self.reminders.pending_by_agent()
+        targeting = await self.schedules.targeting_all()
+        disk = self.disk_usage.agents if self.disk_usage else {}
+        extras: dict[str, dict[str, Any]] = {}
+        for name in {*today, *total, *ctx, *reminders, *targeting, *disk}:
+            extras[name] = {
+                "cost_today_usd": today.get(name, Sums()).cost_usd,
+                "cost_total_usd": total.get(name, Sums()).cost_usd,
+                "ctx_tokens": ctx.get(name),
+                "pending_reminders": reminders.get(name, 0),
+                "schedules": list(targeting.get(name, [])),
+                "disk_bytes": disk.get(name),
+            }
+        return extras
+
+    async def agent_info(self, record: AgentRecord, unread: int | None = None) -> AgentInfo:
         if unread is None:
             unread = await self.broker.unread(record.name)
-        if spend is None:
-            spend = await self.ledger.spend()
-        today, total, ctx = spend
-        if reminders is None:
-            reminders = await self.reminders.pending_count(record.name)
-        if schedules is None:
-            schedules = await self.schedules.targeting(record.name)
+        view = self._agent_view(record, await self.views.facts(record.name))
+        extra = (await self.agent_extras()).get(record.name, {})
+        return attrs.evolve(view, unread=unread, **extra)
+
+    def read_facts(self, name: str) -> AgentFacts:
+        """What an agent's files say, for its view (blocking: :class:`AgentViews` runs it in
+        a worker thread, never per request)."""
+        return AgentFacts(
+            model=self.registry.model(name),
+            ui_url=self.registry.ui_url(name),
+            logged_in=self.config.paths.credentials_file(name).is_file(),
+        )
+
+    def _agent_view(self, record: AgentRecord, facts: AgentFacts) -> AgentInfo:
+        """An agent's view from its record and facts; ``unread`` and the extras of
+        :meth:`agent_extras` are left at their defaults (sans-IO)."""
         return AgentInfo(
             name=record.name,
             role=record.role,
@@ -768,35 +786,36 @@ class Hive:
             backend=record.backend,
             created_at=record.created_at,
             parent=self.registry.parent(record.name),
-            model=self.registry.model(record.name),
+            model=facts.model,
             status_text=record.status_text,
-            unread=unread,
+            unread=0,
             harness_connected=self.registry.harnesses[record.name] > 0,
             transient=record.transient,
             transient_since=record.transient_since,
             pid=record.pid,
             warning="; ".join(
-                w for w in (self._agent_credentials_warning(record), record.warning) if w
+                w for w in (self._agent_credentials_warning(record, facts), record.warning) if w
             )
             or None,
-            ui_url=self.registry.ui_url(record.name),
-            disk_bytes=self.disk_usage.agents.get(record.name) if self.disk_usage else None,
+            ui_url=facts.ui_url,
             paused_at=record.paused_at,
             paused_reason=record.paused_reason,
             paused_by=record.paused_by,
-            cost_today_usd=today.get(record.name, Sums()).cost_usd,
-            cost_total_usd=total.get(record.name, Sums()).cost_usd,
-            ctx_tokens=ctx.get(record.name),
-            schedules=schedules,
             lead=self.registry.is_lead(record.name),
-            pending_reminders=reminders,
         )
 
-    def _agent_credentials_warning(self, record: AgentRecord) -> str | None:
+    def _agent_credentials_warning(
+        self, record: AgentRecord, facts: AgentFacts | None = None
+    ) -> str | None:
         if record.backend == "external" or record.state == AgentState.DESTROYED:
             return None  # an external agent's credentials are not ours to see
-        login = self.config.paths.credentials_file(record.name)
-        return credentials_warning(os.environ, login.is_file())
+        if facts is None:
+            facts = self.views.cached_facts(record.name)
+        if facts is None:
+            logged_in = self.config.paths.credentials_file(record.name).is_file()
+        else:
+            logged_in = facts.logged_in
+        return credentials_warning(os.environ, logged_in)
 
     def credentials_warning(self) -> str | None:
         """Which agents have no API key in the daemon's environment and no claude login."""

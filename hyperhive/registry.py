@@ -17,7 +17,7 @@ import sqlite3
 import stat
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -183,6 +183,40 @@ def read_allowed_recipients(agent_toml: Path) -> frozenset[str] | None:
 SocketServer = Callable[[Path, Principal], Awaitable[None]]
 
 
+class AgentTable(MutableMapping[str, AgentRecord]):
+    """The in-memory copy of ``agents`` by name, with the set of live names kept up to date
+    on every change: a send checks its recipient in O(1), never by listing all agents."""
+
+    def __init__(self, records: Mapping[str, AgentRecord] | None = None) -> None:
+        self._records: dict[str, AgentRecord] = {}
+        self.live: set[str] = set()
+        for name, record in (records or {}).items():
+            self[name] = record
+
+    def __getitem__(self, name: str) -> AgentRecord:
+        return self._records[name]
+
+    def __setitem__(self, name: str, record: AgentRecord) -> None:
+        self._records[name] = record
+        if record.state == AgentState.DESTROYED:
+            self.live.discard(name)
+        else:
+            self.live.add(name)
+
+    def __delitem__(self, name: str) -> None:
+        del self._records[name]
+        self.live.discard(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._records
+
+
 class Registry:
     def __init__(
         self,
@@ -200,7 +234,7 @@ class Registry:
         self._backend = backend
         self._serve_socket = serve_socket
         self._clock = clock
-        self._agents: dict[str, AgentRecord] = {}
+        self._agents = AgentTable()
         self._allowed: dict[str, frozenset[str] | None] = {}
         #: Agents whose applied agent.toml says ``lead = true``.
         self._leads: set[str] = set()
@@ -234,10 +268,12 @@ class Registry:
         return frozenset(self._agents)
 
     def live(self) -> frozenset[str]:
-        return frozenset(n for n, r in self._agents.items() if r.state != AgentState.DESTROYED)
+        return frozenset(self._agents.live)
 
-    def directory(self) -> tuple[frozenset[str], frozenset[str]]:
-        return self.known(), self.live()
+    def directory(self) -> tuple[Collection[str], Collection[str]]:
+        """``(known, live)`` for the broker's recipient check: live views of the table, not
+        copies (the check is synchronous; a send must not cost a pass over every agent)."""
+        return self._agents.keys(), self._agents.live
 
     def allowed_recipients(self, name: str) -> frozenset[str] | None:
         return self._allowed.get(name)
@@ -302,7 +338,7 @@ class Registry:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the table, make sure the manager exists, bind every live agent's socket."""
         records = await self._db.transaction(_load_all)
-        self._agents = {r.name: r for r in records}
+        self._agents = AgentTable({r.name: r for r in records})
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await self.register(MANAGER, role=AgentRole.MANAGER)

@@ -310,6 +310,64 @@ class _Reader:
         self.held = 0
 
 
+class _Watch:
+    """What the reader task of a connection tells its request loop (sans-IO state).
+
+    One task per connection reads the socket the whole time (framing into ``pending``, up to
+    one line's worth queued): the request loop waits on :meth:`wait`, and a hang-up or a
+    broken bound during a long-poll cancels it through :attr:`blocking`. A long-poll so costs
+    no task of its own (it used to cost a nursery, two tasks and a cancel per request).
+    """
+
+    def __init__(self) -> None:
+        #: The client closed its side (or the socket broke).
+        self.eof = False
+        #: The cancel scope of the long-poll in progress, if any.
+        self.blocking: trio.CancelScope | None = None
+        self._changed = trio.Event()
+        self._room = trio.Event()
+
+    def changed(self) -> None:
+        """A frame came, the client hung up, or a bound was broken."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait(self) -> None:
+        await self._changed.wait()
+
+    def took(self) -> None:
+        """The loop took a frame: a reader paused behind a full queue may go on."""
+        self._room.set()
+        self._room = trio.Event()
+
+    async def wait_room(self) -> None:
+        await self._room.wait()
+
+    def ended(self) -> None:
+        """No more frames will come: wake the loop and end a long-poll in progress."""
+        self.changed()
+        if self.blocking is not None:
+            self.blocking.cancel()
+
+
+async def _read_forever(reader: _Reader, watch: _Watch) -> None:
+    """The reader task: frame what the client sends until it hangs up or breaks a bound."""
+    try:
+        while True:
+            while reader.pending_bytes >= reader.buffer.max_line:
+                await watch.wait_room()  # enough queued: leave the rest in the kernel
+            if not await reader.fill():
+                watch.eof = True
+                break
+            watch.changed()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        watch.eof = True
+    except _Cut as cut:
+        reader.cut = str(cut)
+        reader.release()  # now: the socket's other connections may use its bytes
+    watch.ended()
+
+
 async def handle_connection(
     stream: trio.SocketStream,
     principal: Principal,
@@ -328,8 +386,18 @@ async def handle_connection(
         budget = SocketBudget(SocketLimits.for_kind(principal.kind))
     conn = Connection(principal, _peer_pid(stream))
     reader = _Reader(stream, principal, budget)
+    watch = _Watch()
     try:
-        await _serve(conn, reader, endpoint, stream, drain or Drain())
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_forever, reader, watch)
+            try:
+                await _serve(conn, reader, watch, endpoint, stream, drain or Drain())
+            except Exception as exc:  # re-raised below, outside the task group
+                failure = exc
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     except _Cut as cut:
@@ -361,6 +429,7 @@ async def _say_last(stream: trio.SocketStream, reason: str, protocol: int | None
 async def _serve(
     conn: Connection,
     reader: _Reader,
+    watch: _Watch,
     endpoint: Endpoint,
     stream: trio.SocketStream,
     drain: Drain,
@@ -368,15 +437,20 @@ async def _serve(
     while True:
         line = reader.next_frame()
         if line is None:
+            if reader.cut is not None:
+                raise _Cut(reader.cut)
+            if watch.eof:
+                return
             with drain._waiting() as waiting:
-                more = await reader.fill()
-            if waiting.cancelled_caught or not more:
+                await watch.wait()
+            if waiting.cancelled_caught:
                 return
             continue
+        watch.took()
         request: Request | None = None
         reply: Reply | None = None
         if isinstance(line, bytes):
-            request, reply, wire, hung_up = await _answer(conn, line, endpoint, reader)
+            request, reply, wire, hung_up = await _answer(conn, line, endpoint, watch, reader)
             if hung_up:
                 if request is not None and reply is not None:
                     with trio.CancelScope(shield=True):
@@ -441,14 +515,14 @@ async def _follow(
 
 
 async def _answer(
-    conn: Connection, line: bytes, endpoint: Endpoint, reader: _Reader
+    conn: Connection, line: bytes, endpoint: Endpoint, watch: _Watch, reader: _Reader
 ) -> tuple[Request | None, Reply | None, bytes, bool]:
     """Decode and dispatch one line: (request, reply, bytes to send, client hung up)."""
     request: Request | None = None
     try:
         request = conn.principal.table.decode(line)
         if endpoint.blocks(request):
-            reply, hung_up = await _dispatch_watching(conn, request, endpoint, reader)
+            reply, hung_up = await _dispatch_watching(conn, request, endpoint, watch, reader)
             if reply is None:
                 return request, None, b"", hung_up
         else:
@@ -473,48 +547,27 @@ def _envelope(conn: Connection) -> int | None:
 
 
 async def _dispatch_watching(
-    conn: Connection, request: Request, endpoint: Endpoint, reader: _Reader
+    conn: Connection, request: Request, endpoint: Endpoint, watch: _Watch, reader: _Reader
 ) -> tuple[Reply | None, bool]:
-    """Dispatch while reading the socket: a hang-up cancels the request.
+    """Dispatch a long-poll that a hang-up (or a broken bound) cancels.
 
     Without this a long-poll ``recv`` of a client that went away would stay parked and,
-    woken by the next send, take that message for nobody. Requests the client pipelined
-    meanwhile are queued for their turn (up to one line's worth; then reading pauses), and
-    a line started meanwhile still has its deadline.
+    woken by the next send, take that message for nobody. The connection's reader task
+    goes on meanwhile: requests the client pipelined are queued for their turn (up to one
+    line's worth; then reading pauses), and a line started meanwhile still has its deadline.
     """
+    if watch.eof or reader.cut is not None:
+        return None, watch.eof
     reply: Reply | None = None
-    failure: Exception | None = None
-    hung_up = False
-    async with trio.open_nursery() as nursery:
-
-        async def watch() -> None:
-            nonlocal hung_up
-            try:
-                while True:
-                    if reader.pending_bytes >= reader.buffer.max_line:
-                        await trio.sleep_forever()  # enough queued: leave the rest in the kernel
-                    if not await reader.fill():
-                        hung_up = True
-                        break
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                hung_up = True
-            except _Cut as cut:
-                reader.cut = str(cut)
-            nursery.cancel_scope.cancel()
-
-        async def run() -> None:
-            nonlocal reply, failure
-            try:
-                reply = await endpoint.dispatch(conn, request)
-            except Exception as exc:  # re-raised below, outside the task group
-                failure = exc
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(watch)
-        nursery.start_soon(run)
-    if failure is not None:
-        raise failure
-    return reply, hung_up
+    with trio.CancelScope() as scope:
+        watch.blocking = scope
+        try:
+            reply = await endpoint.dispatch(conn, request)
+        finally:
+            watch.blocking = None
+    if scope.cancelled_caught:
+        return None, watch.eof
+    return reply, False
 
 
 def _socket_for(path: Path) -> trio.socket.SocketType:

@@ -23,6 +23,8 @@
         │           ├── housekeeping_loop *  every 30 s: running agents' logs over the cap
         │           │                        rotated; every 5 min: disk usage measured
         │           ├── SpaceMonitor.run *   statvfs of the state dir every 30 s and on disk-full
+        │           ├── AgentViews.refresh_loop *
+        │           │                        every 2 s: agents' model, UI socket, login (a thread)
         │           ├── serve_dashboard *    with --dashboard-bind: hypercorn-trio; started(urls)
         │           └── serve_unix_socket    <run>/host.sock (operator)
         └── _watchdog_pings                  start_soon, only when WATCHDOG_USEC is set; pings
@@ -256,6 +258,7 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
                     ("the retention loop", functools.partial(retention_loop, hive)),
                     ("the housekeeping loop", functools.partial(housekeeping_loop, hive)),
                     ("the free-space monitor", hive.space.run),
+                    ("the agent views", hive.views.refresh_loop),
                 ):
                     await nursery.start(
                         functools.partial(

@@ -22,6 +22,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+import orjson
 import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -257,7 +258,8 @@ class Dashboard:
     # ------------------------------------------------------------ reads
 
     async def state(self, request: Request) -> Response:
-        return JSONResponse(await self.snapshot())
+        # orjson: the snapshot of a thousand agents is a few hundred kB of JSON.
+        return Response(orjson.dumps(await self.snapshot()), media_type="application/json")
 
     async def snapshot(self) -> dict[str, Any]:
         """The state with the ``seq`` it is consistent with.
@@ -277,8 +279,23 @@ class Dashboard:
 
     async def _read_snapshot(self, seq: int) -> dict[str, Any]:
         hive = self.hive
-        approvals = await hive.approvals.list(pending_only=False)
-        questions = await hive.questions.list(include_answered=True)
+        # The database reads are queued together, so they share one batch of the writer.
+        reads: dict[str, Any] = {}
+
+        async def read(key: str, fn: Callable[[], Awaitable[Any]]) -> None:
+            reads[key] = await fn()
+
+        async with trio.open_nursery() as nursery:
+            for key, fn in (
+                ("approvals", lambda: hive.approvals.list(pending_only=False)),
+                ("questions", lambda: hive.questions.list(include_answered=True)),
+                ("unread", hive.broker.unread_by_recipient),
+                ("extras", hive.agent_extras),
+                ("inbox", lambda: hive.broker.recent(OPERATOR, INBOX_LIMIT)),
+                ("flow", lambda: hive.broker.flow(FLOW_LIMIT)),
+            ):
+                nursery.start_soon(read, key, fn)
+        approvals, questions = reads["approvals"], reads["questions"]
         return {
             "seq": seq,
             "csrf": self.auth.csrf,
@@ -286,7 +303,7 @@ class Dashboard:
             "backend": hive.backend,
             "problems": hive.problems_now(),
             "state_dir_bytes": hive.disk_usage.total if hive.disk_usage else None,
-            "agents": CONVERTER.unstructure(await hive.agent_infos()),
+            "agents": await hive.views.wire(reads["unread"], reads["extras"]),
             "isolated": hive.isolation(),
             "tombstones": CONVERTER.unstructure(await hive.tombstones()),
             "approvals": CONVERTER.unstructure(
@@ -298,8 +315,8 @@ class Dashboard:
                 + [q for q in questions if q.answered_at is not None][-HISTORY_LIMIT:]
             ),
             "reminders": CONVERTER.unstructure(await hive.reminders.list()),
-            "inbox": CONVERTER.unstructure(await hive.broker.recent(OPERATOR, INBOX_LIMIT)),
-            "flow": CONVERTER.unstructure(await hive.broker.flow(FLOW_LIMIT)),
+            "inbox": CONVERTER.unstructure(reads["inbox"]),
+            "flow": CONVERTER.unstructure(reads["flow"]),
             "spend": await self._hive_spend(),
             "schedules": CONVERTER.unstructure(await hive.schedules.list()),
             "now": time.time(),

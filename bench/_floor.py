@@ -1,0 +1,118 @@
+"""Baselines measured in the same run as the figures they are divided by.
+
+- :func:`raw_commits_per_second`: single-row ``BEGIN IMMEDIATE … COMMIT`` transactions on the
+  broker's own schema (its migrations, its indexes), WAL, at a given ``synchronous``: the cost
+  floor of one durable write on this disk.
+- :func:`echo_floor`: the round trip of a JSON line through a trio echo server in its own
+  process over a unix socket: the floor of any request/reply on the daemon's sockets.
+- :func:`prefill_history`: an old, acked message history written straight into a fresh
+  ``broker.sqlite`` before the daemon starts (the state of a hive that ran for a long time).
+- :func:`cpu_seconds`: user+system CPU of a process (all its threads), from ``/proc``.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from hyperhive.store import BROKER_MIGRATIONS, connect
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def raw_commits_per_second(path: Path, synchronous: str, n: int) -> float:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    conn = connect(path, synchronous=synchronous, migrations=BROKER_MIGRATIONS)
+    start = time.perf_counter()
+    for i in range(n):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "INSERT INTO messages (sender, recipient, body, sent_at) VALUES (?, ?, ?, ?)",
+            ("s0", "r0", f"message {i}", time.time()),
+        )
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return n / elapsed
+
+
+def prefill_history(db: Path, messages: int, recipients: list[str]) -> None:
+    """``messages`` acked messages, spread over ``recipients``, in a new broker database."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(db, synchronous="NORMAL", migrations=BROKER_MIGRATIONS)
+    now = time.time() - 3600
+    conn.execute("BEGIN")
+    batch = 10_000
+    for first in range(0, messages, batch):
+        conn.executemany(
+            "INSERT INTO messages (sender, recipient, body, sent_at, delivered_at, acked_at) "
+            "VALUES ('manager', ?, ?, ?, ?, ?)",
+            [
+                (recipients[i % len(recipients)], f"old message {i}", now, now, now)
+                for i in range(first, min(first + batch, messages))
+            ],
+        )
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+ECHO_SERVER = """
+import sys, trio
+async def handle(stream):
+    buf = b""
+    async for data in stream:
+        buf += data
+        while b"\\n" in buf:
+            line, buf = buf.split(b"\\n", 1)
+            await stream.send_all(line + b"\\n")
+async def main(path):
+    sock = trio.socket.socket(trio.socket.AF_UNIX)
+    await sock.bind(path)
+    sock.listen(16)
+    print("ready", flush=True)
+    await trio.serve_listeners(handle, [trio.SocketListener(sock)])
+trio.run(main, sys.argv[1])
+"""
+
+
+def start_echo(path: Path) -> subprocess.Popen[bytes]:
+    """The trio echo server, in its own process, listening at ``path``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ECHO_SERVER, os.fspath(path)], stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"ready"
+    return proc
+
+
+async def echo_floor(path: Path, samples: int, line: bytes) -> dict[str, Any]:
+    """p50/p99 (ms) of a line's round trip through the echo server at ``path``."""
+    times = []
+    async with await trio.open_unix_socket(os.fspath(path)) as stream:
+        for i in range(samples + 50):
+            start = time.perf_counter()
+            await stream.send_all(line)
+            got = b""
+            while not got.endswith(b"\n"):
+                got += await stream.receive_some(65536)
+            if i >= 50:  # warm-up
+                times.append(time.perf_counter() - start)
+    times.sort()
+    return {
+        "samples": samples,
+        "p50_ms": statistics.median(times) * 1000,
+        "p99_ms": times[int(len(times) * 0.99) - 1] * 1000,
+    }
