@@ -517,6 +517,10 @@ class TurnLoop:
             continue_session=True,
             settings=os.fspath(self._settings_file),
         )
+        self._open_tools()
+        model = self.model.read()
+        before = await trio.to_thread.run_sync(state_fingerprint, self.cfg.state_dir)
+        started = trio.current_time()
         state = TurnState.COMPACTING if compacting else TurnState.THINKING
         view.set_turn_state(state)
         obs = TurnObserver(state=state)
@@ -554,10 +558,24 @@ class TurnLoop:
         except OSError as exc:
             on_stderr(f"cannot start {self.cfg.claude}: {exc}")
         finally:
+            if self.mcp_host is not None:
+                self.mcp_host.close_turn()
             self.commands.control = None
             view.set_turn_state(TurnState.IDLE)
         if not compacting and (obs.ctx is not None or obs.cost is not None):
             view.set_token_usage(obs.ctx, obs.cost, obs.cost_usd)
+        # What it cost goes into the spend ledger like any turn's (no message of its own).
+        after = await trio.to_thread.run_sync(state_fingerprint, self.cfg.state_dir)
+        self.reports.add(
+            turn_report(
+                obs,
+                outcome=judge(obs, exit_code, cancelled=control.cancelled.is_set()).outcome.value,
+                duration=round(trio.current_time() - started, 3),
+                model=model,
+                message_id=None,
+                files_changed=before != after,
+            )
+        )
         return obs, exit_code, control.cancelled.is_set()
 
     # ------------------------------------------------------------ session breaks
@@ -633,6 +651,21 @@ class TurnLoop:
 
     # ------------------------------------------------------------ one claude run
 
+    def _open_tools(self) -> None:
+        """A fresh secret for this run's tools, and the MCP config that carries it."""
+        if self.mcp_host is None:
+            return
+        token = self.mcp_host.open_turn()
+        try:
+            self._write_mcp_config(
+                self.mcp_host.config(self.python, token, self.cfg.extra_mcp_servers)
+            )
+        except OSError as exc:
+            # No stale config with an old secret: claude fails the turn instead.
+            self.events.note(f"cannot write the MCP config {self._mcp_config_file}: {exc}")
+            with contextlib.suppress(OSError):
+                self._mcp_config_file.unlink()
+
     async def _turn(
         self, message: Message, unread: int | None, *, fresh_session: bool
     ) -> tuple[Verdict, float]:
@@ -658,17 +691,7 @@ class TurnLoop:
             )
             prompt = preface + "\n\n" + prompt
             events.note(new_session_note(brk))
-        if self.mcp_host is not None:
-            token = self.mcp_host.open_turn()
-            try:
-                self._write_mcp_config(
-                    self.mcp_host.config(self.python, token, self.cfg.extra_mcp_servers)
-                )
-            except OSError as exc:
-                # No stale config with an old secret: claude fails the turn instead.
-                events.note(f"cannot write the MCP config {self._mcp_config_file}: {exc}")
-                with contextlib.suppress(OSError):
-                    self._mcp_config_file.unlink()
+        self._open_tools()
         argv = claude_argv(
             self.cfg.claude,
             model=model,
