@@ -420,6 +420,7 @@ class Hive:
         Idempotent, and ordered so that a registered agent always has its directories and
         repos: they are made (or found) first, then the registry row is written.
         """
+        self._budgets.pop(name, None)  # read again from its (possibly new) applied config
         before = self.registry.get(name).state if name in self.registry.known() else None
         first_start = "revived" if before == AgentState.DESTROYED else None
         if before is None:

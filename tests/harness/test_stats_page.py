@@ -12,6 +12,7 @@ import pytest
 import trio
 from playwright.sync_api import Page, expect
 
+from hyperhive.client import Client
 from hyperhive.config import Config
 from hyperhive.supervisor import Daemon, Hive, open_daemon
 from tests.conftest import make_paths
@@ -113,6 +114,24 @@ async def test_dashboard_and_agent_stats_page_show_the_scripted_turns(
                 expect(stats.locator("#stats-outcomes")).to_have_text("outcomes (total) · ok 2")
 
             await chromium.run(stats_page, dash)
+
+            # A pause shows on the row (a budget's reason reads the same way).
+            async with await Client.connect(paths.host_socket, hello_role="cli") as host:
+                paused = await host.request(
+                    {"cmd": "pause", "names": ["alice"], "reason": "checking the bill"}
+                )
+            assert paused["ok"], paused
+
+            def paused_row(page: Page) -> None:
+                page.goto(base_url(inproc) + "/")
+                row = page.get_by_role("article", name="agent alice")
+                expect(row.locator(".badge", has_text="⏸ paused")).to_be_visible()
+                expect(row.locator(".paused")).to_have_text(
+                    "⏸ paused by operator: checking the bill"
+                )
+                expect(row.locator(".spend")).to_have_text(f"{money} today · {money} total")
+
+            await chromium.run(paused_row, dash)
         finally:
             with trio.CancelScope(shield=True):
                 await chromium.run(context.close)
