@@ -13,6 +13,7 @@ import socket
 import types
 import typing
 from collections.abc import Iterator
+from enum import StrEnum
 from typing import Any, Literal, get_args, get_origin
 
 import attrs
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hyperhive.client import Client
-from hyperhive.config import MAX_JSON_DEPTH
+from hyperhive.config import MAX_JSON_DEPTH, PROTOCOL_VERSION
 from hyperhive.protocol import AGENT_TABLE, CONVERTER, HOST_TABLE, MANAGER_TABLE, RequestTable
 from hyperhive.protocol._bounds import bounds_of
 from hyperhive.protocol._codec import _wire_name
@@ -55,7 +56,7 @@ def accepted_kinds(tp: Any) -> set[str]:
         return {"int"}
     if tp is float:
         return {"int", "float"}
-    if tp is str:
+    if tp is str or (isinstance(tp, type) and issubclass(tp, StrEnum)):
         return {"str"}
     if tp is bool:
         return {"bool"}
@@ -262,6 +263,7 @@ async def test_client_sees_the_reason_for_a_field_out_of_range(fuzz_daemon: Sync
         reply = await host.request({"cmd": "approve", "id": 2**63})
         assert reply == {
             "ok": False,
+            "protocol": PROTOCOL_VERSION,
             "error": (
                 "invalid 'approve' request: id must be between 1 and 9223372036854775807 @ $.id"
             ),
