@@ -439,7 +439,7 @@ class Registry:
                 return None if also is None else also(conn)
 
             result = await self._db.transaction(tx)
-            self._agents[name] = self._with_pause_of(self.get(name), record)
+            self._agents[name] = self._with_pause_of(self._agents.get(name, record), record)
             for child, parent in adopted.items():
                 self._agents[child] = attrs.evolve(
                     self._agents[child], parent=parent, updated_at=record.updated_at
@@ -487,7 +487,7 @@ class Registry:
         """Change fields of an agent's record, persist it, and publish ``agent_changed``."""
         record = attrs.evolve(self.get(name), updated_at=self._clock(), **changes)
         await self._db.transaction(lambda conn: _upsert(conn, record))
-        record = self._with_pause_of(self.get(name), record)
+        record = self._with_pause_of(self._agents.get(name, record), record)
         self._agents[name] = record
         self._events.emit(
             ev.AgentChanged(

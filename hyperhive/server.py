@@ -25,7 +25,7 @@ import os
 import socket as stdlib_socket
 import stat
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
@@ -99,7 +99,7 @@ class Connection:
 class Feed(Protocol):
     """What a watching connection pushes (:class:`hyperhive.watch.Feed`)."""
 
-    def lines(self) -> AsyncIterator[bytes]: ...
+    def lines(self) -> AsyncGenerator[bytes, None]: ...
 
     def close(self) -> None:
         """Unsubscribe (the connection ended); called by the endpoint's ``closed``."""
@@ -476,12 +476,12 @@ async def _serve(
 
 
 async def _follow(
-    feed: AsyncIterator[bytes], reader: _Reader, stream: trio.SocketStream, drain: Drain
+    feed: AsyncGenerator[bytes, None], reader: _Reader, stream: trio.SocketStream, drain: Drain
 ) -> None:
     """Push ``feed``'s lines to a watching connection until the feed ends, the client hangs
     up or sends anything more, a line cannot be written within ``WATCH_SEND_SECONDS``
     (the client does not read), or the daemon drains."""
-    async with contextlib.aclosing(feed), trio.open_nursery() as nursery:  # type: ignore[type-var]
+    async with contextlib.aclosing(feed), trio.open_nursery() as nursery:
 
         async def hang_up() -> None:
             try:

@@ -14,7 +14,7 @@ adapter the socket server writes out.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Final
 
 import trio
@@ -82,7 +82,7 @@ class Feed:
     def close(self) -> None:
         self._events.close()
 
-    async def lines(self) -> AsyncIterator[bytes]:
+    async def lines(self) -> AsyncGenerator[bytes, None]:
         while True:
             try:
                 event = await self._events.receive()

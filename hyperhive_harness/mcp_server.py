@@ -308,6 +308,9 @@ def format_meta(meta: AgentMetaReply) -> str:
     ]
     if meta.parent:
         lines.append(f"parent: {meta.parent}")
+    if meta.paused_at is not None:
+        why = f": {meta.paused_reason}" if meta.paused_reason else ""
+        lines.append(f"paused: by {meta.paused_by}{why} (it is handed no messages until resumed)")
     if meta.schedules:
         lines.append(f"schedules delivering to it: {', '.join(f'#{i}' for i in meta.schedules)}")
     return "\n".join(lines)
@@ -324,6 +327,10 @@ def format_agents(reply: AgentsReply) -> str:
         )
         if a.status_text:
             line += f", status {a.status_text!r}"
+        if a.paused_at is not None:
+            line += f", PAUSED by {a.paused_by}" + (
+                f" ({a.paused_reason})" if a.paused_reason else ""
+            )
         lines.append(line)
     return "\n".join(lines)
 

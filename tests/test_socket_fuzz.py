@@ -13,6 +13,7 @@ import socket
 import types
 import typing
 from collections.abc import Iterator
+from enum import StrEnum
 from typing import Any, Literal, get_args, get_origin
 
 import attrs
@@ -55,7 +56,7 @@ def accepted_kinds(tp: Any) -> set[str]:
         return {"int"}
     if tp is float:
         return {"int", "float"}
-    if tp is str:
+    if tp is str or (isinstance(tp, type) and issubclass(tp, StrEnum)):
         return {"str"}
     if tp is bool:
         return {"bool"}

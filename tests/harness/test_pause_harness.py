@@ -10,11 +10,13 @@ from pathlib import Path
 import trio
 
 from hyperhive.client import Client
+from hyperhive.protocol import AgentMetaReply, AgentsReply, GetAgentMeta, ListContainers
 from hyperhive.supervisor import Hive
 from hyperhive_harness.commands import Commands
 from hyperhive_harness.config import HarnessConfig
 from hyperhive_harness.event_log import EventLog
 from hyperhive_harness.loop import TurnLoop
+from hyperhive_harness.mcp_server import format_agents, format_meta
 from hyperhive_harness.model import ModelFile
 from hyperhive_harness.view import Status, View
 
@@ -82,3 +84,20 @@ async def test_a_harness_starting_on_a_paused_agent_shows_the_pause_at_once(
         statuses = [e.data["status"] for e in events.history() if e.kind == "status_changed"]
         assert statuses == ["online", "paused", "online"]
         nursery.cancel_scope.cancel()
+
+
+async def test_the_mcp_tools_tell_an_agent_who_is_paused(hive: Hive) -> None:
+    await hive.spawn("bob")
+    await hive.pause("bob", "daily budget reached", "budget")
+    async with await Client.connect(hive.config.paths.agent_socket("manager")) as manager:
+        meta = await manager.call(GetAgentMeta(name="bob"))
+        listed = await manager.call(ListContainers())
+    assert isinstance(meta, AgentMetaReply) and isinstance(listed, AgentsReply)
+    text = format_meta(meta)
+    assert "paused: by budget: daily budget reached" in text
+    (line,) = [x for x in format_agents(listed).splitlines() if x.startswith("bob:")]
+    assert line.endswith(", PAUSED by budget (daily budget reached)")
+    await hive.resume("bob", "operator")
+    async with await Client.connect(hive.config.paths.agent_socket("manager")) as manager:
+        meta = await manager.call(GetAgentMeta(name="bob"))
+    assert isinstance(meta, AgentMetaReply) and "paused" not in format_meta(meta)
