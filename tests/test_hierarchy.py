@@ -17,6 +17,7 @@ import trio
 
 from hyperhive.broker import resolve_recipients
 from hyperhive.client import Client
+from hyperhive.config import PROTOCOL_VERSION
 from hyperhive.errors import RequestRefused
 from hyperhive.supervisor import Daemon
 from tests.conftest import (
@@ -56,7 +57,8 @@ async def test_set_parent_through_the_host_socket(inproc: Daemon, connect: Conne
             "carol": "manager",
         }
         assert await op.request({"cmd": "set_parent", "child": "bob", "parent": "alice"}) == {
-            "ok": True
+            "ok": True,
+            "protocol": PROTOCOL_VERSION,
         }
         assert (await op.request({"cmd": "set_parent", "child": "carol", "parent": "bob"}))["ok"]
         for child, parent, error in [

@@ -15,7 +15,7 @@ from trio.testing import MockClock
 
 from hyperhive.client import Client
 from hyperhive.clocks import TrioWallClock
-from hyperhive.config import (
+from hyperhive.config import PROTOCOL_VERSION, (
     MAX_PENDING_REMINDERS,
     MAX_RECV_WAIT_SECONDS,
     MAX_REMINDER_ATTEMPTS,
@@ -238,7 +238,11 @@ async def test_the_operator_cancels_a_reminder(hive: Hive, connect: Connect) -> 
         assert (await op.request({"cmd": "cancel_reminder", "id": rid}))["ok"]
         assert (await op.request({"cmd": "reminders"}))["reminders"] == []
         refused = await op.request({"cmd": "retry_reminder", "id": rid})
-        assert refused == {"ok": False, "error": f"no reminder with id {rid}"}
+        assert refused == {
+            "ok": False,
+            "protocol": PROTOCOL_VERSION,
+            "error": f"no reminder with id {rid}",
+        }
 
 
 def test_check_remind_rules() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from playwright.sync_api import Page, expect
 
 from hyperhive.client import Client
+from hyperhive.config import PROTOCOL_VERSION
 from hyperhive.supervisor import Hive
 
 from .conftest import UI
@@ -45,7 +46,7 @@ async def test_the_dashboard_draws_and_edits_the_tree(hive: Hive, ui: UI) -> Non
     # The operator moves carol below bob on host.sock: the page follows live.
     async with await Client.connect(hive.config.paths.host_socket, hello_role="cli") as op:
         reply = await op.request({"cmd": "set_parent", "child": "carol", "parent": "bob"})
-        assert reply == {"ok": True}
+        assert reply == {"ok": True, "protocol": PROTOCOL_VERSION}
 
     def nested(page: Page) -> None:
         carol = page.get_by_role("article", name="agent carol")
