@@ -15,10 +15,11 @@ from trio.testing import MockClock
 
 from hyperhive.client import Client
 from hyperhive.clocks import TrioWallClock
-from hyperhive.config import PROTOCOL_VERSION, (
+from hyperhive.config import (
     MAX_PENDING_REMINDERS,
     MAX_RECV_WAIT_SECONDS,
     MAX_REMINDER_ATTEMPTS,
+    PROTOCOL_VERSION,
     REMINDER_SPILL_CHARS,
     Config,
 )
