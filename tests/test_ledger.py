@@ -32,7 +32,7 @@ from hyperhive.ledger import (
 )
 from hyperhive.names import OPERATOR
 from hyperhive.supervisor import open_daemon
-from hyperhive.web._metrics import DirSize, metrics_text
+from hyperhive.web._metrics import metrics_text
 
 from .conftest import Connect, DaemonProcess, connect_agent, make_paths
 from .test_cli import cli
@@ -254,7 +254,7 @@ async def test_a_hive_budget_pauses_and_a_daemon_started_with_a_higher_one_lifts
         assert record.paused_by == "budget"
         inbox = await hive.operator_inbox(10)
         assert any(m.body.startswith("agent_paused") and "hive total USD" in m.body for m in inbox)
-        exposition = (await metrics_text(hive, DirSize(paths.state_dir))).decode()
+        exposition = (await metrics_text(hive)).decode()
         samples = {
             (sample.name, sample.labels.get("agent")): sample.value
             for family in text_string_to_metric_families(exposition)

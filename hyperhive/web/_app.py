@@ -56,7 +56,7 @@ from hyperhive.runtime import sse
 from hyperhive.runtime.sse import event_stream_response
 from hyperhive.server import Connection, Principal, SocketKind
 from hyperhive.web._auth import CSRF_HEADER, SESSION_COOKIE, Auth
-from hyperhive.web._metrics import CONTENT_TYPE, DirSize, metrics_text
+from hyperhive.web._metrics import CONTENT_TYPE, metrics_text
 from hyperhive.web._proxy import AgentUiProxy, agent_name
 
 if TYPE_CHECKING:
@@ -172,7 +172,6 @@ class Dashboard:
         self.hive = hive
         self.dispatcher = dispatcher
         self.auth = auth
-        self._state_dir_size = DirSize(hive.config.paths.state_dir)
 
     # ------------------------------------------------------------ guards
 
@@ -370,12 +369,10 @@ class Dashboard:
         bearer = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not (self._session(request) or self.auth.check_token(bearer or None)):
             return PlainTextResponse("log in first\n", status_code=401)
-        return Response(
-            await metrics_text(self.hive, self._state_dir_size), media_type=CONTENT_TYPE
-        )
+        return Response(await metrics_text(self.hive), media_type=CONTENT_TYPE)
 
     async def metrics_text(self) -> str:
-        return (await metrics_text(self.hive, self._state_dir_size)).decode()
+        return (await metrics_text(self.hive)).decode()
 
     # ------------------------------------------------------------ actions (POST, host requests)
 

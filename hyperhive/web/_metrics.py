@@ -12,12 +12,9 @@ per :data:`STATE_DIR_BYTES_EVERY` seconds (:class:`DirSize`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -28,49 +25,7 @@ from hyperhive.ledger import Sums
 if TYPE_CHECKING:
     from hyperhive.hive import Hive
 
-#: Seconds a measured state-dir size is reused.
-STATE_DIR_BYTES_EVERY: Final = 60.0
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def dir_bytes(root: Path) -> int:
-    """Bytes allocated under ``root`` (blocking), symlinks not followed."""
-    total = 0
-    stack = [root]
-    while stack:
-        directory = stack.pop()
-        try:
-            entries = list(os.scandir(directory))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                st = entry.stat(follow_symlinks=False)
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-            except OSError:
-                continue
-            total += st.st_blocks * 512
-    return total
-
-
-class DirSize:
-    """The size of a directory tree, measured off the event loop and reused for a while."""
-
-    def __init__(self, root: Path, every: float = STATE_DIR_BYTES_EVERY) -> None:
-        self.root = root
-        self.every = every
-        self._value: int | None = None
-        self._at = -float("inf")
-        self._lock = trio.Lock()
-
-    async def read(self) -> int:
-        async with self._lock:
-            now = trio.current_time()
-            if self._value is None or now - self._at >= self.every:
-                self._value = await trio.to_thread.run_sync(dir_bytes, self.root)
-                self._at = now
-            return self._value
 
 
 class SnapshotCollector(Collector):
@@ -87,7 +42,7 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
-async def read_metrics(hive: Hive, state_dir_size: DirSize) -> list[Metric]:
+async def read_metrics(hive: Hive) -> list[Metric]:
     """Every family of ``/metrics``, with the values of now."""
     families: list[Metric] = []
     agents = GaugeMetricFamily("hyperhive_agents", "Agents by state.", labels=["state"])
@@ -151,13 +106,18 @@ async def read_metrics(hive: Hive, state_dir_size: DirSize) -> list[Metric]:
                 int(space.low),
             ),
         ]
-    families.append(
-        _gauge(
-            "hyperhive_state_dir_bytes",
-            "Bytes used by the state dir (measured at most once a minute).",
-            await state_dir_size.read(),
+    if (usage := hive.disk_usage) is not None:  # measured by the daemon every few minutes
+        families.append(
+            _gauge("hyperhive_state_dir_bytes", "Bytes the state dir takes on disk.", usage.total)
         )
-    )
+        disk = GaugeMetricFamily(
+            "hyperhive_agent_disk_bytes",
+            "Bytes an agent's dir and proposed config repo take on disk.",
+            labels=["agent"],
+        )
+        for name, size in sorted(usage.agents.items()):
+            disk.add_metric([name], size)
+        families.append(disk)
     families += await _ledger_families(hive, [r.name for r in records])
     return families
 
@@ -204,7 +164,7 @@ async def _ledger_families(hive: Hive, names: list[str]) -> list[Metric]:
     return [cost, tokens, turns, crashed, context, paused]
 
 
-async def metrics_text(hive: Hive, state_dir_size: DirSize) -> bytes:
+async def metrics_text(hive: Hive) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(await read_metrics(hive, state_dir_size)))
+    registry.register(SnapshotCollector(await read_metrics(hive)))
     return generate_latest(registry)

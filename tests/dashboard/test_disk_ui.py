@@ -7,11 +7,12 @@ from __future__ import annotations
 import re
 
 from playwright.sync_api import Page, expect
+from prometheus_client.parser import text_string_to_metric_families
 
 from hyperhive.client import Client
-from hyperhive.supervisor import Hive
+from hyperhive.supervisor import Daemon, Hive
 
-from .conftest import UI
+from .conftest import UI, base_url, http
 
 
 def _shown(n: int) -> str:
@@ -23,7 +24,9 @@ def _shown(n: int) -> str:
     return f"{value:.{1 if i else 0}f} {units[i]}"
 
 
-async def test_the_state_dir_and_each_agent_show_their_size(hive: Hive, ui: UI) -> None:
+async def test_the_state_dir_and_each_agent_show_their_size(
+    inproc: Daemon, hive: Hive, ui: UI
+) -> None:
     def header_has_a_size(page: Page) -> None:
         expect(page.locator("#disk")).to_have_text(re.compile(r"^state \d+(\.\d)? (B|KiB|MiB)$"))
 
@@ -44,3 +47,20 @@ async def test_the_state_dir_and_each_agent_show_their_size(hive: Hive, ui: UI) 
         expect(row.locator(".disk")).to_have_text(f"⛁ {_shown(alice['disk_bytes'])}")
 
     await ui(sizes_shown)
+
+    # /metrics says the same, from the same measurement.
+    assert inproc.auth is not None
+    response = await http(
+        base_url(inproc),
+        "GET",
+        "/metrics",
+        headers={"authorization": f"Bearer {inproc.auth.token}"},
+    )
+    assert response.status == 200
+    samples = {
+        (sample.name, sample.labels.get("agent")): sample.value
+        for family in text_string_to_metric_families(response.body.decode())
+        for sample in family.samples
+    }
+    assert samples[("hyperhive_state_dir_bytes", None)] == status["state_dir_bytes"]
+    assert samples[("hyperhive_agent_disk_bytes", "alice")] == alice["disk_bytes"]
