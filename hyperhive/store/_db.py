@@ -1,10 +1,8 @@
 """One sqlite database behind one writer connection, reached from trio.
 
 Every piece of work is a plain synchronous function of a ``sqlite3.Connection`` (the sans-IO
-side). :meth:`Database.transaction` queues it; one writer thread (the connection's own, for
-the database's lifetime) takes everything queued so far and runs it in a single
-``BEGIN IMMEDIATE … COMMIT`` (group commit), then hands the results back to trio through
-its token (no thread-pool hop per batch),
+side). :meth:`Database.transaction` queues it; one writer task takes everything queued so far
+and runs it in a single ``BEGIN IMMEDIATE … COMMIT`` on one worker-thread hop (group commit),
 each function inside its own savepoint, so a failing function rolls back alone and a burst of
 concurrent writers shares one fsync. A function's result is returned only after the commit,
 so whatever the caller was told is durable at the database's ``synchronous`` level.
@@ -35,7 +33,6 @@ import errno
 import logging
 import os
 import sqlite3
-import threading
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -222,9 +219,7 @@ class Database:
         self._synchronous = _check_sync(synchronous)
         self._current_sync = self._synchronous
         self._queue: list[_Job[Any]] = []
-        #: Guards ``_queue`` and ``_stopping`` between trio and the writer thread.
-        self._lock = threading.Condition()
-        self._stopping = False
+        self._wakeup = trio.Event()
         self._closed = False
         self._transactions = 0
         self._batches = 0
@@ -274,9 +269,8 @@ class Database:
         if self._closed:
             raise DatabaseClosed("the database is closed")
         job: _Job[T] = _Job(fn, durable)
-        with self._lock:
-            self._queue.append(job)
-            self._lock.notify()
+        self._queue.append(job)
+        self._wakeup.set()
         with trio.CancelScope(shield=True):
             await job.done.wait()
         if job.error is not None:
@@ -284,61 +278,36 @@ class Database:
         return job.result  # type: ignore[return-value]
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the writer thread until cancelled (or the file fails), then close.
-
-        The thread takes all that is queued, runs it as one batch and hands the batch back
-        through the trio token; :meth:`_finished` then wakes the callers, on the trio side.
-        Work queued before the cancel still runs, then the connection is closed.
-        """
-        token = trio.lowlevel.current_trio_token()
-        failed: list[DatabaseFailed] = []
-        failure = trio.Event()
-        exited = trio.Event()
-
-        def finished(batch: list[_Job[Any]], full: bool, fatal: DatabaseFailed | None) -> None:
-            for job in batch:
-                job.done.set()
-            if fatal is not None and not failed:
-                failed.append(fatal)
-                failure.set()
-            if self.full and not full:
-                log.warning("%s", self._disk_full_error())
-            if (self.full or full) and self.on_disk_full is not None:
-                try:
-                    self.on_disk_full()
-                except Exception:
-                    log.exception("the disk-full callback failed")
-
-        def writer() -> None:
-            try:
-                while True:
-                    with self._lock:
-                        while not self._queue and not self._stopping:
-                            self._lock.wait()
-                        batch, self._queue = self._queue, []
-                    if not batch:
-                        return  # stopping, and nothing left
-                    full = self.full
-                    fatal = self._run_batch(batch)
-                    token.run_sync_soon(finished, batch, full, fatal)
-            finally:
-                self._conn.close()
-                token.run_sync_soon(exited.set)
-
-        thread = threading.Thread(target=writer, name="hyperhive-db-writer", daemon=True)
-        thread.start()
+        """The writer task: run queued work in batches until cancelled, then close."""
+        limiter = trio.CapacityLimiter(1)
         task_status.started()
         try:
-            await failure.wait()
-            # The file itself failed (I/O error, corruption): stop, do not limp on.
-            raise failed[0]
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                batch, self._queue = self._queue, []
+                if batch:
+                    full = self.full
+                    fatal = await trio.to_thread.run_sync(self._run_batch, batch, limiter=limiter)
+                    for job in batch:
+                        job.done.set()
+                    if fatal is not None:
+                        # The file itself failed (I/O error, corruption): stop, do not limp on.
+                        raise fatal
+                    if self.full and not full:
+                        log.warning("%s", self._disk_full_error())
+                    if (self.full or full) and self.on_disk_full is not None:
+                        self.on_disk_full()
         finally:
             self._closed = True
-            with self._lock:
-                self._stopping = True
-                self._lock.notify()
             with trio.CancelScope(shield=True):
-                await exited.wait()
+                # Work queued before the cancel still runs, then the file is closed.
+                batch, self._queue = self._queue, []
+                if batch:
+                    await trio.to_thread.run_sync(self._run_batch, batch, limiter=limiter)
+                for job in batch:
+                    job.done.set()
+                await trio.to_thread.run_sync(self._conn.close, limiter=limiter)
 
     def _run_batch(self, batch: list[_Job[Any]]) -> DatabaseFailed | None:
         """Run one batch (blocking); return the error if the file itself failed."""
