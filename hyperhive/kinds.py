@@ -171,6 +171,8 @@ class TurnOutcome(StrEnum):
     RATE_LIMITED = "rate_limited"
     NEEDS_LOGIN = "needs_login"
     NO_SESSION = "no_session"
+    #: The prompt did not fit the model's context window ("prompt is too long").
+    TOO_LONG = "too_long"
     FAILED = "failed"
 
 

@@ -21,6 +21,7 @@ from typing import Final
 
 import attrs
 
+from hyperhive.kinds import TurnOutcome
 from hyperhive_harness.stream import TurnObserver
 
 #: Longest note text (a failure note with its stderr tail) kept in an event or a message.
@@ -30,16 +31,8 @@ MAX_NOTE_CHARS: Final = 4000
 # ---------------------------------------------------------------- the verdict
 
 
-class Outcome(StrEnum):
-    OK = "ok"
-    CANCELLED = "cancelled"
-    RATE_LIMITED = "rate_limited"
-    NEEDS_LOGIN = "needs_login"
-    #: ``--continue`` found no conversation (older CLIs fail instead of starting one).
-    NO_SESSION = "no_session"
-    #: The prompt did not fit the model's context window ("prompt is too long").
-    TOO_LONG = "too_long"
-    FAILED = "failed"
+#: How a claude run ended: the outcomes the spend ledger records (one closed set).
+Outcome = TurnOutcome
 
 
 @attrs.frozen

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from hyperhive.client import Client
+from hyperhive.config import PROTOCOL_VERSION
 from hyperhive.supervisor import Hive
 from hyperhive_harness.prompt import AGENT_TOOLS, LEAD_TOOLS, allowed_tools
 from tests.conftest import propose_config
@@ -35,7 +36,10 @@ async def make_lead(hive: Hive, name: str) -> None:
 async def test_a_lead_gets_the_lead_tools_for_its_subtree(hive: Hive) -> None:
     for name in ("lead", "kid", "sib"):
         await hive.spawn(name)
-    assert await host(hive, {"cmd": "set_parent", "child": "kid", "parent": "lead"}) == {"ok": True}
+    assert await host(hive, {"cmd": "set_parent", "child": "kid", "parent": "lead"}) == {
+        "ok": True,
+        "protocol": PROTOCOL_VERSION,
+    }
     lead_socket = hive.config.paths.agent_socket("lead")
 
     # Not a lead yet: the plain agent tools.
