@@ -471,12 +471,16 @@ async def _serve(
         if reader.cut is not None:
             raise _Cut(reader.cut)
         if conn.feed is not None:
-            await _follow(conn.feed.lines(), reader, stream, drain)
+            await _follow(conn.feed.lines(), reader, watch, stream, drain)
             return
 
 
 async def _follow(
-    feed: AsyncGenerator[bytes, None], reader: _Reader, stream: trio.SocketStream, drain: Drain
+    feed: AsyncGenerator[bytes, None],
+    reader: _Reader,
+    watch: _Watch,
+    stream: trio.SocketStream,
+    drain: Drain,
 ) -> None:
     """Push ``feed``'s lines to a watching connection until the feed ends, the client hangs
     up or sends anything more, a line cannot be written within ``WATCH_SEND_SECONDS``
@@ -484,13 +488,12 @@ async def _follow(
     async with contextlib.aclosing(feed), trio.open_nursery() as nursery:
 
         async def hang_up() -> None:
-            try:
-                if await reader.fill():
+            # The connection's reader task reads the socket; this waits on what it says.
+            while reader.cut is None and not watch.eof:
+                if reader.pending_bytes:
                     reader.cut = "a watching connection takes no further requests"
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            except _Cut as cut:
-                reader.cut = str(cut)
+                    break
+                await watch.wait()
             nursery.cancel_scope.cancel()
 
         async def stopping() -> None:
