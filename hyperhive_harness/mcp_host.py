@@ -42,6 +42,8 @@ log = logging.getLogger("hyperhive.mcp")
 
 #: The stdlib-only bridge claude starts (``python -I -S <SHIM>``).
 SHIM: Final = Path(__file__).with_name("mcp_shim.py")
+#: The harness's tool socket in its private runtime dir (not the agent socket).
+TOOL_SOCKET_NAME: Final = "tools.sock"
 #: How long a new connection has to present the turn's secret.
 HANDSHAKE_SECONDS: Final = 5.0
 #: The longest first line (the secret) accepted.

@@ -8,7 +8,7 @@ serve()
 │   │                           so a broken UI never stops the turn loop
 │   └── (tcp)                   only with ``--ui-port``: a guarded TCP listener for debugging
 ├── McpHost.run                 the hyperhive MCP tools for each turn's claude, on
-│                               <runtime dir>/mcp.sock (0600, a secret per turn)
+│                               <runtime dir>/tools.sock (0600, a secret per turn)
 ├── LoginSession                the UI's claude login (started on demand)
 └── TurnLoop.run                connect → recv → claude → ack, reconnecting forever
 """
@@ -35,7 +35,7 @@ from hyperhive_harness.config import HarnessConfig
 from hyperhive_harness.event_log import EventLog, open_event_log
 from hyperhive_harness.login import LoginSession
 from hyperhive_harness.loop import TurnLoop
-from hyperhive_harness.mcp_host import McpHost
+from hyperhive_harness.mcp_host import TOOL_SOCKET_NAME, McpHost
 from hyperhive_harness.model import ModelFile
 from hyperhive_harness.view import View
 from hyperhive_harness.web import UiContext, allowed_hosts, create_app
@@ -179,7 +179,7 @@ async def serve(
             model = ModelFile(cfg.model_file, events)
             view = View(events, model)
             commands = Commands(events, model)
-            mcp_host = McpHost(os.fspath(cfg.socket), runtime_dir / "mcp.sock")
+            mcp_host = McpHost(os.fspath(cfg.socket), runtime_dir / TOOL_SOCKET_NAME)
             loop = TurnLoop(
                 cfg,
                 events,
