@@ -229,7 +229,12 @@ async def test_status_says_when_agents_have_no_credentials(
         # A claude login copied into the agent's claude dir (docs: Credentials) is enough.
         claude_dir = daemon.paths.agent_dir("manager") / "claude"
         (claude_dir / ".credentials.json").write_text('{"claudeAiOauth": {}}')
-        assert (await daemon.call({"cmd": "status"}))["credentials_warning"] is None
+
+        async def logged_in() -> bool:
+            # The daemon reads agents' files off the event loop, every few seconds.
+            return (await daemon.call({"cmd": "status"}))["credentials_warning"] is None
+
+        await wait_until(logged_in, limit=20)
     finally:
         await daemon.stop()
         kill_leftovers(short_tmp)
