@@ -125,10 +125,9 @@ async def test_dashboard_and_agent_stats_page_show_the_scripted_turns(
             def paused_row(page: Page) -> None:
                 page.goto(base_url(inproc) + "/")
                 row = page.get_by_role("article", name="agent alice")
-                expect(row.locator(".badge", has_text="⏸ paused")).to_be_visible()
-                expect(row.locator(".paused")).to_have_text(
-                    "⏸ paused by operator: checking the bill"
-                )
+                expect(row.locator(".badge.paused")).to_have_text("⏸ P4US3D")
+                expect(row.locator(".paused-reason")).to_contain_text("⏸ paused by operator")
+                expect(row.locator(".paused-reason")).to_contain_text(": checking the bill")
                 expect(row.locator(".spend")).to_have_text(f"{money} today · {money} total")
 
             await chromium.run(paused_row, dash)
