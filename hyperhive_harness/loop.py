@@ -506,10 +506,11 @@ class TurnLoop:
     ) -> tuple[TurnObserver, int | None, bool]:
         """One claude run of the harness's own (a checkpoint or a compaction) on the current
         session: what it printed, its exit code, whether the operator cancelled it."""
-        events, view = self.events, self.view
+        view = self.view
+        model = self.model.read()
         argv = claude_argv(
             self.cfg.claude,
-            model=self.model.read(),
+            model=model,
             prompt=prompt,
             mcp_config_file=os.fspath(self._mcp_config_file),
             system_prompt_file=os.fspath(self._system_prompt_file),
@@ -518,12 +519,29 @@ class TurnLoop:
             settings=os.fspath(self._settings_file),
         )
         self._open_tools()
-        model = self.model.read()
-        before = await trio.to_thread.run_sync(state_fingerprint, self.cfg.state_dir)
-        started = trio.current_time()
         state = TurnState.COMPACTING if compacting else TurnState.THINKING
         view.set_turn_state(state)
         obs = TurnObserver(state=state)
+        # What it cost goes into the spend ledger like any turn's (no message of its own).
+        _verdict, exit_code, cancelled, _duration = await self._run_claude(
+            argv, obs, model=model, message_id=None, follow=not compacting
+        )
+        return obs, exit_code, cancelled
+
+    async def _run_claude(
+        self,
+        argv: list[str],
+        obs: TurnObserver,
+        *,
+        model: str,
+        message_id: int | None,
+        follow: bool,
+    ) -> tuple[Verdict, int | None, bool, float]:
+        """Run claude with ``argv``, feeding ``obs``, and report the run to the spend ledger:
+        its verdict, exit code, whether the operator cancelled it, its duration (seconds).
+        ``follow``: the turn state and the token badges follow what it prints (a compaction
+        keeps ``compacting`` and its own figures)."""
+        events, view = self.events, self.view
         control = TurnControl()
         self.commands.control = control
 
@@ -535,7 +553,7 @@ class TurnLoop:
                 events.note(line, source="stdout")
             else:
                 events.publish("stream", value=value)
-            if new_state is not None and not compacting:
+            if new_state is not None and follow:
                 view.set_turn_state(new_state)
 
         def on_stderr(line: str) -> None:
@@ -543,6 +561,8 @@ class TurnLoop:
             if line.strip():
                 events.note(line, source="stderr")
 
+        before = await trio.to_thread.run_sync(state_fingerprint, self.cfg.state_dir)
+        started = trio.current_time()
         exit_code: int | None = None
         try:
             exit_code = await run_claude(
@@ -555,28 +575,32 @@ class TurnLoop:
                 pid_file=self.cfg.claude_pid_file,
                 cancel_grace=self.cfg.cancel_grace,
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
+            # ValueError: an argument the OS cannot take (a NUL byte); the daemon refuses such
+            # bodies, but a message must never end the loop, whatever it holds.
             on_stderr(f"cannot start {self.cfg.claude}: {exc}")
         finally:
             if self.mcp_host is not None:
                 self.mcp_host.close_turn()
             self.commands.control = None
+            duration = round(trio.current_time() - started, 3)
             view.set_turn_state(TurnState.IDLE)
-        if not compacting and (obs.ctx is not None or obs.cost is not None):
+        if follow and (obs.ctx is not None or obs.cost is not None):
             view.set_token_usage(obs.ctx, obs.cost, obs.cost_usd)
-        # What it cost goes into the spend ledger like any turn's (no message of its own).
+        cancelled = control.cancelled.is_set()
+        verdict = judge(obs, exit_code, cancelled=cancelled)
         after = await trio.to_thread.run_sync(state_fingerprint, self.cfg.state_dir)
         self.reports.add(
             turn_report(
                 obs,
-                outcome=judge(obs, exit_code, cancelled=control.cancelled.is_set()).outcome.value,
-                duration=round(trio.current_time() - started, 3),
+                outcome=verdict.outcome.value,
+                duration=duration,
                 model=model,
-                message_id=None,
+                message_id=message_id,
                 files_changed=before != after,
             )
         )
-        return obs, exit_code, control.cancelled.is_set()
+        return verdict, exit_code, cancelled, duration
 
     # ------------------------------------------------------------ session breaks
 
@@ -716,66 +740,12 @@ class TurnLoop:
         )
         view.set_turn_state(TurnState.THINKING)
         obs = TurnObserver()
-        control = TurnControl()
-        self.commands.control = control
-
-        def on_stdout(line: str) -> None:
-            if not line.strip():
-                return
-            value, state = obs.feed_stdout(line)
-            if value is None:
-                events.note(line, source="stdout")
-            else:
-                events.publish("stream", value=value)
-            if state is not None:
-                view.set_turn_state(state)
-
-        def on_stderr(line: str) -> None:
-            obs.feed_stderr(line)
-            if line.strip():
-                events.note(line, source="stderr")
-
-        before = await trio.to_thread.run_sync(state_fingerprint, self.cfg.state_dir)
-        started = trio.current_time()
-        exit_code: int | None = None
-        try:
-            exit_code = await run_claude(
-                argv,
-                env=claude_env(self.cfg.env),
-                cwd=self.cfg.state_dir,
-                on_stdout=on_stdout,
-                on_stderr=on_stderr,
-                control=control,
-                pid_file=self.cfg.claude_pid_file,
-                cancel_grace=self.cfg.cancel_grace,
-            )
-        except (OSError, ValueError) as exc:
-            # ValueError: an argument the OS cannot take (a NUL byte); the daemon refuses such
-            # bodies, but a message must never end the loop, whatever it holds.
-            on_stderr(f"cannot start {self.cfg.claude}: {exc}")
-        finally:
-            if self.mcp_host is not None:
-                self.mcp_host.close_turn()
-            self.commands.control = None
-            duration = round(trio.current_time() - started, 3)
-            view.set_turn_state(TurnState.IDLE)
+        verdict, _exit_code, _cancelled, duration = await self._run_claude(
+            argv, obs, model=model, message_id=message.id, follow=True
+        )
         if brk is not None:
             # The new session ran (a failure of this run saves a new break right after).
             self._clear_session_break()
-        if obs.ctx is not None or obs.cost is not None:
-            view.set_token_usage(obs.ctx, obs.cost, obs.cost_usd)
-        verdict = judge(obs, exit_code, cancelled=control.cancelled.is_set())
-        after = await trio.to_thread.run_sync(state_fingerprint, self.cfg.state_dir)
-        self.reports.add(
-            turn_report(
-                obs,
-                outcome=verdict.outcome.value,
-                duration=duration,
-                model=model,
-                message_id=message.id,
-                files_changed=before != after,
-            )
-        )
         self._window = obs.context_window or self._window
         return verdict, duration
 
