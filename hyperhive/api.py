@@ -136,6 +136,10 @@ def _selection(names: list[str], verb: str) -> list[str]:
     return list(dict.fromkeys(_name(n) for n in names))
 
 
+#: The schedule verbs :meth:`Api._schedules` serves on every socket.
+_SCHEDULE_VERBS = (EditSchedule, CancelSchedule, FireScheduleNow, ListSchedules)
+
+
 class Api:
     def __init__(
         self, hive: Hive, *, dashboard_url: Callable[[], str | None] = lambda: None
@@ -215,6 +219,8 @@ class Api:
 
     async def _schedules(self, me: str, request: Request) -> Reply | None:
         """The schedule verbs every socket serves; ``me`` is the caller (or ``operator``)."""
+        if not isinstance(request, _SCHEDULE_VERBS):
+            return None  # before the checks below, which read the whole hierarchy
         schedules = self.hive.schedules
         check = self.hive.schedule_check(me)
         match request:

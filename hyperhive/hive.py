@@ -15,7 +15,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -32,7 +32,13 @@ from hyperhive.agent_setup import load_applied_config, prepare_agent_repos, prop
 from hyperhive.agent_views import AgentFacts, AgentViews
 from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref, sql_fail_pending
 from hyperhive.broker import Broker, Outbox, SentMessage
-from hyperhive.config import BACKENDS, MAX_LOG_LINES, MAX_PAUSE_REASON, Config
+from hyperhive.config import (
+    BACKENDS,
+    MAX_LOG_LINES,
+    MAX_PAUSE_REASON,
+    TOMBSTONE_SIZE_SECONDS,
+    Config,
+)
 from hyperhive.config_repo import (
     approve_proposal,
     fetch_proposal,
@@ -60,6 +66,7 @@ from hyperhive.ledger import (
     BY_BUDGET,
     Budget,
     Ledger,
+    Spend,
     Sums,
     budget_of,
     limit_reached,
@@ -88,12 +95,16 @@ from hyperhive.questions import QuestionBook
 from hyperhive.registry import AgentRecord, AgentState, Registry
 from hyperhive.reminders import ReminderBook
 from hyperhive.retention import sweep_events_db
+from hyperhive.runtime import gather
 from hyperhive.schedules import ScheduleBook, Spec, local_timezone, may_touch, sql_save_request
 from hyperhive.space import SpaceMonitor
 from hyperhive.store import Database, is_disk_full
 from hyperhive.supervision import Problems, agent_reporter
 
 log = logging.getLogger("hyperhive")
+
+#: An agent without ledger rows (one shared instance: a listing asks for thousands).
+_NO_SUMS = Sums()
 
 
 class Hive:
@@ -119,6 +130,9 @@ class Hive:
         self.space = SpaceMonitor(config.paths.state_dir, config.min_free, self.events)
         #: The last :meth:`measure_disk_usage` (empty until the first).
         self.disk_usage: DiskUsage | None = None
+        #: Each tombstone's (record's updated_at, when measured on trio's clock, size, newest
+        #: modification): a listing walks a kept directory at most every TOMBSTONE_SIZE_SECONDS.
+        self._tombstone_sizes: dict[str, tuple[float, float, int, float]] = {}
         db.on_disk_full = self.space.poke
         self.backend = resolve_backend(config.backend)
         self.seed_toml = seed_agent_toml(
@@ -574,12 +588,28 @@ class Hive:
                 await self.db.transaction(functools.partial(sql_end, operation_id=operation.id))
 
     async def tombstones(self) -> list[Tombstone]:
-        dead = [r.name for r in self.registry.all() if r.state == AgentState.DESTROYED]
-        result = []
-        for name in dead:
-            size, modified = await trio.to_thread.run_sync(self.registry.tombstone_size, name)
-            result.append(tombstone(name, size, modified))
-        return result
+        """Destroyed agents with what they keep on disk. The sizes are measured off the event
+        loop, all in one thread hop, and kept for :data:`TOMBSTONE_SIZE_SECONDS` (or until the
+        record changes): a listing never walks every kept directory."""
+        dead = [r for r in self.registry.all() if r.state == AgentState.DESTROYED]
+        now = trio.current_time()
+        sizes = self._tombstone_sizes
+        stale = [
+            r
+            for r in dead
+            if (cached := sizes.get(r.name)) is None
+            or cached[0] != r.updated_at
+            or now - cached[1] >= TOMBSTONE_SIZE_SECONDS
+        ]
+        if stale:
+            measure = self.registry.tombstone_size
+            measured = await trio.to_thread.run_sync(lambda: [measure(r.name) for r in stale])
+            for record, (size, modified) in zip(stale, measured, strict=True):
+                sizes[record.name] = (record.updated_at, now, size, modified)
+        names = {r.name for r in dead}
+        for name in [n for n in sizes if n not in names]:
+            del sizes[name]  # revived or purged
+        return [tombstone(r.name, sizes[r.name][2], sizes[r.name][3]) for r in dead]
 
     async def sweep_events(self) -> Reclaimed:
         """Events retention for every agent's events db: rows deleted, bytes given back."""
@@ -745,15 +775,30 @@ class Hive:
         """The fields of the agents' views that change without an event naming the agent
         (spend, pending reminders, schedules, disk usage): a few aggregate queries per
         request and the last disk measurement, no file read; JSON-ready values."""
-        today, total, ctx = await self.ledger.spend()
-        reminders = await self.reminders.pending_by_agent()
-        targeting = await self.schedules.targeting_all()
+        reads = await gather(
+            {
+                "spend": self.ledger.spend,
+                "reminders": self.reminders.pending_by_agent,
+                "targeting": self.schedules.targeting_all,
+            }
+        )
+        return self.extras_from(reads["spend"], reads["reminders"], reads["targeting"])
+
+    def extras_from(
+        self,
+        spend: Spend,
+        reminders: Mapping[str, int],
+        targeting: Mapping[str, Iterable[Any]],
+    ) -> dict[str, dict[str, Any]]:
+        """:meth:`agent_extras` from its reads (for a caller that made them with its own)."""
+        today, total, ctx = spend
         disk = self.disk_usage.agents if self.disk_usage else {}
         extras: dict[str, dict[str, Any]] = {}
+        none = _NO_SUMS
         for name in {*today, *total, *ctx, *reminders, *targeting, *disk}:
             extras[name] = {
-                "cost_today_usd": today.get(name, Sums()).cost_usd,
-                "cost_total_usd": total.get(name, Sums()).cost_usd,
+                "cost_today_usd": today.get(name, none).cost_usd,
+                "cost_total_usd": total.get(name, none).cost_usd,
                 "ctx_tokens": ctx.get(name),
                 "pending_reminders": reminders.get(name, 0),
                 "schedules": list(targeting.get(name, [])),

@@ -190,6 +190,8 @@ class AgentTable(MutableMapping[str, AgentRecord]):
     def __init__(self, records: Mapping[str, AgentRecord] | None = None) -> None:
         self._records: dict[str, AgentRecord] = {}
         self.live: set[str] = set()
+        #: The records in listing order, built again after a change (a listing per request).
+        self._ordered: list[AgentRecord] | None = None
         for name, record in (records or {}).items():
             self[name] = record
 
@@ -198,6 +200,7 @@ class AgentTable(MutableMapping[str, AgentRecord]):
 
     def __setitem__(self, name: str, record: AgentRecord) -> None:
         self._records[name] = record
+        self._ordered = None
         if record.state == AgentState.DESTROYED:
             self.live.discard(name)
         else:
@@ -205,7 +208,16 @@ class AgentTable(MutableMapping[str, AgentRecord]):
 
     def __delitem__(self, name: str) -> None:
         del self._records[name]
+        self._ordered = None
         self.live.discard(name)
+
+    def ordered(self) -> list[AgentRecord]:
+        """Every record, the manager first, then by name (a new list each call)."""
+        if self._ordered is None:
+            self._ordered = sorted(
+                self._records.values(), key=lambda r: (r.name != MANAGER, r.name)
+            )
+        return list(self._ordered)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._records)
@@ -261,7 +273,7 @@ class Registry:
         return record
 
     def all(self) -> list[AgentRecord]:
-        return sorted(self._agents.values(), key=lambda r: (r.name != MANAGER, r.name))
+        return self._agents.ordered()
 
     def known(self) -> frozenset[str]:
         """Every name a message may wait for: live agents and tombstones."""
@@ -303,7 +315,12 @@ class Registry:
         """The agent's parent as :meth:`parents` reads it (None for the manager)."""
         if name == MANAGER:
             return None
-        return self.parents().get(name, MANAGER)
+        record = self._agents.get(name)
+        if record is None or name not in self._agents.live:
+            return MANAGER
+        parent = record.parent
+        # O(1): a listing asks this for every agent.
+        return parent if parent != name and parent in self._agents.live else MANAGER
 
     async def set_parent(self, child: str, parent: str | None) -> str:
         """Give a live agent a new parent (None: back to ``manager``); returns the parent.

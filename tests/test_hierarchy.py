@@ -132,6 +132,29 @@ async def test_a_subtree_broadcast_reaches_exactly_the_subtree(
     assert ghost["ok"] is False and "unknown broadcast subtree 'ghost'" in ghost["error"]
 
 
+async def test_one_agents_parent_agrees_with_the_whole_mapping(inproc: Daemon) -> None:
+    """``Registry.parent`` (read per agent for every listing) gives what the full mapping
+    gives, for live, destroyed, unknown and self-pointing names alike."""
+    paths, registry = inproc.hive.config.paths, inproc.hive.registry
+    async with await host(paths) as op:
+        for name in ("a1", "a2", "a3", "a4"):
+            assert (await op.request({"cmd": "spawn", "name": name}))["ok"]
+        for child, parent in [("a2", "a1"), ("a3", "a2"), ("a4", "a3")]:
+            assert (await op.request({"cmd": "set_parent", "child": child, "parent": parent}))["ok"]
+
+        def agree() -> dict[str, str | None]:
+            mapping = registry.parents()
+            for name in ["manager", "a1", "a2", "a3", "a4", "nobody"]:
+                assert registry.parent(name) == mapping.get(name, "manager"), name
+            return mapping
+
+        assert agree()["a4"] == "a3"
+        assert (await op.request({"cmd": "destroy", "name": "a2"}))["ok"]
+        mapping = agree()
+        assert "a2" not in mapping and mapping["a3"] == "a1"  # moved up to a2's parent
+        assert registry.parent("a2") == "manager"  # a tombstone reads as the manager's
+
+
 async def test_two_moves_at_once_never_make_a_cycle(inproc: Daemon) -> None:
     paths = inproc.hive.config.paths
     async with await host(paths) as op:

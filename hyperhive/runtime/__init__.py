@@ -7,6 +7,8 @@
   domain, restarted with backoff.
 - :mod:`~hyperhive.runtime.asgi` — :func:`serve_asgi`: an ASGI app on hypercorn-trio as a
   supervised part.
+- :mod:`~hyperhive.runtime.gather` — :func:`gather`: awaitables at once (reads that share one
+  batch of the sqlite writer).
 - :mod:`~hyperhive.runtime.sse` — :func:`event_stream_response`: the one Server-Sent Events
   response (frame format, heartbeats, subscription dropped when the client leaves).
 
@@ -16,6 +18,7 @@ The sqlite writer both use is :class:`hyperhive.store.Database`, the socket clie
 
 from hyperhive.runtime.backoff import Backoff, Retry
 from hyperhive.runtime.exceptions import describe, find, innermost
+from hyperhive.runtime.gather import gather
 from hyperhive.runtime.supervise import Report, supervise
 
-__all__ = ["Backoff", "Report", "Retry", "describe", "find", "innermost", "supervise"]
+__all__ = ["Backoff", "Report", "Retry", "describe", "find", "gather", "innermost", "supervise"]

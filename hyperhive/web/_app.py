@@ -52,7 +52,7 @@ from hyperhive.protocol import (
     encode_reply,
     kinds_js,
 )
-from hyperhive.runtime import sse
+from hyperhive.runtime import gather, sse
 from hyperhive.runtime.sse import event_stream_response
 from hyperhive.server import Connection, Principal, SocketKind
 from hyperhive.web._auth import CSRF_HEADER, SESSION_COOKIE, Auth
@@ -258,9 +258,10 @@ class Dashboard:
 
     async def state(self, request: Request) -> Response:
         # orjson: the snapshot of a thousand agents is a few hundred kB of JSON.
-        return Response(orjson.dumps(await self.snapshot()), media_type="application/json")
+        snap = await self.snapshot(encoded_agents=True)
+        return Response(orjson.dumps(snap), media_type="application/json")
 
-    async def snapshot(self) -> dict[str, Any]:
+    async def snapshot(self, *, encoded_agents: bool = False) -> dict[str, Any]:
         """The state with the ``seq`` it is consistent with.
 
         The page applies every event newer than ``seq`` on top of it, so an event published
@@ -270,31 +271,33 @@ class Dashboard:
         """
         for _ in range(SNAPSHOT_ATTEMPTS):
             seq = self.hive.events.seq
-            snap = await self._read_snapshot(seq)
+            snap = await self._read_snapshot(seq, encoded_agents)
             await trio.lowlevel.checkpoint()
             if self.hive.events.seq == seq:
                 break
         return snap
 
-    async def _read_snapshot(self, seq: int) -> dict[str, Any]:
+    async def _read_snapshot(self, seq: int, encoded_agents: bool) -> dict[str, Any]:
         hive = self.hive
-        # The database reads are queued together, so they share one batch of the writer.
-        reads: dict[str, Any] = {}
-
-        async def read(key: str, fn: Callable[[], Awaitable[Any]]) -> None:
-            reads[key] = await fn()
-
-        async with trio.open_nursery() as nursery:
-            for key, fn in (
-                ("approvals", lambda: hive.approvals.list(pending_only=False)),
-                ("questions", lambda: hive.questions.list(include_answered=True)),
-                ("unread", hive.broker.unread_by_recipient),
-                ("extras", hive.agent_extras),
-                ("inbox", lambda: hive.broker.recent(OPERATOR, INBOX_LIMIT)),
-                ("flow", lambda: hive.broker.flow(FLOW_LIMIT)),
-            ):
-                nursery.start_soon(read, key, fn)
+        # Queued together, the database reads share one batch of the writer (one thread hop).
+        reads = await gather(
+            {
+                "approvals": lambda: hive.approvals.list(pending_only=False),
+                "questions": lambda: hive.questions.list(include_answered=True),
+                "unread": hive.broker.unread_by_recipient,
+                "spend": hive.ledger.spend,
+                "pending_reminders": hive.reminders.pending_by_agent,
+                "targeting": hive.schedules.targeting_all,
+                "inbox": lambda: hive.broker.recent(OPERATOR, INBOX_LIMIT),
+                "flow": lambda: hive.broker.flow(FLOW_LIMIT),
+                "reminders": hive.reminders.list,
+                "schedules": hive.schedules.list,
+                "tombstones": hive.tombstones,
+            }
+        )
         approvals, questions = reads["approvals"], reads["questions"]
+        extras = hive.extras_from(reads["spend"], reads["pending_reminders"], reads["targeting"])
+        today, total, _ctx = reads["spend"]
         return {
             "seq": seq,
             "csrf": self.auth.csrf,
@@ -302,9 +305,11 @@ class Dashboard:
             "backend": hive.backend,
             "problems": hive.problems_now(),
             "state_dir_bytes": hive.disk_usage.total if hive.disk_usage else None,
-            "agents": await hive.views.wire(reads["unread"], reads["extras"]),
+            "agents": await (hive.views.wire_json if encoded_agents else hive.views.wire)(
+                reads["unread"], extras
+            ),
             "isolated": hive.isolation(),
-            "tombstones": CONVERTER.unstructure(await hive.tombstones()),
+            "tombstones": CONVERTER.unstructure(reads["tombstones"]),
             "approvals": CONVERTER.unstructure(
                 [a for a in approvals if a.status == ApprovalStatus.PENDING]
                 + [a for a in approvals if a.status != ApprovalStatus.PENDING][-HISTORY_LIMIT:]
@@ -313,20 +318,15 @@ class Dashboard:
                 [q for q in questions if q.answered_at is None]
                 + [q for q in questions if q.answered_at is not None][-HISTORY_LIMIT:]
             ),
-            "reminders": CONVERTER.unstructure(await hive.reminders.list()),
+            "reminders": CONVERTER.unstructure(reads["reminders"]),
             "inbox": CONVERTER.unstructure(reads["inbox"]),
             "flow": CONVERTER.unstructure(reads["flow"]),
-            "spend": await self._hive_spend(),
-            "schedules": CONVERTER.unstructure(await hive.schedules.list()),
+            "spend": {
+                "today_usd": add_sums(today.values()).cost_usd,
+                "total_usd": add_sums(total.values()).cost_usd,
+            },
+            "schedules": CONVERTER.unstructure(reads["schedules"]),
             "now": time.time(),
-        }
-
-    async def _hive_spend(self) -> dict[str, float]:
-        """The hive's spend from the ledger, every agent (destroyed and purged ones too)."""
-        today, total, _ctx = await self.hive.ledger.spend()
-        return {
-            "today_usd": add_sums(today.values()).cost_usd,
-            "total_usd": add_sums(total.values()).cost_usd,
         }
 
     async def stream(self, request: Request) -> Response:

@@ -14,7 +14,7 @@ import pytest
 
 from hyperhive.agent_views import AgentFacts
 from hyperhive.client import Client
-from hyperhive.protocol import Destroy, SetModel, Spawn
+from hyperhive.protocol import Destroy, HostSend, Remind, SetModel, Spawn
 from hyperhive.supervisor import Daemon, Hive
 from tests.conftest import wait_until
 
@@ -140,3 +140,27 @@ async def test_changes_nobody_announces_show_after_the_periodic_read(
         await wait_until(shown, limit=15, interval=0.05)
         announced = [e for e in hive.events.since(seq) or [] if e.kind == "model_changed"]
         assert [(e.data["name"], e.data["model"]) for e in announced] == [("dave", "sonnet")]
+
+
+async def test_kept_snapshot_entries_follow_unread_and_extras(hive: Hive, inproc: Daemon) -> None:
+    """Each agent's entry is kept with the count and extras it was made with: a message or
+    a reminder changes exactly that agent's entry, and the encoded snapshot says what the
+    views say."""
+    paths = hive.config.paths
+    async with await Client.connect(paths.host_socket) as host:
+        for name in ("alice", "bob"):
+            await host.call(Spawn(name))
+        before = _agents(await _state(inproc))
+        await host.call(HostSend("alice", "hello"))
+    after_send = _agents(await _state(inproc))
+    assert after_send["alice"]["unread"] == before["alice"]["unread"] + 1
+    assert after_send["bob"] == before["bob"]
+    async with await Client.connect(paths.agent_socket("bob")) as bob:
+        await bob.call(Remind("stretch", in_seconds=3600))
+    after_remind = _agents(await _state(inproc))
+    assert after_remind["bob"]["pending_reminders"] == before["bob"]["pending_reminders"] + 1
+    assert after_remind["alice"] == after_send["alice"]
+    views = await hive.views.wire(
+        await hive.broker.unread_by_recipient(), await hive.agent_extras()
+    )
+    assert {a["name"]: a for a in views} == after_remind
