@@ -2,8 +2,9 @@
 that open a new session. Plain functions, no I/O.
 
 - :func:`wake_prompt` — the text a turn starts with (sender, body, pending count).
-- :func:`claude_argv`, :func:`mcp_shim_config` (:func:`mcp_config` without the harness's
-  tool socket), :func:`allowed_tools` — how claude is started.
+- :func:`claude_argv`, :func:`mcp_http_config` (:func:`mcp_shim_config` through the stdio
+  shim, :func:`mcp_config` without the harness's tool host), :func:`allowed_tools` — how
+  claude is started.
 - :func:`session_preface`, :func:`new_session_note` — what a new session after a failure is
   told, and what the UI shows about it.
 """
@@ -94,6 +95,15 @@ def mcp_shim_config(
         "args": ["-I", "-S", shim],
         "env": {"HYPERHIVE_MCP_SOCKET": socket, "HYPERHIVE_MCP_TOKEN": token},
     }
+    return {"mcpServers": servers}
+
+
+def mcp_http_config(url: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``--mcp-config`` document when the harness serves the tools over MCP's HTTP
+    transport at ``url`` (the turn's secret in its path); plus the agent's extra servers
+    (which can never replace ``hyperhive``)."""
+    servers = {name: spec for name, spec in (extra or {}).items() if name != SERVER_NAME}
+    servers[SERVER_NAME] = {"type": "http", "url": url}
     return {"mcpServers": servers}
 
 

@@ -211,7 +211,7 @@ def test_the_turn_config_starts_the_shim_and_keeps_the_extra_servers(short_tmp: 
     }
     first, second = host.open_turn(), host.open_turn()
     assert first != second and len(second) == 64
-    servers = host.config("/py", second, extra)["mcpServers"]
+    servers = host.shim_config("/py", second, extra)["mcpServers"]
     assert servers["search"] == extra["search"]
     assert servers["hyperhive"] == {  # never replaced by an extra server
         "type": "stdio",
