@@ -148,10 +148,29 @@ def claude_settings(extra: Mapping[str, Any] | None = None) -> str:
     return json.dumps({**(extra or {}), **HARNESS_CLAUDE_SETTINGS}, indent=2) + "\n"
 
 
+_PROXY_VARS: Final = (
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+)
+
+
 def claude_env(base: Mapping[str, str]) -> dict[str, str]:
-    """claude's environment: the harness's, with MCP tools shown directly (no ToolSearch)."""
+    """claude's environment: the harness's, with MCP tools shown directly (no ToolSearch).
+
+    When a proxy is configured, ``127.0.0.1`` is added to ``NO_PROXY``/``no_proxy``: the
+    hyperhive tools are on the harness's loopback port and must never go through a proxy."""
     env = dict(base)
     env["ENABLE_TOOL_SEARCH"] = "false"
+    if any(env.get(name) for name in _PROXY_VARS):
+        for name in ("NO_PROXY", "no_proxy"):
+            hosts = [h for h in env.get(name, "").split(",") if h.strip()]
+            if "127.0.0.1" not in (h.strip() for h in hosts):
+                hosts.append("127.0.0.1")
+            env[name] = ",".join(hosts)
     return env
 
 

@@ -22,6 +22,7 @@ from hyperhive.supervisor import Hive
 from hyperhive_harness.mcp_host import McpHost
 from hyperhive_harness.mcp_http import PATH_PREFIX
 from hyperhive_harness.mcp_server import AGENT_TOOLS
+from hyperhive_harness.prompt import claude_env
 
 from .fixtures import eventually
 from .mock_anthropic import MockAnthropic, text, tool_result_text, tool_use
@@ -235,3 +236,11 @@ async def test_claude_calls_the_tools_over_http(
     [msg] = await inbox(hive, "bob")
     assert (msg.from_, msg.body) == ("alice", "hi from claude")
     assert tool_result_text(sent) == f"sent #{msg.id} to bob"
+
+
+def test_a_configured_proxy_is_never_asked_for_the_loopback_tools() -> None:
+    env = claude_env({"HTTPS_PROXY": "http://proxy:3128", "no_proxy": "example.org"})
+    assert env["NO_PROXY"] == "127.0.0.1"
+    assert env["no_proxy"] == "example.org,127.0.0.1"
+    assert claude_env({"http_proxy": "p", "NO_PROXY": "127.0.0.1"})["NO_PROXY"] == "127.0.0.1"
+    assert "NO_PROXY" not in claude_env({"PATH": "/bin"})  # no proxy: nothing added
