@@ -45,7 +45,9 @@ log = logging.getLogger("hyperhive.mcp")
 
 #: The endpoint is ``PATH_PREFIX + <secret>``.
 PATH_PREFIX: Final = "/mcp/"
-#: How long a connection may take to send a request head (the first and between requests).
+#: How long a new connection may take to send its first request, and any request its body.
+#: Once a request carried the turn's secret, the connection may idle until the turn ends
+#: (claude keeps it alive between calls; closing it under a new request would fail that call).
 REQUEST_HEAD_SECONDS: Final = 5.0
 #: The largest request head accepted (bytes).
 MAX_HEAD: Final = 16 * 1024
@@ -119,8 +121,10 @@ async def serve_connection(host: McpHost, stream: trio.SocketStream) -> None:
         with contextlib.suppress(
             trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError
         ):
+            authorised = False
             while True:
-                with trio.move_on_after(REQUEST_HEAD_SECONDS) as head_wait:
+                wait = float("inf") if authorised else REQUEST_HEAD_SECONDS
+                with trio.move_on_after(wait) as head_wait:
                     event = await conn.next_event()
                 if head_wait.cancelled_caught or not isinstance(event, h11.Request):
                     return
@@ -141,6 +145,7 @@ async def serve_connection(host: McpHost, stream: trio.SocketStream) -> None:
                 except ValueError:
                     await conn.send(400, b"bad content-length\n", close=True)
                     return
+                authorised = True
                 body = await _read_body(conn)
                 if body is None:
                     return

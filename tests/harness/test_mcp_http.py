@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
 import trio
 from mcp.client import Client as McpClient
 from mcp_types import CallToolResult
@@ -19,6 +20,7 @@ from mcp_types import CallToolResult
 from hyperhive.client import Client
 from hyperhive.protocol import Recv, RecvReply
 from hyperhive.supervisor import Hive
+from hyperhive_harness import mcp_http
 from hyperhive_harness.mcp_host import McpHost
 from hyperhive_harness.mcp_http import PATH_PREFIX
 from hyperhive_harness.mcp_server import AGENT_TOOLS
@@ -244,3 +246,44 @@ def test_a_configured_proxy_is_never_asked_for_the_loopback_tools() -> None:
     assert env["no_proxy"] == "example.org,127.0.0.1"
     assert claude_env({"http_proxy": "p", "NO_PROXY": "127.0.0.1"})["NO_PROXY"] == "127.0.0.1"
     assert "NO_PROXY" not in claude_env({"PATH": "/bin"})  # no proxy: nothing added
+
+
+async def test_a_silent_connection_is_closed_but_the_turns_own_may_idle(
+    hive: Hive, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process cannot hold connections open without the secret; claude's kept-alive
+    connection is not closed under it between two calls (a POST on a closing connection
+    would fail the call)."""
+    monkeypatch.setattr(mcp_http, "REQUEST_HEAD_SECONDS", 0.3)
+    await hive.spawn("alice")
+    async with hosting(hive.config.paths.agent_socket("alice"), short_tmp / "t.sock") as host:
+        token = host.open_turn()
+        assert host.port is not None
+        with trio.fail_after(10):
+            silent = await trio.open_tcp_stream("127.0.0.1", host.port)
+            assert await silent.receive_some(100) == b""  # closed by the harness
+            await silent.aclose()
+
+        path = host.url(token).split(str(host.port), 1)[1]
+        with trio.fail_after(10):
+            kept = await trio.open_tcp_stream("127.0.0.1", host.port)
+            async with kept:
+                for i in range(2):
+                    body = json.dumps({"jsonrpc": "2.0", "id": i, "method": "ping"}).encode()
+                    await kept.send_all(
+                        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n".encode()
+                        + body
+                    )
+                    answer = b""
+                    while not answer.endswith(b"}"):
+                        data = await kept.receive_some(4096)
+                        assert data, "the connection was closed"
+                        answer += data
+                    assert answer.startswith(b"HTTP/1.1 200 ")
+                    assert answer.endswith(f'"id":{i},"result":{{}}}}'.encode())
+                    if i == 0:
+                        # Idle for longer than a new connection may stay silent: the
+                        # duration is the behaviour under test, not a stand-in for
+                        # synchronisation.
+                        await trio.sleep(1.0)
