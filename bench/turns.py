@@ -1,6 +1,6 @@
 """Turn benchmark: what hyperhive's MCP tools cost a claude turn, each figure with its baseline.
 
-    python -m bench.turns --out bench/results/turns.json [--samples 10]
+    python -m bench.turns --out bench/results/turns.json [--samples 20]
 
 The real claude CLI (``HYPERHIVE_CLAUDE``, else ``.tools/node_modules/.bin/claude``) against
 the instant scripted Messages API (``hyperhive.rehearsal.mock_api``) and a real daemon
@@ -335,7 +335,7 @@ async def _drain(stream: trio.abc.ReceiveStream) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench/results/turns.json"))
-    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=20)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="hh-bench-", dir="/tmp"))
     results: dict[str, Any] = {

@@ -63,13 +63,14 @@ MAX_HTTP_CONNECTIONS: Final = 32
 
 
 class McpHost:
-    """The tool socket of one harness: sessions for the running turn's claude."""
+    """The tools of one harness for the running turn's claude: its loopback HTTP endpoint
+    (what the turns use) and its unix tool socket (for the stdio shim)."""
 
     def __init__(self, agent_socket: str, listen: Path) -> None:
         self.pool = ConnectionPool(agent_socket)
         self.listen = listen
         self.refused = 0
-        #: Seconds per ``tools/call`` (line read → answer written), across sessions.
+        #: Seconds per ``tools/call`` (request read → answer written), across sessions.
         self.call_durations: deque[float] = deque(maxlen=KEPT_DURATIONS)
         self._identity: tuple[str, str | None] | None = None
         self._server: ToolServer | None = None
