@@ -1,6 +1,6 @@
-"""The harness's tool socket (``McpHost``) reached the way claude reaches it: the real shim
-process (``python -I -S mcp_shim.py``) started by an MCP client (the SDK's, and the real
-claude), against a real daemon."""
+"""The harness's tool socket (``McpHost``) reached through the real shim process
+(``python -I -S mcp_shim.py``) started by the MCP SDK's stdio client, and the real claude
+with the turn's config (over HTTP, see test_mcp_http.py), against a real daemon."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from hyperhive_harness import mcp_http
 from hyperhive_harness.mcp_host import McpHost
 from hyperhive_harness.mcp_http import PATH_PREFIX
 from hyperhive_harness.mcp_server import AGENT_TOOLS
-from hyperhive_harness.prompt import claude_env
+from hyperhive_harness.prompt import claude_env, mcp_http_config
 
 from .fixtures import eventually
 from .mock_anthropic import MockAnthropic, text, tool_result_text, tool_use
@@ -288,3 +288,39 @@ async def test_a_silent_connection_is_closed_but_the_turns_own_may_idle(
                         # duration is the behaviour under test, not a stand-in for
                         # synchronisation.
                         await trio.sleep(1.0)
+
+
+async def test_claude_does_not_stall_when_nobody_serves_the_tools(
+    short_tmp: Path,
+    mock_api: MockAnthropic,
+    claude_bin: Path,
+    claude_env: dict[str, str],
+    claude_home: Path,
+) -> None:
+    """A config naming a port where no harness listens: claude shows the server as failed
+    and runs the turn without the tools, about as fast as a bare turn (no retry stall)."""
+    with trio.socket.socket() as probe:  # a free loopback port nobody listens on
+        await probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = short_tmp / "mcp.json"
+    config.write_text(json.dumps(mcp_http_config(f"http://127.0.0.1:{port}/mcp/{'0' * 64}")))
+    cmd = [
+        str(claude_bin), "--print", "--verbose", "--output-format", "stream-json",
+        "--model", "haiku", "--mcp-config", str(config), "--strict-mcp-config",
+        "--allowedTools", "mcp__hyperhive__send", "--", "hello",
+    ]  # fmt: skip
+    started = trio.current_time()
+    with trio.fail_after(60):
+        proc = await trio.run_process(
+            cmd, stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True,
+            env=claude_env, cwd=claude_home, check=False,
+        )  # fmt: skip
+    elapsed = trio.current_time() - started
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.decode().splitlines() if line.strip()]
+    [init] = [e for e in events if e["type"] == "system" and e.get("subtype") == "init"]
+    [server] = [s for s in init["mcp_servers"] if s["name"] == "hyperhive"]
+    assert server["status"] == "failed"
+    [request] = mock_api.main_requests
+    assert not [t for t in request.tool_names if t.startswith("mcp__hyperhive__")]
+    assert elapsed < 15, f"the turn took {elapsed:.1f} s"
