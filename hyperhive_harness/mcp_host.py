@@ -77,6 +77,11 @@ class McpHost:
         self._token: str | None = None
         self._sessions: set[trio.CancelScope] = set()
         self._http_connections = 0
+        #: HTTP connections that have not shown the turn's secret yet, oldest first: at the
+        #: cap the oldest is closed for a new one, so processes that only connect (any on
+        #: the host may: the port is on the shared loopback) never lock claude out.
+        self._unproven: dict[trio.CancelScope, None] = {}
+        self._evicted: set[trio.CancelScope] = set()
         #: Calls of the running turn over HTTP, by request id (for ``notifications/cancelled``).
         self._calls: dict[object, trio.CancelScope] = {}
         #: The HTTP port, once :meth:`run` listens.
@@ -197,21 +202,36 @@ class McpHost:
             while True:
                 stream = await listener.accept()
                 if self._http_connections >= MAX_HTTP_CONNECTIONS:
-                    await stream.aclose()
-                    continue
+                    oldest = next(iter(self._unproven), None)
+                    if oldest is None:  # every one carried the secret: the turn's own
+                        await stream.aclose()
+                        continue
+                    del self._unproven[oldest]
+                    self._evicted.add(oldest)
+                    oldest.cancel()
+                    self._http_connections -= 1  # counted here, not when its task ends
                 self._http_connections += 1
-                nursery.start_soon(self._http_connection, stream)
+                scope = trio.CancelScope()
+                self._unproven[scope] = None
+                nursery.start_soon(self._http_connection, stream, scope)
 
-    async def _http_connection(self, stream: trio.SocketStream) -> None:
+    async def _http_connection(self, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+        def proven() -> None:
+            self._unproven.pop(scope, None)
+
         try:
-            with trio.CancelScope() as scope:
+            with scope:
                 self._sessions.add(scope)
                 try:
-                    await serve_connection(self, stream)
+                    await serve_connection(self, stream, proven)
                 finally:
                     self._sessions.discard(scope)
         finally:
-            self._http_connections -= 1
+            if scope in self._evicted:
+                self._evicted.discard(scope)  # no longer counted since it was closed
+            else:
+                self._unproven.pop(scope, None)
+                self._http_connections -= 1
 
     async def _session(self, stream: trio.SocketStream) -> None:
         async with stream:

@@ -29,15 +29,34 @@ import hmac
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Final
+from collections import deque
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Final, Protocol
 
 import h11
 import trio
 
-from hyperhive_harness.toolserver import INVALID_REQUEST, MAX_LINE, PARSE_ERROR
+from hyperhive_harness.toolserver import INVALID_REQUEST, MAX_LINE, PARSE_ERROR, ToolServer
 
-if TYPE_CHECKING:
-    from hyperhive_harness.mcp_host import McpHost
+
+class McpHost(Protocol):
+    """What a connection uses of the harness's host (:class:`hyperhive_harness.mcp_host.McpHost`;
+    named here so this module does not point back at the one that imports it)."""
+
+    refused: int
+    call_durations: deque[float]
+
+    @property
+    def token(self) -> str | None: ...
+
+    @property
+    def server(self) -> ToolServer | None: ...
+
+    def running_call(self, msg_id: object) -> AbstractContextManager[trio.CancelScope | None]: ...
+
+    def notified(self, message: dict[str, Any]) -> None: ...
+
 
 __all__ = ["PATH_PREFIX", "Refusal", "check_request", "serve_connection"]
 
@@ -113,9 +132,12 @@ class _Conn:
         await self.stream.send_all(data)
 
 
-async def serve_connection(host: McpHost, stream: trio.SocketStream) -> None:
+async def serve_connection(
+    host: McpHost, stream: trio.SocketStream, proven: Callable[[], None] = lambda: None
+) -> None:
     """Serve requests on one connection until it closes, a request is refused, or the turn
-    that authorised it ends (its scope is then cancelled by :meth:`McpHost.close_turn`)."""
+    that authorised it ends (its scope is then cancelled by :meth:`McpHost.close_turn`).
+    ``proven`` is called when a request first carried the turn's secret."""
     conn = _Conn(stream)
     async with stream:
         with contextlib.suppress(
@@ -145,7 +167,9 @@ async def serve_connection(host: McpHost, stream: trio.SocketStream) -> None:
                 except ValueError:
                     await conn.send(400, b"bad content-length\n", close=True)
                     return
-                authorised = True
+                if not authorised:
+                    authorised = True
+                    proven()
                 body = await _read_body(conn)
                 if body is None:
                     return

@@ -20,7 +20,7 @@ from mcp_types import CallToolResult
 from hyperhive.client import Client
 from hyperhive.protocol import Recv, RecvReply
 from hyperhive.supervisor import Hive
-from hyperhive_harness import mcp_http
+from hyperhive_harness import mcp_host, mcp_http
 from hyperhive_harness.mcp_host import McpHost
 from hyperhive_harness.mcp_http import PATH_PREFIX
 from hyperhive_harness.mcp_server import AGENT_TOOLS
@@ -324,3 +324,26 @@ async def test_claude_does_not_stall_when_nobody_serves_the_tools(
     [request] = mock_api.main_requests
     assert not [t for t in request.tool_names if t.startswith("mcp__hyperhive__")]
     assert elapsed < 15, f"the turn took {elapsed:.1f} s"
+
+
+async def test_connections_that_never_show_the_secret_cannot_lock_claude_out(
+    hive: Hive, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any process of the host may connect to the loopback port: at the connection cap the
+    oldest connection that has not shown the turn's secret is closed for the new one, so a
+    flood of silent connections never keeps the turn's own claude from its tools."""
+    monkeypatch.setattr(mcp_host, "MAX_HTTP_CONNECTIONS", 4)
+    await hive.spawn("alice")
+    async with hosting(hive.config.paths.agent_socket("alice"), short_tmp / "t.sock") as host:
+        token = host.open_turn()
+        assert host.port is not None
+        with trio.fail_after(20):
+            silent = [await trio.open_tcp_stream("127.0.0.1", host.port) for _ in range(4)]
+            for _ in range(3):  # the cap is full of silent connections, again and again
+                reply = await post(host.url(token), {"jsonrpc": "2.0", "id": 1, "method": "ping"})
+                assert reply.status_code == 200 and reply.json()["result"] == {}
+                silent.append(await trio.open_tcp_stream("127.0.0.1", host.port))
+            # The oldest silent ones were closed to make room, the newest are still open.
+            assert await silent[0].receive_some(100) == b""
+            for stream in silent:
+                await stream.aclose()
