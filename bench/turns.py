@@ -1,15 +1,17 @@
 """Turn benchmark: what hyperhive's MCP tools cost a claude turn, each figure with its baseline.
 
-    python -m bench.turns --out bench/results/turns.json [--samples 10]
+    python -m bench.turns --out bench/results/turns.json [--samples 20]
 
 The real claude CLI (``HYPERHIVE_CLAUDE``, else ``.tools/node_modules/.bin/claude``) against
 the instant scripted Messages API (``hyperhive.rehearsal.mock_api``) and a real daemon
 (external backend). Samples of the kinds are interleaved, so load drifts hit all alike:
 
 - ``bare``: ``claude -p`` with no MCP server (the baseline);
-- ``tools``: hyperhive's tools configured the way the harness does (the stdlib shim to the
-  harness's tool socket, :class:`hyperhive_harness.mcp_host.McpHost`, here in this process);
-  the model answers at once. Target: p50 / bare p50 ≤ 1.15;
+- ``tools``: hyperhive's tools configured the way the harness does (MCP over HTTP to
+  :class:`hyperhive_harness.mcp_host.McpHost`, here in this process, the turn's secret in
+  the URL); the model answers at once. Target: p50 / bare p50 ≤ 1.15;
+- ``tools_shim``: the same through the stdlib stdio shim to the host's unix socket (the
+  design before HTTP), for comparison;
 - ``tool_call``: the same, and the model calls ``get_agent_meta`` (a read) and then ``send``
   (a durable write); each tool round trip is timed inside the host (line read → answer
   written). Target: p50 ≤ 5 ms. The baseline of each is the same request on the agent
@@ -18,7 +20,12 @@ the instant scripted Messages API (``hyperhive.rehearsal.mock_api``) and a real 
 - ``stdio_server``: the previous design, for comparison: claude starts
   ``python -m hyperhive_harness.mcp_server`` every turn.
 
-``shim_session``: one whole run of the shim alone, what the tools add to a turn's start.
+``shim_session``: one whole run of the shim alone, what the shim adds to a turn's start.
+
+Each kind also reports ``cpu_ms``: the CPU time (user + system) of the turn's processes
+(claude and whatever it starts) plus this process's own (the mock API, the host) during
+the turn. It moves much less with the machine's load than the wall time, so its ratio to
+``bare`` shows what the tools cost even when the wall times are noisy.
 
 ``harness_rss``: a real ``hyperhive-harness serve`` process for a second agent: VmRSS once
 ready, and idle again after one turn with a tool call. Target ≤ 60 MB.
@@ -30,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -52,7 +60,7 @@ from hyperhive_harness.mcp_host import McpHost
 from hyperhive_harness.prompt import allowed_tools, mcp_config
 
 REPO = Path(__file__).resolve().parent.parent
-KINDS = ("bare", "tools", "tool_call", "stdio_server")
+KINDS = ("bare", "tools", "tools_shim", "tool_call", "stdio_server")
 TURN_RATIO_TARGET = 1.15
 TOOL_P50_TARGET_MS = 5.0
 RSS_TARGET_MB = 60.0
@@ -72,19 +80,30 @@ def summary_ms(seconds: list[float]) -> dict[str, float]:
     return {"n": len(ms), "p50_ms": statistics.median(ms), "p90_ms": pct(ms, 0.9)}
 
 
-async def run_turn(argv: list[str], env: dict[str, str], cwd: Path) -> float:
-    """Wall time of one claude run; it must end in a clean result."""
+def cpu_seconds() -> float:
+    """User + system CPU of this process and of its reaped children so far."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+async def run_turn(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """Wall time and CPU time of one claude run; it must end in a clean result."""
+    cpu = cpu_seconds()
     started = time.perf_counter()
     proc = await trio.run_process(
         argv, stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True,
         env=env, cwd=cwd, check=False,
     )  # fmt: skip
     elapsed = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu
     events = [json.loads(line) for line in proc.stdout.decode().splitlines() if line.strip()]
     results = [e for e in events if e.get("type") == "result"]
     if proc.returncode != 0 or not results or results[-1].get("is_error"):
         raise SystemExit(f"claude run failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
-    return elapsed
+    return elapsed, cpu
 
 
 def argv_for(claude: str, config: Path | None, tools: list[str]) -> list[str]:
@@ -115,7 +134,7 @@ async def direct_round_trips(socket: Path, request: Request, n: int) -> list[flo
 
 async def shim_sessions(host: McpHost, n: int) -> list[float]:
     """Whole runs of the shim as claude starts it: start, connect, secret, ``ok``, EOF, exit."""
-    config = host.config(sys.executable, host.open_turn())["mcpServers"]["hyperhive"]
+    config = host.shim_config(sys.executable, host.open_turn())["mcpServers"]["hyperhive"]
     times = []
     for _ in range(n):
         started = time.perf_counter()
@@ -150,6 +169,7 @@ async def turns(paths: Paths, root: Path, samples: int) -> dict[str, Any]:
         stdio_config.write_text(json.dumps(mcp_config(sys.executable, str(socket))))
 
         times: dict[str, list[float]] = {kind: [] for kind in KINDS}
+        cpu: dict[str, list[float]] = {kind: [] for kind in KINDS}
         round_trips: dict[str, list[float]] = {tool: [] for tool, _, _ in CALLS}
         for i in range(samples + 1):  # the first round warms caches and is dropped
             for kind in KINDS:
@@ -157,6 +177,11 @@ async def turns(paths: Paths, root: Path, samples: int) -> dict[str, Any]:
                 if kind in ("tools", "tool_call"):
                     host_config.write_text(
                         json.dumps(host.config(sys.executable, host.open_turn()))
+                    )
+                    config = host_config
+                elif kind == "tools_shim":
+                    host_config.write_text(
+                        json.dumps(host.shim_config(sys.executable, host.open_turn()))
                     )
                     config = host_config
                 elif kind == "stdio_server":
@@ -167,7 +192,7 @@ async def turns(paths: Paths, root: Path, samples: int) -> dict[str, Any]:
                         text("done"),
                     )
                     host.call_durations.clear()
-                elapsed = await run_turn(argv_for(claude, config, tools), env, cwd)
+                elapsed, used = await run_turn(argv_for(claude, config, tools), env, cwd)
                 host.close_turn()
                 if kind == "tool_call":
                     if len(host.call_durations) != len(CALLS):
@@ -177,17 +202,21 @@ async def turns(paths: Paths, root: Path, samples: int) -> dict[str, Any]:
                             round_trips[tool].append(took)
                 if i:
                     times[kind].append(elapsed)
+                    cpu[kind].append(used)
         direct = {tool: await direct_round_trips(socket, req, 200) for tool, _, req in CALLS}
         shim = await shim_sessions(host, 20)
         nursery.cancel_scope.cancel()
 
     bare = summary_ms(times["bare"])
+    bare_cpu = statistics.median(cpu["bare"]) * 1000
     out: dict[str, Any] = {"claude": claude, "samples": samples}
     for kind in KINDS:
         fig: dict[str, Any] = dict(summary_ms(times[kind]))
+        fig["cpu_p50_ms"] = statistics.median(cpu[kind]) * 1000
         if kind != "bare":
             fig["baseline"] = "bare"
             fig["ratio_to_bare_p50"] = fig["p50_ms"] / bare["p50_ms"]
+            fig["cpu_ratio_to_bare_p50"] = fig["cpu_p50_ms"] / bare_cpu
         out[kind] = fig
     out["tools"]["target_ratio"] = TURN_RATIO_TARGET
     out["tools"]["meets_target"] = out["tools"]["ratio_to_bare_p50"] <= TURN_RATIO_TARGET
@@ -306,7 +335,7 @@ async def _drain(stream: trio.abc.ReceiveStream) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench/results/turns.json"))
-    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=20)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="hh-bench-", dir="/tmp"))
     results: dict[str, Any] = {

@@ -1,7 +1,7 @@
 """The agent's hyperhive MCP tools (:func:`build_server`) and the stdio server.
 
-The harness serves these tools itself to the claude of each turn (:mod:`mcp_host`, through
-the stdlib-only :mod:`mcp_shim`); ``hyperhive-harness mcp`` (or ``python -m
+The harness serves these tools itself to the claude of each turn (:mod:`mcp_host`, over
+MCP's HTTP transport, :mod:`mcp_http`); ``hyperhive-harness mcp`` (or ``python -m
 hyperhive_harness.mcp_server``) serves the same tools on stdin/stdout under trio, for
 debugging and other MCP clients. It says hello to the agent socket as ``mcp``; the reply
 tells whether this is the manager (manager tool set) or an agent. Every tool forwards one

@@ -2,8 +2,9 @@
 that open a new session. Plain functions, no I/O.
 
 - :func:`wake_prompt` — the text a turn starts with (sender, body, pending count).
-- :func:`claude_argv`, :func:`mcp_shim_config` (:func:`mcp_config` without the harness's
-  tool socket), :func:`allowed_tools` — how claude is started.
+- :func:`claude_argv`, :func:`mcp_http_config` (:func:`mcp_shim_config` through the stdio
+  shim, :func:`mcp_config` without the harness's tool host), :func:`allowed_tools` — how
+  claude is started.
 - :func:`session_preface`, :func:`new_session_note` — what a new session after a failure is
   told, and what the UI shows about it.
 """
@@ -97,6 +98,15 @@ def mcp_shim_config(
     return {"mcpServers": servers}
 
 
+def mcp_http_config(url: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``--mcp-config`` document when the harness serves the tools over MCP's HTTP
+    transport at ``url`` (the turn's secret in its path); plus the agent's extra servers
+    (which can never replace ``hyperhive``)."""
+    servers = {name: spec for name, spec in (extra or {}).items() if name != SERVER_NAME}
+    servers[SERVER_NAME] = {"type": "http", "url": url}
+    return {"mcpServers": servers}
+
+
 def claude_argv(
     claude: str,
     *,
@@ -138,10 +148,29 @@ def claude_settings(extra: Mapping[str, Any] | None = None) -> str:
     return json.dumps({**(extra or {}), **HARNESS_CLAUDE_SETTINGS}, indent=2) + "\n"
 
 
+_PROXY_VARS: Final = (
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+)
+
+
 def claude_env(base: Mapping[str, str]) -> dict[str, str]:
-    """claude's environment: the harness's, with MCP tools shown directly (no ToolSearch)."""
+    """claude's environment: the harness's, with MCP tools shown directly (no ToolSearch).
+
+    When a proxy is configured, ``127.0.0.1`` is added to ``NO_PROXY``/``no_proxy``: the
+    hyperhive tools are on the harness's loopback port and must never go through a proxy."""
     env = dict(base)
     env["ENABLE_TOOL_SEARCH"] = "false"
+    if any(env.get(name) for name in _PROXY_VARS):
+        for name in ("NO_PROXY", "no_proxy"):
+            hosts = [h for h in env.get(name, "").split(",") if h.strip()]
+            if "127.0.0.1" not in (h.strip() for h in hosts):
+                hosts.append("127.0.0.1")
+            env[name] = ",".join(hosts)
     return env
 
 

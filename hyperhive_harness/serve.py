@@ -8,7 +8,8 @@ serve()
 │   │                           so a broken UI never stops the turn loop
 │   └── (tcp)                   only with ``--ui-port``: a guarded TCP listener for debugging
 ├── McpHost.run                 the hyperhive MCP tools for each turn's claude, on
-│                               <runtime dir>/tools.sock (0600, a secret per turn)
+│                               127.0.0.1:<port> (HTTP) and <runtime dir>/tools.sock
+│                               (0600), a secret per turn
 ├── LoginSession                the UI's claude login (started on demand)
 └── TurnLoop.run                connect → recv → claude → ack, reconnecting forever
 """

@@ -39,6 +39,7 @@ __all__ = [
     "MAX_LINE",
     "ToolError",
     "ToolServer",
+    "call_key",
 ]
 
 log = logging.getLogger("hyperhive.mcp")
@@ -260,7 +261,7 @@ class ToolServer:
                         continue
                     if "method" not in message:
                         continue  # an answer to a request of ours: we send none
-                    key = _key(message["id"])
+                    key = call_key(message["id"])
                     if len(running) >= MAX_IN_FLIGHT or key in running:
                         why = "duplicate request id" if key in running else "too many calls at once"
                         await write(_error(message["id"], INVALID_REQUEST, why))
@@ -277,12 +278,12 @@ class ToolServer:
         if message.get("method") == "notifications/cancelled":
             params = message.get("params")
             if isinstance(params, dict):
-                scope = running.get(_key(params.get("requestId")))
+                scope = running.get(call_key(params.get("requestId")))
                 if scope is not None:
                     scope.cancel()
 
 
-def _key(msg_id: object) -> object:
+def call_key(msg_id: object) -> object:
     """A request id as a dict key (ids may be numbers or strings; 1 and "1" differ)."""
     return (type(msg_id).__name__, msg_id) if isinstance(msg_id, int | str) else None
 

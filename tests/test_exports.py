@@ -200,6 +200,7 @@ HARNESS_MODULES = [
     "login",
     "loop",
     "mcp_host",
+    "mcp_http",
     "mcp_server",
     "mcp_shim",
     "model",

@@ -1,6 +1,6 @@
-"""The harness's tool socket (``McpHost``) reached the way claude reaches it: the real shim
-process (``python -I -S mcp_shim.py``) started by an MCP client (the SDK's, and the real
-claude), against a real daemon."""
+"""The harness's tool socket (``McpHost``) reached through the real shim process
+(``python -I -S mcp_shim.py``) started by the MCP SDK's stdio client, and the real claude
+with the turn's config (over HTTP, see test_mcp_http.py), against a real daemon."""
 
 from __future__ import annotations
 
@@ -211,7 +211,7 @@ def test_the_turn_config_starts_the_shim_and_keeps_the_extra_servers(short_tmp: 
     }
     first, second = host.open_turn(), host.open_turn()
     assert first != second and len(second) == 64
-    servers = host.config("/py", second, extra)["mcpServers"]
+    servers = host.shim_config("/py", second, extra)["mcpServers"]
     assert servers["search"] == extra["search"]
     assert servers["hyperhive"] == {  # never replaced by an extra server
         "type": "stdio",
