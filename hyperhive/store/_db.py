@@ -24,6 +24,14 @@ acknowledged for a job that failed, so nothing acknowledged is lost.
 
 Any other failure of ``BEGIN`` or ``COMMIT`` is a failure of the file itself
 (:class:`DatabaseFailed`): the writer stops and the daemon with it.
+
+Cheap reads on hot paths (an inbox's unread count, "is anything waiting?" before a ``recv``
+parks) do not queue behind the writer: :meth:`Database.read` runs them at once, on the
+caller's thread, on a second, read-only connection. In WAL mode a reader never waits for
+the writer and sees every transaction committed before its statement started; a read is
+one statement run to its end (``fetchall``/one row), so no read transaction outlives it
+and holds an old snapshot. Only bounded, indexed queries belong there: they run on the
+event loop.
 """
 
 from __future__ import annotations
@@ -191,6 +199,16 @@ def connect(path: Path, *, synchronous: str, migrations: Sequence[Migration]) ->
     return conn
 
 
+def connect_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the WAL database at ``path`` (opened by :func:`connect`)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    # A reader waits only while a crashed writer's WAL is recovered: briefly, at worst.
+    conn.execute("PRAGMA busy_timeout = 100")
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
 def _check_sync(level: str) -> str:
     level = level.upper()
     if level not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
@@ -208,8 +226,10 @@ class Database:
         *,
         path: Path | None = None,
         reserve_bytes: int = 0,
+        reader: sqlite3.Connection | None = None,
     ) -> None:
         self._conn = conn
+        self._reader = reader
         self._path = path
         self._reserve_bytes = reserve_bytes if path is not None else 0
         #: Writes that change rows are refused until there is space again.
@@ -250,6 +270,21 @@ class Database:
     def _disk_full_error(self) -> DiskFull:
         where = self._path if self._path is not None else "the database"
         return DiskFull(f"disk full: {where} could not be written; free space on its file system")
+
+    @property
+    def can_read(self) -> bool:
+        """Whether :meth:`read` is available (a read-only connection, database open)."""
+        return self._reader is not None and not self._closed
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run the read-only ``fn`` now, on the read connection, and return its result.
+
+        No writer, no thread, no checkpoint: ``fn`` sees everything committed before it
+        started. Only for bounded, indexed queries that run each statement to its end.
+        """
+        if self._reader is None or self._closed:
+            raise DatabaseClosed("the database is closed (or has no read connection)")
+        return fn(self._reader)
 
     def statistics(self) -> DatabaseStatistics:
         return DatabaseStatistics(self._transactions, self._batches, len(self._queue))
@@ -308,6 +343,8 @@ class Database:
                 for job in batch:
                     job.done.set()
                 await trio.to_thread.run_sync(self._conn.close, limiter=limiter)
+                if self._reader is not None:
+                    self._reader.close()
 
     def _run_batch(self, batch: list[_Job[Any]]) -> DatabaseFailed | None:
         """Run one batch (blocking); return the error if the file itself failed."""
@@ -425,7 +462,8 @@ async def open_database(
     conn = await trio.to_thread.run_sync(
         lambda: connect(path, synchronous=synchronous, migrations=migrations)
     )
-    db = Database(conn, synchronous, path=path, reserve_bytes=reserve_bytes)
+    reader = await trio.to_thread.run_sync(connect_reader, path)
+    db = Database(conn, synchronous, path=path, reserve_bytes=reserve_bytes, reader=reader)
     if not await trio.to_thread.run_sync(db.make_reserve):
         db.full = True  # started on a full disk: reads work, writes wait for space
     async with trio.open_nursery() as nursery:
