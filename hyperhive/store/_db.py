@@ -1,11 +1,13 @@
 """One sqlite database behind one writer connection, reached from trio.
 
 Every piece of work is a plain synchronous function of a ``sqlite3.Connection`` (the sans-IO
-side). :meth:`Database.transaction` queues it; one writer task takes everything queued so far
-and runs it in a single ``BEGIN IMMEDIATE … COMMIT`` on one worker-thread hop (group commit),
-each function inside its own savepoint, so a failing function rolls back alone and a burst of
-concurrent writers shares one fsync. A function's result is returned only after the commit,
-so whatever the caller was told is durable at the database's ``synchronous`` level.
+side). :meth:`Database.transaction` queues it; one writer thread (the connection's own, for
+the database's lifetime) takes everything queued so far and runs it in a single
+``BEGIN IMMEDIATE … COMMIT`` (group commit), each function inside its own savepoint, so a
+failing function rolls back alone and a burst of concurrent writers shares one fsync. The
+thread hands each batch back to trio with one ``TrioToken.run_sync_soon`` (no writer task and
+no thread-pool hop per batch). A function's result is returned only after the commit, so
+whatever the caller was told is durable at the database's ``synchronous`` level.
 
 Work that may be lost in a power cut without breaking a promise (marking a message as
 handed out: the worst case is handing it out again, which at-least-once delivery allows)
@@ -41,6 +43,7 @@ import errno
 import logging
 import os
 import sqlite3
+import threading
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -239,7 +242,9 @@ class Database:
         self._synchronous = _check_sync(synchronous)
         self._current_sync = self._synchronous
         self._queue: list[_Job[Any]] = []
-        self._wakeup = trio.Event()
+        #: Guards ``_queue`` and ``_stopping`` between trio and the writer thread.
+        self._lock = threading.Condition(threading.Lock())
+        self._stopping = False
         self._closed = False
         self._transactions = 0
         self._batches = 0
@@ -304,8 +309,9 @@ class Database:
         if self._closed:
             raise DatabaseClosed("the database is closed")
         job: _Job[T] = _Job(fn, durable)
-        self._queue.append(job)
-        self._wakeup.set()
+        with self._lock:
+            self._queue.append(job)
+            self._lock.notify()
         with trio.CancelScope(shield=True):
             await job.done.wait()
         if job.error is not None:
@@ -313,38 +319,82 @@ class Database:
         return job.result  # type: ignore[return-value]
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The writer task: run queued work in batches until cancelled, then close."""
-        limiter = trio.CapacityLimiter(1)
+        """Run the writer thread until cancelled (or the file fails), then close the file.
+
+        The thread owns the connection: it takes everything queued, runs it as one batch,
+        and hands the batch back with one :meth:`trio.lowlevel.TrioToken.run_sync_soon`,
+        where :meth:`_finished` wakes the callers. Work queued before the cancel still
+        runs; then the thread closes the connection and ends.
+        """
+        token = trio.lowlevel.current_trio_token()
+        exited = trio.Event()
+        failed = trio.Event()
+        fatal: list[DatabaseFailed] = []
+
+        def finished(batch: list[_Job[Any]], was_full: bool, error: DatabaseFailed | None) -> None:
+            # On the trio thread: nothing here may raise (it would end trio's run).
+            for job in batch:
+                job.done.set()
+            if error is not None and not fatal:
+                fatal.append(error)
+                failed.set()
+            try:
+                self._after_batch(was_full)
+            except Exception:
+                log.exception("internal error after a batch of %s", self._path)
+
+        def writer() -> None:
+            try:
+                while True:
+                    with self._lock:
+                        while not self._queue and not self._stopping:
+                            self._lock.wait()
+                        batch, self._queue = self._queue, []
+                    if not batch:
+                        return  # stopping, and nothing left to run
+                    was_full = self.full
+                    error = self._run_batch_guarded(batch)
+                    token.run_sync_soon(finished, batch, was_full, error)
+            finally:
+                try:
+                    self._conn.close()
+                finally:
+                    token.run_sync_soon(exited.set)
+
+        threading.Thread(target=writer, name="hyperhive-db-writer", daemon=True).start()
         task_status.started()
         try:
-            while True:
-                await self._wakeup.wait()
-                self._wakeup = trio.Event()
-                batch, self._queue = self._queue, []
-                if batch:
-                    full = self.full
-                    fatal = await trio.to_thread.run_sync(self._run_batch, batch, limiter=limiter)
-                    for job in batch:
-                        job.done.set()
-                    if fatal is not None:
-                        # The file itself failed (I/O error, corruption): stop, do not limp on.
-                        raise fatal
-                    if self.full and not full:
-                        log.warning("%s", self._disk_full_error())
-                    if (self.full or full) and self.on_disk_full is not None:
-                        self.on_disk_full()
+            await failed.wait()
+            # The file itself failed (I/O error, corruption): stop, do not limp on.
+            raise fatal[0]
         finally:
             self._closed = True
+            with self._lock:
+                self._stopping = True
+                self._lock.notify()
             with trio.CancelScope(shield=True):
-                # Work queued before the cancel still runs, then the file is closed.
-                batch, self._queue = self._queue, []
-                if batch:
-                    await trio.to_thread.run_sync(self._run_batch, batch, limiter=limiter)
-                for job in batch:
-                    job.done.set()
-                await trio.to_thread.run_sync(self._conn.close, limiter=limiter)
-                if self._reader is not None:
-                    self._reader.close()
+                await exited.wait()
+            if self._reader is not None:
+                self._reader.close()
+
+    def _after_batch(self, was_full: bool) -> None:
+        if self.full and not was_full:
+            log.warning("%s", self._disk_full_error())
+        if (self.full or was_full) and self.on_disk_full is not None:
+            self.on_disk_full()
+
+    def _run_batch_guarded(self, batch: list[_Job[Any]]) -> DatabaseFailed | None:
+        """:meth:`_run_batch`, and a failure of the writer itself fails the batch (the
+        callers must learn it) and the database."""
+        try:
+            return self._run_batch(batch)
+        except BaseException as exc:
+            where = self._path if self._path is not None else "the database"
+            failed = DatabaseFailed(f"{where}: the writer failed: {exc!r}")
+            failed.__cause__ = exc
+            for job in batch:
+                job.result, job.error = None, failed
+            return failed
 
     def _run_batch(self, batch: list[_Job[Any]]) -> DatabaseFailed | None:
         """Run one batch (blocking); return the error if the file itself failed."""
