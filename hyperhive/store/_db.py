@@ -42,6 +42,7 @@ import contextlib
 import errno
 import logging
 import os
+import queue
 import sqlite3
 import threading
 import urllib.parse
@@ -241,10 +242,8 @@ class Database:
         self.on_disk_full: Callable[[], None] | None = None
         self._synchronous = _check_sync(synchronous)
         self._current_sync = self._synchronous
-        self._queue: list[_Job[Any]] = []
-        #: Guards ``_queue`` and ``_stopping`` between trio and the writer thread.
-        self._lock = threading.Condition(threading.Lock())
-        self._stopping = False
+        #: Jobs for the writer thread; ``None`` (put once, after ``_closed``) stops it.
+        self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._closed = False
         self._transactions = 0
         self._batches = 0
@@ -292,7 +291,7 @@ class Database:
         return fn(self._reader)
 
     def statistics(self) -> DatabaseStatistics:
-        return DatabaseStatistics(self._transactions, self._batches, len(self._queue))
+        return DatabaseStatistics(self._transactions, self._batches, self._queue.qsize())
 
     async def transaction(
         self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True
@@ -309,9 +308,7 @@ class Database:
         if self._closed:
             raise DatabaseClosed("the database is closed")
         job: _Job[T] = _Job(fn, durable)
-        with self._lock:
-            self._queue.append(job)
-            self._lock.notify()
+        self._queue.put(job)
         with trio.CancelScope(shield=True):
             await job.done.wait()
         if job.error is not None:
@@ -346,15 +343,13 @@ class Database:
         def writer() -> None:
             try:
                 while True:
-                    with self._lock:
-                        while not self._queue and not self._stopping:
-                            self._lock.wait()
-                        batch, self._queue = self._queue, []
-                    if not batch:
-                        return  # stopping, and nothing left to run
-                    was_full = self.full
-                    error = self._run_batch_guarded(batch)
-                    token.run_sync_soon(finished, batch, was_full, error)
+                    batch, stop = self._take()
+                    if batch:
+                        was_full = self.full
+                        error = self._run_batch_guarded(batch)
+                        token.run_sync_soon(finished, batch, was_full, error)
+                    if stop:
+                        return  # everything queued before the stop has run
             finally:
                 try:
                     self._conn.close()
@@ -369,13 +364,27 @@ class Database:
             raise fatal[0]
         finally:
             self._closed = True
-            with self._lock:
-                self._stopping = True
-                self._lock.notify()
+            self._queue.put(None)  # after _closed: nothing is queued behind it
             with trio.CancelScope(shield=True):
                 await exited.wait()
             if self._reader is not None:
                 self._reader.close()
+
+    def _take(self) -> tuple[list[_Job[Any]], bool]:
+        """(In the writer thread) wait for work, then take everything queued: the batch,
+        and whether the stop came."""
+        first = self._queue.get()
+        batch = [] if first is None else [first]
+        stop = first is None
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, stop
+            if job is None:
+                stop = True
+            else:
+                batch.append(job)
 
     def _after_batch(self, was_full: bool) -> None:
         if self.full and not was_full:
