@@ -74,6 +74,8 @@ def broadcast_prefix(to: str) -> str | None:
 #: ones) sqlite may pick ``messages_recipient`` instead and walk a recipient's whole history
 #: (milliseconds per ``recv`` with tens of thousands of old rows, instead of microseconds).
 INBOX: Final = "INDEXED BY messages_unacked"
+#: Rows a read on the event loop may count (``Database.read``); past it the writer counts.
+READ_BOUND: Final = 1000
 T = TypeVar("T")
 
 
@@ -330,7 +332,15 @@ def sql_requeue(conn: sqlite3.Connection, recipient: str) -> int:
     return cur.rowcount
 
 
-def sql_unread(conn: sqlite3.Connection, recipient: str) -> int:
+def sql_unread(conn: sqlite3.Connection, recipient: str, at_most: int | None = None) -> int:
+    """``recipient``'s unread count (counting stops at ``at_most``, when given)."""
+    if at_most is not None:
+        row = conn.execute(
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM messages {INBOX} WHERE recipient = ? "
+            "AND acked_at IS NULL AND delivered_at IS NULL LIMIT ?)",
+            (recipient, at_most),
+        ).fetchone()
+        return int(row[0])
     row = conn.execute(
         f"SELECT COUNT(*) FROM messages {INBOX} WHERE recipient = ? AND acked_at IS NULL "
         "AND delivered_at IS NULL",
@@ -739,13 +749,17 @@ class Broker:
             slot.resolve()
 
     async def unread(self, recipient: str) -> int:
+        # Counted on the event loop up to a bound; a longer inbox is counted by the writer.
         if self._db.can_read:
-            return self._db.read(functools.partial(sql_unread, recipient=recipient))
+            count = self._db.read(
+                functools.partial(sql_unread, recipient=recipient, at_most=READ_BOUND)
+            )
+            if count < READ_BOUND:
+                return count
         return await self._db.transaction(lambda conn: sql_unread(conn, recipient))
 
     async def unread_by_recipient(self) -> dict[str, int]:
-        if self._db.can_read:
-            return self._db.read(sql_unread_by_recipient)
+        # Every inbox: not bounded, so not on the event loop.
         return await self._db.transaction(sql_unread_by_recipient)
 
     async def recent(self, recipient: str, limit: int) -> list[RecentMessage]:

@@ -9,6 +9,7 @@ import threading
 
 import trio
 
+from hyperhive.broker import READ_BOUND
 from hyperhive.protocol import Recv, Send, Status
 from hyperhive.supervisor import Hive
 from tests.conftest import Connect
@@ -154,3 +155,15 @@ async def test_a_receiver_gone_at_the_hand_over_finds_the_message_again(
     assert [(m.body, m.redelivered) for m in reply.messages] == [  # type: ignore[attr-defined]
         ("are you there?", False)  # it never reached a client: handed out as new
     ]
+
+
+async def test_status_counts_a_long_inbox_exactly(hive: Hive, connect: Connect) -> None:
+    # Past the bound of a read on the event loop the writer counts: the figure is exact.
+    alice, bob = await connect("alice"), await connect("bob")
+    for i in range(READ_BOUND + 5):
+        await alice.call(Send("bob", f"m{i}"))
+    assert (await bob.call(Status())).unread == READ_BOUND + 5  # type: ignore[attr-defined]
+    await bob.call(Recv(max=10))
+    assert (await bob.call(Status())).unread == READ_BOUND - 5  # type: ignore[attr-defined]
+    host = await hive.broker.unread_by_recipient()
+    assert host["bob"] == READ_BOUND - 5
