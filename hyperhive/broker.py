@@ -20,11 +20,12 @@ harness says ``hello`` again (:meth:`Broker.requeue_unacked`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 import time
 import unicodedata
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Final, TypeVar
 
@@ -73,6 +74,8 @@ def broadcast_prefix(to: str) -> str | None:
 #: ones) sqlite may pick ``messages_recipient`` instead and walk a recipient's whole history
 #: (milliseconds per ``recv`` with tens of thousands of old rows, instead of microseconds).
 INBOX: Final = "INDEXED BY messages_unacked"
+#: Rows a read on the event loop may count (``Database.read``); past it the writer counts.
+READ_BOUND: Final = 1000
 T = TypeVar("T")
 
 
@@ -329,13 +332,31 @@ def sql_requeue(conn: sqlite3.Connection, recipient: str) -> int:
     return cur.rowcount
 
 
-def sql_unread(conn: sqlite3.Connection, recipient: str) -> int:
+def sql_unread(conn: sqlite3.Connection, recipient: str, at_most: int | None = None) -> int:
+    """``recipient``'s unread count (counting stops at ``at_most``, when given)."""
+    if at_most is not None:
+        row = conn.execute(
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM messages {INBOX} WHERE recipient = ? "
+            "AND acked_at IS NULL AND delivered_at IS NULL LIMIT ?)",
+            (recipient, at_most),
+        ).fetchone()
+        return int(row[0])
     row = conn.execute(
         f"SELECT COUNT(*) FROM messages {INBOX} WHERE recipient = ? AND acked_at IS NULL "
         "AND delivered_at IS NULL",
         (recipient,),
     ).fetchone()
     return int(row[0])
+
+
+def sql_waiting(conn: sqlite3.Connection, recipient: str) -> bool:
+    """Whether :func:`sql_take` would hand ``recipient`` anything (one index probe)."""
+    row = conn.execute(
+        f"SELECT EXISTS (SELECT 1 FROM messages {INBOX} WHERE recipient = ? "
+        "AND acked_at IS NULL AND delivered_at IS NULL)",
+        (recipient,),
+    ).fetchone()
+    return bool(row[0])
 
 
 def sql_unread_by_recipient(conn: sqlite3.Connection) -> dict[str, int]:
@@ -414,6 +435,28 @@ TransactionRunner = Callable[[Callable[[sqlite3.Connection], T]], Awaitable[T]]
 # ---------------------------------------------------------------- trio side
 
 
+@attrs.define(eq=False)
+class _Slot:
+    """One parked ``recv``: what a send may hand over to it (trio side only).
+
+    A send to its recipient *claims* it before its transaction is queued (it leaves the
+    queue of parked receivers), takes the inbox for it in that very transaction, and
+    *resolves* it after the commit with what was taken (None: nothing was handed over,
+    the receiver looks again). A receiver never leaves a claimed slot before it is resolved.
+    """
+
+    limit: int
+    ack: bool
+    done: trio.Event = attrs.field(factory=trio.Event)
+    claimed: bool = False
+    messages: list[Message] | None = None
+
+    def resolve(self, messages: list[Message] | None = None) -> None:
+        if not self.done.is_set():
+            self.messages = messages
+            self.done.set()
+
+
 class Broker:
     """Sends, receives and acknowledges messages on behalf of identified callers.
 
@@ -439,7 +482,10 @@ class Broker:
         self._directory = directory
         self._allowed = allowed_recipients
         self._clock = clock
-        self._waiters: dict[str, trio.Event] = {}
+        #: Parked receivers per recipient, oldest first (none claimed by a send).
+        self._slots: dict[str, deque[_Slot]] = {}
+        #: Wake-ups per recipient so far: a receiver that awaited while looking compares.
+        self._wakes: Counter[str] = Counter()
         self.sent_total = 0
         self._parked: Counter[str] = Counter()
         self._parked_changed = trio.Event()
@@ -453,9 +499,8 @@ class Broker:
         """The daemon is stopping: every parked receiver looks once more and returns what it
         finds (usually nothing), and no receiver parks from now on."""
         self._stopping = True
-        for waiter in self._waiters.values():
-            waiter.set()
-        self._waiters.clear()
+        for recipient in list(self._slots):
+            self._wake(recipient)
 
     async def wait_parked(self, recipient: str, count: int = 1, *, at_most: bool = False) -> None:
         """Return once at least (or, ``at_most``, at most) ``count`` receivers are parked."""
@@ -487,11 +532,13 @@ class Broker:
                 raise RequestRefused(f"in_reply_to {in_reply_to}: no such message")
             return outbox.insert(rows)
 
-        return await self.transaction(tx, now=now)
+        return await self.transaction(tx, now=now, hand_over=[r.recipient for r in rows])
 
     async def inject(self, rows: list[Outgoing]) -> list[SentMessage]:
         """Write rows that need no recipient check (system messages, wakes)."""
-        return await self.transaction(lambda _conn, outbox: outbox.insert(rows))
+        return await self.transaction(
+            lambda _conn, outbox: outbox.insert(rows), hand_over=[r.recipient for r in rows]
+        )
 
     async def notice(self, recipient: str, body: str) -> SentMessage:
         """Put a start notice in ``recipient``'s inbox, ahead of what waits there already."""
@@ -503,6 +550,7 @@ class Broker:
         *,
         now: float | None = None,
         run: TransactionRunner[tuple[T, list[SentMessage]]] | None = None,
+        hand_over: Iterable[str] = (),
     ) -> T:
         """Run ``fn(conn, outbox)`` in one transaction; after the commit, announce its messages.
 
@@ -510,18 +558,53 @@ class Broker:
         not at all; once committed, each message is published (``sent``) and its recipient's
         parked ``recv`` woken. ``run`` runs the transaction elsewhere than on the broker's
         database queue (a registry change the rows belong to), ``now`` is their ``sent_at``.
+
+        ``hand_over`` names recipients ``fn`` writes to: a parked ``recv`` of each (not
+        paused) is claimed now, its inbox taken for it in the same transaction (in order,
+        start notices first, exactly as its own ``recv`` would) and handed to it after the
+        commit, so the receiver runs no transaction of its own.
         """
         at = self._clock() if now is None else now
+        if run is not None:
 
-        def tx(conn: sqlite3.Connection) -> tuple[T, list[SentMessage]]:
+            def outside(conn: sqlite3.Connection) -> tuple[T, list[SentMessage]]:
+                outbox = Outbox(conn, at)
+                return fn(conn, outbox), outbox.sent
+
+            result, sent = await run(outside)
+            self._committed(sent)
+            return result
+        claims = self._claim(hand_over)
+
+        def tx(conn: sqlite3.Connection) -> tuple[T, list[SentMessage], dict[str, list[Message]]]:
             # A fresh outbox per attempt: the database may run a batch again (disk full).
             outbox = Outbox(conn, at)
             result = fn(conn, outbox)
-            return result, outbox.sent
+            handed = {r: sql_take(conn, r, slot.limit, slot.ack, at) for r, slot in claims.items()}
+            return result, outbox.sent, handed
 
-        result, sent = await (self._db.transaction(tx) if run is None else run(tx))
+        try:
+            result, sent, handed = await self._db.transaction(tx)
+            for recipient, slot in claims.items():
+                slot.resolve(handed[recipient] or None)
+        finally:
+            for slot in claims.values():
+                slot.resolve()  # the transaction failed: the receiver looks again
         self._committed(sent)
         return result
+
+    def _claim(self, recipients: Iterable[str]) -> dict[str, _Slot]:
+        claims: dict[str, _Slot] = {}
+        for recipient in recipients:
+            slots = self._slots.get(recipient)
+            if recipient in claims or not slots or self._paused(recipient):
+                continue
+            slot = slots.popleft()
+            if not slots:
+                del self._slots[recipient]
+            slot.claimed = True
+            claims[recipient] = slot
+        return claims
 
     def _committed(self, sent: Iterable[SentMessage]) -> None:
         """After a commit that inserted messages: publish them and wake their recipients."""
@@ -539,6 +622,12 @@ class Broker:
             )
             self._wake(m.recipient)
 
+    def _waiting(self, recipient: str) -> bool:
+        """Whether anything waits for ``recipient`` (a read; a take may still find nothing)."""
+        if self._db.can_read:
+            return self._db.read(functools.partial(sql_waiting, recipient=recipient))
+        return True  # no read connection: the take itself looks
+
     async def recv(
         self, recipient: str, *, wait_seconds: float = 0, limit: int = 1, ack: bool = True
     ) -> list[Message]:
@@ -549,13 +638,11 @@ class Broker:
         deadline = trio.current_time() + wait_seconds
         paused = self._paused(recipient)
         while True:
-            # Take the waiter before looking, so a send committing after the look wakes us.
-            waiter = self._waiters.get(recipient)
-            if waiter is None:
-                waiter = self._waiters[recipient] = trio.Event()
+            # A wake-up while the look awaited (a take) means: look again instead of parking.
+            wakes = self._wakes[recipient]
             # A paused recipient is handed nothing: its inbox waits, in order, unacked.
             messages = []
-            if not self._paused(recipient):
+            if not self._paused(recipient) and self._waiting(recipient):
                 messages = await self._db.transaction(
                     functools.partial(
                         sql_take, recipient=recipient, limit=limit, ack=ack, now=self._clock()
@@ -563,29 +650,70 @@ class Broker:
                     durable=False,
                 )
             if messages:
-                for m in messages:
-                    self._events.emit(
-                        ev.Delivered(
-                            id=m.id,
-                            sender=m.from_,
-                            recipient=recipient,
-                            redelivered=m.redelivered,
-                            acked=ack,
-                        )
-                    )
-                return messages
+                return self._delivered(recipient, messages, ack)
             if trio.current_time() >= deadline or self._stopping:
                 return []
             if self._paused(recipient) != paused:
                 return []  # paused or resumed meanwhile: the receiver learns it now
-            self._park(recipient, +1)
-            try:
-                with trio.move_on_at(deadline):
-                    await waiter.wait()
-            finally:
-                self._park(recipient, -1)
+            if self._wakes[recipient] != wakes:
+                continue
+            # Nothing committed for us is unseen: the look was a read of everything committed
+            # before it, and any later commit wakes (or hands over to) the slot parked now,
+            # with no checkpoint in between.
+            handed = await self._park(recipient, _Slot(limit, ack), deadline)
+            if handed:
+                if self._paused(recipient):
+                    # Paused while the hand-over was committing: it goes back, unread.
+                    with trio.CancelScope(shield=True):
+                        await self.undeliver(recipient, [m.id for m in handed])
+                    return []
+                return self._delivered(recipient, handed, ack)
 
-    def _park(self, recipient: str, delta: int) -> None:
+    async def _park(self, recipient: str, slot: _Slot, deadline: float) -> list[Message] | None:
+        """Wait in ``slot`` until woken, handed messages, or the deadline; return what was
+        handed over. Cancelled (the client hung up) with messages handed: they go back."""
+        self._slots.setdefault(recipient, deque()).append(slot)
+        self._count_parked(recipient, +1)
+        try:
+            with trio.move_on_at(deadline):
+                await slot.done.wait()
+        except BaseException:
+            self._leave(recipient, slot)
+            with trio.CancelScope(shield=True):
+                if slot.claimed:
+                    await slot.done.wait()  # the send's transaction is in flight: milliseconds
+                if slot.messages:
+                    await self.undeliver(recipient, [m.id for m in slot.messages])
+            raise
+        self._leave(recipient, slot)
+        if slot.claimed and not slot.done.is_set():
+            with trio.CancelScope(shield=True):
+                await slot.done.wait()
+        return slot.messages
+
+    def _leave(self, recipient: str, slot: _Slot) -> None:
+        self._count_parked(recipient, -1)
+        slots = self._slots.get(recipient)
+        if slots is not None and not slot.claimed:
+            with contextlib.suppress(ValueError):
+                slots.remove(slot)
+            if not slots:
+                del self._slots[recipient]
+
+    def _delivered(self, recipient: str, messages: list[Message], ack: bool) -> list[Message]:
+        for m in messages:
+            self._events.emit(
+                ev.Delivered(
+                    id=m.id,
+                    sender=m.from_,
+                    recipient=recipient,
+                    redelivered=m.redelivered,
+                    acked=ack,
+                )
+            )
+        return messages
+
+    def _count_parked(self, recipient: str, delta: int) -> None:
         self._parked[recipient] += delta
         if self._parked[recipient] <= 0:
             del self._parked[recipient]
@@ -615,14 +743,23 @@ class Broker:
         self._wake(recipient)
 
     def _wake(self, recipient: str) -> None:
-        waiter = self._waiters.pop(recipient, None)
-        if waiter is not None:
-            waiter.set()
+        """Every receiver parked for ``recipient`` looks again (claimed ones are the send's)."""
+        self._wakes[recipient] += 1
+        for slot in self._slots.pop(recipient, ()):
+            slot.resolve()
 
     async def unread(self, recipient: str) -> int:
+        # Counted on the event loop up to a bound; a longer inbox is counted by the writer.
+        if self._db.can_read:
+            count = self._db.read(
+                functools.partial(sql_unread, recipient=recipient, at_most=READ_BOUND)
+            )
+            if count < READ_BOUND:
+                return count
         return await self._db.transaction(lambda conn: sql_unread(conn, recipient))
 
     async def unread_by_recipient(self) -> dict[str, int]:
+        # Every inbox: not bounded, so not on the event loop.
         return await self._db.transaction(sql_unread_by_recipient)
 
     async def recent(self, recipient: str, limit: int) -> list[RecentMessage]:

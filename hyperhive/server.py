@@ -25,7 +25,7 @@ import os
 import socket as stdlib_socket
 import stat
 from collections import deque
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
@@ -193,12 +193,13 @@ class Drain:
         self.stopping = trio.Event()
         self.connections = 0
         self._closed = trio.Event()
-        self._idle: set[trio.CancelScope] = set()
+        #: The connections waiting for their next request: :meth:`begin` wakes them.
+        self._idle: set[_Watch] = set()
 
     def begin(self) -> None:
         self.stopping.set()
-        for scope in self._idle:
-            scope.cancel()
+        for watch in self._idle:
+            watch.changed()
 
     async def wait_closed(self) -> None:
         while self.connections:
@@ -213,17 +214,17 @@ class Drain:
         if not self.connections:
             self._closed.set()
 
-    @contextlib.contextmanager
-    def _waiting(self) -> Iterator[trio.CancelScope]:
-        """Around a wait for the next request: cancelled by :meth:`begin`."""
-        with trio.CancelScope() as scope:
-            if self.stopping.is_set():
-                scope.cancel()
-            self._idle.add(scope)
-            try:
-                yield scope
-            finally:
-                self._idle.discard(scope)
+    async def _wait_request(self, watch: _Watch) -> bool:
+        """Wait for the connection's next frame (or its end); False once :meth:`begin` was
+        called, before or during the wait: the connection is to be closed."""
+        if self.stopping.is_set():
+            return False
+        self._idle.add(watch)
+        try:
+            await watch.wait()
+        finally:
+            self._idle.discard(watch)
+        return not self.stopping.is_set()
 
 
 class _Cut(Exception):
@@ -276,8 +277,11 @@ class _Reader:
         left = math.inf if started is None else limits.line_deadline - self._waited
         before = trio.current_time()  # trio's clock: a test may run a MockClock
         data: bytes | None = None
-        with trio.move_on_at(before + max(left, 0.0)):
-            data = await self.stream.receive_some(RECEIVE_CHUNK)
+        if started is None:
+            data = await self.stream.receive_some(RECEIVE_CHUNK)  # no line started: no clock
+        else:
+            with trio.move_on_at(before + max(left, 0.0)):
+                data = await self.stream.receive_some(RECEIVE_CHUNK)
         now = trio.current_time()
         if started is not None:
             self._waited += now - before
@@ -441,9 +445,7 @@ async def _serve(
                 raise _Cut(reader.cut)
             if watch.eof:
                 return
-            with drain._waiting() as waiting:
-                await watch.wait()
-            if waiting.cancelled_caught:
+            if not await drain._wait_request(watch):
                 return
             continue
         watch.took()

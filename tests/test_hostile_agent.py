@@ -9,6 +9,7 @@ throughout. Idle connections are never cut.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -146,13 +147,25 @@ class Watcher:
 
 
 async def _connect(path: str) -> trio.SocketStream:
-    # A full listen backlog answers EAGAIN on a unix socket: wait for the daemon to accept.
+    # A full listen backlog answers EAGAIN on a unix socket, and trio's connect takes that
+    # for "in progress": it returns a socket that is not connected (its sends and receives
+    # fail at once, an empty outcome). Retry until connected: wait for the daemon to accept.
     with trio.fail_after(10):
         while True:
             try:
-                return await trio.open_unix_socket(path)
+                stream = await trio.open_unix_socket(path)
             except BlockingIOError:
                 await trio.sleep(0.01)
+                continue
+            try:
+                stream.socket.getpeername()
+            except OSError as exc:
+                if exc.errno != errno.ENOTCONN:
+                    raise
+                await stream.aclose()
+                await trio.sleep(0.01)
+                continue
+            return stream
 
 
 async def _read_to_eof(stream: trio.SocketStream) -> bytes:

@@ -1,11 +1,13 @@
 """One sqlite database behind one writer connection, reached from trio.
 
 Every piece of work is a plain synchronous function of a ``sqlite3.Connection`` (the sans-IO
-side). :meth:`Database.transaction` queues it; one writer task takes everything queued so far
-and runs it in a single ``BEGIN IMMEDIATE … COMMIT`` on one worker-thread hop (group commit),
-each function inside its own savepoint, so a failing function rolls back alone and a burst of
-concurrent writers shares one fsync. A function's result is returned only after the commit,
-so whatever the caller was told is durable at the database's ``synchronous`` level.
+side). :meth:`Database.transaction` queues it; one writer thread (the connection's own, for
+the database's lifetime) takes everything queued so far and runs it in a single
+``BEGIN IMMEDIATE … COMMIT`` (group commit), each function inside its own savepoint, so a
+failing function rolls back alone and a burst of concurrent writers shares one fsync. The
+thread hands each batch back to trio with one ``TrioToken.run_sync_soon`` (no writer task and
+no thread-pool hop per batch). A function's result is returned only after the commit, so
+whatever the caller was told is durable at the database's ``synchronous`` level.
 
 Work that may be lost in a power cut without breaking a promise (marking a message as
 handed out: the worst case is handing it out again, which at-least-once delivery allows)
@@ -24,6 +26,14 @@ acknowledged for a job that failed, so nothing acknowledged is lost.
 
 Any other failure of ``BEGIN`` or ``COMMIT`` is a failure of the file itself
 (:class:`DatabaseFailed`): the writer stops and the daemon with it.
+
+Cheap reads on hot paths (an inbox's unread count, "is anything waiting?" before a ``recv``
+parks) do not queue behind the writer: :meth:`Database.read` runs them at once, on the
+caller's thread, on a second, read-only connection. In WAL mode a reader never waits for
+the writer and sees every transaction committed before its statement started; a read is
+one statement run to its end (``fetchall``/one row), so no read transaction outlives it
+and holds an old snapshot. Only bounded, indexed queries belong there: they run on the
+event loop.
 """
 
 from __future__ import annotations
@@ -32,7 +42,9 @@ import contextlib
 import errno
 import logging
 import os
+import queue
 import sqlite3
+import threading
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -191,6 +203,16 @@ def connect(path: Path, *, synchronous: str, migrations: Sequence[Migration]) ->
     return conn
 
 
+def connect_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the WAL database at ``path`` (opened by :func:`connect`)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    # A reader waits only while a crashed writer's WAL is recovered: briefly, at worst.
+    conn.execute("PRAGMA busy_timeout = 100")
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
 def _check_sync(level: str) -> str:
     level = level.upper()
     if level not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
@@ -208,8 +230,10 @@ class Database:
         *,
         path: Path | None = None,
         reserve_bytes: int = 0,
+        reader: sqlite3.Connection | None = None,
     ) -> None:
         self._conn = conn
+        self._reader = reader
         self._path = path
         self._reserve_bytes = reserve_bytes if path is not None else 0
         #: Writes that change rows are refused until there is space again.
@@ -218,8 +242,8 @@ class Database:
         self.on_disk_full: Callable[[], None] | None = None
         self._synchronous = _check_sync(synchronous)
         self._current_sync = self._synchronous
-        self._queue: list[_Job[Any]] = []
-        self._wakeup = trio.Event()
+        #: Jobs for the writer thread; ``None`` (put once, after ``_closed``) stops it.
+        self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._closed = False
         self._transactions = 0
         self._batches = 0
@@ -251,8 +275,23 @@ class Database:
         where = self._path if self._path is not None else "the database"
         return DiskFull(f"disk full: {where} could not be written; free space on its file system")
 
+    @property
+    def can_read(self) -> bool:
+        """Whether :meth:`read` is available (a read-only connection, database open)."""
+        return self._reader is not None and not self._closed
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run the read-only ``fn`` now, on the read connection, and return its result.
+
+        No writer, no thread, no checkpoint: ``fn`` sees everything committed before it
+        started. Only for bounded, indexed queries that run each statement to its end.
+        """
+        if self._reader is None or self._closed:
+            raise DatabaseClosed("the database is closed (or has no read connection)")
+        return fn(self._reader)
+
     def statistics(self) -> DatabaseStatistics:
-        return DatabaseStatistics(self._transactions, self._batches, len(self._queue))
+        return DatabaseStatistics(self._transactions, self._batches, self._queue.qsize())
 
     async def transaction(
         self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True
@@ -269,8 +308,7 @@ class Database:
         if self._closed:
             raise DatabaseClosed("the database is closed")
         job: _Job[T] = _Job(fn, durable)
-        self._queue.append(job)
-        self._wakeup.set()
+        self._queue.put(job)
         with trio.CancelScope(shield=True):
             await job.done.wait()
         if job.error is not None:
@@ -278,36 +316,94 @@ class Database:
         return job.result  # type: ignore[return-value]
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The writer task: run queued work in batches until cancelled, then close."""
-        limiter = trio.CapacityLimiter(1)
+        """Run the writer thread until cancelled (or the file fails), then close the file.
+
+        The thread owns the connection: it takes everything queued, runs it as one batch,
+        and hands the batch back with one :meth:`trio.lowlevel.TrioToken.run_sync_soon`,
+        where :meth:`_finished` wakes the callers. Work queued before the cancel still
+        runs; then the thread closes the connection and ends.
+        """
+        token = trio.lowlevel.current_trio_token()
+        exited = trio.Event()
+        failed = trio.Event()
+        fatal: list[DatabaseFailed] = []
+
+        def finished(batch: list[_Job[Any]], was_full: bool, error: DatabaseFailed | None) -> None:
+            # On the trio thread: nothing here may raise (it would end trio's run).
+            for job in batch:
+                job.done.set()
+            if error is not None and not fatal:
+                fatal.append(error)
+                failed.set()
+            try:
+                self._after_batch(was_full)
+            except Exception:
+                log.exception("internal error after a batch of %s", self._path)
+
+        def writer() -> None:
+            try:
+                while True:
+                    batch, stop = self._take()
+                    if batch:
+                        was_full = self.full
+                        error = self._run_batch_guarded(batch)
+                        token.run_sync_soon(finished, batch, was_full, error)
+                    if stop:
+                        return  # everything queued before the stop has run
+            finally:
+                try:
+                    self._conn.close()
+                finally:
+                    token.run_sync_soon(exited.set)
+
+        threading.Thread(target=writer, name="hyperhive-db-writer", daemon=True).start()
         task_status.started()
         try:
-            while True:
-                await self._wakeup.wait()
-                self._wakeup = trio.Event()
-                batch, self._queue = self._queue, []
-                if batch:
-                    full = self.full
-                    fatal = await trio.to_thread.run_sync(self._run_batch, batch, limiter=limiter)
-                    for job in batch:
-                        job.done.set()
-                    if fatal is not None:
-                        # The file itself failed (I/O error, corruption): stop, do not limp on.
-                        raise fatal
-                    if self.full and not full:
-                        log.warning("%s", self._disk_full_error())
-                    if (self.full or full) and self.on_disk_full is not None:
-                        self.on_disk_full()
+            await failed.wait()
+            # The file itself failed (I/O error, corruption): stop, do not limp on.
+            raise fatal[0]
         finally:
             self._closed = True
+            self._queue.put(None)  # after _closed: nothing is queued behind it
             with trio.CancelScope(shield=True):
-                # Work queued before the cancel still runs, then the file is closed.
-                batch, self._queue = self._queue, []
-                if batch:
-                    await trio.to_thread.run_sync(self._run_batch, batch, limiter=limiter)
-                for job in batch:
-                    job.done.set()
-                await trio.to_thread.run_sync(self._conn.close, limiter=limiter)
+                await exited.wait()
+            if self._reader is not None:
+                self._reader.close()
+
+    def _take(self) -> tuple[list[_Job[Any]], bool]:
+        """(In the writer thread) wait for work, then take everything queued: the batch,
+        and whether the stop came."""
+        first = self._queue.get()
+        batch = [] if first is None else [first]
+        stop = first is None
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, stop
+            if job is None:
+                stop = True
+            else:
+                batch.append(job)
+
+    def _after_batch(self, was_full: bool) -> None:
+        if self.full and not was_full:
+            log.warning("%s", self._disk_full_error())
+        if (self.full or was_full) and self.on_disk_full is not None:
+            self.on_disk_full()
+
+    def _run_batch_guarded(self, batch: list[_Job[Any]]) -> DatabaseFailed | None:
+        """:meth:`_run_batch`, and a failure of the writer itself fails the batch (the
+        callers must learn it) and the database."""
+        try:
+            return self._run_batch(batch)
+        except BaseException as exc:
+            where = self._path if self._path is not None else "the database"
+            failed = DatabaseFailed(f"{where}: the writer failed: {exc!r}")
+            failed.__cause__ = exc
+            for job in batch:
+                job.result, job.error = None, failed
+            return failed
 
     def _run_batch(self, batch: list[_Job[Any]]) -> DatabaseFailed | None:
         """Run one batch (blocking); return the error if the file itself failed."""
@@ -425,7 +521,8 @@ async def open_database(
     conn = await trio.to_thread.run_sync(
         lambda: connect(path, synchronous=synchronous, migrations=migrations)
     )
-    db = Database(conn, synchronous, path=path, reserve_bytes=reserve_bytes)
+    reader = await trio.to_thread.run_sync(connect_reader, path)
+    db = Database(conn, synchronous, path=path, reserve_bytes=reserve_bytes, reader=reader)
     if not await trio.to_thread.run_sync(db.make_reserve):
         db.full = True  # started on a full disk: reads work, writes wait for space
     async with trio.open_nursery() as nursery:
