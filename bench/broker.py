@@ -38,6 +38,7 @@ from bench._floor import (
     cpu_seconds,
     echo_floor,
     prefill_history,
+    raw_commit_times,
     raw_commits_per_second,
     start_echo,
 )
@@ -260,7 +261,18 @@ def main() -> None:
         async def wake(paths: Paths, pid: int) -> dict[str, Any]:
             return await wake_latency(paths, 100, args.wake_samples, floor["p50_ms"])
 
+        # A wake includes one durable commit (the send's): the disk's own commit latency,
+        # measured right before and right after, is the floor under the wake's tail.
+        commits = raw_commit_times(root / "raw-wake.sqlite", "FULL", args.wake_samples)
         results["wake_latency"], _ = run_daemon(paths, wake)
+        commits += raw_commit_times(root / "raw-wake.sqlite", "FULL", args.wake_samples)
+        results["wake_latency"].update(
+            {
+                "raw_commit_samples": len(commits),
+                "raw_commit_p50_ms": statistics.median(commits) * 1000,
+                "raw_commit_p99_ms": percentile(commits, 0.99) * 1000,
+            }
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
