@@ -71,8 +71,15 @@ system-deps:
 	  else echo "missing system packages:$$missing (tests needing them are skipped)"; fi; \
 	fi
 
+# The suite runs on PYTEST_WORKERS processes (pytest-xdist): most tests wait on real claude
+# runs, containers, Chromium and daemons, so more workers than cores pay. The tests marked
+# serial assert latencies or rates and run afterwards, alone (docs/development.md).
+PYTEST_WORKERS ?= 3
+PYTEST_ENV = HYPERHIVE_TEST_CLAUDE=$(CURDIR)/$(CLAUDE)
+
 pytest: $(STAMP) $(CLAUDE) system-deps
-	HYPERHIVE_TEST_CLAUDE=$(CURDIR)/$(CLAUDE) $(PY) -m pytest -q
+	$(PYTEST_ENV) $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not serial"
+	$(PYTEST_ENV) $(PY) -m pytest -q -m serial
 
 test: lint pytest
 

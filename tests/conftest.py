@@ -23,6 +23,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, settings
 
 from hyperhive.client import Client
 from hyperhive.config import Config, Paths
@@ -31,6 +32,14 @@ from hyperhive.supervisor import Daemon, Hive, open_daemon
 #: Wall-clock limit of one trio test; a hung test fails instead of hanging the run.
 TRIO_TEST_TIMEOUT = float(os.environ.get("HYPERHIVE_TEST_TIMEOUT", "120"))
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+# The suite runs in several processes at once (make pytest), beside claude, Chromium and
+# containers: how long one example takes says nothing about the code under test, so no
+# per-example deadline and no too-slow health check. What the properties assert is unchanged.
+settings.register_profile(
+    "shared-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("shared-machine")
 
 
 async def wait_until(
@@ -99,11 +108,20 @@ def need(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+#: With systemd as PID 1 the nspawn backend registers every container with machined under
+#: its agent's machine name (``h-<name>``, ``hm1nd``), one per host: two tests could not both
+#: start a manager. There, the tests marked ``nspawn`` run one at a time, on one pytest-xdist
+#: worker. Without systemd (``--register=no``) the name is only the container's hostname.
+MACHINED = Path("/run/systemd/system").is_dir()
+
+
 @pytest.hookimpl(trylast=True)  # after pytest-trio has marked the trio tests
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if isinstance(item, pytest.Function) and item.get_closest_marker("trio"):
             item.fixturenames.append("_trio_deadline")
+        if MACHINED and item.get_closest_marker("nspawn"):
+            item.add_marker(pytest.mark.xdist_group("machined"))
 
 
 @pytest.fixture

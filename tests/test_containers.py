@@ -31,6 +31,9 @@ FAKE = (sys.executable, str(REPO / "tests" / "payloads" / "fake_harness.py"))
 
 BACKENDS = ["process", "nspawn"]
 
+#: Starts nspawn containers: on a machined host these run one at a time (tests/conftest.py).
+pytestmark = pytest.mark.nspawn
+
 
 def alive(pid: int | None) -> bool:
     if pid is None:

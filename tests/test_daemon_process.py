@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import time
 
+import pytest
 import trio
 
 from hyperhive.client import Client
@@ -20,6 +21,7 @@ async def spawn_agents(daemon: DaemonProcess, names: list[str]) -> None:
             await host.call(Spawn(name))
 
 
+@pytest.mark.serial  # asserts a latency: runs alone (docs/development.md)
 async def test_parked_recv_returns_within_milliseconds_of_the_send(
     daemon: DaemonProcess,
 ) -> None:

@@ -101,7 +101,7 @@ async def test_a_request_past_the_grace_is_cancelled_and_the_tree_ends(short_tmp
     paths = make_paths(short_tmp)
     replies: dict[str, Any] = {}
     async with trio.open_nursery() as outer:
-        async with open_daemon(Config(paths=paths)) as daemon:
+        async with open_daemon(Config(paths=paths, backend="external")) as daemon:
             entered, _never = hold(daemon, HostSend)
             sender = await Client.connect(paths.host_socket, hello_role="cli")
 

@@ -198,6 +198,7 @@ async def _flood_one(stream: trio.SocketStream, outcomes: list[bytes]) -> None:
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.serial  # asserts a latency: runs alone (docs/development.md)
 async def test_hostile_agent_is_bounded_and_the_daemon_keeps_answering(
     hostile_daemon: DaemonProcess,
 ) -> None:
@@ -255,6 +256,7 @@ async def test_hostile_agent_is_bounded_and_the_daemon_keeps_answering(
     assert daemon.proc is not None and daemon.proc.returncode is None
 
 
+@pytest.mark.serial  # asserts a latency: runs alone (docs/development.md)
 async def test_trickled_line_is_cut_at_the_deadline_and_idle_connections_are_not(
     hostile_daemon: DaemonProcess,
 ) -> None:

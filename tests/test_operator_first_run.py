@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.conftest import DaemonProcess, kill_leftovers, make_paths, wait_until
 from tests.test_first_run import PAYLOAD, _daemon
+
+#: Starts nspawn containers: on a machined host these run one at a time (tests/conftest.py).
+pytestmark = pytest.mark.nspawn
 
 
 def _alive(pid: int) -> bool:

@@ -145,6 +145,7 @@ async def test_watch_human_output_and_interrupt(daemon: DaemonProcess) -> None:
     assert re.search(rb"\d\d:\d\d:\d\d agent_resumed carl operator\n", out)
 
 
+@pytest.mark.serial  # asserts a latency: runs alone (docs/development.md)
 async def test_a_watcher_that_never_reads_is_dropped_and_never_slows_a_send(
     daemon: DaemonProcess,
 ) -> None:

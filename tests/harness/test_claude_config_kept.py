@@ -20,6 +20,9 @@ from tests.conftest import kill_leftovers, require_backend
 from .mock_anthropic import MockAnthropic
 from .test_containers_e2e import config, daemon_env, running_with_harness, turned
 
+#: Starts nspawn containers: on a machined host these run one at a time (tests/conftest.py).
+pytestmark = pytest.mark.nspawn
+
 __all__ = ["daemon_env"]  # the fixture, used by name
 
 LOST = "Claude configuration file not found"

@@ -23,6 +23,9 @@ from .mock_anthropic import MockAnthropic
 
 BACKENDS = ["nspawn", "process"]
 
+#: Starts nspawn containers: on a machined host these run one at a time (tests/conftest.py).
+pytestmark = pytest.mark.nspawn
+
 
 @pytest.fixture
 def daemon_env(

@@ -205,6 +205,7 @@ async def test_commands_new_session_is_taken_once_and_retry_ends_a_wait(tmp_path
     assert await commands.wait_retry(0.01) is False
 
 
+@pytest.mark.serial  # asserts a latency: runs alone (docs/development.md)
 async def test_persists_at_least_5000_events_per_second(tmp_path: Path) -> None:
     db = tmp_path / "events.sqlite"
     n = 20_000

@@ -30,6 +30,9 @@ from .fixtures import eventually, for_agent, operator_send
 from .mock_anthropic import MockAnthropic, RecordedRequest, Reply, text, tool_result_text, tool_use
 from .test_containers_e2e import config, daemon_env, running_with_harness, turned
 
+#: Starts nspawn containers: on a machined host these run one at a time (tests/conftest.py).
+pytestmark = pytest.mark.nspawn
+
 __all__ = ["daemon_env"]  # the fixture, used by name
 
 SHA_RE = re.compile(r"^([0-9a-f]{40})$", re.M)

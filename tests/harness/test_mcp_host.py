@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from mcp.client import Client as McpClient
 from mcp.client.stdio import StdioServerParameters
@@ -144,6 +145,7 @@ async def test_a_second_process_without_the_turns_secret_is_refused(
     assert [m.body for m in await inbox(hive, "bob")] == ["still me"]
 
 
+@pytest.mark.serial  # asserts a latency: runs alone (docs/development.md)
 async def test_a_tool_call_with_the_daemon_gone_fails_within_a_second(
     daemon: Any, short_tmp: Path
 ) -> None:

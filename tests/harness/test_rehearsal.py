@@ -9,10 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from hyperhive.rehearsal import script
 from hyperhive.rehearsal.mock_api import RecordedRequest, ToolUseBlock
+
+#: Starts nspawn containers: on a machined host these run one at a time (tests/conftest.py).
+pytestmark = pytest.mark.nspawn
 
 
 async def test_rehearse_auto_plays_the_whole_story(claude_bin: Path) -> None:

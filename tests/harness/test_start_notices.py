@@ -38,7 +38,7 @@ from hyperhive.supervisor import Hive, open_hive
 from tests.conftest import kill_leftovers, make_paths, require_backend
 
 from .fixtures import eventually, for_agent, read_events
-from .mock_anthropic import MockAnthropic, RecordedRequest, hold
+from .mock_anthropic import Hold, MockAnthropic, RecordedRequest, Reply, hold
 
 NOTICE = "Start notice: you were"
 
@@ -121,6 +121,24 @@ def assert_first_turn_is_the_notice(
     assert notices and queued_at and notices[-1] < queued_at[-1], starts
 
 
+def hold_turn(mock: MockAnthropic, name: str, marker: str) -> Hold:
+    """Hold ``name``'s first request on ``marker``; every other request gets the default.
+
+    Not ``mock.script(hold())``, which holds whichever request comes next: the manager's
+    claude runs against the same mock, and on a loaded machine its turn can come first."""
+    gate = hold()
+    taken: list[RecordedRequest] = []
+
+    def reply(req: RecordedRequest) -> Reply:
+        if not taken and for_agent(name)(req) and marker in req.last_user_text:
+            taken.append(req)
+            return gate
+        return mock.default
+
+    mock.responder = reply
+    return gate
+
+
 async def spawned(hive: Hive, mock: MockAnthropic, name: str) -> None:
     """Spawn ``name`` (operator) and wait until it turned its spawn notice."""
     await operator(hive, Spawn(name=name))
@@ -155,8 +173,7 @@ async def test_restart_and_rebuild_put_the_notice_before_interrupted_and_waiting
     hive: Hive, mock_api: MockAnthropic, request_type: type[Restart | Rebuild], verb: str
 ) -> None:
     await spawned(hive, mock_api, "alice")
-    gate = hold()
-    mock_api.script(gate)
+    gate = hold_turn(mock_api, "alice", "interrupted-task")
     busy = await send(hive, "alice", "interrupted-task")
     await gate.arrived.wait()  # alice's claude is mid-turn on it
     queued = await send(hive, "alice", "waiting-task")
@@ -175,8 +192,7 @@ async def test_restart_and_rebuild_put_the_notice_before_interrupted_and_waiting
 
 async def test_crash_restart_puts_the_notice_first(hive: Hive, mock_api: MockAnthropic) -> None:
     await spawned(hive, mock_api, "alice")
-    gate = hold()
-    mock_api.script(gate)
+    gate = hold_turn(mock_api, "alice", "crashed-task")
     busy = await send(hive, "alice", "crashed-task")
     await gate.arrived.wait()
     since = len(mock_api.main_requests)

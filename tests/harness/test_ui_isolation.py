@@ -35,6 +35,9 @@ from .fixtures import eventually, http
 from .mock_anthropic import MockAnthropic
 from .test_containers_e2e import daemon_env  # noqa: F401 - a fixture
 
+#: Starts nspawn containers: on a machined host these run one at a time (tests/conftest.py).
+pytestmark = pytest.mark.nspawn
+
 PROBE = Path(__file__).resolve().parent.parent / "payloads" / "ui_probe.py"
 
 
