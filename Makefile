@@ -74,7 +74,7 @@ system-deps:
 # The suite runs on PYTEST_WORKERS processes (pytest-xdist): most tests wait on real claude
 # runs, containers, Chromium and daemons, so more workers than cores pay. The tests marked
 # serial assert latencies or rates and run afterwards, alone (docs/development.md).
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 4
 PYTEST_ENV = HYPERHIVE_TEST_CLAUDE=$(CURDIR)/$(CLAUDE)
 
 pytest: $(STAMP) $(CLAUDE) system-deps
