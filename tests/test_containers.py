@@ -24,7 +24,7 @@ from hyperhive.config import Config
 from hyperhive.errors import RequestRefused
 from hyperhive.registry import AgentState
 from hyperhive.supervisor import Hive, open_hive
-from tests.conftest import kill_leftovers, make_paths, require_backend
+from tests.conftest import kill_leftovers, make_paths, require_backend, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE = (sys.executable, str(REPO / "tests" / "payloads" / "fake_harness.py"))
@@ -159,6 +159,14 @@ async def test_daemon_restart_readopts_the_same_process(short_tmp: Path, backend
             await hive.spawn("alice")
             await wait_state(hive, "alice", AgentState.RUNNING)
             await wait_harness(hive, "alice")
+            # The daemon counts the harness at its hello; the harness also has to read the
+            # reply before the daemon goes (else it loses the connection and exits).
+            log = hive.config.paths.container_log("alice")
+
+            async def connected() -> bool:
+                return "connected" in log.read_text()
+
+            await wait_until(connected, limit=20)
             pid = hive.registry.get("alice").pid
         assert alive(pid), "agents must outlive the daemon"
         async with open_hive(config(short_tmp, backend, stop=True)) as hive:
