@@ -172,7 +172,12 @@ async def test_the_ui_is_a_private_unix_socket_and_tcp_only_when_asked(
         assert alice.ui_socket == ui == paths.agent_socket("alice").with_name("ui.sock")
         mode = ui.stat().st_mode
         assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
-        assert tcp_listeners(alice.proc.pid) == []
+        # One TCP listener: the tools' MCP endpoint on 127.0.0.1 for the turn's claude
+        # (docs/harness.md), which serves nothing without the running turn's secret.
+        [tools] = tcp_listeners(alice.proc.pid)
+        for path in ("/", "/api/state", "/mcp/"):
+            refused = await http(tools, "GET", path)
+            assert refused.status in (403, 404) and refused.body.startswith(b"refused"), path
         ready = next(line for line in alice.output if "ready" in line)
         assert f"ui unix:{ui} " in ready and " tcp " not in ready
         # The dashboard links to it by its own path.
@@ -188,7 +193,8 @@ async def test_the_ui_is_a_private_unix_socket_and_tcp_only_when_asked(
     alice.args = ("--ui-port", "0")
     async with running(alice, nursery):
         assert alice.proc is not None and alice.port is not None
-        assert tcp_listeners(alice.proc.pid) == [alice.port]
+        [tools] = [p for p in tcp_listeners(alice.proc.pid) if p != alice.port]
+        assert (await http(tools, "GET", "/api/state")).status in (403, 404)
         assert (await http(alice.port, "GET", "/api/state")).json()["port"] == alice.port
         rebind = await http(alice.port, "GET", "/api/state", host="attacker.example")
         assert rebind.status == 403
