@@ -16,6 +16,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,25 @@ async def test_database_refuses_writes_when_full_and_takes_them_again_after(
             except DiskFull as exc:
                 results[key] = exc
 
+        # The writer thread takes whatever is queued when it is free: it is held by a job
+        # of its own until all three are queued, so they meet in its next batch.
+        entered, gate = threading.Event(), threading.Event()
+
+        def hold(_conn: sqlite3.Connection) -> bool:
+            entered.set()
+            return gate.wait(30)
+
+        async def holding() -> bool:
+            return entered.is_set()
+
+        async def queued_all() -> bool:
+            return db.statistics().queued == 3
+
         batches = db.statistics().batches
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, "gate", hold, False)
+            await wait_until(holding)
+            batches += 1  # the holding job's own
             nursery.start_soon(
                 run, "read", lambda c: c.execute("SELECT count(*) FROM rows").fetchone()[0]
             )
@@ -109,6 +127,8 @@ async def test_database_refuses_writes_when_full_and_takes_them_again_after(
                 False,
             )
             nursery.start_soon(run, "insert", insert("during"))
+            await wait_until(queued_all)
+            gate.set()
         assert db.statistics().batches == batches + 1, "the three jobs were not one batch"
         assert isinstance(results["insert"], DiskFull)
         assert str(results["insert"]).startswith("disk full: ")
