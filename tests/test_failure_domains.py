@@ -201,6 +201,19 @@ async def manager_messages(hive: Hive, kind: str) -> list[dict[str, Any]]:
     return out
 
 
+async def reported(hive: Hive, kind: str) -> list[dict[str, Any]]:
+    """The manager's ``kind`` messages, once there is one (a report shows the warning
+    first, then commits its message: a test that saw the warning waits for the message)."""
+    found: list[dict[str, Any]] = []
+
+    async def some() -> bool:
+        found.extend(await manager_messages(hive, kind))
+        return bool(found)
+
+    await wait_until(some, limit=10)
+    return found
+
+
 async def test_a_failing_runner_is_shown_reported_and_restarted(short_tmp: Path) -> None:
     async with open_hive(container_config(short_tmp)) as hive:
         await hive.spawn("alice")
@@ -219,7 +232,7 @@ async def test_a_failing_runner_is_shown_reported_and_restarted(short_tmp: Path)
         os.kill(first, signal.SIGKILL)
         await wait_for(hive, lambda: "injected bug" in (hive.registry.get("alice").warning or ""))
         # The manager is told, the daemon and bob go on.
-        errors = await manager_messages(hive, "agent_error")
+        errors = await reported(hive, "agent_error")
         assert [e["agent"] for e in errors] == ["alice"]
         assert "RuntimeError: injected bug" in errors[0]["error"]
         assert hive.registry.get("bob").pid == bob_pid and running(hive, "bob")
@@ -231,7 +244,7 @@ async def test_a_failing_runner_is_shown_reported_and_restarted(short_tmp: Path)
             hive, lambda: running(hive, "alice") and hive.registry.get("alice").pid != first
         )
         assert hive.containers.runner("alice") is runner
-        assert [c["agent"] for c in await manager_messages(hive, "container_crash")] == ["alice"]
+        assert [c["agent"] for c in await reported(hive, "container_crash")] == ["alice"]
 
 
 async def test_a_failing_socket_server_is_restarted_and_the_others_keep_serving(
@@ -257,7 +270,7 @@ async def test_a_failing_socket_server_is_restarted_and_the_others_keep_serving(
         hive, lambda: "alice's socket failed" in (hive.registry.get("alice").warning or "")
     )
     assert "injected bug" in (hive.registry.get("alice").warning or "")
-    errors = await manager_messages(hive, "agent_error")
+    errors = await reported(hive, "agent_error")
     assert [e["agent"] for e in errors] == ["alice"]
     # Bob's socket and the host socket never stopped.
     async with await connect_agent(paths, "bob") as bob:
