@@ -59,6 +59,8 @@ MAX_CRON_CHARS: Final = 200
 DAY: Final = 24 * 60 * 60
 RETENTION_SECONDS: Final = 30 * DAY
 RETENTION_INTERVAL_SECONDS: Final = 60 * 60
+#: How long a destroy waits for the agent's socket server to end (its file removed).
+SOCKET_CLOSE_SECONDS: Final = 5.0
 #: How long a tombstone's measured size is shown before its directories are walked again.
 TOMBSTONE_SIZE_SECONDS: Final = 60.0
 #: Dashboard event ring buffer and per-subscriber queue.

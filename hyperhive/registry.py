@@ -26,7 +26,7 @@ import trio
 
 from hyperhive.agent_config import InvalidAgentConfig, load_agent_config
 from hyperhive.agent_files import file_key, read_small_file, replace_file
-from hyperhive.config import DEFAULT_MODEL, Paths
+from hyperhive.config import DEFAULT_MODEL, SOCKET_CLOSE_SECONDS, Paths
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.journal import OperationKind, crash_point, sql_begin, sql_end
@@ -253,7 +253,8 @@ class Registry:
         #: Held from a re-parenting's cycle check to its write, so two moves made at once
         #: can never each pass the check and together make a cycle.
         self._topology = trio.Lock()
-        self._sockets: dict[str, trio.CancelScope] = {}
+        #: Each agent socket's server: its cancel scope, and set once it ended (file gone).
+        self._sockets: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
         self._nursery: trio.Nursery | None = None
         self.harnesses: Counter[str] = Counter()
         self._files: dict[Path, tuple[tuple[int, int, int, int], str]] = {}
@@ -462,9 +463,13 @@ class Registry:
                     self._agents[child], parent=parent, updated_at=record.updated_at
                 )
                 self._events.emit(ev.ParentChanged(name=child, parent=parent))
-        scope = self._sockets.pop(name, None)
-        if scope is not None:
+        server = self._sockets.pop(name, None)
+        if server is not None:
+            scope, ended = server
             scope.cancel()
+            # Destroyed means its socket is gone: no connection is accepted after this returns.
+            with trio.move_on_after(SOCKET_CLOSE_SECONDS):
+                await ended.wait()
         self._events.emit(ev.AgentDestroyed(name=name))
         return record, result
 
@@ -636,11 +641,14 @@ class Registry:
         assert self._nursery is not None, "Registry.serve() is not running"
         principal = Principal(SocketKind.MANAGER if name == MANAGER else SocketKind.AGENT, name)
         path = self._paths.agent_socket(name)
-        scope = trio.CancelScope()
-        self._sockets[name] = scope
+        scope, ended = trio.CancelScope(), trio.Event()
+        self._sockets[name] = (scope, ended)
 
         async def serve(task_status: trio.TaskStatus[None]) -> None:
-            with scope:
-                await self._serve_socket(path, principal, task_status=task_status)
+            try:
+                with scope:
+                    await self._serve_socket(path, principal, task_status=task_status)
+            finally:
+                ended.set()
 
         await self._nursery.start(serve)
