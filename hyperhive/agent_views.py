@@ -82,6 +82,16 @@ class _View:
 
 
 @attrs.define
+class _Array:
+    """The last encoded array and what it was made from (the callers' dicts: never changed)."""
+
+    views: list[_View]
+    unread: Mapping[str, int]
+    extras: Mapping[str, Mapping[str, Any]]
+    array: orjson.Fragment
+
+
+@attrs.define
 class _Entry:
     """An agent's snapshot entry and what it was made from (compared by identity/equality)."""
 
@@ -118,6 +128,7 @@ class AgentViews:
         self._dirty: set[str] = set()
         self._views: dict[str, _View] = {}
         self._entries: dict[str, _Entry] = {}
+        self._last_array: _Array | None = None
         self._limiter = trio.CapacityLimiter(1)
         events.listen(self._on_event)
 
@@ -237,13 +248,27 @@ class AgentViews:
     async def wire_json(
         self, unread: dict[str, int], extras: Mapping[str, Mapping[str, Any]] | None = None
     ) -> orjson.Fragment:
-        """:meth:`wire` as one JSON array, each agent's entry encoded once while unchanged."""
+        """:meth:`wire` as one JSON array, each agent's entry encoded once while unchanged;
+        the whole array is the last one when no view, count or extra changed since."""
+        extras = extras or {}
+        shown = await self._current()
+        last = self._last_array
+        if (
+            last is not None
+            and len(last.views) == len(shown)
+            and all(view is kept for (view, _), kept in zip(shown, last.views, strict=True))
+            and last.unread == unread
+            and (last.extras is extras or last.extras == extras)
+        ):
+            return last.array
         parts = []
-        for entry in self._current_entries(await self._current(), unread, extras):
+        for entry in self._current_entries(shown, unread, extras):
             if entry.json is None:
                 entry.json = orjson.dumps(entry.entry)
             parts.append(entry.json)
-        return orjson.Fragment(b"[" + b",".join(parts) + b"]")
+        array = orjson.Fragment(b"[" + b",".join(parts) + b"]")
+        self._last_array = _Array([view for view, _ in shown], unread, extras, array)
+        return array
 
     def _current_entries(
         self,

@@ -133,6 +133,8 @@ class Hive:
         #: Each tombstone's (record's updated_at, when measured on trio's clock, size, newest
         #: modification): a listing walks a kept directory at most every TOMBSTONE_SIZE_SECONDS.
         self._tombstone_sizes: dict[str, tuple[float, float, int, float]] = {}
+        #: :meth:`extras_from`'s inputs and result, for the next listing.
+        self._last_extras: tuple[Any, ...] | None = None
         db.on_disk_full = self.space.poke
         self.backend = resolve_backend(config.backend)
         self.seed_toml = seed_agent_toml(
@@ -790,9 +792,27 @@ class Hive:
         reminders: Mapping[str, int],
         targeting: Mapping[str, Iterable[Any]],
     ) -> dict[str, dict[str, Any]]:
-        """:meth:`agent_extras` from its reads (for a caller that made them with its own)."""
+        """:meth:`agent_extras` from its reads (for a caller that made them with its own).
+
+        The last result is given again while its inputs are the same (the ledger's cached
+        sums, equal reminder and schedule reads, the same disk measurement): a listing of
+        a thousand agents then builds no dict. Read it, never change it.
+        """
         today, total, ctx = spend
-        disk = self.disk_usage.agents if self.disk_usage else {}
+        usage = self.disk_usage
+        last = self._last_extras
+        if (
+            last is not None
+            and last[0] is today
+            and last[1] is total
+            and last[2] is ctx
+            and last[3] is usage
+            and last[4] == reminders
+            and last[5] == targeting
+        ):
+            kept: dict[str, dict[str, Any]] = last[6]
+            return kept
+        disk = usage.agents if usage else {}
         extras: dict[str, dict[str, Any]] = {}
         none = _NO_SUMS
         for name in {*today, *total, *ctx, *reminders, *targeting, *disk}:
@@ -804,6 +824,7 @@ class Hive:
                 "schedules": list(targeting.get(name, [])),
                 "disk_bytes": disk.get(name),
             }
+        self._last_extras = (today, total, ctx, usage, reminders, targeting, extras)
         return extras
 
     async def agent_info(self, record: AgentRecord, unread: int | None = None) -> AgentInfo:
