@@ -398,12 +398,16 @@ class Database:
         try:
             return self._run_batch(batch)
         except BaseException as exc:
-            where = self._path if self._path is not None else "the database"
-            failed = DatabaseFailed(f"{where}: the writer failed: {exc!r}")
-            failed.__cause__ = exc
-            for job in batch:
-                job.result, job.error = None, failed
-            return failed
+            return self._fail(batch, f": the writer failed: {exc!r}", exc)
+
+    def _fail(self, batch: list[_Job[Any]], what: str, exc: BaseException) -> DatabaseFailed:
+        """Fail every job of ``batch`` with one :class:`DatabaseFailed` (``where`` + what)."""
+        where = self._path if self._path is not None else "the database"
+        failed = DatabaseFailed(f"{where}{what}")
+        failed.__cause__ = exc
+        for job in batch:
+            job.result, job.error = None, failed
+        return failed
 
     def _run_batch(self, batch: list[_Job[Any]]) -> DatabaseFailed | None:
         """Run one batch (blocking); return the error if the file itself failed."""
@@ -424,12 +428,7 @@ class Database:
                 job.result, job.error = None, self._disk_full_error()
             return None
         except sqlite3.Error as exc:
-            where = self._path if self._path is not None else "the database"
-            failed = DatabaseFailed(f"{where} failed: {exc}")
-            failed.__cause__ = exc
-            for job in batch:
-                job.result, job.error = None, failed
-            return failed
+            return self._fail(batch, f" failed: {exc}", exc)
         self._batches += 1
         self._transactions += len(batch)
         return None
