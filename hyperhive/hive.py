@@ -107,6 +107,33 @@ log = logging.getLogger("hyperhive")
 _NO_SUMS = Sums()
 
 
+@attrs.frozen
+class _ExtrasMemo:
+    """:meth:`Hive.extras_from`'s last inputs and result."""
+
+    spend: Spend
+    usage: DiskUsage | None
+    reminders: Mapping[str, int]
+    targeting: Mapping[str, Iterable[Any]]
+    extras: dict[str, dict[str, Any]]
+
+    def same(
+        self,
+        spend: Spend,
+        usage: DiskUsage | None,
+        reminders: Mapping[str, int],
+        targeting: Mapping[str, Iterable[Any]],
+    ) -> bool:
+        """The ledger's cached dicts and the disk measurement are new objects when they
+        change (compared by identity); the reminder and schedule reads are compared."""
+        return (
+            all(a is b for a, b in zip(self.spend, spend, strict=True))
+            and self.usage is usage
+            and self.reminders == reminders
+            and self.targeting == targeting
+        )
+
+
 class Hive:
     """The daemon's domain: its parts wired together, the operations on them, the read models.
 
@@ -134,7 +161,7 @@ class Hive:
         #: modification): a listing walks a kept directory at most every TOMBSTONE_SIZE_SECONDS.
         self._tombstone_sizes: dict[str, tuple[float, float, int, float]] = {}
         #: :meth:`extras_from`'s inputs and result, for the next listing.
-        self._last_extras: tuple[Any, ...] | None = None
+        self._last_extras: _ExtrasMemo | None = None
         db.on_disk_full = self.space.poke
         self.backend = resolve_backend(config.backend)
         self.seed_toml = seed_agent_toml(
@@ -801,17 +828,8 @@ class Hive:
         today, total, ctx = spend
         usage = self.disk_usage
         last = self._last_extras
-        if (
-            last is not None
-            and last[0] is today
-            and last[1] is total
-            and last[2] is ctx
-            and last[3] is usage
-            and last[4] == reminders
-            and last[5] == targeting
-        ):
-            kept: dict[str, dict[str, Any]] = last[6]
-            return kept
+        if last is not None and last.same(spend, usage, reminders, targeting):
+            return last.extras
         disk = usage.agents if usage else {}
         extras: dict[str, dict[str, Any]] = {}
         none = _NO_SUMS
@@ -824,7 +842,7 @@ class Hive:
                 "schedules": list(targeting.get(name, [])),
                 "disk_bytes": disk.get(name),
             }
-        self._last_extras = (today, total, ctx, usage, reminders, targeting, extras)
+        self._last_extras = _ExtrasMemo(spend, usage, reminders, targeting, extras)
         return extras
 
     async def agent_info(self, record: AgentRecord, unread: int | None = None) -> AgentInfo:
