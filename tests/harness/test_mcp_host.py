@@ -80,6 +80,25 @@ async def inbox(hive: Hive, name: str) -> list[Any]:
     return reply.messages
 
 
+async def alices_tools_checked(mcp: McpClient, body: str) -> CallToolResult:
+    """What a session of alice's harness serves, whatever the transport: her tools, a send
+    to bob with ``body`` (returned), and strict arguments (no coercion, no unknown keys,
+    bounds) refused in words the model reads. Four tool calls in all."""
+    assert [t.name for t in (await mcp.list_tools()).tools] == list(AGENT_TOOLS)
+    assert "alice" in (mcp.instructions or "")
+    sent = await mcp.call_tool("send", {"to": "bob", "body": body})
+    assert sent.is_error is False, sent
+    wrong_type = await mcp.call_tool("send", {"to": "bob", "body": 5})
+    assert wrong_type.is_error is True
+    assert "invalid arguments for send: body:" in result_text(wrong_type)
+    extra = await mcp.call_tool("recv", {"wait_seconds": 0, "as": "bob"})
+    assert extra.is_error is True
+    assert "as: unknown argument" in result_text(extra)
+    too_long = await mcp.call_tool("recv", {"wait_seconds": 10_000})
+    assert too_long.is_error is True and "wait_seconds" in result_text(too_long)
+    return sent
+
+
 async def test_tools_through_the_shim_act_as_the_harness_agent(hive: Hive, short_tmp: Path) -> None:
     await hive.spawn("alice")
     await hive.spawn("bob")
@@ -87,19 +106,7 @@ async def test_tools_through_the_shim_act_as_the_harness_agent(hive: Hive, short
     async with hosting(paths.agent_socket("alice"), short_tmp / "mcp.sock") as host:
         token = host.open_turn()
         async with session(host, token) as mcp:
-            assert [t.name for t in (await mcp.list_tools()).tools] == list(AGENT_TOOLS)
-            assert "alice" in (mcp.instructions or "")
-            sent = await mcp.call_tool("send", {"to": "bob", "body": "via the harness"})
-            assert sent.is_error is False, sent
-            # Strict arguments: no coercion, no unknown keys; the model reads what is wrong.
-            wrong_type = await mcp.call_tool("send", {"to": "bob", "body": 5})
-            assert wrong_type.is_error is True
-            assert "invalid arguments for send: body:" in result_text(wrong_type)
-            extra = await mcp.call_tool("recv", {"wait_seconds": 0, "as": "bob"})
-            assert extra.is_error is True
-            assert "as: unknown argument" in result_text(extra)
-            too_long = await mcp.call_tool("recv", {"wait_seconds": 10_000})
-            assert too_long.is_error is True and "wait_seconds" in result_text(too_long)
+            sent = await alices_tools_checked(mcp, "via the harness")
         # Every call was timed inside the harness.
         assert len(host.call_durations) == 4
     [msg] = await inbox(hive, "bob")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,43 +13,15 @@ import httpx2
 import pytest
 import trio
 from mcp.client import Client as McpClient
-from mcp_types import CallToolResult
 
-from hyperhive.client import Client
-from hyperhive.protocol import Recv, RecvReply
 from hyperhive.supervisor import Hive
 from hyperhive_harness import mcp_host, mcp_http
-from hyperhive_harness.mcp_host import McpHost
 from hyperhive_harness.mcp_http import PATH_PREFIX
-from hyperhive_harness.mcp_server import AGENT_TOOLS
 from hyperhive_harness.prompt import claude_env, mcp_http_config
 
 from .fixtures import eventually
 from .mock_anthropic import MockAnthropic, text, tool_result_text, tool_use
-
-
-@asynccontextmanager
-async def hosting(agent_socket: Path, listen: Path) -> AsyncIterator[McpHost]:
-    """A host for ``agent_socket``'s agent, listening, identity learnt from ``hello``."""
-    host = McpHost(str(agent_socket), listen)
-    hello = await host.pool.hello()
-    host.set_identity(hello.role, hello.name)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(host.run)
-        yield host
-        nursery.cancel_scope.cancel()
-
-
-def result_text(result: CallToolResult) -> str:
-    return "\n".join(getattr(block, "text", "") for block in result.content)
-
-
-async def inbox(hive: Hive, name: str) -> list[Any]:
-    async with await Client.connect(hive.config.paths.agent_socket(name)) as client:
-        reply = await client.call(Recv(wait_seconds=0, max=32))
-    assert isinstance(reply, RecvReply)
-    return reply.messages
-
+from .test_mcp_host import alices_tools_checked, hosting, inbox, result_text
 
 INITIALIZE = {
     "jsonrpc": "2.0",
@@ -76,18 +46,9 @@ async def test_tools_over_http_act_as_the_harness_agent(hive: Hive, short_tmp: P
         assert url.startswith("http://127.0.0.1:")
         with trio.fail_after(30):
             async with McpClient(url) as mcp:
-                assert [t.name for t in (await mcp.list_tools()).tools] == list(AGENT_TOOLS)
-                assert "alice" in (mcp.instructions or "")
-                sent = await mcp.call_tool("send", {"to": "bob", "body": "over http"})
-                assert sent.is_error is False, sent
-                # Strict arguments: no coercion, no unknown keys; the model reads what is wrong.
-                wrong_type = await mcp.call_tool("send", {"to": "bob", "body": 5})
-                assert wrong_type.is_error is True
-                assert "invalid arguments for send: body:" in result_text(wrong_type)
-                extra = await mcp.call_tool("recv", {"wait_seconds": 0, "as": "bob"})
-                assert extra.is_error is True and "as: unknown argument" in result_text(extra)
+                sent = await alices_tools_checked(mcp, "over http")
         # Every call was timed inside the harness.
-        assert len(host.call_durations) == 3
+        assert len(host.call_durations) == 4
     [msg] = await inbox(hive, "bob")
     assert (msg.from_, msg.body) == ("alice", "over http")
     assert result_text(sent) == f"sent #{msg.id} to bob"
