@@ -155,9 +155,21 @@ def _check_version(path: Path, version: int, known_versions: int) -> None:
 class _Job(Generic[T]):
     fn: Callable[[sqlite3.Connection], T]
     durable: bool = True
-    done: trio.Event = attrs.field(factory=trio.Event)
+    #: The task waiting for the job (rescheduled once the batch is back on the trio side).
+    task: trio.lowlevel.Task | None = None
     result: T | None = None
     error: BaseException | None = None
+
+    def finish(self) -> None:
+        """(On the trio thread) the batch is back: wake the waiting task."""
+        if self.task is not None:
+            trio.lowlevel.reschedule(self.task)
+
+
+def _refuse_abort(_raise_cancel: Callable[[], BaseException]) -> trio.lowlevel.Abort:
+    # A queued job runs even if its caller is cancelled: the cancel is delivered at the
+    # caller's next checkpoint, once the outcome is known (a shielded wait, without a scope).
+    return trio.lowlevel.Abort.FAILED
 
 
 @attrs.frozen
@@ -307,10 +319,9 @@ class Database:
         """
         if self._closed:
             raise DatabaseClosed("the database is closed")
-        job: _Job[T] = _Job(fn, durable)
+        job: _Job[T] = _Job(fn, durable, trio.lowlevel.current_task())
         self._queue.put(job)
-        with trio.CancelScope(shield=True):
-            await job.done.wait()
+        await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
@@ -331,7 +342,7 @@ class Database:
         def finished(batch: list[_Job[Any]], was_full: bool, error: DatabaseFailed | None) -> None:
             # On the trio thread: nothing here may raise (it would end trio's run).
             for job in batch:
-                job.done.set()
+                job.finish()
             if error is not None and not fatal:
                 fatal.append(error)
                 failed.set()
