@@ -8,32 +8,38 @@
 - :func:`prefill_history`: an old, acked message history written straight into a fresh
   ``broker.sqlite`` before the daemon starts (the state of a hive that ran for a long time).
 - :func:`cpu_seconds`: user+system CPU of a process (all its threads), from ``/proc``.
+- :func:`raw_commit_cpu`, :func:`handoff_cpu`: the CPU floors of one durable commit and of
+  one job's trip from the event loop to the database's writer thread and back.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from hyperhive.store import BROKER_MIGRATIONS, connect
+from hyperhive.store import BROKER_MIGRATIONS, connect, open_database
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def raw_commit_times(path: Path, synchronous: str, n: int) -> list[float]:
+def _raw_commits(path: Path, synchronous: str, n: int) -> tuple[list[float], float]:
     """Seconds of each of ``n`` single-row ``BEGIN IMMEDIATE … COMMIT`` on the broker's own
-    schema (migrations and indexes) in a fresh ``path``, at ``synchronous``."""
+    schema (migrations and indexes) in a fresh ``path``, at ``synchronous``; and the CPU
+    seconds (user + system) of the ``n`` commits."""
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     conn = connect(path, synchronous=synchronous, migrations=BROKER_MIGRATIONS)
     times = []
+    cpu = _own_cpu()
     for i in range(n):
         start = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
@@ -43,12 +49,47 @@ def raw_commit_times(path: Path, synchronous: str, n: int) -> list[float]:
         )
         conn.execute("COMMIT")
         times.append(time.perf_counter() - start)
+    cpu = _own_cpu() - cpu
     conn.close()
-    return times
+    return times, cpu
+
+
+def raw_commit_times(path: Path, synchronous: str, n: int) -> list[float]:
+    return _raw_commits(path, synchronous, n)[0]
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # all threads of this process
+    return usage.ru_utime + usage.ru_stime
 
 
 def raw_commits_per_second(path: Path, synchronous: str, n: int) -> float:
     return n / sum(raw_commit_times(path, synchronous, n))
+
+
+def raw_commit_cpu(path: Path, synchronous: str, n: int) -> float:
+    """CPU seconds (user + system) of one raw single-row commit (:func:`raw_commit_times`)."""
+    return _raw_commits(path, synchronous, n)[1] / n
+
+
+def handoff_cpu(n: int) -> float:
+    """CPU seconds of one empty job through :meth:`hyperhive.store.Database.transaction`:
+    queued by a trio task, run by the writer thread in an empty transaction, handed back.
+    What any request that writes pays on top of its commit, in this design."""
+
+    async def jobs() -> float:
+        with tempfile.TemporaryDirectory(prefix="hh-handoff-") as tmp:
+            async with open_database(
+                Path(tmp) / "handoff.sqlite", synchronous="FULL", migrations=BROKER_MIGRATIONS
+            ) as db:
+                for _ in range(50):  # warm-up
+                    await db.transaction(lambda _conn: None)
+                before = _own_cpu()
+                for _ in range(n):
+                    await db.transaction(lambda _conn: None)
+                return (_own_cpu() - before) / n
+
+    return trio.run(jobs)
 
 
 def prefill_history(db: Path, messages: int, recipients: list[str]) -> None:

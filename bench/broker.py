@@ -37,7 +37,9 @@ from bench._daemon import start_daemon
 from bench._floor import (
     cpu_seconds,
     echo_floor,
+    handoff_cpu,
     prefill_history,
+    raw_commit_cpu,
     raw_commit_times,
     raw_commits_per_second,
     start_echo,
@@ -64,21 +66,27 @@ async def spawn(paths: Paths, names: list[str]) -> None:
             await host.call(Spawn(name))
 
 
-async def pair_throughput(paths: Paths, pairs: int, per_pair: int) -> float:
-    """Agents ``s<i>``/``r<i>`` must exist (:func:`spawn`): not part of the figure."""
+async def pair_throughput(paths: Paths, pairs: int, per_pair: int) -> tuple[float, int]:
+    """Messages/s, and the requests made (sends + recvs). Agents ``s<i>``/``r<i>`` must
+    exist (:func:`spawn`): not part of the figure."""
     senders = [f"s{i}" for i in range(pairs)]
     receivers = [f"r{i}" for i in range(pairs)]
+    requests = 0
 
     async def send_all(name: str, to: str) -> None:
+        nonlocal requests
         async with await Client.connect(paths.agent_socket(name)) as client:
             for i in range(per_pair):
                 await client.call(Send(to, f"message {i}"))
+                requests += 1
 
     async def recv_all(name: str) -> None:
+        nonlocal requests
         got = 0
         async with await Client.connect(paths.agent_socket(name)) as client:
             while got < per_pair:
                 reply = await client.call(Recv(wait_seconds=30, max=32))
+                requests += 1
                 got += len(reply.messages)  # type: ignore[attr-defined]
 
     start = time.perf_counter()
@@ -86,7 +94,7 @@ async def pair_throughput(paths: Paths, pairs: int, per_pair: int) -> float:
         for s, r in zip(senders, receivers, strict=True):
             nursery.start_soon(send_all, s, r)
             nursery.start_soon(recv_all, r)
-    return pairs * per_pair / (time.perf_counter() - start)
+    return pairs * per_pair / (time.perf_counter() - start), requests
 
 
 async def wake_latency(paths: Paths, parked: int, samples: int, floor_ms: float) -> dict[str, Any]:
@@ -213,11 +221,23 @@ def main() -> None:
         echo = start_echo(root / "echo.sock")
         line = b'{"cmd":"recv","wait_seconds":0,"max":1}\n'
         try:
+            echo_cpu = cpu_seconds(echo.pid)
             floor = trio.run(echo_floor, root / "echo.sock", args.samples, line)
+            # The echo server's own CPU per round trip (warm-up included: a slight over-count).
+            echo_cpu = (cpu_seconds(echo.pid) - echo_cpu) / (args.samples + 50)
         finally:
             echo.kill()
             echo.wait()
+        floor["cpu_us_per_roundtrip"] = echo_cpu * 1e6
         results["echo_floor"] = floor
+        # What one message cannot cost less than, in this design (see bench/README.md).
+        commit_cpu = raw_commit_cpu(root / "raw-cpu.sqlite", "FULL", args.raw)
+        handoff = handoff_cpu(args.raw)
+        results["cpu_floors"] = {
+            "echo_roundtrip_us": echo_cpu * 1e6,
+            "raw_commit_us": commit_cpu * 1e6,
+            "writer_handoff_us": handoff * 1e6,
+        }
         throughput: dict[str, Any] = {
             "synchronous": "FULL",
             "baseline": "raw single-row commits/s on the broker schema, before and after",
@@ -226,13 +246,13 @@ def main() -> None:
             raw_before = raw_commits_per_second(root / "raw.sqlite", "FULL", args.raw)
             paths = Paths(state_dir=root / f"s{pairs}", run_dir=root / f"r{pairs}")
 
-            async def body(paths: Paths, pid: int, pairs: int) -> tuple[float, float]:
+            async def body(paths: Paths, pid: int, pairs: int) -> tuple[float, int, float]:
                 await spawn(paths, [f"{side}{i}" for side in "sr" for i in range(pairs)])
                 cpu = cpu_seconds(pid)
-                rate = await pair_throughput(paths, pairs, args.messages // pairs)
-                return rate, cpu_seconds(pid) - cpu
+                rate, requests = await pair_throughput(paths, pairs, args.messages // pairs)
+                return rate, requests, cpu_seconds(pid) - cpu
 
-            (rate, cpu), _ = run_daemon(paths, body, pairs)
+            (rate, requests, cpu), _ = run_daemon(paths, body, pairs)
             raw_after = raw_commits_per_second(root / "raw.sqlite", "FULL", args.raw)
             raw = (raw_before + raw_after) / 2
             messages = pairs * (args.messages // pairs)
@@ -242,6 +262,13 @@ def main() -> None:
                 "raw_commits_per_s_before_after": [raw_before, raw_after],
                 "ratio_to_raw_commits": rate / raw,
                 "daemon_cpu_us_per_message": cpu / messages * 1e6,
+                "requests_per_message": requests / messages,
+                # Each request at least an echo round trip; each send one job handed to the
+                # writer and back, and (with one pair, no group commit) one commit of its own.
+                "cpu_floor_us_per_message": (
+                    requests / messages * echo_cpu + handoff + (commit_cpu if pairs == 1 else 0.0)
+                )
+                * 1e6,
             }
             if pairs in (1, 16):
                 target = TARGET_RATIO_1 if pairs == 1 else TARGET_RATIO_16
