@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import gc
 import grp
 import logging
 import os
@@ -323,6 +324,9 @@ async def main(config: Config, *, out: IO[str] = sys.stdout) -> None:
                     # Under systemd stdout is the journal: keep the token out of it.
                     login = login.split("?", 1)[0] + "  (run 'hyperhive dashboard-url' to log in)"
                 print(f"hyperhive: dashboard {login}", file=out, flush=True)
+            # What start-up made (modules, classes, the hive) lives as long as the daemon:
+            # the collector's full passes need not walk it again, and stay short.
+            gc.freeze()
             # Last, so that whoever waits for it has every line before it too.
             print(
                 f"hyperhive: ready; host socket {config.paths.host_socket}, "
