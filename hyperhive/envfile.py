@@ -42,6 +42,9 @@ ENV_FILE_KEYS: Final = (
     "DISABLE_AUTOUPDATER",
 )
 
+#: Keys an env file may set for the daemon itself: never passed on to an agent.
+DAEMON_KEYS: Final = ("HYPERHIVE_DATABASE",)
+
 _LINE_RE: Final = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)")
 
 
@@ -61,7 +64,7 @@ def parse_env_file(text: str, *, source: str = "env file") -> dict[str, str]:
         if match is None:
             raise EnvFileError(f"{where}: expected KEY=VALUE (or a # comment)")
         key, value = match.group(1), match.group(2).strip()
-        if key not in ENV_FILE_KEYS:
+        if key not in ENV_FILE_KEYS and key not in DAEMON_KEYS:
             raise EnvFileError(
                 f"{where}: {key} is not an agent API setting; allowed: {', '.join(ENV_FILE_KEYS)}"
             )
