@@ -335,7 +335,7 @@ def sql_unread(conn: sqlite3.Connection, recipient: str, at_most: int | None = N
     if at_most is not None:
         row = conn.execute(
             f"SELECT COUNT(*) FROM (SELECT 1 FROM messages {INBOX} WHERE recipient = ? "
-            "AND acked_at IS NULL AND delivered_at IS NULL LIMIT ?)",
+            "AND acked_at IS NULL AND delivered_at IS NULL LIMIT ?) AS unread",
             (recipient, at_most),
         ).fetchone()
         return int(row[0])
@@ -372,7 +372,7 @@ def sql_messages(
     where, args = ("WHERE recipient = ?", [recipient]) if recipient is not None else ("", [])
     rows = conn.execute(
         "SELECT * FROM (SELECT id, sender, recipient, body, sent_at, in_reply_to, delivered_at, "
-        f"acked_at FROM messages {where} ORDER BY id DESC LIMIT ?) ORDER BY id",
+        f"acked_at FROM messages {where} ORDER BY id DESC LIMIT ?) AS newest ORDER BY id",
         (*args, limit),
     ).fetchall()
     return [

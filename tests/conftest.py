@@ -174,10 +174,16 @@ def make_paths(root: Path) -> Paths:
     return Paths(state_dir=root / "state", run_dir=root / "run")
 
 
+#: ``HYPERHIVE_TEST_STORE=postgresql``: the ``inproc`` daemons keep their store on PostgreSQL.
+TEST_STORE = os.environ.get("HYPERHIVE_TEST_STORE", "sqlite")
+
+
 @pytest.fixture
-async def inproc(short_tmp: Path) -> AsyncIterator[Daemon]:
+async def inproc(short_tmp: Path, request: pytest.FixtureRequest) -> AsyncIterator[Daemon]:
     """A daemon running inside the test's trio run, on real sockets and a real database."""
-    async with open_daemon(Config(paths=make_paths(short_tmp), backend="external")) as d:
+    database = request.getfixturevalue("pg_url") if TEST_STORE == "postgresql" else None
+    config = Config(paths=make_paths(short_tmp), backend="external", database=database)
+    async with open_daemon(config) as d:
         yield d
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 from pathlib import Path
 
@@ -85,12 +86,52 @@ async def test_an_unknown_database_url_is_refused_at_start(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("NOTIFY_SOCKET", None)
     daemon = DaemonProcess(make_paths(short_tmp), env)
-    daemon.args = ["--database", f"mysql://hive:{PASSWORD}@db/hive"]
-    proc = await trio.run_process(
-        daemon.command(), env=env, capture_stdout=True, capture_stderr=True, check=False
+    for args in (
+        ["--database", f"mysql://hive:{PASSWORD}@db/hive"],
+        ["--env-file", str(env_file(short_tmp, f"HYPERHIVE_DATABASE=sqlite://{PASSWORD}@x"))],
+    ):
+        daemon.args = args
+        proc = await trio.run_process(
+            daemon.command(), env=env, capture_stdout=True, capture_stderr=True, check=False
+        )
+        assert proc.returncode == 1
+        err = proc.stderr.decode()
+        assert "not a postgresql:// or postgres:// URL" in err, err
+        assert PASSWORD not in err + proc.stdout.decode()
+        assert not daemon.paths.state_dir.exists()
+
+
+def env_file(directory: Path, line: str) -> Path:
+    path = directory / "hyperhive.env"
+    path.write_text(line + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_the_nixos_option_reaches_the_command_line_and_refuses_a_password(
+    tmp_path: Path,
+) -> None:
+    from tests.test_deployment import _eval_module
+
+    url = "postgresql:///hyperhive?host=/run/postgresql"
+    out = _eval_module(tmp_path, {"enable": True, "database": url})
+    argv = shlex.split(out["systemd"]["services"]["hyperhive"]["serviceConfig"]["ExecStart"])
+    assert argv[argv.index("--database") + 1] == url
+    assert all(a["assertion"] for a in out["assertions"])
+    default = _eval_module(tmp_path, {"enable": True})
+    assert (
+        "--database"
+        not in default["systemd"]["services"]["hyperhive"]["serviceConfig"]["ExecStart"]
     )
-    assert proc.returncode == 1
-    err = proc.stderr.decode()
-    assert "not a postgresql:// or postgres:// URL" in err, err
-    assert PASSWORD not in err + proc.stdout.decode()
-    assert not daemon.paths.state_dir.exists()
+    leaky = _eval_module(tmp_path, {"enable": True, "database": f"postgres://h:{PASSWORD}@db/h"})
+    failed = [a["message"] for a in leaky["assertions"] if not a["assertion"]]
+    assert len(failed) == 1 and "must hold no password" in failed[0]
+
+
+def test_the_env_file_may_name_the_store_which_agents_never_see() -> None:
+    from hyperhive.containers._backends import PASSTHROUGH_ENV
+    from hyperhive.envfile import parse_env_file
+
+    values = parse_env_file(f"HYPERHIVE_DATABASE=postgresql://h:{PASSWORD}@db/h\n")
+    assert values == {"HYPERHIVE_DATABASE": f"postgresql://h:{PASSWORD}@db/h"}
+    assert "HYPERHIVE_DATABASE" not in PASSTHROUGH_ENV

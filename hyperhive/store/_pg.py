@@ -401,8 +401,11 @@ def check_store_url(database: str | None) -> None:
     """
     if not database or is_postgresql_url(database):
         return
+    # Only its scheme is shown: whatever else it holds may be a secret.
+    scheme = urllib.parse.urlsplit(database).scheme
+    shown = f"a {scheme}: URL" if scheme else "a value without a URL scheme"
     raise DatabaseUnusable(
-        f"--database {redact_url(database)!s}: not a postgresql:// or postgres:// URL "
+        f"--database: {shown} is not a postgresql:// or postgres:// URL "
         "(leave it unset for the sqlite file in the state dir)"
     )
 
