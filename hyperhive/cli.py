@@ -353,7 +353,8 @@ def run(
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     if env_file is not None:
-        database = _load_env_file(env_file) or database
+        from_file = _load_env_file(env_file)
+        database = database or from_file  # the option (or HYPERHIVE_DATABASE) wins
     try:
         check_store_url(database)
     except DatabaseUnusable as exc:
