@@ -349,6 +349,13 @@ def test_the_broker_schema_is_the_same_on_both_engines(short_tmp: Path, pg_url: 
     assert lite["indexes"] == pg["indexes"]
     assert lite["uniques"] == pg["uniques"]
     assert "messages_unacked" in pg["indexes"] and pg["indexes"]["messages_unacked"][3]
+    # Text compares and sorts byte by byte, as sqlite's BINARY does, whatever the locale.
+    with psycopg.connect(pg_url) as conn:
+        collations = conn.execute(
+            "SELECT DISTINCT collation_name FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND data_type = 'text'"
+        ).fetchall()
+    assert collations == [("C",)]
 
 
 def test_placeholders_are_translated_outside_literals() -> None:

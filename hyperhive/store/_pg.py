@@ -36,9 +36,10 @@ appears in a message: :func:`redact_url`.
 
 The schema: every step of the sqlite migrations runs on PostgreSQL too, its DDL translated
 by :func:`translate_ddl` (``INTEGER PRIMARY KEY AUTOINCREMENT`` → identity, ``INTEGER`` →
-``BIGINT``, ``REAL`` → ``DOUBLE PRECISION``, ``BLOB`` → ``BYTEA``), one transaction per
-step; the version is the one row of ``hyperhive_schema``, and a version newer than the
-migrations known is refused (:class:`~hyperhive.store.DatabaseUnusable`).
+``BIGINT``, ``REAL`` → ``DOUBLE PRECISION``, ``BLOB`` → ``BYTEA``, ``TEXT`` → ``TEXT COLLATE
+"C"``: compared and sorted byte by byte as sqlite does, whatever the database's locale), one
+transaction per step; the version is the one row of ``hyperhive_schema``, and a version
+newer than the migrations known is refused (:class:`~hyperhive.store.DatabaseUnusable`).
 """
 
 from __future__ import annotations
@@ -249,6 +250,8 @@ _DDL: Final = (
     (re.compile(r"\bINTEGER\b", re.IGNORECASE), "BIGINT"),
     (re.compile(r"\bREAL\b", re.IGNORECASE), "DOUBLE PRECISION"),
     (re.compile(r"\bBLOB\b", re.IGNORECASE), "BYTEA"),
+    # sqlite compares and sorts text byte by byte (BINARY), whatever the locale: so does "C".
+    (re.compile(r"\bTEXT\b"), 'TEXT COLLATE "C"'),
     (re.compile(r"\bIFNULL\s*\(", re.IGNORECASE), "COALESCE("),
 )
 
