@@ -231,6 +231,8 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
             log.info("moved the proposed config repos of %s to %s", moved, paths.proposed_root)
         if config.database:
             log.info("the broker's store: %s", redact_url(config.database))
+            if paths.broker_db.exists():
+                log.warning("%s is not used: the store is on PostgreSQL", paths.broker_db)
         async with open_store(
             config.database,
             paths.broker_db,
