@@ -160,6 +160,12 @@ async def test_a_failing_job_rolls_back_alone(engine: Engine) -> None:
     async with engine.open(MIGRATIONS) as db:
         first = await db.transaction(functools.partial(_insert, "first"))
         assert first == 1
+        # Alone in its batch, a failing job rolls back all the same.
+        with pytest.raises(ValueError):
+            await db.transaction(fails_in_python)
+        with pytest.raises((sqlite3.IntegrityError, psycopg.errors.UniqueViolation)):
+            await db.transaction(fails_in_sql)
+        assert _names(engine) == {"first"}
         gate = _Gate()
         async with trio.open_nursery() as nursery:
             outcomes = await _queue_behind_gate(
@@ -174,7 +180,7 @@ async def test_a_failing_job_rolls_back_alone(engine: Engine) -> None:
                 ],
             )
             gate.release.set()
-        assert db.statistics().batches == 3  # first, the gate, the four together
+        assert db.statistics().batches == 5  # first, two alone, the gate, the four together
         # The database goes on after the failures.
         await db.transaction(functools.partial(_insert, "after"))
     assert isinstance(outcomes[1], int) and isinstance(outcomes[4], int)
