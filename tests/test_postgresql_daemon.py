@@ -19,6 +19,7 @@ import trio
 from hyperhive.client import Client
 from hyperhive.protocol import Recv, Send, Spawn
 from tests.conftest import DaemonProcess, make_paths
+from tests.pg import PgServer
 
 PASSWORD = "pg-s3cret-Pw"
 
@@ -135,3 +136,29 @@ def test_the_env_file_may_name_the_store_which_agents_never_see() -> None:
     values = parse_env_file(f"HYPERHIVE_DATABASE=postgresql://h:{PASSWORD}@db/h\n")
     assert values == {"HYPERHIVE_DATABASE": f"postgresql://h:{PASSWORD}@db/h"}
     assert "HYPERHIVE_DATABASE" not in PASSTHROUGH_ENV
+
+
+async def test_a_newer_schema_or_a_missing_database_is_refused_before_anything_is_made(
+    short_tmp: Path, pg_server: PgServer, pg_url: str
+) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE hyperhive_schema (version BIGINT NOT NULL)")
+        conn.execute("INSERT INTO hyperhive_schema VALUES (999)")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("NOTIFY_SOCKET", None)
+    daemon = DaemonProcess(make_paths(short_tmp), env)
+    missing = pg_server.url("no_such_db", password=PASSWORD)
+    for url, expected in (
+        (pg_url.replace("hyperhive@", f"hyperhive:{PASSWORD}@"), "schema version 999, newer"),
+        (missing, '"no_such_db" does not exist'),
+    ):
+        daemon.args = ["--database", url]
+        proc = await trio.run_process(
+            daemon.command(), env=env, capture_stdout=True, capture_stderr=True, check=False
+        )
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and expected in err, err
+        assert "hyperhive:***@" in err and PASSWORD not in err + proc.stdout.decode()
+        assert not daemon.paths.state_dir.exists() and not daemon.paths.run_dir.exists()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT version FROM hyperhive_schema").fetchall() == [(999,)]

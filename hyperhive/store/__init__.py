@@ -16,6 +16,7 @@ from hyperhive.store._db import (
 )
 from hyperhive.store._pg import (
     PgDatabase,
+    check_pg_database,
     check_store_url,
     is_postgresql_url,
     open_pg_database,
@@ -37,6 +38,7 @@ __all__ = [
     "Migration",
     "PgDatabase",
     "check_database",
+    "check_pg_database",
     "check_store_url",
     "connect",
     "dialect",

@@ -299,6 +299,30 @@ def connect_pg(url: str, *, migrations: Sequence[Migration]) -> PgConn:
     return conn
 
 
+def check_pg_database(url: str, known_versions: int) -> None:
+    """Refuse a store that cannot be reached or has a schema newer than ``known_versions``
+    migrations, changing nothing (the daemon runs it at start-up, before it creates its
+    dirs); :class:`DatabaseUnusable` with the URL redacted."""
+    shown = redact_url(url)
+    try:
+        with psycopg.connect(url, autocommit=True) as raw:
+            raw.execute("SET default_transaction_read_only = on")
+            exists = raw.execute("SELECT to_regclass(%s)", (SCHEMA_TABLE,)).fetchone()
+            row = None
+            if exists is not None and exists[0] is not None:
+                row = raw.execute(f"SELECT version FROM {SCHEMA_TABLE}").fetchone()
+    except psycopg.Error as exc:
+        raise DatabaseUnusable(
+            f"cannot use {shown}: {redact_text(str(exc).strip(), url)}"
+        ) from None
+    version = 0 if row is None else int(row[0])
+    if version > known_versions:
+        raise DatabaseUnusable(
+            f"{shown} has schema version {version}, newer than this hyperhive knows "
+            f"({known_versions}); upgrade hyperhive instead of downgrading"
+        )
+
+
 def _migrate(conn: PgConn, migrations: Sequence[Migration], shown: str) -> None:
     while True:
         conn.execute("BEGIN")
@@ -447,6 +471,7 @@ __all__ = [
     "PgConn",
     "PgDatabase",
     "PgRow",
+    "check_pg_database",
     "check_store_url",
     "connect_pg",
     "is_postgresql_url",
