@@ -15,10 +15,12 @@ CLAUDE := .tools/node_modules/.bin/claude
 # hyperhive.env in the checkout when present; otherwise the caller's ANTHROPIC_* pass through.
 ENV_FILE ?= $(firstword $(wildcard $(CURDIR)/.env $(CURDIR)/hyperhive.env))
 
-# Debian packages the tests drive for real: command -> package.
+# Debian packages the tests drive for real: command -> package. (PostgreSQL's initdb and
+# pg_ctl live in /usr/lib/postgresql/<version>/bin, off PATH: its pg_ctlcluster stands for it;
+# tests/pg.py finds the binaries.)
 SYSTEM_DEPS := systemd-nspawn:systemd-container git:git nix-instantiate:nix-bin \
 	systemd-analyze:systemd setpriv:util-linux chromium:chromium useradd:passwd \
-	/usr/bin/python3:python3
+	/usr/bin/python3:python3 pg_ctlcluster:postgresql
 
 .PHONY: run demo test lint check pytest bench clean tools system-deps screenshots
 

@@ -39,7 +39,7 @@ from hyperhive.journal import (
 from hyperhive.kinds import ApprovalKind, ApprovalStatus, Decider
 from hyperhive.names import MANAGER
 from hyperhive.protocol import ApprovalInfo, event_payloads
-from hyperhive.store import Database
+from hyperhive.store import Database, insert_id
 
 log = logging.getLogger(__name__)
 COMMIT_REF_RE: Final = re.compile(r"[0-9a-f]{7,40}")
@@ -94,19 +94,19 @@ def sql_request(
 ) -> tuple[ApprovalInfo, bool]:
     """Queue an approval, or return the pending one for the same (agent, kind, commit_ref)."""
     row = conn.execute(
-        "SELECT * FROM approvals WHERE agent = ? AND kind = ? AND IFNULL(commit_ref, '') = ? "
+        "SELECT * FROM approvals WHERE agent = ? AND kind = ? AND COALESCE(commit_ref, '') = ? "
         "AND status = 'pending'",
         (agent, kind.value, commit_ref or ""),
     ).fetchone()
     if row is not None:
         return _row_to_info(row), False
-    cur = conn.execute(
+    new_id = insert_id(
+        conn,
         "INSERT INTO approvals (agent, kind, commit_ref, requested_at, status, description, "
-        "requested_by) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+        "requested_by) VALUES (?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
         (agent, kind.value, commit_ref, now, description, requested_by),
     )
-    assert cur.lastrowid is not None
-    return sql_get(conn, cur.lastrowid), True
+    return sql_get(conn, new_id), True
 
 
 def sql_set_fetched(conn: sqlite3.Connection, approval_id: int, sha: str) -> ApprovalInfo:

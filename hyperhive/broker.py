@@ -53,7 +53,7 @@ from hyperhive.names import (
 )
 from hyperhive.protocol import Message, RecentMessage
 from hyperhive.protocol import event_payloads as ev
-from hyperhive.store import Database
+from hyperhive.store import Database, insert_id
 from hyperhive.topology import subtree
 
 BROADCAST_PREFIX: Final = "[broadcast to all agents] "
@@ -235,15 +235,13 @@ def _sql_insert(
 ) -> list[SentMessage]:
     sent = []
     for row in rows:
-        cur = conn.execute(
+        new_id = insert_id(
+            conn,
             "INSERT INTO messages (sender, recipient, body, sent_at, in_reply_to, transient) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
             (row.sender, row.recipient, row.body, now, row.in_reply_to, int(row.transient)),
         )
-        assert cur.lastrowid is not None
-        sent.append(
-            SentMessage(cur.lastrowid, row.sender, row.recipient, row.body, now, row.in_reply_to)
-        )
+        sent.append(SentMessage(new_id, row.sender, row.recipient, row.body, now, row.in_reply_to))
     return sent
 
 
@@ -304,7 +302,7 @@ def sql_ack(conn: sqlite3.Connection, recipient: str, ids: list[int], now: float
     # A requeued row (handed out, then put back by a harness hello) may still be acked by
     # whoever finished it: the work is done, handing it out again would repeat it.
     cur = conn.execute(
-        f"UPDATE messages SET acked_at = ?, delivered_at = IFNULL(delivered_at, ?) "
+        f"UPDATE messages SET acked_at = ?, delivered_at = COALESCE(delivered_at, ?) "
         f"WHERE recipient = ? AND id IN ({marks}) AND acked_at IS NULL "
         "AND (delivered_at IS NOT NULL OR redelivered = 1)",
         (now, now, recipient, *ids),
@@ -337,7 +335,7 @@ def sql_unread(conn: sqlite3.Connection, recipient: str, at_most: int | None = N
     if at_most is not None:
         row = conn.execute(
             f"SELECT COUNT(*) FROM (SELECT 1 FROM messages {INBOX} WHERE recipient = ? "
-            "AND acked_at IS NULL AND delivered_at IS NULL LIMIT ?)",
+            "AND acked_at IS NULL AND delivered_at IS NULL LIMIT ?) AS unread",
             (recipient, at_most),
         ).fetchone()
         return int(row[0])
@@ -374,7 +372,7 @@ def sql_messages(
     where, args = ("WHERE recipient = ?", [recipient]) if recipient is not None else ("", [])
     rows = conn.execute(
         "SELECT * FROM (SELECT id, sender, recipient, body, sent_at, in_reply_to, delivered_at, "
-        f"acked_at FROM messages {where} ORDER BY id DESC LIMIT ?) ORDER BY id",
+        f"acked_at FROM messages {where} ORDER BY id DESC LIMIT ?) AS newest ORDER BY id",
         (*args, limit),
     ).fetchall()
     return [
@@ -806,7 +804,7 @@ def sql_read_view(
     if fresh:
         marks = ",".join("?" * len(fresh))
         conn.execute(
-            f"UPDATE messages SET delivered_at = IFNULL(delivered_at, ?), acked_at = ? "
+            f"UPDATE messages SET delivered_at = COALESCE(delivered_at, ?), acked_at = ? "
             f"WHERE id IN ({marks})",
             (now, now, *(m.id for m in fresh)),
         )

@@ -43,7 +43,7 @@ from hyperhive.errors import AlreadyRunning, ClientError, HyperhiveError, Reques
 from hyperhive.protocol import CONVERTER, json_schema
 from hyperhive.runtime import find, innermost
 from hyperhive.schedules import check_timezone
-from hyperhive.store import DatabaseFailed, DatabaseUnusable
+from hyperhive.store import DatabaseFailed, DatabaseUnusable, check_store_url
 from hyperhive.terminal import visible
 from hyperhive.web._serve import DashboardUnavailable
 
@@ -330,6 +330,15 @@ def run(
             help="IANA time zone of cron schedules (default: the host's local zone).",
         ),
     ] = _config_default("timezone"),
+    database: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HYPERHIVE_DATABASE",
+            show_default=False,
+            help="The broker's store: a postgresql:// URL (a password is better in "
+            "HYPERHIVE_DATABASE or the env file); default: broker.sqlite in the state dir.",
+        ),
+    ] = None,
 ) -> None:
     """Run the host daemon until SIGTERM or Ctrl-C."""
     from hyperhive.supervisor import main as daemon_main
@@ -344,7 +353,12 @@ def run(
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     if env_file is not None:
-        _load_env_file(env_file)
+        from_file = _load_env_file(env_file)
+        database = database or from_file  # the option (or HYPERHIVE_DATABASE) wins
+    try:
+        check_store_url(database)
+    except DatabaseUnusable as exc:
+        raise _fail(str(exc)) from None
     try:
         log_cap_bytes = parse_size(log_cap)
     except ValueError as exc:
@@ -376,6 +390,7 @@ def run(
         budget_daily_tokens=budget_daily_tokens,
         budget_total_tokens=budget_total_tokens,
         timezone=timezone,
+        database=database,
     )
     try:
         trio.run(daemon_main, config)
@@ -392,8 +407,9 @@ def run(
         raise _fail(str(problem)) from None
 
 
-def _load_env_file(path: Path) -> None:
-    """The env file's settings join the daemon's environment, which agents inherit."""
+def _load_env_file(path: Path) -> str | None:
+    """The env file's settings join the daemon's environment, which agents inherit; the
+    daemon's own (``HYPERHIVE_DATABASE``) is returned instead, kept out of it."""
     from hyperhive.envfile import EnvFileError, load_env_file
 
     try:
@@ -402,10 +418,12 @@ def _load_env_file(path: Path) -> None:
         raise _fail(str(exc)) from None
     for warning in warnings:
         typer.echo(f"hyperhive: warning: {warning}", err=True)
+    database = values.pop("HYPERHIVE_DATABASE", None)
     os.environ.update(values)
     logging.getLogger("hyperhive").info(
         "agent API settings from %s: %s", path, ", ".join(sorted(values)) or "none"
     )
+    return database
 
 
 def _setup_problem(exc: BaseException) -> HyperhiveError | None:

@@ -333,6 +333,8 @@ class Config:
     backend: str = DEFAULT_BACKEND
     #: ``synchronous`` level of broker.sqlite; FULL so acknowledged writes survive power loss.
     synchronous: str = "FULL"
+    #: ``--database``: a ``postgresql://`` URL of the broker's store; None: broker.sqlite.
+    database: str | None = attrs.field(default=None, repr=False)
     retention_seconds: float = RETENTION_SECONDS
     retention_interval_seconds: float = RETENTION_INTERVAL_SECONDS
     #: Events retention in each agent's events db: rows older than this go, then all but

@@ -164,7 +164,12 @@ def reclaim_pages(conn: sqlite3.Connection, max_pages: int = RECLAIM_PAGES_PER_P
     Python's sqlite3 steps ``PRAGMA incremental_vacuum`` once per ``execute`` and sqlite frees
     one page per step, so it is run once per page (``executescript`` would step it to the
     end, but commits the caller's transaction first).
+
+    On PostgreSQL (any connection but sqlite's) it gives nothing back: the server's
+    autovacuum reclaims dead rows itself.
     """
+    if not isinstance(conn, sqlite3.Connection):
+        return 0
     free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
     for _ in range(min(free, max_pages)):
         conn.execute("PRAGMA incremental_vacuum").close()

@@ -1,7 +1,8 @@
 """The operator's API settings for agents: the env file of ``hyperhive run --env-file``.
 
 A strict ``KEY=VALUE`` format (``#`` comments, blank lines, an optional ``export``, values
-optionally in single or double quotes) restricted to the keys agents need to reach the API.
+optionally in single or double quotes) restricted to the keys agents need to reach the API,
+and the daemon's own ``HYPERHIVE_DATABASE`` (kept out of the agents' environment).
 Values never appear in an error or a warning: only file, line number and key do.
 
 Where the settings end up: the daemon's environment, which the backends pass on to each
@@ -42,6 +43,9 @@ ENV_FILE_KEYS: Final = (
     "DISABLE_AUTOUPDATER",
 )
 
+#: Keys an env file may set for the daemon itself: never passed on to an agent.
+DAEMON_KEYS: Final = ("HYPERHIVE_DATABASE",)
+
 _LINE_RE: Final = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)")
 
 
@@ -61,9 +65,10 @@ def parse_env_file(text: str, *, source: str = "env file") -> dict[str, str]:
         if match is None:
             raise EnvFileError(f"{where}: expected KEY=VALUE (or a # comment)")
         key, value = match.group(1), match.group(2).strip()
-        if key not in ENV_FILE_KEYS:
+        if key not in ENV_FILE_KEYS and key not in DAEMON_KEYS:
             raise EnvFileError(
-                f"{where}: {key} is not an agent API setting; allowed: {', '.join(ENV_FILE_KEYS)}"
+                f"{where}: {key} is not an agent API setting; allowed: "
+                f"{', '.join((*ENV_FILE_KEYS, *DAEMON_KEYS))}"
             )
         if key in values:
             raise EnvFileError(f"{where}: {key} is set twice")

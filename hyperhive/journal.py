@@ -23,6 +23,8 @@ from typing import Final
 
 import attrs
 
+from hyperhive.store import insert_id
+
 #: Test hook (see the module docstring); read once, at import.
 CRASH_AT: Final = os.environ.get("HYPERHIVE_TEST_CRASH_AT") or None
 
@@ -50,12 +52,13 @@ def sql_begin(
     approval_id: int | None = None,
 ) -> Operation:
     """Record that an operation has started (its effects may happen from now on)."""
-    cur = conn.execute(
-        "INSERT INTO operations (kind, agent, approval_id, started_at) VALUES (?, ?, ?, ?)",
+    new_id = insert_id(
+        conn,
+        "INSERT INTO operations (kind, agent, approval_id, started_at) VALUES (?, ?, ?, ?) "
+        "RETURNING id",
         (kind.value, agent, approval_id, now),
     )
-    assert cur.lastrowid is not None
-    return Operation(cur.lastrowid, kind, agent, approval_id, now)
+    return Operation(new_id, kind, agent, approval_id, now)
 
 
 def sql_end(conn: sqlite3.Connection, operation_id: int) -> None:

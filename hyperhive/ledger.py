@@ -132,10 +132,11 @@ def sql_record(
 ) -> bool:
     """Append the report's row; False when this report was recorded before (nothing written)."""
     cursor = conn.execute(
-        "INSERT OR IGNORE INTO ledger_turns (agent, report_id, recorded_at, message_id, model,"
+        "INSERT INTO ledger_turns (agent, report_id, recorded_at, message_id, model,"
         " outcome, input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens,"
         " cost_micros, duration_seconds, tool_calls, tools_json, ctx_tokens, progress)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (agent, report_id) DO NOTHING",
         (
             agent,
             report.report_id,

@@ -34,7 +34,7 @@ from hyperhive.events import EventHub
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import QuestionInfo
 from hyperhive.protocol.event_payloads import QuestionAdded, QuestionResolved
-from hyperhive.store import Database
+from hyperhive.store import Database, insert_id
 
 EXPIRED: Final = "[expired]"
 CANCELLED: Final = "[cancelled]"
@@ -179,13 +179,13 @@ class QuestionBook:
         deadline = now + ttl_seconds if ttl_seconds is not None else None
 
         def tx(conn: sqlite3.Connection, outbox: Outbox) -> QuestionInfo:
-            cur = conn.execute(
+            new_id = insert_id(
+                conn,
                 "INSERT INTO operator_questions (asker, target, question, options_json, multi, "
-                "asked_at, deadline_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "asked_at, deadline_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (asker, target, question, json.dumps(options), int(multi), now, deadline),
             )
-            assert cur.lastrowid is not None
-            info = sql_get(conn, cur.lastrowid)
+            info = sql_get(conn, new_id)
             if target is not None:
                 outbox.insert([system_messages.question_asked(info)])
             return info

@@ -48,7 +48,7 @@ from hyperhive.protocol import ReminderInfo
 from hyperhive.protocol.event_payloads import ReminderChanged
 from hyperhive.questions import DeadlineSchedule
 from hyperhive.runtime import Backoff
-from hyperhive.store import Database, DatabaseFailed
+from hyperhive.store import Database, DatabaseFailed, insert_id
 
 log = logging.getLogger("hyperhive.reminders")
 
@@ -162,12 +162,13 @@ def sql_insert(
             f"{agent} already has {max_pending} pending reminders, the most allowed; "
             "cancel one (cancel_loose_end) or wait for one to fire"
         )
-    cur = conn.execute(
-        "INSERT INTO reminders (agent, body, file_path, due_at, created_at) VALUES (?, ?, ?, ?, ?)",
+    new_id = insert_id(
+        conn,
+        "INSERT INTO reminders (agent, body, file_path, due_at, created_at) "
+        "VALUES (?, ?, ?, ?, ?) RETURNING id",
         (agent, body, file_path, due_at, now),
     )
-    assert cur.lastrowid is not None
-    return sql_get(conn, cur.lastrowid)
+    return sql_get(conn, new_id)
 
 
 def sql_list(

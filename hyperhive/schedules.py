@@ -46,7 +46,7 @@ from hyperhive.config import (
 from hyperhive.errors import RequestRefused
 from hyperhive.names import MANAGER, OPERATOR, SCHEDULER
 from hyperhive.protocol import ScheduleInfo
-from hyperhive.store import Database
+from hyperhive.store import Database, dialect, insert_id
 
 #: Source of a schedule the operator made directly.
 SOURCE_OPERATOR: Final = "operator"
@@ -367,9 +367,11 @@ def sql_create(
                 f"{owner} already owns {active} active schedules (at most "
                 f"{MAX_SCHEDULES_PER_OWNER}); cancel some first"
             )
-    cur = conn.execute(
+    new_id = insert_id(
+        conn,
         "INSERT INTO schedules (owner, targets_json, body, description, interval_seconds, cron, "
-        "timezone, next_at, created_at, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "timezone, next_at, created_at, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "RETURNING id",
         (
             owner,
             json.dumps(list(spec.targets)),
@@ -383,13 +385,13 @@ def sql_create(
             source,
         ),
     )
-    assert cur.lastrowid is not None
-    return sql_get(conn, cur.lastrowid)
+    return sql_get(conn, new_id)
 
 
 def sql_save_request(conn: sqlite3.Connection, approval_id: int, spec: Spec) -> None:
     conn.execute(
-        "INSERT OR REPLACE INTO schedule_requests (approval_id, spec_json) VALUES (?, ?)",
+        "INSERT INTO schedule_requests (approval_id, spec_json) VALUES (?, ?) "
+        "ON CONFLICT (approval_id) DO UPDATE SET spec_json = excluded.spec_json",
         (approval_id, spec.to_json()),
     )
 
@@ -574,12 +576,19 @@ def sql_due(conn: sqlite3.Connection, now: float) -> list[int]:
     ]
 
 
+def _targets(conn: sqlite3.Connection) -> str:
+    """The rows ``t(value)`` of a schedule's JSON list of targets, in the engine's SQL."""
+    if dialect(conn) == "postgresql":
+        return "json_array_elements_text(s.targets_json::json) AS t(value)"
+    return "json_each(s.targets_json) t"
+
+
 def sql_targeting(conn: sqlite3.Connection, agent: str) -> list[int]:
     """Ids of the active schedules that deliver to ``agent``."""
     return [
         r["id"]
         for r in conn.execute(
-            "SELECT s.id FROM schedules s, json_each(s.targets_json) t "
+            f"SELECT s.id FROM schedules s, {_targets(conn)} "
             "WHERE s.ended_at IS NULL AND t.value = ? ORDER BY s.id",
             (agent,),
         )
@@ -590,7 +599,7 @@ def sql_targeting_all(conn: sqlite3.Connection) -> dict[str, list[int]]:
     """Ids of the active schedules by the agent they deliver to."""
     result: dict[str, list[int]] = {}
     for r in conn.execute(
-        "SELECT t.value AS target, s.id AS id FROM schedules s, json_each(s.targets_json) t "
+        f"SELECT t.value AS target, s.id AS id FROM schedules s, {_targets(conn)} "
         "WHERE s.ended_at IS NULL ORDER BY s.id"
     ):
         result.setdefault(r["target"], []).append(r["id"])

@@ -15,7 +15,12 @@ from pathlib import Path
 
 from hyperhive.config import Paths
 from hyperhive.errors import RequestRefused
-from hyperhive.store import BROKER_MIGRATIONS, check_database
+from hyperhive.store import (
+    BROKER_MIGRATIONS,
+    check_database,
+    check_pg_database,
+    check_store_url,
+)
 
 
 def check_dir(path: Path, what: str, *, must_own: bool) -> None:
@@ -49,11 +54,15 @@ def _writable(path: Path, st: os.stat_result, uid: int) -> bool:
     return not os.statvfs(path).f_flag & os.ST_RDONLY
 
 
-def check_state(paths: Paths) -> None:
-    """Every check of the state and run dirs and of ``broker.sqlite``; writes nothing."""
+def check_state(paths: Paths, database: str | None = None) -> None:
+    """Every check of the state and run dirs and of ``broker.sqlite`` (or, with
+    ``database``, of the PostgreSQL store: reachable, no newer schema); writes nothing."""
+    check_store_url(database)
     check_dir(paths.state_dir, "state dir", must_own=True)
     check_dir(paths.run_dir, "run dir", must_own=False)
-    if paths.state_dir.exists():
+    if database:
+        check_pg_database(database, len(BROKER_MIGRATIONS))
+    elif paths.state_dir.exists():
         check_database(paths.broker_db, len(BROKER_MIGRATIONS))
 
 

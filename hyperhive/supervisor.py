@@ -3,8 +3,8 @@
     hyperhive run
     └── supervisor.main                      SIGTERM/SIGINT, sd_notify READY/WATCHDOG/STOPPING
         ├── open_daemon                      flock on <state>/ and <run>/hyperhive.lock
-        │   └── open_database
-        │       ├── Database.serve           the one writer of broker.sqlite (group commit)
+        │   └── open_store               broker.sqlite, or PostgreSQL with --database
+        │       ├── Database.serve           the one writer of the store (group commit)
         │       └── nursery                  (* = a failure domain, see below)
         │           ├── Registry.serve       loads `agents`, makes sure `manager` exists
         │           │   └── serve_unix_socket * xN
@@ -67,7 +67,7 @@ from hyperhive.names import MANAGER, OPERATOR
 from hyperhive.sdnotify import Notifier
 from hyperhive.server import Drain, Principal, SocketKind, SocketLimits, serve_unix_socket
 from hyperhive.startup import check_state, make_dir
-from hyperhive.store import BROKER_MIGRATIONS, Database, open_database
+from hyperhive.store import BROKER_MIGRATIONS, Database, open_store, redact_url
 from hyperhive.supervision import agent_reporter, supervise
 from hyperhive.web import Auth, load_or_create_token, serve_dashboard
 
@@ -222,7 +222,7 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
     except ValueError as exc:
         raise RequestRefused(str(exc)) from None
     # A dir or database it cannot use is refused before anything is created or changed.
-    await trio.to_thread.run_sync(check_state, paths)
+    await trio.to_thread.run_sync(check_state, paths, config.database)
     # It holds credentials and the dashboard token: nobody else's business.
     make_dir(paths.state_dir, 0o700, "state dir")
     make_dir(paths.run_dir, 0o751, "run dir")
@@ -230,7 +230,12 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
         moved = await trio.to_thread.run_sync(migrate_proposed_repos, paths)
         if moved:
             log.info("moved the proposed config repos of %s to %s", moved, paths.proposed_root)
-        async with open_database(
+        if config.database:
+            log.info("the broker's store: %s", redact_url(config.database))
+            if paths.broker_db.exists():
+                log.warning("%s is not used: the store is on PostgreSQL", paths.broker_db)
+        async with open_store(
+            config.database,
             paths.broker_db,
             synchronous=config.synchronous,
             migrations=BROKER_MIGRATIONS,

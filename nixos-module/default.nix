@@ -52,6 +52,10 @@ let
     "--env-file"
     cfg.environmentFile
   ]
+  ++ optionals (cfg.database != null) [
+    "--database"
+    cfg.database
+  ]
   ++ optionals (cfg.agentDefaults.model != null) [
     "--agent-model"
     cfg.agentDefaults.model
@@ -161,6 +165,19 @@ in
       '';
     };
 
+    database = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "postgresql:///hyperhive?host=/run/postgresql";
+      description = ''
+        The broker's store (`hyperhive run --database`): a `postgresql://` or `postgres://`
+        URL. `null`: `broker.sqlite` in the state dir. It ends up on the daemon's command
+        line, so it must hold no password: use peer authentication over the unix socket
+        (as in the example), or put `HYPERHIVE_DATABASE=<URL with password>` in
+        `environmentFile` instead. See docs/postgresql.md.
+      '';
+    };
+
     agentDefaults = {
       model = mkOption {
         type = types.nullOr types.str;
@@ -208,6 +225,10 @@ in
           cfg.environmentFile == null
           || (lib.hasPrefix "/" cfg.environmentFile && !lib.hasPrefix "/nix/store/" cfg.environmentFile);
         message = "services.hyperhive.environmentFile must be an absolute path outside the Nix store (it holds API keys).";
+      }
+      {
+        assertion = cfg.database == null || builtins.match "[^:]+://[^/@:]*:[^/@]*@.*" cfg.database == null;
+        message = "services.hyperhive.database must hold no password (it is on the command line and in the Nix store): set HYPERHIVE_DATABASE in environmentFile instead.";
       }
     ];
 

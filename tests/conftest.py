@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, settings
 from hyperhive.client import Client
 from hyperhive.config import Config, Paths
 from hyperhive.supervisor import Daemon, Hive, open_daemon
+from tests.pg import PgServer, find_pg_bin
 
 #: Wall-clock limit of one trio test; a hung test fails instead of hanging the run.
 TRIO_TEST_TIMEOUT = float(os.environ.get("HYPERHIVE_TEST_TIMEOUT", "120"))
@@ -173,10 +174,16 @@ def make_paths(root: Path) -> Paths:
     return Paths(state_dir=root / "state", run_dir=root / "run")
 
 
+#: ``HYPERHIVE_TEST_STORE=postgresql``: the ``inproc`` daemons keep their store on PostgreSQL.
+TEST_STORE = os.environ.get("HYPERHIVE_TEST_STORE", "sqlite")
+
+
 @pytest.fixture
-async def inproc(short_tmp: Path) -> AsyncIterator[Daemon]:
+async def inproc(short_tmp: Path, request: pytest.FixtureRequest) -> AsyncIterator[Daemon]:
     """A daemon running inside the test's trio run, on real sockets and a real database."""
-    async with open_daemon(Config(paths=make_paths(short_tmp), backend="external")) as d:
+    database = request.getfixturevalue("pg_url") if TEST_STORE == "postgresql" else None
+    config = Config(paths=make_paths(short_tmp), backend="external", database=database)
+    async with open_daemon(config) as d:
         yield d
 
 
@@ -393,3 +400,25 @@ def sync_daemon(short_tmp: Path) -> Iterator[SyncDaemon]:
                 proc.kill()
                 proc.wait()
             proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One real PostgreSQL server per test process (see tests/pg.py); skipped without it,
+    failed in CI."""
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        if IN_CI:
+            pytest.fail("missing in CI: PostgreSQL (initdb, pg_ctl)")
+        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
+    server = PgServer.start(bin_dir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """The URL of a new, empty database of :func:`pg_server`."""
+    return pg_server.url(pg_server.new_database())

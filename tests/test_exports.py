@@ -27,6 +27,18 @@ ALL: dict[str, list[str]] = {
         "free_bytes",
         "is_disk_full",
         "open_database",
+        # PostgreSQL as a second engine
+        "Conn",
+        "Dialect",
+        "PgDatabase",
+        "check_pg_database",
+        "check_store_url",
+        "dialect",
+        "insert_id",
+        "is_postgresql_url",
+        "open_pg_database",
+        "open_store",
+        "redact_url",
     ],
     "hyperhive.containers": [
         "AgentRunner",

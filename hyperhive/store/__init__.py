@@ -1,4 +1,5 @@
-"""sqlite persistence: one writer connection per database, group-committed transactions."""
+"""Persistence: one writer connection per database, group-committed transactions, on sqlite
+(the default) or PostgreSQL."""
 
 from hyperhive.store._db import (
     Database,
@@ -13,19 +14,40 @@ from hyperhive.store._db import (
     is_disk_full,
     open_database,
 )
+from hyperhive.store._pg import (
+    PgDatabase,
+    check_pg_database,
+    check_store_url,
+    is_postgresql_url,
+    open_pg_database,
+    open_store,
+    redact_url,
+)
 from hyperhive.store._schema import BROKER_MIGRATIONS
+from hyperhive.store._sql import Conn, Dialect, dialect, insert_id
 
 __all__ = [
     "BROKER_MIGRATIONS",
+    "Conn",
     "Database",
     "DatabaseClosed",
     "DatabaseFailed",
     "DatabaseStatistics",
     "DatabaseUnusable",
+    "Dialect",
     "Migration",
+    "PgDatabase",
     "check_database",
+    "check_pg_database",
+    "check_store_url",
     "connect",
+    "dialect",
     "free_bytes",
+    "insert_id",
     "is_disk_full",
+    "is_postgresql_url",
     "open_database",
+    "open_pg_database",
+    "open_store",
+    "redact_url",
 ]

@@ -1,0 +1,484 @@
+"""The broker's store on PostgreSQL: the same transactions as on sqlite, through psycopg.
+
+:class:`PgDatabase` is a :class:`~hyperhive.store.Database` whose writer thread owns one
+PostgreSQL connection (psycopg's synchronous API; no asyncio) instead of the sqlite file.
+Everything the daemon relies on is kept: :meth:`~Database.transaction` queues a plain
+synchronous function of a connection; the thread takes everything queued and runs it as one
+``BEGIN … COMMIT`` (group commit), each function in its own ``SAVEPOINT`` so a failing one
+rolls back alone (a function alone in its batch needs none: a round trip costs more than on
+sqlite); a result is returned only after ``COMMIT``. ``synchronous_commit`` is
+``on`` (the commit is flushed to the server's WAL before it is acknowledged, as
+``synchronous=FULL`` on sqlite); a batch made only of ``durable=False`` work commits with
+``SET LOCAL synchronous_commit = off``, as it commits at ``NORMAL`` on sqlite.
+
+The connection is a :class:`PgConn`: the modules' sqlite SQL (``?`` placeholders) is
+translated once per distinct statement (:func:`hyperhive.store._sql.to_pyformat`; sqlite's
+``INDEXED BY`` planner hints are dropped) and rows are indexable by position and by name.
+Parameters are bound client-side (psycopg's ``ClientCursor``): literals take the type of
+their column, as in sqlite, and a Python ``bool`` is stored as ``0``/``1`` like sqlite does.
+``SUM`` of integers (``numeric`` in PostgreSQL) comes back as an ``int``.
+
+Reads: :attr:`~Database.can_read` is False, so the hot-path reads
+(:meth:`~Database.read`) queue as transactions on the writer; on PostgreSQL a read on the
+event loop would be a network round trip that blocks every task.
+
+Isolation: ``READ COMMITTED``, with one writer connection per daemon: every transaction of
+the store runs on that one connection, one after the other, so they serialize exactly as
+behind sqlite's single writer. Several daemons on one database (later) would need
+``SERIALIZABLE`` with the batch retried on a serialization failure: the jobs are functions
+of the connection that can run again (as a batch is after a disk-full on sqlite), and the
+modules' read-then-write checks (one pending approval, an inbox handed out once) would
+otherwise need row locks statement by statement.
+
+Failures: a failure of ``BEGIN``/``COMMIT`` or a lost connection fails the batch and the
+database with :class:`~hyperhive.store.DatabaseFailed` (the daemon stops, as for a broken
+sqlite file); no full-disk mode (that is the server's business). The URL's password never
+appears in a message: :func:`redact_url`.
+
+The schema: every step of the sqlite migrations runs on PostgreSQL too, its DDL translated
+by :func:`translate_ddl` (``INTEGER PRIMARY KEY AUTOINCREMENT`` → identity, ``INTEGER`` →
+``BIGINT``, ``REAL`` → ``DOUBLE PRECISION``, ``BLOB`` → ``BYTEA``, ``TEXT`` → ``TEXT COLLATE
+"C"``: compared and sorted byte by byte as sqlite does, whatever the database's locale), one
+transaction per step; the version is the one row of ``hyperhive_schema``, and a version
+newer than the migrations known is refused (:class:`~hyperhive.store.DatabaseUnusable`).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final, cast
+
+import psycopg
+import psycopg.adapt
+import trio
+
+from hyperhive.store._db import (
+    Database,
+    DatabaseFailed,
+    DatabaseUnusable,
+    Migration,
+    _Job,
+    open_database,
+)
+from hyperhive.store._sql import Dialect, to_pyformat
+
+#: URL schemes that select PostgreSQL.
+SCHEMES: Final = ("postgresql", "postgres")
+#: Serializes migrations of one database between daemons (``pg_advisory_xact_lock``).
+MIGRATION_LOCK: Final = 0x6879_7065_7268_6976  # "hyperhiv"
+SCHEMA_TABLE: Final = "hyperhive_schema"
+_INDEXED_BY = re.compile(r"\s+INDEXED\s+BY\s+\w+", re.IGNORECASE)
+
+
+def is_postgresql_url(database: str) -> bool:
+    return urllib.parse.urlsplit(database).scheme.lower() in SCHEMES
+
+
+def _password(url: str) -> str | None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password:
+        return parts.password
+    for key, value in urllib.parse.parse_qsl(parts.query):
+        if key == "password" and value:
+            return value
+    return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` parameter) as ``***``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        in_query = any(key == "password" for key, _ in query)
+        if parts.password is None and not in_query:
+            return url
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, host = netloc.rpartition("@")
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+        shown = f"{parts.scheme}://{netloc}{parts.path}"
+        if query:
+            shown += "?" + "&".join(
+                f"{key}=***" if key == "password" else f"{key}={urllib.parse.quote(value)}"
+                for key, value in query
+            )
+        return shown
+    except ValueError:
+        return "<unparsable database URL>"
+
+
+def redact_text(text: str, url: str) -> str:
+    """``text`` (an error of the driver, say) without the password of ``url`` in it."""
+    password = _password(url)
+    if password:
+        text = text.replace(password, "***").replace(urllib.parse.quote(password), "***")
+    return text
+
+
+class PgRow:
+    """A row by position and by column name, like ``sqlite3.Row``."""
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, values: Sequence[Any], index: dict[str, int]) -> None:
+        self._values = values
+        self._index = index
+
+    def __getitem__(self, key: int | str) -> Any:
+        if isinstance(key, str):
+            return self._values[self._index[key]]
+        return self._values[key]
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PgRow):
+            return tuple(self._values) == tuple(other._values) and self._index == other._index
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._values))
+
+    def __repr__(self) -> str:
+        return f"PgRow({dict(zip(self._index, self._values, strict=True))!r})"
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+
+def _row_factory(cursor: Any) -> Any:
+    description = cursor.description or ()
+    index = {column.name: i for i, column in enumerate(description)}
+    return lambda values: PgRow(values, index)
+
+
+class _BoolAsInt(psycopg.adapt.Dumper):
+    """A Python bool as the integer sqlite stores for it (flag columns are ``BIGINT``)."""
+
+    oid = psycopg.postgres.types["int8"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        return b"1" if obj else b"0"
+
+    def quote(self, obj: Any) -> bytes:
+        return b"1" if obj else b"0"
+
+
+class _NumericAsNumber(psycopg.adapt.Loader):
+    """``numeric`` (what ``SUM`` of ``BIGINT`` gives) as an int, or a float, as on sqlite."""
+
+    def load(self, data: Any) -> int | float:
+        text = bytes(data).decode()
+        try:
+            return int(text)
+        except ValueError:
+            return float(text)
+
+
+class PgCursor:
+    def __init__(self, cursor: psycopg.ClientCursor[Any]) -> None:
+        self._cursor = cursor
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    def fetchone(self) -> Any:
+        if self._cursor.description is None:
+            return None
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        if self._cursor.description is None:
+            return []
+        return self._cursor.fetchall()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
+
+    def close(self) -> None:
+        self._cursor.close()
+
+
+@functools.lru_cache(maxsize=1024)
+def translate(sql: str) -> str:
+    """A statement of the modules (sqlite, ``?``) as psycopg runs it on PostgreSQL."""
+    return to_pyformat(_INDEXED_BY.sub("", sql))
+
+
+class PgConn:
+    """A PostgreSQL connection that runs the modules' statements (see :class:`Conn`)."""
+
+    dialect: Final[Dialect] = "postgresql"
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.raw = conn
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> PgCursor:
+        cursor = psycopg.ClientCursor(self.raw)
+        cursor.row_factory = _row_factory
+        cursor.execute(translate(sql), tuple(parameters))
+        return PgCursor(cursor)
+
+    def executemany(self, sql: str, seq: Any, /) -> PgCursor:
+        cursor = psycopg.ClientCursor(self.raw)
+        cursor.executemany(translate(sql), [tuple(p) for p in seq])
+        return PgCursor(cursor)
+
+    @property
+    def broken(self) -> bool:
+        return self.raw.broken or self.raw.closed
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+#: sqlite DDL → PostgreSQL DDL, in order (the first one before the plain INTEGER).
+_DDL: Final = (
+    (
+        re.compile(r"\bINTEGER\s+PRIMARY\s+KEY\s+AUTOINCREMENT\b", re.IGNORECASE),
+        "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+    ),
+    (re.compile(r"\bINTEGER\b", re.IGNORECASE), "BIGINT"),
+    (re.compile(r"\bREAL\b", re.IGNORECASE), "DOUBLE PRECISION"),
+    (re.compile(r"\bBLOB\b", re.IGNORECASE), "BYTEA"),
+    # sqlite compares and sorts text byte by byte (BINARY), whatever the locale: so does "C".
+    (re.compile(r"\bTEXT\b"), 'TEXT COLLATE "C"'),
+    (re.compile(r"\bIFNULL\s*\(", re.IGNORECASE), "COALESCE("),
+)
+
+
+def translate_ddl(sql: str) -> str:
+    """A migration's sqlite DDL statement as PostgreSQL DDL (types; ``IFNULL``)."""
+    for pattern, replacement in _DDL:
+        sql = pattern.sub(replacement, sql)
+    return sql
+
+
+class _MigrationConn:
+    """What a migration step sees on PostgreSQL: its DDL is translated first."""
+
+    dialect: Final[Dialect] = "postgresql"
+
+    def __init__(self, conn: PgConn) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> PgCursor:
+        return self._conn.execute(translate_ddl(sql), parameters)
+
+
+def connect_pg(url: str, *, migrations: Sequence[Migration]) -> PgConn:
+    """Connect to ``url`` (durable commits, autocommit: the writer says BEGIN itself) and
+    apply pending migrations, each in its own transaction; refuse a newer schema."""
+    shown = redact_url(url)
+    try:
+        raw = psycopg.connect(url, autocommit=True)
+    except psycopg.Error as exc:
+        raise DatabaseUnusable(
+            f"cannot connect to {shown}: {redact_text(str(exc).strip(), url)}"
+        ) from None
+    raw.adapters.register_dumper(bool, _BoolAsInt)
+    raw.adapters.register_loader("numeric", _NumericAsNumber)
+    conn = PgConn(raw)
+    try:
+        conn.execute("SET synchronous_commit = on")
+        conn.execute("SET default_transaction_isolation = 'read committed'")
+        _migrate(conn, migrations, shown)
+    except BaseException:
+        raw.close()
+        raise
+    return conn
+
+
+def check_pg_database(url: str, known_versions: int) -> None:
+    """Refuse a store that cannot be reached or has a schema newer than ``known_versions``
+    migrations, changing nothing (the daemon runs it at start-up, before it creates its
+    dirs); :class:`DatabaseUnusable` with the URL redacted."""
+    shown = redact_url(url)
+    try:
+        with psycopg.connect(url, autocommit=True) as raw:
+            raw.execute("SET default_transaction_read_only = on")
+            exists = raw.execute("SELECT to_regclass(%s)", (SCHEMA_TABLE,)).fetchone()
+            row = None
+            if exists is not None and exists[0] is not None:
+                row = raw.execute(f"SELECT version FROM {SCHEMA_TABLE}").fetchone()
+    except psycopg.Error as exc:
+        raise DatabaseUnusable(
+            f"cannot use {shown}: {redact_text(str(exc).strip(), url)}"
+        ) from None
+    version = 0 if row is None else int(row[0])
+    if version > known_versions:
+        raise DatabaseUnusable(
+            f"{shown} has schema version {version}, newer than this hyperhive knows "
+            f"({known_versions}); upgrade hyperhive instead of downgrading"
+        )
+
+
+def _migrate(conn: PgConn, migrations: Sequence[Migration], shown: str) -> None:
+    while True:
+        conn.execute("BEGIN")
+        try:
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (version BIGINT NOT NULL)")
+            row = conn.execute(f"SELECT version FROM {SCHEMA_TABLE}").fetchone()
+            if row is None:
+                conn.execute(f"INSERT INTO {SCHEMA_TABLE} (version) VALUES (0)")
+            version = 0 if row is None else int(row[0])
+            if version > len(migrations):
+                raise DatabaseUnusable(
+                    f"{shown} has schema version {version}, newer than this hyperhive knows "
+                    f"({len(migrations)}); upgrade hyperhive instead of downgrading"
+                )
+            if version < len(migrations):
+                migrations[version](cast(Any, _MigrationConn(conn)))
+                conn.execute(f"UPDATE {SCHEMA_TABLE} SET version = ?", (version + 1,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if not conn.broken:
+                conn.execute("ROLLBACK")
+            raise
+        if version >= len(migrations) - 1:
+            return
+
+
+def schema_version(conn: PgConn) -> int:
+    row = conn.execute(f"SELECT version FROM {SCHEMA_TABLE}").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+class PgDatabase(Database):
+    """:class:`Database` on PostgreSQL: the same API and group commit (module docstring)."""
+
+    def __init__(self, conn: PgConn, url: str) -> None:
+        super().__init__(cast(Any, conn))
+        self._pg = conn
+        self.url = redact_url(url)
+        self._secret_url = url
+
+    @property
+    def dialect(self) -> Dialect:
+        return "postgresql"
+
+    def _fail(self, batch: list[_Job[Any]], what: str, exc: BaseException) -> DatabaseFailed:
+        failed = DatabaseFailed(redact_text(f"{self.url}{what}", self._secret_url))
+        failed.__cause__ = exc
+        for job in batch:
+            job.result, job.error = None, failed
+        return failed
+
+    def _run_batch(self, batch: list[_Job[Any]]) -> DatabaseFailed | None:
+        try:
+            self._attempt(batch)
+        except psycopg.Error as exc:
+            return self._fail(batch, f" failed: {str(exc).strip()}", exc)
+        self._batches += 1
+        self._transactions += len(batch)
+        return None
+
+    def _attempt(self, batch: list[_Job[Any]]) -> None:
+        conn = self._pg
+        conn.execute("BEGIN")
+        if not any(job.durable for job in batch):
+            conn.execute("SET LOCAL synchronous_commit = off")
+        # A job alone in its batch needs no savepoint (two round trips fewer): if it fails,
+        # the whole transaction is its own to roll back.
+        alone = len(batch) == 1
+        for job in batch:
+            job.result, job.error = None, None
+            if not alone:
+                conn.execute("SAVEPOINT job")
+            try:
+                job.result = job.fn(cast(Any, conn))
+            except BaseException as exc:
+                job.result, job.error = None, exc
+                if conn.broken:
+                    raise psycopg.OperationalError(f"connection lost: {exc}") from None
+                if alone:
+                    conn.execute("ROLLBACK")
+                    return
+                conn.execute("ROLLBACK TO SAVEPOINT job")
+            if not alone:
+                conn.execute("RELEASE SAVEPOINT job")
+        try:
+            conn.execute("COMMIT")
+        except psycopg.Error:
+            if not conn.broken:
+                conn.execute("ROLLBACK")
+            raise
+
+
+@asynccontextmanager
+async def open_pg_database(url: str, *, migrations: Sequence[Migration]) -> AsyncIterator[Database]:
+    """Connect, migrate and serve a PostgreSQL store for the duration of the ``async with``."""
+    conn = await trio.to_thread.run_sync(lambda: connect_pg(url, migrations=migrations))
+    db = PgDatabase(conn, url)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(db.serve)
+        try:
+            yield db
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def check_store_url(database: str | None) -> None:
+    """Refuse a ``--database`` that selects no engine this hyperhive has (clear, at start-up).
+
+    ``None`` or ``""`` is the sqlite file in the state dir; a ``postgresql://`` or
+    ``postgres://`` URL is PostgreSQL; anything else is refused.
+    """
+    if not database or is_postgresql_url(database):
+        return
+    # Only its scheme is shown: whatever else it holds may be a secret.
+    scheme = urllib.parse.urlsplit(database).scheme
+    shown = f"a {scheme}: URL" if scheme else "a value without a URL scheme"
+    raise DatabaseUnusable(
+        f"--database: {shown} is not a postgresql:// or postgres:// URL "
+        "(leave it unset for the sqlite file in the state dir)"
+    )
+
+
+@asynccontextmanager
+async def open_store(
+    database: str | None,
+    path: Path,
+    *,
+    synchronous: str,
+    migrations: Sequence[Migration],
+    reserve_bytes: int = 0,
+) -> AsyncIterator[Database]:
+    """The daemon's store: PostgreSQL at ``database``, or (unset) the sqlite file ``path``."""
+    check_store_url(database)
+    if database:
+        async with open_pg_database(database, migrations=migrations) as db:
+            yield db
+    else:
+        async with open_database(
+            path, synchronous=synchronous, migrations=migrations, reserve_bytes=reserve_bytes
+        ) as db:
+            yield db
+
+
+__all__ = [
+    "PgConn",
+    "PgDatabase",
+    "PgRow",
+    "check_pg_database",
+    "check_store_url",
+    "connect_pg",
+    "is_postgresql_url",
+    "open_pg_database",
+    "open_store",
+    "redact_url",
+    "schema_version",
+    "translate",
+    "translate_ddl",
+]
