@@ -420,7 +420,7 @@ async def _read_forever(loop: _Loop) -> None:
             if not await reader.fill():
                 watch.eof = True
                 break
-            if watch.parked:
+            if watch.parked and not loop.drain.stopping.is_set():
                 if not await _answer_inline(loop):
                     watch.eof = watch.hung_up = True  # the client went before its reply
                     break
@@ -445,12 +445,13 @@ async def _read_forever(loop: _Loop) -> None:
 
 async def _answer_inline(loop: _Loop) -> bool:
     """Answer the queued frames in the reader task while the request loop is parked, up to
-    one that may wait long (left to the loop), a ``watch`` (its feed is the loop's), or
-    the drain; False when the client hung up."""
+    one that may wait long (left to the loop) or a ``watch`` (its feed is the loop's);
+    False when the client hung up. Like the loop, it answers what was read before a drain
+    began; the loop then closes the connection."""
     reader, watch, conn = loop.reader, loop.watch, loop.conn
     watch.busy = True
     try:
-        while conn.feed is None and not loop.drain.stopping.is_set():
+        while conn.feed is None:
             frame = reader.next_frame()
             if frame is None:
                 break
