@@ -335,9 +335,11 @@ def _keys_and_colons(value: object) -> tuple[int, int]:
 def _load_common(line: bytes) -> Any:
     """``orjson``'s reading of a line that ``json`` would read the same; else _NOT_PARSED.
 
-    Without ``\\u`` escapes every ``:`` of a decoded string is one of the line's, so the
-    line's ``:`` count minus those in the decoded strings is at least the number of keys
-    written, which is at least the number kept: equal only when no key came twice.
+    Every key written has its ``:``, so a line with as many ``:`` as the top-level object
+    kept keys has no key twice (and no keys in nested objects). Otherwise: without ``\\u``
+    escapes every ``:`` of a decoded string is one of the line's, so the line's ``:`` count
+    minus those in the decoded strings is at least the number of keys written, which is at
+    least the number kept: equal only when no key came twice.
     """
     if (
         b"\\u" in line
@@ -349,8 +351,11 @@ def _load_common(line: bytes) -> Any:
         raw = orjson.loads(line)
     except orjson.JSONDecodeError:
         return _NOT_PARSED
+    written = line.count(b":")
+    if type(raw) is dict and len(raw) == written:
+        return raw  # as many keys kept at the top as ``:`` in the line: none came twice
     keys, colons = _keys_and_colons(raw)
-    if line.count(b":") - colons != keys:
+    if written - colons != keys:
         return _NOT_PARSED
     return raw
 
