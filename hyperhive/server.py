@@ -255,7 +255,6 @@ class _Reader:
         principal: Principal,
         budget: SocketBudget,
     ) -> None:
-        self.stream = stream
         #: Read directly (trio's wait for readability, then one read): the common request
         #: costs one wake-up and no more.
         self.fd = stream.socket.fileno()
@@ -558,7 +557,7 @@ async def _send(stream: trio.SocketStream, fd: int, wire: bytes) -> None:
     """``stream.send_all(wire)``, without its trip through the scheduler when the socket
     takes the whole line at once (the common case: the next read is the checkpoint)."""
     try:
-        sent = os.write(fd, wire)
+        sent = os.write(fd, wire)  # a closed peer: EPIPE (Python ignores SIGPIPE)
     except BlockingIOError:
         sent = 0
     except OSError as exc:
