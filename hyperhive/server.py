@@ -6,6 +6,12 @@ the sans-IO :class:`LineBuffer`, each line decoded by the socket's request table
 the dispatcher, and the reply (or ``{"ok": false, "error": …}``) written back. A request
 that cannot be decoded or carried out gets its reason and the connection goes on.
 
+One reader task per connection reads the socket the whole time it is not answering a
+request itself: a request that cannot wait long is answered by the reader task as soon as it
+is read (one task wake-up per request); a long-poll ``recv`` and the push of a ``watch`` run
+in the connection's request loop, so that the reader notices a hang-up meanwhile and queues
+what the client pipelined behind it (requests are answered in order).
+
 Each socket has a :class:`SocketBudget` (:class:`SocketLimits`): a cap on open connections
 (one past it gets one error line and is closed), a bound on the request bytes held for all of
 its connections, and a deadline for finishing a started line; a connection that breaks one
@@ -20,7 +26,6 @@ import contextlib
 import errno
 import functools
 import logging
-import math
 import os
 import socket as stdlib_socket
 import stat
@@ -78,11 +83,14 @@ class Principal:
 
     @property
     def table(self) -> RequestTable:
-        return {
-            SocketKind.HOST: HOST_TABLE,
-            SocketKind.MANAGER: MANAGER_TABLE,
-            SocketKind.AGENT: AGENT_TABLE,
-        }[self.kind]
+        return _TABLES[self.kind]
+
+
+_TABLES: dict[SocketKind, RequestTable] = {
+    SocketKind.HOST: HOST_TABLE,
+    SocketKind.MANAGER: MANAGER_TABLE,
+    SocketKind.AGENT: AGENT_TABLE,
+}
 
 
 @attrs.define
@@ -216,15 +224,22 @@ class Drain:
 
     async def _wait_request(self, watch: _Watch) -> bool:
         """Wait for the connection's next frame (or its end); False once :meth:`begin` was
-        called, before or during the wait: the connection is to be closed."""
+        called, before or during the wait: the connection is to be closed (once the reader
+        task has sent the reply of a request it was answering, see :attr:`_Watch.busy`)."""
         if self.stopping.is_set():
             return False
         self._idle.add(watch)
+        watch.parked = True
         try:
             await watch.wait()
         finally:
+            watch.parked = False
             self._idle.discard(watch)
-        return not self.stopping.is_set()
+        if not self.stopping.is_set():
+            return True
+        while watch.busy:
+            await watch.wait()
+        return False
 
 
 class _Cut(Exception):
@@ -240,7 +255,9 @@ class _Reader:
         principal: Principal,
         budget: SocketBudget,
     ) -> None:
-        self.stream = stream
+        #: Read directly (trio's wait for readability, then one read): the common request
+        #: costs one wake-up and no more.
+        self.fd = stream.socket.fileno()
         self.principal = principal
         self.budget = budget
         self.buffer = LineBuffer(budget.limits.max_line)
@@ -274,22 +291,23 @@ class _Reader:
             self._timed_line, self._waited = started, 0.0
         # Only time spent waiting for the client counts: while the daemon is busy with
         # earlier requests (or paused reading behind a long-poll) the clock stops.
-        left = math.inf if started is None else limits.line_deadline - self._waited
-        before = trio.current_time()  # trio's clock: a test may run a MockClock
         data: bytes | None = None
         if started is None:
-            data = await self.stream.receive_some(RECEIVE_CHUNK)  # no line started: no clock
+            data = await self._receive()  # no line started: no clock
+            # The time only matters for a line left unfinished (it starts the clock).
+            now = 0.0 if data.endswith(b"\n") else trio.current_time()
         else:
+            left = limits.line_deadline - self._waited
+            before = trio.current_time()  # trio's clock: a test may run a MockClock
             with trio.move_on_at(before + max(left, 0.0)):
-                data = await self.stream.receive_some(RECEIVE_CHUNK)
-        now = trio.current_time()
-        if started is not None:
+                data = await self._receive()
+            now = trio.current_time()
             self._waited += now - before
-        if data is None or self._waited > limits.line_deadline:
-            raise _Cut(
-                f"request line not finished within {limits.line_deadline:g} seconds; "
-                "closing the connection"
-            )
+            if data is None or self._waited > limits.line_deadline:
+                raise _Cut(
+                    f"request line not finished within {limits.line_deadline:g} seconds; "
+                    "closing the connection"
+                )
         if not data:
             return False
         for frame in self.buffer.feed(data, now):
@@ -298,6 +316,17 @@ class _Reader:
                 self.pending_bytes += len(frame)
         self._account()
         return True
+
+    async def _receive(self) -> bytes:
+        """What the client sent next (b"" once it closed its side), like ``receive_some``."""
+        while True:
+            await trio.lowlevel.wait_readable(self.fd)
+            try:
+                return os.read(self.fd, RECEIVE_CHUNK)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
 
     def _account(self) -> None:
         held = self.buffer.buffered + self.pending_bytes
@@ -315,24 +344,35 @@ class _Reader:
 
 
 class _Watch:
-    """What the reader task of a connection tells its request loop (sans-IO state).
+    """What the reader task of a connection and its request loop tell each other (sans-IO).
 
-    One task per connection reads the socket the whole time (framing into ``pending``, up to
-    one line's worth queued): the request loop waits on :meth:`wait`, and a hang-up or a
-    broken bound during a long-poll cancels it through :attr:`blocking`. A long-poll so costs
-    no task of its own (it used to cost a nursery, two tasks and a cancel per request).
+    One task per connection reads the socket (framing into ``pending``, up to one line's
+    worth queued). While the request loop is :attr:`parked` (waiting, nothing in hand) the
+    reader answers what it read itself, up to a request that may wait long (a long-poll),
+    which it leaves to the loop as :attr:`handoff`. The loop waits on :meth:`wait`; a hang-up
+    or a broken bound during a long-poll cancels it through :attr:`blocking`. A long-poll so
+    costs no task of its own, and a short request no task switch.
     """
 
     def __init__(self) -> None:
         #: The client closed its side (or the socket broke).
         self.eof = False
+        #: A reply the reader task answered could not be written: nothing more is answered.
+        self.hung_up = False
         #: The cancel scope of the long-poll in progress, if any.
         self.blocking: trio.CancelScope | None = None
+        #: The request loop waits for the next frame with nothing in hand (and not woken yet).
+        self.parked = False
+        #: The reader task is answering requests itself: the loop must not end under it.
+        self.busy = False
+        #: A request the reader decoded and left to the loop; it comes before ``pending``.
+        self.handoff: Request | None = None
         self._changed = trio.Event()
         self._room = trio.Event()
 
     def changed(self) -> None:
-        """A frame came, the client hung up, or a bound was broken."""
+        """A frame came, the client hung up, a bound was broken, or the reader left work."""
+        self.parked = False
         self._changed.set()
         self._changed = trio.Event()
 
@@ -354,8 +394,24 @@ class _Watch:
             self.blocking.cancel()
 
 
-async def _read_forever(reader: _Reader, watch: _Watch) -> None:
-    """The reader task: frame what the client sends until it hangs up or breaks a bound."""
+@attrs.define
+class _Loop:
+    """One connection's parts, as both of its tasks use them."""
+
+    conn: Connection
+    reader: _Reader
+    watch: _Watch
+    endpoint: Endpoint
+    stream: trio.SocketStream
+    drain: Drain
+    #: An unexpected exception of the reader task, re-raised by :func:`handle_connection`.
+    failure: Exception | None = None
+
+
+async def _read_forever(loop: _Loop) -> None:
+    """The reader task: frame what the client sends until it hangs up or breaks a bound,
+    answering it at once while the request loop is idle."""
+    reader, watch = loop.reader, loop.watch
     try:
         while True:
             while reader.pending_bytes >= reader.buffer.max_line:
@@ -363,13 +419,50 @@ async def _read_forever(reader: _Reader, watch: _Watch) -> None:
             if not await reader.fill():
                 watch.eof = True
                 break
+            if watch.parked and not loop.drain.stopping.is_set():
+                if not await _answer_inline(loop):
+                    watch.eof = watch.hung_up = True  # the client went before its reply
+                    break
+                if not (
+                    reader.pending
+                    or watch.handoff is not None
+                    or loop.conn.feed is not None
+                    or loop.drain.stopping.is_set()
+                ):
+                    continue  # all answered: the loop sleeps on
             watch.changed()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         watch.eof = True
     except _Cut as cut:
         reader.cut = str(cut)
         reader.release()  # now: the socket's other connections may use its bytes
+    except Exception as exc:  # handle_connection logs it and ends the connection
+        loop.failure = exc
+        watch.eof = True
     watch.ended()
+
+
+async def _answer_inline(loop: _Loop) -> bool:
+    """Answer the queued frames in the reader task while the request loop is parked, up to
+    one that may wait long (left to the loop) or a ``watch`` (its feed is the loop's);
+    False when the client hung up. Like the loop, it answers what was read before a drain
+    began; the loop then closes the connection."""
+    reader, watch, conn = loop.reader, loop.watch, loop.conn
+    watch.busy = True
+    try:
+        while conn.feed is None:
+            frame = reader.next_frame()
+            if frame is None:
+                break
+            work = _work(conn, frame, reader)
+            if not isinstance(work, bytes) and loop.endpoint.blocks(work):
+                watch.handoff = work
+                break
+            if not await _carry_out(loop, work):
+                return False
+    finally:
+        watch.busy = False
+    return True
 
 
 async def handle_connection(
@@ -390,16 +483,17 @@ async def handle_connection(
         budget = SocketBudget(SocketLimits.for_kind(principal.kind))
     conn = Connection(principal, _peer_pid(stream))
     reader = _Reader(stream, principal, budget)
-    watch = _Watch()
+    loop = _Loop(conn, reader, _Watch(), endpoint, stream, drain or Drain())
     try:
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_read_forever, reader, watch)
+            nursery.start_soon(_read_forever, loop)
             try:
-                await _serve(conn, reader, watch, endpoint, stream, drain or Drain())
+                await _serve(loop)
             except Exception as exc:  # re-raised below, outside the task group
                 failure = exc
             nursery.cancel_scope.cancel()
+        failure = failure or loop.failure
         if failure is not None:
             raise failure
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -430,51 +524,87 @@ async def _say_last(stream: trio.SocketStream, reason: str, protocol: int | None
         await stream.send_all(encode_error(reason, protocol=protocol))
 
 
-async def _serve(
-    conn: Connection,
-    reader: _Reader,
-    watch: _Watch,
-    endpoint: Endpoint,
-    stream: trio.SocketStream,
-    drain: Drain,
-) -> None:
-    while True:
-        line = reader.next_frame()
-        if line is None:
-            if reader.cut is not None:
-                raise _Cut(reader.cut)
-            if watch.eof:
-                return
-            if not await drain._wait_request(watch):
-                return
-            continue
-        watch.took()
-        request: Request | None = None
-        reply: Reply | None = None
-        if isinstance(line, bytes):
-            request, reply, wire, hung_up = await _answer(conn, line, endpoint, watch, reader)
-            if hung_up:
-                if request is not None and reply is not None:
-                    with trio.CancelScope(shield=True):
-                        await endpoint.reply_lost(conn, request, reply)
-                return
+async def _serve(loop: _Loop) -> None:
+    """The request loop: what the reader task leaves to it (a long-poll, and the frames
+    queued behind one), a ``watch``'s push, and the end of the connection."""
+    conn, reader, watch = loop.conn, loop.reader, loop.watch
+    while not watch.hung_up:
+        if conn.feed is not None:
+            await _follow(conn.feed.lines(), reader, watch, loop.stream, loop.drain)
+            return
+        work: Request | bytes | None = watch.handoff
+        if work is not None:
+            watch.handoff = None
         else:
-            wire = encode_error(
-                f"request line longer than {reader.buffer.max_line} bytes; it was discarded",
-                protocol=_envelope(conn),
-            )
-        try:
-            await stream.send_all(wire)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            if request is not None and reply is not None:
-                with trio.CancelScope(shield=True):
-                    await endpoint.reply_lost(conn, request, reply)
+            frame = reader.next_frame()
+            if frame is None:
+                if reader.cut is not None:
+                    raise _Cut(reader.cut)
+                if watch.eof:
+                    return
+                if not await loop.drain._wait_request(watch):
+                    return
+                continue
+            watch.took()
+            work = _work(conn, frame, reader)
+        if not await _carry_out(loop, work):
             return
         if reader.cut is not None:
             raise _Cut(reader.cut)
-        if conn.feed is not None:
-            await _follow(conn.feed.lines(), reader, watch, stream, drain)
-            return
+
+
+async def _send(stream: trio.SocketStream, fd: int, wire: bytes) -> None:
+    """``stream.send_all(wire)``, without its trip through the scheduler when the socket
+    takes the whole line at once (the common case: the next read is the checkpoint)."""
+    try:
+        sent = os.write(fd, wire)  # a closed peer: EPIPE (Python ignores SIGPIPE)
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+    if sent < len(wire):
+        await stream.send_all(memoryview(wire)[sent:])
+
+
+def _work(conn: Connection, frame: Frame, reader: _Reader) -> Request | bytes:
+    """A frame's request, or the error line that answers it (too long, not decodable)."""
+    if not isinstance(frame, bytes):
+        return encode_error(
+            f"request line longer than {reader.buffer.max_line} bytes; it was discarded",
+            protocol=_envelope(conn),
+        )
+    try:
+        return _TABLES[conn.principal.kind].decode(frame)
+    except ProtocolError as exc:
+        return encode_error(str(exc), protocol=_envelope(conn))
+    except Exception as exc:
+        return _internal_error(conn, exc)
+
+
+async def _carry_out(loop: _Loop, work: Request | bytes) -> bool:
+    """Answer one request (or send its error line); False when the client hung up."""
+    request: Request | None = None
+    reply: Reply | None = None
+    if isinstance(work, bytes):
+        wire = work
+    else:
+        request = work
+        reply, wire, hung_up = await _answer(
+            loop.conn, request, loop.endpoint, loop.watch, loop.reader
+        )
+        if hung_up:
+            if reply is not None:
+                with trio.CancelScope(shield=True):
+                    await loop.endpoint.reply_lost(loop.conn, request, reply)
+            return False
+    try:
+        await _send(loop.stream, loop.reader.fd, wire)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        if request is not None and reply is not None:
+            with trio.CancelScope(shield=True):
+                await loop.endpoint.reply_lost(loop.conn, request, reply)
+        return False
+    return True
 
 
 async def _follow(
@@ -520,30 +650,27 @@ async def _follow(
 
 
 async def _answer(
-    conn: Connection, line: bytes, endpoint: Endpoint, watch: _Watch, reader: _Reader
-) -> tuple[Request | None, Reply | None, bytes, bool]:
-    """Decode and dispatch one line: (request, reply, bytes to send, client hung up)."""
-    request: Request | None = None
+    conn: Connection, request: Request, endpoint: Endpoint, watch: _Watch, reader: _Reader
+) -> tuple[Reply | None, bytes, bool]:
+    """Dispatch one request: (reply, bytes to send, client hung up)."""
     try:
-        request = conn.principal.table.decode(line)
         if endpoint.blocks(request):
             reply, hung_up = await _dispatch_watching(conn, request, endpoint, watch, reader)
             if reply is None:
-                return request, None, b"", hung_up
+                return None, b"", hung_up
         else:
             reply, hung_up = await endpoint.dispatch(conn, request), False
-        return request, reply, encode_reply(reply, protocol=_envelope(conn)), hung_up
+        return reply, encode_reply(reply, protocol=_envelope(conn)), hung_up
     except (ProtocolError, RequestRefused) as exc:
-        return request, None, encode_error(str(exc), protocol=_envelope(conn)), False
+        return None, encode_error(str(exc), protocol=_envelope(conn)), False
     except Exception as exc:
-        # A bug must not take the daemon down; the caller learns something went wrong.
-        log.exception(
-            "internal error while handling a request on the %s socket", conn.principal.kind
-        )
-        wire = encode_error(
-            f"internal error: {type(exc).__name__}: {exc}", protocol=_envelope(conn)
-        )
-        return request, None, wire, False
+        return None, _internal_error(conn, exc), False
+
+
+def _internal_error(conn: Connection, exc: Exception) -> bytes:
+    # A bug must not take the daemon down; the caller learns something went wrong.
+    log.exception("internal error while handling a request on the %s socket", conn.principal.kind)
+    return encode_error(f"internal error: {type(exc).__name__}: {exc}", protocol=_envelope(conn))
 
 
 def _envelope(conn: Connection) -> int | None:

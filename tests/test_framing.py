@@ -68,3 +68,15 @@ def test_a_discarded_line_keeps_its_start_time() -> None:
     assert buf.started_at == 1.0
     assert list(buf.feed(b"\n", now=4.0)) == [OVERSIZED]
     assert buf.started_at is None
+
+
+@given(st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")), max_size=10))
+def test_whole_lines_one_per_chunk_frame_as_one_stream(lines: list[bytes]) -> None:
+    # One complete line per receive is the common case and takes a shorter path.
+    one_by_one = LineBuffer(max_line=20)
+    out: list[object] = []
+    for line in lines:
+        out += one_by_one.feed(line + b"\n", now=1.0)
+        assert one_by_one.buffered == 0 and one_by_one.started_at is None
+    together = LineBuffer(max_line=20).feed(b"".join(line + b"\n" for line in lines))
+    assert out == together == [line if len(line) <= 20 else OVERSIZED for line in lines]

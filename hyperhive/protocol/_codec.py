@@ -9,6 +9,12 @@ bound its nesting depth and the length of its number literals, so neither recurs
 huge integer conversion can be provoked; duplicate keys, ``NaN``/``Infinity`` and lone
 surrogates are refused too. Whatever a line holds, :meth:`RequestTable.decode` returns a
 request or raises :class:`ProtocolError`.
+
+Two parsers, one behaviour: ``orjson`` parses the common line, and any line it might read
+differently from the standard library (a ``\\u`` escape, a run of 19 or more digits, deep
+brackets, a duplicate key, or anything ``orjson`` refuses) is parsed again by ``json``, whose
+hooks give every refusal its reason. Replies are written by ``orjson`` too, by ``json`` when
+``orjson`` refuses a value (a lone surrogate, an integer beyond 64 bits).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any, Final, Literal, TypeVar, get_args, get_origin
 
 import attrs
 import cattrs
+import orjson
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from hyperhive.config import MAX_JSON_DEPTH, MAX_JSON_NUMBER_CHARS, MAX_LINE_BYTES
@@ -150,13 +157,14 @@ def _make_converter() -> cattrs.Converter:
         bounds = bounds_of(field)
         assert bounds is not None
         wire = _wire_name(field.name)
+        structure_value = conv.get_structure_hook(tp)
 
         def hook(value: object, _: Any) -> Any:
             # Bounds first: an id of 2**64 is refused for its range, not for its size.
             reason = bounds.violation(value)
             if reason is not None:
                 raise FieldRefused(f"{wire} {reason}")
-            return conv.structure(value, tp)
+            return structure_value(value, tp)
 
         return hook
 
@@ -206,6 +214,8 @@ class RequestTable:
             if cls.CMD in self.by_cmd:
                 raise ValueError(f"duplicate cmd {cls.CMD!r} on the {socket_name} socket")
             self.by_cmd[cls.CMD] = cls
+        #: Each class's structure hook, looked up once instead of per request.
+        self._hooks = {cmd: CONVERTER.get_structure_hook(cls) for cmd, cls in self.by_cmd.items()}
 
     def decode(self, line: bytes) -> Request:
         """Decode one request line (without its newline) or raise :class:`ProtocolError`."""
@@ -227,7 +237,10 @@ class RequestTable:
                 f"unknown command {shown!r} on the {self.socket_name} socket (known: {known})"
             )
         fields = {k: v for k, v in raw.items() if k != "cmd"}
-        return structure(fields, cls, what=f"{cmd!r} request")
+        try:
+            return self._hooks[cmd](fields, cls)  # type: ignore[no-any-return]
+        except Exception:  # the reason is worked out below, as before
+            return structure(fields, cls, what=f"{cmd!r} request")
 
 
 _STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
@@ -286,10 +299,79 @@ def _no_constant(name: str) -> Any:
     raise _Refused(f"has {name}, which is not a JSON number")
 
 
+#: A number ``orjson`` might read as a float where ``json`` reads an int (beyond 64 bits).
+_DIGITS_19: Final = re.compile(rb"[0-9]{19}")
+_NOT_PARSED: Final = object()
+
+
+def _keys_and_colons(value: object) -> tuple[int, int]:
+    """Keys of all objects in ``value``, and the ``:`` characters in all its strings."""
+    if type(value) is dict:
+        keys, colons = len(value), 0
+        for key, item in value.items():
+            colons += key.count(":")
+            if type(item) is str:
+                colons += item.count(":")
+            elif type(item) is dict or type(item) is list:
+                more_keys, more_colons = _keys_and_colons(item)
+                keys += more_keys
+                colons += more_colons
+        return keys, colons
+    if type(value) is list:
+        keys = colons = 0
+        for item in value:
+            if type(item) is str:
+                colons += item.count(":")
+            elif type(item) is dict or type(item) is list:
+                more_keys, more_colons = _keys_and_colons(item)
+                keys += more_keys
+                colons += more_colons
+        return keys, colons
+    if type(value) is str:
+        return 0, value.count(":")
+    return 0, 0
+
+
+def _load_common(line: bytes) -> Any:
+    """``orjson``'s reading of a line that ``json`` would read the same; else _NOT_PARSED.
+
+    Every key written has its ``:``, so a line with as many ``:`` as the top-level object
+    kept keys has no key twice (and no keys in nested objects). Otherwise: without ``\\u``
+    escapes every ``:`` of a decoded string is one of the line's, so the line's ``:`` count
+    minus those in the decoded strings is at least the number of keys written, which is at
+    least the number kept: equal only when no key came twice.
+    """
+    if (
+        b"\\u" in line
+        or line.count(b"[") + line.count(b"{") > MAX_JSON_DEPTH
+        or _DIGITS_19.search(line) is not None
+    ):
+        return _NOT_PARSED
+    try:
+        raw = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return _NOT_PARSED
+    written = line.count(b":")
+    if type(raw) is dict and len(raw) == written:
+        return raw  # as many keys kept at the top as ``:`` in the line: none came twice
+    keys, colons = _keys_and_colons(raw)
+    if written - colons != keys:
+        return _NOT_PARSED
+    return raw
+
+
 def load_json_line(line: bytes, *, what: str) -> Any:
     """Parse one untrusted JSON line (without its newline) or raise :class:`ProtocolError`."""
     if len(line) > MAX_LINE_BYTES:
         raise ProtocolError(f"{what} line longer than {MAX_LINE_BYTES} bytes")
+    raw = _load_common(line)
+    if raw is not _NOT_PARSED:
+        return raw
+    return _load_checked(line, what)
+
+
+def _load_checked(line: bytes, what: str) -> Any:
+    """The standard library's parse, every check in its hooks: the reference behaviour."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -355,10 +437,17 @@ def encode_request(request: Request) -> bytes:
     return _dump({"cmd": request.CMD, **body})
 
 
+_UNSTRUCTURE: Final[dict[type[Any], Callable[[Any], Any]]] = {}
+
+
 def encode_reply(reply: Reply, *, protocol: int | None = None) -> bytes:
     """A reply line; ``protocol`` (the host socket's replies) goes in as an envelope field."""
+    cls = type(reply)
+    hook = _UNSTRUCTURE.get(cls)
+    if hook is None:
+        hook = _UNSTRUCTURE[cls] = CONVERTER.get_unstructure_hook(cls)
     envelope = {"ok": True} if protocol is None else {"ok": True, "protocol": protocol}
-    return _dump_safe({**envelope, **CONVERTER.unstructure(reply)})
+    return _dump_safe({**envelope, **hook(reply)})
 
 
 def encode_error(reason: str, *, protocol: int | None = None) -> bytes:
@@ -374,6 +463,10 @@ def _dump(obj: Mapping[str, Any]) -> bytes:
 
 def _dump_safe(obj: Mapping[str, Any]) -> bytes:
     """Like :func:`_dump`, but text that is not valid Unicode goes out \\u-escaped, never raises."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        pass  # a lone surrogate, an integer beyond 64 bits, a key that is not a string
     try:
         return _dump(obj)
     except UnicodeEncodeError:

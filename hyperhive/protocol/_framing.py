@@ -37,12 +37,23 @@ class LineBuffer:
     def buffered(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes, now: float = 0.0) -> Iterator[bytes | Oversized]:
-        """Add received bytes; yield each complete line (without newline) or OVERSIZED.
+    def feed(self, data: bytes, now: float = 0.0) -> list[bytes | Oversized]:
+        """Add received bytes; return each complete line (without newline) or OVERSIZED.
 
         ``now`` is the time the bytes arrived; it becomes :attr:`started_at` when they begin
         a line.
         """
+        if (
+            data
+            and not self._buf
+            and not self._discarding
+            and data.find(b"\n") == len(data) - 1
+            and len(data) <= self.max_line + 1
+        ):
+            return [data[:-1]]  # the common case: exactly one whole line, nothing held
+        return list(self._feed(data, now))
+
+    def _feed(self, data: bytes, now: float) -> Iterator[bytes | Oversized]:
         start = 0
         while True:
             nl = data.find(b"\n", start)
