@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import attrs
+import orjson
 import trio
 
 from hyperhive.config import MAX_LINE_BYTES, PROTOCOL_VERSION
@@ -147,10 +148,14 @@ class Client:
                     raise ConnectionLost("reply longer than the protocol allows")
                 assert isinstance(line, bytes)
                 self._lines.append(line)
+        line = self._lines.pop(0)
         try:
-            obj = json.loads(self._lines.pop(0))
-        except ValueError:
-            obj = None
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:  # what orjson refuses (NaN, say), json may read
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                obj = None
         if not isinstance(obj, dict):
             raise ConnectionLost("reply is not a JSON object")
         return obj
