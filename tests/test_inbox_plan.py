@@ -154,7 +154,7 @@ def test_on_postgresql_take_returns_the_inbox_in_order_with_a_large_history(
     pg_conn: PgConn,
 ) -> None:
     pg_conn.execute("BEGIN")
-    taken = broker.sql_take(pg_conn, "bob", 5, True, 3.0)  # type: ignore[arg-type]
+    taken = broker.sql_take(pg_conn, "bob", 5, True, 3.0)
     pg_conn.execute("COMMIT")
     assert [m.body for m in taken] == ["a", "b"]
-    assert broker.sql_unread(pg_conn, "bob") == 0  # type: ignore[arg-type]
+    assert broker.sql_unread(pg_conn, "bob") == 0
