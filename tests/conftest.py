@@ -25,10 +25,10 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, settings
 
+from bench._pg import PgServer, find_pg_bin
 from hyperhive.client import Client
 from hyperhive.config import Config, Paths
 from hyperhive.supervisor import Daemon, Hive, open_daemon
-from tests.pg import PgServer, find_pg_bin
 
 #: Wall-clock limit of one trio test; a hung test fails instead of hanging the run.
 TRIO_TEST_TIMEOUT = float(os.environ.get("HYPERHIVE_TEST_TIMEOUT", "120"))
@@ -446,7 +446,7 @@ def sync_daemon(short_tmp: Path) -> Iterator[SyncDaemon]:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    """One real PostgreSQL server per test process (see tests/pg.py); skipped without it,
+    """One real PostgreSQL server per test process (see bench/_pg.py); skipped without it,
     failed in CI."""
     bin_dir = find_pg_bin()
     if bin_dir is None:
