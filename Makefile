@@ -88,6 +88,7 @@ test: lint pytest
 bench: $(STAMP)
 	@mkdir -p bench/results
 	$(PY) -m bench.broker --out bench/results/broker.json
+	$(PY) -m bench.postgresql --out bench/results/postgresql.json
 	$(PY) -m bench.dashboard --out bench/results/dashboard.json
 	$(PY) -m bench.turns --out bench/results/turns.json
 	$(PY) -m bench.dashboard --out bench/results/dashboard-1000.json --agents 1000 --history 1000000

@@ -9,15 +9,20 @@ import sys
 from hyperhive.config import Paths
 
 
-def start_daemon(paths: Paths, *, dashboard: bool = False) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a daemon (external backend) and return it with its dashboard login URL
-    ("" when the dashboard is off) once it printed that it is ready."""
+def start_daemon(
+    paths: Paths, *, dashboard: bool = False, database: str | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a daemon (external backend; its store at ``database``, or broker.sqlite) and
+    return it with its dashboard login URL ("" when the dashboard is off) once it printed
+    that it is ready."""
     cmd = [
         sys.executable, "-m", "hyperhive", "run",
         "--state-dir", str(paths.state_dir), "--run-dir", str(paths.run_dir),
         "--backend", "external", "--log-level", "warning",
         "--dashboard-bind", "127.0.0.1:0" if dashboard else "off",
     ]  # fmt: skip
+    if database is not None:
+        cmd += ["--database", database]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )

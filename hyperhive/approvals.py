@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -39,7 +38,7 @@ from hyperhive.journal import (
 from hyperhive.kinds import ApprovalKind, ApprovalStatus, Decider
 from hyperhive.names import MANAGER
 from hyperhive.protocol import ApprovalInfo, event_payloads
-from hyperhive.store import Database, insert_id
+from hyperhive.store import Conn, Database, Row, insert_id
 
 log = logging.getLogger(__name__)
 COMMIT_REF_RE: Final = re.compile(r"[0-9a-f]{7,40}")
@@ -60,7 +59,7 @@ def check_note(note: str | None) -> str | None:
     return note or None
 
 
-def _row_to_info(row: sqlite3.Row) -> ApprovalInfo:
+def _row_to_info(row: Row) -> ApprovalInfo:
     return ApprovalInfo(
         id=row["id"],
         agent=row["agent"],
@@ -76,7 +75,7 @@ def _row_to_info(row: sqlite3.Row) -> ApprovalInfo:
     )
 
 
-def sql_get(conn: sqlite3.Connection, approval_id: int) -> ApprovalInfo:
+def sql_get(conn: Conn, approval_id: int) -> ApprovalInfo:
     row = conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
     if row is None:
         raise RequestRefused(f"no approval with id {approval_id}")
@@ -84,7 +83,7 @@ def sql_get(conn: sqlite3.Connection, approval_id: int) -> ApprovalInfo:
 
 
 def sql_request(
-    conn: sqlite3.Connection,
+    conn: Conn,
     agent: str,
     kind: ApprovalKind,
     commit_ref: str | None,
@@ -109,13 +108,13 @@ def sql_request(
     return sql_get(conn, new_id), True
 
 
-def sql_set_fetched(conn: sqlite3.Connection, approval_id: int, sha: str) -> ApprovalInfo:
+def sql_set_fetched(conn: Conn, approval_id: int, sha: str) -> ApprovalInfo:
     conn.execute("UPDATE approvals SET fetched_sha = ? WHERE id = ?", (sha, approval_id))
     return sql_get(conn, approval_id)
 
 
 def sql_resolve(
-    conn: sqlite3.Connection,
+    conn: Conn,
     outbox: Outbox,
     approval_id: int,
     status: ApprovalStatus,
@@ -146,7 +145,7 @@ def sql_resolve(
     return info
 
 
-def sql_claim(conn: sqlite3.Connection, approval_id: int, now: float) -> bool:
+def sql_claim(conn: Conn, approval_id: int, now: float) -> bool:
     """Claim a pending approval for carrying out: journal the intent (see the module doc).
 
     Returns False when it is already journaled (an earlier attempt was interrupted; carrying
@@ -162,7 +161,7 @@ def sql_claim(conn: sqlite3.Connection, approval_id: int, now: float) -> bool:
 
 
 def sql_fail_pending(
-    conn: sqlite3.Connection, outbox: Outbox, agent: str, note: str, now: float
+    conn: Conn, outbox: Outbox, agent: str, note: str, now: float
 ) -> list[ApprovalInfo]:
     """Fail the agent's pending approvals that are not being carried out."""
     ids = [
@@ -213,13 +212,13 @@ class ApprovalQueue:
         requested_by: str,
         commit_ref: str | None = None,
         description: str | None = None,
-        attach: Callable[[sqlite3.Connection, ApprovalInfo, bool], None] | None = None,
+        attach: Callable[[Conn, ApprovalInfo, bool], None] | None = None,
     ) -> ApprovalInfo:
         """Queue an approval (or find the pending one it repeats); ``attach(conn, info,
         created)`` runs in the same transaction (e.g. stores what the request carries)."""
         now = self._clock()
 
-        def tx(conn: sqlite3.Connection) -> tuple[ApprovalInfo, bool]:
+        def tx(conn: Conn) -> tuple[ApprovalInfo, bool]:
             info, created = sql_request(
                 conn, agent, kind, commit_ref, description, requested_by, now
             )
@@ -325,7 +324,7 @@ class ApprovalQueue:
     async def list(self, *, pending_only: bool) -> list[ApprovalInfo]:
         where = "WHERE status = 'pending'" if pending_only else ""
 
-        def tx(conn: sqlite3.Connection) -> list[ApprovalInfo]:
+        def tx(conn: Conn) -> list[ApprovalInfo]:
             return [
                 _row_to_info(r)
                 for r in conn.execute(f"SELECT * FROM approvals {where} ORDER BY id")

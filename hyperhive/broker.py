@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import sqlite3
 import time
 import unicodedata
 from collections import Counter, deque
@@ -53,7 +52,7 @@ from hyperhive.names import (
 )
 from hyperhive.protocol import Message, RecentMessage
 from hyperhive.protocol import event_payloads as ev
-from hyperhive.store import Database, insert_id
+from hyperhive.store import Conn, Database, insert_id
 from hyperhive.topology import subtree
 
 BROADCAST_PREFIX: Final = "[broadcast to all agents] "
@@ -230,9 +229,7 @@ def resolve_recipients(
 # ---------------------------------------------------------------- transactions (sync)
 
 
-def _sql_insert(
-    conn: sqlite3.Connection, rows: Iterable[Outgoing], now: float
-) -> list[SentMessage]:
+def _sql_insert(conn: Conn, rows: Iterable[Outgoing], now: float) -> list[SentMessage]:
     sent = []
     for row in rows:
         new_id = insert_id(
@@ -245,13 +242,11 @@ def _sql_insert(
     return sent
 
 
-def sql_message_exists(conn: sqlite3.Connection, message_id: int) -> bool:
+def sql_message_exists(conn: Conn, message_id: int) -> bool:
     return conn.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone() is not None
 
 
-def sql_take(
-    conn: sqlite3.Connection, recipient: str, limit: int, ack: bool, now: float
-) -> list[Message]:
+def sql_take(conn: Conn, recipient: str, limit: int, ack: bool, now: float) -> list[Message]:
     # Start notices first (see _sql_notice), then everything else in id order.
     rows = conn.execute(
         "SELECT id, sender, recipient, body, sent_at, in_reply_to, redelivered FROM messages "
@@ -281,7 +276,7 @@ def sql_take(
     ]
 
 
-def _sql_notice(conn: sqlite3.Connection, recipient: str, body: str, now: float) -> SentMessage:
+def _sql_notice(conn: Conn, recipient: str, body: str, now: float) -> SentMessage:
     """Insert a start notice, dropping any earlier one its recipient has not acked yet.
 
     A notice is a transient row from ``system``; :func:`sql_take` hands such rows out before
@@ -295,7 +290,7 @@ def _sql_notice(conn: sqlite3.Connection, recipient: str, body: str, now: float)
     return _sql_insert(conn, [Outgoing(SYSTEM, recipient, body, transient=True)], now)[0]
 
 
-def sql_ack(conn: sqlite3.Connection, recipient: str, ids: list[int], now: float) -> int:
+def sql_ack(conn: Conn, recipient: str, ids: list[int], now: float) -> int:
     if not ids:
         return 0
     marks = ",".join("?" * len(ids))
@@ -310,7 +305,7 @@ def sql_ack(conn: sqlite3.Connection, recipient: str, ids: list[int], now: float
     return cur.rowcount
 
 
-def sql_undeliver(conn: sqlite3.Connection, recipient: str, ids: list[int]) -> int:
+def sql_undeliver(conn: Conn, recipient: str, ids: list[int]) -> int:
     """Put messages handed out in a reply that never reached the client back in the inbox."""
     marks = ",".join("?" * len(ids))
     cur = conn.execute(
@@ -321,7 +316,7 @@ def sql_undeliver(conn: sqlite3.Connection, recipient: str, ids: list[int]) -> i
     return cur.rowcount
 
 
-def sql_requeue(conn: sqlite3.Connection, recipient: str) -> int:
+def sql_requeue(conn: Conn, recipient: str) -> int:
     cur = conn.execute(
         f"UPDATE messages {INBOX} SET delivered_at = NULL, redelivered = 1 "
         "WHERE recipient = ? AND delivered_at IS NOT NULL AND acked_at IS NULL",
@@ -330,7 +325,7 @@ def sql_requeue(conn: sqlite3.Connection, recipient: str) -> int:
     return cur.rowcount
 
 
-def sql_unread(conn: sqlite3.Connection, recipient: str, at_most: int | None = None) -> int:
+def sql_unread(conn: Conn, recipient: str, at_most: int | None = None) -> int:
     """``recipient``'s unread count (counting stops at ``at_most``, when given)."""
     if at_most is not None:
         row = conn.execute(
@@ -347,7 +342,7 @@ def sql_unread(conn: sqlite3.Connection, recipient: str, at_most: int | None = N
     return int(row[0])
 
 
-def sql_waiting(conn: sqlite3.Connection, recipient: str) -> bool:
+def sql_waiting(conn: Conn, recipient: str) -> bool:
     """Whether :func:`sql_take` would hand ``recipient`` anything (one index probe)."""
     row = conn.execute(
         f"SELECT EXISTS (SELECT 1 FROM messages {INBOX} WHERE recipient = ? "
@@ -357,7 +352,7 @@ def sql_waiting(conn: sqlite3.Connection, recipient: str) -> bool:
     return bool(row[0])
 
 
-def sql_unread_by_recipient(conn: sqlite3.Connection) -> dict[str, int]:
+def sql_unread_by_recipient(conn: Conn) -> dict[str, int]:
     rows = conn.execute(
         f"SELECT recipient, COUNT(*) FROM messages {INBOX} WHERE acked_at IS NULL "
         "AND delivered_at IS NULL GROUP BY recipient"
@@ -365,9 +360,7 @@ def sql_unread_by_recipient(conn: sqlite3.Connection) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
-def sql_messages(
-    conn: sqlite3.Connection, limit: int, recipient: str | None = None
-) -> list[RecentMessage]:
+def sql_messages(conn: Conn, limit: int, recipient: str | None = None) -> list[RecentMessage]:
     """The newest ``limit`` messages (to ``recipient``, or of the whole hive), oldest first."""
     where, args = ("WHERE recipient = ?", [recipient]) if recipient is not None else ("", [])
     rows = conn.execute(
@@ -390,7 +383,7 @@ def sql_messages(
     ]
 
 
-def sql_vacuum(conn: sqlite3.Connection, acked_before: float) -> Reclaimed:
+def sql_vacuum(conn: Conn, acked_before: float) -> Reclaimed:
     """Delete acked rows older than the cutoff (transient ones as soon as acked), and give
     free pages back (the file shrinks at the next checkpoint; more with :func:`reclaim_pages`)."""
     cur = conn.execute(
@@ -407,7 +400,7 @@ class Outbox:
     has committed; a transaction that fails leaves nothing to publish.
     """
 
-    def __init__(self, conn: sqlite3.Connection, now: float) -> None:
+    def __init__(self, conn: Conn, now: float) -> None:
         self._conn = conn
         self.now = now
         self.sent: list[SentMessage] = []
@@ -427,7 +420,7 @@ class Outbox:
 
 #: What runs a broker transaction's function: by default the broker's database, or another
 #: transaction the rows must be part of (e.g. the registry's destroy, see Broker.transaction).
-TransactionRunner = Callable[[Callable[[sqlite3.Connection], T]], Awaitable[T]]
+TransactionRunner = Callable[[Callable[[Conn], T]], Awaitable[T]]
 
 
 # ---------------------------------------------------------------- trio side
@@ -525,7 +518,7 @@ class Broker:
         rows = self.prepare(sender, to, body, in_reply_to)
         now = self._clock()
 
-        def tx(conn: sqlite3.Connection, outbox: Outbox) -> list[SentMessage]:
+        def tx(conn: Conn, outbox: Outbox) -> list[SentMessage]:
             if in_reply_to is not None and not sql_message_exists(conn, in_reply_to):
                 raise RequestRefused(f"in_reply_to {in_reply_to}: no such message")
             return outbox.insert(rows)
@@ -544,7 +537,7 @@ class Broker:
 
     async def transaction(
         self,
-        fn: Callable[[sqlite3.Connection, Outbox], T],
+        fn: Callable[[Conn, Outbox], T],
         *,
         now: float | None = None,
         run: TransactionRunner[tuple[T, list[SentMessage]]] | None = None,
@@ -565,7 +558,7 @@ class Broker:
         at = self._clock() if now is None else now
         if run is not None:
 
-            def outside(conn: sqlite3.Connection) -> tuple[T, list[SentMessage]]:
+            def outside(conn: Conn) -> tuple[T, list[SentMessage]]:
                 outbox = Outbox(conn, at)
                 return fn(conn, outbox), outbox.sent
 
@@ -574,7 +567,7 @@ class Broker:
             return result
         claims = self._claim(hand_over)
 
-        def tx(conn: sqlite3.Connection) -> tuple[T, list[SentMessage], dict[str, list[Message]]]:
+        def tx(conn: Conn) -> tuple[T, list[SentMessage], dict[str, list[Message]]]:
             # A fresh outbox per attempt: the database may run a batch again (disk full).
             outbox = Outbox(conn, at)
             result = fn(conn, outbox)
@@ -796,7 +789,7 @@ class Broker:
 
 
 def sql_read_view(
-    conn: sqlite3.Connection, recipient: str, limit: int, now: float
+    conn: Conn, recipient: str, limit: int, now: float
 ) -> tuple[list[RecentMessage], list[RecentMessage]]:
     """The last ``limit`` messages of an inbox read by a person; marks them read."""
     messages = sql_messages(conn, limit, recipient)

@@ -157,7 +157,7 @@ def tree_bytes(root: Path, *, max_entries: int = MAX_TREE_ENTRIES) -> int:
     return total
 
 
-def reclaim_pages(conn: sqlite3.Connection, max_pages: int = RECLAIM_PAGES_PER_PASS) -> int:
+def reclaim_pages(conn: object, max_pages: int = RECLAIM_PAGES_PER_PASS) -> int:
     """Give up to ``max_pages`` free pages of an ``auto_vacuum = INCREMENTAL`` database back
     to the file system (it shrinks at the next checkpoint); the bytes given back.
 
@@ -165,8 +165,9 @@ def reclaim_pages(conn: sqlite3.Connection, max_pages: int = RECLAIM_PAGES_PER_P
     one page per step, so it is run once per page (``executescript`` would step it to the
     end, but commits the caller's transaction first).
 
-    On PostgreSQL (any connection but sqlite's) it gives nothing back: the server's
-    autovacuum reclaims dead rows itself.
+    ``conn`` is any store connection (this module sits below :mod:`hyperhive.store`): on
+    PostgreSQL (anything but sqlite's) it gives nothing back: the server's autovacuum
+    reclaims dead rows itself.
     """
     if not isinstance(conn, sqlite3.Connection):
         return 0

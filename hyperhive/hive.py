@@ -98,7 +98,7 @@ from hyperhive.retention import sweep_events_db
 from hyperhive.runtime import gather
 from hyperhive.schedules import ScheduleBook, Spec, local_timezone, may_touch, sql_save_request
 from hyperhive.space import SpaceMonitor
-from hyperhive.store import Database, is_disk_full
+from hyperhive.store import Conn, Database, is_disk_full
 from hyperhive.supervision import Problems, agent_reporter
 
 log = logging.getLogger("hyperhive")
@@ -401,7 +401,7 @@ class Hive:
     async def request_schedule(self, requester: str, spec: Spec) -> ApprovalInfo:
         """An agent's (or the manager's) schedule: an approval of kind ``schedule``."""
 
-        def attach(conn: sqlite3.Connection, info: ApprovalInfo, created: bool) -> None:
+        def attach(conn: Conn, info: ApprovalInfo, created: bool) -> None:
             if not created:
                 raise RequestRefused(
                     f"your schedule request #{info.id} is still waiting for the operator; "
@@ -517,12 +517,12 @@ class Hive:
         now = self.config.wall_clock()
         tell = by != OPERATOR
 
-        def tx(conn: sqlite3.Connection, outbox: Outbox) -> None:
+        def tx(conn: Conn, outbox: Outbox) -> None:
             if tell:
                 outbox.insert([system_messages.agent_paused(name, reason, by)])
 
         async def with_the_row(
-            job: Callable[[sqlite3.Connection], tuple[None, list[SentMessage]]],
+            job: Callable[[Conn], tuple[None, list[SentMessage]]],
         ) -> tuple[None, list[SentMessage]]:
             _, result = await self.registry.set_paused(name, (now, reason, by), also=job)
             assert result is not None
@@ -576,11 +576,11 @@ class Hive:
             record = self.registry.get(name)
         now = time.time()
 
-        def tx(conn: sqlite3.Connection, outbox: Outbox) -> list[ApprovalInfo]:
+        def tx(conn: Conn, outbox: Outbox) -> list[ApprovalInfo]:
             sql_end(conn, operation_id)
             return sql_fail_pending(conn, outbox, name, "agent destroyed", now)
 
-        Job = Callable[[sqlite3.Connection], tuple[list[ApprovalInfo], list[SentMessage]]]
+        Job = Callable[[Conn], tuple[list[ApprovalInfo], list[SentMessage]]]
 
         async def with_the_row(job: Job) -> tuple[list[ApprovalInfo], list[SentMessage]]:
             _, result = await self.registry.destroy(name, also=job)

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 from enum import StrEnum
 from typing import Final
 
 import attrs
 
-from hyperhive.store import insert_id
+from hyperhive.store import Conn, Row, insert_id
 
 #: Test hook (see the module docstring); read once, at import.
 CRASH_AT: Final = os.environ.get("HYPERHIVE_TEST_CRASH_AT") or None
@@ -45,7 +44,7 @@ class Operation:
 
 
 def sql_begin(
-    conn: sqlite3.Connection,
+    conn: Conn,
     kind: OperationKind,
     agent: str,
     now: float,
@@ -61,25 +60,25 @@ def sql_begin(
     return Operation(new_id, kind, agent, approval_id, now)
 
 
-def sql_end(conn: sqlite3.Connection, operation_id: int) -> None:
+def sql_end(conn: Conn, operation_id: int) -> None:
     conn.execute("DELETE FROM operations WHERE id = ?", (operation_id,))
 
 
-def sql_end_approval(conn: sqlite3.Connection, approval_id: int) -> None:
+def sql_end_approval(conn: Conn, approval_id: int) -> None:
     conn.execute("DELETE FROM operations WHERE approval_id = ?", (approval_id,))
 
 
-def sql_for_approval(conn: sqlite3.Connection, approval_id: int) -> Operation | None:
+def sql_for_approval(conn: Conn, approval_id: int) -> Operation | None:
     row = conn.execute("SELECT * FROM operations WHERE approval_id = ?", (approval_id,)).fetchone()
     return None if row is None else _row(row)
 
 
-def sql_unfinished(conn: sqlite3.Connection) -> list[Operation]:
+def sql_unfinished(conn: Conn) -> list[Operation]:
     """Every operation not finished yet, oldest first."""
     return [_row(r) for r in conn.execute("SELECT * FROM operations ORDER BY id")]
 
 
-def _row(row: sqlite3.Row) -> Operation:
+def _row(row: Row) -> Operation:
     return Operation(
         id=row["id"],
         kind=OperationKind(row["kind"]),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -38,7 +37,7 @@ from hyperhive.protocol import (
     TurnReport,
     WindowStats,
 )
-from hyperhive.store import Database
+from hyperhive.store import Conn, Database
 
 #: The windows of the stats, longest last (its rows are the ones read).
 WINDOWS: Final = (("1h", 3600), ("24h", 86400), ("7d", 7 * 86400), ("30d", 30 * 86400))
@@ -127,9 +126,7 @@ def _row(values: Sequence[object]) -> Row:
     )
 
 
-def sql_record(
-    conn: sqlite3.Connection, agent: str, report: TurnReport, *, progress: bool, now: float
-) -> bool:
+def sql_record(conn: Conn, agent: str, report: TurnReport, *, progress: bool, now: float) -> bool:
     """Append the report's row; False when this report was recorded before (nothing written)."""
     cursor = conn.execute(
         "INSERT INTO ledger_turns (agent, report_id, recorded_at, message_id, model,"
@@ -159,7 +156,7 @@ def sql_record(
     return cursor.rowcount == 1
 
 
-def sql_rows(conn: sqlite3.Connection, agent: str | None, since: float | None) -> list[Row]:
+def sql_rows(conn: Conn, agent: str | None, since: float | None) -> list[Row]:
     """Rows of ``agent`` (None: every agent) recorded at or after ``since`` (None: all)."""
     where: list[str] = []
     args: list[object] = []
@@ -212,7 +209,7 @@ class Sums:
         )
 
 
-def sql_sums(conn: sqlite3.Connection, since: float | None = None) -> dict[str, Sums]:
+def sql_sums(conn: Conn, since: float | None = None) -> dict[str, Sums]:
     """Per agent: the sums of its rows recorded at or after ``since`` (None: ever)."""
     clause, args = ("WHERE recorded_at >= ?", [since]) if since is not None else ("", [])
     totals: dict[str, list[int]] = {}
@@ -262,7 +259,7 @@ def add_sums(parts: Iterable[Sums]) -> Sums:
     return _sums(fields, sorted(outcomes.items()))
 
 
-def sql_last_ctx(conn: sqlite3.Connection) -> dict[str, int]:
+def sql_last_ctx(conn: Conn) -> dict[str, int]:
     """Per agent: the context size of its newest turn that reported one."""
     return {
         str(agent): int(ctx)
@@ -273,12 +270,12 @@ def sql_last_ctx(conn: sqlite3.Connection) -> dict[str, int]:
     }
 
 
-def sql_record_crash(conn: sqlite3.Connection, agent: str, at: float) -> None:
+def sql_record_crash(conn: Conn, agent: str, at: float) -> None:
     """Count a crash of ``agent`` (``hyperhive_agent_crashes_total``)."""
     conn.execute("INSERT INTO ledger_crashes (agent, crashed_at) VALUES (?, ?)", (agent, at))
 
 
-def sql_idle_streak(conn: sqlite3.Connection, agent: str, since: float | None = None) -> int:
+def sql_idle_streak(conn: Conn, agent: str, since: float | None = None) -> int:
     """How many of the agent's newest ``ok`` turns in a row (recorded after ``since``) made
     no progress."""
     streak = 0
@@ -507,7 +504,7 @@ class Ledger:
         now = self._clock()
         day = day_start(now)
 
-        def tx(conn: sqlite3.Connection) -> Recorded:
+        def tx(conn: Conn) -> Recorded:
             # In the writer's thread, in commit order: the cache follows the table.
             cache = self._cached(conn, day)  # before the insert: the row is added once
             new = sql_record(conn, agent, report, progress=progress, now=now)
@@ -530,7 +527,7 @@ class Ledger:
         self._active.discard(agent)
         return result
 
-    def _cached(self, conn: sqlite3.Connection, day: float) -> _SpendCache:
+    def _cached(self, conn: Conn, day: float) -> _SpendCache:
         """The sums of every agent (today's from ``day``), read once and then kept up to
         date by :meth:`record`; read again when the day changes."""
         cache = self._cache
@@ -540,7 +537,7 @@ class Ledger:
         return cache
 
     async def crashes(self) -> dict[str, int]:
-        def tx(conn: sqlite3.Connection) -> dict[str, int]:
+        def tx(conn: Conn) -> dict[str, int]:
             return {
                 str(agent): int(n)
                 for agent, n in conn.execute(
@@ -578,7 +575,7 @@ class Ledger:
         longest = WINDOWS[-1][1]
 
         def tx(
-            conn: sqlite3.Connection,
+            conn: Conn,
         ) -> tuple[dict[str, Sums], dict[str, Sums], dict[str, int], list[Row], dict[str, int]]:
             rows = sql_rows(conn, None, now - longest)
             names = agents if agents is not None else sorted(sql_sums(conn))

@@ -18,7 +18,6 @@ import contextlib
 import heapq
 import json
 import math
-import sqlite3
 import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Final
@@ -34,7 +33,7 @@ from hyperhive.events import EventHub
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import QuestionInfo
 from hyperhive.protocol.event_payloads import QuestionAdded, QuestionResolved
-from hyperhive.store import Database, insert_id
+from hyperhive.store import Conn, Database, Row, insert_id
 
 EXPIRED: Final = "[expired]"
 CANCELLED: Final = "[cancelled]"
@@ -75,7 +74,7 @@ def check_ask(
     return to
 
 
-def _row_to_info(row: sqlite3.Row) -> QuestionInfo:
+def _row_to_info(row: Row) -> QuestionInfo:
     return QuestionInfo(
         id=row["id"],
         asker=row["asker"],
@@ -91,7 +90,7 @@ def _row_to_info(row: sqlite3.Row) -> QuestionInfo:
     )
 
 
-def sql_get(conn: sqlite3.Connection, question_id: int) -> QuestionInfo:
+def sql_get(conn: Conn, question_id: int) -> QuestionInfo:
     row = conn.execute("SELECT * FROM operator_questions WHERE id = ?", (question_id,)).fetchone()
     if row is None:
         raise RequestRefused(f"no question with id {question_id}")
@@ -99,7 +98,7 @@ def sql_get(conn: sqlite3.Connection, question_id: int) -> QuestionInfo:
 
 
 def sql_resolve(
-    conn: sqlite3.Connection,
+    conn: Conn,
     outbox: Outbox,
     question_id: int,
     answer: str,
@@ -178,7 +177,7 @@ class QuestionBook:
         now = self._clock()
         deadline = now + ttl_seconds if ttl_seconds is not None else None
 
-        def tx(conn: sqlite3.Connection, outbox: Outbox) -> QuestionInfo:
+        def tx(conn: Conn, outbox: Outbox) -> QuestionInfo:
             new_id = insert_id(
                 conn,
                 "INSERT INTO operator_questions (asker, target, question, options_json, multi, "
@@ -244,7 +243,7 @@ class QuestionBook:
     async def list(
         self, *, include_answered: bool = False, involving: str | None = None
     ) -> list[QuestionInfo]:
-        def tx(conn: sqlite3.Connection) -> list[QuestionInfo]:
+        def tx(conn: Conn) -> list[QuestionInfo]:
             sql = "SELECT * FROM operator_questions WHERE 1 = 1"
             args: list[object] = []
             if not include_answered:

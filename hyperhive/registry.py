@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
 import stat
 import time
 from collections import Counter
@@ -34,7 +33,7 @@ from hyperhive.kinds import AgentRole, AgentState, BackendName, Transient
 from hyperhive.names import MANAGER, InvalidAgentName, parse_agent_name
 from hyperhive.protocol import event_payloads as ev
 from hyperhive.server import Principal, SocketKind
-from hyperhive.store import Database
+from hyperhive.store import Conn, Database, Row
 from hyperhive.topology import TopologyError, check_parent, orphaned_by
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ class AgentRecord:
     paused_by: str | None = None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> AgentRecord:
+    def from_row(cls, row: Row) -> AgentRecord:
         return cls(
             name=row["name"],
             role=row["role"],
@@ -107,7 +106,7 @@ class AgentRecord:
         )
 
 
-def _load_all(conn: sqlite3.Connection) -> list[AgentRecord]:
+def _load_all(conn: Conn) -> list[AgentRecord]:
     return [AgentRecord.from_row(r) for r in conn.execute("SELECT * FROM agents ORDER BY name")]
 
 
@@ -119,7 +118,7 @@ _COLUMNS: Final = (
 _PAUSE_COLUMNS: Final = ("paused_at", "paused_reason", "paused_by")
 
 
-def _upsert(conn: sqlite3.Connection, record: AgentRecord) -> None:
+def _upsert(conn: Conn, record: AgentRecord) -> None:
     values = (
         record.name,
         record.role,
@@ -153,9 +152,7 @@ def _upsert(conn: sqlite3.Connection, record: AgentRecord) -> None:
     )
 
 
-def sql_set_paused(
-    conn: sqlite3.Connection, name: str, paused: tuple[float, str, str] | None
-) -> None:
+def sql_set_paused(conn: Conn, name: str, paused: tuple[float, str, str] | None) -> None:
     """Pause (``(at, reason, by)``) or resume (None) an agent's row."""
     conn.execute(
         "UPDATE agents SET paused_at = ?, paused_reason = ?, paused_by = ? WHERE name = ?",
@@ -431,7 +428,7 @@ class Registry:
         await trio.to_thread.run_sync(self._make_dirs, name)
 
     async def destroy(
-        self, name: str, *, also: Callable[[sqlite3.Connection], T] | None = None
+        self, name: str, *, also: Callable[[Conn], T] | None = None
     ) -> tuple[AgentRecord, T | None]:
         """Remove the socket, keep the state: the name becomes a tombstone.
 
@@ -448,7 +445,7 @@ class Registry:
             # Its children move to its own parent, in the same transaction.
             adopted = orphaned_by(self.parents(), name)
 
-            def tx(conn: sqlite3.Connection) -> T | None:
+            def tx(conn: Conn) -> T | None:
                 _upsert(conn, record)
                 conn.executemany(
                     "UPDATE agents SET parent = ?, updated_at = ? WHERE name = ?",
@@ -482,7 +479,7 @@ class Registry:
             raise RequestRefused(f"{name} is live: destroy it before purging")
         now = self._clock()
 
-        def tx(conn: sqlite3.Connection) -> int:
+        def tx(conn: Conn) -> int:
             conn.execute("DELETE FROM agents WHERE name = ?", (name,))
             return sql_begin(conn, OperationKind.PURGE, name, now).id
 
@@ -538,7 +535,7 @@ class Registry:
         name: str,
         paused: tuple[float, str, str] | None,
         *,
-        also: Callable[[sqlite3.Connection], T] | None = None,
+        also: Callable[[Conn], T] | None = None,
     ) -> tuple[AgentRecord, T | None]:
         """Pause (``(at, reason, by)``) or resume (None) an agent, persisted.
 
@@ -546,7 +543,7 @@ class Registry:
         """
         at, reason, by = paused if paused is not None else (None, None, None)
 
-        def tx(conn: sqlite3.Connection) -> T | None:
+        def tx(conn: Conn) -> T | None:
             sql_set_paused(conn, name, paused)
             return None if also is None else also(conn)
 

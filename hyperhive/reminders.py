@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,7 +47,7 @@ from hyperhive.protocol import ReminderInfo
 from hyperhive.protocol.event_payloads import ReminderChanged
 from hyperhive.questions import DeadlineSchedule
 from hyperhive.runtime import Backoff
-from hyperhive.store import Database, DatabaseFailed, insert_id
+from hyperhive.store import Conn, Database, DatabaseFailed, Row, insert_id
 
 log = logging.getLogger("hyperhive.reminders")
 
@@ -115,7 +114,7 @@ def delivery_plan(info: ReminderInfo) -> tuple[tuple[str, ...] | None, str]:
     return parts, f"Reminder #{info.id}: its text ({len(info.body)} characters) is in {where}"
 
 
-def _row_to_info(row: sqlite3.Row) -> ReminderInfo:
+def _row_to_info(row: Row) -> ReminderInfo:
     return ReminderInfo(
         id=row["id"],
         agent=row["agent"],
@@ -133,14 +132,14 @@ def _row_to_info(row: sqlite3.Row) -> ReminderInfo:
 # ---------------------------------------------------------------- transactions (sync)
 
 
-def sql_get(conn: sqlite3.Connection, reminder_id: int) -> ReminderInfo:
+def sql_get(conn: Conn, reminder_id: int) -> ReminderInfo:
     row = conn.execute("SELECT * FROM reminders WHERE id = ?", (reminder_id,)).fetchone()
     if row is None:
         raise RequestRefused(f"no reminder with id {reminder_id}")
     return _row_to_info(row)
 
 
-def sql_pending_count(conn: sqlite3.Connection, agent: str) -> int:
+def sql_pending_count(conn: Conn, agent: str) -> int:
     row = conn.execute(
         "SELECT COUNT(*) FROM reminders WHERE agent = ? AND sent_at IS NULL", (agent,)
     ).fetchone()
@@ -148,7 +147,7 @@ def sql_pending_count(conn: sqlite3.Connection, agent: str) -> int:
 
 
 def sql_insert(
-    conn: sqlite3.Connection,
+    conn: Conn,
     agent: str,
     body: str,
     file_path: str | None,
@@ -172,7 +171,7 @@ def sql_insert(
 
 
 def sql_list(
-    conn: sqlite3.Connection, *, include_sent: bool = False, agent: str | None = None
+    conn: Conn, *, include_sent: bool = False, agent: str | None = None
 ) -> list[ReminderInfo]:
     sql = "SELECT * FROM reminders WHERE 1 = 1"
     args: list[object] = []
@@ -184,16 +183,14 @@ def sql_list(
     return [_row_to_info(r) for r in conn.execute(sql + " ORDER BY due_at, id", args)]
 
 
-def sql_pending_by_agent(conn: sqlite3.Connection) -> dict[str, int]:
+def sql_pending_by_agent(conn: Conn) -> dict[str, int]:
     rows = conn.execute(
         "SELECT agent, COUNT(*) FROM reminders WHERE sent_at IS NULL GROUP BY agent"
     ).fetchall()
     return {r[0]: int(r[1]) for r in rows}
 
 
-def sql_deliver(
-    conn: sqlite3.Connection, outbox: Outbox, reminder_id: int, body: str
-) -> ReminderInfo | None:
+def sql_deliver(conn: Conn, outbox: Outbox, reminder_id: int, body: str) -> ReminderInfo | None:
     """Insert the reminder's message and mark it sent, if it is still pending (else None)."""
     row = conn.execute(
         "SELECT * FROM reminders WHERE id = ? AND sent_at IS NULL", (reminder_id,)
@@ -208,9 +205,7 @@ def sql_deliver(
     return sql_get(conn, reminder_id)
 
 
-def sql_record_failure(
-    conn: sqlite3.Connection, reminder_id: int, error: str
-) -> ReminderInfo | None:
+def sql_record_failure(conn: Conn, reminder_id: int, error: str) -> ReminderInfo | None:
     cur = conn.execute(
         "UPDATE reminders SET attempt_count = attempt_count + 1, last_error = ? "
         "WHERE id = ? AND sent_at IS NULL",
@@ -219,7 +214,7 @@ def sql_record_failure(
     return sql_get(conn, reminder_id) if cur.rowcount else None
 
 
-def sql_retry(conn: sqlite3.Connection, reminder_id: int) -> ReminderInfo:
+def sql_retry(conn: Conn, reminder_id: int) -> ReminderInfo:
     info = sql_get(conn, reminder_id)
     if info.sent_at is not None:
         raise RequestRefused(f"reminder {reminder_id} was delivered already")
@@ -232,7 +227,7 @@ def sql_retry(conn: sqlite3.Connection, reminder_id: int) -> ReminderInfo:
 
 
 def sql_cancel(
-    conn: sqlite3.Connection,
+    conn: Conn,
     reminder_id: int,
     may_cancel: Callable[[ReminderInfo], None] = lambda _: None,
 ) -> ReminderInfo:

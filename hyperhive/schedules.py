@@ -20,7 +20,6 @@ import functools
 import json
 import math
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
@@ -46,7 +45,7 @@ from hyperhive.config import (
 from hyperhive.errors import RequestRefused
 from hyperhive.names import MANAGER, OPERATOR, SCHEDULER
 from hyperhive.protocol import ScheduleInfo
-from hyperhive.store import Database, dialect, insert_id
+from hyperhive.store import Conn, Database, Row, dialect, insert_id
 
 #: Source of a schedule the operator made directly.
 SOURCE_OPERATOR: Final = "operator"
@@ -317,7 +316,7 @@ def fire_body(schedule: ScheduleInfo, skipped: int) -> str:
 # ---------------------------------------------------------------- transactions
 
 
-def _row_to_info(row: sqlite3.Row) -> ScheduleInfo:
+def _row_to_info(row: Row) -> ScheduleInfo:
     return ScheduleInfo(
         id=row["id"],
         owner=row["owner"],
@@ -338,21 +337,19 @@ def _row_to_info(row: sqlite3.Row) -> ScheduleInfo:
     )
 
 
-def sql_get(conn: sqlite3.Connection, schedule_id: int) -> ScheduleInfo:
+def sql_get(conn: Conn, schedule_id: int) -> ScheduleInfo:
     row = conn.execute("SELECT * FROM schedules WHERE id = ?", (schedule_id,)).fetchone()
     if row is None:
         raise RequestRefused(f"no schedule with id {schedule_id}")
     return _row_to_info(row)
 
 
-def sql_list(conn: sqlite3.Connection, *, include_ended: bool) -> list[ScheduleInfo]:
+def sql_list(conn: Conn, *, include_ended: bool) -> list[ScheduleInfo]:
     where = "" if include_ended else "WHERE ended_at IS NULL"
     return [_row_to_info(r) for r in conn.execute(f"SELECT * FROM schedules {where} ORDER BY id")]
 
 
-def sql_create(
-    conn: sqlite3.Connection, owner: str, spec: Spec, source: str, now: float
-) -> ScheduleInfo:
+def sql_create(conn: Conn, owner: str, spec: Spec, source: str, now: float) -> ScheduleInfo:
     """Create a schedule; idempotent per approval source (carried out again after a crash)."""
     if source != SOURCE_OPERATOR:
         row = conn.execute("SELECT id FROM schedules WHERE source = ?", (source,)).fetchone()
@@ -388,7 +385,7 @@ def sql_create(
     return sql_get(conn, new_id)
 
 
-def sql_save_request(conn: sqlite3.Connection, approval_id: int, spec: Spec) -> None:
+def sql_save_request(conn: Conn, approval_id: int, spec: Spec) -> None:
     conn.execute(
         "INSERT INTO schedule_requests (approval_id, spec_json) VALUES (?, ?) "
         "ON CONFLICT (approval_id) DO UPDATE SET spec_json = excluded.spec_json",
@@ -396,7 +393,7 @@ def sql_save_request(conn: sqlite3.Connection, approval_id: int, spec: Spec) -> 
     )
 
 
-def sql_request_spec(conn: sqlite3.Connection, approval_id: int) -> Spec:
+def sql_request_spec(conn: Conn, approval_id: int) -> Spec:
     row = conn.execute(
         "SELECT spec_json FROM schedule_requests WHERE approval_id = ?", (approval_id,)
     ).fetchone()
@@ -405,14 +402,14 @@ def sql_request_spec(conn: sqlite3.Connection, approval_id: int) -> Spec:
     return Spec.from_json(row["spec_json"])
 
 
-def _active(conn: sqlite3.Connection, schedule_id: int) -> ScheduleInfo:
+def _active(conn: Conn, schedule_id: int) -> ScheduleInfo:
     info = sql_get(conn, schedule_id)
     if info.ended_at is not None:
         raise RequestRefused(f"schedule {schedule_id} has ended; it cannot change any more")
     return info
 
 
-def _end(conn: sqlite3.Connection, schedule_id: int, now: float) -> None:
+def _end(conn: Conn, schedule_id: int, now: float) -> None:
     conn.execute(
         "UPDATE schedules SET ended_at = ?, next_at = NULL WHERE id = ?", (now, schedule_id)
     )
@@ -423,7 +420,7 @@ Check = Callable[[ScheduleInfo], None]
 
 
 def sql_cancel(
-    conn: sqlite3.Connection,
+    conn: Conn,
     schedule_id: int,
     targets: list[str] | None,
     now: float,
@@ -481,7 +478,7 @@ def check_changes(changes: Changes, *, live: Collection[str]) -> Changes:
 
 
 def sql_edit(
-    conn: sqlite3.Connection, schedule_id: int, changes: Changes, now: float, check: Check
+    conn: Conn, schedule_id: int, changes: Changes, now: float, check: Check
 ) -> ScheduleInfo:
     """Apply a (checked) edit in one transaction."""
     info = _active(conn, schedule_id)
@@ -520,7 +517,7 @@ def sql_edit(
 
 
 def sql_fire(
-    conn: sqlite3.Connection,
+    conn: Conn,
     outbox: Outbox,
     schedule_id: int,
     now: float,
@@ -561,12 +558,12 @@ def sql_fire(
     return sql_get(conn, schedule_id)
 
 
-def sql_next_due(conn: sqlite3.Connection) -> float | None:
+def sql_next_due(conn: Conn) -> float | None:
     row = conn.execute("SELECT MIN(next_at) FROM schedules WHERE ended_at IS NULL").fetchone()
     return None if row[0] is None else float(row[0])
 
 
-def sql_due(conn: sqlite3.Connection, now: float) -> list[int]:
+def sql_due(conn: Conn, now: float) -> list[int]:
     return [
         r["id"]
         for r in conn.execute(
@@ -576,14 +573,14 @@ def sql_due(conn: sqlite3.Connection, now: float) -> list[int]:
     ]
 
 
-def _targets(conn: sqlite3.Connection) -> str:
+def _targets(conn: Conn) -> str:
     """The rows ``t(value)`` of a schedule's JSON list of targets, in the engine's SQL."""
     if dialect(conn) == "postgresql":
         return "json_array_elements_text(s.targets_json::json) AS t(value)"
     return "json_each(s.targets_json) t"
 
 
-def sql_targeting(conn: sqlite3.Connection, agent: str) -> list[int]:
+def sql_targeting(conn: Conn, agent: str) -> list[int]:
     """Ids of the active schedules that deliver to ``agent``."""
     return [
         r["id"]
@@ -595,7 +592,7 @@ def sql_targeting(conn: sqlite3.Connection, agent: str) -> list[int]:
     ]
 
 
-def sql_targeting_all(conn: sqlite3.Connection) -> dict[str, list[int]]:
+def sql_targeting_all(conn: Conn) -> dict[str, list[int]]:
     """Ids of the active schedules by the agent they deliver to."""
     result: dict[str, list[int]] = {}
     for r in conn.execute(
@@ -669,7 +666,7 @@ class ScheduleBook:
     async def create_from_request(self, owner: str, approval_id: int) -> ScheduleInfo:
         """Carry out an approved ``schedule`` request (idempotent)."""
 
-        def tx(conn: sqlite3.Connection) -> ScheduleInfo:
+        def tx(conn: Conn) -> ScheduleInfo:
             spec = sql_request_spec(conn, approval_id)
             check_targets(spec.targets, live=self._live())
             return sql_create(conn, owner, spec, approval_source(approval_id), now)

@@ -25,10 +25,10 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, settings
 
+from bench._pg import PgServer, find_pg_bin
 from hyperhive.client import Client
 from hyperhive.config import Config, Paths
 from hyperhive.supervisor import Daemon, Hive, open_daemon
-from tests.pg import PgServer, find_pg_bin
 
 #: Wall-clock limit of one trio test; a hung test fails instead of hanging the run.
 TRIO_TEST_TIMEOUT = float(os.environ.get("HYPERHIVE_TEST_TIMEOUT", "120"))
@@ -174,14 +174,51 @@ def make_paths(root: Path) -> Paths:
     return Paths(state_dir=root / "state", run_dir=root / "run")
 
 
-#: ``HYPERHIVE_TEST_STORE=postgresql``: the ``inproc`` daemons keep their store on PostgreSQL.
+#: ``HYPERHIVE_TEST_STORE=postgresql``: the daemons of the tests not marked ``both_stores``
+#: keep their store on PostgreSQL.
 TEST_STORE = os.environ.get("HYPERHIVE_TEST_STORE", "sqlite")
+#: The stores a test marked ``both_stores`` runs on: its ``store`` fixture's parameter.
+STORES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("sqlite_only"):
+        metafunc.parametrize("store", ["sqlite"], indirect=True)
+    elif metafunc.definition.get_closest_marker("both_stores"):
+        metafunc.parametrize("store", STORES, indirect=True)
 
 
 @pytest.fixture
-async def inproc(short_tmp: Path, request: pytest.FixtureRequest) -> AsyncIterator[Daemon]:
+def store(request: pytest.FixtureRequest) -> str:
+    """The engine of the test's store: both in turn when marked ``both_stores``, else
+    ``HYPERHIVE_TEST_STORE`` (sqlite)."""
+    return str(getattr(request, "param", TEST_STORE))
+
+
+NewDatabase = Callable[[], str | None]
+
+
+@pytest.fixture
+def new_database(store: str, request: pytest.FixtureRequest) -> NewDatabase:
+    """A new, empty store on each call, as ``Config.database``: None (broker.sqlite in the
+    state dir) or the URL of a new database of :func:`pg_server`."""
+    if store == "sqlite":
+        return lambda: None
+    server: PgServer = request.getfixturevalue("pg_server")
+    return lambda: server.url(server.new_database())
+
+
+@pytest.fixture
+def database(new_database: NewDatabase) -> str | None:
+    """The ``--database`` of the test's daemons (see :func:`new_database`)."""
+    return new_database()
+
+
+@pytest.fixture
+async def inproc(short_tmp: Path, database: str | None) -> AsyncIterator[Daemon]:
     """A daemon running inside the test's trio run, on real sockets and a real database."""
-    database = request.getfixturevalue("pg_url") if TEST_STORE == "postgresql" else None
     config = Config(paths=make_paths(short_tmp), backend="external", database=database)
     async with open_daemon(config) as d:
         yield d
@@ -323,9 +360,14 @@ class DaemonProcess:
 
 
 @pytest.fixture
-async def daemon(short_tmp: Path, nursery: trio.Nursery) -> AsyncIterator[DaemonProcess]:
+async def daemon(
+    short_tmp: Path, nursery: trio.Nursery, database: str | None
+) -> AsyncIterator[DaemonProcess]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("NOTIFY_SOCKET", None)
+    env.pop("HYPERHIVE_DATABASE", None)
+    if database is not None:
+        env["HYPERHIVE_DATABASE"] = database
     d = DaemonProcess(make_paths(short_tmp), env)
     await d.start(nursery)
     yield d
@@ -404,7 +446,7 @@ def sync_daemon(short_tmp: Path) -> Iterator[SyncDaemon]:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    """One real PostgreSQL server per test process (see tests/pg.py); skipped without it,
+    """One real PostgreSQL server per test process (see bench/_pg.py); skipped without it,
     failed in CI."""
     bin_dir = find_pg_bin()
     if bin_dir is None:

@@ -13,6 +13,8 @@ from hyperhive.protocol import ApprovalInfo
 from hyperhive.supervisor import Hive
 from tests.conftest import Connect, git, propose_config
 
+pytestmark = pytest.mark.both_stores  # the store's rules, on sqlite and on PostgreSQL
+
 
 async def manager_events(hive: Hive) -> list[dict[str, object]]:
     messages = await hive.broker.recv("manager", limit=32)

@@ -15,6 +15,8 @@ from hyperhive.protocol import Ack, Recv, Send, Status
 from hyperhive.supervisor import Hive
 from tests.conftest import Connect
 
+pytestmark = pytest.mark.both_stores  # the store's rules, on sqlite and on PostgreSQL
+
 Agents = Callable[..., Awaitable[dict[str, Client]]]
 
 

@@ -1,4 +1,4 @@
-"""The broker's hot path over real sockets (in-process daemon, real sqlite): a send to a parked
+"""The broker's hot path over real sockets (in-process daemon, a real store): a send to a parked
 ``recv`` hands the message over in its own transaction, reads run without the writer, and a
 receiver gone at the hand-over loses nothing."""
 
@@ -7,12 +7,15 @@ from __future__ import annotations
 import sqlite3
 import threading
 
+import pytest
 import trio
 
 from hyperhive.broker import READ_BOUND
 from hyperhive.protocol import Recv, Send, Status
 from hyperhive.supervisor import Hive
 from tests.conftest import Connect
+
+pytestmark = pytest.mark.both_stores  # the store's rules, on sqlite and on PostgreSQL
 
 
 def transactions(hive: Hive) -> int:
@@ -48,6 +51,7 @@ async def test_a_send_hands_over_to_a_parked_receiver_in_one_transaction(
     assert await hive.broker.requeue_unacked("bob") == 0
 
 
+@pytest.mark.sqlite_only("PostgreSQL has no reader on the event loop: reads queue as transactions")
 async def test_an_empty_recv_and_status_make_no_transaction(hive: Hive, connect: Connect) -> None:
     bob = await connect("bob")
     before = transactions(hive)

@@ -3,12 +3,15 @@ messages, redelivered ones included; a new notice replaces one not yet acked."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from hyperhive.config import PROTOCOL_VERSION
 from hyperhive.protocol import Ack, AckReply, Hello, Recv, RecvReply, Send
 from hyperhive.supervisor import Hive
 from tests.conftest import Connect
+
+pytestmark = pytest.mark.both_stores  # the store's rules, on sqlite and on PostgreSQL
 
 
 async def bodies(reply: object) -> list[str]:

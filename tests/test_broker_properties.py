@@ -1,6 +1,6 @@
 """Broker invariants under generated interleavings of send / recv / ack / reconnect.
 
-Each example runs a fresh daemon (in-process, real sockets, real sqlite file) and a model
+Each example runs a fresh daemon (in-process, real sockets, a new store on each engine) and a model
 of what every inbox must hold. The model predicts each ``recv`` exactly: the oldest
 available messages in id order, flagged ``redelivered`` iff handed out before. So nothing
 is lost, order is FIFO per recipient, and a second delivery happens only with the flag.
@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import attrs
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +21,9 @@ from hyperhive.client import Client
 from hyperhive.config import Config
 from hyperhive.protocol import Ack, Recv, Send
 from hyperhive.supervisor import open_hive
-from tests.conftest import connect_agent, make_paths
+from tests.conftest import NewDatabase, connect_agent, make_paths
+
+pytestmark = pytest.mark.both_stores  # the store's rules, on sqlite and on PostgreSQL
 
 AGENTS = ("alice", "bob", "carol")
 agent = st.sampled_from(AGENTS)
@@ -69,16 +72,25 @@ class Inbox:
     handed_out: set[int] = attrs.Factory(set)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=60,
+    deadline=None,
+    # new_database makes a new store for each example.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(ops=operations)
 async def test_no_loss_fifo_no_silent_duplicates(
-    ops: list[SendOp | RecvOp | AckOp | ReconnectOp],
+    ops: list[SendOp | RecvOp | AckOp | ReconnectOp], new_database: NewDatabase
 ) -> None:
     root = Path(tempfile.mkdtemp(prefix="hh-p-", dir="/tmp"))
     try:
-        async with open_hive(
-            Config(paths=make_paths(root), backend="external", synchronous="NORMAL")
-        ) as hive:
+        config = Config(
+            paths=make_paths(root),
+            backend="external",
+            synchronous="NORMAL",
+            database=new_database(),
+        )
+        async with open_hive(config) as hive:
             model = {name: Inbox() for name in AGENTS}
             bodies: dict[int, str] = {}
             clients: dict[str, Client] = {}

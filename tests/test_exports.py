@@ -31,6 +31,7 @@ ALL: dict[str, list[str]] = {
         "Conn",
         "Dialect",
         "PgDatabase",
+        "Row",
         "check_pg_database",
         "check_store_url",
         "dialect",

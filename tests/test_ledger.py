@@ -37,6 +37,8 @@ from hyperhive.web._metrics import metrics_text
 from .conftest import Connect, DaemonProcess, connect_agent, make_paths
 from .test_cli import cli
 
+pytestmark = pytest.mark.both_stores  # the store's rules, on sqlite and on PostgreSQL
+
 
 def sums(cost_usd: float = 0.0, tokens: int = 0) -> Sums:
     return Sums(turns=1, input_tokens=tokens, cost_micros=round(cost_usd * 1_000_000))
@@ -236,12 +238,12 @@ async def test_progress_comes_from_sends_questions_and_changed_files(
 
 
 async def test_a_hive_budget_pauses_and_a_daemon_started_with_a_higher_one_lifts_it(
-    short_tmp: Path,
+    short_tmp: Path, database: str | None
 ) -> None:
     """The hive-wide budget comes from ``hyperhive run``'s options (``Config``): reached, the
     reporting agent is paused; a daemon started again with a higher limit lets it run."""
     paths = make_paths(short_tmp)
-    low = Config(paths=paths, backend="external", budget_total_usd=0.5)
+    low = Config(paths=paths, backend="external", budget_total_usd=0.5, database=database)
     async with open_daemon(low) as daemon:
         hive = daemon.hive
         await hive.spawn("alice")
@@ -265,7 +267,7 @@ async def test_a_hive_budget_pauses_and_a_daemon_started_with_a_higher_one_lifts
     # The same limit: still paused after a restart.
     async with open_daemon(low) as daemon:
         assert daemon.hive.registry.get("alice").paused_at is not None
-    higher = Config(paths=paths, backend="external", budget_total_usd=5.0)
+    higher = Config(paths=paths, backend="external", budget_total_usd=5.0, database=database)
     async with open_daemon(higher) as daemon:
         assert daemon.hive.registry.get("alice").paused_at is None
         assert (await daemon.hive.stats("alice")).agents[0].total.cost_usd == 0.6

@@ -16,10 +16,10 @@ from pathlib import Path
 import psycopg
 import trio
 
+from bench._pg import PgServer
 from hyperhive.client import Client
 from hyperhive.protocol import Recv, Send, Spawn
 from tests.conftest import DaemonProcess, make_paths
-from tests.pg import PgServer
 
 PASSWORD = "pg-s3cret-Pw"
 

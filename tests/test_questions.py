@@ -20,6 +20,8 @@ from hyperhive.questions import DeadlineSchedule, check_ask
 from hyperhive.supervisor import Hive, open_hive
 from tests.conftest import Connect, connect_agent, make_paths
 
+pytestmark = pytest.mark.both_stores  # the store's rules, on sqlite and on PostgreSQL
+
 
 def parse_system(body: str) -> tuple[str, dict[str, object]]:
     kind, _, payload = body.partition(" ")
@@ -106,17 +108,19 @@ async def test_cancel_by_asker_and_manager(hive: Hive, connect: Connect) -> None
 
 
 @asynccontextmanager
-async def hive_on_trio_clock(root: Path) -> AsyncIterator[Hive]:
+async def hive_on_trio_clock(root: Path, database: str | None) -> AsyncIterator[Hive]:
     """A daemon whose stored times follow trio's clock (run the test on ``daemon_clock``)."""
-    config = Config(paths=make_paths(root), wall_clock=TrioWallClock(), backend="external")
+    config = Config(
+        paths=make_paths(root), wall_clock=TrioWallClock(), backend="external", database=database
+    )
     async with open_hive(config) as hive:
         yield hive
 
 
 async def test_ttl_expiry_delivers_expired_exactly_once(
-    short_tmp: Path, daemon_clock: MockClock
+    short_tmp: Path, daemon_clock: MockClock, database: str | None
 ) -> None:
-    async with hive_on_trio_clock(short_tmp) as hive:
+    async with hive_on_trio_clock(short_tmp, database) as hive:
         await hive.spawn("alice")
         alice = await connect_agent(hive.config.paths, "alice", role="harness")
         try:
@@ -155,9 +159,9 @@ async def test_ttl_expiry_in_real_time(hive: Hive, connect: Connect) -> None:
 
 
 async def test_answer_cancel_expiry_race_resolves_once(
-    short_tmp: Path, daemon_clock: MockClock
+    short_tmp: Path, daemon_clock: MockClock, database: str | None
 ) -> None:
-    async with hive_on_trio_clock(short_tmp) as hive:
+    async with hive_on_trio_clock(short_tmp, database) as hive:
         await hive.spawn("alice")
         await race_answer_cancel_and_expiry(hive)
 
@@ -195,9 +199,14 @@ async def race_answer_cancel_and_expiry(hive: Hive) -> None:
 
 
 async def test_deadline_passed_while_daemon_was_down(
-    short_tmp: Path, daemon_clock: MockClock
+    short_tmp: Path, daemon_clock: MockClock, database: str | None
 ) -> None:
-    config = Config(paths=make_paths(short_tmp), wall_clock=TrioWallClock(), backend="external")
+    config = Config(
+        paths=make_paths(short_tmp),
+        wall_clock=TrioWallClock(),
+        backend="external",
+        database=database,
+    )
     async with open_hive(config) as hive:
         await hive.spawn("alice")
         await hive.questions.ask("alice", "while down?", [], False, 60, None)

@@ -31,18 +31,22 @@ from hyperhive.reminders import check_remind, state_relative
 from hyperhive.supervisor import open_hive
 from tests.conftest import Connect, connect_agent, make_paths, wait_until
 
+pytestmark = pytest.mark.both_stores  # the store's rules, on sqlite and on PostgreSQL
+
 
 @asynccontextmanager
-async def hive_on_trio_clock(root: Path) -> AsyncIterator[Hive]:
-    config = Config(paths=make_paths(root), wall_clock=TrioWallClock(), backend="external")
+async def hive_on_trio_clock(root: Path, database: str | None) -> AsyncIterator[Hive]:
+    config = Config(
+        paths=make_paths(root), wall_clock=TrioWallClock(), backend="external", database=database
+    )
     async with open_hive(config) as hive:
         yield hive
 
 
 async def test_a_reminder_fires_at_its_time_into_the_own_inbox(
-    short_tmp: Path, daemon_clock: MockClock
+    short_tmp: Path, daemon_clock: MockClock, database: str | None
 ) -> None:
-    async with hive_on_trio_clock(short_tmp) as hive:
+    async with hive_on_trio_clock(short_tmp, database) as hive:
         await hive.spawn("alice")
         alice = await connect_agent(hive.config.paths, "alice", role="harness")
         try:
@@ -73,9 +77,9 @@ async def test_a_reminder_fires_at_its_time_into_the_own_inbox(
 
 
 async def test_cancel_before_the_time_means_it_never_fires(
-    short_tmp: Path, daemon_clock: MockClock
+    short_tmp: Path, daemon_clock: MockClock, database: str | None
 ) -> None:
-    async with hive_on_trio_clock(short_tmp) as hive:
+    async with hive_on_trio_clock(short_tmp, database) as hive:
         await hive.spawn("alice")
         await hive.spawn("bob")
         alice = await connect_agent(hive.config.paths, "alice")
@@ -104,9 +108,14 @@ async def test_cancel_before_the_time_means_it_never_fires(
 
 
 async def test_a_reminder_due_while_down_fires_once_at_start(
-    short_tmp: Path, daemon_clock: MockClock
+    short_tmp: Path, daemon_clock: MockClock, database: str | None
 ) -> None:
-    config = Config(paths=make_paths(short_tmp), wall_clock=TrioWallClock(), backend="external")
+    config = Config(
+        paths=make_paths(short_tmp),
+        wall_clock=TrioWallClock(),
+        backend="external",
+        database=database,
+    )
     async with open_hive(config) as hive:
         await hive.spawn("alice")
         early = await hive.reminders.remind("alice", "while down", in_seconds=60)
@@ -190,9 +199,9 @@ async def test_large_and_file_path_bodies_spill_to_the_state_dir(
 
 
 async def test_a_failed_spill_is_retried_then_waits_for_the_operator(
-    short_tmp: Path, daemon_clock: MockClock
+    short_tmp: Path, daemon_clock: MockClock, database: str | None
 ) -> None:
-    async with hive_on_trio_clock(short_tmp) as hive:
+    async with hive_on_trio_clock(short_tmp, database) as hive:
         await hive.spawn("alice")
         state = hive.config.paths.agent_state_dir("alice")
         outside = short_tmp / "outside"

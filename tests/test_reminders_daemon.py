@@ -6,6 +6,7 @@ import json
 import signal
 import time
 
+import pytest
 import trio
 
 from hyperhive.client import Client
@@ -13,6 +14,8 @@ from hyperhive.protocol import Recv
 from tests.conftest import DaemonProcess
 from tests.test_cli import cli
 from tests.test_daemon_process import spawn_agents
+
+pytestmark = pytest.mark.both_stores  # the store's rules, on sqlite and on PostgreSQL
 
 
 async def test_a_reminder_due_while_the_daemon_is_down_fires_once_after_start(

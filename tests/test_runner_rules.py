@@ -36,9 +36,12 @@ BACKOFFS = [1.0, 2.0, 4.0, 8.0]
 
 
 @asynccontextmanager
-async def fake_hive(root: Path, backend: FakeBackend, *, stop: bool = True) -> AsyncIterator[Hive]:
+async def fake_hive(
+    root: Path, backend: FakeBackend, *, stop: bool = True, database: str | None = None
+) -> AsyncIterator[Hive]:
     config = Config(
         paths=make_paths(root),
+        database=database,
         backend="process",  # the name agents record; the fake stands in for it
         synchronous="NORMAL",
         stop_agents_on_exit=stop,

@@ -1,16 +1,18 @@
 """The schedule rules as a hypothesis state machine against an independent model.
 
 The system under test is the sans-IO transactions of :mod:`hyperhive.schedules` on a real
-sqlite database with the broker's schema, driven on a virtual clock: create, edit, cancel
-some targets, fire now, and advance the clock — by little, or across "downtime" of many
-intervals. The model walks the due times one by one (no closed formula), so it checks the
-one-late-fire rule and the skipped count independently of the implementation's arithmetic.
+database with the broker's schema (sqlite, and PostgreSQL), driven on a virtual clock:
+create, edit, cancel some targets, fire now, and advance the clock — by little, or across
+"downtime" of many intervals. The model walks the due times one by one (no closed
+formula), so it checks the one-late-fire rule and the skipped count independently of the
+implementation's arithmetic.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -23,6 +25,7 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 
 from hyperhive.broker import Outbox
@@ -38,7 +41,10 @@ from hyperhive.schedules import (
     sql_fire,
     sql_get,
 )
-from hyperhive.store import BROKER_MIGRATIONS
+from hyperhive.store import BROKER_MIGRATIONS, Conn
+from hyperhive.store._pg import connect_pg
+
+pytestmark = pytest.mark.both_stores  # the store's rules, on sqlite and on PostgreSQL
 
 AGENTS = ("alice", "bob", "carol")
 LIVE = frozenset(AGENTS)
@@ -61,20 +67,33 @@ class Model:
     last_skipped: int = 0
 
 
+#: A new empty broker store for one run of the machine, and how to throw it away.
+Opener = Callable[[], tuple[Conn, Callable[[], object]]]
+
+
+def sqlite_store() -> tuple[Conn, Callable[[], object]]:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    for migrate in BROKER_MIGRATIONS:
+        migrate(conn)
+    return conn, conn.close
+
+
 class ScheduleRules(RuleBasedStateMachine):
+    def __init__(self, opener: Opener) -> None:
+        super().__init__()
+        self.opener = opener
+
     @initialize()
     def open(self) -> None:
-        self.conn = sqlite3.connect(":memory:", isolation_level=None)
-        self.conn.row_factory = sqlite3.Row
-        for migrate in BROKER_MIGRATIONS:
-            migrate(self.conn)
+        self.conn, self.close = self.opener()
         self.now = 1_000_000.0
         self.model: dict[int, Model] = {}
         self.delivered: Counter[str] = Counter()
 
     def teardown(self) -> None:
         if hasattr(self, "conn"):
-            self.conn.close()
+            self.close()
 
     def _pick(self, index: int) -> int:
         ids = sorted(self.model)
@@ -222,5 +241,27 @@ class ScheduleRules(RuleBasedStateMachine):
         assert {r[0]: r[1] for r in rows} == dict(+self.delivered)
 
 
-ScheduleRules.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
-test_schedule_rules = ScheduleRules.TestCase
+@pytest.fixture
+def opener(store: str, request: pytest.FixtureRequest) -> Iterator[Opener]:
+    """sqlite: a new in-memory database per run. PostgreSQL: one migrated database, each run
+    inside a transaction that is rolled back at its end (nothing of a run is left)."""
+    if store == "sqlite":
+        yield sqlite_store
+        return
+    pg = connect_pg(request.getfixturevalue("pg_url"), migrations=BROKER_MIGRATIONS)
+
+    def in_transaction() -> tuple[Conn, Callable[[], object]]:
+        pg.execute("BEGIN")
+        return pg, lambda: pg.execute("ROLLBACK")
+
+    try:
+        yield in_transaction
+    finally:
+        pg.close()
+
+
+def test_schedule_rules(opener: Opener) -> None:
+    run_state_machine_as_test(
+        lambda: ScheduleRules(opener),
+        settings=settings(max_examples=60, stateful_step_count=30, deadline=None),
+    )

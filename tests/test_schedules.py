@@ -33,6 +33,8 @@ from hyperhive.schedules import (
 from hyperhive.supervisor import Hive, open_hive
 from tests.conftest import Connect, DaemonProcess, connect_agent, make_paths, wait_until
 
+pytestmark = pytest.mark.both_stores  # the store's rules, on sqlite and on PostgreSQL
+
 # ---------------------------------------------------------------- rules
 
 
@@ -143,8 +145,10 @@ def test_an_agents_edit_only_slows_a_schedule_down() -> None:
 
 
 @asynccontextmanager
-async def hive_on_trio_clock(root: Path) -> AsyncIterator[Hive]:
-    config = Config(paths=make_paths(root), wall_clock=TrioWallClock(), backend="external")
+async def hive_on_trio_clock(root: Path, database: str | None) -> AsyncIterator[Hive]:
+    config = Config(
+        paths=make_paths(root), wall_clock=TrioWallClock(), backend="external", database=database
+    )
     async with open_hive(config) as hive:
         yield hive
 
@@ -157,9 +161,14 @@ async def _host(hive: Hive, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_recurring_schedule_fires_and_after_downtime_fires_once_late(
-    short_tmp: Path, daemon_clock: MockClock
+    short_tmp: Path, daemon_clock: MockClock, database: str | None
 ) -> None:
-    config = Config(paths=make_paths(short_tmp), wall_clock=TrioWallClock(), backend="external")
+    config = Config(
+        paths=make_paths(short_tmp),
+        wall_clock=TrioWallClock(),
+        backend="external",
+        database=database,
+    )
     async with open_hive(config) as hive:
         await hive.spawn("alice")
         start = config.wall_clock()
@@ -207,9 +216,9 @@ async def test_recurring_schedule_fires_and_after_downtime_fires_once_late(
 
 
 async def test_agent_request_becomes_approval_and_approving_creates_it(
-    short_tmp: Path, daemon_clock: MockClock
+    short_tmp: Path, daemon_clock: MockClock, database: str | None
 ) -> None:
-    async with hive_on_trio_clock(short_tmp) as hive:
+    async with hive_on_trio_clock(short_tmp, database) as hive:
         await hive.spawn("alice")
         now = hive.config.wall_clock()
         alice = await connect_agent(hive.config.paths, "alice", role="harness")
@@ -544,8 +553,12 @@ async def test_loose_ends_carry_the_schedules_the_caller_owns(hive: Hive, connec
     assert (await alice.request({"cmd": "get_loose_ends"}))["schedules"] == []
 
 
-async def test_cron_runs_in_the_daemons_time_zone_stored_per_schedule(short_tmp: Path) -> None:
-    config = Config(paths=make_paths(short_tmp), backend="external", timezone="Asia/Tokyo")
+async def test_cron_runs_in_the_daemons_time_zone_stored_per_schedule(
+    short_tmp: Path, database: str | None
+) -> None:
+    config = Config(
+        paths=make_paths(short_tmp), backend="external", timezone="Asia/Tokyo", database=database
+    )
     async with open_hive(config) as hive:
         await hive.spawn("alice")
         base = {"cmd": "add_schedule", "targets": ["alice"], "body": "b", "first_at": 1e9}

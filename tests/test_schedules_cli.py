@@ -10,6 +10,8 @@ from hyperhive.cli import parse_at
 from tests.conftest import DaemonProcess, connect_agent
 from tests.test_cli import cli
 
+pytestmark = pytest.mark.both_stores  # the store's rules, on sqlite and on PostgreSQL
+
 
 def test_parse_at_forms() -> None:
     assert parse_at("now", now=1000.0) == 1000.0

@@ -1,7 +1,8 @@
 """State machines (hypothesis) of the reminder and question rules, on the real store.
 
 Each machine drives the real books (:class:`ReminderBook`, :class:`QuestionBook`) on a real
-``broker.sqlite`` file with an injected wall clock, and keeps a model of what must hold:
+store (a ``broker.sqlite`` file, and a PostgreSQL database) with an injected wall clock,
+and keeps a model of what must hold:
 
 - reminders: one fires exactly once when its time has passed (``fire_due``, what the
   scheduler runs when it wakes), never before, never after it was cancelled; after a
@@ -27,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import trio
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -37,6 +39,7 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 
 from hyperhive.broker import Broker
@@ -44,7 +47,11 @@ from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.questions import QuestionBook
 from hyperhive.reminders import ReminderBook
-from hyperhive.store import BROKER_MIGRATIONS, open_database
+from hyperhive.store import BROKER_MIGRATIONS, Row, open_store
+from hyperhive.store._pg import connect_pg
+from tests.conftest import NewDatabase
+
+pytestmark = pytest.mark.both_stores  # the store's rules, on sqlite and on PostgreSQL
 
 T = TypeVar("T")
 AGENTS = ("alice", "bob")
@@ -54,9 +61,11 @@ T0 = 1_700_000_000.0
 
 
 class Store:
-    """``broker.sqlite`` with a broker and both books, served by a trio run on a thread."""
+    """The store (``database``, or ``broker.sqlite``) with a broker and both books, served
+    by a trio run on a thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: str | None) -> None:
+        self.database = database
         self.root = Path(tempfile.mkdtemp(prefix="hh-sm-", dir="/tmp"))
         self.now = T0
         self.reminders: ReminderBook
@@ -83,8 +92,11 @@ class Store:
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
         while not self._stopping:
-            async with open_database(
-                self.root / "broker.sqlite", synchronous="NORMAL", migrations=BROKER_MIGRATIONS
+            async with open_store(
+                self.database,
+                self.root / "broker.sqlite",
+                synchronous="NORMAL",
+                migrations=BROKER_MIGRATIONS,
             ) as db:
                 events = EventHub()
                 broker = Broker(db, events, directory=lambda: (AGENTS, AGENTS), clock=self.clock)
@@ -128,7 +140,14 @@ class Store:
         self._thread.join(30)
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def rows(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+    def rows(self, sql: str, *args: Any) -> list[Row]:
+        """``sql`` on a connection of its own: what is committed."""
+        if self.database is not None:
+            pg = connect_pg(self.database, migrations=BROKER_MIGRATIONS)
+            try:
+                return pg.execute(sql, args).fetchall()
+            finally:
+                pg.close()
         conn = sqlite3.connect(self.root / "broker.sqlite")
         conn.row_factory = sqlite3.Row
         try:
@@ -143,9 +162,9 @@ class Store:
 class ReminderMachine(RuleBasedStateMachine):
     reminders = Bundle("reminders")
 
-    def __init__(self) -> None:
+    def __init__(self, database: str | None) -> None:
         super().__init__()
-        self.store = Store()
+        self.store = Store(database)
         self.serial = 0
         #: model: id -> (agent, body, due)
         self.pending: dict[int, tuple[str, str, float]] = {}
@@ -260,9 +279,9 @@ class ReminderMachine(RuleBasedStateMachine):
 class QuestionMachine(RuleBasedStateMachine):
     questions = Bundle("questions")
 
-    def __init__(self) -> None:
+    def __init__(self, database: str | None) -> None:
         super().__init__()
-        self.store = Store()
+        self.store = Store(database)
         #: model: id -> (asker, deadline or None)
         self.open: dict[int, tuple[str, float | None]] = {}
         self.resolved: dict[int, str] = {}  # id -> answer
@@ -357,7 +376,20 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-TestReminderRules = ReminderMachine.TestCase
-TestReminderRules.settings = SETTINGS
-TestQuestionRules = QuestionMachine.TestCase
-TestQuestionRules.settings = SETTINGS
+#: On PostgreSQL each example costs a new database and a reconnect per restart (about five
+#: times sqlite's time): fewer examples there.
+PG_SETTINGS = settings(SETTINGS, max_examples=10)
+
+
+def test_reminder_rules(store: str, new_database: NewDatabase) -> None:
+    run_state_machine_as_test(
+        lambda: ReminderMachine(new_database()),
+        settings=SETTINGS if store == "sqlite" else PG_SETTINGS,
+    )
+
+
+def test_question_rules(store: str, new_database: NewDatabase) -> None:
+    run_state_machine_as_test(
+        lambda: QuestionMachine(new_database()),
+        settings=SETTINGS if store == "sqlite" else PG_SETTINGS,
+    )

@@ -26,6 +26,7 @@ import psycopg
 import pytest
 import trio
 
+from bench._pg import PgServer
 from hyperhive.store import (
     BROKER_MIGRATIONS,
     Database,
@@ -42,7 +43,6 @@ from hyperhive.store._db import connect as sqlite_connect
 from hyperhive.store._pg import connect_pg, translate
 from hyperhive.store._sql import to_pyformat
 from tests.conftest import wait_until
-from tests.pg import PgServer
 from tests.store_writer import MIGRATIONS
 
 

@@ -37,6 +37,8 @@ from hyperhive.supervisor import Hive
 from tests.conftest import Connect, connect_agent, propose_config
 from tests.test_runner_rules import fake_hive, running, wait_state
 
+pytestmark = pytest.mark.both_stores  # the store's rules, on sqlite and on PostgreSQL
+
 #: Far longer than any of these tests takes: a parked call that returns did so on a wake-up.
 PARK_SECONDS = 30
 
@@ -152,10 +154,10 @@ async def test_an_expiry_wakes_the_asker(hive: Hive, connect: Connect) -> None:
 
 
 async def test_a_crash_report_wakes_the_manager(
-    short_tmp: Path, daemon_clock: trio.testing.MockClock
+    short_tmp: Path, daemon_clock: trio.testing.MockClock, database: str | None
 ) -> None:
     backend = FakeBackend()
-    async with fake_hive(short_tmp, backend) as hive:
+    async with fake_hive(short_tmp, backend, database=database) as hive:
         await running(hive, backend, "manager", 1)
         await hive.spawn("alice")
         handle = await running(hive, backend, "alice", 1)

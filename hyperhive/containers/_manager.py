@@ -22,7 +22,6 @@ from hyperhive.runtime import Backoff
 from hyperhive.supervision import Report, supervise
 
 if TYPE_CHECKING:
-    import sqlite3
     from collections.abc import Awaitable, Callable
 
     from hyperhive.broker import Broker
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     from hyperhive.config import Paths
     from hyperhive.events import EventHub
     from hyperhive.registry import Registry
+    from hyperhive.store import Conn
 
 
 def default_harness_command() -> tuple[str, ...]:
@@ -50,7 +50,7 @@ class Containers:
         stop_on_exit: bool,
         clock: WallClock = time.time,
         restart_backoff: Backoff = RESTART_BACKOFF,
-        on_crash: Callable[[sqlite3.Connection, str, float], None] | None = None,
+        on_crash: Callable[[Conn, str, float], None] | None = None,
     ) -> None:
         self.backends = backends
         #: Run in the transaction that reports a crash, with the agent's name and the time

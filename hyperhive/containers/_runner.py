@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
     from hyperhive.broker import Broker, Outbox
     from hyperhive.events import EventHub
     from hyperhive.registry import Registry
+    from hyperhive.store import Conn
 
 log = logging.getLogger(__name__)
 STDERR_TAIL_LINES: Final = 20
@@ -84,7 +84,7 @@ class AgentRunner:
         clock: WallClock = time.time,
         restart_backoff: Backoff = RESTART_BACKOFF,
         first_start: str | None = None,
-        on_crash: Callable[[sqlite3.Connection, str, float], None] | None = None,
+        on_crash: Callable[[Conn, str, float], None] | None = None,
     ) -> None:
         self.name = name
         self._on_crash = on_crash
@@ -333,7 +333,7 @@ class AgentRunner:
         )
         count = self._on_crash
 
-        def report(conn: sqlite3.Connection, outbox: Outbox) -> None:
+        def report(conn: Conn, outbox: Outbox) -> None:
             if count is not None:
                 count(conn, self.name, now)  # the crash is counted with its report, or not at all
             outbox.insert([crash])

@@ -24,7 +24,7 @@ from hyperhive.store._pg import (
     redact_url,
 )
 from hyperhive.store._schema import BROKER_MIGRATIONS
-from hyperhive.store._sql import Conn, Dialect, dialect, insert_id
+from hyperhive.store._sql import Conn, Dialect, Row, dialect, insert_id
 
 __all__ = [
     "BROKER_MIGRATIONS",
@@ -37,6 +37,7 @@ __all__ = [
     "Dialect",
     "Migration",
     "PgDatabase",
+    "Row",
     "check_database",
     "check_pg_database",
     "check_store_url",

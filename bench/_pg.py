@@ -1,4 +1,5 @@
-"""A real PostgreSQL server for the tests: ``initdb`` + ``pg_ctl`` in a temp dir.
+"""A throwaway PostgreSQL server for the tests and the benchmarks: ``initdb`` + ``pg_ctl``
+in a temp dir (one implementation for both; it does not import hyperhive).
 
 It listens only on a unix socket in its own directory (no TCP port to clash over between
 pytest-xdist workers), runs as an unprivileged user (``nobody`` when the tests run as root:

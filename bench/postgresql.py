@@ -1,0 +1,163 @@
+"""The broker on PostgreSQL next to sqlite: messages/s send → recv (acked) through a real
+daemon process on each store, measured in the same run, interleaved. See bench/README.md.
+
+    python -m bench.postgresql --out bench/results/postgresql.json
+
+A throwaway PostgreSQL server (``bench/_pg.py``, the tests' own: ``initdb`` + ``pg_ctl``
+in a temp dir, unix socket, ``fsync=on``) and, for 1 and 16 sender/receiver pairs, rounds
+of: a daemon on a fresh ``broker.sqlite`` (the default, ``synchronous=FULL``), then a
+daemon with ``--database`` on a fresh database of that server (``synchronous_commit=on``),
+the order swapped every round so a drift of the machine's load hits both alike. The
+baseline of each PostgreSQL figure is the sqlite figure of the same rounds; the ratio is
+PostgreSQL over sqlite (1.0: as fast). The daemon's CPU per message is reported for both;
+on PostgreSQL the server's own CPU comes on top of it (``server_cpu_us_per_message``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bench._daemon import start_daemon
+from bench._floor import TICKS, cpu_seconds
+from bench._pg import PgServer, find_pg_bin
+from bench.broker import pair_throughput, spawn
+from hyperhive.config import Paths
+
+PAIRS = (1, 16)
+ENGINES = ("sqlite", "postgresql")
+
+
+def messages_per_s(result: float | tuple[Any, ...]) -> float:
+    """``pair_throughput``'s figure: a float, or the first item of the tuple it returns
+    where it also reports its requests."""
+    return float(result[0] if isinstance(result, tuple) else result)
+
+
+def server_cpu_seconds(server: PgServer) -> float:
+    """CPU seconds of the PostgreSQL server so far: the postmaster's own, its exited
+    children's (backends it reaped: cutime, cstime) and those of the children still there."""
+    pid = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    total = sum(int(fields[i]) for i in (11, 12, 13, 14)) / TICKS  # utime stime cutime cstime
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            child = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(child[1]) == pid:  # its parent
+                total += cpu_seconds(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return total
+
+
+def server_version(server: PgServer) -> str:
+    with server.admin() as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    return str(row[0]) if row else "?"
+
+
+def one_run(
+    root: Path, name: str, pairs: int, per_pair: int, database: str | None
+) -> dict[str, float]:
+    """A fresh daemon on ``database`` (None: broker.sqlite): its messages/s and CPU."""
+    paths = Paths(state_dir=root / f"{name}-s", run_dir=root / f"{name}-r")
+    proc, _ = start_daemon(paths, database=database)
+    try:
+
+        async def body() -> tuple[float, float]:
+            await spawn(paths, [f"{side}{i}" for side in "sr" for i in range(pairs)])
+            cpu = cpu_seconds(proc.pid)
+            rate = messages_per_s(await pair_throughput(paths, pairs, per_pair))
+            return rate, cpu_seconds(proc.pid) - cpu
+
+        rate, cpu = trio.run(body)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        shutil.rmtree(paths.state_dir, ignore_errors=True)
+        shutil.rmtree(paths.run_dir, ignore_errors=True)
+    return {"messages_per_s": rate, "daemon_cpu_seconds": cpu}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/results/postgresql.json"))
+    parser.add_argument("--messages", type=int, default=4000, help="messages per daemon run")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per engine and pair count")
+    args = parser.parse_args()
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        raise SystemExit("PostgreSQL (initdb, pg_ctl) is not installed: apt-get install postgresql")
+    root = Path(tempfile.mkdtemp(prefix="hh-bench-pg-", dir="/tmp"))
+    server = PgServer.start(bin_dir)
+    results: dict[str, Any] = {
+        "machine": platform.node(),
+        "cpus": os.cpu_count(),
+        "loadavg_before": os.getloadavg()[0],
+        "postgresql": {
+            "version": server_version(server),
+            "server": "local, unix socket, fsync=on; the daemon: synchronous_commit=on",
+        },
+        "sqlite": "broker.sqlite in the state dir, synchronous=FULL (the daemon's default)",
+    }
+    try:
+        throughput: dict[str, Any] = {}
+        for pairs in PAIRS:
+            per_pair = args.messages // pairs
+            runs: dict[str, list[dict[str, float]]] = {engine: [] for engine in ENGINES}
+            server_cpu = 0.0
+            for n in range(args.rounds):
+                order = ENGINES if n % 2 == 0 else ENGINES[::-1]
+                for engine in order:
+                    name = f"{engine}-{pairs}-{n}"
+                    if engine == "sqlite":
+                        runs[engine].append(one_run(root, name, pairs, per_pair, None))
+                        continue
+                    database = server.url(server.new_database())
+                    before = server_cpu_seconds(server)
+                    runs[engine].append(one_run(root, name, pairs, per_pair, database))
+                    server_cpu += server_cpu_seconds(server) - before
+            messages = pairs * per_pair
+            figure: dict[str, Any] = {"messages_per_run": messages, "rounds": args.rounds}
+            for engine in ENGINES:
+                rates = [run["messages_per_s"] for run in runs[engine]]
+                cpu = sum(run["daemon_cpu_seconds"] for run in runs[engine])
+                figure[engine] = {
+                    "messages_per_s": statistics.median(rates),
+                    "messages_per_s_runs": rates,
+                    "daemon_cpu_us_per_message": cpu / (messages * args.rounds) * 1e6,
+                }
+            figure["postgresql"]["server_cpu_us_per_message"] = (
+                server_cpu / (messages * args.rounds) * 1e6
+            )
+            figure["baseline"] = "sqlite messages_per_s (median), same run, interleaved"
+            figure["ratio_to_sqlite"] = (
+                figure["postgresql"]["messages_per_s"] / figure["sqlite"]["messages_per_s"]
+            )
+            throughput[f"pairs_{pairs}"] = figure
+        results["throughput"] = throughput
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    results["loadavg_after"] = os.getloadavg()[0]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
