@@ -7,9 +7,7 @@ that connection: nothing but cancellation leaves :func:`handle_connection`.
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
 
 import pytest
 import trio
@@ -26,6 +24,7 @@ from hyperhive.server import (
     SocketLimits,
     handle_connection,
 )
+from tests.socket_pairs import read_line, socket_pair
 
 AGENT = Principal(SocketKind.AGENT, "alice")
 
@@ -57,49 +56,31 @@ class BuggyEndpoint:
             raise RuntimeError("a bug in the close hook")
 
 
-async def _pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    a, b = trio.socket.socketpair()
-    return trio.SocketStream(a), trio.SocketStream(b)
-
-
-async def _line(stream: trio.SocketStream, buf: bytearray) -> dict[str, Any]:
-    with trio.fail_after(10):
-        while b"\n" not in buf:
-            data = await stream.receive_some(65536)
-            assert data, "closed"
-            buf += data
-    line, _, rest = bytes(buf).partition(b"\n")
-    buf[:] = rest
-    obj = json.loads(line)
-    assert isinstance(obj, dict)
-    return obj
-
-
 async def test_handler_bugs_are_answered_and_the_connection_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    server, client = await _pair()
+    server, client = await socket_pair()
     endpoint = BuggyEndpoint()
     buf = bytearray()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(handle_connection, server, AGENT, endpoint)
         with caplog.at_level(logging.ERROR, logger="hyperhive.server"):
             await client.send_all(b'{"cmd":"ask","question":"q"}\n')
-            reply = await _line(client, buf)
+            reply = await read_line(client, buf)
             assert reply["ok"] is False
             assert reply["error"] == "internal error: RuntimeError: a bug in a handler"
             await client.send_all(b'{"cmd":"recent"}\n')
-            reply = await _line(client, buf)
+            reply = await read_line(client, buf)
             assert reply["ok"] is False and reply["error"].startswith("internal error")
             await client.send_all(b'{"cmd":"status"}\n')
-            assert await _line(client, buf) == {"ok": True, "unread": 7}
+            assert await read_line(client, buf) == {"ok": True, "unread": 7}
         assert "a bug in a handler" in caplog.text and "Traceback" in caplog.text
         await client.aclose()
     assert endpoint.closed_calls == 1
 
 
 async def test_a_failing_close_hook_does_not_escape(caplog: pytest.LogCaptureFixture) -> None:
-    server, client = await _pair()
+    server, client = await socket_pair()
     endpoint = BuggyEndpoint(closed_raises=True)
     await client.aclose()
     with caplog.at_level(logging.ERROR, logger="hyperhive.server"):
@@ -111,7 +92,7 @@ async def test_budget_is_shared_by_the_connections_of_a_socket() -> None:
     limits = SocketLimits(max_connections=4, max_buffered_bytes=3000, line_deadline=30)
     budget = SocketBudget(limits)
     endpoint = BuggyEndpoint()
-    pairs = [await _pair() for _ in range(2)]
+    pairs = [await socket_pair() for _ in range(2)]
     async with trio.open_nursery() as nursery:
         for server, _ in pairs:
             nursery.start_soon(
@@ -122,14 +103,14 @@ async def test_budget_is_shared_by_the_connections_of_a_socket() -> None:
         await trio.testing.wait_all_tasks_blocked()  # the server has read and held it
         assert budget.buffered == 2000
         await second.send_all(b"y" * 2000)  # would make 4000 held on the socket: cut
-        reply = await _line(second, bytearray())
+        reply = await read_line(second, bytearray())
         assert reply["ok"] is False
         assert "already holds 3000 bytes of unfinished requests" in reply["error"]
         # The first connection is unaffected: it finishes its line and gets its answer.
         await first.send_all(b"\n" + b'{"cmd":"status"}\n')
         buf = bytearray()
-        assert (await _line(first, buf))["ok"] is False  # the x line is not JSON
-        assert await _line(first, buf) == {"ok": True, "unread": 7}
+        assert (await read_line(first, buf))["ok"] is False  # the x line is not JSON
+        assert await read_line(first, buf) == {"ok": True, "unread": 7}
         await first.aclose()
         await second.aclose()
     assert budget.buffered == 0
@@ -175,7 +156,7 @@ class ParkingEndpoint(BuggyEndpoint):
 
 
 async def test_requests_pipelined_behind_a_long_poll_are_bounded_then_served() -> None:
-    server, client = await _pair()
+    server, client = await socket_pair()
     endpoint = ParkingEndpoint()
     budget = SocketBudget(SocketLimits.for_kind(SocketKind.AGENT))
     line = b'{"cmd":"status"}' + b" " * 16 * 1024 + b"\n"  # JSON may carry whitespace
@@ -193,7 +174,7 @@ async def test_requests_pipelined_behind_a_long_poll_are_bounded_then_served() -
         buf = bytearray()
         with trio.fail_after(60):
             while answered < count + 1:
-                assert await _line(client, buf) == {"ok": True, "unread": 7}
+                assert await read_line(client, buf) == {"ok": True, "unread": 7}
                 answered += 1
         await client.aclose()
     assert budget.buffered == 0

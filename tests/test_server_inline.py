@@ -9,14 +9,12 @@ the connection is closed.
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import trio
 import trio.testing
 
 from hyperhive.protocol import Reply, Request, StatusReply
 from hyperhive.server import Connection, Drain, Principal, SocketKind, handle_connection
+from tests.socket_pairs import read_line, socket_pair
 
 AGENT = Principal(SocketKind.AGENT, "alice")
 
@@ -50,24 +48,6 @@ class RecordingEndpoint:
         self.closed_calls += 1
 
 
-async def _pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    a, b = trio.socket.socketpair()
-    return trio.SocketStream(a), trio.SocketStream(b)
-
-
-async def _line(stream: trio.SocketStream, buf: bytearray) -> dict[str, Any]:
-    with trio.fail_after(10):
-        while b"\n" not in buf:
-            data = await stream.receive_some(65536)
-            assert data, "closed"
-            buf += data
-    line, _, rest = bytes(buf).partition(b"\n")
-    buf[:] = rest
-    obj = json.loads(line)
-    assert isinstance(obj, dict)
-    return obj
-
-
 async def _eof(stream: trio.SocketStream) -> None:
     with trio.fail_after(10):
         assert await stream.receive_some(65536) == b""
@@ -78,13 +58,13 @@ RECV = b'{"cmd":"recv","wait_seconds":30}\n'
 
 
 async def test_requests_around_a_long_poll_are_answered_in_the_order_sent() -> None:
-    server, client = await _pair()
+    server, client = await socket_pair()
     endpoint = RecordingEndpoint()
     buf = bytearray()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(handle_connection, server, AGENT, endpoint)
         await client.send_all(STATUS + RECV + STATUS + b"not json\n" + STATUS)
-        assert await _line(client, buf) == {"ok": True, "unread": 1}
+        assert await read_line(client, buf) == {"ok": True, "unread": 1}
         await endpoint.waiting.wait()
         await trio.testing.wait_all_tasks_blocked()
         # Nothing behind the parked long-poll was carried out or answered.
@@ -94,21 +74,21 @@ async def test_requests_around_a_long_poll_are_answered_in_the_order_sent() -> N
         await trio.testing.wait_all_tasks_blocked()
         assert endpoint.dispatched == ["status", "recv"]
         endpoint.release.set()
-        assert await _line(client, buf) == {"ok": True, "unread": 2}
-        assert await _line(client, buf) == {"ok": True, "unread": 3}
-        assert (await _line(client, buf))["error"].startswith("request is not valid JSON")
-        assert await _line(client, buf) == {"ok": True, "unread": 4}
-        assert await _line(client, buf) == {"ok": True, "unread": 5}
+        assert await read_line(client, buf) == {"ok": True, "unread": 2}
+        assert await read_line(client, buf) == {"ok": True, "unread": 3}
+        assert (await read_line(client, buf))["error"].startswith("request is not valid JSON")
+        assert await read_line(client, buf) == {"ok": True, "unread": 4}
+        assert await read_line(client, buf) == {"ok": True, "unread": 5}
         # The loop is idle again: the next request is answered as well.
         await client.send_all(STATUS)
-        assert await _line(client, buf) == {"ok": True, "unread": 6}
+        assert await read_line(client, buf) == {"ok": True, "unread": 6}
         await client.aclose()
     assert endpoint.dispatched == ["status", "recv", "status", "status", "status", "status"]
     assert endpoint.lost == [] and endpoint.closed_calls == 1
 
 
 async def test_a_client_gone_during_its_request_loses_the_reply_and_nothing_more_runs() -> None:
-    server, client = await _pair()
+    server, client = await socket_pair()
     endpoint = RecordingEndpoint()
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -124,7 +104,7 @@ async def test_a_client_gone_during_its_request_loses_the_reply_and_nothing_more
 
 
 async def test_a_drain_during_a_request_lets_its_reply_out_then_closes() -> None:
-    server, client = await _pair()
+    server, client = await socket_pair()
     endpoint = RecordingEndpoint()
     drain = Drain()
     buf = bytearray()
@@ -132,16 +112,16 @@ async def test_a_drain_during_a_request_lets_its_reply_out_then_closes() -> None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: handle_connection(server, AGENT, endpoint, drain=drain))
             await client.send_all(STATUS)
-            assert await _line(client, buf) == {"ok": True, "unread": 1}
+            assert await read_line(client, buf) == {"ok": True, "unread": 1}
             await client.send_all(b'{"cmd":"recent"}\n' + STATUS)
             await endpoint.waiting.wait()
             drain.begin()
             await trio.testing.wait_all_tasks_blocked()
             assert endpoint.closed_calls == 0  # the request in hand is not cut short
             endpoint.release.set()
-            assert await _line(client, buf) == {"ok": True, "unread": 2}
+            assert await read_line(client, buf) == {"ok": True, "unread": 2}
             # What was read before the drain is answered; then the connection is closed.
-            assert await _line(client, buf) == {"ok": True, "unread": 3}
+            assert await read_line(client, buf) == {"ok": True, "unread": 3}
             await _eof(client)
         await client.aclose()
     assert endpoint.dispatched == ["status", "recent", "status"]
@@ -149,7 +129,7 @@ async def test_a_drain_during_a_request_lets_its_reply_out_then_closes() -> None
 
 
 async def test_a_drain_while_idle_closes_the_connection() -> None:
-    server, client = await _pair()
+    server, client = await socket_pair()
     endpoint = RecordingEndpoint()
     drain = Drain()
     buf = bytearray()
@@ -157,7 +137,7 @@ async def test_a_drain_while_idle_closes_the_connection() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: handle_connection(server, AGENT, endpoint, drain=drain))
             await client.send_all(STATUS)
-            assert await _line(client, buf) == {"ok": True, "unread": 1}
+            assert await read_line(client, buf) == {"ok": True, "unread": 1}
             drain.begin()
             await _eof(client)
         await client.aclose()
