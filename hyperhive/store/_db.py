@@ -411,10 +411,14 @@ class Database:
         except BaseException as exc:
             return self._fail(batch, f": the writer failed: {exc!r}", exc)
 
-    def _fail(self, batch: list[_Job[Any]], what: str, exc: BaseException) -> DatabaseFailed:
-        """Fail every job of ``batch`` with one :class:`DatabaseFailed` (``where`` + what)."""
+    def _failure_text(self, what: str) -> str:
+        """The text of a :class:`DatabaseFailed`: which database, then ``what``."""
         where = self._path if self._path is not None else "the database"
-        failed = DatabaseFailed(f"{where}{what}")
+        return f"{where}{what}"
+
+    def _fail(self, batch: list[_Job[Any]], what: str, exc: BaseException) -> DatabaseFailed:
+        """Fail every job of ``batch`` with one :class:`DatabaseFailed` (where + ``what``)."""
+        failed = DatabaseFailed(self._failure_text(what))
         failed.__cause__ = exc
         for job in batch:
             job.result, job.error = None, failed

@@ -368,12 +368,9 @@ class PgDatabase(Database):
     def dialect(self) -> Dialect:
         return "postgresql"
 
-    def _fail(self, batch: list[_Job[Any]], what: str, exc: BaseException) -> DatabaseFailed:
-        failed = DatabaseFailed(redact_text(f"{self.url}{what}", self._secret_url))
-        failed.__cause__ = exc
-        for job in batch:
-            job.result, job.error = None, failed
-        return failed
+    def _failure_text(self, what: str) -> str:
+        # The driver's message may quote the URL: never with its password.
+        return redact_text(f"{self.url}{what}", self._secret_url)
 
     def _run_batch(self, batch: list[_Job[Any]]) -> DatabaseFailed | None:
         try:
