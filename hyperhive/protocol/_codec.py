@@ -306,30 +306,23 @@ _NOT_PARSED: Final = object()
 
 def _keys_and_colons(value: object) -> tuple[int, int]:
     """Keys of all objects in ``value``, and the ``:`` characters in all its strings."""
-    if type(value) is dict:
-        keys, colons = len(value), 0
-        for key, item in value.items():
-            colons += key.count(":")
-            if type(item) is str:
-                colons += item.count(":")
-            elif type(item) is dict or type(item) is list:
-                more_keys, more_colons = _keys_and_colons(item)
-                keys += more_keys
-                colons += more_colons
-        return keys, colons
-    if type(value) is list:
-        keys = colons = 0
-        for item in value:
-            if type(item) is str:
-                colons += item.count(":")
-            elif type(item) is dict or type(item) is list:
-                more_keys, more_colons = _keys_and_colons(item)
-                keys += more_keys
-                colons += more_colons
-        return keys, colons
     if type(value) is str:
         return 0, value.count(":")
-    return 0, 0
+    if type(value) is dict:
+        keys, colons = len(value), sum(key.count(":") for key in value)
+        items: Iterable[object] = value.values()
+    elif type(value) is list:
+        keys, colons, items = 0, 0, value
+    else:
+        return 0, 0
+    for item in items:
+        if type(item) is str:
+            colons += item.count(":")
+        elif type(item) is dict or type(item) is list:
+            more_keys, more_colons = _keys_and_colons(item)
+            keys += more_keys
+            colons += more_colons
+    return keys, colons
 
 
 def _load_common(line: bytes) -> Any:
