@@ -20,7 +20,6 @@ whether it meets its target (``meets_target``). See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -44,6 +43,7 @@ from bench._floor import (
     raw_commits_per_second,
     start_echo,
 )
+from bench._results import write_results
 from hyperhive.client import Client
 from hyperhive.config import Paths
 from hyperhive.protocol import Recv, Send, Spawn, Status
@@ -302,9 +302,7 @@ def main() -> None:
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import trio
 
 from bench._daemon import start_daemon
 from bench._floor import cpu_seconds, prefill_history
+from bench._results import write_results
 from hyperhive.client import Client
 from hyperhive.config import MAX_RECV_BATCH, Paths
 from hyperhive.protocol import HostSend, Recv, Send, Spawn
@@ -288,9 +289,7 @@ def main() -> None:
         if proc.stdout is not None:
             proc.stdout.close()
         shutil.rmtree(root, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

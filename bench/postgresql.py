@@ -16,7 +16,6 @@ on PostgreSQL the server's own CPU comes on top of it (``server_cpu_us_per_messa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -31,6 +30,7 @@ import trio
 from bench._daemon import start_daemon
 from bench._floor import TICKS, cpu_seconds
 from bench._pg import PgServer, find_pg_bin
+from bench._results import write_results
 from bench.broker import pair_throughput, spawn
 from hyperhive.config import Paths
 
@@ -153,10 +153,7 @@ def main() -> None:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
-    results["loadavg_after"] = os.getloadavg()[0]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

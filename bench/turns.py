@@ -52,6 +52,7 @@ from typing import Any
 import trio
 
 from bench._daemon import start_daemon
+from bench._results import write_results
 from hyperhive.client import Client
 from hyperhive.config import Paths
 from hyperhive.protocol import AgentsReply, GetAgentMeta, Inbox, List, Request, Send, Spawn
@@ -354,10 +355,7 @@ def main() -> None:
             proc.wait(timeout=15)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    results["loadavg_after"] = os.getloadavg()[0]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":
