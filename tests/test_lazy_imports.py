@@ -73,3 +73,55 @@ def test_the_engine_names_load_the_driver_on_use(name: str) -> None:
         f"    assert engine is getattr(_pg, {name!r})\n"
     )
     assert "psycopg" in modules
+
+
+#: What only the daemon needs: an operator's command (a client of host.sock) loads none of it.
+DAEMON_ONLY = {"starlette", "hypercorn", "h2", "psycopg", "croniter"}
+DAEMON_MODULES = {"hyperhive.supervisor", "hyperhive.web", "hyperhive.broker", "hyperhive.store"}
+
+
+def cli_modules(*args: str, cwd: Path) -> set[str]:
+    """Every module in ``sys.modules`` after ``hyperhive <args>`` ran in a fresh interpreter."""
+    script = (
+        "import json, sys\n"
+        f"sys.argv = ['hyperhive', *{list(args)!r}]\n"
+        "from hyperhive.cli import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], check=True, capture_output=True, text=True, cwd=cwd
+    ).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--help",),
+        ("status", "--help"),
+        # no daemon there: the command runs to its connection attempt and fails
+        ("status", "--run-dir", "run", "--state-dir", "state"),
+        ("list", "--run-dir", "run", "--state-dir", "state", "--json"),
+    ],
+)
+def test_an_operator_command_leaves_the_daemon_out(args: tuple[str, ...], tmp_path: Path) -> None:
+    modules = cli_modules(*args, cwd=tmp_path)
+    assert "hyperhive.cli" in modules
+    assert "hyperhive.client" in modules
+    assert {name.partition(".")[0] for name in modules} & DAEMON_ONLY == set()
+    daemon = {m for m in modules if any(m == d or m.startswith(f"{d}.") for d in DAEMON_MODULES)}
+    assert daemon == set()
+
+
+def test_run_still_loads_the_daemon(tmp_path: Path) -> None:
+    """The guard above can fail: ``run`` does import the daemon (here refused at once for an
+    unknown --database scheme, after its imports)."""
+    modules = cli_modules(
+        "run", "--run-dir", "run", "--state-dir", "state", "--database", "mysql://x", cwd=tmp_path
+    )
+    assert "hyperhive.supervisor" in modules
+    assert "starlette" in modules
