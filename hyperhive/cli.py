@@ -42,10 +42,7 @@ from hyperhive.config import (
 from hyperhive.errors import AlreadyRunning, ClientError, HyperhiveError, RequestRefused
 from hyperhive.protocol import CONVERTER, json_schema
 from hyperhive.runtime import find, innermost
-from hyperhive.schedules import check_timezone
-from hyperhive.store import DatabaseFailed, DatabaseUnusable, check_store_url
 from hyperhive.terminal import visible
-from hyperhive.web._serve import DashboardUnavailable
 
 
 def _config_default(name: str) -> Any:
@@ -341,6 +338,9 @@ def run(
     ] = None,
 ) -> None:
     """Run the host daemon until SIGTERM or Ctrl-C."""
+    # The daemon's modules load here, not at import: the operator's commands do without them.
+    from hyperhive.schedules import check_timezone
+    from hyperhive.store import DatabaseFailed, DatabaseUnusable, check_store_url
     from hyperhive.supervisor import main as daemon_main
 
     if backend not in BACKENDS:
@@ -428,6 +428,9 @@ def _load_env_file(path: Path) -> str | None:
 
 def _setup_problem(exc: BaseException) -> HyperhiveError | None:
     """A configuration problem at start (possibly inside a task group), to report plainly."""
+    from hyperhive.store import DatabaseUnusable
+    from hyperhive.web._serve import DashboardUnavailable
+
     exc = innermost(exc)
     problems = AlreadyRunning | RequestRefused | DashboardUnavailable | DatabaseUnusable
     return exc if isinstance(exc, problems) else None

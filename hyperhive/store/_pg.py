@@ -47,10 +47,8 @@ from __future__ import annotations
 
 import functools
 import re
-import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, Final, cast
 
 import psycopg
@@ -63,61 +61,14 @@ from hyperhive.store._db import (
     DatabaseUnusable,
     Migration,
     _Job,
-    open_database,
 )
 from hyperhive.store._sql import Dialect, to_pyformat
+from hyperhive.store._url import redact_text, redact_url
 
-#: URL schemes that select PostgreSQL.
-SCHEMES: Final = ("postgresql", "postgres")
 #: Serializes migrations of one database between daemons (``pg_advisory_xact_lock``).
 MIGRATION_LOCK: Final = 0x6879_7065_7268_6976  # "hyperhiv"
 SCHEMA_TABLE: Final = "hyperhive_schema"
 _INDEXED_BY = re.compile(r"\s+INDEXED\s+BY\s+\w+", re.IGNORECASE)
-
-
-def is_postgresql_url(database: str) -> bool:
-    return urllib.parse.urlsplit(database).scheme.lower() in SCHEMES
-
-
-def _password(url: str) -> str | None:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        return parts.password
-    for key, value in urllib.parse.parse_qsl(parts.query):
-        if key == "password" and value:
-            return value
-    return None
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (in the user part or a ``password=`` parameter) as ``***``."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        in_query = any(key == "password" for key, _ in query)
-        if parts.password is None and not in_query:
-            return url
-        netloc = parts.netloc
-        if parts.password is not None:
-            userinfo, _, host = netloc.rpartition("@")
-            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
-        shown = f"{parts.scheme}://{netloc}{parts.path}"
-        if query:
-            shown += "?" + "&".join(
-                f"{key}=***" if key == "password" else f"{key}={urllib.parse.quote(value)}"
-                for key, value in query
-            )
-        return shown
-    except ValueError:
-        return "<unparsable database URL>"
-
-
-def redact_text(text: str, url: str) -> str:
-    """``text`` (an error of the driver, say) without the password of ``url`` in it."""
-    password = _password(url)
-    if password:
-        text = text.replace(password, "***").replace(urllib.parse.quote(password), "***")
-    return text
 
 
 class PgRow:
@@ -426,55 +377,13 @@ async def open_pg_database(url: str, *, migrations: Sequence[Migration]) -> Asyn
             nursery.cancel_scope.cancel()
 
 
-def check_store_url(database: str | None) -> None:
-    """Refuse a ``--database`` that selects no engine this hyperhive has (clear, at start-up).
-
-    ``None`` or ``""`` is the sqlite file in the state dir; a ``postgresql://`` or
-    ``postgres://`` URL is PostgreSQL; anything else is refused.
-    """
-    if not database or is_postgresql_url(database):
-        return
-    # Only its scheme is shown: whatever else it holds may be a secret.
-    scheme = urllib.parse.urlsplit(database).scheme
-    shown = f"a {scheme}: URL" if scheme else "a value without a URL scheme"
-    raise DatabaseUnusable(
-        f"--database: {shown} is not a postgresql:// or postgres:// URL "
-        "(leave it unset for the sqlite file in the state dir)"
-    )
-
-
-@asynccontextmanager
-async def open_store(
-    database: str | None,
-    path: Path,
-    *,
-    synchronous: str,
-    migrations: Sequence[Migration],
-    reserve_bytes: int = 0,
-) -> AsyncIterator[Database]:
-    """The daemon's store: PostgreSQL at ``database``, or (unset) the sqlite file ``path``."""
-    check_store_url(database)
-    if database:
-        async with open_pg_database(database, migrations=migrations) as db:
-            yield db
-    else:
-        async with open_database(
-            path, synchronous=synchronous, migrations=migrations, reserve_bytes=reserve_bytes
-        ) as db:
-            yield db
-
-
 __all__ = [
     "PgConn",
     "PgDatabase",
     "PgRow",
     "check_pg_database",
-    "check_store_url",
     "connect_pg",
-    "is_postgresql_url",
     "open_pg_database",
-    "open_store",
-    "redact_url",
     "schema_version",
     "translate",
     "translate_ddl",
