@@ -53,7 +53,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 import trio
 
@@ -72,6 +72,8 @@ from hyperhive.supervision import agent_reporter, supervise
 from hyperhive.web import Auth, load_or_create_token, serve_dashboard
 
 log = logging.getLogger("hyperhive")
+#: The collector's thresholds while the daemon runs (Python's default: 700, 10, 10).
+GC_THRESHOLDS: Final = (20_000, 20, 20)
 
 
 class Daemon:
@@ -332,6 +334,10 @@ async def main(config: Config, *, out: IO[str] = sys.stdout) -> None:
             # What start-up made (modules, classes, the hive) lives as long as the daemon:
             # the collector's full passes need not walk it again, and stay short.
             gc.freeze()
+            # A request makes and drops thousands of small objects (a snapshot of 1000
+            # agents, many more): collecting the young ones every 700 allocations cost ~1 ms
+            # of a snapshot and was the tail of a parked recv's wake (docs/operations.md).
+            gc.set_threshold(*GC_THRESHOLDS)
             # Last, so that whoever waits for it has every line before it too.
             print(
                 f"hyperhive: ready; host socket {config.paths.host_socket}, "
