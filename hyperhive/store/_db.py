@@ -3,10 +3,11 @@
 Every piece of work is a plain synchronous function of a ``sqlite3.Connection`` (the sans-IO
 side). :meth:`Database.transaction` queues it; one writer thread (the connection's own, for
 the database's lifetime) takes everything queued so far and runs it in a single
-``BEGIN IMMEDIATE … COMMIT`` (group commit), each function inside its own savepoint, so a
-failing function rolls back alone and a burst of concurrent writers shares one fsync. The
-thread hands each batch back to trio with one ``TrioToken.run_sync_soon`` (no writer task and
-no thread-pool hop per batch). A function's result is returned only after the commit, so
+``BEGIN IMMEDIATE … COMMIT`` (group commit), each function inside its own savepoint (one
+alone in its batch in the transaction itself), so a failing function rolls back alone and a
+burst of concurrent writers shares one fsync. The thread hands each batch back to trio with
+one ``TrioToken.run_sync_soon``, and each waiting task is rescheduled directly (no writer
+task, no thread-pool hop, no event per job). A function's result is returned only after the commit, so
 whatever the caller was told is durable at the database's ``synchronous`` level.
 
 Work that may be lost in a power cut without breaking a promise (marking a message as
@@ -458,9 +459,13 @@ class Database:
             conn.execute(f"PRAGMA synchronous = {level}")
             self._current_sync = level
         conn.execute("BEGIN IMMEDIATE")
+        # A job alone in its batch needs no savepoint: if it fails, the whole transaction is
+        # its own to roll back.
+        alone = len(batch) == 1
         for job in batch:
             job.result, job.error = None, None
-            conn.execute("SAVEPOINT job")
+            if not alone:
+                conn.execute("SAVEPOINT job")
             before = conn.total_changes
             try:
                 job.result = job.fn(conn)
@@ -480,8 +485,12 @@ class Database:
                     if isinstance(exc, sqlite3.Error):
                         raise exc from None
                     raise sqlite3.OperationalError(f"transaction rolled back: {exc}") from None
+                if alone:
+                    conn.execute("ROLLBACK")
+                    return
                 conn.execute("ROLLBACK TO job")
-            conn.execute("RELEASE job")
+            if not alone:
+                conn.execute("RELEASE job")
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
