@@ -7,8 +7,8 @@ the database's lifetime) takes everything queued so far and runs it in a single
 alone in its batch in the transaction itself), so a failing function rolls back alone and a
 burst of concurrent writers shares one fsync. The thread hands each batch back to trio with
 one ``TrioToken.run_sync_soon``, and each waiting task is rescheduled directly (no writer
-task, no thread-pool hop, no event per job). A function's result is returned only after the commit, so
-whatever the caller was told is durable at the database's ``synchronous`` level.
+task, no thread-pool hop, no event per job). A function's result is returned only after the
+commit, so whatever the caller was told is durable at the database's ``synchronous`` level.
 
 Work that may be lost in a power cut without breaking a promise (marking a message as
 handed out: the worst case is handing it out again, which at-least-once delivery allows)
