@@ -459,38 +459,8 @@ class Database:
             conn.execute(f"PRAGMA synchronous = {level}")
             self._current_sync = level
         conn.execute("BEGIN IMMEDIATE")
-        # A job alone in its batch needs no savepoint: if it fails, the whole transaction is
-        # its own to roll back.
-        alone = len(batch) == 1
-        for job in batch:
-            job.result, job.error = None, None
-            if not alone:
-                conn.execute("SAVEPOINT job")
-            before = conn.total_changes
-            try:
-                job.result = job.fn(conn)
-                if self.full and job.durable and conn.total_changes != before:
-                    raise self._disk_full_error()
-            except BaseException as exc:
-                full = self._out_of_space(exc)
-                job.result, job.error = None, self._disk_full_error() if full else exc
-                if full and not self.full:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise _Full() from None
-                if not conn.in_transaction:
-                    # sqlite rolled everything back (it may, for some errors).
-                    if full:
-                        raise _Full() from None
-                    if isinstance(exc, sqlite3.Error):
-                        raise exc from None
-                    raise sqlite3.OperationalError(f"transaction rolled back: {exc}") from None
-                if alone:
-                    conn.execute("ROLLBACK")
-                    return
-                conn.execute("ROLLBACK TO job")
-            if not alone:
-                conn.execute("RELEASE job")
+        if not self._run_jobs(conn, batch):
+            return
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -499,6 +469,57 @@ class Database:
             if self._out_of_space(exc):
                 raise _Full() from None
             raise
+
+    def _run_jobs(self, conn: Any, batch: list[_Job[Any]]) -> bool:
+        """Run the jobs of ``batch`` in the open transaction, each in its own savepoint (a job
+        alone in its batch in the transaction itself); False when that lone job failed and
+        the transaction was rolled back: there is nothing to commit. The engine's
+        :meth:`_run_job` and :meth:`_job_failed` say what a job and its failure mean."""
+        alone = len(batch) == 1
+        for job in batch:
+            job.result, job.error = None, None
+            if not alone:
+                conn.execute("SAVEPOINT job")
+            try:
+                job.result = self._run_job(job)
+            except BaseException as exc:
+                job.result, job.error = None, exc
+                self._job_failed(job, exc)
+                if alone:
+                    conn.execute("ROLLBACK")
+                    return False
+                conn.execute("ROLLBACK TO SAVEPOINT job")
+            if not alone:
+                conn.execute("RELEASE SAVEPOINT job")
+        return True
+
+    def _run_job(self, job: _Job[Any]) -> Any:
+        """One job's function; in full mode a durable one may change no row."""
+        conn = self._conn
+        before = conn.total_changes
+        result = job.fn(conn)
+        if self.full and job.durable and conn.total_changes != before:
+            raise self._disk_full_error()
+        return result
+
+    def _job_failed(self, job: _Job[Any], exc: BaseException) -> None:
+        """A job raised ``exc``: it fails alone, unless the disk is full or sqlite rolled the
+        whole transaction back (raised here, for the batch)."""
+        conn = self._conn
+        full = self._out_of_space(exc)
+        if full:
+            job.error = self._disk_full_error()
+        if full and not self.full:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise _Full() from None
+        if not conn.in_transaction:
+            # sqlite rolled everything back (it may, for some errors).
+            if full:
+                raise _Full() from None
+            if isinstance(exc, sqlite3.Error):
+                raise exc from None
+            raise sqlite3.OperationalError(f"transaction rolled back: {exc}") from None
 
     def _out_of_space(self, exc: BaseException) -> bool:
         """SQLITE_FULL; or a failed write (sqlite reports EDQUOT so) with the disk nearly full."""

@@ -337,31 +337,21 @@ class PgDatabase(Database):
         conn.execute("BEGIN")
         if not any(job.durable for job in batch):
             conn.execute("SET LOCAL synchronous_commit = off")
-        # A job alone in its batch needs no savepoint (two round trips fewer): if it fails,
-        # the whole transaction is its own to roll back.
-        alone = len(batch) == 1
-        for job in batch:
-            job.result, job.error = None, None
-            if not alone:
-                conn.execute("SAVEPOINT job")
-            try:
-                job.result = job.fn(cast(Any, conn))
-            except BaseException as exc:
-                job.result, job.error = None, exc
-                if conn.broken:
-                    raise psycopg.OperationalError(f"connection lost: {exc}") from None
-                if alone:
-                    conn.execute("ROLLBACK")
-                    return
-                conn.execute("ROLLBACK TO SAVEPOINT job")
-            if not alone:
-                conn.execute("RELEASE SAVEPOINT job")
+        if not self._run_jobs(conn, batch):
+            return
         try:
             conn.execute("COMMIT")
         except psycopg.Error:
             if not conn.broken:
                 conn.execute("ROLLBACK")
             raise
+
+    def _run_job(self, job: _Job[Any]) -> Any:
+        return job.fn(cast(Any, self._pg))
+
+    def _job_failed(self, job: _Job[Any], exc: BaseException) -> None:
+        if self._pg.broken:
+            raise psycopg.OperationalError(f"connection lost: {exc}") from None
 
 
 @asynccontextmanager
