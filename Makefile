@@ -17,7 +17,7 @@ ENV_FILE ?= $(firstword $(wildcard $(CURDIR)/.env $(CURDIR)/hyperhive.env))
 
 # Debian packages the tests drive for real: command -> package. (PostgreSQL's initdb and
 # pg_ctl live in /usr/lib/postgresql/<version>/bin, off PATH: its pg_ctlcluster stands for it;
-# tests/pg.py finds the binaries.)
+# bench/_pg.py finds the binaries.)
 SYSTEM_DEPS := systemd-nspawn:systemd-container git:git nix-instantiate:nix-bin \
 	systemd-analyze:systemd setpriv:util-linux chromium:chromium useradd:passwd \
 	/usr/bin/python3:python3 pg_ctlcluster:postgresql
