@@ -223,6 +223,8 @@ class Hive:
             on_change=lambda info: self.events.emit(ScheduleChanged(schedule=info)),
         )
         self._deploy_locks: dict[str, trio.Lock] = {}
+        #: Held while an apply_commit is recorded and its proposal fetched (per agent).
+        self._fetch_locks: dict[str, trio.Lock] = {}
         #: The spend ledger: every turn's tokens and cost, per agent (hyperhive/ledger.py).
         self.ledger = Ledger(db, clock=config.wall_clock)
         #: Each agent's ``[budget]``, read from its applied agent.toml when first needed.
@@ -316,28 +318,34 @@ class Hive:
         record = self.registry.get(agent)
         if record.state == AgentState.DESTROYED:
             raise RequestRefused(f"{agent} is destroyed")
-        info = await self.approvals.request(
-            agent,
-            ApprovalKind.APPLY_COMMIT,
-            requested_by=MANAGER,
-            commit_ref=check_commit_ref(commit_ref),
-            description=description,
-        )
-        if info.fetched_sha is not None:
-            return info  # the same request again: already fetched and tagged
-        # Fetch into the applied repo and tag proposal/<id>: from here on the proposal is
-        # immutable, whatever the manager does to its proposed repo.
-        try:
-            sha = await fetch_proposal(
-                await proposed_repo(self.config.paths, agent),
-                self.config.paths.applied_dir(agent),
-                info.commit_ref or commit_ref,
-                info.id,
+        # The approval is listed (and may be approved) as soon as it is recorded, before its
+        # proposal is fetched: an approval waits for this lock (see _approved_apply_commit).
+        async with self._fetch_lock(agent):
+            info = await self.approvals.request(
+                agent,
+                ApprovalKind.APPLY_COMMIT,
+                requested_by=MANAGER,
+                commit_ref=check_commit_ref(commit_ref),
+                description=description,
             )
-        except RequestRefused as exc:
-            await self.approvals.fail(info.id, str(exc))
-            raise
-        return await self.approvals.set_fetched_sha(info.id, sha)
+            if info.fetched_sha is not None:
+                return info  # the same request again: already fetched and tagged
+            # Fetch into the applied repo and tag proposal/<id>: from here on the proposal
+            # is immutable, whatever the manager does to its proposed repo.
+            try:
+                sha = await fetch_proposal(
+                    await proposed_repo(self.config.paths, agent),
+                    self.config.paths.applied_dir(agent),
+                    info.commit_ref or commit_ref,
+                    info.id,
+                )
+            except RequestRefused as exc:
+                await self.approvals.fail(info.id, str(exc))
+                raise
+            return await self.approvals.set_fetched_sha(info.id, sha)
+
+    def _fetch_lock(self, agent: str) -> trio.Lock:
+        return self._fetch_locks.setdefault(agent, trio.Lock())
 
     def _deploy_lock(self, agent: str) -> trio.Lock:
         return self._deploy_locks.setdefault(agent, trio.Lock())
@@ -345,6 +353,8 @@ class Hive:
     async def _approved_apply_commit(self, approval: ApprovalInfo) -> None:
         """Fast-forward applied main to the proposal, rebuild; tag deployed or failed."""
         agent, applied = approval.agent, self.config.paths.applied_dir(approval.agent)
+        async with self._fetch_lock(agent):
+            pass  # an approval made while its proposal was still being fetched waits for it
         async with self._deploy_lock(agent):
             previous: str | None = None
             # Carried out again after a crash: an outcome already tagged is the outcome.

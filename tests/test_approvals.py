@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import trio
 
 from hyperhive.approvals import ApprovalKind, check_commit_ref
+from hyperhive.client import Client
+from hyperhive.config_repo import fetch_proposal
 from hyperhive.errors import RequestRefused
 from hyperhive.protocol import ApprovalInfo
 from hyperhive.supervisor import Hive
 from tests.conftest import Connect, git, propose_config
+from tests.harness.fixtures import eventually
 
 pytestmark = pytest.mark.both_stores  # the store's rules, on sqlite and on PostgreSQL
 
@@ -261,3 +265,52 @@ async def test_an_interrupted_approval_is_finished_not_failed(hive: Hive, connec
     assert {"alice", "bob"} <= hive.registry.live()
     statuses = [e["status"] for e in await manager_events(hive)]
     assert statuses == ["approved", "approved"]
+
+
+async def test_an_approval_made_while_its_proposal_is_fetched_waits_for_it(
+    hive: Hive, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The approval is listed as soon as it is recorded, before the daemon has fetched and
+    tagged the proposal: the operator approving in that moment gets the deploy, not a
+    failed approval (`no fetched proposal`)."""
+    fetching, go_on = trio.Event(), trio.Event()
+
+    async def slow_fetch(proposed: Path, applied: Path, commit_ref: str, approval_id: int) -> str:
+        fetching.set()
+        await go_on.wait()
+        return await fetch_proposal(proposed, applied, commit_ref, approval_id)
+
+    # The seam is only the fetch's timing; the manager and the operator act on their sockets.
+    monkeypatch.setattr("hyperhive.hive.fetch_proposal", slow_fetch)
+    manager = await connect("manager")
+    await hive.spawn("alice")
+    sha = propose(hive, "alice", 'model = "sonnet"\n')
+    replies: dict[str, dict[str, object]] = {}
+
+    async def request() -> None:
+        replies["manager"] = await manager.request(
+            {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": sha}
+        )
+
+    async def approve(approval_id: int) -> None:
+        async with await Client.connect(hive.config.paths.host_socket) as host:
+            replies["operator"] = await host.request({"cmd": "approve", "id": approval_id})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(request)
+        await fetching.wait()
+        [pending] = await hive.approvals.list(pending_only=True)  # listed, not yet fetched
+        assert pending.fetched_sha is None
+        nursery.start_soon(approve, pending.id)
+        # The operator's approve is taken, and waits for the fetch (it used to go on, find no
+        # proposal tag and fail the approval).
+        lock = hive._fetch_lock("alice")
+        await eventually(lambda: lock.statistics().tasks_waiting == 1, what="the approve")
+        assert "operator" not in replies
+        go_on.set()
+    assert replies["manager"]["ok"] is True
+    assert replies["operator"]["ok"] is True, replies["operator"]
+    [done] = [a for a in await hive.approvals.list(pending_only=False) if a.id == pending.id]
+    assert done.status == "approved" and done.fetched_sha == sha
+    assert f"deployed/{done.id}" in tags(hive, "alice")
+    assert hive.config.paths.model_file("alice").read_text().strip() == "sonnet"
