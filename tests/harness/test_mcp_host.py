@@ -99,6 +99,13 @@ async def alices_tools_checked(mcp: McpClient, body: str) -> CallToolResult:
     return sent
 
 
+async def bob_got_alices_send(hive: Hive, sent: CallToolResult, body: str) -> None:
+    """Bob's inbox holds alice's send of ``body``, and the tool's answer named its id."""
+    [msg] = await inbox(hive, "bob")
+    assert (msg.from_, msg.body) == ("alice", body)
+    assert result_text(sent) == f"sent #{msg.id} to bob"
+
+
 async def test_tools_through_the_shim_act_as_the_harness_agent(hive: Hive, short_tmp: Path) -> None:
     await hive.spawn("alice")
     await hive.spawn("bob")
@@ -109,9 +116,7 @@ async def test_tools_through_the_shim_act_as_the_harness_agent(hive: Hive, short
             sent = await alices_tools_checked(mcp, "via the harness")
         # Every call was timed inside the harness.
         assert len(host.call_durations) == 4
-    [msg] = await inbox(hive, "bob")
-    assert (msg.from_, msg.body) == ("alice", "via the harness")
-    assert result_text(sent) == f"sent #{msg.id} to bob"
+    await bob_got_alices_send(hive, sent, "via the harness")
 
 
 async def test_a_second_process_without_the_turns_secret_is_refused(

@@ -21,7 +21,12 @@ from hyperhive_harness.prompt import claude_env, mcp_http_config
 
 from .fixtures import eventually
 from .mock_anthropic import MockAnthropic, text, tool_result_text, tool_use
-from .test_mcp_host import alices_tools_checked, hosting, inbox, result_text
+from .test_mcp_host import (
+    alices_tools_checked,
+    bob_got_alices_send,
+    hosting,
+    inbox,
+)
 
 INITIALIZE = {
     "jsonrpc": "2.0",
@@ -49,9 +54,7 @@ async def test_tools_over_http_act_as_the_harness_agent(hive: Hive, short_tmp: P
                 sent = await alices_tools_checked(mcp, "over http")
         # Every call was timed inside the harness.
         assert len(host.call_durations) == 4
-    [msg] = await inbox(hive, "bob")
-    assert (msg.from_, msg.body) == ("alice", "over http")
-    assert result_text(sent) == f"sent #{msg.id} to bob"
+    await bob_got_alices_send(hive, sent, "over http")
 
 
 async def test_the_turn_config_names_the_url_and_keeps_the_extra_servers(
