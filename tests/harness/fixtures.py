@@ -163,12 +163,11 @@ async def http(
     conn = h11.Connection(h11.CLIENT)
     stream = await _open(port)
     async with stream:
-        await stream.send_all(
-            conn.send(h11.Request(method=method, target=path, headers=list(hdrs.items())))
-        )
-        if data:
-            await stream.send_all(conn.send(h11.Data(data=data)))
-        await stream.send_all(conn.send(h11.EndOfMessage()))
+        # One write: a server that answers without reading the body (and closes, as asked)
+        # must not race the client still sending it (a broken pipe on the body).
+        request = conn.send(h11.Request(method=method, target=path, headers=list(hdrs.items())))
+        body = conn.send(h11.Data(data=data)) if data else b""
+        await stream.send_all(request + body + conn.send(h11.EndOfMessage()))
         status, headers_out, chunks = 0, {}, []
         while True:
             event = conn.next_event()
