@@ -35,11 +35,13 @@ from hyperhive.config import (
     MIN_FREE_FRACTION,
     Config,
     Paths,
+    default_node,
     default_run_dir,
     default_state_dir,
     parse_size,
 )
 from hyperhive.errors import AlreadyRunning, ClientError, HyperhiveError, RequestRefused
+from hyperhive.names import InvalidNodeName, parse_node_name
 from hyperhive.protocol import CONVERTER, json_schema
 from hyperhive.runtime import find, innermost
 from hyperhive.terminal import visible
@@ -336,6 +338,15 @@ def run(
             "HYPERHIVE_DATABASE or the env file); default: broker.sqlite in the state dir.",
         ),
     ] = None,
+    node: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HYPERHIVE_NODE",
+            show_default=False,
+            help="This daemon's node name among the daemons sharing one PostgreSQL store "
+            "(1-32 of a-z, 0-9, '-'); default: the host name.",
+        ),
+    ] = None,
 ) -> None:
     """Run the host daemon until SIGTERM or Ctrl-C."""
     # The daemon's modules load here, not at import: the operator's commands do without them.
@@ -359,6 +370,11 @@ def run(
         check_store_url(database)
     except DatabaseUnusable as exc:
         raise _fail(str(exc)) from None
+    if node is not None:
+        try:
+            parse_node_name(node)
+        except InvalidNodeName as exc:
+            raise _fail(f"--node: {exc}") from None
     try:
         log_cap_bytes = parse_size(log_cap)
     except ValueError as exc:
@@ -391,6 +407,7 @@ def run(
         budget_total_tokens=budget_total_tokens,
         timezone=timezone,
         database=database,
+        node=node if node is not None else default_node(),
     )
     try:
         trio.run(daemon_main, config)

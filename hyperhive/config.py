@@ -10,6 +10,7 @@ Which constants stay beside their code, and why: ``docs/architecture.md``.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ import attrs
 from hyperhive import contract
 from hyperhive.contract import PROPOSED_REPO_NAME
 from hyperhive.disk import LogPolicy
-from hyperhive.names import MANAGER, parse_agent_name
+from hyperhive.names import MANAGER, node_name_from_host, parse_agent_name, parse_node_name
 from hyperhive.runtime import Backoff
 
 if TYPE_CHECKING:
@@ -70,6 +71,9 @@ EVENT_SUBSCRIBER_QUEUE: Final = 256
 WATCH_SEND_SECONDS: Final = 30.0
 #: Graceful shutdown budget after SIGTERM/SIGINT.
 SHUTDOWN_GRACE_SECONDS: Final = 10.0
+#: A node writes its heartbeat this often; one silent for NODE_DOWN_SECONDS is ``down``.
+NODE_HEARTBEAT_SECONDS: Final = 2.0
+NODE_DOWN_SECONDS: Final = 10.0
 BACKENDS: Final = ("auto", "nspawn", "process", "external")
 #: ``hyperhive run --backend`` and :attr:`Config.backend`: nspawn when it can run, else process.
 DEFAULT_BACKEND: Final = "auto"
@@ -325,6 +329,11 @@ class Paths:
         return self.logs_dir(name) / "container.log"
 
 
+def default_node() -> str:
+    """``--node``'s default: the host name's first label (``node`` if it makes no name)."""
+    return node_name_from_host(socket.gethostname())
+
+
 @attrs.frozen
 class Config:
     """Settings of one ``hyperhive run``."""
@@ -335,6 +344,9 @@ class Config:
     synchronous: str = "FULL"
     #: ``--database``: a ``postgresql://`` URL of the broker's store; None: broker.sqlite.
     database: str | None = attrs.field(default=None, repr=False)
+    #: ``--node``: this daemon's name among the daemons sharing one store (default: the
+    #: host name); the agents placed on it are the ones it serves.
+    node: str = attrs.field(factory=default_node, converter=parse_node_name)
     retention_seconds: float = RETENTION_SECONDS
     retention_interval_seconds: float = RETENTION_INTERVAL_SECONDS
     #: Events retention in each agent's events db: rows older than this go, then all but

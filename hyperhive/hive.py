@@ -74,6 +74,7 @@ from hyperhive.ledger import (
     within_budget,
 )
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
+from hyperhive.nodes import Nodes
 from hyperhive.protocol import (
     AgentInfo,
     ApprovalInfo,
@@ -169,12 +170,16 @@ class Hive:
             cpu_quota=config.agent_cpu_quota,
             memory_max=config.agent_memory_max,
         )
+        #: This daemon as a node of the hive: its heartbeat, the nodes' notifications.
+        self.nodes = Nodes(db, config.node, clock=config.wall_clock)
         self.registry = Registry(
             db,
             config.paths,
             self.events,
             backend=self.backend,
             serve_socket=serve_agent_socket,
+            node=config.node,
+            nodes=self.nodes,
         )
         #: Agent views for listings and the dashboard (no file read per request).
         self.views = AgentViews(

@@ -37,6 +37,16 @@ class Transient(StrEnum):
     DESTROYING = "destroying"
 
 
+class NodeStatus(StrEnum):
+    """A node (a daemon sharing the store) as its heartbeat shows it (``hyperhive.nodes``)."""
+
+    UP = "up"
+    #: Silent for longer than ``NODE_DOWN_SECONDS``: crashed, host lost, network cut.
+    DOWN = "down"
+    #: Stopped cleanly.
+    STOPPED = "stopped"
+
+
 class LifecycleVerb(StrEnum):
     """A lifecycle command carried out by an agent's runner."""
 

@@ -44,6 +44,34 @@ def parse_agent_name(raw: object, *, allow_manager: bool = False) -> str:
     return raw
 
 
+#: A node's name (``--node``): a host-name label, 1 to 32 characters.
+NODE_NAME_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
+
+
+class InvalidNodeName(ValueError):
+    """A string that cannot name a node; the message says why."""
+
+
+def parse_node_name(raw: object) -> str:
+    """Return ``raw`` if it is a valid node name, else raise :class:`InvalidNodeName`."""
+    if not isinstance(raw, str):
+        raise InvalidNodeName(f"node name must be a string, not {type(raw).__name__}")
+    if NODE_NAME_RE.fullmatch(raw) is None:
+        shown = raw if len(raw) <= 40 else raw[:40] + "…"
+        raise InvalidNodeName(
+            f"invalid node name {shown!r}: use 1-32 lowercase letters, digits or '-', "
+            "not starting or ending with '-'"
+        )
+    return raw
+
+
+def node_name_from_host(host: str) -> str:
+    """The default node name: the host name's first label, made a valid node name."""
+    label = re.sub(r"[^a-z0-9-]+", "-", host.split(".", 1)[0].lower()).strip("-")[:32]
+    label = label.strip("-")
+    return label if NODE_NAME_RE.fullmatch(label) else "node"
+
+
 def machine_name(name: str) -> str:
     """The container machine name of an agent (``hm1nd`` for the manager)."""
     return "hm1nd" if name == MANAGER else f"h-{name}"

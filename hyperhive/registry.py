@@ -16,7 +16,15 @@ import shutil
 import stat
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, MutableMapping
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+)
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -31,6 +39,7 @@ from hyperhive.events import EventHub
 from hyperhive.journal import OperationKind, crash_point, sql_begin, sql_end
 from hyperhive.kinds import AgentRole, AgentState, BackendName, Transient
 from hyperhive.names import MANAGER, InvalidAgentName, parse_agent_name
+from hyperhive.nodes import Nodes
 from hyperhive.protocol import event_payloads as ev
 from hyperhive.server import Principal, SocketKind
 from hyperhive.store import Conn, Database, Row
@@ -79,6 +88,8 @@ class AgentRecord:
     paused_at: float | None = None
     paused_reason: str | None = None
     paused_by: str | None = None
+    #: The node that serves it (``hyperhive.nodes``): its socket, container and files.
+    node: str = ""
 
     @classmethod
     def from_row(cls, row: Row) -> AgentRecord:
@@ -103,6 +114,7 @@ class AgentRecord:
             paused_at=row["paused_at"],
             paused_reason=row["paused_reason"],
             paused_by=row["paused_by"],
+            node=row["node"],
         )
 
 
@@ -113,13 +125,14 @@ def _load_all(conn: Conn) -> list[AgentRecord]:
 _COLUMNS: Final = (
     "name", "role", "state", "backend", "created_at", "updated_at", "parent", "status_text",
     "transient", "transient_since", "pid", "start_ticks", "run_started_at", "crash_times_json",
-    "crash_streak", "last_exit", "warning", "paused_at", "paused_reason", "paused_by",
+    "crash_streak", "last_exit", "warning", "paused_at", "paused_reason", "paused_by", "node",
 )  # fmt: skip
 _PAUSE_COLUMNS: Final = ("paused_at", "paused_reason", "paused_by")
 
 
-def _upsert(conn: Conn, record: AgentRecord) -> None:
-    values = (
+def _row_values(record: AgentRecord) -> tuple[Any, ...]:
+    """The record's values in :data:`_COLUMNS`' order."""
+    return (
         record.name,
         record.role,
         record.state.value,
@@ -140,7 +153,11 @@ def _upsert(conn: Conn, record: AgentRecord) -> None:
         record.paused_at,
         record.paused_reason,
         record.paused_by,
+        record.node,
     )
+
+
+def _upsert(conn: Conn, record: AgentRecord) -> None:
     # The pause columns are written by sql_set_paused only: a record evolved before a pause
     # committed never undoes it.
     fixed = ("name", "created_at", *_PAUSE_COLUMNS)
@@ -148,8 +165,34 @@ def _upsert(conn: Conn, record: AgentRecord) -> None:
     conn.execute(
         f"INSERT INTO agents ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
         f"ON CONFLICT (name) DO UPDATE SET {updates}",
-        values,
+        _row_values(record),
     )
+
+
+def _insert_new(conn: Conn, record: AgentRecord) -> AgentRecord | None:
+    """Insert a new agent's row; if another node inserted one first, that row instead."""
+    created = conn.execute(
+        f"INSERT INTO agents ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+        "ON CONFLICT (name) DO NOTHING RETURNING name",
+        _row_values(record),
+    ).fetchone()
+    if created is not None:
+        return None
+    row = conn.execute("SELECT * FROM agents WHERE name = ?", (record.name,)).fetchone()
+    return AgentRecord.from_row(row)
+
+
+def _claim(conn: Conn, node: str, *, only: bool) -> list[AgentRecord]:
+    """At start-up: the agents this node serves from now on, then every row. ``only`` (the
+    store is this daemon's alone, sqlite): every agent, whatever node it was placed on
+    before (a renamed host); otherwise (a shared store) the agents placed on no node yet,
+    rows from before nodes existed. The manager is created here when the hive has none,
+    on the first node that starts."""
+    if only:
+        conn.execute("UPDATE agents SET node = ? WHERE node != ?", (node, node))
+    else:
+        conn.execute("UPDATE agents SET node = ? WHERE node = ''", (node,))
+    return _load_all(conn)
 
 
 def sql_set_paused(conn: Conn, name: str, paused: tuple[float, str, str] | None) -> None:
@@ -236,8 +279,20 @@ class Registry:
         backend: str,
         serve_socket: Callable[..., Awaitable[None]],
         clock: Callable[[], float] = time.time,
+        node: str = "",
+        nodes: Nodes | None = None,
     ) -> None:
         self._db = db
+        #: The other nodes learn of each change of a row (``agents`` notifications), and
+        #: this one of theirs: :meth:`follow` reads the rows named again.
+        self._nodes = nodes
+        self._remote_changes: set[str] = set()
+        self._remote_changed = trio.Event()
+        if nodes is not None:
+            nodes.on("agents", self._on_remote_change)
+        #: This daemon's node: it binds the sockets (and runs the containers) of the agents
+        #: placed on it only.
+        self.node = node
         self._paths = paths
         self._events = events
         self._backend = backend
@@ -279,6 +334,56 @@ class Registry:
 
     def live(self) -> frozenset[str]:
         return frozenset(self._agents.live)
+
+    async def _write(self, fn: Callable[[Conn], T], *names: str) -> T:
+        """Run ``fn`` in a transaction that tells the other nodes the rows of ``names``
+        changed (if and when it commits)."""
+
+        def tx(conn: Conn) -> T:
+            result = fn(conn)
+            if self._nodes is not None and self._nodes.shared:
+                self._nodes.notify(conn, "agents", names=list(names))
+            return result
+
+        return await self._db.transaction(tx)
+
+    def _on_remote_change(self, data: dict[str, Any]) -> None:
+        if self._nodes is None or data.get("from") == self._nodes.name:
+            return
+        names = data.get("names")
+        if isinstance(names, list):
+            self._remote_changes.update(n for n in names if isinstance(n, str))
+            self._remote_changed.set()
+
+    async def follow(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Read the rows another node changed again, and say so (``agent_changed``)."""
+        task_status.started()
+        while True:
+            await self._remote_changed.wait()
+            self._remote_changed = trio.Event()
+            names, self._remote_changes = self._remote_changes, set()
+            for name in await self.refresh(names):
+                record = self._agents.get(name)
+                if record is None:
+                    self._events.emit(ev.AgentPurged(name=name))
+                    continue
+                self._events.emit(
+                    ev.AgentChanged(
+                        name=name,
+                        state=record.state,
+                        transient=record.transient,
+                        transient_since=record.transient_since,
+                        warning=record.warning,
+                        pid=record.pid,
+                    )
+                )
+
+    def is_local(self, name: str) -> bool:
+        """Whether ``name`` is placed on this node (its socket, container and files are here)."""
+        record = self._agents.get(name)
+        return record is not None and record.node == self.node
 
     def directory(self) -> tuple[Collection[str], Collection[str]]:
         """``(known, live)`` for the broker's recipient check: live views of the table, not
@@ -352,15 +457,23 @@ class Registry:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the table, make sure the manager exists, bind every live agent's socket."""
-        records = await self._db.transaction(_load_all)
+        only = not self._db.shared
+        records = await self._db.transaction(lambda conn: _claim(conn, self.node, only=only))
         self._agents = AgentTable({r.name: r for r in records})
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await self.register(MANAGER, role=AgentRole.MANAGER)
+            manager = self._agents.get(MANAGER)
+            if manager is None or manager.node == self.node:
+                await self.register(MANAGER, role=AgentRole.MANAGER)
             for record in records:
                 await self.reload_config(record.name)
-                if record.state != AgentState.DESTROYED and record.name != MANAGER:
+                if (
+                    record.state != AgentState.DESTROYED
+                    and record.name != MANAGER
+                    and record.node == self.node
+                ):
                     await self._bind(record.name)
+            nursery.start_soon(self.follow)
             task_status.started()
             await trio.sleep_forever()
 
@@ -372,11 +485,15 @@ class Registry:
         parent: str | None = None,
         backend: str | None = None,
         transient: Transient | None = None,
+        node: str | None = None,
     ) -> AgentRecord:
         """Create (or revive) an agent's directories, row and socket. Idempotent.
 
         ``transient`` is what a new (or revived) agent shows until its creator clears it
-        (``spawning``); an agent that exists already is returned unchanged.
+        (``spawning``); an agent that exists already is returned unchanged. ``node``: where
+        a new agent is placed (default: this node); a revived one stays where its state
+        dirs are. The directories and the socket are made here only for an agent placed
+        on this node; its own node makes them when it learns of the row.
         """
         try:
             name = parse_agent_name(name, allow_manager=role == AgentRole.MANAGER)
@@ -384,9 +501,13 @@ class Registry:
             raise RequestRefused(str(exc)) from None
         existing = self._agents.get(name)
         if existing is not None and existing.state != AgentState.DESTROYED:
-            await self._bind(name)
+            if existing.node == self.node:
+                await self._bind(name)
             return existing
-        await self.make_dirs(name)
+        placed = existing.node if existing is not None else (node or self.node)
+        local = placed == self.node
+        if local:
+            await self.make_dirs(name)
         now = self._clock()
         record = AgentRecord(
             name=name,
@@ -399,15 +520,51 @@ class Registry:
             status_text="",
             transient=transient,
             transient_since=None if transient is None else now,
+            node=placed,
         )
         if existing is not None:
             record = self._with_pause_of(existing, record)  # a revived agent stays paused
-        await self._db.transaction(lambda conn: _upsert(conn, record))
+            await self._write(lambda conn: _upsert(conn, record), name)
+        else:
+            found = await self._write(lambda conn: _insert_new(conn, record), name)
+            if found is not None:
+                # Another node created it meanwhile (two nodes starting on an empty hive).
+                self._agents[name] = found
+                if found.node == self.node and found.state != AgentState.DESTROYED:
+                    await self._bind(name)
+                return found
         self._agents[name] = record
         await self.reload_config(name)
-        await self._bind(name)
+        if local:
+            await self._bind(name)
         self._events.emit(ev.AgentRegistered(name=name, role=record.role, state=record.state))
         return record
+
+    async def refresh(self, names: Iterable[str] | None = None) -> list[str]:
+        """Read rows again (``names``, or all): another node changed them. Returns the names
+        whose record changed (or appeared, or went)."""
+        wanted = None if names is None else sorted(set(names))
+
+        def load(conn: Conn) -> list[AgentRecord]:
+            if wanted is None:
+                return _load_all(conn)
+            marks = ", ".join("?" * len(wanted))
+            rows = conn.execute(f"SELECT * FROM agents WHERE name IN ({marks})", wanted)
+            return [AgentRecord.from_row(r) for r in rows]
+
+        if wanted == []:
+            return []
+        records = {r.name: r for r in await self._db.transaction(load)}
+        changed = []
+        for name in wanted if wanted is not None else sorted({*records, *self._agents}):
+            record = records.get(name)
+            if record is None:
+                if self._agents.pop(name, None) is not None:
+                    changed.append(name)
+            elif self._agents.get(name) != record:
+                self._agents[name] = record
+                changed.append(name)
+        return changed
 
     async def reload_config(self, name: str) -> None:
         """Re-read what the core enforces from the applied agent.toml (after a deploy):
@@ -453,7 +610,7 @@ class Registry:
                 )
                 return None if also is None else also(conn)
 
-            result = await self._db.transaction(tx)
+            result = await self._write(tx, name, *adopted)
             self._agents[name] = self._with_pause_of(self._agents.get(name, record), record)
             for child, parent in adopted.items():
                 self._agents[child] = attrs.evolve(
@@ -484,7 +641,7 @@ class Registry:
             return sql_begin(conn, OperationKind.PURGE, name, now).id
 
         # The row goes with the journal entry that promises the directories go too.
-        operation_id = await self._db.transaction(tx)
+        operation_id = await self._write(tx, name)
         del self._agents[name]
         self._allowed.pop(name, None)
         self._leads.discard(name)
@@ -505,7 +662,7 @@ class Registry:
     async def update(self, name: str, **changes: Any) -> AgentRecord:
         """Change fields of an agent's record, persist it, and publish ``agent_changed``."""
         record = attrs.evolve(self.get(name), updated_at=self._clock(), **changes)
-        await self._db.transaction(lambda conn: _upsert(conn, record))
+        await self._write(lambda conn: _upsert(conn, record), name)
         record = self._with_pause_of(self._agents.get(name, record), record)
         self._agents[name] = record
         self._events.emit(
@@ -547,7 +704,7 @@ class Registry:
             sql_set_paused(conn, name, paused)
             return None if also is None else also(conn)
 
-        result = await self._db.transaction(tx)
+        result = await self._write(tx, name)
         record = attrs.evolve(self.get(name), paused_at=at, paused_reason=reason, paused_by=by)
         self._agents[name] = record
         return record, result

@@ -6,6 +6,7 @@
         │   └── open_store               broker.sqlite, or PostgreSQL with --database
         │       ├── Database.serve           the one writer of the store (group commit)
         │       └── nursery                  (* = a failure domain, see below)
+        │           ├── Nodes.serve          this node: its lock, heartbeat, the nodes' notifications
         │           ├── Registry.serve       loads `agents`, makes sure `manager` exists
         │           │   └── serve_unix_socket * xN
         │           │                        <run>/manager/mcp.sock, <run>/agents/<name>/mcp.sock:
@@ -246,14 +247,24 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
             daemon = Daemon(config, db)
             hive = daemon.hive
             async with trio.open_nursery() as nursery:
+                # First: one daemon per node (its lock), and every node's notifications.
+                await nursery.start(hive.nodes.serve)
                 await nursery.start(hive.registry.serve)
-                if hive.registry.get(MANAGER).backend != hive.backend:
+                if (
+                    hive.registry.is_local(MANAGER)
+                    and hive.registry.get(MANAGER).backend != hive.backend
+                ):
                     # It follows the daemon (written only on a change: a full disk must not
                     # keep the daemon from starting).
                     await hive.registry.update(MANAGER, backend=hive.backend)
-                await prepare_agent_repos(paths, MANAGER, hive.seed_toml)
+                if hive.registry.is_local(MANAGER):
+                    await prepare_agent_repos(paths, MANAGER, hive.seed_toml)
                 await nursery.start(hive.containers.serve)
-                if moved and hive.registry.get(MANAGER).backend != "external":
+                if (
+                    moved
+                    and hive.registry.is_local(MANAGER)
+                    and hive.registry.get(MANAGER).backend != "external"
+                ):
                     # A manager re-adopted from before the move has no /agents: restart it.
                     await hive.containers.request(MANAGER, "restart")
                 await hive.finish_interrupted()
@@ -282,6 +293,9 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
                         serve_dashboard, hive, daemon.api, auth, list(config.dashboard_bind)
                     )
                     daemon.auth = auth
+                    await hive.nodes.set_dashboard_url(
+                        next((u for u in daemon.dashboard_urls if u.startswith("http")), None)
+                    )
                 await nursery.start(
                     functools.partial(
                         serve_unix_socket,

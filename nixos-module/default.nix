@@ -56,6 +56,10 @@ let
     "--database"
     cfg.database
   ]
+  ++ optionals (cfg.node != null) [
+    "--node"
+    cfg.node
+  ]
   ++ optionals (cfg.agentDefaults.model != null) [
     "--agent-model"
     cfg.agentDefaults.model
@@ -175,6 +179,18 @@ in
         line, so it must hold no password: use peer authentication over the unix socket
         (as in the example), or put `HYPERHIVE_DATABASE=<URL with password>` in
         `environmentFile` instead. See docs/postgresql.md.
+      '';
+    };
+
+    node = mkOption {
+      type = types.nullOr (types.strMatching "[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?");
+      default = null;
+      example = "gpu-1";
+      description = ''
+        This daemon's node name (`hyperhive run --node`) among the daemons sharing one
+        PostgreSQL `database`: the agents placed on it are the ones it runs. `null`: the
+        host name. Give each host its own, and keep it: agents stay placed on a name.
+        See docs/multi-node.md.
       '';
     };
 

@@ -73,7 +73,11 @@ class Containers:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for record in self._registry.all():
-                if record.state != AgentState.DESTROYED and record.backend in self.backends:
+                if (
+                    record.state != AgentState.DESTROYED
+                    and record.backend in self.backends
+                    and record.node == self._registry.node
+                ):
                     await self.ensure(record.name)
             task_status.started()
             await trio.sleep_forever()
@@ -86,7 +90,10 @@ class Containers:
         if name in self._runners:
             return
         assert self._nursery is not None, "Containers.serve() is not running"
-        backend = self._registry.get(name).backend
+        record = self._registry.get(name)
+        if record.node != self._registry.node:
+            raise RequestRefused(f"{name} runs on node {record.node}, not on this one")
+        backend = record.backend
         if backend not in self.backends:
             raise RequestRefused(f"{name} uses the {backend} backend, which starts nothing")
         runner = AgentRunner(

@@ -56,6 +56,7 @@ import attrs
 import trio
 
 from hyperhive.errors import DiskFull, HyperhiveError
+from hyperhive.store._sql import Dialect
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -287,6 +288,29 @@ class Database:
     def _disk_full_error(self) -> DiskFull:
         where = self._path if self._path is not None else "the database"
         return DiskFull(f"disk full: {where} could not be written; free space on its file system")
+
+    @property
+    def dialect(self) -> Dialect:
+        return "sqlite"
+
+    @property
+    def shared(self) -> bool:
+        """Whether other daemons (nodes) may use the same store: PostgreSQL; sqlite is one
+        daemon's file."""
+        return False
+
+    def notify(self, conn: Any, payload: str) -> None:
+        """(In a transaction) tell every node listening, once and if the transaction
+        commits. sqlite: nobody else listens; nothing to do."""
+
+    @asynccontextmanager
+    async def listen(
+        self, deliver: Callable[[str], None], *, lock: tuple[int, int] | None = None
+    ) -> AsyncIterator[None]:
+        """Call ``deliver(payload)`` (on the trio thread) for each :meth:`notify` of any
+        node, for the duration of the ``async with``, holding the advisory ``lock`` if
+        given. sqlite: no other daemon shares the file (its flock says so); nothing to do."""
+        yield
 
     @property
     def can_read(self) -> bool:

@@ -47,7 +47,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, cast
 
@@ -55,6 +56,7 @@ import psycopg
 import psycopg.adapt
 import trio
 
+from hyperhive.errors import AlreadyRunning
 from hyperhive.store._db import (
     Database,
     DatabaseFailed,
@@ -67,6 +69,15 @@ from hyperhive.store._url import redact_text, redact_url
 
 #: Serializes migrations of one database between daemons (``pg_advisory_xact_lock``).
 MIGRATION_LOCK: Final = 0x6879_7065_7268_6976  # "hyperhiv"
+#: Taken by every batch of every daemon on the store (``pg_advisory_xact_lock``): the
+#: daemons' transactions run one at a time, as behind sqlite's one writer.
+WRITE_LOCK: Final = 0x6879_7065_7277_7269  # "hypewri"
+#: The channel of :meth:`PgDatabase.notify`.
+CHANNEL: Final = "hyperhive"
+#: The longest payload PostgreSQL's NOTIFY takes (8000 bytes): ids, never bodies.
+MAX_NOTIFY_BYTES: Final = 7999
+#: How often the listening thread looks whether it is asked to stop.
+_LISTEN_POLL_SECONDS: Final = 0.2
 SCHEMA_TABLE: Final = "hyperhive_schema"
 _INDEXED_BY = re.compile(r"\s+INDEXED\s+BY\s+\w+", re.IGNORECASE)
 
@@ -332,11 +343,76 @@ class PgDatabase(Database):
         self._transactions += len(batch)
         return None
 
+    @property
+    def shared(self) -> bool:
+        return True
+
+    def notify(self, conn: Any, payload: str) -> None:
+        if len(payload.encode()) > MAX_NOTIFY_BYTES:
+            raise ValueError(f"a notification of {len(payload.encode())} bytes is too long")
+        conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, payload))
+
+    @asynccontextmanager
+    async def listen(
+        self, deliver: Callable[[str], None], *, lock: tuple[int, int] | None = None
+    ) -> AsyncIterator[None]:
+        """Deliver every node's notifications (see :meth:`Database.listen`), from a
+        connection of their own, read by a thread of its own. ``lock``: a session advisory
+        lock held as long as that connection lives (a node's name: one daemon per node);
+        :class:`AlreadyRunning` when another session holds it. The connection failing
+        fails the database (:class:`DatabaseFailed`): wake-ups would be lost silently."""
+        url = self._secret_url
+
+        def connect() -> psycopg.Connection[Any]:
+            try:
+                raw = psycopg.connect(url, autocommit=True)
+            except psycopg.Error as exc:
+                raise DatabaseFailed(self._failure_text(f": cannot listen: {exc}")) from None
+            try:
+                if lock is not None:
+                    held = raw.execute("SELECT pg_try_advisory_lock(%s, %s)", lock).fetchone()
+                    if held is None or not held[0]:
+                        raise AlreadyRunning(
+                            "another daemon is already running as this node on "
+                            f"{self.url}; stop it first, or give this one another --node"
+                        )
+                raw.execute(f"LISTEN {CHANNEL}")
+            except BaseException:
+                raw.close()
+                raise
+            return raw
+
+        raw = await trio.to_thread.run_sync(connect)
+        token = trio.lowlevel.current_trio_token()
+        stop = threading.Event()
+
+        def receive() -> None:
+            try:
+                while not stop.is_set():
+                    for note in raw.notifies(timeout=_LISTEN_POLL_SECONDS):
+                        token.run_sync_soon(deliver, note.payload)
+            except psycopg.Error as exc:
+                if not stop.is_set():
+                    raise DatabaseFailed(
+                        self._failure_text(f": the listening connection failed: {exc}")
+                    ) from None
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.to_thread.run_sync, receive)
+                try:
+                    yield
+                finally:
+                    stop.set()
+        finally:
+            raw.close()
+
     def _attempt(self, batch: list[_Job[Any]]) -> None:
         conn = self._pg
         conn.execute("BEGIN")
         if not any(job.durable for job in batch):
             conn.execute("SET LOCAL synchronous_commit = off")
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
         if not self._run_jobs(conn, batch):
             return
         try:

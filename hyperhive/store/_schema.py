@@ -225,6 +225,47 @@ def _v6_ledger(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v9_nodes(conn: sqlite3.Connection) -> None:
+    """Nodes (see :mod:`hyperhive.nodes`): the daemons sharing one store, where each agent
+    is placed, the commands one node asks another to carry out, the events every node
+    shows."""
+    _execute_script(
+        conn,
+        """
+        ALTER TABLE agents ADD COLUMN node TEXT NOT NULL DEFAULT '';
+        CREATE TABLE nodes (
+            name          TEXT PRIMARY KEY,
+            host          TEXT NOT NULL,
+            pid           INTEGER NOT NULL,
+            started_at    REAL NOT NULL,
+            heartbeat_at  REAL NOT NULL,
+            stopped_at    REAL,                 -- NULL while it runs (or died unannounced)
+            dashboard_url TEXT
+        );
+        CREATE TABLE node_commands (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            node         TEXT NOT NULL,         -- the node that carries it out
+            agent        TEXT,
+            origin       TEXT NOT NULL,         -- the node that asked
+            request_json TEXT NOT NULL,
+            created_at   REAL NOT NULL,
+            expires_at   REAL NOT NULL,         -- not carried out after this
+            taken_at     REAL,
+            done_at      REAL,
+            reply_json   TEXT,
+            error        TEXT
+        );
+        CREATE INDEX node_commands_open ON node_commands (node, id) WHERE done_at IS NULL;
+        CREATE TABLE hive_events (
+            id         INTEGER PRIMARY KEY AUTOINCREMENT,
+            node       TEXT NOT NULL,          -- where it happened
+            at         REAL NOT NULL,
+            event_json TEXT NOT NULL
+        );
+        """,
+    )
+
+
 BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v1,
     _v2,
@@ -234,4 +275,5 @@ BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v6_ledger,
     _v7_reminders,
     _v8_schedules,
+    _v9_nodes,
 )
