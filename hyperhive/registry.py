@@ -653,7 +653,7 @@ class Registry:
 
         def tx(conn: Conn) -> int:
             conn.execute("DELETE FROM agents WHERE name = ?", (name,))
-            return sql_begin(conn, OperationKind.PURGE, name, now).id
+            return sql_begin(conn, OperationKind.PURGE, name, now, node=self.node).id
 
         # The row goes with the journal entry that promises the directories go too.
         operation_id = await self._write(tx, name)

@@ -266,6 +266,11 @@ def _v9_nodes(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v10_operations_node(conn: sqlite3.Connection) -> None:
+    """The node carrying an operation of the journal out: only it finishes it after a crash."""
+    conn.execute("ALTER TABLE operations ADD COLUMN node TEXT NOT NULL DEFAULT ''")
+
+
 BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v1,
     _v2,
@@ -276,4 +281,5 @@ BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v7_reminders,
     _v8_schedules,
     _v9_nodes,
+    _v10_operations_node,
 )
