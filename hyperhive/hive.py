@@ -98,6 +98,7 @@ from hyperhive.reminders import ReminderBook
 from hyperhive.retention import sweep_events_db
 from hyperhive.runtime import gather
 from hyperhive.schedules import ScheduleBook, Spec, local_timezone, may_touch, sql_save_request
+from hyperhive.shared_events import SharedEvents
 from hyperhive.space import SpaceMonitor
 from hyperhive.store import Conn, Database, is_disk_full
 from hyperhive.supervision import Problems, agent_reporter
@@ -195,7 +196,18 @@ class Hive:
             allowed_recipients=self.registry.allowed_recipients,
             paused=self.registry.paused,
             parents=self.registry.parents,
+            # A recipient on another node: its node is told to wake it (not on sqlite).
+            remote=self.registry.is_remote,
+            notify_wake=(
+                (lambda conn, name: self.nodes.notify(conn, "wake", agent=name))
+                if db.shared
+                else None
+            ),
         )
+        self.nodes.on("wake", self._on_wake)
+        self.registry.on_remote_pause = self.broker.pause_changed
+        #: This node's events to the other nodes' dashboards, theirs to this one's.
+        self.shared_events = SharedEvents(db, self.events, self.nodes, clock=config.wall_clock)
         self.questions = QuestionBook(
             db, self.broker, self.events, known_agents=self.registry.known, clock=config.wall_clock
         )
@@ -248,6 +260,12 @@ class Hive:
             restart_backoff=config.restart_backoff,
             on_crash=sql_record_crash,
         )
+
+    def _on_wake(self, data: dict[str, Any]) -> None:
+        """Another node committed something for an agent of this one (``Broker.wake``)."""
+        agent = data.get("agent")
+        if data.get("from") != self.nodes.name and isinstance(agent, str):
+            self.broker.wake(agent)
 
     def refuse_if_disk_full(self, exc: OSError) -> None:
         """A file write that failed for lack of space is a refusal (``disk full: …``)."""
