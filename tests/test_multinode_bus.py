@@ -18,7 +18,18 @@ import trio
 from playwright.sync_api import Page, expect
 
 from hyperhive.client import Client
-from hyperhive.protocol import Ask, IdReply, Recv, RecvReply, Send, SendReply, SetStatus, Spawn
+from hyperhive.protocol import (
+    Ask,
+    IdReply,
+    Pause,
+    Recv,
+    RecvReply,
+    Resume,
+    Send,
+    SendReply,
+    SetStatus,
+    Spawn,
+)
 from hyperhive.shared_events import FOLLOWED_KINDS, SHARED_KINDS, decode_payload
 from hyperhive.web._auth import SESSION_COOKIE
 from tests.conftest import DaemonProcess, wait_until
@@ -107,6 +118,42 @@ async def test_a_send_on_one_node_wakes_a_recv_parked_on_another(
                 latency = trio.current_time() - sent_at
                 assert [m.body for m in reply.messages] == [f"wake {to}"]
                 assert latency < WAKE_LIMIT, f"the parked recv took {latency:.3f} s"
+
+
+async def test_a_pause_and_resume_made_on_one_node_reach_a_recv_parked_on_another(
+    short_tmp: Path, pg_url: str, nursery: trio.Nursery
+) -> None:
+    async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
+        na, nb = nodes["na"], nodes["nb"]
+        await spawn_on(nb, "bob")
+        await knows(na, ["bob"])
+        async with await Client.connect(nb.paths.agent_socket("bob")) as bob:
+            # Paused on na: bob's recv parked on nb learns of it at once (returns empty).
+            result: list[tuple[RecvReply, float]] = []
+
+            async def park() -> None:
+                result.append(await timed_recv(bob))
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(park)
+                await nb.wait_parked(1)
+                async with await na.host() as host:
+                    await host.call(Pause(["bob"], "for the test"))
+            [(reply, waited)] = result
+            assert reply.messages == [] and waited < WAKE_LIMIT
+            # A message waits while paused; resumed on na, the recv parked on nb takes it.
+            async with await na.host() as host:
+                await host.call(Send("bob", "after the pause"))
+            result.clear()
+            async with trio.open_nursery() as inner:
+                inner.start_soon(park)
+                await nb.wait_parked(1)
+                resumed_at = trio.current_time()
+                async with await na.host() as host:
+                    await host.call(Resume(["bob"]))
+            [(reply, _)] = result
+            assert [m.body for m in reply.messages] == ["after the pause"]
+            assert trio.current_time() - resumed_at < WAKE_LIMIT
 
 
 async def test_a_question_asked_on_one_node_is_answered_on_another_nodes_dashboard(
