@@ -205,24 +205,26 @@ async def test_a_question_asked_on_one_node_is_answered_on_another_nodes_dashboa
         assert problems == []
 
 
+async def login(node: DaemonProcess) -> tuple[str, str]:
+    """``node``'s dashboard: its base URL and a session cookie (``name=value``)."""
+    assert node.dashboard_login is not None
+    parts = urlsplit(node.dashboard_login)
+    base = f"{parts.scheme}://{parts.netloc}"
+    response = await http(base, "GET", f"/login?{parts.query}")
+    cookie = response.header("set-cookie")
+    assert response.status == 303 and cookie is not None and cookie.startswith(SESSION_COOKIE)
+    return base, cookie.split(";", 1)[0]
+
+
 @asynccontextmanager
 async def event_stream(
     node: DaemonProcess, last_event_id: int | None = None
 ) -> AsyncIterator[EventStream]:
     """``GET /api/stream`` of ``node``'s dashboard, logged in with its token."""
-    assert node.dashboard_login is not None
-    parts = urlsplit(node.dashboard_login)
-    base = f"{parts.scheme}://{parts.netloc}"
-    login = await http(base, "GET", f"/login?{parts.query}")
-    cookie = login.header("set-cookie")
-    assert login.status == 303 and cookie is not None and cookie.startswith(SESSION_COOKIE)
+    base, cookie = await login(node)
     stream, host = await _connect(base)
     conn = h11.Connection(h11.CLIENT)
-    headers = {
-        "host": host,
-        "accept": "text/event-stream",
-        "cookie": cookie.split(";", 1)[0],
-    }
+    headers = {"host": host, "accept": "text/event-stream", "cookie": cookie}
     if last_event_id is not None:
         headers["last-event-id"] = str(last_event_id)
     request = h11.Request(method="GET", target="/api/stream", headers=list(headers.items()))
@@ -278,6 +280,23 @@ async def test_a_nodes_event_stream_shows_what_happens_on_another_node(
             )
             again = await next_matching(replay, "sent", sender="bob", body="from nb")
             assert again.id == sent_event.id
+        # na's snapshot holds nb's agents, questions and approvals too.
+        async with await Client.connect(nb.paths.agent_socket("bob")) as bob:
+            asked = await bob.call(Ask("Which day?"))
+            assert isinstance(asked, IdReply)
+        await nb.call({"cmd": "request_spawn", "name": "carol"})
+        base, cookie = await login(na)
+
+        async def state_shows_nb() -> bool:
+            state = (await http(base, "GET", "/api/state", headers={"cookie": cookie})).json()
+            agents = {agent["name"]: agent for agent in state["agents"]}
+            return (
+                agents.get("bob", {}).get("status_text") == "deploying"
+                and any(q["id"] == asked.id for q in state["questions"])
+                and any(a["agent"] == "carol" for a in state["approvals"])
+            )
+
+        await wait_until(state_shows_nb)
         # nb never shows its own events twice: they come back from nobody.
         async with event_stream(nb, last_event_id=0) as own:
             seen = []
