@@ -472,11 +472,12 @@ class Broker:
         clock: Callable[[], float] = time.time,
         parents: Callable[[], Mapping[str, str | None]] = dict,
         remote: Callable[[str], bool] = lambda _: False,
-        notify_wake: Callable[[Conn, str], None] | None = None,
+        notify_wake: Callable[[Conn, list[str]], None] | None = None,
     ) -> None:
         self._parents = parents
         #: Whether a recipient is served by another node, and how (in the transaction) to
-        #: tell that node to wake it; None on a store no other node shares.
+        #: tell the nodes of such recipients to wake them; None on a store no other node
+        #: shares.
         self._remote = remote
         self._notify_wake = notify_wake
         self._db = db
@@ -617,9 +618,9 @@ class Broker:
         once this commits."""
         if self._notify_wake is None:
             return
-        for recipient in sorted(set(recipients)):
-            if self._remote(recipient):
-                self._notify_wake(conn, recipient)
+        remote = sorted({r for r in recipients if self._remote(r)})
+        if remote:
+            self._notify_wake(conn, remote)
 
     def _committed(self, sent: Iterable[SentMessage]) -> None:
         """After a commit that inserted messages: publish them and wake their recipients."""

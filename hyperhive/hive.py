@@ -37,6 +37,7 @@ from hyperhive.config import (
     MAX_LOG_LINES,
     MAX_PAUSE_REASON,
     TOMBSTONE_SIZE_SECONDS,
+    WAKE_NAMES_PER_NOTE,
     Config,
 )
 from hyperhive.config_repo import (
@@ -198,11 +199,7 @@ class Hive:
             parents=self.registry.parents,
             # A recipient on another node: its node is told to wake it (not on sqlite).
             remote=self.registry.is_remote,
-            notify_wake=(
-                (lambda conn, name: self.nodes.notify(conn, "wake", agent=name))
-                if db.shared
-                else None
-            ),
+            notify_wake=self._notify_wake if db.shared else None,
         )
         self.nodes.on("wake", self._on_wake)
         self.registry.on_remote_pause = self.broker.pause_changed
@@ -261,11 +258,20 @@ class Hive:
             on_crash=sql_record_crash,
         )
 
+    def _notify_wake(self, conn: Conn, names: list[str]) -> None:
+        """(In the transaction) the nodes of ``names`` wake their parked receivers: one
+        notification per ``WAKE_NAMES_PER_NOTE`` names (a broadcast's hundreds fit a few)."""
+        for start in range(0, len(names), WAKE_NAMES_PER_NOTE):
+            self.nodes.notify(conn, "wake", agents=names[start : start + WAKE_NAMES_PER_NOTE])
+
     def _on_wake(self, data: dict[str, Any]) -> None:
-        """Another node committed something for an agent of this one (``Broker.wake``)."""
-        agent = data.get("agent")
-        if data.get("from") != self.nodes.name and isinstance(agent, str):
-            self.broker.wake(agent)
+        """Another node committed something for agents of this one (``Broker.wake``)."""
+        agents = data.get("agents")
+        if data.get("from") == self.nodes.name or not isinstance(agents, list):
+            return
+        for agent in agents:
+            if isinstance(agent, str) and self.registry.is_local(agent):
+                self.broker.wake(agent)
 
     def refuse_if_disk_full(self, exc: OSError) -> None:
         """A file write that failed for lack of space is a refusal (``disk full: …``)."""

@@ -54,7 +54,7 @@ from hyperhive.kinds import EventKind
 from hyperhive.nodes import Nodes
 from hyperhive.protocol import CONVERTER
 from hyperhive.protocol.event_payloads import EVENT_PAYLOADS, EventPayload
-from hyperhive.store import Conn, Database, insert_id
+from hyperhive.store import Conn, Database
 
 log = logging.getLogger(__name__)
 
@@ -109,15 +109,13 @@ def decode_payload(kind: str, data: Any) -> EventPayload | None:
 
 
 def sql_write(conn: Conn, node: str, events: list[Event]) -> int:
-    """Insert the events; the newest id."""
-    newest = 0
-    for event in events:
-        newest = insert_id(
-            conn,
-            "INSERT INTO hive_events (node, at, event_json) VALUES (?, ?, ?) RETURNING id",
-            (node, event.ts, encode_event(event)),
-        )
-    return newest
+    """Insert the events (one statement for all); the newest id, theirs (the nodes'
+    transactions take turns: no other insert runs meanwhile)."""
+    conn.executemany(
+        "INSERT INTO hive_events (node, at, event_json) VALUES (?, ?, ?)",
+        [(node, event.ts, encode_event(event)) for event in events],
+    )
+    return sql_newest(conn)
 
 
 def sql_newest(conn: Conn) -> int:

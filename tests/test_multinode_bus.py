@@ -119,6 +119,21 @@ async def test_a_send_on_one_node_wakes_a_recv_parked_on_another(
                 assert [m.body for m in reply.messages] == [f"wake {to}"]
                 assert latency < WAKE_LIMIT, f"the parked recv took {latency:.3f} s"
 
+            # A broadcast on na reaches bob parked on nb as promptly.
+            done.clear()
+
+            async def park_bob() -> None:
+                done.append(await timed_recv(bob))
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(park_bob)
+                await nb.wait_parked(1)
+                sent_at = trio.current_time()
+                await alice.call(Send("*", "to all"))
+            [(reply, _)] = done
+            assert [m.body for m in reply.messages] == ["[broadcast to all agents] to all"]
+            assert trio.current_time() - sent_at < WAKE_LIMIT
+
 
 async def test_a_pause_and_resume_made_on_one_node_reach_a_recv_parked_on_another(
     short_tmp: Path, pg_url: str, nursery: trio.Nursery
