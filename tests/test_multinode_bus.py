@@ -18,6 +18,7 @@ import trio
 from playwright.sync_api import Page, expect
 
 from hyperhive.client import Client
+from hyperhive.events import EventHub
 from hyperhive.protocol import (
     Ask,
     IdReply,
@@ -30,7 +31,14 @@ from hyperhive.protocol import (
     SetStatus,
     Spawn,
 )
-from hyperhive.shared_events import FOLLOWED_KINDS, SHARED_KINDS, decode_payload
+from hyperhive.protocol.event_payloads import SpaceChanged, StatusChanged
+from hyperhive.shared_events import (
+    FOLLOWED_KINDS,
+    SHARED_KINDS,
+    SharedEvents,
+    StoredEvent,
+    decode_payload,
+)
 from hyperhive.web._auth import SESSION_COOKIE
 from tests.conftest import DaemonProcess, wait_until
 from tests.dashboard.conftest import (
@@ -348,3 +356,37 @@ def test_other_nodes_events_are_decoded_through_their_payloads() -> None:
     assert decode_payload("status_changed", ["bob"]) is None
     # agent_changed and agent_purged come from each node's own re-read of the row.
     assert FOLLOWED_KINDS <= SHARED_KINDS
+
+
+class _SharedStore:
+    shared = True
+
+
+class _Node:
+    name = "na"
+
+    def on(self, topic: str, handler: Any) -> None:
+        pass
+
+
+def test_a_writer_that_falls_behind_drops_events_and_never_writes_others_events() -> None:
+    hub = EventHub()
+    shared = SharedEvents(_SharedStore(), hub, _Node(), queue_size=2)  # type: ignore[arg-type]
+    hub.emit(StatusChanged(name="bob", status_text="before"))
+    assert shared.dropped == 0  # no other node up: nothing is written, nothing dropped
+    shared._others = True
+    for i in range(5):
+        hub.emit(StatusChanged(name="bob", status_text=f"s{i}"))
+    hub.emit(SpaceChanged(free=1, low=True))  # a node's own: not shared
+    assert shared.dropped == 3
+    # Another node's events are published here, not queued to be written again.
+    shared._send, shared._receive = trio.open_memory_channel(10)
+    shared._publish(
+        [
+            StoredEvent(7, "nb", 1.0, "status_changed", {"name": "carol", "status_text": "x"}),
+            StoredEvent(8, "nb", 1.0, "agent_changed", {"name": "carol"}),  # the follow's
+        ]
+    )
+    assert [e.data for e in hub.history()[-1:]] == [{"name": "carol", "status_text": "x"}]
+    assert shared.received == 1
+    assert shared._receive.statistics().current_buffer_used == 0
