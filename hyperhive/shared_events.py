@@ -24,8 +24,9 @@ node's ``seq`` (the SSE ids, ``Last-Event-ID`` replay) stays its own.
   did): a node says so when it starts (``events_reader``), and each node looks at the
   ``nodes`` table every ``NODE_HEARTBEAT_SECONDS``.
 - Retention: rows older than :data:`~hyperhive.config.HIVE_EVENTS_KEEP_SECONDS` are
-  deleted by the writer (at most once a minute). They are for the nodes that are up now;
-  a node starting late begins after the newest row.
+  deleted by each writer, by id (it notes the newest id once a minute and, an hour later,
+  deletes every row up to it). They are for the nodes that are up now; a node starting
+  late begins after the newest row.
 
 On sqlite (one node) none of this runs.
 """
@@ -36,6 +37,7 @@ import json
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -143,8 +145,9 @@ def sql_after(conn: Conn, after: int, node: str, limit: int) -> tuple[list[Store
     return found, rows[-1]["id"] if rows else after, len(rows)
 
 
-def sql_sweep(conn: Conn, before: float) -> int:
-    cur = conn.execute("DELETE FROM hive_events WHERE at < ?", (before,))
+def sql_sweep(conn: Conn, through: int) -> int:
+    """Delete the rows up to id ``through`` (a range of the primary key: no scan)."""
+    cur = conn.execute("DELETE FROM hive_events WHERE id <= ?", (through,))
     return cur.rowcount
 
 
@@ -179,6 +182,10 @@ class SharedEvents:
         self._newest_seen = 0
         self._notified = trio.Event()
         self._swept_at = -math.inf
+        #: ``(when, newest id then)`` once a minute: the rows up to an id noted longer than
+        #: ``keep_seconds`` ago are deleted (ids grow in commit order, as the nodes'
+        #: transactions take turns).
+        self._marks: deque[tuple[float, int]] = deque()
         #: Events not written because the channel was full.
         self.dropped = 0
         #: Events of other nodes published here.
@@ -250,18 +257,24 @@ class SharedEvents:
                 except trio.WouldBlock:
                     break
             now = self._clock()
-            # Old rows go with a batch, at most once a minute (None: not this time).
-            cutoff = now - self._keep_seconds if now - self._swept_at >= _SWEEP_SECONDS else None
-            if cutoff is not None:
+            # At most once a minute: note the newest id, delete up to one noted long ago.
+            mark = now - self._swept_at >= _SWEEP_SECONDS
+            through = None
+            if mark:
                 self._swept_at = now
+                while self._marks and self._marks[0][0] <= now - self._keep_seconds:
+                    through = self._marks.popleft()[1]
 
-            def tx(conn: Conn, batch: list[Event] = batch, cutoff: float | None = cutoff) -> None:
+            def tx(conn: Conn, batch: list[Event] = batch, through: int | None = through) -> int:
                 newest = sql_write(conn, node, batch)
                 self._nodes.notify(conn, "event", id=newest)
-                if cutoff is not None:
-                    sql_sweep(conn, cutoff)
+                if through is not None:
+                    sql_sweep(conn, through)
+                return newest
 
-            await self._db.transaction(tx, durable=False)
+            newest = await self._db.transaction(tx, durable=False)
+            if mark:
+                self._marks.append((now, newest))
 
     async def _read(self) -> None:
         node = self._nodes.name

@@ -19,6 +19,7 @@ from playwright.sync_api import Page, expect
 
 from hyperhive.client import Client
 from hyperhive.events import EventHub
+from hyperhive.nodes import Nodes
 from hyperhive.protocol import (
     Ask,
     IdReply,
@@ -39,6 +40,7 @@ from hyperhive.shared_events import (
     StoredEvent,
     decode_payload,
 )
+from hyperhive.store import BROKER_MIGRATIONS, open_store
 from hyperhive.web._auth import SESSION_COOKIE
 from tests.conftest import DaemonProcess, wait_until
 from tests.dashboard.conftest import (
@@ -390,3 +392,44 @@ def test_a_writer_that_falls_behind_drops_events_and_never_writes_others_events(
     assert [e.data for e in hub.history()[-1:]] == [{"name": "carol", "status_text": "x"}]
     assert shared.received == 1
     assert shared._receive.statistics().current_buffer_used == 0
+
+
+async def test_rows_are_deleted_once_older_than_the_keep_time(short_tmp: Path, pg_url: str) -> None:
+    now = [1000.0]
+    async with open_store(
+        pg_url, short_tmp / "unused", synchronous="FULL", migrations=BROKER_MIGRATIONS
+    ) as db:
+        hub = EventHub(clock=lambda: now[0])
+        nodes = Nodes(db, "na", clock=lambda: now[0])
+        shared = SharedEvents(db, hub, nodes, clock=lambda: now[0], keep_seconds=3600)
+
+        def ids() -> list[int]:
+            with psycopg.connect(pg_url) as conn:
+                return [r[0] for r in conn.execute("SELECT id FROM hive_events ORDER BY id")]
+
+        async with trio.open_nursery() as nursery:
+            # Another node, up for as long as the test runs (it reads nothing).
+            with psycopg.connect(pg_url) as conn:
+                conn.execute(
+                    "INSERT INTO nodes (name, host, pid, started_at, heartbeat_at) "
+                    "VALUES ('nb', 'h', 1, 0, 1e12)"
+                )
+            await nursery.start(shared.run)
+
+            async def sees_nb() -> bool:
+                return shared._others
+
+            await wait_until(sees_nb)
+            for minute in range(70):
+                now[0] = 1000.0 + 60 * minute
+                hub.emit(StatusChanged(name="bob", status_text=f"minute {minute}"))
+
+                async def written(newest: int = minute + 1) -> bool:
+                    return max(await trio.to_thread.run_sync(ids), default=0) >= newest
+
+                await wait_until(written)  # before the next minute's
+            kept = await trio.to_thread.run_sync(ids)
+            nursery.cancel_scope.cancel()
+    # Minute m's batch deletes the rows up to the id noted at minute m - 60 (its own row
+    # then): after minute 69, the rows of minutes 10 to 69 are left.
+    assert kept == list(range(11, 71))
