@@ -87,18 +87,20 @@ async def timed_recv(client: Client, wait: float = 30) -> tuple[RecvReply, float
 async def test_a_send_on_one_node_wakes_a_recv_parked_on_another(
     short_tmp: Path, pg_url: str, nursery: trio.Nursery
 ) -> None:
-    async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
-        na, nb = nodes["na"], nodes["nb"]
+    async with running_nodes(short_tmp, pg_url, ["na", "nb", "nc"], nursery) as nodes:
+        na, nb, nc = nodes["na"], nodes["nb"], nodes["nc"]
         await spawn_on(na, "alice")
         await spawn_on(nb, "bob")
-        await knows(na, ["bob"])
-        await knows(nb, ["alice"])
+        await spawn_on(nc, "carol")
+        for node in nodes.values():
+            await knows(node, ["alice", "bob", "carol"])
         with psycopg.connect(pg_url) as conn:
             placed = dict(conn.execute("SELECT name, node FROM agents").fetchall())
-        assert placed["alice"] == "na" and placed["bob"] == "nb"
+        assert (placed["alice"], placed["bob"], placed["carol"]) == ("na", "nb", "nc")
         async with (
             await Client.connect(na.paths.agent_socket("alice")) as alice,
             await Client.connect(nb.paths.agent_socket("bob")) as bob,
+            await Client.connect(nc.paths.agent_socket("carol")) as carol,
         ):
             # Both ways, each agent through its own node's socket.
             await alice.call(Send("bob", "hello from na"))
@@ -108,11 +110,12 @@ async def test_a_send_on_one_node_wakes_a_recv_parked_on_another(
             reply, _ = await timed_recv(alice, wait=0)
             assert [(m.from_, m.body) for m in reply.messages] == [("bob", "hello from nb")]
 
-            # A recv parked on nb returns at once when alice sends on na; and the other way.
+            # A recv parked on one node returns at once when another node's agent sends.
             for receiver, receiver_node, sender, to in (
                 (bob, nb, alice, "bob"),
                 (alice, na, bob, "alice"),
-                (bob, nb, alice, "bob"),
+                (carol, nc, bob, "carol"),
+                (bob, nb, carol, "bob"),
             ):
                 done: list[tuple[RecvReply, float]] = []
 
@@ -129,19 +132,24 @@ async def test_a_send_on_one_node_wakes_a_recv_parked_on_another(
                 assert [m.body for m in reply.messages] == [f"wake {to}"]
                 assert latency < WAKE_LIMIT, f"the parked recv took {latency:.3f} s"
 
-            # A broadcast on na reaches bob parked on nb as promptly.
-            done.clear()
+            # A broadcast on na reaches bob parked on nb and carol parked on nc as promptly.
+            got: dict[str, list[str]] = {}
 
-            async def park_bob() -> None:
-                done.append(await timed_recv(bob))
+            async def park_for(name: str, client: Client) -> None:
+                reply, _ = await timed_recv(client)
+                got[name] = [m.body for m in reply.messages]
 
             async with trio.open_nursery() as inner:
-                inner.start_soon(park_bob)
+                inner.start_soon(park_for, "bob", bob)
+                inner.start_soon(park_for, "carol", carol)
                 await nb.wait_parked(1)
+                await nc.wait_parked(1)
                 sent_at = trio.current_time()
                 await alice.call(Send("*", "to all"))
-            [(reply, _)] = done
-            assert [m.body for m in reply.messages] == ["[broadcast to all agents] to all"]
+            assert got == {
+                "bob": ["[broadcast to all agents] to all"],
+                "carol": ["[broadcast to all agents] to all"],
+            }
             assert trio.current_time() - sent_at < WAKE_LIMIT
 
 
