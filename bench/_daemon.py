@@ -10,7 +10,11 @@ from hyperhive.config import Paths
 
 
 def start_daemon(
-    paths: Paths, *, dashboard: bool = False, database: str | None = None
+    paths: Paths,
+    *,
+    dashboard: bool = False,
+    database: str | None = None,
+    node: str | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start a daemon (external backend; its store at ``database``, or broker.sqlite) and
     return it with its dashboard login URL ("" when the dashboard is off) once it printed
@@ -23,6 +27,8 @@ def start_daemon(
     ]  # fmt: skip
     if database is not None:
         cmd += ["--database", database]
+    if node is not None:
+        cmd += ["--node", node]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )

@@ -11,6 +11,12 @@ the order swapped every round so a drift of the machine's load hits both alike. 
 baseline of each PostgreSQL figure is the sqlite figure of the same rounds; the ratio is
 PostgreSQL over sqlite (1.0: as fast). The daemon's CPU per message is reported for both;
 on PostgreSQL the server's own CPU comes on top of it (``server_cpu_us_per_message``).
+
+Cross-node wake (``cross_node_wake``): two daemons as nodes ``na`` and ``nb`` on one
+database of that server, a ``recv`` parked on ``nb`` and a send on ``na`` (the wake goes
+through ``NOTIFY``), timed from the send to the ``recv``'s reply; interleaved with the same
+on one node (a send on ``na`` to a ``recv`` parked on ``na``, handed over in the send's
+transaction), the baseline, on the same store in the same run.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import platform
 import shutil
 import signal
 import statistics
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +39,15 @@ from bench._daemon import start_daemon
 from bench._floor import TICKS, cpu_seconds
 from bench._pg import PgServer, find_pg_bin
 from bench._results import write_results
-from bench.broker import pair_throughput, spawn
+from bench.broker import pair_throughput, percentile, spawn
+from hyperhive.client import Client
 from hyperhive.config import Paths
+from hyperhive.protocol import Recv, Send
 
 PAIRS = (1, 16)
 ENGINES = ("sqlite", "postgresql")
+#: Cross-node wake: p99 from a send on one node to the reply of a recv parked on another.
+TARGET_CROSS_NODE_WAKE_P99_MS = 20.0
 
 
 def messages_per_s(result: float | tuple[Any, ...]) -> float:
@@ -93,11 +105,117 @@ def one_run(
     return {"messages_per_s": rate, "daemon_cpu_seconds": cpu}
 
 
+def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+async def parked_on(paths: Paths) -> int:
+    async with await Client.connect(paths.host_socket) as host:
+        return int((await host.request({"cmd": "status"}))["parked_receivers"])
+
+
+async def wake_samples(
+    sending: Paths, receiving: dict[str, Paths], samples: int
+) -> dict[str, list[float]]:
+    """For each receiver (``name``: its node's paths), ``samples`` times: park its recv,
+    send from ``tx`` on ``sending``, time the send to the recv's reply. The receivers take
+    turns sample by sample, the first one alternating (interleaved)."""
+    sender = await Client.connect(sending.agent_socket("tx"))
+    clients = {name: await Client.connect(p.agent_socket(name)) for name, p in receiving.items()}
+    times: dict[str, list[float]] = {name: [] for name in receiving}
+    names = list(receiving)
+    try:
+        for i in range(samples):
+            for name in names if i % 2 == 0 else names[::-1]:
+                got: list[float] = []
+
+                async def park(name: str = name, got: list[float] = got) -> None:
+                    reply = await clients[name].call(Recv(wait_seconds=30))
+                    got.append(time.perf_counter())
+                    assert reply.messages, "the parked recv returned empty"  # type: ignore[attr-defined]
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(park)
+                    with trio.fail_after(30):
+                        while await parked_on(receiving[name]) < 1:  # noqa: ASYNC110 - idem
+                            await trio.sleep(0.001)
+                    start = time.perf_counter()
+                    await sender.call(Send(name, f"wake {i}"))
+                times[name].append(got[0] - start)
+    finally:
+        for client in [sender, *clients.values()]:
+            await client.aclose()
+    return times
+
+
+async def lists(paths: Paths, name: str) -> bool:
+    """Whether the daemon of ``paths`` lists ``name`` (a node learns of another's agents)."""
+    async with await Client.connect(paths.host_socket) as host:
+        agents = (await host.request({"cmd": "list"}))["agents"]
+    return name in {agent["name"] for agent in agents}
+
+
+def cross_node_wake(server: PgServer, root: Path, samples: int) -> dict[str, Any]:
+    """Two nodes on one database: a send on ``na`` waking a recv parked on ``nb``, next to
+    a recv parked on ``na`` itself (the single-node wake, same store, interleaved)."""
+    database = server.url(server.new_database())
+    na = Paths(state_dir=root / "na-s", run_dir=root / "na-r")
+    nb = Paths(state_dir=root / "nb-s", run_dir=root / "nb-r")
+    proc_a, _ = start_daemon(na, database=database, node="na")
+    try:
+        proc_b, _ = start_daemon(nb, database=database, node="nb")
+        try:
+
+            async def body() -> dict[str, list[float]]:
+                await spawn(na, ["tx", "local"])
+                await spawn(nb, ["remote"])
+                with trio.fail_after(30):
+                    while not await lists(na, "remote"):  # noqa: ASYNC110 - another process
+                        await trio.sleep(0.01)
+                return await wake_samples(na, {"remote": nb, "local": na}, samples)
+
+            times = trio.run(body)
+        finally:
+            stop_daemon(proc_b)
+    finally:
+        stop_daemon(proc_a)
+    figures: dict[str, Any] = {"samples": samples}
+    for name, label in (("remote", "cross_node"), ("local", "single_node")):
+        values = times[name]
+        figures[label] = {
+            "p50_ms": statistics.median(values) * 1000,
+            "p99_ms": percentile(values, 0.99) * 1000,
+            "max_ms": max(values) * 1000,
+        }
+    cross, single = figures["cross_node"], figures["single_node"]
+    figures.update(
+        {
+            "measured": "a send on node na to the reply of a recv parked on node nb (NOTIFY)",
+            "baseline": "the same to a recv parked on na itself (single_node), same store, "
+            "interleaved",
+            "p50_ratio_to_single_node": cross["p50_ms"] / single["p50_ms"],
+            "p99_ratio_to_single_node": cross["p99_ms"] / single["p99_ms"],
+            "target_p99_ms": TARGET_CROSS_NODE_WAKE_P99_MS,
+            "meets_target": cross["p99_ms"] <= TARGET_CROSS_NODE_WAKE_P99_MS,
+        }
+    )
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/postgresql.json"))
     parser.add_argument("--messages", type=int, default=4000, help="messages per daemon run")
     parser.add_argument("--rounds", type=int, default=2, help="runs per engine and pair count")
+    parser.add_argument(
+        "--wake-samples", type=int, default=300, help="cross-node (and single-node) wakes"
+    )
+    parser.add_argument(
+        "--only", choices=("throughput", "cross_node_wake"), help="one part of the benchmark"
+    )
     args = parser.parse_args()
     bin_dir = find_pg_bin()
     if bin_dir is None:
@@ -115,8 +233,10 @@ def main() -> None:
         "sqlite": "broker.sqlite in the state dir, synchronous=FULL (the daemon's default)",
     }
     try:
+        if args.only != "throughput":
+            results["cross_node_wake"] = cross_node_wake(server, root, args.wake_samples)
         throughput: dict[str, Any] = {}
-        for pairs in PAIRS:
+        for pairs in PAIRS if args.only != "cross_node_wake" else ():
             per_pair = args.messages // pairs
             runs: dict[str, list[dict[str, float]]] = {engine: [] for engine in ENGINES}
             server_cpu = 0.0
@@ -149,7 +269,8 @@ def main() -> None:
                 figure["postgresql"]["messages_per_s"] / figure["sqlite"]["messages_per_s"]
             )
             throughput[f"pairs_{pairs}"] = figure
-        results["throughput"] = throughput
+        if throughput:
+            results["throughput"] = throughput
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -16,6 +16,12 @@ before everything older in its recipient's inbox, and a new one replaces one sti
 Delivery is at-least-once: ``recv`` marks rows delivered (and acked unless ``ack=False``);
 an unacked delivered row is handed out again, flagged ``redelivered``, after its recipient's
 harness says ``hello`` again (:meth:`Broker.requeue_unacked`).
+
+Several nodes on one store (``hyperhive.nodes``): a recipient served by another node parks
+its ``recv`` there. The transaction that gives such a recipient something to take (a
+message, a requeue, a message put back) also tells its node (``notify_wake``: a
+notification sent if and when it commits), whose handler calls :meth:`Broker.wake`. No
+notification for a local recipient, and none at all on a store no other node shares.
 """
 
 from __future__ import annotations
@@ -465,8 +471,15 @@ class Broker:
         paused: Callable[[str], bool] = lambda _: False,
         clock: Callable[[], float] = time.time,
         parents: Callable[[], Mapping[str, str | None]] = dict,
+        remote: Callable[[str], bool] = lambda _: False,
+        notify_wake: Callable[[Conn, list[str]], None] | None = None,
     ) -> None:
         self._parents = parents
+        #: Whether a recipient is served by another node, and how (in the transaction) to
+        #: tell the nodes of such recipients to wake them; None on a store no other node
+        #: shares.
+        self._remote = remote
+        self._notify_wake = notify_wake
         self._db = db
         self._paused = paused
         self._events = events
@@ -560,7 +573,9 @@ class Broker:
 
             def outside(conn: Conn) -> tuple[T, list[SentMessage]]:
                 outbox = Outbox(conn, at)
-                return fn(conn, outbox), outbox.sent
+                result = fn(conn, outbox)
+                self._wake_remote(conn, (m.recipient for m in outbox.sent))
+                return result, outbox.sent
 
             result, sent = await run(outside)
             self._committed(sent)
@@ -571,6 +586,7 @@ class Broker:
             # A fresh outbox per attempt: the database may run a batch again (disk full).
             outbox = Outbox(conn, at)
             result = fn(conn, outbox)
+            self._wake_remote(conn, (m.recipient for m in outbox.sent))
             handed = {r: sql_take(conn, r, slot.limit, slot.ack, at) for r, slot in claims.items()}
             return result, outbox.sent, handed
 
@@ -596,6 +612,15 @@ class Broker:
             slot.claimed = True
             claims[recipient] = slot
         return claims
+
+    def _wake_remote(self, conn: Conn, recipients: Iterable[str]) -> None:
+        """(In the transaction) tell the node of each recipient served elsewhere to wake it
+        once this commits."""
+        if self._notify_wake is None:
+            return
+        remote = sorted({r for r in recipients if self._remote(r)})
+        if remote:
+            self._notify_wake(conn, remote)
 
     def _committed(self, sent: Iterable[SentMessage]) -> None:
         """After a commit that inserted messages: publish them and wake their recipients."""
@@ -650,7 +675,11 @@ class Broker:
                 continue
             # Nothing committed for us is unseen: the look was a read of everything committed
             # before it, and any later commit wakes (or hands over to) the slot parked now,
-            # with no checkpoint in between.
+            # with no checkpoint in between. A commit of another node is no different: the
+            # stores' batches take turns (one advisory lock), so it committed after the look
+            # began, and its wake runs on this thread (``run_sync_soon``) between checkpoints,
+            # so after the ``wakes`` read above: it either moved the counter while the look
+            # awaited (look again) or finds the slot parked now.
             handed = await self._park(recipient, _Slot(limit, ack), deadline)
             if handed:
                 if self._paused(recipient):
@@ -718,19 +747,39 @@ class Broker:
 
     async def requeue_unacked(self, recipient: str) -> int:
         """Hand delivered-but-unacked messages out again (a harness restarted)."""
-        count = await self._db.transaction(lambda conn: sql_requeue(conn, recipient))
+
+        def tx(conn: Conn) -> int:
+            count = sql_requeue(conn, recipient)
+            if count:
+                self._wake_remote(conn, (recipient,))
+            return count
+
+        count = await self._db.transaction(tx)
         if count:
             self._wake(recipient)
         return count
 
     async def undeliver(self, recipient: str, ids: list[int]) -> int:
-        count = await self._db.transaction(lambda conn: sql_undeliver(conn, recipient, ids))
+        def tx(conn: Conn) -> int:
+            self._wake_remote(conn, (recipient,))
+            return sql_undeliver(conn, recipient, ids)
+
+        count = await self._db.transaction(tx)
         self._wake(recipient)
         return count
 
     def pause_changed(self, recipient: str) -> None:
         """``recipient`` was paused or resumed: its parked receivers look again (after a
-        resume they take what waits; with nothing to take they return, empty, at once)."""
+        resume they take what waits; with nothing to take they return, empty, at once).
+
+        A recipient served by another node learns of it there: that node reads the row the
+        pause changed again (``Registry.follow``) and calls this, after its copy shows the
+        new state (a wake before that would look with the old one and park again)."""
+        self._wake(recipient)
+
+    def wake(self, recipient: str) -> None:
+        """Another node committed something for ``recipient`` (see the module docstring):
+        its parked receivers look again."""
         self._wake(recipient)
 
     def _wake(self, recipient: str) -> None:

@@ -74,6 +74,14 @@ SHUTDOWN_GRACE_SECONDS: Final = 10.0
 #: A node writes its heartbeat this often; one silent for NODE_DOWN_SECONDS is ``down``.
 NODE_HEARTBEAT_SECONDS: Final = 2.0
 NODE_DOWN_SECONDS: Final = 10.0
+#: The events other nodes show (``hyperhive.shared_events``): waiting to be written (more
+#: are dropped, counted), written or read per transaction, kept in ``hive_events``.
+HIVE_EVENTS_QUEUE: Final = 10_000
+HIVE_EVENTS_BATCH: Final = 500
+HIVE_EVENTS_KEEP_SECONDS: Final = 60 * 60.0
+#: Agent names per ``wake`` notification (at most 12 bytes each in JSON: 9 characters,
+#: quotes, comma; PostgreSQL takes 8000 bytes).
+WAKE_NAMES_PER_NOTE: Final = 500
 BACKENDS: Final = ("auto", "nspawn", "process", "external")
 #: ``hyperhive run --backend`` and :attr:`Config.backend`: nspawn when it can run, else process.
 DEFAULT_BACKEND: Final = "auto"

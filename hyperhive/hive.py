@@ -37,6 +37,7 @@ from hyperhive.config import (
     MAX_LOG_LINES,
     MAX_PAUSE_REASON,
     TOMBSTONE_SIZE_SECONDS,
+    WAKE_NAMES_PER_NOTE,
     Config,
 )
 from hyperhive.config_repo import (
@@ -98,6 +99,7 @@ from hyperhive.reminders import ReminderBook
 from hyperhive.retention import sweep_events_db
 from hyperhive.runtime import gather
 from hyperhive.schedules import ScheduleBook, Spec, local_timezone, may_touch, sql_save_request
+from hyperhive.shared_events import SharedEvents
 from hyperhive.space import SpaceMonitor
 from hyperhive.store import Conn, Database, is_disk_full
 from hyperhive.supervision import Problems, agent_reporter
@@ -195,7 +197,14 @@ class Hive:
             allowed_recipients=self.registry.allowed_recipients,
             paused=self.registry.paused,
             parents=self.registry.parents,
+            # A recipient on another node: its node is told to wake it (not on sqlite).
+            remote=self.registry.is_remote,
+            notify_wake=self._notify_wake if db.shared else None,
         )
+        self.nodes.on("wake", self._on_wake)
+        self.registry.on_remote_pause = self.broker.pause_changed
+        #: This node's events to the other nodes' dashboards, theirs to this one's.
+        self.shared_events = SharedEvents(db, self.events, self.nodes, clock=config.wall_clock)
         self.questions = QuestionBook(
             db, self.broker, self.events, known_agents=self.registry.known, clock=config.wall_clock
         )
@@ -249,6 +258,21 @@ class Hive:
             restart_backoff=config.restart_backoff,
             on_crash=sql_record_crash,
         )
+
+    def _notify_wake(self, conn: Conn, names: list[str]) -> None:
+        """(In the transaction) the nodes of ``names`` wake their parked receivers: one
+        notification per ``WAKE_NAMES_PER_NOTE`` names (a broadcast's hundreds fit a few)."""
+        for start in range(0, len(names), WAKE_NAMES_PER_NOTE):
+            self.nodes.notify(conn, "wake", agents=names[start : start + WAKE_NAMES_PER_NOTE])
+
+    def _on_wake(self, data: dict[str, Any]) -> None:
+        """Another node committed something for agents of this one (``Broker.wake``)."""
+        agents = data.get("agents")
+        if data.get("from") == self.nodes.name or not isinstance(agents, list):
+            return
+        for agent in agents:
+            if isinstance(agent, str) and self.registry.is_local(agent):
+                self.broker.wake(agent)
 
     def refuse_if_disk_full(self, exc: OSError) -> None:
         """A file write that failed for lack of space is a refusal (``disk full: …``)."""

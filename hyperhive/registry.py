@@ -302,6 +302,9 @@ class Registry:
         self._nodes = nodes
         self._remote_changes: set[str] = set()
         self._remote_changed = trio.Event()
+        #: Called with the name of an agent whose pause another node changed, once this
+        #: node's copy shows it (the broker's ``pause_changed``: its parked receivers look).
+        self.on_remote_pause: Callable[[str], None] = lambda _: None
         if nodes is not None:
             nodes.on("agents", self._on_remote_change)
         #: This daemon's node: it binds the sockets (and runs the containers) of the agents
@@ -378,8 +381,11 @@ class Registry:
             await self._remote_changed.wait()
             self._remote_changed = trio.Event()
             names, self._remote_changes = self._remote_changes, set()
+            paused = {n: self.paused(n) for n in names}
             for name in await self.refresh(names):
                 record = self._agents.get(name)
+                if self.paused(name) != paused[name]:
+                    self.on_remote_pause(name)
                 if record is None:
                     self._events.emit(ev.AgentPurged(name=name))
                     continue
@@ -398,6 +404,11 @@ class Registry:
         """Whether ``name`` is placed on this node (its socket, container and files are here)."""
         record = self._agents.get(name)
         return record is not None and record.node == self.node
+
+    def is_remote(self, name: str) -> bool:
+        """Whether ``name`` is an agent placed on another node (its ``recv`` parks there)."""
+        record = self._agents.get(name)
+        return record is not None and record.node != self.node
 
     def directory(self) -> tuple[Collection[str], Collection[str]]:
         """``(known, live)`` for the broker's recipient check: live views of the table, not
