@@ -218,6 +218,7 @@ class Hive:
             },
             on_deny={ApprovalKind.APPLY_COMMIT: self._denied_apply_commit},
             prechecks={ApprovalKind.SPAWN: self._check_spawn},
+            node=config.node,
         )
         self.schedules = ScheduleBook(
             db,
@@ -611,7 +612,10 @@ class Hive:
 
         Runs at start-up, before the operator's socket listens.
         """
-        for operation in await self.db.transaction(sql_unfinished):
+        # Another node's approvals being carried out are its own to finish.
+        mine = self.config.node if self.db.shared else None
+        unfinished = functools.partial(sql_unfinished, node=mine)
+        for operation in await self.db.transaction(unfinished):
             log.warning(
                 "finishing %s of %s interrupted by the last shutdown",
                 operation.kind,

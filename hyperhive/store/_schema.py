@@ -266,6 +266,19 @@ def _v9_nodes(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v10_decided_on_node(conn: sqlite3.Connection) -> None:
+    """Which node journaled an operation and decided an approval (NULL: one node only, or
+    from before nodes): another node's approval being carried out is not an interrupted one,
+    and a late second decision is told where the first was made."""
+    _execute_script(
+        conn,
+        """
+        ALTER TABLE operations ADD COLUMN node TEXT;
+        ALTER TABLE approvals ADD COLUMN decided_node TEXT;
+        """,
+    )
+
+
 BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v1,
     _v2,
@@ -276,4 +289,5 @@ BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v7_reminders,
     _v8_schedules,
     _v9_nodes,
+    _v10_decided_on_node,
 )
