@@ -26,6 +26,7 @@
         │           ├── SpaceMonitor.run *   statvfs of the state dir every 30 s and on disk-full
         │           ├── AgentViews.refresh_loop *
         │           │                        every 2 s: agents' model, UI socket, login (a thread)
+        │           ├── NodeWatch.run *      every 2 s: the nodes' statuses, `node_changed`
         │           ├── serve_dashboard *    with --dashboard-bind: hypercorn-trio; started(urls)
         │           └── serve_unix_socket    <run>/host.sock (operator)
         └── _watchdog_pings                  start_soon, only when WATCHDOG_USEC is set; pings
@@ -278,6 +279,7 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
                     ("the housekeeping loop", functools.partial(housekeeping_loop, hive)),
                     ("the free-space monitor", hive.space.run),
                     ("the agent views", hive.views.refresh_loop),
+                    ("the node watch", hive.node_watch.run),
                 ):
                     await nursery.start(
                         functools.partial(

@@ -4,13 +4,21 @@ nodes, ``kill -9`` of a node in a burst of cross-node sends (real daemons, one P
 
 from __future__ import annotations
 
+import http.cookiejar
+import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import trio
 
+from hyperhive.client import Client
+from hyperhive.config import NODE_DOWN_SECONDS, NODE_HEARTBEAT_SECONDS
+from hyperhive.protocol import Recv, Send, Spawn
+from tests.conftest import wait_until
 from tests.multinode import running_nodes
+from tests.test_cli import cli
 
 
 async def test_two_operators_approving_on_two_nodes_one_wins(
@@ -59,3 +67,105 @@ async def test_two_operators_approving_on_two_nodes_one_wins(
             assert decided is not None and decided[0] == winner
             listed = await b.call({"cmd": "list"})
             assert [x["name"] for x in listed["agents"]].count(name) == 1
+
+
+def _by_name(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {item["name"]: item for item in items}
+
+
+def _dashboard_state(login_url: str) -> dict[str, Any]:
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    opener.open(login_url, timeout=10).read()
+    base = login_url.split("/login", 1)[0]
+    with opener.open(f"{base}/api/state", timeout=10) as response:
+        state: dict[str, Any] = json.loads(response.read())
+    return state
+
+
+async def test_a_down_node_shows_its_agents_unreachable_keeps_their_messages_and_returns(
+    short_tmp: Path, pg_url: str, nursery: trio.Nursery
+) -> None:
+    async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
+        a, b = nodes["na"], nodes["nb"]
+        async with await a.host() as host:
+            await host.call(Spawn("alice"))
+        async with await b.host() as host:
+            await host.call(Spawn("bob"))
+        # Each node and each agent's node, from either node.
+        shown = await a.call({"cmd": "nodes"})
+        assert shown["node"] == "na"
+        table = _by_name(shown["nodes"])
+        assert {n: (v["status"], v["agents"], v["this"]) for n, v in table.items()} == {
+            "na": ("up", 2, True),  # the manager and alice
+            "nb": ("up", 1, False),
+        }
+        assert table["nb"]["dashboard_url"].startswith("http://127.0.0.1:")
+        assert "token" not in table["nb"]["dashboard_url"]
+        assert table["nb"]["heartbeat_age_seconds"] < 10
+        assert (await b.call({"cmd": "status"}))["node"] == "nb"
+        assert ", node nb, " in (await cli(b, "status")).out
+        agents = _by_name((await a.call({"cmd": "list"}))["agents"])
+        assert {n: (v["node"], v["node_status"]) for n, v in agents.items()} == {
+            "manager": ("na", "up"),
+            "alice": ("na", "up"),
+            "bob": ("nb", "up"),
+        }
+        assert a.dashboard_login is not None
+        state = await trio.to_thread.run_sync(_dashboard_state, a.dashboard_login)
+        assert state["node"] == "na"
+        assert [(n["name"], n["status"]) for n in state["nodes"]] == [("na", "up"), ("nb", "up")]
+        assert _by_name(state["agents"])["bob"]["node"] == "nb"
+
+        await b.kill()  # the host of nb is lost: its heartbeat stops
+
+        async def bob_unreachable() -> bool:
+            listed = _by_name((await a.call({"cmd": "list"}))["agents"])
+            return bool(listed["bob"]["node_status"] == "down")
+
+        await wait_until(bob_unreachable, limit=NODE_DOWN_SECONDS + 15, interval=0.2)
+        listed = _by_name((await a.call({"cmd": "list"}))["agents"])
+        assert listed["alice"]["node_status"] == "up"
+        assert _by_name((await a.call({"cmd": "nodes"}))["nodes"])["nb"]["status"] == "down"
+        # The operator's CLI: the nodes, and each agent's node (down: unreachable).
+        lines = (await cli(a, "nodes")).out.splitlines()
+        assert lines[0].split() == ["NODE", "HOST", "STATUS", "HEARTBEAT", "AGENTS", "DASHBOARD"]
+        assert lines[1].split()[:2] == ["na", "*"] and lines[1].split()[3] == "up"
+        assert lines[2].split()[0] == "nb" and lines[2].split()[2] == "down"
+        lines = (await cli(a, "list")).out.splitlines()
+        assert lines[0].split()[:3] == ["NAME", "NODE", "ROLE"]
+        rows = {line.split()[0]: line for line in lines[1:]}
+        assert rows["bob"].split()[1:3] == ["nb", "(down)"]
+        assert rows["alice"].split()[1:3] == ["na", "agent"]
+        state = await trio.to_thread.run_sync(_dashboard_state, a.dashboard_login)
+        assert _by_name(state["agents"])["bob"]["node_status"] == "down"
+        assert _by_name(state["nodes"])["nb"]["status"] == "down"
+
+        # A message to an agent of the down node is accepted and waits in the database.
+        async with await Client.connect(a.paths.agent_socket("alice")) as alice:
+            sent = await alice.call(Send("bob", "while you were away"))
+        with psycopg.connect(pg_url) as conn:
+            row = conn.execute(
+                "SELECT recipient, delivered_at FROM messages WHERE id = %s",
+                (sent.id,),  # type: ignore[attr-defined]
+            ).fetchone()
+        assert row == ("bob", None)
+
+        # nb returns (its daemon restarted): bob is re-adopted, as on any restart.
+        await b.start(nursery)
+        assert b.paths.agent_socket("bob").exists()
+        async with await Client.connect(b.paths.agent_socket("bob"), hello_role="harness") as bob:
+            got = await bob.call(Recv(max=10))
+        messages = got.messages  # type: ignore[attr-defined]
+        assert [(m.id, m.from_, m.body) for m in messages] == [
+            (sent.id, "alice", "while you were away")  # type: ignore[attr-defined]
+        ]
+
+        async def bob_reachable() -> bool:
+            listed = _by_name((await a.call({"cmd": "list"}))["agents"])
+            return bool(listed["bob"]["node_status"] == "up")
+
+        await wait_until(bob_reachable, limit=NODE_HEARTBEAT_SECONDS * 3 + 5, interval=0.2)
+        listed = _by_name((await b.call({"cmd": "list"}))["agents"])
+        assert (listed["bob"]["node"], listed["bob"]["state"]) == ("nb", agents["bob"]["state"])
+        assert listed["bob"]["harness_connected"] is False  # bob's harness hung up above
