@@ -7,15 +7,19 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import psycopg
+import pytest
 import trio
 
 from hyperhive.client import Client
-from hyperhive.config import NODE_DOWN_SECONDS, NODE_HEARTBEAT_SECONDS
-from hyperhive.protocol import Recv, Send, Spawn
+from hyperhive.config import MAX_RECV_BATCH, NODE_DOWN_SECONDS, NODE_HEARTBEAT_SECONDS
+from hyperhive.errors import ConnectionLost
+from hyperhive.protocol import Ack, Message, Recv, Send, Spawn
 from tests.conftest import wait_until
 from tests.multinode import running_nodes
 from tests.test_cli import cli
@@ -169,3 +173,126 @@ async def test_a_down_node_shows_its_agents_unreachable_keeps_their_messages_and
         listed = _by_name((await b.call({"cmd": "list"}))["agents"])
         assert (listed["bob"]["node"], listed["bob"]["state"]) == ("nb", agents["bob"]["state"])
         assert listed["bob"]["harness_connected"] is False  # bob's harness hung up above
+
+
+@attrs.define
+class _Agent:
+    """One agent of the burst, acting through its socket on its node."""
+
+    name: str
+    node: str
+    #: Ids of its sends that were acknowledged (a reply with the id came back).
+    acked: list[int] = attrs.Factory(list)
+    #: Every message handed to it, in order, copies included.
+    got: list[Message] = attrs.Factory(list)
+
+
+async def _send_loop(sock: Path, me: _Agent, to: str, stop: trio.Event) -> None:
+    """Send to ``to`` until told to stop or the node goes away (an unanswered send is not
+    acknowledged: it may or may not have been committed)."""
+    try:
+        async with await Client.connect(sock) as client:
+            i = 0
+            while not stop.is_set():
+                reply = await client.call(Send(to, f"{me.name}-{i}"))
+                me.acked.append(reply.id)  # type: ignore[attr-defined]
+                i += 1
+    except (ConnectionLost, OSError):
+        return
+
+
+async def _recv_loop(sock: Path, me: _Agent) -> None:
+    """Receive as the agent's harness does (hand out, then acknowledge) until the node goes
+    away."""
+    try:
+        async with await Client.connect(sock, hello_role="harness") as client:
+            while True:
+                reply = await client.call(Recv(max=MAX_RECV_BATCH, ack=False, wait_seconds=0.2))
+                messages = reply.messages  # type: ignore[attr-defined]
+                me.got.extend(messages)
+                if messages:
+                    await client.call(Ack([m.id for m in messages]))
+    except (ConnectionLost, OSError):
+        return
+
+
+async def _until(predicate: Callable[[], bool], limit: float) -> None:
+    async def check() -> bool:
+        return predicate()
+
+    await wait_until(check, limit=limit, interval=0.02)
+
+
+@pytest.mark.parametrize(
+    "victim", ["nb", "na"], ids=["the-receiving-node-dies", "the-sending-node-dies"]
+)
+async def test_kill_9_of_a_node_in_a_burst_of_cross_node_sends_loses_nothing(
+    short_tmp: Path, pg_url: str, nursery: trio.Nursery, victim: str
+) -> None:
+    async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
+        # alice and carol (na) send to bob (nb); bob sends back to alice.
+        agents = {
+            "alice": _Agent("alice", "na"),
+            "carol": _Agent("carol", "na"),
+            "bob": _Agent("bob", "nb"),
+        }
+        for agent in agents.values():
+            async with await nodes[agent.node].host() as host:
+                await host.call(Spawn(agent.name))
+
+        def sock(name: str) -> Path:
+            return nodes[agents[name].node].paths.agent_socket(name)
+
+        routes = [("alice", "bob"), ("carol", "bob"), ("bob", "alice")]
+        stop = trio.Event()
+        async with trio.open_nursery() as burst:
+            for sender, recipient in routes:
+                burst.start_soon(_send_loop, sock(sender), agents[sender], recipient, stop)
+            for name in ("alice", "bob"):
+                burst.start_soon(_recv_loop, sock(name), agents[name])
+            await _until(lambda: all(len(agents[s].acked) >= 20 for s, _ in routes), 60)
+
+            await nodes[victim].kill()  # mid-burst: sends and receives in flight
+
+            survivors = [s for s, _ in routes if agents[s].node != victim]
+            after = {s: len(agents[s].acked) for s in survivors}
+            # The other node's agents keep sending, to the dead node's agents too.
+            await _until(lambda: all(len(agents[s].acked) >= after[s] + 20 for s in survivors), 60)
+            stop.set()
+            await nodes[victim].start(burst)  # the node returns
+            for name in ("alice", "bob"):
+                if agents[name].node == victim:
+                    burst.start_soon(_recv_loop, sock(name), agents[name])
+
+            def acked_to(recipient: str) -> set[int]:
+                return {i for s, r in routes if r == recipient for i in agents[s].acked}
+
+            # Every acknowledged send is delivered once its node is back.
+            await _until(
+                lambda: all(
+                    acked_to(name) <= {m.id for m in agents[name].got} for name in ("alice", "bob")
+                ),
+                60,
+            )
+            burst.cancel_scope.cancel()
+
+        for name in ("alice", "bob"):
+            seen: set[int] = set()
+            for message in agents[name].got:
+                # A copy is only ever one marked redelivered (handed out, unacknowledged, then
+                # its node died).
+                assert message.id not in seen or message.redelivered, (name, message)
+                seen.add(message.id)
+                assert message.to == name
+        assert all(len(agents[s].acked) >= 40 for s in survivors)
+        # Nothing acknowledged went missing, and nothing was written that nobody sent.
+        with psycopg.connect(pg_url) as conn:
+            stored = {
+                row[0]: row[1]
+                for row in conn.execute(
+                    "SELECT id, sender FROM messages WHERE sender IN ('alice', 'carol', 'bob')"
+                )
+            }
+        for sender, _ in routes:
+            assert set(agents[sender].acked) <= set(stored)
+        assert {m.id for name in ("alice", "bob") for m in agents[name].got} <= set(stored)
