@@ -19,9 +19,9 @@ import trio
 from hyperhive.client import Client
 from hyperhive.config import MAX_RECV_BATCH, NODE_DOWN_SECONDS, NODE_HEARTBEAT_SECONDS
 from hyperhive.errors import ConnectionLost
-from hyperhive.protocol import Ack, Message, Recv, Send, Spawn
+from hyperhive.protocol import Ack, Approve, Message, Recv, Send, Spawn
 from tests.conftest import wait_until
-from tests.multinode import running_nodes
+from tests.multinode import node_process, running_nodes
 from tests.test_cli import cli
 
 
@@ -296,3 +296,54 @@ async def test_kill_9_of_a_node_in_a_burst_of_cross_node_sends_loses_nothing(
         for sender, _ in routes:
             assert set(agents[sender].acked) <= set(stored)
         assert {m.id for name in ("alice", "bob") for m in agents[name].got} <= set(stored)
+
+
+async def test_an_approval_claimed_by_a_node_that_died_is_refused_then_taken_over(
+    short_tmp: Path, pg_url: str, nursery: trio.Nursery
+) -> None:
+    async with running_nodes(short_tmp, pg_url, ["na"], nursery) as nodes:
+        a = nodes["na"]
+        b = node_process(short_tmp, "nb", pg_url)
+        b.env["HYPERHIVE_TEST_CRASH_AT"] = "approve-claimed"  # dies once it has claimed one
+        try:
+            await b.start(nursery)
+            asked = await a.call({"cmd": "request_spawn", "name": "orphan"})
+            approval = asked["approval"]["id"]
+            with trio.fail_after(15):
+                async with await b.host() as host:
+                    with pytest.raises(ConnectionLost):
+                        await host.call(Approve(approval))
+                await b.proc.wait()  # type: ignore[union-attr]
+            # nb's heartbeat is still fresh: the approval is its to carry out.
+            for verb in ("approve", "deny"):
+                refused = await a.call({"cmd": verb, "id": approval})
+                assert refused["ok"] is False
+                assert refused["error"] == (
+                    f"approval {approval} was approved on node nb and is being carried out there"
+                )
+
+            async def nb_down() -> bool:
+                shown = _by_name((await a.call({"cmd": "nodes"}))["nodes"])
+                return bool(shown["nb"]["status"] == "down")
+
+            await wait_until(nb_down, limit=NODE_DOWN_SECONDS + 15, interval=0.2)
+            # nb is down: the operator on na finishes it (the executor is idempotent).
+            done = await a.call({"cmd": "approve", "id": approval})
+            assert done["ok"], done
+            assert done["approval"]["status"] == "approved"
+            listed = _by_name((await a.call({"cmd": "list"}))["agents"])
+            assert "orphan" in listed
+            with psycopg.connect(pg_url) as conn:
+                journal = conn.execute("SELECT COUNT(*) FROM operations").fetchone()
+                decided = conn.execute(
+                    "SELECT decided_node FROM approvals WHERE id = %s", (approval,)
+                ).fetchone()
+            assert journal == (0,) and decided == ("na",)
+            # nb returns (without the crash) and finds nothing of its own to finish.
+            b.env.pop("HYPERHIVE_TEST_CRASH_AT")
+            await b.start(nursery)
+            late = await b.call({"cmd": "approve", "id": approval})
+            assert late["error"] == f"approval {approval} is already approved on node na"
+        finally:
+            if b.proc is not None and b.proc.returncode is None:
+                await b.kill()
