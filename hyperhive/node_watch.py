@@ -118,9 +118,12 @@ class NodeWatch:
         return node_views(self.infos, self._statuses, agents, self._nodes.name, self._clock())
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Read now, then every ``interval`` seconds."""
+        """Read now, then every ``interval`` seconds (on a store no other node shares, only
+        now: this node is the only one, and always up to itself)."""
         await self.check()
         task_status.started()
+        if not self._nodes.shared:
+            await trio.sleep_forever()
         while True:
             await trio.sleep(self._interval)
             await self.check()

@@ -16,13 +16,117 @@ import psycopg
 import pytest
 import trio
 
+from hyperhive.agent_views import AgentFacts, AgentViews
 from hyperhive.client import Client
 from hyperhive.config import MAX_RECV_BATCH, NODE_DOWN_SECONDS, NODE_HEARTBEAT_SECONDS
 from hyperhive.errors import ConnectionLost
-from hyperhive.protocol import Ack, Approve, Message, Recv, Send, Spawn
+from hyperhive.events import EventHub
+from hyperhive.kinds import NodeStatus
+from hyperhive.node_watch import changes, node_views
+from hyperhive.nodes import NodeInfo
+from hyperhive.protocol import Ack, AgentInfo, Approve, Message, Recv, Send, Spawn
+from hyperhive.protocol.event_payloads import NodeChanged
+from hyperhive.registry import AgentRecord
 from tests.conftest import wait_until
 from tests.multinode import node_process, running_nodes
 from tests.test_cli import cli
+
+
+def test_a_node_change_is_a_status_that_differs_between_two_reads() -> None:
+    up, down, stopped = NodeStatus.UP, NodeStatus.DOWN, NodeStatus.STOPPED
+    found = changes({"a": up, "b": up, "c": down}, {"a": up, "b": down, "c": up, "d": up})
+    assert [(c.node, c.status, c.previous) for c in found] == [
+        ("b", down, up),
+        ("c", up, down),
+        ("d", up, None),  # seen for the first time
+    ]
+    assert changes({"a": stopped}, {"a": stopped}) == []
+
+
+def test_the_table_of_nodes_says_each_ones_age_agents_and_which_answers() -> None:
+    info = NodeInfo(
+        name="nb",
+        host="h2",
+        pid=1,
+        started_at=0.0,
+        heartbeat_at=90.0,
+        stopped_at=None,
+        dashboard_url="http://h2:8080",
+    )
+    other = attrs.evolve(info, name="na", host="h1", heartbeat_at=99.0, dashboard_url=None)
+    [na, nb] = node_views([info, other], {"nb": NodeStatus.DOWN}, {"na": 3}, "na", 100.0)
+    assert (na.name, na.status, na.agents, na.this, na.heartbeat_age_seconds) == (
+        "na",
+        NodeStatus.UP,
+        3,
+        True,
+        1.0,
+    )
+    assert (nb.name, nb.status, nb.agents, nb.this, nb.dashboard_url) == (
+        "nb",
+        NodeStatus.DOWN,
+        0,
+        False,
+        "http://h2:8080",
+    )
+
+
+async def test_the_agent_views_are_built_again_for_a_node_that_changed() -> None:
+    events = EventHub()
+    records = [
+        AgentRecord(
+            name=name,
+            role="agent",
+            state="running",
+            backend="external",
+            created_at=0.0,
+            updated_at=0.0,
+            parent=None,
+            status_text="",
+            node=node,
+        )
+        for name, node in (("alice", "na"), ("bob", "nb"))
+    ]
+    statuses = {"na": NodeStatus.UP, "nb": NodeStatus.UP}
+    built: list[str] = []
+
+    def build(record: AgentRecord, facts: AgentFacts) -> AgentInfo:
+        built.append(record.name)
+        return AgentInfo(
+            name=record.name,
+            role=record.role,
+            state=record.state,
+            backend=record.backend,
+            created_at=record.created_at,
+            parent=None,
+            model=facts.model,
+            status_text="",
+            unread=0,
+            harness_connected=False,
+            transient=None,
+            transient_since=None,
+            pid=None,
+            warning=None,
+            ui_url=None,
+            node=record.node,
+            node_status=statuses[record.node],
+        )
+
+    views = AgentViews(
+        events,
+        records=lambda: records,
+        read_facts=lambda name: AgentFacts(model="m", ui_url=None, logged_in=True),
+        build=build,
+    )
+    first = await views.infos({})
+    assert [i.node_status for i in first] == [NodeStatus.UP, NodeStatus.UP]
+    await views.infos({})
+    assert built == ["alice", "bob"]  # kept while nothing changed
+    statuses["nb"] = NodeStatus.DOWN
+    events.emit(NodeChanged(node="nb", status=NodeStatus.DOWN, previous=NodeStatus.UP))
+    shown = {i.name: i.node_status for i in await views.infos({})}
+    assert shown == {"alice": NodeStatus.UP, "bob": NodeStatus.DOWN}
+    assert built == ["alice", "bob", "bob"]  # only the changed node's agent
 
 
 async def test_two_operators_approving_on_two_nodes_one_wins(
