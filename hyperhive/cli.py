@@ -965,6 +965,10 @@ def _watch_line(line: dict[str, Any]) -> str:
         what = f"{d['name']} by {d['by']}" + (f": {d['reason']}" if d["reason"] else "")
     elif kind == "problems_changed":
         what = "; ".join(d["problems"]) or "none"
+    elif kind == "node_changed":
+        what = f"node {d['node']} {d['status']}" + (
+            f" (was {d['previous']})" if d.get("previous") else ""
+        )
     else:
         detail = [d.get("transient") or d.get("state"), d.get("status_text"), d.get("by")]
         what = " ".join(str(x) for x in [d.get("name"), *detail] if x)

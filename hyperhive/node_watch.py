@@ -81,6 +81,7 @@ class NodeWatch:
         self._interval = interval
         self.infos: list[NodeInfo] = []
         self._statuses: dict[str, NodeStatus] = {}
+        self._checking = trio.Lock()
 
     @property
     def this(self) -> str:
@@ -93,11 +94,13 @@ class NodeWatch:
             return NodeStatus.UP
         return self._statuses.get(node, NodeStatus.UP)
 
-    def statuses(self) -> dict[str, NodeStatus]:
-        return dict(self._statuses)
-
     async def check(self) -> None:
-        """Read the nodes now; publish each change of status."""
+        """Read the nodes now; publish each change of status (one read at a time, so a
+        change is published once)."""
+        async with self._checking:
+            await self._check()
+
+    async def _check(self) -> None:
         infos = await self._nodes.all()
         now = self._clock()
         after = {

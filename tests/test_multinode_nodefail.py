@@ -225,6 +225,9 @@ async def test_a_down_node_shows_its_agents_unreachable_keeps_their_messages_and
         assert [(n["name"], n["status"]) for n in state["nodes"]] == [("na", "up"), ("nb", "up")]
         assert _by_name(state["agents"])["bob"]["node"] == "nb"
 
+        watcher = await a.host()  # the operator's `hyperhive watch` on na
+        assert (await watcher.request({"cmd": "watch"}))["ok"]
+
         await b.kill()  # the host of nb is lost: its heartbeat stops
 
         async def bob_unreachable() -> bool:
@@ -235,6 +238,12 @@ async def test_a_down_node_shows_its_agents_unreachable_keeps_their_messages_and
         listed = _by_name((await a.call({"cmd": "list"}))["agents"])
         assert listed["alice"]["node_status"] == "up"
         assert _by_name((await a.call({"cmd": "nodes"}))["nodes"])["nb"]["status"] == "down"
+        with trio.fail_after(10):
+            line = await watcher.receive()
+            while line["kind"] != "node_changed":
+                line = await watcher.receive()
+        assert line["data"] == {"node": "nb", "status": "down", "previous": "up"}
+        await watcher.aclose()
         # The operator's CLI: the nodes, and each agent's node (down: unreachable).
         lines = (await cli(a, "nodes")).out.splitlines()
         assert lines[0].split() == ["NODE", "HOST", "STATUS", "HEARTBEAT", "AGENTS", "DASHBOARD"]
