@@ -21,8 +21,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-import attrs
-
 from hyperhive import system_messages
 from hyperhive.broker import Broker, Outbox
 from hyperhive.config import MAX_NOTE_CHARS, NODE_DOWN_SECONDS
@@ -396,16 +394,19 @@ class ApprovalQueue:
             info = await self._db.transaction(
                 lambda conn: sql_undecided(conn, approval_id, self._node)
             )
+            # The decision first: a denial that loses to a claim made on another node
+            # meanwhile is refused and leaves no trace.
+            denied = await self._resolve(
+                approval_id, ApprovalStatus.DENIED, note, Decider.OPERATOR, unclaimed=True
+            )
             hook = self._on_deny.get(info.kind)
             if hook is not None:
                 # Record the denial next to the proposal (a tag); it must not block the decision.
                 try:
-                    await hook(attrs.evolve(info, note=note))
+                    await hook(denied)
                 except (RequestRefused, OSError) as exc:
                     log.warning("approval %d: recording the denial failed: %s", approval_id, exc)
-            return await self._resolve(
-                approval_id, ApprovalStatus.DENIED, note, Decider.OPERATOR, unclaimed=True
-            )
+            return denied
 
     async def set_fetched_sha(self, approval_id: int, sha: str) -> ApprovalInfo:
         return await self._db.transaction(lambda conn: sql_set_fetched(conn, approval_id, sha))
