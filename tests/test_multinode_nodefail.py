@@ -129,11 +129,15 @@ async def test_the_agent_views_are_built_again_for_a_node_that_changed() -> None
     assert built == ["alice", "bob", "bob"]  # only the changed node's agent
 
 
-async def test_two_operators_approving_on_two_nodes_one_wins(
-    short_tmp: Path, pg_url: str, nursery: trio.Nursery
+@pytest.mark.parametrize(
+    "verbs", [("approve", "approve"), ("approve", "deny")], ids=["approve-approve", "approve-deny"]
+)
+async def test_two_operators_deciding_one_approval_on_two_nodes_one_wins(
+    short_tmp: Path, pg_url: str, nursery: trio.Nursery, verbs: tuple[str, str]
 ) -> None:
     async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
         a, b = nodes["na"], nodes["nb"]
+        verb = dict(zip(("na", "nb"), verbs, strict=True))
         for round_ in range(4):
             name = f"twice{round_}"
             asked = await a.call({"cmd": "request_spawn", "name": name})
@@ -141,17 +145,18 @@ async def test_two_operators_approving_on_two_nodes_one_wins(
             approval = asked["approval"]["id"]
             replies: dict[str, dict[str, Any]] = {}
 
-            async def approve(node: str, approval: int, out: dict[str, Any]) -> None:
-                out[node] = await nodes[node].call({"cmd": "approve", "id": approval})
+            async def decide(node: str, approval: int, out: dict[str, Any]) -> None:
+                out[node] = await nodes[node].call({"cmd": verb[node], "id": approval})
 
             async with trio.open_nursery() as both:  # both operators at once
-                both.start_soon(approve, "na", approval, replies)
-                both.start_soon(approve, "nb", approval, replies)
+                both.start_soon(decide, "na", approval, replies)
+                both.start_soon(decide, "nb", approval, replies)
             won = [node for node, reply in replies.items() if reply["ok"]]
             assert len(won) == 1, replies
             (winner,) = won
             loser = "nb" if winner == "na" else "na"
-            assert replies[winner]["approval"]["status"] == "approved"
+            status = {"approve": "approved", "deny": "denied"}[verb[winner]]
+            assert replies[winner]["approval"]["status"] == status
             refusal = replies[loser]["error"]
             assert f"approval {approval}" in refusal, refusal
             assert f"on node {winner}" in refusal, refusal
@@ -159,7 +164,7 @@ async def test_two_operators_approving_on_two_nodes_one_wins(
             for node in (a, b):
                 listed = await node.call({"cmd": "approvals", "include_resolved": True})
                 mine = [x for x in listed["approvals"] if x["id"] == approval]
-                assert [x["status"] for x in mine] == ["approved"]
+                assert [x["status"] for x in mine] == [status]
             with psycopg.connect(pg_url) as conn:
                 told = conn.execute(
                     "SELECT COUNT(*) FROM messages WHERE recipient = 'manager' "
@@ -170,11 +175,12 @@ async def test_two_operators_approving_on_two_nodes_one_wins(
                 decided = conn.execute(
                     "SELECT decided_node FROM approvals WHERE id = %s", (approval,)
                 ).fetchone()
-            assert told is not None and told[0] == 1
-            assert journal is not None and journal[0] == 0
-            assert decided is not None and decided[0] == winner
+            assert told == (1,)
+            assert journal == (0,)
+            assert decided == (winner,)
             listed = await b.call({"cmd": "list"})
-            assert [x["name"] for x in listed["agents"]].count(name) == 1
+            spawned = [x["name"] for x in listed["agents"]].count(name)
+            assert spawned == (1 if status == "approved" else 0)
 
 
 def _by_name(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
