@@ -37,6 +37,7 @@ async def test_agents_show_their_node_and_a_down_nodes_agents_are_unreachable(
                 expect(page.locator("article[data-name=alice] .node")).to_have_text("@na")
                 expect(bob.get_by_text("unreachable")).to_be_hidden()
                 expect(page.get_by_role("alert", name="Daemon problems")).to_be_hidden()
+                expect(page.locator("#backend")).to_have_text("node na · backend external")
 
             await chromium.run(placed, page)
             await b.kill()
@@ -51,6 +52,9 @@ async def test_agents_show_their_node_and_a_down_nodes_agents_are_unreachable(
                 expect(alice.get_by_text("unreachable")).to_be_hidden()
                 expect(page.get_by_role("alert", name="Daemon problems")).to_contain_text(
                     "node nb is down"
+                )
+                expect(page.get_by_role("alert", name="Daemon problems")).to_contain_text(
+                    "1 agent unreachable, messages to it wait"
                 )
 
             await chromium.run(unreachable, page)

@@ -44,14 +44,16 @@ function load(snap) {
   setCsrf(snap.csrf);
   setServerNow(snap.now);
   setText($('version'), `v${snap.version}`);
-  setText($('backend'), `backend ${snap.backend}`);
   showDisk(snap.state_dir_bytes);
   state.spend = { today: snap.spend.today_usd, total: snap.spend.total_usd };
   state.nodes = snap.nodes ?? [];
-  // The daemon's own: failed parts, low space, disk full; and each node that is not up.
+  // This dashboard's node, on a hive of several.
+  setText($('backend'), `${state.nodes.length > 1 ? `node ${snap.node} · ` : ''}backend ${snap.backend}`);
+  // The daemon's own: failed parts, low space, disk full; and each node that is down
+  // (or stopped with agents placed on it).
   const lines = [
     ...snap.problems,
-    ...state.nodes.filter((n) => n.status !== 'up').map((n) => `node ${n.name} is ${n.status} (last heartbeat ${ago(n.heartbeat_at)}): its ${n.agents} agents are unreachable, their messages wait`),
+    ...state.nodes.filter((n) => n.status === 'down' || (n.status !== 'up' && n.agents > 0)).map((n) => `node ${n.name} is ${n.status} (last heartbeat ${ago(n.heartbeat_at)}): ${n.agents} agent${n.agents === 1 ? '' : 's'} unreachable, messages to ${n.agents === 1 ? 'it' : 'them'} wait`),
   ];
   const problems = $('problems');
   problems.replaceChildren(...lines.map((p) => Object.assign(document.createElement('li'), { textContent: `⚠ ${p}` })));
