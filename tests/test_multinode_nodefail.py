@@ -4,8 +4,12 @@ nodes, ``kill -9`` of a node in a burst of cross-node sends (real daemons, one P
 
 from __future__ import annotations
 
+import contextlib
 import http.cookiejar
 import json
+import os
+import shlex
+import signal
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -24,12 +28,13 @@ from hyperhive.events import EventHub
 from hyperhive.kinds import NodeStatus
 from hyperhive.node_watch import changes, node_views
 from hyperhive.nodes import NodeInfo
-from hyperhive.protocol import Ack, AgentInfo, Approve, Message, Recv, Send, Spawn
+from hyperhive.protocol import Ack, AgentInfo, Approve, Kill, Message, Recv, Send, Spawn
 from hyperhive.protocol.event_payloads import NodeChanged
 from hyperhive.registry import AgentRecord
 from tests.conftest import wait_until
 from tests.multinode import node_process, running_nodes
 from tests.test_cli import cli
+from tests.test_containers import FAKE as FAKE_HARNESS
 
 
 def test_a_node_change_is_a_status_that_differs_between_two_reads() -> None:
@@ -466,3 +471,52 @@ async def test_an_approval_claimed_by_a_node_that_died_is_refused_then_taken_ove
         finally:
             if b.proc is not None and b.proc.returncode is None:
                 await b.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_a_returning_node_re_adopts_its_running_agents(
+    short_tmp: Path, pg_url: str, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Real payload processes (the process backend) that say hello as the harness and wait.
+    monkeypatch.setenv("HYPERHIVE_HARNESS_COMMAND", shlex.join(FAKE_HARNESS))
+    try:
+        async with running_nodes(
+            short_tmp, pg_url, ["na", "nb"], nursery, args=["--backend", "process"]
+        ) as nodes:
+            b = nodes["nb"]
+            async with await b.host() as host:
+                await host.call(Spawn("bob"))
+
+            async def bob_running() -> bool:
+                bob = _by_name((await b.call({"cmd": "list"}))["agents"])["bob"]
+                return bool(bob["state"] == "running" and bob["harness_connected"])
+
+            await wait_until(bob_running, limit=30, interval=0.1)
+            before = _by_name((await b.call({"cmd": "list"}))["agents"])["bob"]
+            assert before["backend"] == "process" and _alive(before["pid"])
+
+            await b.kill()  # the daemon dies; its agents' processes do not
+            assert _alive(before["pid"])
+            await b.start(nursery)  # the node returns
+
+            after = _by_name((await b.call({"cmd": "list"}))["agents"])["bob"]
+            assert (after["state"], after["pid"], after["node"]) == ("running", before["pid"], "nb")
+            assert _alive(before["pid"])
+            # Supervised again: stopping it through its node stops that very process.
+            async with await b.host() as host:
+                await host.call(Kill("bob"))
+            assert not _alive(before["pid"])
+    finally:
+        with psycopg.connect(pg_url) as conn:
+            pids = [row[0] for row in conn.execute("SELECT pid FROM agents WHERE pid IS NOT NULL")]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
