@@ -11,8 +11,9 @@ a harness connecting or leaving, a start or stop). A request reads no file.
 The :class:`~hyperhive.protocol.AgentInfo` of each agent is built once and kept until its
 record changes (records are immutable: a change is a new object), its facts change, or an
 event names it (``name`` or ``agent`` in the event's fields: whatever shows on an agent
-comes with such an event). Only ``unread`` and the hive's per-request extras are filled in
-per request. The builder is the hive's, so every field of ``AgentInfo`` goes through this
+comes with such an event) or its node (``node_changed``: its node went down or came
+back). Only ``unread`` and the hive's per-request extras are filled in per request. The
+builder is the hive's, so every field of ``AgentInfo`` goes through this
 cache unchanged.
 
 For the dashboard's snapshot each agent's JSON entry is kept too, with the ``unread`` and
@@ -134,6 +135,11 @@ class AgentViews:
 
     def _on_event(self, event: Event) -> None:
         if event.kind in _NO_VIEW_CHANGE:
+            return
+        if event.kind == EventKind.NODE_CHANGED:
+            # Its agents' reachability changed: their views are built again.
+            node = event.data.get("node")
+            self._dirty.update(r.name for r in self._records() if r.node == node)
             return
         for key in ("name", "agent"):
             name = event.data.get(key)

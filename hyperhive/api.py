@@ -57,8 +57,10 @@ from hyperhive.protocol import (
     Kill,
     List,
     ListContainers,
+    ListNodes,
     ListSchedules,
     Logs,
+    NodesReply,
     Pause,
     Pending,
     QuestionReply,
@@ -404,9 +406,13 @@ class Api:
                     problems=hive.problems_now(),
                     credentials_warning=hive.credentials_warning(),
                     state_dir_bytes=hive.disk_usage.total if hive.disk_usage else None,
+                    node=hive.config.node,
                 )
             case List():
                 return AgentsReply(agents=await hive.agent_infos())
+            case ListNodes():
+                await hive.node_watch.check()  # the operator asked: the statuses of now
+                return NodesReply(node=hive.config.node, nodes=hive.node_views())
             case Tombstones():
                 return TombstonesReply(tombstones=await hive.tombstones())
             case Pending():

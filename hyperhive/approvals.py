@@ -21,23 +21,21 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-import attrs
-
 from hyperhive import system_messages
 from hyperhive.broker import Broker, Outbox
-from hyperhive.config import MAX_NOTE_CHARS
+from hyperhive.config import MAX_NOTE_CHARS, NODE_DOWN_SECONDS
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.journal import (
-    Operation,
     OperationKind,
     crash_point,
     sql_begin,
     sql_end_approval,
     sql_for_approval,
 )
-from hyperhive.kinds import ApprovalKind, ApprovalStatus, Decider
+from hyperhive.kinds import ApprovalKind, ApprovalStatus, Decider, NodeStatus
 from hyperhive.names import MANAGER
+from hyperhive.nodes import node_status
 from hyperhive.protocol import ApprovalInfo, event_payloads
 from hyperhive.store import Conn, Database, Row, insert_id
 
@@ -122,15 +120,28 @@ def sql_resolve(
     note: str | None,
     now: float,
     decided_by: Decider = Decider.SYSTEM,
+    *,
+    node: str | None = None,
+    unclaimed: bool = False,
 ) -> ApprovalInfo:
-    """Record a decision on a pending approval and tell the manager, in one transaction."""
-    current = sql_get(conn, approval_id)
-    if current.status != ApprovalStatus.PENDING:
-        raise RequestRefused(f"approval {approval_id} is already {current.status}")
-    conn.execute(
-        "UPDATE approvals SET status = ?, resolved_at = ?, note = ?, decided_by = ? WHERE id = ?",
-        (status.value, now, note, decided_by, approval_id),
+    """Record a decision on a pending approval and tell the manager, in one transaction.
+
+    The decision is one conditional ``UPDATE`` (still ``pending``; with ``unclaimed``, also
+    not being carried out by anyone): of two decisions racing, on one node or on two, the
+    first to commit wins and the other is refused (:func:`sql_refusal`).
+    """
+    unclaimed_only = (
+        " AND NOT EXISTS (SELECT 1 FROM operations o WHERE o.approval_id = approvals.id)"
+        if unclaimed
+        else ""
     )
+    updated = conn.execute(
+        "UPDATE approvals SET status = ?, resolved_at = ?, note = ?, decided_by = ?, "
+        f"decided_node = ? WHERE id = ? AND status = 'pending'{unclaimed_only}",
+        (status.value, now, note, decided_by, node, approval_id),
+    )
+    if updated.rowcount != 1:
+        raise sql_refusal(conn, approval_id, node)
     sql_end_approval(conn, approval_id)
     info = sql_get(conn, approval_id)
     messages = [system_messages.approval_resolved(info)]
@@ -146,30 +157,89 @@ def sql_resolve(
     return info
 
 
-def sql_claim(conn: Conn, approval_id: int, now: float, node: str = "") -> bool:
-    """Claim a pending approval for carrying out: journal the intent (see the module doc).
-
-    Returns False when it is already journaled (an earlier attempt was interrupted; carrying
-    it out again is safe, executors are idempotent).
-    """
+def sql_refusal(conn: Conn, approval_id: int, node: str | None) -> RequestRefused:
+    """Why a decision on ``approval_id`` cannot be made (by ``node``): it is decided already
+    (and where, when another node decided it), or another node is carrying it out."""
     info = sql_get(conn, approval_id)
     if info.status != ApprovalStatus.PENDING:
-        raise RequestRefused(f"approval {approval_id} is already {info.status}")
-    journaled = sql_for_approval(conn, approval_id)
-    if journaled is not None:
-        refuse_if_elsewhere(journaled, approval_id, node)
+        row = conn.execute(
+            "SELECT decided_node FROM approvals WHERE id = ?", (approval_id,)
+        ).fetchone()
+        where = row["decided_node"]
+        on = f" on node {where}" if where is not None and where != node else ""
+        return RequestRefused(f"approval {approval_id} is already {info.status}{on}")
+    claim = sql_for_approval(conn, approval_id)
+    if claim is not None and claim.node is not None and claim.node != node:
+        return RequestRefused(
+            f"approval {approval_id} was approved on node {claim.node} and is being carried "
+            "out there"
+        )
+    return RequestRefused(
+        f"approval {approval_id} was approved and is being carried out; "
+        "approve it again to finish it"
+    )
+
+
+def sql_node_down(conn: Conn, name: str, now: float, down_after: float) -> bool:
+    """Whether node ``name`` is not running (stopped, silent for ``down_after``, unknown)."""
+    row = conn.execute(
+        "SELECT heartbeat_at, stopped_at FROM nodes WHERE name = ?", (name,)
+    ).fetchone()
+    if row is None:
+        return True
+    status = node_status(row["heartbeat_at"], row["stopped_at"], now, down_after)
+    return status != NodeStatus.UP
+
+
+def sql_carry_on(
+    conn: Conn,
+    approval_id: int,
+    now: float,
+    node: str | None,
+    *,
+    down_after: float = NODE_DOWN_SECONDS,
+) -> bool:
+    """Whether ``node`` carries on a journaled attempt at ``approval_id``: one it left half
+    done (a crash; carrying it out again is safe, executors are idempotent), or one a node
+    that is down left (taken over). False when nobody claimed it; refused when another node
+    that is up is carrying it out: exactly one node carries an approval out."""
+    claim = sql_for_approval(conn, approval_id)
+    if claim is None:
         return False
-    sql_begin(conn, OperationKind.APPROVE, info.agent, now, approval_id, node)
+    if claim.node is None or claim.node == node:
+        return True
+    if not sql_node_down(conn, claim.node, now, down_after):
+        raise sql_refusal(conn, approval_id, node)
+    conn.execute("UPDATE operations SET node = ? WHERE id = ?", (node, claim.id))
     return True
 
 
-def refuse_if_elsewhere(operation: Operation, approval_id: int, node: str) -> None:
-    """An approval being carried out by another node is that node's to finish: refused here
-    (two operators approving on two nodes: one carries it out, the other learns it)."""
-    if operation.node not in ("", node):
-        raise RequestRefused(
-            f"approval {approval_id} is being carried out on node {operation.node}"
-        )
+def sql_claim(
+    conn: Conn,
+    approval_id: int,
+    now: float,
+    node: str | None = None,
+    *,
+    down_after: float = NODE_DOWN_SECONDS,
+) -> bool:
+    """Claim a pending approval for carrying out, by ``node``: journal the intent (see the
+    module doc). True when claimed now; False when journaled already and carried on
+    (:func:`sql_carry_on`); refused when decided, or being carried out by another node."""
+    info = sql_get(conn, approval_id)
+    if info.status != ApprovalStatus.PENDING:
+        raise sql_refusal(conn, approval_id, node)
+    if sql_carry_on(conn, approval_id, now, node, down_after=down_after):
+        return False
+    sql_begin(conn, OperationKind.APPROVE, info.agent, now, approval_id, node=node)
+    return True
+
+
+def sql_undecided(conn: Conn, approval_id: int, node: str | None) -> ApprovalInfo:
+    """The approval, refused when it is decided or being carried out (a denial's check)."""
+    info = sql_get(conn, approval_id)
+    if info.status != ApprovalStatus.PENDING or sql_for_approval(conn, approval_id):
+        raise sql_refusal(conn, approval_id, node)
+    return info
 
 
 def sql_fail_pending(
@@ -206,11 +276,14 @@ class ApprovalQueue:
         on_deny: dict[ApprovalKind, Executor] | None = None,
         prechecks: dict[ApprovalKind, Precheck] | None = None,
         clock: Callable[[], float] = time.time,
-        node: str = "",
+        node: str | None = None,
+        down_after: float = NODE_DOWN_SECONDS,
     ) -> None:
+        """``node``: this daemon's node, which claims and decides; ``down_after``: when
+        another node's claim on an approval may be taken over (it stopped heartbeating)."""
         self._db = db
-        #: The node deciding here: its journal entries are its own (``refuse_if_elsewhere``).
         self._node = node
+        self._down_after = down_after
         self._broker = broker
         self._events = events
         self._executors = executors
@@ -247,30 +320,43 @@ class ApprovalQueue:
         return info
 
     async def approve(self, approval_id: int) -> ApprovalInfo:
-        """Carry the request out, then record ``approved`` (or ``failed`` with the reason)."""
+        """Carry the request out, then record ``approved`` (or ``failed`` with the reason).
+
+        Exactly one decision wins, whichever node each is made on: the claim, the denial
+        and the outcome are conditional writes in one transaction each (see
+        :func:`sql_claim`, :func:`sql_resolve`); the loser is refused.
+        """
         with self._deciding_on(approval_id):
-            info = await self.get(approval_id)
-            if info.status != ApprovalStatus.PENDING:
-                raise RequestRefused(f"approval {approval_id} is already {info.status}")
-            kind = info.kind
             now = self._clock()
-            journaled = await self._db.transaction(lambda conn: sql_for_approval(conn, approval_id))
-            if journaled is not None:
-                refuse_if_elsewhere(journaled, approval_id, self._node)
+
+            def first(conn: Conn) -> tuple[ApprovalInfo, bool]:
+                info = sql_get(conn, approval_id)
+                if info.status != ApprovalStatus.PENDING:
+                    raise sql_refusal(conn, approval_id, self._node)
+                return info, sql_carry_on(
+                    conn, approval_id, now, self._node, down_after=self._down_after
+                )
+
+            info, carry_on = await self._db.transaction(first)
+            if carry_on:
+                # An interrupted attempt: carry it on (the checks passed back then).
+                return await self._carry_out(info)
+            kind = info.kind
             try:
                 if kind not in self._executors:
                     raise RequestRefused(f"{info.kind} approvals cannot be carried out yet")
-                if journaled is not None:
-                    # An interrupted attempt: carry it on (the checks passed back then).
-                    return await self._carry_out(info)
                 precheck = self._prechecks.get(kind)
                 if precheck is not None:
                     precheck(info)
             except RequestRefused as exc:
                 return await self._resolve(
-                    approval_id, ApprovalStatus.FAILED, str(exc), Decider.OPERATOR
+                    approval_id, ApprovalStatus.FAILED, str(exc), Decider.OPERATOR, unclaimed=True
                 )
-            await self._db.transaction(lambda conn: sql_claim(conn, approval_id, now, self._node))
+            await self._db.transaction(
+                lambda conn: sql_claim(
+                    conn, approval_id, now, self._node, down_after=self._down_after
+                )
+            )
             crash_point("approve-claimed")
             return await self._carry_out(info)
 
@@ -305,22 +391,22 @@ class ApprovalQueue:
     async def deny(self, approval_id: int, note: str | None) -> ApprovalInfo:
         note = check_note(note)
         with self._deciding_on(approval_id):
-            info = await self.get(approval_id)
-            if info.status != ApprovalStatus.PENDING:
-                raise RequestRefused(f"approval {approval_id} is already {info.status}")
-            if await self._db.transaction(lambda conn: sql_for_approval(conn, approval_id)):
-                raise RequestRefused(
-                    f"approval {approval_id} was approved and is being carried out; "
-                    "approve it again to finish it"
-                )
+            info = await self._db.transaction(
+                lambda conn: sql_undecided(conn, approval_id, self._node)
+            )
+            # The decision first: a denial that loses to a claim made on another node
+            # meanwhile is refused and leaves no trace.
+            denied = await self._resolve(
+                approval_id, ApprovalStatus.DENIED, note, Decider.OPERATOR, unclaimed=True
+            )
             hook = self._on_deny.get(info.kind)
             if hook is not None:
                 # Record the denial next to the proposal (a tag); it must not block the decision.
                 try:
-                    await hook(attrs.evolve(info, note=note))
+                    await hook(denied)
                 except (RequestRefused, OSError) as exc:
                     log.warning("approval %d: recording the denial failed: %s", approval_id, exc)
-            return await self._resolve(approval_id, ApprovalStatus.DENIED, note, Decider.OPERATOR)
+            return denied
 
     async def set_fetched_sha(self, approval_id: int, sha: str) -> ApprovalInfo:
         return await self._db.transaction(lambda conn: sql_set_fetched(conn, approval_id, sha))
@@ -351,12 +437,28 @@ class ApprovalQueue:
         return await self._db.transaction(tx)
 
     async def _resolve(
-        self, approval_id: int, status: ApprovalStatus, note: str | None, decided_by: Decider
+        self,
+        approval_id: int,
+        status: ApprovalStatus,
+        note: str | None,
+        decided_by: Decider,
+        *,
+        unclaimed: bool = False,
     ) -> ApprovalInfo:
+        """``unclaimed``: a decision made without claiming the approval (a denial, a failed
+        check), refused if some node is carrying it out meanwhile."""
         now = self._clock()
         result = await self._broker.transaction(
             lambda conn, outbox: sql_resolve(
-                conn, outbox, approval_id, status, note, now, decided_by
+                conn,
+                outbox,
+                approval_id,
+                status,
+                note,
+                now,
+                decided_by,
+                node=self._node,
+                unclaimed=unclaimed,
             ),
             now=now,
         )

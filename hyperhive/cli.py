@@ -532,8 +532,9 @@ def status(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
     reply = _call(run_dir, {"cmd": "status"})
 
     def human(r: dict[str, Any]) -> None:
+        node = f"node {r['node']}, " if r.get("node") else ""
         typer.echo(
-            f"hyperhive {r['version']} (protocol {r['protocol']}), pid {r['pid']}, "
+            f"hyperhive {r['version']} (protocol {r['protocol']}), {node}pid {r['pid']}, "
             f"backend {r['backend']}, up {_span(time.time() - r['started_at'])}"
         )
         typer.echo(
@@ -568,12 +569,35 @@ def _agent_status(a: dict[str, Any]) -> str:
     return " ".join(p for p in parts if p) or "-"
 
 
+def _agent_node(a: dict[str, Any]) -> str:
+    """An agent's node, and its status while that is not ``up`` (the agent is unreachable)."""
+    status = a.get("node_status", "up")
+    return (a.get("node") or "-") if status == "up" else f"{a.get('node')} ({status})"
+
+
 def _agents_table(r: dict[str, Any]) -> None:
+    # The NODE column when the agents are on several nodes, or one's node is not up.
+    nodes = any(
+        a.get("node") != r["agents"][0].get("node") or a.get("node_status", "up") != "up"
+        for a in r["agents"]
+    )
     _table(
-        ["NAME", "ROLE", "PARENT", "STATE", "BACKEND", "HARNESS", "UNREAD", "MODEL", "STATUS"],
+        [
+            "NAME",
+            *(["NODE"] if nodes else []),
+            "ROLE",
+            "PARENT",
+            "STATE",
+            "BACKEND",
+            "HARNESS",
+            "UNREAD",
+            "MODEL",
+            "STATUS",
+        ],
         [
             [
                 a["name"],
+                *([_agent_node(a)] if nodes else []),
                 "lead" if a.get("lead") else a["role"],
                 a["parent"] or "-",
                 _agent_state(a),
@@ -593,6 +617,31 @@ def _agents_table(r: dict[str, Any]) -> None:
 def list_agents(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
     """List agents with their state."""
     _emit(_call(run_dir, {"cmd": "list"}), as_json, _agents_table)
+
+
+@app.command()
+def nodes(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
+    """List the hive's nodes (the daemons sharing its database): status, last heartbeat,
+    agents, dashboard. Agents of a node that is down or stopped are unreachable."""
+    _emit(
+        _call(run_dir, {"cmd": "nodes"}),
+        as_json,
+        lambda r: _table(
+            ["NODE", "HOST", "STATUS", "HEARTBEAT", "AGENTS", "DASHBOARD"],
+            [
+                [
+                    f"{n['name']} *" if n["this"] else n["name"],
+                    n["host"],
+                    n["status"],
+                    f"{_span(n['heartbeat_age_seconds'])} ago",
+                    n["agents"],
+                    n["dashboard_url"] or "-",
+                ]
+                for n in r["nodes"]
+            ],
+            "no nodes",
+        ),
+    )
 
 
 @app.command()
@@ -916,6 +965,10 @@ def _watch_line(line: dict[str, Any]) -> str:
         what = f"{d['name']} by {d['by']}" + (f": {d['reason']}" if d["reason"] else "")
     elif kind == "problems_changed":
         what = "; ".join(d["problems"]) or "none"
+    elif kind == "node_changed":
+        what = f"node {d['node']} {d['status']}" + (
+            f" (was {d['previous']})" if d.get("previous") else ""
+        )
     else:
         detail = [d.get("transient") or d.get("state"), d.get("status_text"), d.get("by")]
         what = " ".join(str(x) for x in [d.get("name"), *detail] if x)

@@ -15,6 +15,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -75,11 +76,13 @@ from hyperhive.ledger import (
     within_budget,
 )
 from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
+from hyperhive.node_watch import NodeWatch
 from hyperhive.nodes import Nodes
 from hyperhive.protocol import (
     AgentInfo,
     ApprovalInfo,
     LogsReply,
+    NodeView,
     RecentMessage,
     ScheduleInfo,
     StatsReply,
@@ -174,6 +177,8 @@ class Hive:
         )
         #: This daemon as a node of the hive: its heartbeat, the nodes' notifications.
         self.nodes = Nodes(db, config.node, clock=config.wall_clock)
+        #: Every node's last read status (its agents are unreachable while it is not up).
+        self.node_watch = NodeWatch(self.nodes, self.events, clock=config.wall_clock)
         self.registry = Registry(
             db,
             config.paths,
@@ -636,9 +641,10 @@ class Hive:
 
         Runs at start-up, before the operator's socket listens.
         """
-        # On a shared store, another node's operations are its own to finish.
+        # Another node's approvals being carried out are its own to finish.
         mine = self.config.node if self.db.shared else None
-        for operation in await self.db.transaction(lambda conn: sql_unfinished(conn, mine)):
+        unfinished = functools.partial(sql_unfinished, node=mine)
+        for operation in await self.db.transaction(unfinished):
             log.warning(
                 "finishing %s of %s interrupted by the last shutdown",
                 operation.kind,
@@ -894,6 +900,12 @@ class Hive:
         extra = (await self.agent_extras()).get(record.name, {})
         return attrs.evolve(view, unread=unread, **extra)
 
+    def node_views(self) -> list[NodeView]:
+        """The hive's nodes as last read (``hyperhive nodes``, the dashboard), each with
+        its live agents."""
+        agents = Counter(r.node for r in self.registry.all() if r.state != AgentState.DESTROYED)
+        return self.node_watch.views(agents)
+
     def read_facts(self, name: str) -> AgentFacts:
         """What an agent's files say, for its view (blocking: :class:`AgentViews` runs it in
         a worker thread, never per request)."""
@@ -929,6 +941,8 @@ class Hive:
             paused_reason=record.paused_reason,
             paused_by=record.paused_by,
             lead=self.registry.is_lead(record.name),
+            node=record.node,
+            node_status=self.node_watch.status(record.node),
         )
 
     def _agent_credentials_warning(

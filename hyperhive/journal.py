@@ -41,8 +41,8 @@ class Operation:
     agent: str
     approval_id: int | None
     started_at: float
-    #: The node carrying it out (``hyperhive.nodes``): only that node finishes it.
-    node: str = ""
+    #: The node that journaled it (None: the only node, or from before nodes).
+    node: str | None = None
 
 
 def sql_begin(
@@ -51,10 +51,10 @@ def sql_begin(
     agent: str,
     now: float,
     approval_id: int | None = None,
-    node: str = "",
+    node: str | None = None,
 ) -> Operation:
-    """Record that an operation has started (its effects may happen from now on) on
-    ``node``."""
+    """Record that an operation has started (its effects may happen from now on), by
+    ``node`` (None: whichever node finishes it)."""
     new_id = insert_id(
         conn,
         "INSERT INTO operations (kind, agent, approval_id, started_at, node) "
@@ -78,11 +78,13 @@ def sql_for_approval(conn: Conn, approval_id: int) -> Operation | None:
 
 
 def sql_unfinished(conn: Conn, node: str | None = None) -> list[Operation]:
-    """Every operation not finished yet (of ``node``, and from before nodes, if given),
-    oldest first."""
+    """Every operation not finished yet, oldest first; with ``node``, only those it or no
+    particular node journaled (another node's are its own to finish)."""
     if node is None:
         return [_row(r) for r in conn.execute("SELECT * FROM operations ORDER BY id")]
-    rows = conn.execute("SELECT * FROM operations WHERE node IN (?, '') ORDER BY id", (node,))
+    rows = conn.execute(
+        "SELECT * FROM operations WHERE node IS NULL OR node = ? ORDER BY id", (node,)
+    )
     return [_row(r) for r in rows]
 
 

@@ -160,6 +160,8 @@ class EventKind(StrEnum):
     PARENT_CHANGED = "parent_changed"
     #: A reminder was set, delivered, failed, retried or cancelled (``removed``: it is gone).
     REMINDER_CHANGED = "reminder_changed"
+    #: A node of the hive came up, went down or stopped (its agents' reachability changed).
+    NODE_CHANGED = "node_changed"
 
 
 class SystemKind(StrEnum):

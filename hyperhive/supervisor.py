@@ -27,6 +27,7 @@
         │           ├── AgentViews.refresh_loop *
         │           │                        every 2 s: agents' model, UI socket, login (a thread)
         │           ├── SharedEvents.run *   its events to the other nodes, theirs to its hub
+        │           ├── NodeWatch.run *      every 2 s: the nodes' statuses, `node_changed`
         │           ├── serve_dashboard *    with --dashboard-bind: hypercorn-trio; started(urls)
         │           └── serve_unix_socket    <run>/host.sock (operator)
         └── _watchdog_pings                  start_soon, only when WATCHDOG_USEC is set; pings
@@ -280,6 +281,7 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
                     ("the free-space monitor", hive.space.run),
                     ("the agent views", hive.views.refresh_loop),
                     ("the events of other nodes", hive.shared_events.run),
+                    ("the node watch", hive.node_watch.run),
                 ):
                     await nursery.start(
                         functools.partial(

@@ -2,10 +2,10 @@
 
 A ``watch`` request subscribes its connection to the hub; after the reply the connection
 receives one JSON line per change of the kinds in :data:`WATCH_KINDS` (agents' state and
-transients, pause and resume, approvals, questions, the daemon's problems), in ``seq``
-order. Fan-out is bounded: a watcher whose queue fills up (it does not read) is cut off by
-the hub, gets one final error line and is closed; it never slows a publisher. Message
-traffic (``sent``/``delivered``) is not in the feed: the dashboard shows it.
+transients, pause and resume, approvals, questions, the daemon's problems, the nodes'
+statuses), in ``seq`` order. Fan-out is bounded: a watcher whose queue fills up (it does not
+read) is cut off by the hub, gets one final error line and is closed; it never slows a
+publisher. Message traffic (``sent``/``delivered``) is not in the feed: the dashboard shows it.
 
 The lines are decided here (:func:`watch_line`, no I/O); :class:`Feed` is the thin trio
 adapter the socket server writes out.
@@ -43,6 +43,7 @@ WATCH_KINDS: Final = frozenset(
         EventKind.QUESTION_ADDED,
         EventKind.QUESTION_RESOLVED,
         EventKind.PROBLEMS_CHANGED,
+        EventKind.NODE_CHANGED,
     }
 )
 

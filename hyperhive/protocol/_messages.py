@@ -37,6 +37,7 @@ from hyperhive.kinds import (
     ConnectionRole,
     Decider,
     LooseEndKind,
+    NodeStatus,
     PeerRole,
     Transient,
     TurnOutcome,
@@ -155,6 +156,11 @@ class AgentInfo:
     lead: bool = False
     #: Reminders set and not yet delivered (see ``remind``).
     pending_reminders: int = 0
+    #: The node that serves it (its socket, container, state dir, UI); empty from a daemon
+    #: that predates nodes.
+    node: str = ""
+    #: Its node's status: while not ``up`` the agent is unreachable (its messages wait).
+    node_status: NodeStatus = NodeStatus.UP
 
 
 # ---------------------------------------------------------------- every socket
@@ -426,6 +432,8 @@ class HostStatusReply(Reply):
     credentials_warning: str | None = None
     #: Bytes the state dir takes on disk (measured every few minutes; None until then).
     state_dir_bytes: int | None = None
+    #: This daemon's node name.
+    node: str = ""
 
 
 @attrs.frozen
@@ -1148,3 +1156,36 @@ class Compact(Request):
 
 HOST_REQUESTS = (*HOST_REQUESTS, Compact)
 REPLIES[Compact] = Empty
+
+
+# ---- nodes: the daemons sharing one store, as the operator sees them (``hyperhive nodes``)
+@attrs.frozen
+class NodeView:
+    name: str
+    host: str
+    status: NodeStatus
+    heartbeat_at: float
+    #: Seconds since its last heartbeat, by the clock of the node answering.
+    heartbeat_age_seconds: float
+    #: Its live agents.
+    agents: int
+    #: Its dashboard's address (without the login token), None when it serves none.
+    dashboard_url: str | None
+    #: The node answering.
+    this: bool
+
+
+@attrs.frozen
+class ListNodes(Request):
+    CMD = "nodes"
+
+
+@attrs.frozen
+class NodesReply(Reply):
+    #: The node answering.
+    node: str
+    nodes: list[NodeView]
+
+
+HOST_REQUESTS = (*HOST_REQUESTS, ListNodes)
+REPLIES[ListNodes] = NodesReply

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Final
 
 import attrs
 
-from hyperhive.kinds import AgentRole, AgentState, EventKind, Transient
+from hyperhive.kinds import AgentRole, AgentState, EventKind, NodeStatus, Transient
 from hyperhive.protocol._codec import CONVERTER
 from hyperhive.protocol._messages import ApprovalInfo, QuestionInfo, ReminderInfo, ScheduleInfo
 
@@ -157,6 +157,17 @@ class ReminderChanged(EventPayload):
 
 
 @attrs.frozen
+class NodeChanged(EventPayload):
+    """A node's status as its heartbeat shows it changed (``previous`` None: a node seen
+    for the first time); its agents are unreachable while it is not ``up``."""
+
+    KIND = EventKind.NODE_CHANGED
+    node: str
+    status: NodeStatus
+    previous: NodeStatus | None
+
+
+@attrs.frozen
 class ApprovalAdded(EventPayload):
     KIND = EventKind.APPROVAL_ADDED
     approval: ApprovalInfo
@@ -272,6 +283,7 @@ EVENT_PAYLOADS: Final[dict[EventKind, type[EventPayload]]] = {
         ScheduleChanged,
         ParentChanged,
         ReminderChanged,
+        NodeChanged,
     )
 }
 assert set(EVENT_PAYLOADS) == set(EventKind), "every event kind needs exactly one payload class"

@@ -266,9 +266,17 @@ def _v9_nodes(conn: sqlite3.Connection) -> None:
     )
 
 
-def _v10_operations_node(conn: sqlite3.Connection) -> None:
-    """The node carrying an operation of the journal out: only it finishes it after a crash."""
-    conn.execute("ALTER TABLE operations ADD COLUMN node TEXT NOT NULL DEFAULT ''")
+def _v10_decided_on_node(conn: sqlite3.Connection) -> None:
+    """Which node journaled an operation and decided an approval (NULL: one node only, or
+    from before nodes): another node's approval being carried out is not an interrupted one,
+    and a late second decision is told where the first was made."""
+    _execute_script(
+        conn,
+        """
+        ALTER TABLE operations ADD COLUMN node TEXT;
+        ALTER TABLE approvals ADD COLUMN decided_node TEXT;
+        """,
+    )
 
 
 BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (
@@ -281,5 +289,5 @@ BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v7_reminders,
     _v8_schedules,
     _v9_nodes,
-    _v10_operations_node,
+    _v10_decided_on_node,
 )

@@ -309,6 +309,9 @@ class Dashboard:
                 reads["unread"], extras
             ),
             "isolated": hive.isolation(),
+            # The hive's nodes as last read (each agent says its node and whether it is up).
+            "node": hive.config.node,
+            "nodes": CONVERTER.unstructure(hive.node_views()),
             "tombstones": CONVERTER.unstructure(reads["tombstones"]),
             "approvals": CONVERTER.unstructure(
                 [a for a in approvals if a.status == ApprovalStatus.PENDING]

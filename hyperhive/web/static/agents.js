@@ -78,6 +78,8 @@ function makeAgent(state) {
     const model = h('span', { class: 'model' });
     const backend = h('span', { class: 'backend' });
     const isolation = badge('warn', 'no isolation', 'this backend runs agents as plain processes');
+    const node = h('span', { class: 'node', title: 'the node (daemon) serving it' });
+    const unreachable = badge('bad', 'unreachable', 'its node is not up: its messages wait until it returns');
     const pid = h('span', { class: 'pid' });
     const disk = h('span', { class: 'disk', title: 'its dir and proposed config on disk' });
     const paused = badge('warn paused', '⏸ P4US3D', 'paused: it is handed no messages until resumed');
@@ -134,8 +136,8 @@ function makeAgent(state) {
     });
     const el = h('article', { class: 'row agent', 'data-name': first.name, 'aria-label': `agent ${first.name}` },
       h('div', { class: 'info' },
-        h('div', { class: 'line' }, branch, name, role, lead, stateBadge, transient, crashLoop, paused, login, rate, compacting, harness, unread, reminders, link),
-        h('div', { class: 'line meta' }, model, backend, isolation, pid, spend, ctx, disk),
+        h('div', { class: 'line' }, branch, name, role, lead, stateBadge, transient, crashLoop, unreachable, paused, login, rate, compacting, harness, unread, reminders, link),
+        h('div', { class: 'line meta' }, node, model, backend, isolation, pid, spend, ctx, disk),
         pausedWhy, status, warning),
       h('div', { class: 'actions' }, pause, parent, ...buttons, logs, destroy));
     const update = ({ agent: a, branch: b }) => {
@@ -182,6 +184,11 @@ function makeAgent(state) {
       setAttr(link, 'href', url);
       setText(model, a.model);
       setText(backend, a.backend);
+      // Its node, when the hive has several; unreachable while that node is not up.
+      setText(node, state.nodes.length > 1 && a.node ? `@${a.node}` : '');
+      const away = a.node_status != null && a.node_status !== 'up';
+      setAttr(el, 'data-unreachable', away ? 'yes' : null);
+      show(unreachable, away, `unreachable: node ${a.node} ${a.node_status}`);
       show(isolation, state.isolated[a.backend] === false);
       setText(pid, a.pid ? `pid ${a.pid}` : '');
       setText(disk, a.disk_bytes == null ? '' : `⛁ ${bytes(a.disk_bytes)}`);

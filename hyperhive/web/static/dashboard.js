@@ -1,7 +1,7 @@
 // The operator dashboard: one /api/state snapshot, then the /api/stream event stream.
 // Events are applied to the in-memory state where that is easy, otherwise a (throttled)
 // refetch of the snapshot; either way the view is re-rendered with keyed, in-place updates.
-import { $, setText, tickClocks, setServerNow, serverNow, bytes } from './dom.js';
+import { $, setText, tickClocks, setServerNow, serverNow, bytes, ago } from './dom.js';
 import { getJSON, LoggedOut, setCsrf, toast, act } from './ui.js';
 import { renderAgents } from './agents.js';
 import { renderCalls, lingerFor } from './calls.js';
@@ -21,6 +21,7 @@ const state = {
   seq: 0,
   agents: new Map(),
   isolated: {},
+  nodes: [],
   tombstones: [],
   approvals: new Map(),
   questions: new Map(),
@@ -43,12 +44,20 @@ function load(snap) {
   setCsrf(snap.csrf);
   setServerNow(snap.now);
   setText($('version'), `v${snap.version}`);
-  setText($('backend'), `backend ${snap.backend}`);
   showDisk(snap.state_dir_bytes);
   state.spend = { today: snap.spend.today_usd, total: snap.spend.total_usd };
-  const problems = $('problems'); // the daemon's own: failed parts, low space, disk full
-  problems.replaceChildren(...snap.problems.map((p) => Object.assign(document.createElement('li'), { textContent: `⚠ ${p}` })));
-  problems.hidden = snap.problems.length === 0;
+  state.nodes = snap.nodes ?? [];
+  // This dashboard's node, on a hive of several.
+  setText($('backend'), `${state.nodes.length > 1 ? `node ${snap.node} · ` : ''}backend ${snap.backend}`);
+  // The daemon's own: failed parts, low space, disk full; and each node that is down
+  // (or stopped with agents placed on it).
+  const lines = [
+    ...snap.problems,
+    ...state.nodes.filter((n) => n.status === 'down' || (n.status !== 'up' && n.agents > 0)).map((n) => `node ${n.name} is ${n.status} (last heartbeat ${ago(n.heartbeat_at)}): ${n.agents} agent${n.agents === 1 ? '' : 's'} unreachable, messages to ${n.agents === 1 ? 'it' : 'them'} wait`),
+  ];
+  const problems = $('problems');
+  problems.replaceChildren(...lines.map((p) => Object.assign(document.createElement('li'), { textContent: `⚠ ${p}` })));
+  problems.hidden = lines.length === 0;
   state.agents = new Map(snap.agents.map((a) => [a.name, a]));
   state.isolated = snap.isolated;
   state.tombstones = snap.tombstones;
