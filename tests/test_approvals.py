@@ -314,4 +314,3 @@ async def test_an_approval_made_while_its_proposal_is_fetched_waits_for_it(
     assert done.status == "approved" and done.fetched_sha == sha
     assert f"deployed/{done.id}" in tags(hive, "alice")
     assert hive.config.paths.model_file("alice").read_text().strip() == "sonnet"
-
