@@ -74,6 +74,10 @@ SHUTDOWN_GRACE_SECONDS: Final = 10.0
 #: A node writes its heartbeat this often; one silent for NODE_DOWN_SECONDS is ``down``.
 NODE_HEARTBEAT_SECONDS: Final = 2.0
 NODE_DOWN_SECONDS: Final = 10.0
+#: The hive's singleton duties (hyperhive/duties.py): a node not holding their lock tries
+#: to take it this often; the holder checks its lock's connection this often.
+DUTY_RETRY_SECONDS: Final = 2.0
+DUTY_CHECK_SECONDS: Final = 2.0
 BACKENDS: Final = ("auto", "nspawn", "process", "external")
 #: ``hyperhive run --backend`` and :attr:`Config.backend`: nspawn when it can run, else process.
 DEFAULT_BACKEND: Final = "auto"

@@ -57,6 +57,12 @@ from hyperhive.containers import (
     default_harness_command,
 )
 from hyperhive.disk import DiskUsage, Reclaimed, rotate_log, tree_bytes
+from hyperhive.duties import (
+    Duties,
+    question_announcer,
+    reminder_announcer,
+    schedule_announcer,
+)
 from hyperhive.envfile import credentials_warning
 from hyperhive.errors import DiskFull, RequestRefused
 from hyperhive.events import EventHub
@@ -197,7 +203,12 @@ class Hive:
             parents=self.registry.parents,
         )
         self.questions = QuestionBook(
-            db, self.broker, self.events, known_agents=self.registry.known, clock=config.wall_clock
+            db,
+            self.broker,
+            self.events,
+            known_agents=self.registry.known,
+            clock=config.wall_clock,
+            announce=question_announcer(self.nodes),
         )
         self.reminders = ReminderBook(
             db,
@@ -206,6 +217,7 @@ class Hive:
             state_dir=config.paths.agent_state_dir,
             clock=config.wall_clock,
             retry_backoff=config.reminder_retry_backoff,
+            announce=reminder_announcer(self.nodes),
         )
         self.approvals = ApprovalQueue(
             db,
@@ -226,6 +238,16 @@ class Hive:
             timezone=config.timezone or local_timezone(),
             clock=config.wall_clock,
             on_change=lambda info: self.events.emit(ScheduleChanged(schedule=info)),
+            announce=schedule_announcer(self.nodes),
+        )
+        #: The hive's singleton duties, run while this node holds their lock.
+        self.duties = Duties(
+            db,
+            self.nodes,
+            questions=self.questions,
+            reminders=self.reminders,
+            schedules=self.schedules,
+            clock=config.wall_clock,
         )
         self._deploy_locks: dict[str, trio.Lock] = {}
         #: Held while an apply_commit is recorded and its proposal fetched (per agent).

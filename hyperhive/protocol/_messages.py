@@ -426,6 +426,9 @@ class HostStatusReply(Reply):
     credentials_warning: str | None = None
     #: Bytes the state dir takes on disk (measured every few minutes; None until then).
     state_dir_bytes: int | None = None
+    #: Whether this node runs the hive's singleton duties (question deadlines, reminders,
+    #: schedules, the messages' retention): always on sqlite; on PostgreSQL, one node.
+    holds_duties: bool | None = None
 
 
 @attrs.frozen

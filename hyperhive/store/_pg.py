@@ -46,6 +46,7 @@ newer than the migrations known is refused (:class:`~hyperhive.store.DatabaseUnu
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -61,6 +62,7 @@ from hyperhive.store._db import (
     Database,
     DatabaseFailed,
     DatabaseUnusable,
+    LockLost,
     Migration,
     _Job,
 )
@@ -78,8 +80,11 @@ CHANNEL: Final = "hyperhive"
 MAX_NOTIFY_BYTES: Final = 7999
 #: How often the listening thread looks whether it is asked to stop.
 _LISTEN_POLL_SECONDS: Final = 0.2
+#: The longest a check of a held lock's connection may take before the lock counts as lost.
+LOCK_CHECK_TIMEOUT: Final = 5.0
 SCHEMA_TABLE: Final = "hyperhive_schema"
 _INDEXED_BY = re.compile(r"\s+INDEXED\s+BY\s+\w+", re.IGNORECASE)
+log = logging.getLogger(__name__)
 
 
 class PgRow:
@@ -406,6 +411,98 @@ class PgDatabase(Database):
                     stop.set()
         finally:
             raw.close()
+
+    @asynccontextmanager
+    async def hold_lock(
+        self,
+        key: int,
+        *,
+        retry_seconds: float = 2.0,
+        check_seconds: float = 2.0,
+        waiting: Callable[[], None] | None = None,
+    ) -> AsyncIterator[None]:
+        """See :meth:`Database.hold_lock`: ``pg_try_advisory_lock(key)`` on a connection of
+        its own. The lock lives as long as that session: a daemon killed, or its connection
+        cut, releases it on the server, and another daemon's next try takes it."""
+        raw = await self._take_lock(key, retry_seconds, waiting)
+        lost: str | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                body = trio.CancelScope()
+
+                async def watch() -> None:
+                    nonlocal lost
+                    while lost is None:
+                        await trio.sleep(check_seconds)
+                        lost = await self._lock_check(raw, key)
+                    body.cancel()
+
+                nursery.start_soon(watch)
+                with body:
+                    yield
+                nursery.cancel_scope.cancel()
+        finally:
+            if lost is None:
+                raw.close()
+            else:
+                # A check may still be stuck on it (abandoned): never wait for that.
+                threading.Thread(target=raw.close, daemon=True).start()
+        if lost is not None:
+            raise LockLost(self._failure_text(f": lock {key:#x} lost: {lost}"))
+
+    async def _take_lock(
+        self, key: int, retry_seconds: float, waiting: Callable[[], None] | None
+    ) -> psycopg.Connection[Any]:
+        """A connection holding ``key``, once a try gets it (one every ``retry_seconds``)."""
+        url = self._secret_url
+        raw: psycopg.Connection[Any] | None = None
+
+        def attempt() -> bool:
+            nonlocal raw
+            try:
+                if raw is None:
+                    raw = psycopg.connect(url, autocommit=True, connect_timeout=10)
+                row = raw.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            except psycopg.Error as exc:
+                log.warning("%s", self._failure_text(f": trying lock {key:#x}: {exc}"))
+                if raw is not None:
+                    raw.close()
+                raw = None
+                return False
+            return bool(row and row[0])
+
+        tried = False
+        try:
+            while not await trio.to_thread.run_sync(attempt):
+                if not tried and waiting is not None:
+                    waiting()
+                tried = True
+                await trio.sleep(retry_seconds)
+        except BaseException:
+            if raw is not None:
+                raw.close()
+            raise
+        assert raw is not None
+        return raw
+
+    async def _lock_check(self, raw: psycopg.Connection[Any], key: int) -> str | None:
+        """Why the lock ``key`` of ``raw`` is lost (None: still held)."""
+
+        def check() -> str | None:
+            try:
+                row = raw.execute(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = pg_backend_pid() "
+                    "AND locktype = 'advisory' AND granted AND classid = %s::bigint::oid "
+                    "AND objid = %s::bigint::oid AND objsubid = 1)",
+                    ((key >> 32) & 0xFFFF_FFFF, key & 0xFFFF_FFFF),
+                ).fetchone()
+            except psycopg.Error as exc:
+                return f"its connection failed: {str(exc).strip()}"
+            return None if row and row[0] else "no longer held by its session"
+
+        with trio.move_on_after(LOCK_CHECK_TIMEOUT):
+            return await trio.to_thread.run_sync(check, abandon_on_cancel=True)
+        return f"its connection did not answer within {LOCK_CHECK_TIMEOUT:g} s"
 
     def _attempt(self, batch: list[_Job[Any]]) -> None:
         conn = self._pg
