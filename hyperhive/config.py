@@ -78,6 +78,9 @@ NODE_DOWN_SECONDS: Final = 10.0
 #: to take it this often; the holder checks its lock's connection this often.
 DUTY_RETRY_SECONDS: Final = 2.0
 DUTY_CHECK_SECONDS: Final = 2.0
+#: A reminder whose file must be written on its agent's node is handed to that node; the
+#: holder of the duties looks again after this long (that node may have been down).
+REMINDER_HANDOVER_SECONDS: Final = 30.0
 BACKENDS: Final = ("auto", "nspawn", "process", "external")
 #: ``hyperhive run --backend`` and :attr:`Config.backend`: nspawn when it can run, else process.
 DEFAULT_BACKEND: Final = "auto"

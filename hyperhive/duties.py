@@ -19,7 +19,9 @@ noticed its loss finds the row already done.
 New work reaches the holder: the transaction that sets a deadline, a reminder or a schedule
 on any node also notifies the topic :data:`DUTY_TOPIC` (ids and a time, never bodies), and
 the holder arms that deadline or reads its next due time again (:func:`parse_note`,
-:meth:`Duties.noted`).
+:meth:`Duties.noted`). A reminder whose body goes into a file in its agent's state dir, on
+another node, is handed to that node (a ``deliver`` note), which delivers it: on every node,
+whether or not it holds the duties.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ DUTY_TOPIC: Final = "duty"
 QUESTION: Final = "question"
 REMINDER: Final = "reminder"
 SCHEDULE: Final = "schedule"
+#: A reminder whose file goes into a state dir on the agent's node: that node delivers it.
+DELIVER: Final = "deliver"
 
 #: A duty: its name (for the daemon's problems) and its body (``task_status`` and all).
 Part = tuple[str, Callable[..., Awaitable[None]]]
@@ -61,11 +65,13 @@ Part = tuple[str, Callable[..., Awaitable[None]]]
 @attrs.frozen
 class DutyNote:
     """What a duty notification says: a question's deadline, a reminder's due time (``id``
-    and ``at``), or that a schedule changed (neither)."""
+    and ``at``), that a schedule changed (neither), or a reminder for the node of its
+    ``agent`` to deliver (``id``, ``agent``)."""
 
     kind: str
     id: int | None = None
     at: float | None = None
+    agent: str | None = None
 
 
 def parse_note(data: Mapping[str, Any]) -> DutyNote | None:
@@ -73,11 +79,14 @@ def parse_note(data: Mapping[str, Any]) -> DutyNote | None:
     kind = data.get("kind")
     if kind == SCHEDULE:
         return DutyNote(SCHEDULE)
-    if kind not in (QUESTION, REMINDER):
+    if kind not in (QUESTION, REMINDER, DELIVER):
         return None
     ident, at = data.get("id"), data.get("at")
     if not isinstance(ident, int) or isinstance(ident, bool):
         return None
+    if kind == DELIVER:
+        agent = data.get("agent")
+        return DutyNote(DELIVER, ident, agent=agent) if isinstance(agent, str) else None
     if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at):
         return None
     return DutyNote(kind, ident, float(at))
@@ -98,6 +107,13 @@ def schedule_announcer(nodes: Nodes) -> Callable[[Conn], None]:
     return lambda conn: nodes.notify(conn, DUTY_TOPIC, kind=SCHEDULE)
 
 
+def reminder_hand_over(nodes: Nodes) -> Callable[[Conn, int, str], None]:
+    """:class:`ReminderBook`'s ``hand_over``: a reminder for its agent's node to deliver."""
+    return lambda conn, ident, agent: nodes.notify(
+        conn, DUTY_TOPIC, kind=DELIVER, id=ident, agent=agent
+    )
+
+
 class Duties:
     """Runs the hive's singleton duties while this node holds their lock (module docstring)."""
 
@@ -109,6 +125,7 @@ class Duties:
         questions: QuestionBook,
         reminders: ReminderBook,
         schedules: ScheduleBook,
+        is_local: Callable[[str], bool],
         retry_seconds: float = DUTY_RETRY_SECONDS,
         check_seconds: float = DUTY_CHECK_SECONDS,
         clock: Callable[[], float] = time.time,
@@ -118,6 +135,10 @@ class Duties:
         self._questions = questions
         self._reminders = reminders
         self._schedules = schedules
+        self._is_local = is_local
+        #: Reminders handed to this node by the holder (their agent's files are here).
+        self._handed: set[int] = set()
+        self._handed_changed = trio.Event()
         self._retry_seconds = retry_seconds
         self._check_seconds = check_seconds
         self._clock = clock
@@ -132,12 +153,19 @@ class Duties:
 
     def noted(self, data: dict[str, Any]) -> None:
         """A duty notification (any node's): the holder arms what another node set (its
-        own work was armed where it was made)."""
-        if not self.held or data.get("from") == self._nodes.name:
-            return
+        own work was armed where it was made); the node of a handed-over reminder's agent
+        delivers it."""
         note = parse_note(data)
         if note is None:
             log.warning("ignored a duty notification that is not well formed: %.200r", data)
+            return
+        if note.kind == DELIVER:
+            assert note.id is not None and note.agent is not None
+            if self._is_local(note.agent):
+                self._handed.add(note.id)
+                self._handed_changed.set()
+            return
+        if not self.held or data.get("from") == self._nodes.name:
             return
         if note.kind == QUESTION:
             assert note.id is not None and note.at is not None
@@ -166,6 +194,31 @@ class Duties:
                 ready = True
                 task_status.started()
 
+        part = "the handed-over reminders"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                functools.partial(supervise, part, self._deliver_handed, report=reporter(part))
+            )
+            await self._hold(parts, reporter, started)
+
+    async def _deliver_handed(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Deliver the reminders handed to this node (on every node, holder or not)."""
+        task_status.started()
+        while True:
+            await self._handed_changed.wait()
+            self._handed_changed = trio.Event()
+            handed, self._handed = self._handed, set()
+            for reminder_id in sorted(handed):
+                await self._reminders.deliver(reminder_id)
+
+    async def _hold(
+        self,
+        parts: Sequence[Part],
+        reporter: Callable[[str], Report],
+        started: Callable[[], None],
+    ) -> None:
         while True:
             try:
                 async with self._db.hold_lock(
@@ -211,5 +264,6 @@ __all__ = [
     "parse_note",
     "question_announcer",
     "reminder_announcer",
+    "reminder_hand_over",
     "schedule_announcer",
 ]

@@ -61,6 +61,7 @@ from hyperhive.duties import (
     Duties,
     question_announcer,
     reminder_announcer,
+    reminder_hand_over,
     schedule_announcer,
 )
 from hyperhive.envfile import credentials_warning
@@ -218,6 +219,8 @@ class Hive:
             clock=config.wall_clock,
             retry_backoff=config.reminder_retry_backoff,
             announce=reminder_announcer(self.nodes),
+            elsewhere=self._elsewhere,
+            hand_over=reminder_hand_over(self.nodes),
         )
         self.approvals = ApprovalQueue(
             db,
@@ -247,6 +250,7 @@ class Hive:
             questions=self.questions,
             reminders=self.reminders,
             schedules=self.schedules,
+            is_local=self.registry.is_local,
             clock=config.wall_clock,
         )
         self._deploy_locks: dict[str, trio.Lock] = {}
@@ -270,6 +274,13 @@ class Hive:
             restart_backoff=config.restart_backoff,
             on_crash=sql_record_crash,
         )
+
+    def _elsewhere(self, name: str) -> bool:
+        """Whether ``name``'s files (its state dir) are on another node."""
+        try:
+            return self.registry.get(name).node != self.registry.node
+        except RequestRefused:
+            return False
 
     def refuse_if_disk_full(self, exc: OSError) -> None:
         """A file write that failed for lack of space is a refusal (``disk full: …``)."""

@@ -12,7 +12,9 @@ inbox) is inserted and the row marked sent only if it is still pending, so a rem
 once, and never after it was cancelled. A large body (over ``REMINDER_SPILL_CHARS``), or any
 body with ``file_path``, is first written to a file in the agent's state dir, through
 :func:`hyperhive.agent_files.write_under` (that dir is the agent's: a planted symlink is never
-followed), and the message carries its in-container path. A failed delivery (the write or
+followed), and the message carries its in-container path; when that dir is on another
+node (several nodes on PostgreSQL), the reminder is handed to that node, which delivers it
+(and looked at again after ``REMINDER_HANDOVER_SECONDS``). A failed delivery (the write or
 the transaction) is recorded (``attempt_count``, ``last_error``) and tried again after
 ``REMINDER_RETRY_BACKOFF``, at most ``MAX_REMINDER_ATTEMPTS`` times; then it waits for the
 operator's retry or cancel.
@@ -37,6 +39,7 @@ from hyperhive.config import (
     MAX_REMINDER_ATTEMPTS,
     MAX_REMINDER_DELAY_SECONDS,
     MAX_REMINDER_PATH_CHARS,
+    REMINDER_HANDOVER_SECONDS,
     REMINDER_RETRY_BACKOFF,
     REMINDER_SPILL_CHARS,
 )
@@ -63,6 +66,15 @@ Announce = Callable[[Conn, int, float], None]
 
 def _no_announce(conn: Conn, reminder_id: int, due_at: float) -> None:
     pass
+
+
+#: Told, in a transaction, that a reminder's file must be written on its agent's node
+#: (id, agent): that node delivers it (:mod:`hyperhive.duties`).
+HandOver = Callable[[Conn, int, str], None]
+
+
+def _no_hand_over(conn: Conn, reminder_id: int, agent: str) -> None:
+    raise RuntimeError(f"reminder {reminder_id}: {agent}'s files are on no other node")
 
 
 # ---------------------------------------------------------------- rules (sans-IO)
@@ -268,9 +280,14 @@ class ReminderBook:
         retry_backoff: Backoff = REMINDER_RETRY_BACKOFF,
         max_pending: int = MAX_PENDING_REMINDERS,
         announce: Announce = _no_announce,
+        elsewhere: Callable[[str], bool] = lambda _: False,
+        hand_over: HandOver = _no_hand_over,
     ) -> None:
         self._db = db
         self._announce = announce
+        #: Whether an agent's files are on another node (then so is its state dir).
+        self._elsewhere = elsewhere
+        self._hand_over = hand_over
         #: While the scheduler runs (on the node holding the duties): due times are armed.
         self._scheduling = False
         self._broker = broker
@@ -374,6 +391,11 @@ class ReminderBook:
             return None
         try:
             parts, body = delivery_plan(info)
+            if parts is not None and self._elsewhere(info.agent):
+                # Its file goes into a state dir on another node: that node delivers it.
+                await self._db.transaction(lambda conn: self._hand_over(conn, info.id, info.agent))
+                self._arm(info.id, self._clock() + REMINDER_HANDOVER_SECONDS)
+                return None
             if parts is not None:
                 root = self._state_dir(info.agent)
                 data = info.body.encode("utf-8", "surrogatepass")
