@@ -404,7 +404,7 @@ class Api:
                     problems=hive.problems_now(),
                     credentials_warning=hive.credentials_warning(),
                     state_dir_bytes=hive.disk_usage.total if hive.disk_usage else None,
-                    holds_duties=hive.duties.held,
+                    holds_duties=hive.duties.held if hive.nodes.shared else None,
                 )
             case List():
                 return AgentsReply(agents=await hive.agent_infos())

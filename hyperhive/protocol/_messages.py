@@ -427,7 +427,8 @@ class HostStatusReply(Reply):
     #: Bytes the state dir takes on disk (measured every few minutes; None until then).
     state_dir_bytes: int | None = None
     #: Whether this node runs the hive's singleton duties (question deadlines, reminders,
-    #: schedules, the messages' retention): always on sqlite; on PostgreSQL, one node.
+    #: schedules, the messages' retention): one node of those sharing a PostgreSQL store.
+    #: None on a store no other node shares (sqlite: the daemon runs them all).
     holds_duties: bool | None = None
 
 

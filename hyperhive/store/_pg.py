@@ -82,6 +82,10 @@ MAX_NOTIFY_BYTES: Final = 7999
 _LISTEN_POLL_SECONDS: Final = 0.2
 #: The longest a check of a held lock's connection may take before the lock counts as lost.
 LOCK_CHECK_TIMEOUT: Final = 5.0
+#: TCP keepalives of a lock's connection, on both ends (seconds idle, between probes, probes):
+#: a holder whose host vanishes is found dead by the server within ~5 s, which releases its
+#: lock; the server cut off is found by the holder as quickly. Unix sockets ignore them.
+LOCK_KEEPALIVES: Final = (2, 1, 3)
 SCHEMA_TABLE: Final = "hyperhive_schema"
 _INDEXED_BY = re.compile(r"\s+INDEXED\s+BY\s+\w+", re.IGNORECASE)
 log = logging.getLogger(__name__)
@@ -461,7 +465,22 @@ class PgDatabase(Database):
             nonlocal raw
             try:
                 if raw is None:
-                    raw = psycopg.connect(url, autocommit=True, connect_timeout=10)
+                    idle, interval, count = LOCK_KEEPALIVES
+                    raw = psycopg.connect(
+                        url,
+                        autocommit=True,
+                        connect_timeout=10,
+                        keepalives=1,
+                        keepalives_idle=idle,
+                        keepalives_interval=interval,
+                        keepalives_count=count,
+                    )
+                    raw.execute(
+                        "SELECT set_config('tcp_keepalives_idle', %s, false), "
+                        "set_config('tcp_keepalives_interval', %s, false), "
+                        "set_config('tcp_keepalives_count', %s, false)",
+                        (str(idle), str(interval), str(count)),
+                    )
                 row = raw.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
             except psycopg.Error as exc:
                 log.warning("%s", self._failure_text(f": trying lock {key:#x}: {exc}"))
