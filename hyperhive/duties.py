@@ -52,11 +52,11 @@ DUTY_LOCK: Final = 0x6879_7065_6475_7479  # "hypeduty"
 #: The notification topic of a new deadline, reminder or schedule change.
 DUTY_TOPIC: Final = "duty"
 #: The kinds of work a duty note names.
-QUESTION: Final = "question"
-REMINDER: Final = "reminder"
-SCHEDULE: Final = "schedule"
+QUESTION_NOTE: Final = "question"
+REMINDER_NOTE: Final = "reminder"
+SCHEDULE_NOTE: Final = "schedule"
 #: A reminder whose file goes into a state dir on the agent's node: that node delivers it.
-DELIVER: Final = "deliver"
+DELIVER_NOTE: Final = "deliver"
 
 #: A duty: its name (for the daemon's problems) and its body (``task_status`` and all).
 Part = tuple[str, Callable[..., Awaitable[None]]]
@@ -77,16 +77,16 @@ class DutyNote:
 def parse_note(data: Mapping[str, Any]) -> DutyNote | None:
     """The note in a notification's data, or None for one that is not well formed."""
     kind = data.get("kind")
-    if kind == SCHEDULE:
-        return DutyNote(SCHEDULE)
-    if kind not in (QUESTION, REMINDER, DELIVER):
+    if kind == SCHEDULE_NOTE:
+        return DutyNote(SCHEDULE_NOTE)
+    if kind not in (QUESTION_NOTE, REMINDER_NOTE, DELIVER_NOTE):
         return None
     ident, at = data.get("id"), data.get("at")
     if not isinstance(ident, int) or isinstance(ident, bool):
         return None
-    if kind == DELIVER:
+    if kind == DELIVER_NOTE:
         agent = data.get("agent")
-        return DutyNote(DELIVER, ident, agent=agent) if isinstance(agent, str) else None
+        return DutyNote(DELIVER_NOTE, ident, agent=agent) if isinstance(agent, str) else None
     if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at):
         return None
     return DutyNote(kind, ident, float(at))
@@ -94,23 +94,27 @@ def parse_note(data: Mapping[str, Any]) -> DutyNote | None:
 
 def question_announcer(nodes: Nodes) -> Callable[[Conn, int, float], None]:
     """:class:`QuestionBook`'s ``announce``: a new deadline, to every node."""
-    return lambda conn, ident, at: nodes.notify(conn, DUTY_TOPIC, kind=QUESTION, id=ident, at=at)
+    return lambda conn, ident, at: nodes.notify(
+        conn, DUTY_TOPIC, kind=QUESTION_NOTE, id=ident, at=at
+    )
 
 
 def reminder_announcer(nodes: Nodes) -> Callable[[Conn, int, float], None]:
     """:class:`ReminderBook`'s ``announce``: a reminder due (again), to every node."""
-    return lambda conn, ident, at: nodes.notify(conn, DUTY_TOPIC, kind=REMINDER, id=ident, at=at)
+    return lambda conn, ident, at: nodes.notify(
+        conn, DUTY_TOPIC, kind=REMINDER_NOTE, id=ident, at=at
+    )
 
 
 def schedule_announcer(nodes: Nodes) -> Callable[[Conn], None]:
     """:class:`ScheduleBook`'s ``announce``: a schedule changed, to every node."""
-    return lambda conn: nodes.notify(conn, DUTY_TOPIC, kind=SCHEDULE)
+    return lambda conn: nodes.notify(conn, DUTY_TOPIC, kind=SCHEDULE_NOTE)
 
 
 def reminder_hand_over(nodes: Nodes) -> Callable[[Conn, int, str], None]:
     """:class:`ReminderBook`'s ``hand_over``: a reminder for its agent's node to deliver."""
     return lambda conn, ident, agent: nodes.notify(
-        conn, DUTY_TOPIC, kind=DELIVER, id=ident, agent=agent
+        conn, DUTY_TOPIC, kind=DELIVER_NOTE, id=ident, agent=agent
     )
 
 
@@ -159,7 +163,7 @@ class Duties:
         if note is None:
             log.warning("ignored a duty notification that is not well formed: %.200r", data)
             return
-        if note.kind == DELIVER:
+        if note.kind == DELIVER_NOTE:
             assert note.id is not None and note.agent is not None
             if self._is_local(note.agent):
                 self._handed.add(note.id)
@@ -167,10 +171,10 @@ class Duties:
             return
         if not self.held or data.get("from") == self._nodes.name:
             return
-        if note.kind == QUESTION:
+        if note.kind == QUESTION_NOTE:
             assert note.id is not None and note.at is not None
             self._questions.arm(note.id, note.at)
-        elif note.kind == REMINDER:
+        elif note.kind == REMINDER_NOTE:
             assert note.id is not None and note.at is not None
             self._reminders.arm(note.id, note.at)
         else:
