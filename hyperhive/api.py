@@ -407,6 +407,7 @@ class Api:
                     credentials_warning=hive.credentials_warning(),
                     state_dir_bytes=hive.disk_usage.total if hive.disk_usage else None,
                     node=hive.config.node,
+                    holds_duties=hive.duties.held if hive.nodes.shared else None,
                 )
             case List():
                 return AgentsReply(agents=await hive.agent_infos())

@@ -543,6 +543,10 @@ def status(run_dir: RunDir, state_dir: StateDir, as_json: Json = False) -> None:
         )
         for problem in r.get("problems", []):
             typer.echo(f"! {problem}")
+        if r.get("holds_duties") is False:
+            typer.echo("duties: another node runs the hive's duties (deadlines, reminders, …)")
+        elif r.get("holds_duties"):
+            typer.echo("duties: this node runs the hive's duties (deadlines, reminders, …)")
         if r.get("credentials_warning"):
             typer.echo(f"warning: {r['credentials_warning']}")
 

@@ -82,6 +82,13 @@ HIVE_EVENTS_KEEP_SECONDS: Final = 60 * 60.0
 #: Agent names per ``wake`` notification (at most 12 bytes each in JSON: 9 characters,
 #: quotes, comma; PostgreSQL takes 8000 bytes).
 WAKE_NAMES_PER_NOTE: Final = 500
+#: The hive's singleton duties (hyperhive/duties.py): a node not holding their lock tries
+#: to take it this often; the holder checks its lock's connection this often.
+DUTY_RETRY_SECONDS: Final = 2.0
+DUTY_CHECK_SECONDS: Final = 2.0
+#: A reminder whose file must be written on its agent's node is handed to that node; the
+#: holder of the duties looks again after this long (that node may have been down).
+REMINDER_HANDOVER_SECONDS: Final = 30.0
 BACKENDS: Final = ("auto", "nspawn", "process", "external")
 #: ``hyperhive run --backend`` and :attr:`Config.backend`: nspawn when it can run, else process.
 DEFAULT_BACKEND: Final = "auto"

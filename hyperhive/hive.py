@@ -59,6 +59,13 @@ from hyperhive.containers import (
     default_harness_command,
 )
 from hyperhive.disk import DiskUsage, Reclaimed, rotate_log, tree_bytes
+from hyperhive.duties import (
+    Duties,
+    question_announcer,
+    reminder_announcer,
+    reminder_hand_over,
+    schedule_announcer,
+)
 from hyperhive.envfile import credentials_warning
 from hyperhive.errors import DiskFull, RequestRefused
 from hyperhive.events import EventHub
@@ -211,7 +218,12 @@ class Hive:
         #: This node's events to the other nodes' dashboards, theirs to this one's.
         self.shared_events = SharedEvents(db, self.events, self.nodes, clock=config.wall_clock)
         self.questions = QuestionBook(
-            db, self.broker, self.events, known_agents=self.registry.known, clock=config.wall_clock
+            db,
+            self.broker,
+            self.events,
+            known_agents=self.registry.known,
+            clock=config.wall_clock,
+            announce=question_announcer(self.nodes),
         )
         self.reminders = ReminderBook(
             db,
@@ -220,6 +232,9 @@ class Hive:
             state_dir=config.paths.agent_state_dir,
             clock=config.wall_clock,
             retry_backoff=config.reminder_retry_backoff,
+            announce=reminder_announcer(self.nodes),
+            elsewhere=self._elsewhere,
+            hand_over=reminder_hand_over(self.nodes),
         )
         self.approvals = ApprovalQueue(
             db,
@@ -241,6 +256,17 @@ class Hive:
             timezone=config.timezone or local_timezone(),
             clock=config.wall_clock,
             on_change=lambda info: self.events.emit(ScheduleChanged(schedule=info)),
+            announce=schedule_announcer(self.nodes),
+        )
+        #: The hive's singleton duties, run while this node holds their lock.
+        self.duties = Duties(
+            db,
+            self.nodes,
+            questions=self.questions,
+            reminders=self.reminders,
+            schedules=self.schedules,
+            is_local=self.registry.is_local,
+            clock=config.wall_clock,
         )
         self._deploy_locks: dict[str, trio.Lock] = {}
         #: Held while an apply_commit is recorded and its proposal fetched (per agent).
@@ -278,6 +304,13 @@ class Hive:
         for agent in agents:
             if isinstance(agent, str) and self.registry.is_local(agent):
                 self.broker.wake(agent)
+
+    def _elsewhere(self, name: str) -> bool:
+        """Whether ``name``'s files (its state dir) are on another node."""
+        try:
+            return self.registry.get(name).node != self.registry.node
+        except RequestRefused:
+            return False
 
     def refuse_if_disk_full(self, exc: OSError) -> None:
         """A file write that failed for lack of space is a refusal (``disk full: …``)."""

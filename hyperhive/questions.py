@@ -39,6 +39,14 @@ EXPIRED: Final = "[expired]"
 CANCELLED: Final = "[cancelled]"
 TTL_ANSWERER: Final = "ttl"
 
+#: Told, inside the transaction that made it, of a question's new deadline (id, deadline):
+#: the node running the watchdog may be another (:mod:`hyperhive.duties`).
+Announce = Callable[[Conn, int, float], None]
+
+
+def _no_announce(conn: Conn, question_id: int, deadline: float) -> None:
+    pass
+
 
 def check_ask(
     asker: str,
@@ -155,14 +163,18 @@ class QuestionBook:
         *,
         known_agents: Callable[[], Collection[str]],
         clock: WallClock = time.time,
+        announce: Announce = _no_announce,
     ) -> None:
         self._db = db
         self._broker = broker
         self._events = events
         self._known = known_agents
         self._clock = clock
+        self._announce = announce
         self._schedule = DeadlineSchedule()
         self._changed = trio.Event()
+        #: While the watchdog runs (on the node holding the duties): deadlines are armed.
+        self._watching = False
 
     async def ask(
         self,
@@ -187,6 +199,8 @@ class QuestionBook:
             info = sql_get(conn, new_id)
             if target is not None:
                 outbox.insert([system_messages.question_asked(info)])
+            if deadline is not None:
+                self._announce(conn, new_id, deadline)
             return info
 
         info = await self._broker.transaction(tx, now=now)
@@ -256,7 +270,10 @@ class QuestionBook:
         return await self._db.transaction(tx)
 
     async def load(self) -> None:
-        """Arm the deadline of every open question from the table (past ones: due at once)."""
+        """Arm the deadline of every open question from the table (past ones: due at once),
+        in place of whatever was armed before; from now on, new ones are armed too."""
+        self._schedule = DeadlineSchedule()
+        self._watching = True
         for q in await self.list():
             if q.deadline_at is not None:
                 self._arm(q.id, q.deadline_at)
@@ -270,21 +287,31 @@ class QuestionBook:
                 expired.append(await self.resolve(question_id, EXPIRED, TTL_ANSWERER))
         return expired
 
+    def arm(self, question_id: int, deadline: float) -> None:
+        """Watch a deadline set elsewhere (another node's ``ask``); nothing while the
+        watchdog does not run here (it reads every open deadline when it starts)."""
+        self._arm(question_id, deadline)
+
     def _arm(self, question_id: int, deadline: float) -> None:
+        if not self._watching:
+            return
         self._schedule.add(question_id, deadline)
         self._changed.set()
 
     async def watchdog(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Expire questions at their deadline; re-armed from the table at start."""
-        await self.load()
-        task_status.started()
-        while True:
-            await self.expire_due()
-            self._changed = trio.Event()
-            deadline = self._schedule.next_deadline()
-            # Stored deadlines are wall-clock times; the wait runs on trio's clock.
-            wake_at = math.inf if deadline is None else trio_deadline(deadline, self._clock)
-            with trio.move_on_at(wake_at):
-                await self._changed.wait()
+        """Expire questions at their deadline; re-armed from the table at every start."""
+        try:
+            await self.load()
+            task_status.started()
+            while True:
+                await self.expire_due()
+                self._changed = trio.Event()
+                deadline = self._schedule.next_deadline()
+                # Stored deadlines are wall-clock times; the wait runs on trio's clock.
+                wake_at = math.inf if deadline is None else trio_deadline(deadline, self._clock)
+                with trio.move_on_at(wake_at):
+                    await self._changed.wait()
+        finally:
+            self._watching = False

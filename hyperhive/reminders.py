@@ -12,7 +12,9 @@ inbox) is inserted and the row marked sent only if it is still pending, so a rem
 once, and never after it was cancelled. A large body (over ``REMINDER_SPILL_CHARS``), or any
 body with ``file_path``, is first written to a file in the agent's state dir, through
 :func:`hyperhive.agent_files.write_under` (that dir is the agent's: a planted symlink is never
-followed), and the message carries its in-container path. A failed delivery (the write or
+followed), and the message carries its in-container path; when that dir is on another
+node (several nodes on PostgreSQL), the reminder is handed to that node, which delivers it
+(and looked at again after ``REMINDER_HANDOVER_SECONDS``). A failed delivery (the write or
 the transaction) is recorded (``attempt_count``, ``last_error``) and tried again after
 ``REMINDER_RETRY_BACKOFF``, at most ``MAX_REMINDER_ATTEMPTS`` times; then it waits for the
 operator's retry or cancel.
@@ -37,6 +39,7 @@ from hyperhive.config import (
     MAX_REMINDER_ATTEMPTS,
     MAX_REMINDER_DELAY_SECONDS,
     MAX_REMINDER_PATH_CHARS,
+    REMINDER_HANDOVER_SECONDS,
     REMINDER_RETRY_BACKOFF,
     REMINDER_SPILL_CHARS,
 )
@@ -55,6 +58,23 @@ log = logging.getLogger("hyperhive.reminders")
 SPILL_DIR = "reminders"
 #: The longest error text kept in ``last_error``.
 MAX_ERROR_CHARS = 500
+
+#: Told, inside the transaction that made it, of a reminder's new due time (id, due_at): the
+#: node running the scheduler may be another (:mod:`hyperhive.duties`).
+Announce = Callable[[Conn, int, float], None]
+
+
+def _no_announce(conn: Conn, reminder_id: int, due_at: float) -> None:
+    pass
+
+
+#: Told, in a transaction, that a reminder's file must be written on its agent's node
+#: (id, agent): that node delivers it (:mod:`hyperhive.duties`).
+HandOver = Callable[[Conn, int, str], None]
+
+
+def _no_hand_over(conn: Conn, reminder_id: int, agent: str) -> None:
+    raise RuntimeError(f"reminder {reminder_id}: {agent}'s files are on no other node")
 
 
 # ---------------------------------------------------------------- rules (sans-IO)
@@ -259,8 +279,17 @@ class ReminderBook:
         clock: WallClock = time.time,
         retry_backoff: Backoff = REMINDER_RETRY_BACKOFF,
         max_pending: int = MAX_PENDING_REMINDERS,
+        announce: Announce = _no_announce,
+        elsewhere: Callable[[str], bool] = lambda _: False,
+        hand_over: HandOver = _no_hand_over,
     ) -> None:
         self._db = db
+        self._announce = announce
+        #: Whether an agent's files are on another node (then so is its state dir).
+        self._elsewhere = elsewhere
+        self._hand_over = hand_over
+        #: While the scheduler runs (on the node holding the duties): due times are armed.
+        self._scheduling = False
         self._broker = broker
         self._events = events
         self._state_dir = state_dir
@@ -283,9 +312,13 @@ class ReminderBook:
     ) -> ReminderInfo:
         now = self._clock()
         due = check_remind(body, in_seconds, at, file_path, now=now)
-        info = await self._db.transaction(
-            lambda conn: sql_insert(conn, agent, body, file_path, due, now, self._max_pending)
-        )
+
+        def tx(conn: Conn) -> ReminderInfo:
+            info = sql_insert(conn, agent, body, file_path, due, now, self._max_pending)
+            self._announce(conn, info.id, info.due_at)
+            return info
+
+        info = await self._db.transaction(tx)
         self._arm(info.id, info.due_at)
         self._events.emit(ReminderChanged(reminder=info))
         return info
@@ -321,12 +354,26 @@ class ReminderBook:
 
     async def retry(self, reminder_id: int) -> ReminderInfo:
         """The operator's retry: its attempts start over, and it is delivered now."""
-        info = await self._db.transaction(lambda conn: sql_retry(conn, reminder_id))
-        self._arm(info.id, self._clock())
+        now = self._clock()
+
+        def tx(conn: Conn) -> ReminderInfo:
+            info = sql_retry(conn, reminder_id)
+            self._announce(conn, info.id, now)
+            return info
+
+        info = await self._db.transaction(tx)
+        self._arm(info.id, now)
         self._events.emit(ReminderChanged(reminder=info))
         return info
 
+    def arm(self, reminder_id: int, due_at: float) -> None:
+        """Watch a due time set elsewhere (another node's ``remind`` or retry); nothing
+        while the scheduler does not run here (it reads every pending one when it starts)."""
+        self._arm(reminder_id, due_at)
+
     def _arm(self, reminder_id: int, due_at: float) -> None:
+        if not self._scheduling:
+            return
         self._schedule.add(reminder_id, due_at)
         self._changed.set()
 
@@ -344,6 +391,11 @@ class ReminderBook:
             return None
         try:
             parts, body = delivery_plan(info)
+            if parts is not None and self._elsewhere(info.agent):
+                # Its file goes into a state dir on another node: that node delivers it.
+                await self._db.transaction(lambda conn: self._hand_over(conn, info.id, info.agent))
+                self._arm(info.id, self._clock() + REMINDER_HANDOVER_SECONDS)
+                return None
             if parts is not None:
                 root = self._state_dir(info.agent)
                 data = info.body.encode("utf-8", "surrogatepass")
@@ -384,7 +436,10 @@ class ReminderBook:
             self._arm(info.id, self._clock() + delay)
 
     async def load(self) -> None:
-        """Arm every pending reminder from the table (at start: past ones are due at once)."""
+        """Arm every pending reminder from the table (at start: past ones are due at once),
+        in place of whatever was armed before; from now on, new ones are armed too."""
+        self._schedule = DeadlineSchedule()
+        self._scheduling = True
         for info in await self.list():
             if not info.failed:
                 self._arm(info.id, info.due_at)
@@ -401,14 +456,17 @@ class ReminderBook:
     async def scheduler(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Deliver reminders when due; re-armed from the table at start."""
-        await self.load()
-        task_status.started()
-        while True:
-            await self.fire_due()
-            self._changed = trio.Event()
-            due = self._schedule.next_deadline()
-            # Stored times are wall-clock times; the wait runs on trio's clock.
-            wake_at = math.inf if due is None else trio_deadline(due, self._clock)
-            with trio.move_on_at(wake_at):
-                await self._changed.wait()
+        """Deliver reminders when due; re-armed from the table at every start."""
+        try:
+            await self.load()
+            task_status.started()
+            while True:
+                await self.fire_due()
+                self._changed = trio.Event()
+                due = self._schedule.next_deadline()
+                # Stored times are wall-clock times; the wait runs on trio's clock.
+                wake_at = math.inf if due is None else trio_deadline(due, self._clock)
+                with trio.move_on_at(wake_at):
+                    await self._changed.wait()
+        finally:
+            self._scheduling = False

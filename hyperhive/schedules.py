@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
@@ -46,6 +46,8 @@ from hyperhive.errors import RequestRefused
 from hyperhive.names import MANAGER, OPERATOR, SCHEDULER
 from hyperhive.protocol import ScheduleInfo
 from hyperhive.store import Conn, Database, Row, dialect, insert_id
+
+T = TypeVar("T")
 
 #: Source of a schedule the operator made directly.
 SOURCE_OPERATOR: Final = "operator"
@@ -622,6 +624,7 @@ class ScheduleBook:
         timezone: str,
         clock: WallClock = time.time,
         on_change: Callable[[ScheduleInfo], object] = lambda _: None,
+        announce: Callable[[Conn], None] = lambda _: None,
     ) -> None:
         self._db = db
         self._broker = broker
@@ -629,7 +632,22 @@ class ScheduleBook:
         self.timezone = timezone
         self._clock = clock
         self._on_change = on_change
+        #: Told, inside the transaction that made it, of a change of a schedule's next time:
+        #: the node running :meth:`run` may be another (:mod:`hyperhive.duties`).
+        self._announce = announce
         self._changed = trio.Event()
+
+    def poke(self) -> None:
+        """Read the next due time again (a schedule changed elsewhere)."""
+        self._changed.set()
+
+    def _announced(self, fn: Callable[[Conn], T]) -> Callable[[Conn], T]:
+        def tx(conn: Conn) -> T:
+            result = fn(conn)
+            self._announce(conn)
+            return result
+
+        return tx
 
     def _rearm(self, info: ScheduleInfo | None) -> None:
         self._changed.set()
@@ -659,7 +677,9 @@ class ScheduleBook:
 
     async def create(self, owner: str, spec: Spec, source: str) -> ScheduleInfo:
         now = self._clock()
-        info = await self._db.transaction(lambda conn: sql_create(conn, owner, spec, source, now))
+        info = await self._db.transaction(
+            self._announced(lambda conn: sql_create(conn, owner, spec, source, now))
+        )
         self._rearm(info)
         return info
 
@@ -672,7 +692,7 @@ class ScheduleBook:
             return sql_create(conn, owner, spec, approval_source(approval_id), now)
 
         now = self._clock()
-        info = await self._db.transaction(tx)
+        info = await self._db.transaction(self._announced(tx))
         self._rearm(info)
         return info
 
@@ -689,7 +709,7 @@ class ScheduleBook:
         changes = check_changes(changes, live=self._live())
         now = self._clock()
         info = await self._db.transaction(
-            lambda conn: sql_edit(conn, schedule_id, changes, now, check)
+            self._announced(lambda conn: sql_edit(conn, schedule_id, changes, now, check))
         )
         self._rearm(info)
         return info
@@ -699,7 +719,7 @@ class ScheduleBook:
     ) -> ScheduleInfo:
         now = self._clock()
         info = await self._db.transaction(
-            lambda conn: sql_cancel(conn, schedule_id, targets, now, check)
+            self._announced(lambda conn: sql_cancel(conn, schedule_id, targets, now, check))
         )
         self._rearm(info)
         return info

@@ -16,11 +16,13 @@
         │           │                        one per live agent of the process or nspawn backend:
         │           │                        re-adopts or starts its payload, waits on its pidfd,
         │           │                        carries out lifecycle commands
-        │           ├── QuestionBook.watchdog *
-        │           ├── ScheduleBook.run *    fires scheduled prompts at their due times
-        │           ├── ReminderBook.scheduler *
-        │           │                        sleeps until the earliest deadline
-        │           ├── retention_loop *     hourly: acked messages > 30 days; agents' events dbs
+        │           ├── Duties.serve         the hive's duties, while this node holds their lock
+        │           │   ├── QuestionBook.watchdog *
+        │           │   ├── ScheduleBook.run *    fires scheduled prompts at their due times
+        │           │   ├── ReminderBook.scheduler *
+        │           │   │                    sleeps until the earliest deadline
+        │           │   └── retention_loop * hourly: acked messages > 30 days
+        │           ├── retention_loop *     hourly: agents' events dbs
         │           ├── housekeeping_loop *  every 30 s: running agents' logs over the cap
         │           │                        rotated; every 5 min: disk usage measured
         │           ├── SpaceMonitor.run *   statvfs of the state dir every 30 s and on disk-full
@@ -53,7 +55,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import IO, Final
@@ -174,21 +176,29 @@ def instance_lock(path: Path) -> Iterator[None]:
 
 
 async def retention_loop(
-    hive: Hive, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    hive: Hive,
+    *,
+    messages: bool = True,
+    events: bool = True,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """``messages``: the store's acked messages (a duty of the hive: one node);
+    ``events``: this node's agents' events dbs."""
     task_status.started()
     while True:
-        try:
-            messages = await hive.broker.vacuum(hive.config.retention_seconds)
-        except DiskFull as exc:
-            # Deleting needs room in the WAL too; the next round will do it.
-            log.warning("retention: %s", exc)
-        else:
-            if messages.deleted:
-                log.info("retention: deleted %d acked messages", messages.deleted)
-        events = await hive.sweep_events()
-        if events.deleted:
-            log.info("retention: deleted %d events, %d bytes freed", events.deleted, events.freed)
+        if messages:
+            try:
+                vacuumed = await hive.broker.vacuum(hive.config.retention_seconds)
+            except DiskFull as exc:
+                # Deleting needs room in the WAL too; the next round will do it.
+                log.warning("retention: %s", exc)
+            else:
+                if vacuumed.deleted:
+                    log.info("retention: deleted %d acked messages", vacuumed.deleted)
+        if events:
+            swept = await hive.sweep_events()
+            if swept.deleted:
+                log.info("retention: deleted %d events, %d bytes freed", swept.deleted, swept.freed)
         await trio.sleep(hive.config.retention_interval_seconds)
 
 
@@ -272,11 +282,22 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
                 await hive.finish_interrupted()
                 # A budget raised by the daemon's options lets agents paused by it run again.
                 await hive.lift_budget_pauses()
-                for part, body in (
+                # The hive's duties run on one node at a time: the one holding their lock.
+                duties: list[tuple[str, Callable[..., Awaitable[None]]]] = [
                     ("the questions watchdog", hive.questions.watchdog),
                     ("the schedules", hive.schedules.run),
                     ("the reminder scheduler", hive.reminders.scheduler),
-                    ("the retention loop", functools.partial(retention_loop, hive)),
+                    (
+                        "the messages' retention",
+                        functools.partial(retention_loop, hive, events=False),
+                    ),
+                ]
+                await nursery.start(hive.duties.serve, duties, hive.problems.reporter)
+                for part, body in (
+                    (
+                        "the retention loop",
+                        functools.partial(retention_loop, hive, messages=False),
+                    ),
                     ("the housekeeping loop", functools.partial(housekeeping_loop, hive)),
                     ("the free-space monitor", hive.space.run),
                     ("the agent views", hive.views.refresh_loop),

@@ -40,6 +40,8 @@ ALL: dict[str, list[str]] = {
         "open_pg_database",
         "open_store",
         "redact_url",
+        # singleton duties (hyperhive/duties.py)
+        "LockLost",
     ],
     "hyperhive.containers": [
         "AgentRunner",

@@ -434,6 +434,10 @@ class HostStatusReply(Reply):
     state_dir_bytes: int | None = None
     #: This daemon's node name.
     node: str = ""
+    #: Whether this node runs the hive's singleton duties (question deadlines, reminders,
+    #: schedules, the messages' retention): one node of those sharing a PostgreSQL store.
+    #: None on a store no other node shares (sqlite: the daemon runs them all).
+    holds_duties: bool | None = None
 
 
 @attrs.frozen

@@ -77,6 +77,10 @@ class DatabaseFailed(RuntimeError):
     """The database file itself failed (I/O error, corruption, lock taken away): fatal."""
 
 
+class LockLost(RuntimeError):
+    """A lock held by :meth:`Database.hold_lock` was lost (its connection failed)."""
+
+
 class _Full(Exception):
     """A batch attempt ran out of space and sqlite rolled its transaction back."""
 
@@ -310,6 +314,23 @@ class Database:
         """Call ``deliver(payload)`` (on the trio thread) for each :meth:`notify` of any
         node, for the duration of the ``async with``, holding the advisory ``lock`` if
         given. sqlite: no other daemon shares the file (its flock says so); nothing to do."""
+        yield
+
+    @asynccontextmanager
+    async def hold_lock(
+        self,
+        key: int,
+        *,
+        retry_seconds: float = 2.0,
+        check_seconds: float = 2.0,
+        waiting: Callable[[], None] | None = None,
+    ) -> AsyncIterator[None]:
+        """Enter once this daemon holds the hive-wide lock ``key``, and hold it for the
+        duration of the ``async with``. PostgreSQL: a session advisory lock on a connection
+        of its own, tried every ``retry_seconds`` (``waiting()`` is called after the first
+        try fails), the connection checked every ``check_seconds`` while held; when it
+        fails, the body is cancelled and :class:`LockLost` raised. sqlite: held at once and
+        for ever (the file's flock already makes the daemon the only one)."""
         yield
 
     @property

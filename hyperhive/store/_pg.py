@@ -46,6 +46,7 @@ newer than the migrations known is refused (:class:`~hyperhive.store.DatabaseUnu
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -61,6 +62,7 @@ from hyperhive.store._db import (
     Database,
     DatabaseFailed,
     DatabaseUnusable,
+    LockLost,
     Migration,
     _Job,
 )
@@ -78,8 +80,16 @@ CHANNEL: Final = "hyperhive"
 MAX_NOTIFY_BYTES: Final = 7999
 #: How often the listening thread looks whether it is asked to stop.
 _LISTEN_POLL_SECONDS: Final = 0.2
+#: TCP keepalives of a lock's connection, on both ends (seconds idle, between probes, probes),
+#: and how long data sent on it may stay unacknowledged (``tcp_user_timeout``, ms): a holder
+#: whose host vanishes is found dead by the server within ~5 s, which releases its lock; a
+#: holder cut off from the server finds out as quickly (its check fails). Real time, not
+#: trio's clock. Unix sockets ignore them.
+LOCK_KEEPALIVES: Final = (2, 1, 3)
+LOCK_USER_TIMEOUT_MS: Final = 5000
 SCHEMA_TABLE: Final = "hyperhive_schema"
 _INDEXED_BY = re.compile(r"\s+INDEXED\s+BY\s+\w+", re.IGNORECASE)
+log = logging.getLogger(__name__)
 
 
 class PgRow:
@@ -406,6 +416,117 @@ class PgDatabase(Database):
                     stop.set()
         finally:
             raw.close()
+
+    @asynccontextmanager
+    async def hold_lock(
+        self,
+        key: int,
+        *,
+        retry_seconds: float = 2.0,
+        check_seconds: float = 2.0,
+        waiting: Callable[[], None] | None = None,
+    ) -> AsyncIterator[None]:
+        """See :meth:`Database.hold_lock`: ``pg_try_advisory_lock(key)`` on a connection of
+        its own. The lock lives as long as that session: a daemon killed, or its connection
+        cut, releases it on the server, and another daemon's next try takes it."""
+        raw = await self._take_lock(key, retry_seconds, waiting)
+        lost: str | None = None
+        checking = False
+        try:
+            async with trio.open_nursery() as nursery:
+                body = trio.CancelScope()
+
+                async def watch() -> None:
+                    nonlocal lost, checking
+                    while lost is None:
+                        await trio.sleep(check_seconds)
+                        checking = True
+                        lost = await self._lock_check(raw, key)
+                        checking = False
+                    body.cancel()
+
+                nursery.start_soon(watch)
+                with body:
+                    yield
+                nursery.cancel_scope.cancel()
+        finally:
+            if checking:
+                # A check was abandoned on it and may still run: never wait for that.
+                threading.Thread(target=raw.close, daemon=True).start()
+            else:
+                raw.close()
+        if lost is not None:
+            raise LockLost(self._failure_text(f": lock {key:#x} lost: {lost}"))
+
+    async def _take_lock(
+        self, key: int, retry_seconds: float, waiting: Callable[[], None] | None
+    ) -> psycopg.Connection[Any]:
+        """A connection holding ``key``, once a try gets it (one every ``retry_seconds``)."""
+        url = self._secret_url
+        raw: psycopg.Connection[Any] | None = None
+
+        def attempt() -> bool:
+            nonlocal raw
+            try:
+                if raw is None:
+                    idle, interval, count = LOCK_KEEPALIVES
+                    raw = psycopg.connect(
+                        url,
+                        autocommit=True,
+                        connect_timeout=10,
+                        keepalives=1,
+                        keepalives_idle=idle,
+                        keepalives_interval=interval,
+                        keepalives_count=count,
+                        tcp_user_timeout=LOCK_USER_TIMEOUT_MS,
+                    )
+                    raw.execute(
+                        "SELECT set_config('tcp_keepalives_idle', %s, false), "
+                        "set_config('tcp_keepalives_interval', %s, false), "
+                        "set_config('tcp_keepalives_count', %s, false), "
+                        "set_config('tcp_user_timeout', %s, false)",
+                        (str(idle), str(interval), str(count), str(LOCK_USER_TIMEOUT_MS)),
+                    )
+                row = raw.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            except psycopg.Error as exc:
+                log.warning("%s", self._failure_text(f": trying lock {key:#x}: {exc}"))
+                if raw is not None:
+                    raw.close()
+                raw = None
+                return False
+            return bool(row and row[0])
+
+        tried = False
+        try:
+            while not await trio.to_thread.run_sync(attempt):
+                if not tried and waiting is not None:
+                    waiting()
+                tried = True
+                await trio.sleep(retry_seconds)
+        except BaseException:
+            if raw is not None:
+                raw.close()
+            raise
+        assert raw is not None
+        return raw
+
+    async def _lock_check(self, raw: psycopg.Connection[Any], key: int) -> str | None:
+        """Why the lock ``key`` of ``raw`` is lost (None: still held)."""
+
+        def check() -> str | None:
+            try:
+                row = raw.execute(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = pg_backend_pid() "
+                    "AND locktype = 'advisory' AND granted AND classid = %s::bigint::oid "
+                    "AND objid = %s::bigint::oid AND objsubid = 1)",
+                    ((key >> 32) & 0xFFFF_FFFF, key & 0xFFFF_FFFF),
+                ).fetchone()
+            except psycopg.Error as exc:
+                return f"its connection failed: {str(exc).strip()}"
+            return None if row and row[0] else "no longer held by its session"
+
+        # Bounded by the connection's TCP timeouts (real time; a test's clock may be virtual).
+        return await trio.to_thread.run_sync(check, abandon_on_cancel=True)
 
     def _attempt(self, batch: list[_Job[Any]]) -> None:
         conn = self._pg
