@@ -74,6 +74,9 @@ SHUTDOWN_GRACE_SECONDS: Final = 10.0
 #: A node writes its heartbeat this often; one silent for NODE_DOWN_SECONDS is ``down``.
 NODE_HEARTBEAT_SECONDS: Final = 2.0
 NODE_DOWN_SECONDS: Final = 10.0
+#: How long a node waits for another to carry out a command about one of its agents
+#: (``hyperhive.remote``); a restart's stop grace (STOP_GRACE_SECONDS) fits in it twice.
+REMOTE_COMMAND_SECONDS: Final = 30.0
 BACKENDS: Final = ("auto", "nspawn", "process", "external")
 #: ``hyperhive run --backend`` and :attr:`Config.backend`: nspawn when it can run, else process.
 DEFAULT_BACKEND: Final = "auto"
@@ -377,6 +380,8 @@ class Config:
     db_reserve_bytes: int = DB_RESERVE_BYTES
     #: Seconds a client has to finish a request line it started (tests shorten it).
     line_deadline_seconds: float = LINE_DEADLINE_SECONDS
+    #: How long a command for another node's agent may take (``hyperhive.remote``).
+    remote_command_seconds: float = REMOTE_COMMAND_SECONDS
     #: Wall-clock time of stored deadlines and crash history (waits run on trio's clock).
     #: Tests under trio's MockClock give a :class:`hyperhive.clocks.TrioWallClock`.
     wall_clock: WallClock = attrs.field(default=time.time, eq=False)

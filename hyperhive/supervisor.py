@@ -6,7 +6,7 @@
         │   └── open_store               broker.sqlite, or PostgreSQL with --database
         │       ├── Database.serve           the one writer of the store (group commit)
         │       └── nursery                  (* = a failure domain, see below)
-        │           ├── Nodes.serve          this node: its lock, heartbeat, the nodes' notifications
+        │           ├── Nodes.serve          this node: its lock, heartbeat, nodes' notifications
         │           ├── Registry.serve       loads `agents`, makes sure `manager` exists
         │           │   └── serve_unix_socket * xN
         │           │                        <run>/manager/mcp.sock, <run>/agents/<name>/mcp.sock:
@@ -26,6 +26,8 @@
         │           ├── SpaceMonitor.run *   statvfs of the state dir every 30 s and on disk-full
         │           ├── AgentViews.refresh_loop *
         │           │                        every 2 s: agents' model, UI socket, login (a thread)
+        │           ├── NodeCommands.serve * on PostgreSQL: commands other nodes ask of this one
+        │           │                        (hyperhive.remote), each carried out in its own task
         │           ├── serve_dashboard *    with --dashboard-bind: hypercorn-trio; started(urls)
         │           └── serve_unix_socket    <run>/host.sock (operator)
         └── _watchdog_pings                  start_soon, only when WATCHDOG_USEC is set; pings
@@ -282,6 +284,16 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
                     await nursery.start(
                         functools.partial(
                             supervise, part, body, report=hive.problems.reporter(part)
+                        )
+                    )
+                if hive.nodes.shared:
+                    # The operator's requests about this node's agents, asked on other nodes.
+                    await nursery.start(
+                        functools.partial(
+                            supervise,
+                            "the node commands",
+                            daemon.api.commands.serve,
+                            report=hive.problems.reporter("the node commands"),
                         )
                     )
                 if config.dashboard_bind:

@@ -1,0 +1,314 @@
+"""Operations on another node's agents: the operator on node A restarts, stops, starts,
+reads the logs of, sets the model of and destroys an agent node B serves; B carries each
+out (``node_commands``) and A returns B's answer. When B is down the command is refused
+(after the timeout, then at once), a command B never took is not carried out when it
+returns, and A's dashboard sends the operator to B's for the agent's UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import trio
+
+from hyperhive.client import Client
+from hyperhive.config import NODE_DOWN_SECONDS
+from hyperhive.errors import ClientError, ConnectionLost
+from hyperhive.protocol import (
+    Destroy,
+    Kill,
+    Logs,
+    LogsReply,
+    Restart,
+    SetModel,
+    Spawn,
+    Start,
+)
+from tests.conftest import DaemonProcess, wait_until
+from tests.dashboard.conftest import http
+from tests.multinode import running_nodes
+
+FAKE = Path(__file__).resolve().parent / "payloads" / "fake_harness.py"
+#: Agents run as real processes (a stand-in harness that connects and waits).
+PROCESS = ["--backend", "process", "--harness-command", f"{sys.executable} {FAKE}"]
+
+
+async def agent(node: DaemonProcess, name: str) -> dict[str, Any] | None:
+    listed = await node.call({"cmd": "list"})
+    return next((a for a in listed["agents"] if a["name"] == name), None)
+
+
+async def running_pid(node: DaemonProcess, name: str, *, connected: bool = True) -> int | None:
+    """The agent's pid as ``node`` lists it, once it runs (with its harness connected)."""
+    info = await agent(node, name)
+    if info is None or info["state"] != "running" or info["transient"] is not None:
+        return None
+    if connected and not info["harness_connected"]:
+        return None
+    pid = info["pid"]
+    return pid if isinstance(pid, int) and alive(pid) else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def wait_running(
+    node: DaemonProcess, name: str, *, other_than: int | None = None, connected: bool = True
+) -> int:
+    found: list[int] = []
+
+    async def runs() -> bool:
+        pid = await running_pid(node, name, connected=connected)
+        if pid is None or pid == other_than:
+            return False
+        found.append(pid)
+        return True
+
+    await wait_until(runs, limit=30, interval=0.05)
+    return found[-1]
+
+
+def row(pg_url: str, sql: str, *args: Any) -> Any:
+    with psycopg.connect(pg_url) as conn:
+        return conn.execute(sql, args).fetchone()
+
+
+async def cli(node: DaemonProcess, *args: str) -> trio.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERHIVE_")}
+    argv = [sys.executable, "-m", "hyperhive", *args, "--run-dir", str(node.paths.run_dir)]
+    return await trio.run_process(
+        argv, env=env, capture_stdout=True, capture_stderr=True, check=False
+    )
+
+
+async def spawn_on(node: DaemonProcess, name: str, pg_url: str) -> int:
+    async with await node.host() as host:
+        await host.call(Spawn(name))
+    node_name = node.args[node.args.index("--node") + 1]
+    assert row(pg_url, "SELECT node FROM agents WHERE name = %s", name)[0] == node_name
+    return await wait_running(node, name)
+
+
+async def test_lifecycle_logs_model_and_destroy_from_another_node(
+    short_tmp: Path, pg_url: str, nursery: trio.Nursery
+) -> None:
+    async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery, args=PROCESS) as nodes:
+        a, b = nodes["na"], nodes["nb"]
+        pid = await spawn_on(b, "bob", pg_url)
+        assert not a.paths.agent_socket("bob").exists()
+
+        # restart from A's CLI: B stops bob's payload and starts a new one.
+        done = await cli(a, "restart", "bob")
+        assert done.returncode == 0, done.stderr
+        new_pid = await wait_running(b, "bob", other_than=pid)
+        assert not alive(pid)
+        # A shows what B did (B's row, announced to A).
+        await wait_until(lambda: _pid_is(a, "bob", new_pid), limit=10)
+
+        async with await a.host() as host:
+            await host.call(Kill("bob"))
+            stopped = await agent(b, "bob")
+            assert stopped is not None and stopped["state"] == "stopped", stopped
+            assert not alive(new_pid)
+
+            await host.call(Start("bob"))
+            started = await wait_running(b, "bob", other_than=new_pid)
+
+            # Logs of bob come from B's file: the stand-in harness printed its pid there.
+            async def logged() -> bool:
+                logs = await host.call(Logs("bob", lines=50))
+                assert isinstance(logs, LogsReply)
+                return f"fake harness bob pid {started}" in logs.lines
+
+            await wait_until(logged, limit=10, interval=0.05)
+
+            await host.call(SetModel("bob", "opus"))
+            assert b.paths.model_file("bob").read_text() == "opus\n"
+            assert not a.paths.model_file("bob").exists()
+
+            await host.call(Destroy("bob"))
+            assert await agent(b, "bob") is None  # listed no more: a tombstone
+            assert row(pg_url, "SELECT state FROM agents WHERE name = 'bob'")[0] == "destroyed"
+            assert not alive(started)
+            assert b.paths.agent_dir("bob").exists()  # a tombstone keeps its state on B
+
+            # B's own refusal comes back as it is.
+            try:
+                await host.call(Start("bob"))
+            except ClientError as exc:
+                assert str(exc) == "bob is destroyed; revive it first"
+            else:
+                raise AssertionError("B started a destroyed agent")
+
+            await host.call(Destroy("bob", purge=True))
+            assert await agent(b, "bob") is None
+            assert not b.paths.agent_dir("bob").exists()
+        assert row(pg_url, "SELECT COUNT(*) FROM agents WHERE name = 'bob'")[0] == 0
+
+        # Every command was taken and answered by B, in order; nothing is left open.
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute(
+                "SELECT node, origin, request_json, taken_at, done_at, error "
+                "FROM node_commands ORDER BY id"
+            ).fetchall()
+        assert {(r[0], r[1]) for r in rows} == {("nb", "na")}
+        assert all(r[3] is not None and r[4] is not None for r in rows)
+        verbs = [json.loads(r[2])["cmd"] for r in rows]
+        assert [v for v in verbs if v != "logs"] == [
+            "restart", "kill", "start", "set_model", "destroy", "start", "destroy",
+        ]  # fmt: skip
+        assert [r[5] for r in rows if r[5] is not None] == ["bob is destroyed; revive it first"]
+
+        # A's CLI reads B's logs too (a second agent, alive).
+        await spawn_on(b, "carol", pg_url)
+        shown = await cli(a, "logs", "carol")
+        assert shown.returncode == 0, shown.stderr
+        assert b"fake harness carol pid" in shown.stdout
+
+        # The agent's UI from A's dashboard: a redirect to B's, where its socket is.
+        cookie, base = await login(a)
+        page = await http(base, "GET", "/agent/carol/", headers={"cookie": cookie})
+        b_base = (b.dashboard_login or "").partition("/login")[0]
+        assert page.status == 303, page
+        assert page.header("location") == f"{b_base}/agent/carol/"
+        api = await http(base, "GET", "/agent/carol/api/state", headers={"cookie": cookie})
+        assert api.status == 409 and "runs on node nb" in api.json()["error"]
+        # The agent UI of A's own agent is still A's to serve (not redirected).
+        # (The stand-in harness serves no UI: the dashboard says so itself.)
+        own = await http(base, "GET", "/agent/manager/", headers={"cookie": cookie})
+        assert own.status == 502 and b"manager's UI is not up" in own.body, own
+        # B's dashboard serves carol's page itself, behind B's own login.
+        b_cookie, _ = await login(b)
+        there = await http(b_base, "GET", "/agent/carol/", headers={"cookie": b_cookie})
+        assert there.status == 502 and b"carol's UI is not up" in there.body, there
+
+
+async def _pid_is(node: DaemonProcess, name: str, pid: int) -> bool:
+    info = await agent(node, name)
+    return info is not None and info["pid"] == pid
+
+
+async def login(node: DaemonProcess) -> tuple[str, str]:
+    assert node.dashboard_login is not None
+    base, _, query = node.dashboard_login.partition("/login")
+    response = await http(base, "GET", "/login" + query)
+    return (response.header("set-cookie") or "").split(";", 1)[0], base
+
+
+TIMEOUT = 4.0
+
+
+async def test_a_command_for_a_node_that_died_is_refused_and_never_carried_out_later(
+    short_tmp: Path, pg_url: str, nursery: trio.Nursery
+) -> None:
+    args = [*PROCESS, "--remote-command-seconds", str(TIMEOUT)]
+    async with running_nodes(short_tmp, pg_url, ["na", "nb", "nc"], nursery, args=args) as nodes:
+        a, b, c = nodes["na"], nodes["nb"], nodes["nc"]
+        pid = await spawn_on(b, "bob", pg_url)
+        await b.kill()  # bob's payload outlives its node's daemon
+        assert alive(pid)
+
+        # Right away B still looks up: A's command waits for its deadline, then is refused.
+        async with await a.host() as host:
+            started = time.monotonic()
+            try:
+                await host.call(Restart("bob"))
+            except ClientError as exc:
+                refusal = str(exc)
+            else:
+                raise AssertionError("a restart on a dead node succeeded")
+            elapsed = time.monotonic() - started
+        assert refusal.startswith("node nb did not answer within 4 s"), refusal
+        assert TIMEOUT - 0.5 <= elapsed < TIMEOUT + 3, elapsed
+        first = row(pg_url, "SELECT error, taken_at FROM node_commands WHERE origin = 'na'")
+        assert first == ("expired", None)
+
+        # C asks too, and dies while it waits: its row stays open, nobody gives it up.
+        async def ask_then_die() -> None:
+            async with await c.host() as host:
+                try:
+                    await host.call(Restart("bob"))
+                except ConnectionLost:
+                    return
+            raise AssertionError("C answered although it was killed")
+
+        nursery.start_soon(ask_then_die)
+
+        async def c_asked() -> bool:
+            return row(pg_url, "SELECT COUNT(*) FROM node_commands WHERE origin = 'nc'")[0] == 1
+
+        await wait_until(c_asked, limit=10, interval=0.05)
+        await c.kill()
+        expires_at = row(pg_url, "SELECT expires_at FROM node_commands WHERE origin = 'nc'")[0]
+
+        # Once B shows down, A refuses at once and says so.
+        async def b_down() -> bool:
+            seen = row(pg_url, "SELECT heartbeat_at FROM nodes WHERE name = 'nb'")[0]
+            return bool(time.time() - seen > NODE_DOWN_SECONDS + 0.5)
+
+        await wait_until(b_down, limit=30, interval=0.2)
+        async with await a.host() as host:
+            started = time.monotonic()
+            try:
+                await host.call(Restart("bob"))
+            except ClientError as exc:
+                refusal = str(exc)
+            else:
+                raise AssertionError("a restart on a down node succeeded")
+            assert time.monotonic() - started < 2
+        assert refusal.startswith("bob runs on node nb, which is down (last seen "), refusal
+
+        # A's dashboard says the same instead of sending the operator to a dead dashboard.
+        cookie, base = await login(a)
+        page = await http(base, "GET", "/agent/bob/", headers={"cookie": cookie})
+        assert page.status == 503 and b"which is down" in page.body, page
+
+        # B comes back long after C's command expired: it never carries it out.
+        assert time.time() > expires_at
+        await b.start(nursery)
+
+        async def c_command_done() -> bool:
+            return (
+                row(pg_url, "SELECT done_at FROM node_commands WHERE origin = 'nc'")[0] is not None
+            )
+
+        await wait_until(c_command_done, limit=10, interval=0.05)
+        assert row(pg_url, "SELECT error, taken_at FROM node_commands WHERE origin = 'nc'") == (
+            "expired",
+            None,
+        )
+        # bob was re-adopted, not restarted: the same process (the stand-in harness does
+        # not connect again to its node's new socket).
+        assert await wait_running(b, "bob", connected=False) == pid
+        assert alive(pid)
+
+        # And B, back, carries out what A asks now.
+        async with await a.host() as host:
+            await host.call(Restart("bob"))
+        assert await wait_running(b, "bob", other_than=pid) != pid
+        assert not alive(pid)
+
+
+async def test_an_agent_request_never_becomes_a_command_to_another_node(
+    short_tmp: Path, pg_url: str, nursery: trio.Nursery
+) -> None:
+    async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
+        a, b = nodes["na"], nodes["nb"]
+        async with await b.host() as host:
+            await host.call(Spawn("bob"))
+        # The manager (on A) asks to restart bob (on B) through its own socket.
+        async with await Client.open(a.paths.agent_socket("manager"), role="cli") as manager:
+            reply = await manager.request({"cmd": "restart", "name": "bob"})
+        assert not reply["ok"]
+        assert "bob runs on node nb" in reply["error"], reply
+        assert row(pg_url, "SELECT COUNT(*) FROM node_commands")[0] == 0
