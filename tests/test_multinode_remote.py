@@ -19,16 +19,31 @@ import trio
 from hyperhive.client import Client
 from hyperhive.config import NODE_DOWN_SECONDS
 from hyperhive.errors import ClientError, ConnectionLost
+from hyperhive.nodes import NodeInfo
 from hyperhive.protocol import (
     Destroy,
+    HostSend,
     Kill,
     Logs,
     LogsReply,
+    Pause,
     Restart,
     SetModel,
     Spawn,
     Start,
 )
+from hyperhive.remote import (
+    EXPIRED,
+    forwarded_agent,
+    gave_up,
+    node_refusal,
+    sql_give_up,
+    sql_insert,
+    sql_interrupted,
+    sql_outcome,
+    sql_take,
+)
+from hyperhive.store import BROKER_MIGRATIONS, open_database
 from tests.conftest import DaemonProcess, wait_until
 from tests.dashboard.conftest import http
 from tests.multinode import running_nodes
@@ -97,6 +112,65 @@ async def spawn_on(node: DaemonProcess, name: str, pg_url: str) -> int:
     node_name = node.args[node.args.index("--node") + 1]
     assert row(pg_url, "SELECT node FROM agents WHERE name = %s", name)[0] == node_name
     return await wait_running(node, name)
+
+
+def test_only_requests_that_need_the_agents_node_are_forwarded() -> None:
+    assert forwarded_agent(Restart("bob")) == "bob"
+    assert forwarded_agent(Logs("bob", lines=5)) == "bob"
+    assert forwarded_agent(Destroy("bob", purge=True)) == "bob"
+    # The database is every node's: these are carried out where they are asked.
+    assert forwarded_agent(Pause(names=["bob"], reason="r")) is None
+    assert forwarded_agent(HostSend(to="bob", body="hi")) is None
+
+
+def test_a_command_for_a_node_not_up_is_refused_at_once_saying_why() -> None:
+    def info(heartbeat: float, stopped: float | None = None) -> NodeInfo:
+        return NodeInfo("nb", "host", 1, 0.0, heartbeat, stopped, None)
+
+    assert node_refusal("bob", "nb", info(100.0), 105.0) is None
+    down = node_refusal("bob", "nb", info(100.0), 142.0)
+    assert down is not None
+    assert down.startswith("bob runs on node nb, which is down (last seen 42 s ago); ")
+    stopped = node_refusal("bob", "nb", info(100.0, stopped=100.0), 101.0)
+    assert stopped is not None and "which is stopped" in stopped
+    never = node_refusal("bob", "nb", None, 1.0)
+    assert never is not None and "has never run" in never
+    assert gave_up("nb", info(100.0), 101.0, 30.0, taken=False).startswith(
+        "node nb did not answer within 30 s"
+    )
+    assert gave_up("nb", info(100.0), 130.0, 30.0, taken=False).startswith("node nb went down")
+
+
+async def test_a_node_takes_only_its_open_commands_that_have_not_expired(
+    short_tmp: Path,
+) -> None:
+    async with open_database(
+        short_tmp / "b.sqlite", synchronous="FULL", migrations=BROKER_MIGRATIONS
+    ) as db:
+
+        def setup(conn: Any) -> list[int]:
+            return [
+                sql_insert(conn, "nb", "bob", "na", "{}", 0.0, 10.0),  # expired at 10
+                sql_insert(conn, "nb", "bob", "na", "{}", 0.0, 50.0),
+                sql_insert(conn, "nc", "carl", "na", "{}", 0.0, 50.0),  # another node's
+                sql_insert(conn, "nb", "bob", "na", "{}", 0.0, 50.0),  # the origin gives up
+            ]
+
+        old, fresh, other, given_up = await db.transaction(setup)
+        assert await db.transaction(lambda conn: sql_give_up(conn, given_up, 5.0))
+        taken, expired = await db.transaction(lambda conn: sql_take(conn, "nb", 20.0))
+        assert [c.id for c in taken] == [fresh]
+        assert expired == [(old, "na")]
+        for command_id in (old, given_up):
+            outcome, _ = await db.transaction(lambda conn, i=command_id: sql_outcome(conn, i))
+            assert outcome is not None and outcome.error == EXPIRED
+        # Taken once: a second look takes nothing, and the origin cannot give it up now.
+        assert await db.transaction(lambda conn: sql_take(conn, "nb", 21.0)) == ([], [])
+        assert not await db.transaction(lambda conn: sql_give_up(conn, fresh, 22.0))
+        # Its node stopped before finishing it: at its next start it is done, with why.
+        done = await db.transaction(lambda conn: sql_interrupted(conn, "nb", 30.0, "stopped"))
+        assert done == [(fresh, "na")]
+        assert (await db.transaction(lambda conn: sql_outcome(conn, other)))[0] is None
 
 
 async def test_lifecycle_logs_model_and_destroy_from_another_node(
@@ -175,7 +249,15 @@ async def test_lifecycle_logs_model_and_destroy_from_another_node(
         assert shown.returncode == 0, shown.stderr
         assert b"fake harness carol pid" in shown.stdout
 
-        # The agent's UI from A's dashboard: a redirect to B's, where its socket is.
+        # The agent's UI from A's dashboard: A's agent list links it (B's does not: the
+        # stand-in harness serves no UI)...
+        async def linked() -> bool:
+            info = await agent(a, "carol")
+            return info is not None and info["ui_url"] == "/agent/carol/"
+
+        await wait_until(linked, limit=10, interval=0.1)
+        assert (await agent(b, "carol") or {}).get("ui_url", "missing") is None
+        # ... to a redirect to B's dashboard, where its socket is.
         cookie, base = await login(a)
         page = await http(base, "GET", "/agent/carol/", headers={"cookie": cookie})
         b_base = (b.dashboard_login or "").partition("/login")[0]
