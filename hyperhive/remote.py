@@ -326,7 +326,7 @@ class NodeCommands:
         notification announces, each in its own task."""
         name = self._nodes.name
         now = self._clock()
-        error = f"node {name} stopped before it finished the command"
+        error = self._stopped_text()
         interrupted = functools.partial(sql_interrupted, node=name, now=now, error=error)
 
         def finish_interrupted(conn: Conn) -> None:
@@ -357,9 +357,20 @@ class NodeCommands:
             outcome = Outcome(None, str(exc))
         except DatabaseFailed:
             raise
+        except trio.Cancelled:
+            # The node stops: the one waiting learns it now, not at its deadline.
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await self._finish(command, Outcome(None, self._stopped_text()))
+            raise
         except Exception:
             log.exception("command %d from node %s failed", command.id, command.origin)
             outcome = Outcome(None, f"node {self._nodes.name} failed to carry it out; see its log")
+        await self._finish(command, outcome)
+
+    def _stopped_text(self) -> str:
+        return f"node {self._nodes.name} stopped before it finished the command"
+
+    async def _finish(self, command: Command, outcome: Outcome) -> None:
         now = self._clock()
 
         def finish(conn: Conn) -> None:

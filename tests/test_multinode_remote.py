@@ -310,7 +310,11 @@ async def test_a_command_for_a_node_that_died_is_refused_and_never_carried_out_l
             else:
                 raise AssertionError("a restart on a dead node succeeded")
             elapsed = time.monotonic() - started
-        assert refusal.startswith("node nb did not answer within 4 s"), refusal
+        # (Under load B's last heartbeat may be old enough to show it down by then.)
+        assert refusal.startswith(("node nb did not answer within 4 s", "node nb went down")), (
+            refusal
+        )
+        assert refusal.endswith("the command was not carried out"), refusal
         assert TIMEOUT - 0.5 <= elapsed < TIMEOUT + 3, elapsed
         first = row(pg_url, "SELECT error, taken_at FROM node_commands WHERE origin = 'na'")
         assert first == ("expired", None)
