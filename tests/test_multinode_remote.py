@@ -44,6 +44,7 @@ from hyperhive.remote import (
     sql_take,
 )
 from hyperhive.store import BROKER_MIGRATIONS, open_database
+from hyperhive.web._auth import CSRF_HEADER
 from tests.conftest import DaemonProcess, wait_until
 from tests.dashboard.conftest import http
 from tests.multinode import running_nodes
@@ -244,10 +245,28 @@ async def test_lifecycle_logs_model_and_destroy_from_another_node(
         assert [r[5] for r in rows if r[5] is not None] == ["bob is destroyed; revive it first"]
 
         # A's CLI reads B's logs too (a second agent, alive).
-        await spawn_on(b, "carol", pg_url)
+        carol = await spawn_on(b, "carol", pg_url)
         shown = await cli(a, "logs", "carol")
         assert shown.returncode == 0, shown.stderr
-        assert b"fake harness carol pid" in shown.stdout
+        assert f"fake harness carol pid {carol}".encode() in shown.stdout
+
+        # A's dashboard acts on B's agent the same way (its actions are host requests).
+        cookie, base = await login(a)
+        state = await http(base, "GET", "/api/state", headers={"cookie": cookie})
+        restarted = await http(
+            base,
+            "POST",
+            "/api/restart",
+            headers={
+                "cookie": cookie,
+                "content-type": "application/json",
+                CSRF_HEADER: state.json()["csrf"],
+            },
+            body=json.dumps({"cmd": "restart", "name": "carol"}).encode(),
+        )
+        assert restarted.status == 200, restarted
+        await wait_running(b, "carol", other_than=carol)
+        assert not alive(carol)
 
         # The agent's UI from A's dashboard: A's agent list links it (B's does not: the
         # stand-in harness serves no UI)...
@@ -258,7 +277,6 @@ async def test_lifecycle_logs_model_and_destroy_from_another_node(
         await wait_until(linked, limit=10, interval=0.1)
         assert (await agent(b, "carol") or {}).get("ui_url", "missing") is None
         # ... to a redirect to B's dashboard, where its socket is.
-        cookie, base = await login(a)
         page = await http(base, "GET", "/agent/carol/", headers={"cookie": cookie})
         b_base = (b.dashboard_login or "").partition("/login")[0]
         assert page.status == 303, page
