@@ -103,13 +103,14 @@ def gave_up(node: str, info: NodeInfo | None, now: float, timeout: float, *, tak
     """Why no reply came within ``timeout``: the node went down meanwhile, or it is slow."""
     if info is not None and (status := info.status(now)) != NodeStatus.UP:
         ago = max(0.0, now - info.heartbeat_at)
+        went = "stopped" if status == NodeStatus.STOPPED else "went down"
         if taken:
             return (
-                f"node {node} went {status} (last seen {ago:.0f} s ago) while it carried the "
+                f"node {node} {went} (last seen {ago:.0f} s ago) while it carried the "
                 "command out; look at the agent's state once it is back"
             )
         return (
-            f"node {node} went {status} (last seen {ago:.0f} s ago) before it answered; "
+            f"node {node} {went} (last seen {ago:.0f} s ago) before it answered; "
             "the command was not carried out"
         )
     return timeout_refusal(node, timeout, taken=taken)

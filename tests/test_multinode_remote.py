@@ -6,10 +6,14 @@ returns, and A's dashboard sends the operator to B's for the agent's UI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +56,23 @@ from tests.multinode import running_nodes
 FAKE = Path(__file__).resolve().parent / "payloads" / "fake_harness.py"
 #: Agents run as real processes (a stand-in harness that connects and waits).
 PROCESS = ["--backend", "process", "--harness-command", f"{sys.executable} {FAKE}"]
+
+
+@asynccontextmanager
+async def process_nodes(
+    base: Path, pg_url: str, names: list[str], nursery: trio.Nursery, args: Sequence[str] = ()
+) -> AsyncIterator[dict[str, DaemonProcess]]:
+    """:func:`running_nodes` with agents as processes; those still running at the end
+    (agents outlive their daemons) are killed."""
+    try:
+        async with running_nodes(base, pg_url, names, nursery, args=[*PROCESS, *args]) as nodes:
+            yield nodes
+    finally:
+        with psycopg.connect(pg_url) as conn:
+            pids = [r[0] for r in conn.execute("SELECT pid FROM agents WHERE pid IS NOT NULL")]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 async def agent(node: DaemonProcess, name: str) -> dict[str, Any] | None:
@@ -177,7 +198,7 @@ async def test_a_node_takes_only_its_open_commands_that_have_not_expired(
 async def test_lifecycle_logs_model_and_destroy_from_another_node(
     short_tmp: Path, pg_url: str, nursery: trio.Nursery
 ) -> None:
-    async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery, args=PROCESS) as nodes:
+    async with process_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
         a, b = nodes["na"], nodes["nb"]
         pid = await spawn_on(b, "bob", pg_url)
         assert not a.paths.agent_socket("bob").exists()
@@ -311,8 +332,8 @@ TIMEOUT = 4.0
 async def test_a_command_for_a_node_that_died_is_refused_and_never_carried_out_later(
     short_tmp: Path, pg_url: str, nursery: trio.Nursery
 ) -> None:
-    args = [*PROCESS, "--remote-command-seconds", str(TIMEOUT)]
-    async with running_nodes(short_tmp, pg_url, ["na", "nb", "nc"], nursery, args=args) as nodes:
+    args = ["--remote-command-seconds", str(TIMEOUT)]
+    async with process_nodes(short_tmp, pg_url, ["na", "nb", "nc"], nursery, args) as nodes:
         a, b, c = nodes["na"], nodes["nb"], nodes["nc"]
         pid = await spawn_on(b, "bob", pg_url)
         await b.kill()  # bob's payload outlives its node's daemon
@@ -416,3 +437,44 @@ async def test_an_agent_request_never_becomes_a_command_to_another_node(
         assert not reply["ok"]
         assert "bob runs on node nb" in reply["error"], reply
         assert row(pg_url, "SELECT COUNT(*) FROM node_commands")[0] == 0
+
+
+async def test_a_node_stopping_while_it_carries_out_a_command_says_so_at_once(
+    short_tmp: Path, pg_url: str, nursery: trio.Nursery
+) -> None:
+    # A payload that ignores SIGTERM: stopping it takes the whole stop grace (10 s).
+    stubborn = ["--harness-command", "sh -c 'trap \"\" TERM; exec sleep 300'"]
+    async with process_nodes(short_tmp, pg_url, ["na", "nb"], nursery, stubborn) as nodes:
+        a, b = nodes["na"], nodes["nb"]
+        async with await b.host() as host:
+            await host.call(Spawn("bob"))
+        await wait_running(b, "bob", connected=False)
+        outcome: list[str] = []
+        stopped_at: list[float] = []
+
+        async def restart_from_a() -> None:
+            async with await a.host() as host:
+                try:
+                    await host.call(Restart("bob"))
+                except ClientError as exc:
+                    outcome.append(str(exc))
+                    stopped_at.append(time.monotonic())
+
+        nursery.start_soon(restart_from_a)
+
+        async def taken() -> bool:
+            found = row(pg_url, "SELECT taken_at, done_at FROM node_commands")
+            return found is not None and found[0] is not None and found[1] is None
+
+        await wait_until(taken, limit=10, interval=0.02)
+        asked_stop = time.monotonic()
+        await b.stop()  # SIGTERM, while B's runner waits for bob to stop
+        await wait_until(lambda: _done(outcome), limit=10, interval=0.02)
+        assert outcome == ["node nb stopped before it finished the command"]
+        # Well before A's deadline (30 s): B said so as it stopped.
+        assert stopped_at[0] - asked_stop < 10
+        assert row(pg_url, "SELECT error FROM node_commands")[0] == outcome[0]
+
+
+async def _done(outcome: list[str]) -> bool:
+    return bool(outcome)
