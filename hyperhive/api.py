@@ -109,6 +109,7 @@ from hyperhive.protocol import (
     WatchReply,
 )
 from hyperhive.protocol.event_payloads import HarnessConnected, HarnessDisconnected
+from hyperhive.remote import NodeCommands, forwarded_agent
 from hyperhive.runtime import agent_ui
 from hyperhive.schedules import (
     SOURCE_OPERATOR,
@@ -117,7 +118,7 @@ from hyperhive.schedules import (
     check_agent_cadence,
     may_see,
 )
-from hyperhive.server import Connection, SocketKind
+from hyperhive.server import Connection, Principal, SocketKind
 from hyperhive.store import DatabaseFailed
 from hyperhive.topology import in_subtree
 from hyperhive.watch import Feed
@@ -149,6 +150,14 @@ class Api:
         self.hive = hive
         #: The dashboard's login URL for ``status``, kept by whoever serves the dashboard.
         self.dashboard_url = dashboard_url
+        #: The operator's requests about another node's agents (``hyperhive.remote``).
+        self.commands = NodeCommands(
+            hive.db,
+            hive.nodes,
+            self.carry_out,
+            clock=hive.config.wall_clock,
+            timeout=hive.config.remote_command_seconds,
+        )
 
     async def dispatch(self, conn: Connection, request: Request) -> Reply:
         try:
@@ -159,6 +168,41 @@ class Api:
         except DatabaseFailed:
             # The daemon is about to stop and says why once; the caller just learns it.
             raise RequestRefused("the daemon's database failed; it is stopping") from None
+
+    async def carry_out(self, request: Request) -> Reply:
+        """A command another node asked for, about an agent of this node: carried out as
+        on the host socket, by the operator. Never forwarded again."""
+        agent = forwarded_agent(request)
+        assert agent is not None  # hyperhive.remote decodes only those
+        registry = self.hive.registry
+        if not registry.is_local(agent):
+            await registry.refresh([agent])  # it may have been placed here a moment ago
+        if agent in registry.known() and not registry.is_local(agent):
+            node = registry.get(agent).node
+            raise RequestRefused(f"{agent} runs on node {node}, not on {registry.node}")
+        operator = Connection(Principal(SocketKind.HOST, OPERATOR), peer_pid=None)
+        return await self.dispatch(operator, request)
+
+    def _elsewhere(self, request: Request) -> tuple[str, str] | None:
+        """``(node, agent)`` when ``request`` needs an agent another node serves."""
+        name = forwarded_agent(request)
+        if name is None:
+            return None
+        agent = _name(name)
+        registry = self.hive.registry
+        if agent not in registry.known() or registry.is_local(agent):
+            return None
+        return registry.get(agent).node, agent
+
+    def _only_local(self, name: str, request: Request) -> None:
+        """An agent's request acts on agents of its own node only: it never becomes a
+        command to another node (only the operator's do)."""
+        registry = self.hive.registry
+        if name in registry.known() and not registry.is_local(name):
+            raise RequestRefused(
+                f"{name} runs on node {registry.get(name).node}: {request.CMD} from an agent "
+                "reaches only agents of its own node; the operator can do it from any node"
+            )
 
     async def _dispatch(self, conn: Connection, request: Request) -> Reply:
         if isinstance(request, Hello):
@@ -343,6 +387,7 @@ class Api:
                     self._lead(me, request, _name(name))
                 elif _name(name) == MANAGER:
                     raise RequestRefused(f"the manager cannot {request.CMD} itself")
+                self._only_local(_name(name), request)
                 await hive.lifecycle(request.CMD, name)
                 return Empty()
             case ListContainers():
@@ -350,6 +395,7 @@ class Api:
             case GetLogs(agent=agent, lines=lines):
                 if kind is not SocketKind.MANAGER:
                     self._lead(me, request, _name(agent))
+                self._only_local(_name(agent), request)
                 return await hive.logs(_name(agent), lines)
             case TurnReport():
                 return TurnReportReply(recorded=await hive.turn_reported(me, request))
@@ -388,6 +434,10 @@ class Api:
         reply = await self._schedules(OPERATOR, request)
         if reply is not None:
             return reply
+        elsewhere = self._elsewhere(request)
+        if elsewhere is not None:
+            # Its node has its container and files: it carries the request out.
+            return await self.commands.call(*elsewhere, request)
         match request:
             case HostStatus():
                 unread = await hive.broker.unread_by_recipient()

@@ -293,6 +293,15 @@ def run(
             help="Seconds a socket client has to finish a request line it started (testing).",
         ),
     ] = _config_default("line_deadline_seconds"),
+    remote_command_seconds: Annotated[
+        float,
+        typer.Option(
+            envvar="HYPERHIVE_REMOTE_COMMAND_SECONDS",
+            hidden=True,
+            min=0.1,
+            help="Seconds this node waits for another to carry out a command (testing).",
+        ),
+    ] = _config_default("remote_command_seconds"),
     budget_daily_usd: Annotated[
         float | None,
         typer.Option(
@@ -401,6 +410,7 @@ def run(
         log_cap_bytes=log_cap_bytes,
         log_keep=log_keep,
         line_deadline_seconds=line_deadline_seconds,
+        remote_command_seconds=remote_command_seconds,
         budget_daily_usd=budget_daily_usd,
         budget_total_usd=budget_total_usd,
         budget_daily_tokens=budget_daily_tokens,

@@ -89,6 +89,9 @@ DUTY_CHECK_SECONDS: Final = 2.0
 #: A reminder whose file must be written on its agent's node is handed to that node; the
 #: holder of the duties looks again after this long (that node may have been down).
 REMINDER_HANDOVER_SECONDS: Final = 30.0
+#: How long a node waits for another to carry out a command about one of its agents
+#: (``hyperhive.remote``); a restart's stop grace (STOP_GRACE_SECONDS) fits in it twice.
+REMOTE_COMMAND_SECONDS: Final = 30.0
 BACKENDS: Final = ("auto", "nspawn", "process", "external")
 #: ``hyperhive run --backend`` and :attr:`Config.backend`: nspawn when it can run, else process.
 DEFAULT_BACKEND: Final = "auto"
@@ -392,6 +395,8 @@ class Config:
     db_reserve_bytes: int = DB_RESERVE_BYTES
     #: Seconds a client has to finish a request line it started (tests shorten it).
     line_deadline_seconds: float = LINE_DEADLINE_SECONDS
+    #: How long a command for another node's agent may take (``hyperhive.remote``).
+    remote_command_seconds: float = REMOTE_COMMAND_SECONDS
     #: Wall-clock time of stored deadlines and crash history (waits run on trio's clock).
     #: Tests under trio's MockClock give a :class:`hyperhive.clocks.TrioWallClock`.
     wall_clock: WallClock = attrs.field(default=time.time, eq=False)

@@ -944,7 +944,10 @@ class Hive:
         a worker thread, never per request)."""
         return AgentFacts(
             model=self.registry.model(name),
-            ui_url=self.registry.ui_url(name),
+            # Another node's agent: the link that leads to its node's dashboard.
+            ui_url=self.registry.ui_url(name)
+            if self.registry.is_local(name)
+            else f"/agent/{name}/",
             logged_in=self.config.paths.credentials_file(name).is_file(),
         )
 

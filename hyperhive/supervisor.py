@@ -30,6 +30,8 @@
         │           │                        every 2 s: agents' model, UI socket, login (a thread)
         │           ├── SharedEvents.run *   its events to the other nodes, theirs to its hub
         │           ├── NodeWatch.run *      every 2 s: the nodes' statuses, `node_changed`
+        │           ├── NodeCommands.serve * on PostgreSQL: commands other nodes ask of this one
+        │           │                        (hyperhive.remote), each carried out in its own task
         │           ├── serve_dashboard *    with --dashboard-bind: hypercorn-trio; started(urls)
         │           └── serve_unix_socket    <run>/host.sock (operator)
         └── _watchdog_pings                  start_soon, only when WATCHDOG_USEC is set; pings
@@ -307,6 +309,16 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
                     await nursery.start(
                         functools.partial(
                             supervise, part, body, report=hive.problems.reporter(part)
+                        )
+                    )
+                if hive.nodes.shared:
+                    # The operator's requests about this node's agents, asked on other nodes.
+                    await nursery.start(
+                        functools.partial(
+                            supervise,
+                            "the node commands",
+                            daemon.api.commands.serve,
+                            report=hive.problems.reporter("the node commands"),
                         )
                     )
                 if config.dashboard_bind:

@@ -52,12 +52,13 @@ from hyperhive.protocol import (
     encode_reply,
     kinds_js,
 )
+from hyperhive.remote import node_refusal
 from hyperhive.runtime import gather, sse
 from hyperhive.runtime.sse import event_stream_response
 from hyperhive.server import Connection, Principal, SocketKind
 from hyperhive.web._auth import CSRF_HEADER, SESSION_COOKIE, Auth
 from hyperhive.web._metrics import CONTENT_TYPE, metrics_text
-from hyperhive.web._proxy import AgentUiProxy, agent_name
+from hyperhive.web._proxy import AgentUiProxy, Elsewhere, agent_name
 
 if TYPE_CHECKING:
     from hyperhive.api import Api
@@ -431,8 +432,21 @@ class Dashboard:
         assert isinstance(reply, SendReply)
         return JSONResponse({"id": reply.id})
 
+    async def elsewhere(self, name: str) -> Elsewhere | None:
+        """Where the UI of an agent another node serves is (``hyperhive.remote``)."""
+        registry = self.hive.registry
+        if name not in registry.known() or registry.is_local(name):
+            return None
+        node = registry.get(name).node
+        info = next((i for i in await self.hive.nodes.all() if i.name == node), None)
+        refusal = node_refusal(name, node, info, self.hive.config.wall_clock())
+        url = info.dashboard_url if info is not None and refusal is None else None
+        if refusal is None and url is None:
+            refusal = f"{name} runs on node {node}, which serves no dashboard (--dashboard-bind)"
+        return Elsewhere(node=node, dashboard_url=url, refusal=refusal)
+
     def routes(self) -> list[Route]:
-        agents = AgentUiProxy(self.hive.config.paths, self.auth.csrf)
+        agents = AgentUiProxy(self.hive.config.paths, self.auth.csrf, self.elsewhere)
         return [
             Route("/login", _last_resort(self.login)),
             Route("/", self.page(self.index)),

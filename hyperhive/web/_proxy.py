@@ -30,6 +30,14 @@ with any server on that socket. So:
 
 Errors: :class:`UpstreamUnavailable` (cannot connect, or a broken or refused answer) is a
 502 with its reason.
+
+An agent of another node (``hyperhive.nodes``): its UI socket is on that node's host, so
+this dashboard does not proxy it. ``/agent/<name>/`` redirects (303) to the same path on
+that node's dashboard (its URL from the ``nodes`` table), where the operator logs in with
+that node's token; nothing of this dashboard's session goes along. When that node is down,
+stopped or serves no dashboard, a page says so (503). Its ``api/`` and ``events/`` paths
+are refused here (409) with the same reason: the page that calls them is served by the
+agent's node.
 """
 
 from __future__ import annotations
@@ -39,10 +47,11 @@ import html
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Final
 
+import attrs
 import h11
 import trio
 from starlette.requests import Request
@@ -77,6 +86,24 @@ _QUERY_RE: Final = re.compile(rb"[A-Za-z0-9_.~%&=+,:-]*")
 
 class UpstreamUnavailable(Exception):
     """The agent's UI cannot be reached or answered with something not passed on."""
+
+
+@attrs.frozen
+class Elsewhere:
+    """An agent another node serves: that node's dashboard URL, or why it cannot be
+    reached there."""
+
+    node: str
+    dashboard_url: str | None
+    refusal: str | None
+
+
+#: Where an agent is served, when not on this node (None: here, or unknown).
+Locate = Callable[[str], Awaitable[Elsewhere | None]]
+
+
+async def _here(name: str) -> Elsewhere | None:
+    return None
 
 
 # ---------------------------------------------------------------- decisions (sans-IO)
@@ -125,6 +152,21 @@ def relayed_headers(status: int, headers: Iterable[tuple[bytes, bytes]]) -> dict
     if media == "text/event-stream":
         out["x-accel-buffering"] = "no"
     return out
+
+
+def remote_page_url(dashboard_url: str, name: str) -> str:
+    """The agent's page on its node's dashboard."""
+    return f"{dashboard_url.rstrip('/')}/agent/{name}/"
+
+
+def elsewhere_page(name: str, reason: str) -> str:
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(name)} · on another node</title></head><body>"
+        f"<h1>{html.escape(name)}'s UI is served by another node</h1>"
+        f"<p>{html.escape(reason)}</p>"
+        '<p><a href="/">back to the dashboard</a></p></body></html>'
+    )
 
 
 def unavailable_page(name: str, reason: str) -> str:
@@ -289,9 +331,10 @@ class AgentUiProxy:
     """The ``/agent/<name>/…`` handlers; the dashboard wraps them in its login and CSRF
     guards."""
 
-    def __init__(self, paths: Paths, csrf: str) -> None:
+    def __init__(self, paths: Paths, csrf: str, locate: Locate = _here) -> None:
         self._paths = paths
         self._csrf = csrf
+        self._locate = locate
 
     async def redirect(self, request: Request) -> Response:
         name = agent_name(request.path_params["name"])
@@ -303,6 +346,12 @@ class AgentUiProxy:
         name = agent_name(request.path_params["name"])
         if name is None:
             return HTMLResponse(unavailable_page("?", "not an agent name"), status_code=404)
+        elsewhere = await self._locate(name)
+        if elsewhere is not None:
+            if elsewhere.dashboard_url is None:
+                reason = elsewhere.refusal or f"{name} runs on node {elsewhere.node}"
+                return HTMLResponse(elsewhere_page(name, reason), status_code=503)
+            return RedirectResponse(remote_page_url(elsewhere.dashboard_url, name), status_code=303)
         try:
             upstream = await Upstream.open(self._paths.ui_socket(name))
         except UpstreamUnavailable as exc:
@@ -319,6 +368,13 @@ class AgentUiProxy:
         target = upstream_target(request.path_params["path"], request.scope["query_string"])
         if target is None:
             return _error("not a path of the agent's UI", 404)
+        elsewhere = await self._locate(name)
+        if elsewhere is not None:
+            where = elsewhere.dashboard_url or "its node's dashboard"
+            reason = (
+                elsewhere.refusal or f"{name} runs on node {elsewhere.node}: open it at {where}"
+            )
+            return _error(reason, 409)
         body: bytes | None = None
         if request.method == "POST":
             try:
