@@ -113,6 +113,43 @@ def sql_set_fetched(conn: Conn, approval_id: int, sha: str) -> ApprovalInfo:
     return sql_get(conn, approval_id)
 
 
+def sql_set_node(conn: Conn, approval_id: int, node: str | None) -> None:
+    """A spawn approval's node: where the agent goes once approved (None: placed then)."""
+    conn.execute("UPDATE approvals SET node = ? WHERE id = ?", (node, approval_id))
+
+
+def sql_node(conn: Conn, approval_id: int) -> str | None:
+    row = conn.execute("SELECT node FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+    return None if row is None else row[0]
+
+
+def sql_set_agent_toml(conn: Conn, approval_id: int, text: str) -> None:
+    """An apply_commit's proposed agent.toml, for the agent's node to deploy (any node)."""
+    conn.execute("UPDATE approvals SET agent_toml = ? WHERE id = ?", (text, approval_id))
+
+
+def sql_approved_config(conn: Conn, approval_id: int) -> tuple[str | None, str | None]:
+    """``(fetched_sha, agent_toml)`` of an apply_commit (either None until recorded)."""
+    row = conn.execute(
+        "SELECT fetched_sha, agent_toml FROM approvals WHERE id = ?", (approval_id,)
+    ).fetchone()
+    return (None, None) if row is None else (row[0], row[1])
+
+
+def sql_set_deploy_node(conn: Conn, approval_id: int, node: str) -> None:
+    """Ask ``node`` (the agent's) to deploy an approved apply_commit and record its outcome."""
+    conn.execute("UPDATE approvals SET deploy_node = ? WHERE id = ?", (node, approval_id))
+
+
+def sql_deploys_for(conn: Conn, node: str) -> list[int]:
+    """The approved apply_commits ``node`` was asked to deploy and that are still pending."""
+    rows = conn.execute(
+        "SELECT id FROM approvals WHERE deploy_node = ? AND status = 'pending' ORDER BY id",
+        (node,),
+    )
+    return [r["id"] for r in rows]
+
+
 def sql_resolve(
     conn: Conn,
     outbox: Outbox,
@@ -175,6 +212,17 @@ def sql_fail_pending(
     return [sql_resolve(conn, outbox, i, ApprovalStatus.FAILED, note, now) for i in ids]
 
 
+class Delegated(Exception):
+    """Raised by an executor whose approval another node carries out and resolves (the
+    agent's node): :meth:`ApprovalQueue.approve` then returns what ``outcome`` gives (the
+    approval once resolved there, or still pending when that takes too long)."""
+
+    def __init__(self, node: str, outcome: Callable[[], Awaitable[ApprovalInfo]]) -> None:
+        super().__init__(f"carried out on node {node}")
+        self.node = node
+        self.outcome = outcome
+
+
 #: Carries out an approved request; raise :class:`RequestRefused` (or any error) to fail it.
 #: It must be idempotent: after a crash it runs again on whatever part already happened.
 Executor = Callable[[ApprovalInfo], Awaitable[None]]
@@ -194,8 +242,11 @@ class ApprovalQueue:
         on_deny: dict[ApprovalKind, Executor] | None = None,
         prechecks: dict[ApprovalKind, Precheck] | None = None,
         clock: Callable[[], float] = time.time,
+        on_resolved: Callable[[Conn, ApprovalInfo], None] | None = None,
     ) -> None:
         self._db = db
+        #: Runs in the transaction that records a decision (tells the other nodes).
+        self._on_resolved = on_resolved
         self._broker = broker
         self._events = events
         self._executors = executors
@@ -244,7 +295,7 @@ class ApprovalQueue:
                     raise RequestRefused(f"{info.kind} approvals cannot be carried out yet")
                 if await self._db.transaction(lambda conn: sql_for_approval(conn, approval_id)):
                     # An interrupted attempt: carry it on (the checks passed back then).
-                    return await self._carry_out(info)
+                    return await self._carry_out(info, wait=True)
                 precheck = self._prechecks.get(kind)
                 if precheck is not None:
                     precheck(info)
@@ -254,7 +305,7 @@ class ApprovalQueue:
                 )
             await self._db.transaction(lambda conn: sql_claim(conn, approval_id, now))
             crash_point("approve-claimed")
-            return await self._carry_out(info)
+            return await self._carry_out(info, wait=True)
 
     async def resume(self, approval_id: int) -> ApprovalInfo:
         """Finish an approval whose carrying out was interrupted (start-up recovery)."""
@@ -273,12 +324,18 @@ class ApprovalQueue:
                 )
             return await self._carry_out(info)
 
-    async def _carry_out(self, info: ApprovalInfo) -> ApprovalInfo:
-        """Run the (idempotent) executor of a claimed approval and record the outcome."""
+    async def _carry_out(self, info: ApprovalInfo, *, wait: bool = False) -> ApprovalInfo:
+        """Run the (idempotent) executor of a claimed approval and record the outcome.
+
+        An executor that hands the approval to another node (:class:`Delegated`): that
+        node records the outcome; with ``wait``, what it recorded (or the approval still
+        pending once the executor stops waiting), else the pending approval at once."""
         executor = self._executors[info.kind]
         status, note = ApprovalStatus.APPROVED, None
         try:
             await executor(info)
+        except Delegated as delegated:
+            return await delegated.outcome() if wait else await self.get(info.id)
         except (RequestRefused, OSError) as exc:
             status, note = ApprovalStatus.FAILED, str(exc)
         crash_point("approve-executed")
@@ -304,8 +361,17 @@ class ApprovalQueue:
                     log.warning("approval %d: recording the denial failed: %s", approval_id, exc)
             return await self._resolve(approval_id, ApprovalStatus.DENIED, note, Decider.OPERATOR)
 
-    async def set_fetched_sha(self, approval_id: int, sha: str) -> ApprovalInfo:
-        return await self._db.transaction(lambda conn: sql_set_fetched(conn, approval_id, sha))
+    async def set_fetched_sha(
+        self, approval_id: int, sha: str, *, agent_toml: str | None = None
+    ) -> ApprovalInfo:
+        """Record the fetched proposal's commit (and its agent.toml, for other nodes)."""
+
+        def tx(conn: Conn) -> ApprovalInfo:
+            if agent_toml is not None:
+                sql_set_agent_toml(conn, approval_id, agent_toml)
+            return sql_set_fetched(conn, approval_id, sha)
+
+        return await self._db.transaction(tx)
 
     async def fail(self, approval_id: int, note: str) -> ApprovalInfo:
         """Resolve a pending approval as failed (it could not even be prepared)."""
@@ -336,12 +402,14 @@ class ApprovalQueue:
         self, approval_id: int, status: ApprovalStatus, note: str | None, decided_by: Decider
     ) -> ApprovalInfo:
         now = self._clock()
-        result = await self._broker.transaction(
-            lambda conn, outbox: sql_resolve(
-                conn, outbox, approval_id, status, note, now, decided_by
-            ),
-            now=now,
-        )
+
+        def tx(conn: Conn, outbox: Outbox) -> ApprovalInfo:
+            info = sql_resolve(conn, outbox, approval_id, status, note, now, decided_by)
+            if self._on_resolved is not None:
+                self._on_resolved(conn, info)
+            return info
+
+        result = await self._broker.transaction(tx, now=now)
         return self.resolved([result])[0]
 
     def _deciding_on(self, approval_id: int) -> _Deciding:
@@ -364,4 +432,11 @@ class _Deciding:
         self._ids.discard(self._id)
 
 
-__all__ = ["ApprovalKind", "ApprovalQueue", "ApprovalStatus", "Executor", "Precheck"]
+__all__ = [
+    "ApprovalKind",
+    "ApprovalQueue",
+    "ApprovalStatus",
+    "Delegated",
+    "Executor",
+    "Precheck",
+]

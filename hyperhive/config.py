@@ -74,6 +74,10 @@ SHUTDOWN_GRACE_SECONDS: Final = 10.0
 #: A node writes its heartbeat this often; one silent for NODE_DOWN_SECONDS is ``down``.
 NODE_HEARTBEAT_SECONDS: Final = 2.0
 NODE_DOWN_SECONDS: Final = 10.0
+#: Approving, on one node, an apply_commit of an agent on another waits this long for its
+#: node to deploy it (then the reply says where it is being deployed); also how long such
+#: an approval waits for its proposal to reach the database from the manager's node.
+DEPLOY_WAIT_SECONDS: Final = 30.0
 BACKENDS: Final = ("auto", "nspawn", "process", "external")
 #: ``hyperhive run --backend`` and :attr:`Config.backend`: nspawn when it can run, else process.
 DEFAULT_BACKEND: Final = "auto"

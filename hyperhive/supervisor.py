@@ -278,6 +278,7 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
                     ("the housekeeping loop", functools.partial(housekeeping_loop, hive)),
                     ("the free-space monitor", hive.space.run),
                     ("the agent views", hive.views.refresh_loop),
+                    ("the placement of agents", hive.serve_placement),
                 ):
                     await nursery.start(
                         functools.partial(

@@ -155,6 +155,8 @@ class AgentInfo:
     lead: bool = False
     #: Reminders set and not yet delivered (see ``remind``).
     pending_reminders: int = 0
+    #: The node that serves it (its socket, container and files; docs/multi-node.md).
+    node: str | None = None
 
 
 # ---------------------------------------------------------------- every socket
@@ -339,6 +341,8 @@ class RequestSpawn(Request):
     CMD = "request_spawn"
     name: str
     description: str | None = None
+    #: The node it goes to once approved (default: the one up with the fewest agents).
+    node: str | None = None
 
 
 @attrs.frozen
@@ -491,6 +495,8 @@ class HostRequestSpawn(Request):
     CMD = "request_spawn"
     name: str
     description: str | None = None
+    #: The node it goes to once approved (default: the one up with the fewest agents).
+    node: str | None = None
 
 
 @attrs.frozen
@@ -499,6 +505,8 @@ class Spawn(Request):
     name: str
     #: Overrides the daemon's backend for this agent (``nspawn``, ``process``, ``external``).
     backend: BackendChoice | None = None
+    #: The node it goes to (default: this one alone, else the one up with the fewest agents).
+    node: str | None = None
 
 
 @attrs.frozen
