@@ -201,3 +201,42 @@ async def test_an_apply_commit_approved_on_another_node_is_deployed_on_the_agent
         assert git(applied, "rev-parse", "main") == before
         assert (applied / "agent.toml").read_text() == good_toml
         assert f"failed/{asked['approval']['id']}" in git(applied, "tag", "-l").split()
+
+
+async def test_a_node_back_from_down_adopts_its_new_agent_and_deploys_its_approved_config(
+    short_tmp: Path, pg_url: str, nursery: trio.Nursery
+) -> None:
+    async with running_nodes(short_tmp, pg_url, NODES, nursery) as nodes:
+        na, nb, nc = nodes["na"], nodes["nb"], nodes["nc"]
+        assert (await na.call({"cmd": "spawn", "name": "alice", "node": "nb"}))["ok"]
+        await served_on(nodes, "alice", "nb")
+
+        async def proposed_on_na() -> bool:
+            return (na.paths.proposed_dir("alice") / ".git").is_dir()
+
+        await wait_until(proposed_on_na, limit=20, interval=0.05)
+        toml = 'model = "haiku"\n'
+        sha = propose_config(na.paths, "alice", toml)
+        async with await Client.connect(na.paths.agent_socket("manager")) as manager:
+            asked = await manager.request(
+                {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": sha}
+            )
+        assert asked["ok"], asked
+
+        await nb.kill()
+        # Placed on nb while it is down: its row waits there, spawning.
+        bob = await na.call({"cmd": "spawn", "name": "bob", "node": "nb"})
+        assert bob["ok"] and bob["agent"]["transient"] == "spawning", bob
+        replies: list[dict[str, Any]] = []
+
+        async def approve() -> None:
+            replies.append(await nc.call({"cmd": "approve", "id": asked["approval"]["id"]}))
+
+        async with trio.open_nursery() as approving:
+            approving.start_soon(approve)
+            await nb.start(nursery)
+        [approved] = replies
+        assert approved["ok"] and approved["approval"]["status"] == "approved", approved
+        assert (nb.paths.applied_dir("alice") / "agent.toml").read_text() == toml
+        await served_on(nodes, "bob", "nb")
+        assert (nb.paths.applied_dir("bob") / ".git").is_dir()
