@@ -72,6 +72,7 @@ def _row_to_info(row: Row) -> ApprovalInfo:
         note=row["note"],
         description=row["description"],
         fetched_sha=row["fetched_sha"],
+        node=row["node"] if row["kind"] == ApprovalKind.SPAWN else row["deploy_node"],
     )
 
 
@@ -275,6 +276,7 @@ class ApprovalQueue:
             )
             if attach is not None:
                 attach(conn, info, created)
+                info = sql_get(conn, info.id)  # as attach left it
             return info, created
 
         info, created = await self._db.transaction(tx)

@@ -584,11 +584,11 @@ class Hive:
         while True:
             event = self._resolved_elsewhere.setdefault(approval_id, trio.Event())
             info = await self.approvals.get(approval_id)
-            if info.status != ApprovalStatus.PENDING:
-                return info
             remaining = deadline - trio.current_time()
-            if remaining <= 0:
+            if info.status != ApprovalStatus.PENDING or remaining <= 0:
                 self._resolved_elsewhere.pop(approval_id, None)
+                if info.status != ApprovalStatus.PENDING:
+                    return info
                 return attrs.evolve(info, note=f"deploying on node {node}")
             # The notification wakes it; a look every second in case one went missing.
             with trio.move_on_after(min(remaining, 1.0)):

@@ -14,6 +14,7 @@ from typing import Any
 import trio
 
 from hyperhive.client import Client
+from hyperhive.config import DEPLOY_WAIT_SECONDS
 from tests.conftest import DaemonProcess, git, propose_config, wait_until
 from tests.multinode import running_nodes
 
@@ -113,7 +114,7 @@ async def test_an_approval_made_on_one_node_spawns_on_the_placed_node(
             asked = await manager.request(
                 {"cmd": "request_spawn", "name": "dave", "description": "x", "node": "nb"}
             )
-            assert asked["ok"], asked
+            assert asked["ok"] and asked["approval"]["node"] == "nb", asked
             refused = await manager.request(
                 {"cmd": "request_spawn", "name": "erin", "node": "nowhere"}
             )
@@ -227,16 +228,26 @@ async def test_a_node_back_from_down_adopts_its_new_agent_and_deploys_its_approv
         # Placed on nb while it is down: its row waits there, spawning.
         bob = await na.call({"cmd": "spawn", "name": "bob", "node": "nb"})
         assert bob["ok"] and bob["agent"]["transient"] == "spawning", bob
-        replies: list[dict[str, Any]] = []
+        # Approved on nc while alice's node is down: not back in time, the reply says
+        # where it is being deployed, and the approval stays pending.
+        approval_id = asked["approval"]["id"]
+        with trio.fail_after(DEPLOY_WAIT_SECONDS + 15):
+            waiting = await nc.call({"cmd": "approve", "id": approval_id})
+        assert waiting["ok"], waiting
+        assert waiting["approval"]["status"] == "pending"
+        assert waiting["approval"]["note"] == "deploying on node nb"
+        assert waiting["approval"]["node"] == "nb"
+        denied = await na.call({"cmd": "deny", "id": approval_id})
+        assert denied["ok"] is False and "being carried out" in denied["error"]
 
-        async def approve() -> None:
-            replies.append(await nc.call({"cmd": "approve", "id": asked["approval"]["id"]}))
+        await nb.start(nursery)
 
-        async with trio.open_nursery() as approving:
-            approving.start_soon(approve)
-            await nb.start(nursery)
-        [approved] = replies
-        assert approved["ok"] and approved["approval"]["status"] == "approved", approved
+        async def deployed() -> bool:
+            history = await nc.call({"cmd": "approvals", "include_resolved": True})
+            [seen] = [a for a in history["approvals"] if a["id"] == approval_id]
+            return bool(seen["status"] == "approved")
+
+        await wait_until(deployed, limit=30, interval=0.1)
         assert (nb.paths.applied_dir("alice") / "agent.toml").read_text() == toml
         await served_on(nodes, "bob", "nb")
         assert (nb.paths.applied_dir("bob") / ".git").is_dir()

@@ -114,6 +114,9 @@ class ApprovalInfo:
     fetched_sha: str | None
     #: Who resolved it: ``operator`` (approve/deny), ``system`` (failed before a decision).
     decided_by: Decider | None = None
+    #: A spawn: the node it goes to (None: placed when approved). An apply_commit of an
+    #: agent of another node than the approving one: the node asked to deploy it.
+    node: str | None = None
 
 
 @attrs.frozen
