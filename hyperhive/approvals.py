@@ -29,6 +29,7 @@ from hyperhive.config import MAX_NOTE_CHARS
 from hyperhive.errors import RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.journal import (
+    Operation,
     OperationKind,
     crash_point,
     sql_begin,
@@ -183,7 +184,7 @@ def sql_resolve(
     return info
 
 
-def sql_claim(conn: Conn, approval_id: int, now: float) -> bool:
+def sql_claim(conn: Conn, approval_id: int, now: float, node: str = "") -> bool:
     """Claim a pending approval for carrying out: journal the intent (see the module doc).
 
     Returns False when it is already journaled (an earlier attempt was interrupted; carrying
@@ -192,10 +193,21 @@ def sql_claim(conn: Conn, approval_id: int, now: float) -> bool:
     info = sql_get(conn, approval_id)
     if info.status != ApprovalStatus.PENDING:
         raise RequestRefused(f"approval {approval_id} is already {info.status}")
-    if sql_for_approval(conn, approval_id) is not None:
+    journaled = sql_for_approval(conn, approval_id)
+    if journaled is not None:
+        refuse_if_elsewhere(journaled, approval_id, node)
         return False
-    sql_begin(conn, OperationKind.APPROVE, info.agent, now, approval_id)
+    sql_begin(conn, OperationKind.APPROVE, info.agent, now, approval_id, node)
     return True
+
+
+def refuse_if_elsewhere(operation: Operation, approval_id: int, node: str) -> None:
+    """An approval being carried out by another node is that node's to finish: refused here
+    (two operators approving on two nodes: one carries it out, the other learns it)."""
+    if operation.node not in ("", node):
+        raise RequestRefused(
+            f"approval {approval_id} is being carried out on node {operation.node}"
+        )
 
 
 def sql_fail_pending(
@@ -243,9 +255,12 @@ class ApprovalQueue:
         on_deny: dict[ApprovalKind, Executor] | None = None,
         prechecks: dict[ApprovalKind, Precheck] | None = None,
         clock: Callable[[], float] = time.time,
+        node: str = "",
         on_resolved: Callable[[Conn, ApprovalInfo], None] | None = None,
     ) -> None:
         self._db = db
+        #: The node deciding here: its journal entries are its own (``refuse_if_elsewhere``).
+        self._node = node
         #: Runs in the transaction that records a decision (tells the other nodes).
         self._on_resolved = on_resolved
         self._broker = broker
@@ -292,10 +307,13 @@ class ApprovalQueue:
                 raise RequestRefused(f"approval {approval_id} is already {info.status}")
             kind = info.kind
             now = self._clock()
+            journaled = await self._db.transaction(lambda conn: sql_for_approval(conn, approval_id))
+            if journaled is not None:
+                refuse_if_elsewhere(journaled, approval_id, self._node)
             try:
                 if kind not in self._executors:
                     raise RequestRefused(f"{info.kind} approvals cannot be carried out yet")
-                if await self._db.transaction(lambda conn: sql_for_approval(conn, approval_id)):
+                if journaled is not None:
                     # An interrupted attempt: carry it on (the checks passed back then).
                     return await self._carry_out(info, wait=True)
                 precheck = self._prechecks.get(kind)
@@ -305,7 +323,7 @@ class ApprovalQueue:
                 return await self._resolve(
                     approval_id, ApprovalStatus.FAILED, str(exc), Decider.OPERATOR
                 )
-            await self._db.transaction(lambda conn: sql_claim(conn, approval_id, now))
+            await self._db.transaction(lambda conn: sql_claim(conn, approval_id, now, self._node))
             crash_point("approve-claimed")
             return await self._carry_out(info, wait=True)
 

@@ -248,6 +248,7 @@ class Hive:
             },
             on_deny={ApprovalKind.APPLY_COMMIT: self._denied_apply_commit},
             prechecks={ApprovalKind.SPAWN: self._check_spawn},
+            node=config.node,
             on_resolved=self._tell_resolved,
         )
         self.schedules = ScheduleBook(
@@ -803,7 +804,7 @@ class Hive:
             raise RequestRefused(f"{name} is already destroyed")
         now = time.time()
         operation = await self.db.transaction(
-            lambda conn: sql_begin(conn, OperationKind.DESTROY, name, now)
+            lambda conn: sql_begin(conn, OperationKind.DESTROY, name, now, node=self.config.node)
         )
         crash_point("destroy-claimed")
         try:
@@ -843,7 +844,9 @@ class Hive:
 
         Runs at start-up, before the operator's socket listens.
         """
-        for operation in await self.db.transaction(sql_unfinished):
+        # On a shared store, another node's operations are its own to finish.
+        mine = self.config.node if self.db.shared else None
+        for operation in await self.db.transaction(lambda conn: sql_unfinished(conn, mine)):
             log.warning(
                 "finishing %s of %s interrupted by the last shutdown",
                 operation.kind,

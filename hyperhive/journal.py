@@ -41,6 +41,8 @@ class Operation:
     agent: str
     approval_id: int | None
     started_at: float
+    #: The node carrying it out (``hyperhive.nodes``): only that node finishes it.
+    node: str = ""
 
 
 def sql_begin(
@@ -49,15 +51,17 @@ def sql_begin(
     agent: str,
     now: float,
     approval_id: int | None = None,
+    node: str = "",
 ) -> Operation:
-    """Record that an operation has started (its effects may happen from now on)."""
+    """Record that an operation has started (its effects may happen from now on) on
+    ``node``."""
     new_id = insert_id(
         conn,
-        "INSERT INTO operations (kind, agent, approval_id, started_at) VALUES (?, ?, ?, ?) "
-        "RETURNING id",
-        (kind.value, agent, approval_id, now),
+        "INSERT INTO operations (kind, agent, approval_id, started_at, node) "
+        "VALUES (?, ?, ?, ?, ?) RETURNING id",
+        (kind.value, agent, approval_id, now, node),
     )
-    return Operation(new_id, kind, agent, approval_id, now)
+    return Operation(new_id, kind, agent, approval_id, now, node)
 
 
 def sql_end(conn: Conn, operation_id: int) -> None:
@@ -73,9 +77,13 @@ def sql_for_approval(conn: Conn, approval_id: int) -> Operation | None:
     return None if row is None else _row(row)
 
 
-def sql_unfinished(conn: Conn) -> list[Operation]:
-    """Every operation not finished yet, oldest first."""
-    return [_row(r) for r in conn.execute("SELECT * FROM operations ORDER BY id")]
+def sql_unfinished(conn: Conn, node: str | None = None) -> list[Operation]:
+    """Every operation not finished yet (of ``node``, and from before nodes, if given),
+    oldest first."""
+    if node is None:
+        return [_row(r) for r in conn.execute("SELECT * FROM operations ORDER BY id")]
+    rows = conn.execute("SELECT * FROM operations WHERE node IN (?, '') ORDER BY id", (node,))
+    return [_row(r) for r in rows]
 
 
 def _row(row: Row) -> Operation:
@@ -85,6 +93,7 @@ def _row(row: Row) -> Operation:
         agent=row["agent"],
         approval_id=row["approval_id"],
         started_at=row["started_at"],
+        node=row["node"],
     )
 
 

@@ -105,7 +105,7 @@ def decode_note(payload: str) -> tuple[str, str, dict[str, Any]] | None:
     """``(topic, origin, data)``, or None for a payload that is not one of ours."""
     try:
         value = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(value, dict):
         return None
@@ -194,6 +194,13 @@ class Nodes:
         self._db.notify(conn, encode_note(topic, self.name, data))
 
     def _deliver(self, payload: str) -> None:
+        # Called by trio's run_sync_soon: an exception here would end the run itself.
+        try:
+            self._dispatch(payload)
+        except Exception:
+            log.exception("a notification could not be handled: %.200r", payload)
+
+    def _dispatch(self, payload: str) -> None:
         note = decode_note(payload)
         if note is None:
             log.warning("ignored a notification that is not one of ours: %.200r", payload)

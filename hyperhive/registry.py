@@ -169,6 +169,20 @@ def _upsert(conn: Conn, record: AgentRecord) -> None:
     )
 
 
+def _sql_update(conn: Conn, name: str, changes: Mapping[str, Any]) -> None:
+    """Write only the fields ``changes`` names: a change made meanwhile (by another node,
+    or another task) to any other column stays."""
+    columns, values = [], []
+    for field, value in changes.items():
+        if field == "crash_times":
+            field, value = "crash_times_json", json.dumps(list(value))
+        if field not in _COLUMNS or field in ("name", *_PAUSE_COLUMNS):
+            raise ValueError(f"not a column update() may change: {field}")
+        columns.append(f"{field} = ?")
+        values.append(value)
+    conn.execute(f"UPDATE agents SET {', '.join(columns)} WHERE name = ?", (*values, name))
+
+
 def _insert_new(conn: Conn, record: AgentRecord) -> AgentRecord | None:
     """Insert a new agent's row; if another node inserted one first, that row instead."""
     created = conn.execute(
@@ -624,13 +638,14 @@ class Registry:
             raise RequestRefused("the manager cannot be destroyed")
         if record.state == AgentState.DESTROYED:
             raise RequestRefused(f"{name} is already destroyed")
-        record = attrs.evolve(record, state=AgentState.DESTROYED, updated_at=self._clock())
+        changes: dict[str, Any] = {"state": AgentState.DESTROYED, "updated_at": self._clock()}
+        record = attrs.evolve(record, **changes)
         async with self._topology:
             # Its children move to its own parent, in the same transaction.
             adopted = orphaned_by(self.parents(), name)
 
             def tx(conn: Conn) -> T | None:
-                _upsert(conn, record)
+                _sql_update(conn, name, changes)
                 conn.executemany(
                     "UPDATE agents SET parent = ?, updated_at = ? WHERE name = ?",
                     [(parent, record.updated_at, child) for child, parent in adopted.items()],
@@ -638,7 +653,7 @@ class Registry:
                 return None if also is None else also(conn)
 
             result = await self._write(tx, name, *adopted)
-            self._agents[name] = self._with_pause_of(self._agents.get(name, record), record)
+            self._agents[name] = attrs.evolve(self._agents.get(name, record), **changes)
             for child, parent in adopted.items():
                 self._agents[child] = attrs.evolve(
                     self._agents[child], parent=parent, updated_at=record.updated_at
@@ -665,7 +680,7 @@ class Registry:
 
         def tx(conn: Conn) -> int:
             conn.execute("DELETE FROM agents WHERE name = ?", (name,))
-            return sql_begin(conn, OperationKind.PURGE, name, now).id
+            return sql_begin(conn, OperationKind.PURGE, name, now, node=self.node).id
 
         # The row goes with the journal entry that promises the directories go too.
         operation_id = await self._write(tx, name)
@@ -687,10 +702,12 @@ class Registry:
         self._events.emit(ev.AgentPurged(name=name))
 
     async def update(self, name: str, **changes: Any) -> AgentRecord:
-        """Change fields of an agent's record, persist it, and publish ``agent_changed``."""
-        record = attrs.evolve(self.get(name), updated_at=self._clock(), **changes)
-        await self._write(lambda conn: _upsert(conn, record), name)
-        record = self._with_pause_of(self._agents.get(name, record), record)
+        """Change fields of an agent's record, persist them (only them: :func:`_sql_update`),
+        and publish ``agent_changed``."""
+        changes = {**changes, "updated_at": self._clock()}
+        record = attrs.evolve(self.get(name), **changes)  # checks the fields
+        await self._write(lambda conn: _sql_update(conn, name, changes), name)
+        record = attrs.evolve(self._agents.get(name, record), **changes)
         self._agents[name] = record
         self._events.emit(
             ev.AgentChanged(

@@ -6,7 +6,7 @@
         │   └── open_store               broker.sqlite, or PostgreSQL with --database
         │       ├── Database.serve           the one writer of the store (group commit)
         │       └── nursery                  (* = a failure domain, see below)
-        │           ├── Nodes.serve          this node: its lock, heartbeat, the nodes' notifications
+        │           ├── Nodes.serve          this node: its lock, heartbeat, notifications
         │           ├── Registry.serve       loads `agents`, makes sure `manager` exists
         │           │   └── serve_unix_socket * xN
         │           │                        <run>/manager/mcp.sock, <run>/agents/<name>/mcp.sock:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from hyperhive.approvals import ApprovalKind, check_commit_ref
+from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref
 from hyperhive.client import Client
 from hyperhive.config_repo import fetch_proposal
 from hyperhive.errors import RequestRefused
@@ -314,3 +314,41 @@ async def test_an_approval_made_while_its_proposal_is_fetched_waits_for_it(
     assert done.status == "approved" and done.fetched_sha == sha
     assert f"deployed/{done.id}" in tags(hive, "alice")
     assert hive.config.paths.model_file("alice").read_text().strip() == "sonnet"
+
+
+async def test_an_approval_being_carried_out_by_another_node_is_refused_here(
+    hive: Hive, nursery: trio.Nursery
+) -> None:
+    # Two nodes' queues on one store: the one that claimed the approval carries it out; the
+    # other's operator is refused with the node's name, and nothing is carried out twice.
+    info = await hive.request_spawn("dora", None, "operator")
+    entered, release = trio.Event(), trio.Event()
+    carried_out: list[int] = []
+
+    async def slow_spawn(approval: ApprovalInfo) -> None:
+        carried_out.append(approval.id)
+        entered.set()
+        await release.wait()
+
+    other = ApprovalQueue(
+        hive.db,
+        hive.broker,
+        hive.events,
+        executors={ApprovalKind.SPAWN: slow_spawn},
+        node="node-b",
+    )
+    done = trio.Event()
+
+    async def approve_on_b() -> None:
+        await other.approve(info.id)
+        done.set()
+
+    nursery.start_soon(approve_on_b)
+    await entered.wait()
+    with pytest.raises(RequestRefused, match=f"approval {info.id} is being carried out on node"):
+        await hive.approvals.approve(info.id)
+    release.set()
+    await done.wait()
+    with pytest.raises(RequestRefused, match="already approved"):
+        await hive.approvals.approve(info.id)
+    assert carried_out == [info.id]

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from hyperhive.kinds import NodeStatus
 from hyperhive.names import InvalidNodeName, node_name_from_host, parse_node_name
 from hyperhive.nodes import decode_note, encode_note, lock_key, node_status, place
-from hyperhive.protocol import Spawn
+from hyperhive.protocol import Pause, Spawn
+from tests.harness.fixtures import eventually
 from tests.multinode import node_process, running_nodes
 
 
@@ -92,3 +93,36 @@ async def test_a_second_daemon_as_the_same_node_is_refused(
             )
         assert done.returncode != 0
         assert b"another daemon is already running as this node" in done.stdout
+
+
+async def test_a_notification_that_is_not_ours_ends_nothing(
+    short_tmp: Path, pg_url: str, nursery: trio.Nursery
+) -> None:
+    # Anything on the channel (another program, a newer node) is logged and dropped; the
+    # node goes on and still follows the rows another node tells it about.
+    async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
+        na, nb = nodes["na"], nodes["nb"]
+        async with await na.host() as host:
+            await host.call(Spawn("alice"))
+        garbage = (
+            "not json",
+            "[1, 2]",
+            '{"t": "agents", "from": "x", "names": 5}',
+            "[" * 5000,
+            '{"t": "agents", "from": "x", "names": ["nobody"]}',
+        )
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            for payload in garbage:
+                conn.execute("SELECT pg_notify('hyperhive', %s)", (payload,))
+        # Notifications arrive in commit order: na reads nb's pause after the garbage.
+        async with await nb.host() as host:
+            await host.call(Pause(["alice"], reason="night"))
+
+        async def paused_on_na() -> bool:
+            listed = await na.call({"cmd": "list"})
+            return any(a["name"] == "alice" and a.get("paused_at") for a in listed["agents"])
+
+        await eventually(paused_on_na, within=10, what="na shows nb's pause")
+        assert na.proc is not None and na.proc.returncode is None
+        assert not any("Traceback" in line for line in na.output)
+        assert any("not one of ours" in line for line in na.output)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
+
 from hyperhive.kinds import Transient
+from hyperhive.registry import Registry
 from hyperhive.supervisor import Hive
 
 
@@ -45,3 +48,25 @@ async def test_a_spawn_shows_spawning_until_it_is_done(hive: Hive) -> None:
     assert done.transient is None and done.transient_since is None
     # A spawn that completes leaves no transient either.
     assert (await hive.spawn("carol")).transient is None
+
+
+async def test_an_update_writes_only_the_fields_it_changes(hive: Hive) -> None:
+    # Two registries on one store, as two nodes are: each changes one field of bob's row
+    # from its own (stale) copy; neither undoes the other's change.
+    await hive.spawn("bob")
+    other = Registry(
+        hive.db,
+        hive.config.paths,
+        hive.events,
+        backend=hive.backend,
+        serve_socket=hive.registry._serve_socket,
+        node=hive.registry.node,
+    )
+    await other.refresh()
+    await hive.registry.set_status_text("bob", "working on the parser")
+    await other.update("bob", warning="limits not enforced")
+    await hive.registry.refresh(["bob"])
+    bob = hive.registry.get("bob")
+    assert (bob.status_text, bob.warning) == ("working on the parser", "limits not enforced")
+    with pytest.raises(ValueError, match="not a column"):
+        await other.update("bob", paused_at=1.0)

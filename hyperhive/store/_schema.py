@@ -266,7 +266,12 @@ def _v9_nodes(conn: sqlite3.Connection) -> None:
     )
 
 
-def _v10_approval_placement(conn: sqlite3.Connection) -> None:
+def _v10_operations_node(conn: sqlite3.Connection) -> None:
+    """The node carrying an operation of the journal out: only it finishes it after a crash."""
+    conn.execute("ALTER TABLE operations ADD COLUMN node TEXT NOT NULL DEFAULT ''")
+
+
+def _v11_approval_placement(conn: sqlite3.Connection) -> None:
     """Approvals across nodes: ``node``, where a spawn goes (NULL: placed when approved);
     an apply_commit's ``agent_toml`` (the proposal's text; its commit is ``fetched_sha``)
     and ``deploy_node``, the agent's node asked to deploy it from the database (see
@@ -291,5 +296,6 @@ BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v7_reminders,
     _v8_schedules,
     _v9_nodes,
-    _v10_approval_placement,
+    _v10_operations_node,
+    _v11_approval_placement,
 )
