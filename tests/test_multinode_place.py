@@ -203,6 +203,19 @@ async def test_an_apply_commit_approved_on_another_node_is_deployed_on_the_agent
         assert (applied / "agent.toml").read_text() == good_toml
         assert f"failed/{asked['approval']['id']}" in git(applied, "tag", "-l").split()
 
+        # Approved on the agent's own node (the manager's is another): deployed there from
+        # the database all the same.
+        third = propose_config(na.paths, "alice", 'model = "haiku"\n')
+        async with await Client.connect(na.paths.agent_socket("manager")) as manager:
+            asked = await manager.request(
+                {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": third}
+            )
+        assert asked["ok"], asked
+        here = await nb.call({"cmd": "approve", "id": asked["approval"]["id"]})
+        assert here["ok"] and here["approval"]["status"] == "approved", here
+        assert (applied / "agent.toml").read_text() == 'model = "haiku"\n'
+        assert third in git(applied, "log", "-1", "--format=%B", "main")
+
 
 async def test_a_node_back_from_down_adopts_its_new_agent_and_deploys_its_approved_config(
     short_tmp: Path, pg_url: str, nursery: trio.Nursery
