@@ -138,6 +138,18 @@ def sql_approved_config(conn: Conn, approval_id: int) -> tuple[str | None, str |
     return (None, None) if row is None else (row[0], row[1])
 
 
+def sql_last_approved_config(conn: Conn, agent: str, but: int) -> tuple[int, str] | None:
+    """The last apply_commit of ``agent`` approved (other than ``but``) whose agent.toml is
+    recorded: ``(id, agent_toml)``; None when there is none."""
+    row = conn.execute(
+        "SELECT id, agent_toml FROM approvals WHERE agent = ? AND kind = 'apply_commit' "
+        "AND status = 'approved' AND agent_toml IS NOT NULL AND id != ? "
+        "ORDER BY resolved_at DESC, id DESC LIMIT 1",
+        (agent, but),
+    ).fetchone()
+    return None if row is None else (row["id"], row["agent_toml"])
+
+
 def sql_set_deploy_node(conn: Conn, approval_id: int, node: str) -> None:
     """Ask ``node`` (the agent's) to deploy an approved apply_commit and record its outcome."""
     conn.execute("UPDATE approvals SET deploy_node = ? WHERE id = ?", (node, approval_id))

@@ -9,6 +9,7 @@ nothing from :mod:`hyperhive.api`, :mod:`hyperhive.web` or :mod:`hyperhive.super
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import logging
@@ -38,6 +39,7 @@ from hyperhive.approvals import (
     sql_approved_config,
     sql_deploys_for,
     sql_fail_pending,
+    sql_last_approved_config,
     sql_node,
     sql_set_deploy_node,
     sql_set_node,
@@ -53,6 +55,7 @@ from hyperhive.config import (
 )
 from hyperhive.config_repo import (
     approve_proposal,
+    diff_proposal,
     fetch_proposal,
     has_proposal,
     mark_denied,
@@ -613,6 +616,34 @@ class Hive:
                     "the manager's node; approve it again once it has"
                 )
             await trio.sleep(0.2)
+
+    async def proposal_diff(self, approval: ApprovalInfo) -> str:
+        """An apply_commit's diff: from the applied ``main`` to its proposal where the
+        proposal is tagged (the manager's node, or where it was deployed); elsewhere from
+        the database, the agent.toml of the last apply_commit approved for the agent (or
+        the seed) to the proposed one."""
+        applied = self.config.paths.applied_dir(approval.agent)
+        if not self.nodes.shared or await has_proposal(applied, approval.id):
+            return await diff_proposal(applied, approval.id)
+
+        def read(conn: Conn) -> tuple[str | None, str | None, tuple[int, str] | None]:
+            sha, text = sql_approved_config(conn, approval.id)
+            return sha, text, sql_last_approved_config(conn, approval.agent, approval.id)
+
+        sha, text, base = await self.db.transaction(read)
+        if sha is None or text is None:
+            raise RequestRefused(
+                f"approval {approval.id} has no proposal recorded yet (the manager's node "
+                "fetches it)"
+            )
+        before, label = (self.seed_toml, "seed") if base is None else (base[1], f"#{base[0]}")
+        lines = difflib.unified_diff(
+            before.splitlines(keepends=True),
+            text.splitlines(keepends=True),
+            fromfile=f"a/agent.toml (approved {label})",
+            tofile=f"b/agent.toml (proposal {sha[:12]})",
+        )
+        return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
 
     # ------------------------------------------------------------ scheduled prompts
 
