@@ -126,6 +126,13 @@ async def test_an_approval_made_on_one_node_spawns_on_the_placed_node(
         assert (await hello_as(nb, "dave"))["name"] == "dave"
         assert (await listed(nc))["dave"]["node"] == "nb"
 
+        # The manager's node, neither the approving nor the agent's, seeds its proposed repo.
+        async def proposed_on_na() -> bool:
+            return (na.paths.proposed_dir("dave") / ".git").is_dir()
+
+        await wait_until(proposed_on_na, limit=20, interval=0.05)
+        assert not (nc.paths.proposed_dir("dave") / ".git").exists()
+
         # The operator's request on nc for nb, approved on na.
         asked = await cli(nc, "request-spawn", "erin", "--node", "nb")
         approved = await na.call({"cmd": "approve", "id": asked["approval"]["id"]})
