@@ -26,6 +26,9 @@
         │           ├── SpaceMonitor.run *   statvfs of the state dir every 30 s and on disk-full
         │           ├── AgentViews.refresh_loop *
         │           │                        every 2 s: agents' model, UI socket, login (a thread)
+        │           ├── Hive.serve_placement *
+        │           │                        adopts agents placed here by other nodes, deploys
+        │           │                        their approved configs (multi-node.md)
         │           ├── serve_dashboard *    with --dashboard-bind: hypercorn-trio; started(urls)
         │           └── serve_unix_socket    <run>/host.sock (operator)
         └── _watchdog_pings                  start_soon, only when WATCHDOG_USEC is set; pings
