@@ -372,11 +372,11 @@ class Api:
                     request.description,
                 )
                 return ApprovalReply(approval=await hive.request_schedule(me, spec))
-            case RequestSpawn(name=name, description=description):
+            case RequestSpawn(name=name, description=description, node=node):
                 # A lead's spawn becomes its child once approved; the manager's, a top agent.
                 requester = MANAGER if kind is SocketKind.MANAGER else self._lead(me, request)
                 return ApprovalReply(
-                    approval=await hive.request_spawn(name, description, requester)
+                    approval=await hive.request_spawn(name, description, requester, node)
                 )
             case RequestApplyCommit(agent=agent, commit_ref=ref, description=description):
                 return ApprovalReply(
@@ -477,10 +477,12 @@ class Api:
                 return ApprovalReply(approval=await hive.approvals.approve(aid))
             case Deny(id=aid, note=note):
                 return ApprovalReply(approval=await hive.approvals.deny(aid, note))
-            case HostRequestSpawn(name=name, description=description):
-                return ApprovalReply(approval=await hive.request_spawn(name, description, OPERATOR))
-            case Spawn(name=name, backend=backend):
-                record = await hive.spawn(name, backend=backend)
+            case HostRequestSpawn(name=name, description=description, node=node):
+                return ApprovalReply(
+                    approval=await hive.request_spawn(name, description, OPERATOR, node)
+                )
+            case Spawn(name=name, backend=backend, node=node):
+                record = await hive.spawn(name, backend=backend, node=node)
                 return AgentReply(agent=await hive.agent_info(record))
             case Start(name=name) | Kill(name=name) | Restart(name=name) | Rebuild(name=name):
                 await hive.lifecycle(request.CMD, _name(name))

@@ -71,6 +71,7 @@ def _row_to_info(row: Row) -> ApprovalInfo:
         note=row["note"],
         description=row["description"],
         fetched_sha=row["fetched_sha"],
+        node=row["node"] if row["kind"] == ApprovalKind.SPAWN else row["deploy_node"],
     )
 
 
@@ -110,6 +111,55 @@ def sql_request(
 def sql_set_fetched(conn: Conn, approval_id: int, sha: str) -> ApprovalInfo:
     conn.execute("UPDATE approvals SET fetched_sha = ? WHERE id = ?", (sha, approval_id))
     return sql_get(conn, approval_id)
+
+
+def sql_set_node(conn: Conn, approval_id: int, node: str | None) -> None:
+    """A spawn approval's node: where the agent goes once approved (None: placed then)."""
+    conn.execute("UPDATE approvals SET node = ? WHERE id = ?", (node, approval_id))
+
+
+def sql_node(conn: Conn, approval_id: int) -> str | None:
+    row = conn.execute("SELECT node FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+    return None if row is None else row[0]
+
+
+def sql_set_agent_toml(conn: Conn, approval_id: int, text: str) -> None:
+    """An apply_commit's proposed agent.toml, for the agent's node to deploy (any node)."""
+    conn.execute("UPDATE approvals SET agent_toml = ? WHERE id = ?", (text, approval_id))
+
+
+def sql_approved_config(conn: Conn, approval_id: int) -> tuple[str | None, str | None]:
+    """``(fetched_sha, agent_toml)`` of an apply_commit (either None until recorded)."""
+    row = conn.execute(
+        "SELECT fetched_sha, agent_toml FROM approvals WHERE id = ?", (approval_id,)
+    ).fetchone()
+    return (None, None) if row is None else (row[0], row[1])
+
+
+def sql_last_approved_config(conn: Conn, agent: str, but: int) -> tuple[int, str] | None:
+    """The last apply_commit of ``agent`` approved (other than ``but``) whose agent.toml is
+    recorded: ``(id, agent_toml)``; None when there is none."""
+    row = conn.execute(
+        "SELECT id, agent_toml FROM approvals WHERE agent = ? AND kind = 'apply_commit' "
+        "AND status = 'approved' AND agent_toml IS NOT NULL AND id != ? "
+        "ORDER BY resolved_at DESC, id DESC LIMIT 1",
+        (agent, but),
+    ).fetchone()
+    return None if row is None else (row["id"], row["agent_toml"])
+
+
+def sql_set_deploy_node(conn: Conn, approval_id: int, node: str) -> None:
+    """Ask ``node`` (the agent's) to deploy an approved apply_commit and record its outcome."""
+    conn.execute("UPDATE approvals SET deploy_node = ? WHERE id = ?", (node, approval_id))
+
+
+def sql_deploys_for(conn: Conn, node: str) -> list[int]:
+    """The approved apply_commits ``node`` was asked to deploy and that are still pending."""
+    rows = conn.execute(
+        "SELECT id FROM approvals WHERE deploy_node = ? AND status = 'pending' ORDER BY id",
+        (node,),
+    )
+    return [r["id"] for r in rows]
 
 
 def sql_resolve(
@@ -257,6 +307,17 @@ def sql_fail_pending(
     return [sql_resolve(conn, outbox, i, ApprovalStatus.FAILED, note, now) for i in ids]
 
 
+class Delegated(Exception):
+    """Raised by an executor whose approval another node carries out and resolves (the
+    agent's node): :meth:`ApprovalQueue.approve` then returns what ``outcome`` gives (the
+    approval once resolved there, or still pending when that takes too long)."""
+
+    def __init__(self, node: str, outcome: Callable[[], Awaitable[ApprovalInfo]]) -> None:
+        super().__init__(f"carried out on node {node}")
+        self.node = node
+        self.outcome = outcome
+
+
 #: Carries out an approved request; raise :class:`RequestRefused` (or any error) to fail it.
 #: It must be idempotent: after a crash it runs again on whatever part already happened.
 Executor = Callable[[ApprovalInfo], Awaitable[None]]
@@ -278,12 +339,15 @@ class ApprovalQueue:
         clock: Callable[[], float] = time.time,
         node: str | None = None,
         down_after: float = NODE_DOWN_SECONDS,
+        on_resolved: Callable[[Conn, ApprovalInfo], None] | None = None,
     ) -> None:
         """``node``: this daemon's node, which claims and decides; ``down_after``: when
         another node's claim on an approval may be taken over (it stopped heartbeating)."""
         self._db = db
         self._node = node
         self._down_after = down_after
+        #: Runs in the transaction that records a decision (tells the other nodes).
+        self._on_resolved = on_resolved
         self._broker = broker
         self._events = events
         self._executors = executors
@@ -312,6 +376,7 @@ class ApprovalQueue:
             )
             if attach is not None:
                 attach(conn, info, created)
+                info = sql_get(conn, info.id)  # as attach left it
             return info, created
 
         info, created = await self._db.transaction(tx)
@@ -340,7 +405,7 @@ class ApprovalQueue:
             info, carry_on = await self._db.transaction(first)
             if carry_on:
                 # An interrupted attempt: carry it on (the checks passed back then).
-                return await self._carry_out(info)
+                return await self._carry_out(info, wait=True)
             kind = info.kind
             try:
                 if kind not in self._executors:
@@ -358,7 +423,7 @@ class ApprovalQueue:
                 )
             )
             crash_point("approve-claimed")
-            return await self._carry_out(info)
+            return await self._carry_out(info, wait=True)
 
     async def resume(self, approval_id: int) -> ApprovalInfo:
         """Finish an approval whose carrying out was interrupted (start-up recovery)."""
@@ -377,12 +442,18 @@ class ApprovalQueue:
                 )
             return await self._carry_out(info)
 
-    async def _carry_out(self, info: ApprovalInfo) -> ApprovalInfo:
-        """Run the (idempotent) executor of a claimed approval and record the outcome."""
+    async def _carry_out(self, info: ApprovalInfo, *, wait: bool = False) -> ApprovalInfo:
+        """Run the (idempotent) executor of a claimed approval and record the outcome.
+
+        An executor that hands the approval to another node (:class:`Delegated`): that
+        node records the outcome; with ``wait``, what it recorded (or the approval still
+        pending once the executor stops waiting), else the pending approval at once."""
         executor = self._executors[info.kind]
         status, note = ApprovalStatus.APPROVED, None
         try:
             await executor(info)
+        except Delegated as delegated:
+            return await delegated.outcome() if wait else await self.get(info.id)
         except (RequestRefused, OSError) as exc:
             status, note = ApprovalStatus.FAILED, str(exc)
         crash_point("approve-executed")
@@ -408,8 +479,17 @@ class ApprovalQueue:
                     log.warning("approval %d: recording the denial failed: %s", approval_id, exc)
             return denied
 
-    async def set_fetched_sha(self, approval_id: int, sha: str) -> ApprovalInfo:
-        return await self._db.transaction(lambda conn: sql_set_fetched(conn, approval_id, sha))
+    async def set_fetched_sha(
+        self, approval_id: int, sha: str, *, agent_toml: str | None = None
+    ) -> ApprovalInfo:
+        """Record the fetched proposal's commit (and its agent.toml, for other nodes)."""
+
+        def tx(conn: Conn) -> ApprovalInfo:
+            if agent_toml is not None:
+                sql_set_agent_toml(conn, approval_id, agent_toml)
+            return sql_set_fetched(conn, approval_id, sha)
+
+        return await self._db.transaction(tx)
 
     async def fail(self, approval_id: int, note: str) -> ApprovalInfo:
         """Resolve a pending approval as failed (it could not even be prepared)."""
@@ -448,8 +528,9 @@ class ApprovalQueue:
         """``unclaimed``: a decision made without claiming the approval (a denial, a failed
         check), refused if some node is carrying it out meanwhile."""
         now = self._clock()
-        result = await self._broker.transaction(
-            lambda conn, outbox: sql_resolve(
+
+        def tx(conn: Conn, outbox: Outbox) -> ApprovalInfo:
+            info = sql_resolve(
                 conn,
                 outbox,
                 approval_id,
@@ -459,9 +540,12 @@ class ApprovalQueue:
                 decided_by,
                 node=self._node,
                 unclaimed=unclaimed,
-            ),
-            now=now,
-        )
+            )
+            if self._on_resolved is not None:
+                self._on_resolved(conn, info)
+            return info
+
+        result = await self._broker.transaction(tx, now=now)
         return self.resolved([result])[0]
 
     def _deciding_on(self, approval_id: int) -> _Deciding:
@@ -484,4 +568,11 @@ class _Deciding:
         self._ids.discard(self._id)
 
 
-__all__ = ["ApprovalKind", "ApprovalQueue", "ApprovalStatus", "Executor", "Precheck"]
+__all__ = [
+    "ApprovalKind",
+    "ApprovalQueue",
+    "ApprovalStatus",
+    "Delegated",
+    "Executor",
+    "Precheck",
+]

@@ -666,17 +666,26 @@ def spawn(
     backend: Annotated[
         str | None, typer.Option(help="This agent's backend instead of the daemon's.")
     ] = None,
+    node: Annotated[
+        str | None,
+        typer.Option(help="The node it runs on (default: the one up with the fewest agents)."),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Create an agent directly, without an approval."""
     payload: dict[str, Any] = {"cmd": "spawn", "name": name}
     if backend:
         payload["backend"] = backend
+    if node:
+        payload["node"] = node
     reply = _call(run_dir, payload)
     _emit(
         reply,
         as_json,
-        lambda r: typer.echo(f"spawned {r['agent']['name']} ({r['agent']['state']})"),
+        lambda r: typer.echo(
+            f"spawned {r['agent']['name']} ({r['agent']['state']})"
+            + (f" on node {r['agent']['node']}" if node and r["agent"].get("node") else "")
+        ),
     )
 
 
@@ -692,12 +701,21 @@ def request_spawn(
     run_dir: RunDir,
     state_dir: StateDir,
     description: Annotated[str | None, typer.Option(help="Why this agent is needed.")] = None,
+    node: Annotated[
+        str | None,
+        typer.Option(
+            help="The node it runs on once approved (default: the one up with the fewest "
+            "agents then)."
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Queue a spawn approval for a new agent."""
     payload: dict[str, Any] = {"cmd": "request_spawn", "name": name}
     if description:
         payload["description"] = description
+    if node:
+        payload["node"] = node
     _emit(_call(run_dir, payload), as_json, _approval_line)
 
 

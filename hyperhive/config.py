@@ -92,6 +92,10 @@ REMINDER_HANDOVER_SECONDS: Final = 30.0
 #: How long a node waits for another to carry out a command about one of its agents
 #: (``hyperhive.remote``); a restart's stop grace (STOP_GRACE_SECONDS) fits in it twice.
 REMOTE_COMMAND_SECONDS: Final = 30.0
+#: Approving, on one node, an apply_commit of an agent on another waits this long for its
+#: node to deploy it (then the reply says where it is being deployed); also how long such
+#: an approval waits for its proposal to reach the database from the manager's node.
+DEPLOY_WAIT_SECONDS: Final = 30.0
 BACKENDS: Final = ("auto", "nspawn", "process", "external")
 #: ``hyperhive run --backend`` and :attr:`Config.backend`: nspawn when it can run, else process.
 DEFAULT_BACKEND: Final = "auto"

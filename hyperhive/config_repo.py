@@ -439,6 +439,62 @@ async def fetch_proposal(proposed: Path, applied: Path, commit_ref: str, approva
                 await _drop_refs(applied, "refs/proposed/")
 
 
+def proposal_message(approval_id: int, sha: str) -> str:
+    """The message of the commit a node makes from an approved agent.toml it got through
+    the database (its proposal was fetched on the manager's node)."""
+    return f"apply_commit approval {check_approval_id(approval_id)}: proposal {sha}\n"
+
+
+async def has_proposal(applied: Path, approval_id: int) -> bool:
+    """Whether proposal ``<id>`` is tagged in this applied repo."""
+    async with _locked(applied):
+        return await _tag_target(applied, tag_name("proposal", approval_id)) is not None
+
+
+async def record_proposal(applied: Path, approval_id: int, agent_toml: str, sha: str) -> str:
+    """Tag ``proposal/<id>`` at a new commit on top of the applied ``main`` whose
+    ``agent.toml`` is ``agent_toml`` (the rest of ``main``'s tree kept), its message naming
+    the approval and the proposal's commit ``sha`` in the manager's repo; return the new
+    commit. For an agent whose proposals are fetched on another node (the manager's): the
+    steps after it (:func:`approve_proposal`, :func:`mark_deployed`, …) are the ones of a
+    fetched proposal. Idempotent: a proposal tagged already is returned as it is."""
+    if FULL_SHA_RE.fullmatch(sha) is None:
+        raise RequestRefused(f"proposal commit {sha[:50]!r} is not a full sha")
+    data = agent_toml.encode("utf-8")
+    if len(data) > MAX_AGENT_TOML_BYTES:
+        raise RequestRefused(
+            f"the proposed {AGENT_TOML} is larger than {MAX_AGENT_TOML_BYTES} bytes"
+        )
+    tag = tag_name("proposal", approval_id)
+    async with _locked(applied):
+        await _need_repo(applied, "applied")
+        existing = await _tag_target(applied, tag)
+        if existing is not None:
+            return existing
+        main = await _main(applied)
+        blob = (await _git(applied, "hash-object", "-w", "--stdin", stdin=data)).strip()
+        listing = await _git(applied, "ls-tree", "-z", main)
+        entries = [e for e in listing.split("\0") if e and not e.endswith(f"\t{AGENT_TOML}")]
+        entries.append(f"100644 blob {blob}\t{AGENT_TOML}")
+        tree = (
+            await _git(applied, "mktree", "-z", stdin=("\0".join(entries) + "\0").encode())
+        ).strip()
+        commit = (
+            await _git(
+                applied,
+                "commit-tree",
+                tree,
+                "-p",
+                main,
+                "-F",
+                "-",
+                stdin=proposal_message(approval_id, sha).encode(),
+            )
+        ).strip()
+        await _set_tag(applied, tag, commit)
+        return commit
+
+
 async def _resolve_proposed(applied: Path, commit_ref: str) -> str:
     proc = await _run_git(
         applied, "rev-parse", "--verify", "--end-of-options", f"{commit_ref}^{{commit}}"

@@ -9,6 +9,7 @@ nothing from :mod:`hyperhive.api`, :mod:`hyperhive.web` or :mod:`hyperhive.super
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import logging
@@ -31,10 +32,23 @@ from hyperhive.agent_config import (
 )
 from hyperhive.agent_setup import load_applied_config, prepare_agent_repos, proposed_repo
 from hyperhive.agent_views import AgentFacts, AgentViews
-from hyperhive.approvals import ApprovalKind, ApprovalQueue, check_commit_ref, sql_fail_pending
+from hyperhive.approvals import (
+    ApprovalKind,
+    ApprovalQueue,
+    Delegated,
+    check_commit_ref,
+    sql_approved_config,
+    sql_deploys_for,
+    sql_fail_pending,
+    sql_last_approved_config,
+    sql_node,
+    sql_set_deploy_node,
+    sql_set_node,
+)
 from hyperhive.broker import Broker, Outbox, SentMessage
 from hyperhive.config import (
     BACKENDS,
+    DEPLOY_WAIT_SECONDS,
     MAX_LOG_LINES,
     MAX_PAUSE_REASON,
     TOMBSTONE_SIZE_SECONDS,
@@ -43,11 +57,14 @@ from hyperhive.config import (
 )
 from hyperhive.config_repo import (
     approve_proposal,
+    diff_proposal,
     fetch_proposal,
+    has_proposal,
     mark_denied,
     mark_deployed,
     mark_failed,
     read_proposed_config,
+    record_proposal,
     recorded_outcome,
 )
 from hyperhive.containers import (
@@ -70,7 +87,7 @@ from hyperhive.envfile import credentials_warning
 from hyperhive.errors import DiskFull, RequestRefused
 from hyperhive.events import EventHub
 from hyperhive.journal import OperationKind, crash_point, sql_begin, sql_end, sql_unfinished
-from hyperhive.kinds import BackendName, Transient
+from hyperhive.kinds import ApprovalStatus, BackendName, Transient
 from hyperhive.ledger import (
     BY_BUDGET,
     Budget,
@@ -82,7 +99,14 @@ from hyperhive.ledger import (
     sql_record_crash,
     within_budget,
 )
-from hyperhive.names import MANAGER, OPERATOR, InvalidAgentName, parse_agent_name
+from hyperhive.names import (
+    MANAGER,
+    OPERATOR,
+    InvalidAgentName,
+    InvalidNodeName,
+    parse_agent_name,
+    parse_node_name,
+)
 from hyperhive.node_watch import NodeWatch
 from hyperhive.nodes import Nodes
 from hyperhive.protocol import (
@@ -194,7 +218,16 @@ class Hive:
             serve_socket=serve_agent_socket,
             node=config.node,
             nodes=self.nodes,
+            on_placed=self.placed,
         )
+        #: Agents placed on this node by another (or revived there) to adopt, with their
+        #: first start's verb; approvals whose outcome another node records, awaited here.
+        self._placements: dict[str, str | None] = {}
+        self._placements_changed = trio.Event()
+        self._deploys: set[int] = set()
+        self._resolved_elsewhere: dict[int, trio.Event] = {}
+        self.nodes.on("deploy", self._on_deploy_note)
+        self.nodes.on("approval", self._on_approval_note)
         #: Agent views for listings and the dashboard (no file read per request).
         self.views = AgentViews(
             self.events,
@@ -214,7 +247,7 @@ class Hive:
             notify_wake=self._notify_wake if db.shared else None,
         )
         self.nodes.on("wake", self._on_wake)
-        self.registry.on_remote_pause = self.broker.pause_changed
+        self.registry.on_remote_pause = self._remote_pause_changed
         #: This node's events to the other nodes' dashboards, theirs to this one's.
         self.shared_events = SharedEvents(db, self.events, self.nodes, clock=config.wall_clock)
         self.questions = QuestionBook(
@@ -248,6 +281,7 @@ class Hive:
             on_deny={ApprovalKind.APPLY_COMMIT: self._denied_apply_commit},
             prechecks={ApprovalKind.SPAWN: self._check_spawn},
             node=config.node,
+            on_resolved=self._tell_resolved,
         )
         self.schedules = ScheduleBook(
             db,
@@ -304,6 +338,13 @@ class Hive:
         for agent in agents:
             if isinstance(agent, str) and self.registry.is_local(agent):
                 self.broker.wake(agent)
+
+    def _remote_pause_changed(self, name: str) -> None:
+        """Another node paused or resumed ``name``: its parked receivers look again, and a
+        resume starts its no-progress count over here too (where its turns are reported)."""
+        if not self.registry.paused(name):
+            self.ledger.note_resumed(name)
+        self.broker.pause_changed(name)
 
     def _elsewhere(self, name: str) -> bool:
         """Whether ``name``'s files (its state dir) are on another node."""
@@ -363,13 +404,25 @@ class Hive:
         return name
 
     async def request_spawn(
-        self, name: str, description: str | None, requested_by: str
+        self, name: str, description: str | None, requested_by: str, node: str | None = None
     ) -> ApprovalInfo:
         name = self._new_agent_name(name)
         if name in self.registry.known():
             raise RequestRefused(f"{name!r} is a tombstone with kept state: revive it instead")
+        # The node asked for is checked now and recorded with the request: whichever node
+        # approves it places the agent there (none asked: placed when approved).
+        wanted = None if node is None else await self.place(node)
+
+        def attach(conn: Conn, info: ApprovalInfo, created: bool) -> None:
+            if created:
+                sql_set_node(conn, info.id, wanted)
+
         return await self.approvals.request(
-            name, ApprovalKind.SPAWN, requested_by=requested_by, description=description
+            name,
+            ApprovalKind.SPAWN,
+            requested_by=requested_by,
+            description=description,
+            attach=attach if wanted is not None else None,
         )
 
     async def revive(self, name: str) -> ApprovalInfo:
@@ -410,7 +463,16 @@ class Hive:
             except RequestRefused as exc:
                 await self.approvals.fail(info.id, str(exc))
                 raise
-            return await self.approvals.set_fetched_sha(info.id, sha)
+            # The approved agent.toml goes into the database too: the agent's node, if
+            # another, deploys it from there (git repos are not shared between nodes).
+            text: str | None = None
+            try:
+                text = await read_proposed_config(self.config.paths.applied_dir(agent), info.id)
+            except RequestRefused as exc:
+                if not self.registry.is_local(agent):
+                    await self.approvals.fail(info.id, str(exc))
+                    raise
+            return await self.approvals.set_fetched_sha(info.id, sha, agent_toml=text)
 
     def _fetch_lock(self, agent: str) -> trio.Lock:
         return self._fetch_locks.setdefault(agent, trio.Lock())
@@ -423,7 +485,13 @@ class Hive:
         agent, applied = approval.agent, self.config.paths.applied_dir(approval.agent)
         async with self._fetch_lock(agent):
             pass  # an approval made while its proposal was still being fetched waits for it
+        if not self.registry.is_local(agent):
+            await self._deploy_elsewhere(approval)  # its node deploys it and records that
         async with self._deploy_lock(agent):
+            if not await has_proposal(applied, approval.id):
+                # Fetched on the manager's node: the proposal comes through the database.
+                sha, text = await self._approved_config(approval.id)
+                await record_proposal(applied, approval.id, text, sha)
             previous: str | None = None
             # Carried out again after a crash: an outcome already tagged is the outcome.
             outcome = await recorded_outcome(applied, approval.id)
@@ -472,7 +540,179 @@ class Hive:
         # manager's.
         live = self.registry.live()
         parent = requested_by if requested_by in live and requested_by != MANAGER else MANAGER
-        await self._create(approval.agent, parent=parent)
+        # On the node the request named, else placed now (a tombstone stays on its node).
+        wanted = await self.db.transaction(lambda conn: sql_node(conn, approval.id))
+        node = None if approval.agent in self.registry.known() else await self.place(wanted)
+        await self._create(approval.agent, parent=parent, node=node)
+
+    # ------------------------------------------------------------ nodes: placement, deploys
+
+    async def place(self, node: str | None) -> str:
+        """The node a new agent goes to: ``node`` (a valid, known node name), else this one
+        on a store no other node shares, else the one up with the fewest live agents."""
+        if node is not None:
+            try:
+                node = parse_node_name(node)
+            except InvalidNodeName as exc:
+                raise RequestRefused(str(exc)) from None
+        return await self.nodes.place(node)
+
+    def placed(self, name: str, first_start: str | None) -> None:
+        """(From :meth:`Registry.follow`, synchronously.) Another node placed ``name``,
+        revived it, or it is this node's and not served yet: :meth:`serve_placement`
+        adopts it (an agent of this node) or seeds its proposed repo (the manager's node)."""
+        self._placements[name] = self._placements.get(name) or first_start
+        self._placements_changed.set()
+
+    def _on_deploy_note(self, data: dict[str, Any]) -> None:
+        approval_id = data.get("id")
+        if data.get("node") == self.nodes.name and isinstance(approval_id, int):
+            self._deploys.add(approval_id)
+            self._placements_changed.set()
+
+    def _on_approval_note(self, data: dict[str, Any]) -> None:
+        approval_id = data.get("id")
+        if isinstance(approval_id, int):
+            event = self._resolved_elsewhere.pop(approval_id, None)
+            if event is not None:
+                event.set()
+
+    def _tell_resolved(self, conn: Conn, info: ApprovalInfo) -> None:
+        """(In the transaction recording a decision.) Tell the nodes waiting for it."""
+        if self.nodes.shared:
+            self.nodes.notify(conn, "approval", id=info.id)
+
+    async def serve_placement(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Adopt the agents other nodes place on this one, seed the proposed repos of
+        those placed elsewhere (on the manager's node), and deploy the apply_commits
+        approved on other nodes for this node's agents. At start: those placed or
+        approved while this node was away. Nothing to do on a store no other node shares."""
+        if self.nodes.shared:
+            for record in self.registry.all():
+                if record.state == AgentState.DESTROYED or not self.registry.is_local(record.name):
+                    continue
+                applied = self.config.paths.applied_dir(record.name) / ".git"
+                if record.transient == Transient.SPAWNING or not await trio.Path(applied).exists():
+                    self.placed(record.name, "spawned")
+            self._deploys.update(
+                await self.db.transaction(lambda conn: sql_deploys_for(conn, self.nodes.name))
+            )
+            self._placements_changed.set()
+        task_status.started()
+        while True:
+            await self._placements_changed.wait()
+            self._placements_changed = trio.Event()
+            placements, self._placements = self._placements, {}
+            deploys, self._deploys = sorted(self._deploys), set()
+            for name, first_start in placements.items():
+                try:
+                    await self._adopt(name, first_start)
+                except (RequestRefused, OSError) as exc:
+                    log.error("adopting %s placed on this node failed: %s", name, exc)
+            for approval_id in deploys:
+                try:
+                    await self.approvals.resume(approval_id)
+                except RequestRefused as exc:
+                    log.warning("deploying approval %d here: %s", approval_id, exc)
+
+    async def _adopt(self, name: str, first_start: str | None) -> None:
+        """An agent another node placed here: its dirs, repos, socket, model, container
+        (as :meth:`_create` makes them for one of its own). On the manager's node, one
+        placed elsewhere: its proposed repo (the manager edits it in ``/agents``)."""
+        if name not in self.registry.known():
+            return
+        record = self.registry.get(name)
+        if record.state == AgentState.DESTROYED:
+            return
+        paths = self.config.paths
+        if not self.registry.is_local(name):
+            if self.registry.is_local(MANAGER) and first_start is not None:
+                await prepare_agent_repos(paths, name, self.seed_toml)
+            return
+        self._budgets.pop(name, None)
+        await self.registry.make_dirs(name)
+        await prepare_agent_repos(paths, name, self.seed_toml)
+        await self.registry.bind(name)
+        await self._start_created(self.registry.get(name), first_start)
+
+    async def _deploy_elsewhere(self, approval: ApprovalInfo) -> None:
+        """An apply_commit of an agent of another node: ask that node to deploy it (it
+        reads the approved agent.toml from the database and records the outcome on the
+        approval); :class:`Delegated` makes the approval wait for that outcome."""
+        node = self.registry.get(approval.agent).node
+
+        def tx(conn: Conn) -> None:
+            sql_set_deploy_node(conn, approval.id, node)
+            self.nodes.notify(conn, "deploy", id=approval.id, node=node)
+
+        await self.db.transaction(tx)
+        raise Delegated(node, functools.partial(self._outcome_from, approval.id, node))
+
+    async def _outcome_from(self, approval_id: int, node: str) -> ApprovalInfo:
+        """The approval once ``node`` recorded its outcome; still pending (its note saying
+        where it is being deployed) after ``DEPLOY_WAIT_SECONDS``."""
+        deadline = trio.current_time() + DEPLOY_WAIT_SECONDS
+        while True:
+            event = self._resolved_elsewhere.setdefault(approval_id, trio.Event())
+            info = await self.approvals.get(approval_id)
+            remaining = deadline - trio.current_time()
+            if info.status != ApprovalStatus.PENDING or remaining <= 0:
+                self._resolved_elsewhere.pop(approval_id, None)
+                if info.status != ApprovalStatus.PENDING:
+                    return info
+                return attrs.evolve(info, note=f"deploying on node {node}")
+            # The notification wakes it; a look every second in case one went missing.
+            with trio.move_on_after(min(remaining, 1.0)):
+                await event.wait()
+
+    async def _approved_config(self, approval_id: int) -> tuple[str, str]:
+        """``(sha, agent_toml)`` of an apply_commit from the database, once the manager's
+        node has fetched its proposal (waits up to ``DEPLOY_WAIT_SECONDS``)."""
+        deadline = trio.current_time() + DEPLOY_WAIT_SECONDS
+        while True:
+            sha, text = await self.db.transaction(
+                lambda conn: sql_approved_config(conn, approval_id)
+            )
+            if sha is not None and text is not None:
+                return sha, text
+            if (await self.approvals.get(approval_id)).status != ApprovalStatus.PENDING:
+                raise RequestRefused(f"approval {approval_id} was decided meanwhile")
+            if trio.current_time() >= deadline:
+                raise RequestRefused(
+                    f"the proposal of approval {approval_id} did not reach the database from "
+                    "the manager's node; approve it again once it has"
+                )
+            await trio.sleep(0.2)
+
+    async def proposal_diff(self, approval: ApprovalInfo) -> str:
+        """An apply_commit's diff: from the applied ``main`` to its proposal where the
+        proposal is tagged (the manager's node, or where it was deployed); elsewhere from
+        the database, the agent.toml of the last apply_commit approved for the agent (or
+        the seed) to the proposed one."""
+        applied = self.config.paths.applied_dir(approval.agent)
+        if not self.nodes.shared or await has_proposal(applied, approval.id):
+            return await diff_proposal(applied, approval.id)
+
+        def read(conn: Conn) -> tuple[str | None, str | None, tuple[int, str] | None]:
+            sha, text = sql_approved_config(conn, approval.id)
+            return sha, text, sql_last_approved_config(conn, approval.agent, approval.id)
+
+        sha, text, base = await self.db.transaction(read)
+        if sha is None or text is None:
+            raise RequestRefused(
+                f"approval {approval.id} has no proposal recorded yet (the manager's node "
+                "fetches it)"
+            )
+        before, label = (self.seed_toml, "seed") if base is None else (base[1], f"#{base[0]}")
+        lines = difflib.unified_diff(
+            before.splitlines(keepends=True),
+            text.splitlines(keepends=True),
+            fromfile=f"a/agent.toml (approved {label})",
+            tofile=f"b/agent.toml (proposal {sha[:12]})",
+        )
+        return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
 
     # ------------------------------------------------------------ scheduled prompts
 
@@ -518,15 +758,20 @@ class Hive:
 
         return check
 
-    async def spawn(self, name: str, *, backend: str | None = None) -> AgentRecord:
-        """Operator's direct spawn: no approval; idempotent for an existing agent."""
+    async def spawn(
+        self, name: str, *, backend: str | None = None, node: str | None = None
+    ) -> AgentRecord:
+        """Operator's direct spawn: no approval; idempotent for an existing agent.
+
+        ``node``: where it goes (default: :meth:`place`'s choice)."""
         try:
             name = parse_agent_name(name)
         except InvalidAgentName as exc:
             raise RequestRefused(str(exc)) from None
         if backend is not None:
             backend = resolve_backend(backend)
-        return await self._create(name, backend=backend)
+        placed = None if name in self.registry.known() else await self.place(node)
+        return await self._create(name, backend=backend, node=placed)
 
     async def _create(
         self,
@@ -535,14 +780,33 @@ class Hive:
         role: str = "agent",
         backend: str | None = None,
         parent: str = MANAGER,
+        node: str | None = None,
     ) -> AgentRecord:
         """Register (or revive) an agent and hand it to its supervisor, which starts it.
 
         Idempotent, and ordered so that a registered agent always has its directories and
         repos: they are made (or found) first, then the registry row is written.
+
+        ``node``: where a new agent goes (default: this node; a known one stays on its
+        own). An agent of another node gets its row only: that node learns of it and
+        makes its directories, repos and socket and starts it (:meth:`placed`), and ends
+        the ``spawning`` it shows until then.
         """
         self._budgets.pop(name, None)  # read again from its (possibly new) applied config
         before = self.registry.get(name).state if name in self.registry.known() else None
+        where = self.registry.get(name).node if before is not None else node
+        if where is not None and where != self.registry.node:
+            if self.registry.is_local(MANAGER):
+                # The manager edits every agent's proposed repo: it lives on its node.
+                await prepare_agent_repos(self.config.paths, name, self.seed_toml)
+            return await self.registry.register(
+                name,
+                role=role,
+                backend=backend,
+                transient=Transient.SPAWNING,
+                parent=parent,
+                node=where,
+            )
         first_start = "revived" if before == AgentState.DESTROYED else None
         if before is None:
             first_start = "spawned"
@@ -552,6 +816,12 @@ class Hive:
         record = await self.registry.register(
             name, role=role, backend=backend, transient=Transient.SPAWNING, parent=parent
         )
+        return await self._start_created(record, first_start)
+
+    async def _start_created(self, record: AgentRecord, first_start: str | None) -> AgentRecord:
+        """A registered agent of this node (dirs and repos made): its config and model read,
+        handed to its supervisor; the ``spawning`` transient ended."""
+        name = record.name
         try:
             crash_point("spawn-registered")
             await self.registry.reload_config(name)

@@ -295,8 +295,13 @@ class Registry:
         clock: Callable[[], float] = time.time,
         node: str = "",
         nodes: Nodes | None = None,
+        on_placed: Callable[[str, str | None], None] | None = None,
     ) -> None:
         self._db = db
+        #: Told (synchronously: it starts a task) of an agent another node placed or
+        #: revived (``"spawned"``, ``"revived"``), or of one of this node it does not serve
+        #: yet (None): :meth:`follow` calls it; see :meth:`Hive.placed`.
+        self._on_placed = on_placed
         #: The other nodes learn of each change of a row (``agents`` notifications), and
         #: this one of theirs: :meth:`follow` reads the rows named again.
         self._nodes = nodes
@@ -382,6 +387,7 @@ class Registry:
             self._remote_changed = trio.Event()
             names, self._remote_changes = self._remote_changes, set()
             paused = {n: self.paused(n) for n in names}
+            before = {name: self._agents.get(name) for name in names}
             for name in await self.refresh(names):
                 record = self._agents.get(name)
                 if self.paused(name) != paused[name]:
@@ -389,6 +395,7 @@ class Registry:
                 if record is None:
                     self._events.emit(ev.AgentPurged(name=name))
                     continue
+                self._placed(before.get(name), record)
                 self._events.emit(
                     ev.AgentChanged(
                         name=name,
@@ -399,6 +406,26 @@ class Registry:
                         pid=record.pid,
                     )
                 )
+
+    def _placed(self, before: AgentRecord | None, record: AgentRecord) -> None:
+        """Tell :attr:`_on_placed` of a row another node made live, or of an agent of this
+        node whose socket is not bound (placed here by another node)."""
+        if self._on_placed is None or record.state == AgentState.DESTROYED:
+            return
+        if before is None or before.state == AgentState.DESTROYED:
+            self._on_placed(record.name, "spawned" if before is None else "revived")
+        elif record.node == self.node and record.name not in self._sockets:
+            self._on_placed(record.name, None)
+
+    def is_bound(self, name: str) -> bool:
+        """Whether this node serves ``name``'s socket."""
+        return name in self._sockets
+
+    async def bind(self, name: str) -> None:
+        """Serve the socket of an agent placed on this node (idempotent)."""
+        if not self.is_local(name):
+            raise RequestRefused(f"{name} runs on node {self.get(name).node}, not on this one")
+        await self._bind(name)
 
     def is_local(self, name: str) -> bool:
         """Whether ``name`` is placed on this node (its socket, container and files are here)."""

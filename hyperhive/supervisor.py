@@ -32,6 +32,9 @@
         │           ├── NodeWatch.run *      every 2 s: the nodes' statuses, `node_changed`
         │           ├── NodeCommands.serve * on PostgreSQL: commands other nodes ask of this one
         │           │                        (hyperhive.remote), each carried out in its own task
+        │           ├── Hive.serve_placement *
+        │           │                        adopts agents placed here by other nodes, deploys
+        │           │                        their approved configs (multi-node.md)
         │           ├── serve_dashboard *    with --dashboard-bind: hypercorn-trio; started(urls)
         │           └── serve_unix_socket    <run>/host.sock (operator)
         └── _watchdog_pings                  start_soon, only when WATCHDOG_USEC is set; pings
@@ -305,6 +308,7 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
                     ("the agent views", hive.views.refresh_loop),
                     ("the events of other nodes", hive.shared_events.run),
                     ("the node watch", hive.node_watch.run),
+                    ("the placement of agents", hive.serve_placement),
                 ):
                     await nursery.start(
                         functools.partial(

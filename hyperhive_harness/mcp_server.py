@@ -671,10 +671,18 @@ def build_server(link: ConnectionPool, *, role: str, name: str | None) -> ToolSe
         description: Annotated[
             str | None, Field(description="Why it is needed and what it will do.")
         ] = None,
+        node: Annotated[
+            str | None,
+            Field(
+                description="The node (host) it runs on, when the hive has several; "
+                "default: the one with the fewest agents."
+            ),
+        ] = None,
     ) -> str:
         """Ask the operator to create a new agent. Returns at once with an approval id; the
         operator's decision arrives later as an 'approval_resolved' message from 'system'."""
-        reply = await call(RequestSpawn(name=name, description=description), ApprovalReply)
+        request = RequestSpawn(name=name, description=description, node=node)
+        reply = await call(request, ApprovalReply)
         return format_approval_request(reply)
 
     async def request_apply_commit(

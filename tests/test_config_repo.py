@@ -503,3 +503,36 @@ def test_tag_message() -> None:
     long = config_repo.tag_message("e" * 100_000, "x")
     assert long.endswith("[… truncated]\n")
     assert len(long) < 70_000
+
+
+async def test_a_proposal_recorded_from_its_text_is_deployed_like_a_fetched_one(
+    repos: tuple[Path, Path],
+) -> None:
+    """The agent's node of a hive on several nodes gets the proposal's agent.toml from the
+    database (hyperhive.hive): a commit on top of main, then the usual steps."""
+    _, applied = repos
+    (applied / "notes.md").write_text("kept\n")
+    await git(applied, "add", "notes.md")
+    main = await commit(applied, None, "a file besides agent.toml")
+    sha = "ab" * 20
+    made = await config_repo.record_proposal(applied, 7, SONNET, sha)
+    assert await config_repo.has_proposal(applied, 7)
+    assert not await config_repo.has_proposal(applied, 8)
+    assert await tag_sha(applied, "proposal/7") == made
+    assert await git(applied, "rev-parse", f"{made}^") == main
+    assert await git(applied, "log", "-1", "--format=%B", made) == (
+        f"apply_commit approval 7: proposal {sha}"
+    )
+    assert await git(applied, "show", f"{made}:notes.md") == "kept"
+    # Again: the tag is kept as it is (whatever text is given).
+    assert await config_repo.record_proposal(applied, 7, OPUS, sha) == made
+    assert await applied_main(applied) == main  # main moves only once approved
+    assert await read_proposed_config(applied, 7) == SONNET
+    await approve_proposal(applied, 7)
+    await mark_deployed(applied, 7)
+    assert (applied / "agent.toml").read_text() == SONNET
+    assert await recorded_outcome(applied, 7) == ("deployed", "")
+    with pytest.raises(RequestRefused, match="not a full sha"):
+        await config_repo.record_proposal(applied, 8, SONNET, "abc")
+    with pytest.raises(RequestRefused, match="larger than"):
+        await config_repo.record_proposal(applied, 8, "#" * 70_000, sha)

@@ -151,7 +151,7 @@ def test_enum_values_travel_as_the_same_strings() -> None:
     raw = {
         "id": 1, "agent": "a", "kind": "apply_commit", "commit_ref": "abcdef0",
         "requested_at": 1.0, "status": "denied", "resolved_at": 2.0, "note": None,
-        "description": None, "fetched_sha": None, "decided_by": "operator",
+        "description": None, "fetched_sha": None, "decided_by": "operator", "node": None,
     }  # fmt: skip
     info = structure(raw, ApprovalInfo, what="approval")
     assert CONVERTER.unstructure(info) == raw

@@ -115,6 +115,9 @@ class ApprovalInfo:
     fetched_sha: str | None
     #: Who resolved it: ``operator`` (approve/deny), ``system`` (failed before a decision).
     decided_by: Decider | None = None
+    #: A spawn: the node it goes to (None: placed when approved). An apply_commit of an
+    #: agent of another node than the approving one: the node asked to deploy it.
+    node: str | None = None
 
 
 @attrs.frozen
@@ -345,6 +348,8 @@ class RequestSpawn(Request):
     CMD = "request_spawn"
     name: str
     description: str | None = None
+    #: The node it goes to once approved (default: the one up with the fewest agents).
+    node: str | None = None
 
 
 @attrs.frozen
@@ -503,6 +508,8 @@ class HostRequestSpawn(Request):
     CMD = "request_spawn"
     name: str
     description: str | None = None
+    #: The node it goes to once approved (default: the one up with the fewest agents).
+    node: str | None = None
 
 
 @attrs.frozen
@@ -511,6 +518,8 @@ class Spawn(Request):
     name: str
     #: Overrides the daemon's backend for this agent (``nspawn``, ``process``, ``external``).
     backend: BackendChoice | None = None
+    #: The node it goes to (default: this one alone, else the one up with the fewest agents).
+    node: str | None = None
 
 
 @attrs.frozen

@@ -279,6 +279,21 @@ def _v10_decided_on_node(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v11_approval_placement(conn: sqlite3.Connection) -> None:
+    """Approvals across nodes: ``node``, where a spawn goes (NULL: placed when approved);
+    an apply_commit's ``agent_toml`` (the proposal's text; its commit is ``fetched_sha``)
+    and ``deploy_node``, the agent's node asked to deploy it from the database (see
+    docs/multi-node.md)."""
+    _execute_script(
+        conn,
+        """
+        ALTER TABLE approvals ADD COLUMN node TEXT;
+        ALTER TABLE approvals ADD COLUMN agent_toml TEXT;
+        ALTER TABLE approvals ADD COLUMN deploy_node TEXT;
+        """,
+    )
+
+
 BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v1,
     _v2,
@@ -290,4 +305,5 @@ BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v8_schedules,
     _v9_nodes,
     _v10_decided_on_node,
+    _v11_approval_placement,
 )

@@ -37,7 +37,6 @@ from starlette.routing import Route
 
 import hyperhive
 from hyperhive.config import MAX_ID, MAX_LINE_BYTES, MAX_LOG_LINES
-from hyperhive.config_repo import diff_proposal
 from hyperhive.errors import DiskFull, ProtocolError, RequestRefused
 from hyperhive.events import Event
 from hyperhive.kinds import ApprovalStatus
@@ -366,7 +365,7 @@ class Dashboard:
         approval = await self.hive.approvals.get(approval_id)
         if approval.kind != "apply_commit":
             raise RequestRefused("only apply_commit approvals have a diff")
-        text = await diff_proposal(self.hive.config.paths.applied_dir(approval.agent), approval.id)
+        text = await self.hive.proposal_diff(approval)
         return JSONResponse({"ok": True, "diff": text})
 
     async def metrics(self, request: Request) -> Response:

@@ -19,7 +19,9 @@ function makeApproval(a0) {
     type: 'button', class: 'go', text: '◆ APPR0VE', 'aria-label': `approve #${id}`,
     onclick: async (e) => {
       const r = await act(e.currentTarget, 'approve', { id }, { done: (x) => x.approval.status === 'approved' && `#${id} approved` });
-      if (r && r.approval.status !== 'approved') toast(`#${id} ${r.approval.status}: ${r.approval.note || ''}`, 'error');
+      // pending: carried out on the agent's node, which records the outcome later.
+      if (r && r.approval.status === 'pending') toast(`#${id} ${r.approval.note || 'pending'}`);
+      else if (r && r.approval.status !== 'approved') toast(`#${id} ${r.approval.status}: ${r.approval.note || ''}`, 'error');
     },
   });
   const note = h('input', { id: `deny-note-${id}`, maxlength: 4000, placeholder: 'why not (the manager gets it)' });

@@ -316,7 +316,8 @@ function setupForms() {
     e.preventDefault();
     const name = spawn.elements.name.value.trim();
     const description = spawn.elements.description.value.trim() || null;
-    const result = await act(spawn.querySelector('button'), 'request_spawn', { name, description }, {
+    const node = spawn.elements.node.value.trim() || null;
+    const result = await act(spawn.querySelector('button'), 'request_spawn', { name, description, node }, {
       out: spawn.querySelector('output'),
       done: (r) => `approval #${r.approval.id} waits below`,
     });
