@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 #: its files or its UI socket. Each names the agent in ``name``.
 FORWARDED: Final = (Start, Kill, Restart, Rebuild, Destroy, Logs, SetModel, Compact)
 #: What a row nobody took before its deadline says.
-EXPIRED: Final = "expired"
+COMMAND_EXPIRED: Final = "expired"
 
 CarryOut = Callable[[Request], Awaitable[Reply]]
 
@@ -165,7 +165,7 @@ def sql_take(conn: Conn, node: str, now: float) -> tuple[list[Command], list[tup
     expired = conn.execute(
         "UPDATE node_commands SET done_at = ?, error = ? WHERE node = ? AND done_at IS NULL "
         "AND taken_at IS NULL AND expires_at <= ? RETURNING id, origin",
-        (now, EXPIRED, node, now),
+        (now, COMMAND_EXPIRED, node, now),
     ).fetchall()
     taken = conn.execute(
         "UPDATE node_commands SET taken_at = ? WHERE node = ? AND done_at IS NULL "
@@ -201,7 +201,7 @@ def sql_give_up(conn: Conn, command_id: int, now: float) -> bool:
     cursor = conn.execute(
         "UPDATE node_commands SET done_at = ?, error = ? "
         "WHERE id = ? AND taken_at IS NULL AND done_at IS NULL",
-        (now, EXPIRED, command_id),
+        (now, COMMAND_EXPIRED, command_id),
     )
     return cursor.rowcount == 1
 
@@ -299,7 +299,7 @@ class NodeCommands:
                     give_up = functools.partial(sql_give_up, command_id=command_id)
                     await self._db.transaction(lambda conn: give_up(conn, now=self._clock()))
         if outcome.error is not None:
-            if outcome.error == EXPIRED:
+            if outcome.error == COMMAND_EXPIRED:
                 raise RequestRefused(timeout_refusal(node, self.timeout, taken=False))
             raise RequestRefused(outcome.error)
         assert outcome.reply_json is not None
@@ -382,7 +382,7 @@ class NodeCommands:
 
 
 __all__ = [
-    "EXPIRED",
+    "COMMAND_EXPIRED",
     "FORWARDED",
     "Command",
     "NodeCommands",

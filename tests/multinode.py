@@ -14,6 +14,11 @@ import trio
 from tests.conftest import DaemonProcess, make_paths
 
 
+def node_name(node: DaemonProcess) -> str:
+    """The ``--node`` a daemon process of :func:`node_process` runs as."""
+    return node.args[node.args.index("--node") + 1]
+
+
 def node_process(base: Path, name: str, url: str, *, args: Sequence[str] = ()) -> DaemonProcess:
     """A daemon process for node ``name`` (not started), its dirs under ``base/name``."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYPERHIVE_DATABASE": url}

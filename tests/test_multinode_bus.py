@@ -53,7 +53,7 @@ from tests.dashboard.conftest import (
     http,
     open_dashboard,
 )
-from tests.multinode import running_nodes
+from tests.multinode import node_name, running_nodes
 
 #: A recv parked on one node must return this long after a send on another, at most (its
 #: wait is 30 s: returning at all before that is the wake).
@@ -61,9 +61,9 @@ WAKE_LIMIT = 2.0
 
 
 async def spawn_on(node: DaemonProcess, name: str) -> None:
-    """Spawn ``name`` through ``node``'s host socket (which places it on ``node``)."""
+    """Spawn ``name`` on ``node``, through its host socket."""
     async with await node.host() as host:
-        await host.call(Spawn(name))
+        await host.call(Spawn(name, node=node_name(node)))
 
 
 async def knows(node: DaemonProcess, names: Iterable[str]) -> None:

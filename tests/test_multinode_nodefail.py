@@ -208,9 +208,9 @@ async def test_a_down_node_shows_its_agents_unreachable_keeps_their_messages_and
     async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
         a, b = nodes["na"], nodes["nb"]
         async with await a.host() as host:
-            await host.call(Spawn("alice"))
+            await host.call(Spawn("alice", node="na"))
         async with await b.host() as host:
-            await host.call(Spawn("bob"))
+            await host.call(Spawn("bob", node="nb"))
         # Each node and each agent's node, from either node.
         shown = await a.call({"cmd": "nodes"})
         assert shown["node"] == "na"
@@ -362,7 +362,7 @@ async def test_kill_9_of_a_node_in_a_burst_of_cross_node_sends_loses_nothing(
         }
         for agent in agents.values():
             async with await nodes[agent.node].host() as host:
-                await host.call(Spawn(agent.name))
+                await host.call(Spawn(agent.name, node=agent.node))
 
         def sock(name: str) -> Path:
             return nodes[agents[name].node].paths.agent_socket(name)
@@ -493,7 +493,7 @@ async def test_a_returning_node_re_adopts_its_running_agents(
         ) as nodes:
             b = nodes["nb"]
             async with await b.host() as host:
-                await host.call(Spawn("bob"))
+                await host.call(Spawn("bob", node="nb"))
 
             async def bob_running() -> bool:
                 bob = _by_name((await b.call({"cmd": "list"}))["agents"])["bob"]

@@ -37,7 +37,7 @@ from hyperhive.protocol import (
     Start,
 )
 from hyperhive.remote import (
-    EXPIRED,
+    COMMAND_EXPIRED,
     forwarded_agent,
     gave_up,
     node_refusal,
@@ -51,7 +51,7 @@ from hyperhive.store import BROKER_MIGRATIONS, open_database
 from hyperhive.web._auth import CSRF_HEADER
 from tests.conftest import DaemonProcess, wait_until
 from tests.dashboard.conftest import http
-from tests.multinode import running_nodes
+from tests.multinode import node_name, running_nodes
 
 FAKE = Path(__file__).resolve().parent / "payloads" / "fake_harness.py"
 #: Agents run as real processes (a stand-in harness that connects and waits).
@@ -130,9 +130,8 @@ async def cli(node: DaemonProcess, *args: str) -> trio.CompletedProcess[bytes]:
 
 async def spawn_on(node: DaemonProcess, name: str, pg_url: str) -> int:
     async with await node.host() as host:
-        await host.call(Spawn(name))
-    node_name = node.args[node.args.index("--node") + 1]
-    assert row(pg_url, "SELECT node FROM agents WHERE name = %s", name)[0] == node_name
+        await host.call(Spawn(name, node=node_name(node)))
+    assert row(pg_url, "SELECT node FROM agents WHERE name = %s", name)[0] == node_name(node)
     return await wait_running(node, name)
 
 
@@ -185,7 +184,7 @@ async def test_a_node_takes_only_its_open_commands_that_have_not_expired(
         assert expired == [(old, "na")]
         for command_id in (old, given_up):
             outcome, _ = await db.transaction(lambda conn, i=command_id: sql_outcome(conn, i))
-            assert outcome is not None and outcome.error == EXPIRED
+            assert outcome is not None and outcome.error == COMMAND_EXPIRED
         # Taken once: a second look takes nothing, and the origin cannot give it up now.
         assert await db.transaction(lambda conn: sql_take(conn, "nb", 21.0)) == ([], [])
         assert not await db.transaction(lambda conn: sql_give_up(conn, fresh, 22.0))
@@ -430,7 +429,7 @@ async def test_an_agent_request_never_becomes_a_command_to_another_node(
     async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
         a, b = nodes["na"], nodes["nb"]
         async with await b.host() as host:
-            await host.call(Spawn("bob"))
+            await host.call(Spawn("bob", node="nb"))
         # The manager (on A) asks to restart bob (on B) through its own socket.
         async with await Client.open(a.paths.agent_socket("manager"), role="cli") as manager:
             reply = await manager.request({"cmd": "restart", "name": "bob"})
@@ -447,7 +446,7 @@ async def test_a_node_stopping_while_it_carries_out_a_command_says_so_at_once(
     async with process_nodes(short_tmp, pg_url, ["na", "nb"], nursery, stubborn) as nodes:
         a, b = nodes["na"], nodes["nb"]
         async with await b.host() as host:
-            await host.call(Spawn("bob"))
+            await host.call(Spawn("bob", node="nb"))
         await wait_running(b, "bob", connected=False)
         outcome: list[str] = []
         stopped_at: list[float] = []

@@ -103,7 +103,7 @@ async def test_a_notification_that_is_not_ours_ends_nothing(
     async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
         na, nb = nodes["na"], nodes["nb"]
         async with await na.host() as host:
-            await host.call(Spawn("alice"))
+            await host.call(Spawn("alice", node="na"))
         garbage = (
             "not json",
             "[1, 2]",

@@ -22,13 +22,11 @@ Reads: :attr:`~Database.can_read` is False, so the hot-path reads
 (:meth:`~Database.read`) queue as transactions on the writer; on PostgreSQL a read on the
 event loop would be a network round trip that blocks every task.
 
-Isolation: ``READ COMMITTED``, with one writer connection per daemon: every transaction of
-the store runs on that one connection, one after the other, so they serialize exactly as
-behind sqlite's single writer. Several daemons on one database (later) would need
-``SERIALIZABLE`` with the batch retried on a serialization failure: the jobs are functions
-of the connection that can run again (as a batch is after a disk-full on sqlite), and the
-modules' read-then-write checks (one pending approval, an inbox handed out once) would
-otherwise need row locks statement by statement.
+Isolation: ``READ COMMITTED``, with one writer connection per daemon, and every batch takes
+one advisory lock of the whole database (:data:`WRITE_LOCK`) right after ``BEGIN``: the
+transactions of every daemon sharing the store (the nodes of one hive) run one at a time, so
+they serialize exactly as behind sqlite's single writer, and the modules' read-then-write
+checks (one decision per approval, an inbox handed out once) need no row locks.
 
 Failures: a failure of ``BEGIN``/``COMMIT`` or a lost connection fails the batch and the
 database with :class:`~hyperhive.store.DatabaseFailed` (the daemon stops, as for a broken

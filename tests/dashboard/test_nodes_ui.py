@@ -21,9 +21,9 @@ async def test_agents_show_their_node_and_a_down_nodes_agents_are_unreachable(
     async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
         a, b = nodes["na"], nodes["nb"]
         async with await a.host() as host:
-            await host.call(Spawn("alice"))
+            await host.call(Spawn("alice", node="na"))
         async with await b.host() as host:
-            await host.call(Spawn("bob"))
+            await host.call(Spawn("bob", node="nb"))
         assert a.dashboard_login is not None
         problems: list[str] = []
         context, page = await chromium.run(
