@@ -60,10 +60,11 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[max(0, int(len(ordered) * fraction) - 1)]
 
 
-async def spawn(paths: Paths, names: list[str]) -> None:
+async def spawn(paths: Paths, names: list[str], *, node: str | None = None) -> None:
+    """Spawn ``names`` through the daemon at ``paths`` (on ``node``, one of several)."""
     async with await Client.connect(paths.host_socket) as host:
         for name in names:
-            await host.call(Spawn(name))
+            await host.call(Spawn(name, node=node))
 
 
 async def pair_throughput(paths: Paths, pairs: int, per_pair: int) -> tuple[float, int]:

@@ -170,8 +170,8 @@ def cross_node_wake(server: PgServer, root: Path, samples: int) -> dict[str, Any
         try:
 
             async def body() -> dict[str, list[float]]:
-                await spawn(na, ["tx", "local"])
-                await spawn(nb, ["remote"])
+                await spawn(na, ["tx", "local"], node="na")
+                await spawn(nb, ["remote"], node="nb")
                 with trio.fail_after(30):
                     while not await lists(na, "remote"):  # noqa: ASYNC110 - another process
                         await trio.sleep(0.01)
@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=4000, help="messages per daemon run")
     parser.add_argument("--rounds", type=int, default=2, help="runs per engine and pair count")
     parser.add_argument(
-        "--wake-samples", type=int, default=300, help="cross-node (and single-node) wakes"
+        "--wake-samples", type=int, default=1000, help="cross-node (and single-node) wakes"
     )
     parser.add_argument(
         "--only", choices=("throughput", "cross_node_wake"), help="one part of the benchmark"
