@@ -396,16 +396,20 @@ class Registry:
                     self._events.emit(ev.AgentPurged(name=name))
                     continue
                 self._placed(before.get(name), record)
-                self._events.emit(
-                    ev.AgentChanged(
-                        name=name,
-                        state=record.state,
-                        transient=record.transient,
-                        transient_since=record.transient_since,
-                        warning=record.warning,
-                        pid=record.pid,
-                    )
-                )
+                self._emit_changed(record)
+
+    def _emit_changed(self, record: AgentRecord) -> None:
+        """Publish ``agent_changed`` with what the record now says."""
+        self._events.emit(
+            ev.AgentChanged(
+                name=record.name,
+                state=record.state,
+                transient=record.transient,
+                transient_since=record.transient_since,
+                warning=record.warning,
+                pid=record.pid,
+            )
+        )
 
     def _placed(self, before: AgentRecord | None, record: AgentRecord) -> None:
         """Tell :attr:`_on_placed` of a row another node made live, or of an agent of this
@@ -720,16 +724,7 @@ class Registry:
         await self._write(lambda conn: _sql_update(conn, name, changes), name)
         record = attrs.evolve(self._agents.get(name, record), **changes)
         self._agents[name] = record
-        self._events.emit(
-            ev.AgentChanged(
-                name=name,
-                state=record.state,
-                transient=record.transient,
-                transient_since=record.transient_since,
-                warning=record.warning,
-                pid=record.pid,
-            )
-        )
+        self._emit_changed(record)
         return record
 
     @staticmethod

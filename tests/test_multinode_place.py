@@ -59,6 +59,27 @@ async def served_on(nodes: dict[str, DaemonProcess], name: str, where: str) -> N
             assert not node.paths.agent_socket(name).exists(), (name, other)
 
 
+async def alice_on_nb_proposes(nodes: dict[str, DaemonProcess], toml: str) -> dict[str, Any]:
+    """Alice placed on nb (from na); the manager (on na) commits ``toml`` in her proposed
+    repo there (the git step only, as in tests/test_approvals.py) and asks for its
+    apply_commit through its own socket. Returns the manager's reply."""
+    na = nodes["na"]
+    assert (await na.call({"cmd": "spawn", "name": "alice", "node": "nb"}))["ok"]
+    await served_on(nodes, "alice", "nb")
+
+    async def proposed_on_na() -> bool:
+        return (na.paths.proposed_dir("alice") / ".git").is_dir()
+
+    await wait_until(proposed_on_na, limit=20, interval=0.05)
+    sha = propose_config(na.paths, "alice", toml)
+    async with await Client.connect(na.paths.agent_socket("manager")) as manager:
+        asked = await manager.request(
+            {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": sha}
+        )
+    assert asked["ok"] and asked["approval"]["fetched_sha"] == sha, asked
+    return asked
+
+
 async def hello_as(node: DaemonProcess, name: str) -> dict[str, Any]:
     """The agent says hello through its socket on its node."""
     async with await Client.connect(node.paths.agent_socket(name), hello_role="cli") as client:
@@ -159,22 +180,9 @@ async def test_an_apply_commit_approved_on_another_node_is_deployed_on_the_agent
 ) -> None:
     async with running_nodes(short_tmp, pg_url, NODES, nursery) as nodes:
         na, nb, nc = nodes["na"], nodes["nb"], nodes["nc"]
-        assert (await na.call({"cmd": "spawn", "name": "alice", "node": "nb"}))["ok"]
-        await served_on(nodes, "alice", "nb")
-
-        async def proposed_on_na() -> bool:
-            return (na.paths.proposed_dir("alice") / ".git").is_dir()
-
-        await wait_until(proposed_on_na, limit=20, interval=0.05)
-        # The manager's commit in alice's proposed repo on its node (the git step only, as
-        # in tests/test_approvals.py), then its request through its socket on na.
         good_toml = 'model = "sonnet"\n'
-        sha = propose_config(na.paths, "alice", good_toml)
-        async with await Client.connect(na.paths.agent_socket("manager")) as manager:
-            asked = await manager.request(
-                {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": sha}
-            )
-        assert asked["ok"] and asked["approval"]["fetched_sha"] == sha, asked
+        asked = await alice_on_nb_proposes(nodes, good_toml)
+        sha = asked["approval"]["fetched_sha"]
         approval_id = asked["approval"]["id"]
 
         # The operator approves on nc; nb deploys it and the outcome comes back.
@@ -229,20 +237,8 @@ async def test_a_node_back_from_down_adopts_its_new_agent_and_deploys_its_approv
 ) -> None:
     async with running_nodes(short_tmp, pg_url, NODES, nursery) as nodes:
         na, nb, nc = nodes["na"], nodes["nb"], nodes["nc"]
-        assert (await na.call({"cmd": "spawn", "name": "alice", "node": "nb"}))["ok"]
-        await served_on(nodes, "alice", "nb")
-
-        async def proposed_on_na() -> bool:
-            return (na.paths.proposed_dir("alice") / ".git").is_dir()
-
-        await wait_until(proposed_on_na, limit=20, interval=0.05)
         toml = 'model = "haiku"\n'
-        sha = propose_config(na.paths, "alice", toml)
-        async with await Client.connect(na.paths.agent_socket("manager")) as manager:
-            asked = await manager.request(
-                {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": sha}
-            )
-        assert asked["ok"], asked
+        asked = await alice_on_nb_proposes(nodes, toml)
 
         await nb.kill()
         # Placed on nb while it is down: its row waits there, spawning.

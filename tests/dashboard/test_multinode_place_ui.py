@@ -9,10 +9,8 @@ from pathlib import Path
 import trio
 from playwright.sync_api import Page, expect
 
-from hyperhive.client import Client
-from tests.conftest import propose_config, wait_until
 from tests.multinode import running_nodes
-from tests.test_multinode_place import NODES, listed, served_on
+from tests.test_multinode_place import NODES, alice_on_nb_proposes, listed, served_on
 
 from .conftest import BrowserThread, open_dashboard
 
@@ -69,22 +67,8 @@ async def test_an_apply_commit_seen_and_approved_on_a_third_nodes_dashboard(
     short_tmp: Path, pg_url: str, nursery: trio.Nursery, chromium: BrowserThread
 ) -> None:
     async with running_nodes(short_tmp, pg_url, NODES, nursery) as nodes:
-        na, nb, nc = nodes["na"], nodes["nb"], nodes["nc"]
-        assert (await na.call({"cmd": "spawn", "name": "alice", "node": "nb"}))["ok"]
-        await served_on(nodes, "alice", "nb")
-
-        async def proposed_on_na() -> bool:
-            return (na.paths.proposed_dir("alice") / ".git").is_dir()
-
-        await wait_until(proposed_on_na, limit=20, interval=0.05)
-        # The manager's commit (the git step only, as in tests/test_approvals.py) and its
-        # request through its socket on na.
-        sha = propose_config(na.paths, "alice", 'model = "sonnet"\n')
-        async with await Client.connect(na.paths.agent_socket("manager")) as manager:
-            asked = await manager.request(
-                {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": sha}
-            )
-        assert asked["ok"], asked
+        nb, nc = nodes["nb"], nodes["nc"]
+        asked = await alice_on_nb_proposes(nodes, 'model = "sonnet"\n')
         assert nc.dashboard_login is not None
         problems: list[str] = []
         context, page = await chromium.run(
