@@ -66,6 +66,10 @@ class AgentFacts:
     ui_url: str | None
     #: A claude login (credentials file) is in the agent's state.
     logged_in: bool
+    #: Another node's agent: what its node says (None: this node knows it itself).
+    harness_connected: bool | None = None
+    lead: bool | None = None
+    credentials_ok: bool | None = None
 
 
 #: Reads one agent's facts (blocking; runs in a worker thread). The test seam.

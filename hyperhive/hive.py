@@ -51,6 +51,7 @@ from hyperhive.config import (
     DEPLOY_WAIT_SECONDS,
     MAX_LOG_LINES,
     MAX_PAUSE_REASON,
+    NODE_HEARTBEAT_SECONDS,
     TOMBSTONE_SIZE_SECONDS,
     WAKE_NAMES_PER_NOTE,
     Config,
@@ -225,6 +226,10 @@ class Hive:
         self._placements: dict[str, str | None] = {}
         self._placements_changed = trio.Event()
         self._deploys: set[int] = set()
+        #: What this node last wrote of its agents' facts, and what the others wrote of
+        #: theirs (:meth:`share_facts`).
+        self._published_facts: dict[str, SharedFacts] = {}
+        self._remote_facts: dict[str, SharedFacts] = {}
         self._resolved_elsewhere: dict[int, trio.Event] = {}
         self.nodes.on("deploy", self._on_deploy_note)
         self.nodes.on("approval", self._on_approval_note)
@@ -1211,15 +1216,61 @@ class Hive:
 
     def read_facts(self, name: str) -> AgentFacts:
         """What an agent's files say, for its view (blocking: :class:`AgentViews` runs it in
-        a worker thread, never per request)."""
+        a worker thread, never per request); another node's agent: what its node shared
+        (:meth:`share_facts`)."""
+        if not self.registry.is_local(name):
+            shared = self._remote_facts.get(name)
+            return AgentFacts(
+                model=shared.model if shared is not None else self.registry.model(name),
+                # The link that leads to its node's dashboard.
+                ui_url=f"/agent/{name}/",
+                logged_in=shared is not None and shared.logged_in,
+                harness_connected=shared is not None and shared.harness,
+                lead=shared is not None and shared.lead,
+                credentials_ok=shared is None or shared.credentials_ok,
+            )
         return AgentFacts(
             model=self.registry.model(name),
-            # Another node's agent: the link that leads to its node's dashboard.
-            ui_url=self.registry.ui_url(name)
-            if self.registry.is_local(name)
-            else f"/agent/{name}/",
+            ui_url=self.registry.ui_url(name),
             logged_in=self.config.paths.credentials_file(name).is_file(),
         )
+
+    async def share_facts(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """On a shared store, every ``NODE_HEARTBEAT_SECONDS``: what this node knows of its
+        own agents (their model and login from their files, their harness connected, the
+        lead role, the credentials check) written to ``agent_facts`` where it changed, and
+        what the other nodes wrote read back for their agents' views here (the 2-s refresh
+        of :class:`AgentViews` picks it up). Nothing on a store no other node shares."""
+        task_status.started()
+        if not self.nodes.shared:
+            await trio.sleep_forever()
+        while True:
+            mine: dict[str, SharedFacts] = {}
+            for record in self.registry.all():
+                facts = self.views.cached_facts(record.name)
+                if (
+                    facts is None
+                    or record.state == AgentState.DESTROYED
+                    or not self.registry.is_local(record.name)
+                ):
+                    continue
+                mine[record.name] = SharedFacts(
+                    model=facts.model,
+                    logged_in=facts.logged_in,
+                    harness=self.registry.harnesses[record.name] > 0,
+                    lead=self.registry.is_lead(record.name),
+                    credentials_ok=self._agent_credentials_warning(record, facts) is None,
+                )
+            changed = {n: f for n, f in mine.items() if self._published_facts.get(n) != f}
+            node, now = self.nodes.name, self.config.wall_clock()
+            rows = await self.db.transaction(
+                functools.partial(sql_share_facts, node=node, changed=changed, now=now)
+            )
+            self._published_facts.update(changed)
+            self._remote_facts = rows
+            await trio.sleep(NODE_HEARTBEAT_SECONDS)
 
     def _agent_view(self, record: AgentRecord, facts: AgentFacts) -> AgentInfo:
         """An agent's view from its record and facts; ``unread`` and the extras of
@@ -1234,7 +1285,9 @@ class Hive:
             model=facts.model,
             status_text=record.status_text,
             unread=0,
-            harness_connected=self.registry.harnesses[record.name] > 0,
+            harness_connected=self.registry.harnesses[record.name] > 0
+            if facts.harness_connected is None
+            else facts.harness_connected,
             transient=record.transient,
             transient_since=record.transient_since,
             pid=record.pid,
@@ -1246,7 +1299,7 @@ class Hive:
             paused_at=record.paused_at,
             paused_reason=record.paused_reason,
             paused_by=record.paused_by,
-            lead=self.registry.is_lead(record.name),
+            lead=self.registry.is_lead(record.name) if facts.lead is None else facts.lead,
             node=record.node,
             node_status=self.node_watch.status(record.node),
         )
@@ -1258,6 +1311,9 @@ class Hive:
             return None  # an external agent's credentials are not ours to see
         if facts is None:
             facts = self.views.cached_facts(record.name)
+        if facts is not None and facts.credentials_ok is not None:
+            # Another node's agent: checked against that node's environment, there.
+            return None if facts.credentials_ok else credentials_warning({}, False)
         if facts is None:
             logged_in = self.config.paths.credentials_file(record.name).is_file()
         else:
@@ -1319,3 +1375,43 @@ def resolve_backend(name: str) -> str:
 
 def tombstone(name: str, size: int, modified: float) -> Tombstone:
     return Tombstone(name=name, size_bytes=size, modified_at=modified or time.time())
+
+
+@attrs.frozen
+class SharedFacts:
+    """What an agent's node knows of it and shares with the other nodes (``agent_facts``)."""
+
+    model: str
+    logged_in: bool
+    harness: bool
+    lead: bool
+    credentials_ok: bool
+
+
+def sql_share_facts(
+    conn: Conn, node: str, changed: Mapping[str, SharedFacts], now: float
+) -> dict[str, SharedFacts]:
+    """Write ``node``'s ``changed`` facts; return those the other nodes wrote."""
+    if changed:
+        conn.executemany(
+            "INSERT INTO agent_facts (name, node, model, logged_in, harness, lead, "
+            "credentials_ok, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
+            "SET node = excluded.node, model = excluded.model, logged_in = excluded.logged_in, "
+            "harness = excluded.harness, lead = excluded.lead, "
+            "credentials_ok = excluded.credentials_ok, at = excluded.at",
+            [
+                (n, node, f.model, f.logged_in, f.harness, f.lead, f.credentials_ok, now)
+                for n, f in changed.items()
+            ],
+        )
+    rows = conn.execute("SELECT * FROM agent_facts WHERE node != ?", (node,))
+    return {
+        row["name"]: SharedFacts(
+            model=row["model"],
+            logged_in=bool(row["logged_in"]),
+            harness=bool(row["harness"]),
+            lead=bool(row["lead"]),
+            credentials_ok=bool(row["credentials_ok"]),
+        )
+        for row in rows
+    }

@@ -30,6 +30,7 @@
         │           │                        every 2 s: agents' model, UI socket, login (a thread)
         │           ├── SharedEvents.run *   its events to the other nodes, theirs to its hub
         │           ├── NodeWatch.run *      every 2 s: the nodes' statuses, `node_changed`
+        │           ├── Hive.share_facts *   every 2 s: its agents' facts to the others, theirs back
         │           ├── NodeCommands.serve * on PostgreSQL: commands other nodes ask of this one
         │           │                        (hyperhive.remote), each carried out in its own task
         │           ├── Hive.serve_placement *
@@ -308,6 +309,7 @@ async def open_daemon(config: Config) -> AsyncIterator[Daemon]:
                     ("the agent views", hive.views.refresh_loop),
                     ("the events of other nodes", hive.shared_events.run),
                     ("the node watch", hive.node_watch.run),
+                    ("the agents' facts across nodes", hive.share_facts),
                     ("the placement of agents", hive.serve_placement),
                 ):
                     await nursery.start(

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hyperhive.client import Client
 from hyperhive.kinds import NodeStatus
 from hyperhive.names import InvalidNodeName, node_name_from_host, parse_node_name
 from hyperhive.nodes import decode_note, encode_note, lock_key, node_status, place
@@ -126,3 +128,30 @@ async def test_a_notification_that_is_not_ours_ends_nothing(
         assert na.proc is not None and na.proc.returncode is None
         assert not any("Traceback" in line for line in na.output)
         assert any("not one of ours" in line for line in na.output)
+
+
+async def test_another_nodes_agent_shows_what_its_node_knows_of_it(
+    short_tmp: Path, pg_url: str, nursery: trio.Nursery
+) -> None:
+    # bob runs on nb: its model file, its claude login and its harness are there; na's
+    # listing shows them as nb sees them, not the defaults of files na does not have.
+    async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
+        na, nb = nodes["na"], nodes["nb"]
+        async with await nb.host() as host:
+            await host.call(Spawn("bob", node="nb"))
+        # bob's harness writes its model file (its own state dir, on nb).
+        nb.paths.model_file("bob").write_text("opus\n")
+
+        async def bob_on_na() -> dict[str, Any]:
+            listed = await na.call({"cmd": "list"})
+            [bob] = [a for a in listed["agents"] if a["name"] == "bob"]
+            return bob
+
+        async def seen(model: str, harness: bool) -> bool:
+            bob = await bob_on_na()
+            return bob["model"] == model and bob["harness_connected"] is harness
+
+        async with await Client.connect(nb.paths.agent_socket("bob"), hello_role="harness"):
+            await eventually(lambda: seen("opus", True), within=15, what="bob's facts on na")
+        await eventually(lambda: seen("opus", False), within=15, what="bob's harness gone")
+        assert not na.paths.model_file("bob").exists()

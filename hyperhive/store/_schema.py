@@ -294,6 +294,26 @@ def _v11_approval_placement(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v12_agent_facts(conn: sqlite3.Connection) -> None:
+    """What each agent's node knows of it from its files and its harness (model, claude
+    login, harness connected, lead, credentials), for the other nodes' views."""
+    _execute_script(
+        conn,
+        """
+        CREATE TABLE agent_facts (
+            name           TEXT PRIMARY KEY,
+            node           TEXT NOT NULL,    -- the node that wrote it (the agent's)
+            model          TEXT NOT NULL,
+            logged_in      INTEGER NOT NULL,
+            harness        INTEGER NOT NULL,
+            lead           INTEGER NOT NULL,
+            credentials_ok INTEGER NOT NULL,
+            at             REAL NOT NULL
+        );
+        """,
+    )
+
+
 BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v1,
     _v2,
@@ -306,4 +326,5 @@ BROKER_MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v9_nodes,
     _v10_decided_on_node,
     _v11_approval_placement,
+    _v12_agent_facts,
 )
