@@ -21,8 +21,9 @@ node's ``seq`` (the SSE ids, ``Last-Event-ID`` replay) stays its own.
   itself, from the row (so its copy of the row is up to date when the dashboard hears of
   it). Published here too, the dashboard would see each such change twice.
 - Nothing is written while no other node is up (a lone node on PostgreSQL costs what it
-  did): a node says so when it starts (``events_reader``), and each node looks at the
-  ``nodes`` table every ``NODE_HEARTBEAT_SECONDS``.
+  did): a node says so when it starts (``events_reader``), and each node's node watch
+  (``node_changed``, :mod:`hyperhive.node_watch`) says which others are up; its own
+  ``node_changed`` is not shared (each node watches the others itself).
 - Retention: rows older than :data:`~hyperhive.config.HIVE_EVENTS_KEEP_SECONDS` are
   deleted by each writer, by id (it notes the newest id once a minute and, an hour later,
   deletes every row up to it). They are for the nodes that are up now; a node starting
@@ -49,10 +50,9 @@ from hyperhive.config import (
     HIVE_EVENTS_BATCH,
     HIVE_EVENTS_KEEP_SECONDS,
     HIVE_EVENTS_QUEUE,
-    NODE_HEARTBEAT_SECONDS,
 )
 from hyperhive.events import Event, EventHub
-from hyperhive.kinds import EventKind
+from hyperhive.kinds import EventKind, NodeStatus
 from hyperhive.nodes import Nodes
 from hyperhive.protocol import CONVERTER
 from hyperhive.protocol.event_payloads import EVENT_PAYLOADS, EventPayload
@@ -69,6 +69,8 @@ SHARED_KINDS: Final = frozenset(EventKind) - {
     EventKind.PROBLEMS_CHANGED,
     EventKind.SPACE_CHANGED,
     EventKind.DISK_USAGE_CHANGED,
+    # Each node's own watch says how it sees the others.
+    EventKind.NODE_CHANGED,
 }
 #: Kinds of other nodes not published: ``Registry.follow`` publishes them (module docstring).
 FOLLOWED_KINDS: Final = frozenset({EventKind.AGENT_CHANGED, EventKind.AGENT_PURGED})
@@ -166,17 +168,17 @@ class SharedEvents:
         clock: Callable[[], float] = time.time,
         queue_size: int = HIVE_EVENTS_QUEUE,
         keep_seconds: float = HIVE_EVENTS_KEEP_SECONDS,
-        look_seconds: float = NODE_HEARTBEAT_SECONDS,
     ) -> None:
         self._db = db
         self._events = events
         self._nodes = nodes
         self._clock = clock
         self._keep_seconds = keep_seconds
-        self._look_seconds = look_seconds
         self._send, self._receive = trio.open_memory_channel[Event](queue_size)
-        #: Whether another node is up (then this one writes its events).
+        #: Whether another node is up (then this one writes its events): as the node watch
+        #: last said (``node_changed``), or a node announced it started reading.
         self._others = False
+        self._up: set[str] = set()
         #: Set while an event of another node is published here: never written again.
         self._replaying = False
         self._newest_seen = 0
@@ -198,6 +200,15 @@ class SharedEvents:
     # ------------------------------------------------------------ hooks (trio thread)
 
     def _on_local(self, event: Event) -> None:
+        if event.kind == EventKind.NODE_CHANGED:
+            node = event.data.get("node")
+            if isinstance(node, str) and node != self._nodes.name:
+                if event.data.get("status") == NodeStatus.UP:
+                    self._up.add(node)
+                else:
+                    self._up.discard(node)
+                self._others = bool(self._up)
+            return
         if self._replaying or not self._others or event.kind not in SHARED_KINDS:
             return
         try:
@@ -237,15 +248,9 @@ class SharedEvents:
 
         self._newest_seen = await self._db.transaction(start)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._look_for_others)
             nursery.start_soon(self._write)
             nursery.start_soon(self._read)
             task_status.started()
-
-    async def _look_for_others(self) -> None:
-        while True:
-            self._others = any(name != self._nodes.name for name in await self._nodes.up())
-            await trio.sleep(self._look_seconds)
 
     async def _write(self) -> None:
         node = self._nodes.name

@@ -19,6 +19,7 @@ from playwright.sync_api import Page, expect
 
 from hyperhive.client import Client
 from hyperhive.events import EventHub
+from hyperhive.kinds import NodeStatus
 from hyperhive.nodes import Nodes
 from hyperhive.protocol import (
     Ask,
@@ -32,7 +33,7 @@ from hyperhive.protocol import (
     SetStatus,
     Spawn,
 )
-from hyperhive.protocol.event_payloads import SpaceChanged, StatusChanged
+from hyperhive.protocol.event_payloads import NodeChanged, SpaceChanged, StatusChanged
 from hyperhive.shared_events import (
     FOLLOWED_KINDS,
     SHARED_KINDS,
@@ -384,10 +385,15 @@ def test_a_writer_that_falls_behind_drops_events_and_never_writes_others_events(
     shared = SharedEvents(_SharedStore(), hub, _Node(), queue_size=2)  # type: ignore[arg-type]
     hub.emit(StatusChanged(name="bob", status_text="before"))
     assert shared.dropped == 0  # no other node up: nothing is written, nothing dropped
-    shared._others = True
+    # The node watch says nb is up: from now on this node's events are written.
+    hub.emit(NodeChanged(node="nb", status=NodeStatus.UP, previous=None))
     for i in range(5):
         hub.emit(StatusChanged(name="bob", status_text=f"s{i}"))
     hub.emit(SpaceChanged(free=1, low=True))  # a node's own: not shared
+    assert shared.dropped == 3
+    # nb down: nothing is written (nor dropped) any more.
+    hub.emit(NodeChanged(node="nb", status=NodeStatus.DOWN, previous=NodeStatus.UP))
+    hub.emit(StatusChanged(name="bob", status_text="after"))
     assert shared.dropped == 3
     # Another node's events are published here, not queued to be written again.
     shared._send, shared._receive = trio.open_memory_channel(10)
@@ -416,18 +422,9 @@ async def test_rows_are_deleted_once_older_than_the_keep_time(short_tmp: Path, p
                 return [r[0] for r in conn.execute("SELECT id FROM hive_events ORDER BY id")]
 
         async with trio.open_nursery() as nursery:
-            # Another node, up for as long as the test runs (it reads nothing).
-            with psycopg.connect(pg_url) as conn:
-                conn.execute(
-                    "INSERT INTO nodes (name, host, pid, started_at, heartbeat_at) "
-                    "VALUES ('nb', 'h', 1, 0, 1e12)"
-                )
             await nursery.start(shared.run)
-
-            async def sees_nb() -> bool:
-                return shared._others
-
-            await wait_until(sees_nb)
+            # Another node is up, as this node's watch says (it reads nothing).
+            hub.emit(NodeChanged(node="nb", status=NodeStatus.UP, previous=None))
             for minute in range(70):
                 now[0] = 1000.0 + 60 * minute
                 hub.emit(StatusChanged(name="bob", status_text=f"minute {minute}"))
