@@ -71,10 +71,17 @@ async def alice_on_nb_proposes(nodes: dict[str, DaemonProcess], toml: str) -> di
         return (na.paths.proposed_dir("alice") / ".git").is_dir()
 
     await wait_until(proposed_on_na, limit=20, interval=0.05)
-    sha = propose_config(na.paths, "alice", toml)
+    return await manager_proposes(na, "alice", toml)
+
+
+async def manager_proposes(na: DaemonProcess, agent: str, toml: str) -> dict[str, Any]:
+    """The manager (on na) commits ``toml`` in ``agent``'s proposed repo there (the git
+    step only, as in tests/test_approvals.py) and asks for its apply_commit through its own
+    socket. Returns the manager's reply (recorded, the proposal fetched)."""
+    sha = propose_config(na.paths, agent, toml)
     async with await Client.connect(na.paths.agent_socket("manager")) as manager:
         asked = await manager.request(
-            {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": sha}
+            {"cmd": "request_apply_commit", "agent": agent, "commit_ref": sha}
         )
     assert asked["ok"] and asked["approval"]["fetched_sha"] == sha, asked
     return asked
@@ -205,12 +212,7 @@ async def test_an_apply_commit_approved_on_another_node_is_deployed_on_the_agent
 
         # A config that does not validate fails with the reason; nb keeps the last one.
         before = git(applied, "rev-parse", "main")
-        bad = propose_config(na.paths, "alice", "cpu_quota = 5\n")
-        async with await Client.connect(na.paths.agent_socket("manager")) as manager:
-            asked = await manager.request(
-                {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": bad}
-            )
-        assert asked["ok"], asked
+        asked = await manager_proposes(na, "alice", "cpu_quota = 5\n")
         failed = await nc.call({"cmd": "approve", "id": asked["approval"]["id"]})
         assert failed["ok"] and failed["approval"]["status"] == "failed", failed
         assert "cpu_quota" in failed["approval"]["note"]
@@ -220,12 +222,8 @@ async def test_an_apply_commit_approved_on_another_node_is_deployed_on_the_agent
 
         # Approved on the agent's own node (the manager's is another): deployed there from
         # the database all the same.
-        third = propose_config(na.paths, "alice", 'model = "haiku"\n')
-        async with await Client.connect(na.paths.agent_socket("manager")) as manager:
-            asked = await manager.request(
-                {"cmd": "request_apply_commit", "agent": "alice", "commit_ref": third}
-            )
-        assert asked["ok"], asked
+        asked = await manager_proposes(na, "alice", 'model = "haiku"\n')
+        third = asked["approval"]["fetched_sha"]
         here = await nb.call({"cmd": "approve", "id": asked["approval"]["id"]})
         assert here["ok"] and here["approval"]["status"] == "approved", here
         assert (applied / "agent.toml").read_text() == 'model = "haiku"\n'
