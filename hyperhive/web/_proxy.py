@@ -223,10 +223,14 @@ class Upstream:
         try:
             with trio.fail_after(HEAD_TIMEOUT):
                 request = h11.Request(method=method, target=target, headers=headers)
-                await self._stream.send_all(self._conn.send(request) or b"")
+                wire = self._conn.send(request) or b""
                 if body:
-                    await self._stream.send_all(self._conn.send(h11.Data(data=body)) or b"")
-                await self._stream.send_all(self._conn.send(h11.EndOfMessage()) or b"")
+                    wire += self._conn.send(h11.Data(data=body)) or b""
+                wire += self._conn.send(h11.EndOfMessage()) or b""
+                # In one piece: a UI may answer on the head alone and close; then its answer
+                # is still there to read.
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await self._stream.send_all(wire)
                 while True:
                     event = await self._next_event()
                     if isinstance(event, h11.Response):
