@@ -9,7 +9,8 @@
   ``broker.sqlite`` before the daemon starts (the state of a hive that ran for a long time).
 - :func:`cpu_seconds`: user+system CPU of a process (all its threads), from ``/proc``.
 - :func:`raw_commit_cpu`, :func:`handoff_cpu`: the CPU floors of one durable commit and of
-  one job's trip from the event loop to the database's writer thread and back.
+  one job's trip through the database's writer (queued, run in an empty transaction, the
+  caller woken).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def raw_commit_cpu(path: Path, synchronous: str, n: int) -> float:
 
 def handoff_cpu(n: int) -> float:
     """CPU seconds of one empty job through :meth:`hyperhive.store.Database.transaction`:
-    queued by a trio task, run by the writer thread in an empty transaction, handed back.
+    queued by a trio task, run by the writer in an empty transaction, the task woken again.
     What any request that writes pays on top of its commit, in this design."""
 
     async def jobs() -> float:

@@ -828,11 +828,11 @@ class Broker:
 
     async def vacuum(self, retention_seconds: float) -> Reclaimed:
         cutoff = self._clock() - retention_seconds
-        done = await self._db.transaction(lambda conn: sql_vacuum(conn, cutoff))
+        done = await self._db.transaction(lambda conn: sql_vacuum(conn, cutoff), slow=True)
         self._events.emit(ev.Vacuumed(deleted=done.deleted))
         freed = done.freed
         while freed:  # the rest of the free pages, a bounded pass per transaction
-            freed = await self._db.transaction(reclaim_pages)
+            freed = await self._db.transaction(reclaim_pages, slow=True)
             done += Reclaimed(freed=freed)
         return done
 

@@ -488,7 +488,7 @@ class Ledger:
         self._active: set[str] = set()
         #: When each agent was last resumed: its no-progress streak starts over from there.
         self._resumed: dict[str, float] = {}
-        #: Every agent's sums, replaced (never changed in place) by the writer's thread.
+        #: Every agent's sums, replaced (never changed in place) by the writer's jobs.
         self._cache: _SpendCache | None = None
 
     def note_resumed(self, agent: str) -> None:
@@ -505,7 +505,7 @@ class Ledger:
         day = day_start(now)
 
         def tx(conn: Conn) -> Recorded:
-            # In the writer's thread, in commit order: the cache follows the table.
+            # In the writer, in commit order: the cache follows the table.
             cache = self._cached(conn, day)  # before the insert: the row is added once
             new = sql_record(conn, agent, report, progress=progress, now=now)
             if new:
@@ -553,7 +553,9 @@ class Ledger:
         day = day_start(self._clock())
         cache = self._cache
         if cache is None or cache.day != day:
-            cache = await self._db.transaction(lambda conn: self._cached(conn, day), durable=False)
+            cache = await self._db.transaction(
+                lambda conn: self._cached(conn, day), durable=False, slow=True
+            )
         return cache.today, cache.total, cache.ctx
 
     async def sums(self, agent: str) -> tuple[Sums, Sums, Sums, Sums]:
@@ -582,7 +584,7 @@ class Ledger:
             streaks = {name: sql_idle_streak(conn, name, self._resumed.get(name)) for name in names}
             return sql_sums(conn, start), sql_sums(conn), sql_last_ctx(conn), rows, streaks
 
-        today, total, ctx, rows, streaks = await self._db.transaction(tx, durable=False)
+        today, total, ctx, rows, streaks = await self._db.transaction(tx, durable=False, slow=True)
         names = list(agents) if agents is not None else sorted(total)
         out = [
             agent_stats(

@@ -4,6 +4,7 @@ receiver gone at the hand-over loses nothing."""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 
@@ -94,7 +95,8 @@ async def test_hand_over_keeps_fifo_and_the_receivers_limit(hive: Hive, connect:
             holding.set()
             gate.wait(30)
 
-        nursery.start_soon(hive.db.transaction, hold)
+        # A long job: it holds the writer's thread, not the event loop.
+        nursery.start_soon(functools.partial(hive.db.transaction, hold, slow=True))
         with trio.fail_after(10):
             while not holding.is_set():  # noqa: ASYNC110 - set by the writer's thread
                 await trio.sleep(0.01)
@@ -128,7 +130,8 @@ async def test_a_receiver_gone_at_the_hand_over_finds_the_message_again(
     sent: list[object] = []
     before = transactions(hive)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(hive.db.transaction, hold)  # the writer is busy: the send queues
+        # The writer is busy with a long job (in its thread): the send queues.
+        nursery.start_soon(functools.partial(hive.db.transaction, hold, slow=True))
         with trio.fail_after(10):
             while not holding.is_set():  # noqa: ASYNC110 - set by the writer's thread
                 await trio.sleep(0.01)

@@ -92,14 +92,14 @@ async def test_database_refuses_writes_when_full_and_takes_them_again_after(
         # One batch: a read, a non-durable mark (like recv) and a durable insert (like send).
         results: dict[str, Any] = {}
 
-        async def run(key: str, fn: Any, durable: bool = True) -> None:
+        async def run(key: str, fn: Any, durable: bool = True, slow: bool = False) -> None:
             try:
-                results[key] = await db.transaction(fn, durable=durable)
+                results[key] = await db.transaction(fn, durable=durable, slow=slow)
             except DiskFull as exc:
                 results[key] = exc
 
-        # The writer thread takes whatever is queued when it is free: it is held by a job
-        # of its own until all three are queued, so they meet in its next batch.
+        # The writer takes whatever is queued when it is free: it is held by a long job
+        # (in its thread) until all three are queued, so they meet in its next batch.
         entered, gate = threading.Event(), threading.Event()
 
         def hold(_conn: sqlite3.Connection) -> bool:
@@ -114,7 +114,7 @@ async def test_database_refuses_writes_when_full_and_takes_them_again_after(
 
         batches = db.statistics().batches
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, "gate", hold, False)
+            nursery.start_soon(run, "gate", hold, False, True)
             await wait_until(holding)
             batches += 1  # the holding job's own
             nursery.start_soon(

@@ -1,7 +1,7 @@
 """Several awaitables at once, their results by key.
 
-Reads that each queue a transaction on the one sqlite writer (``hyperhive.store.Database``)
-share its next batch, and so one thread hop, when they are queued together; awaited one after
+Reads that each queue a transaction on the one writer (``hyperhive.store.Database``) share
+its next batch, and so one transaction, when they are queued together; awaited one after
 the other, each pays its own.
 """
 

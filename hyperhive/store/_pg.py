@@ -1,9 +1,10 @@
 """The broker's store on PostgreSQL: the same transactions as on sqlite, through psycopg.
 
-:class:`PgDatabase` is a :class:`~hyperhive.store.Database` whose writer thread owns one
-PostgreSQL connection (psycopg's synchronous API; no asyncio) instead of the sqlite file.
-Everything the daemon relies on is kept: :meth:`~Database.transaction` queues a plain
-synchronous function of a connection; the thread takes everything queued and runs it as one
+:class:`PgDatabase` is a :class:`~hyperhive.store.Database` whose writer runs every batch
+in a worker thread (each statement is a round trip to the server: never on the event loop)
+on one PostgreSQL connection (psycopg's synchronous API; no asyncio) instead of the sqlite
+file. Everything the daemon relies on is kept: :meth:`~Database.transaction` queues a plain
+synchronous function of a connection; the writer takes everything queued and runs it as one
 ``BEGIN … COMMIT`` (group commit), each function in its own ``SAVEPOINT`` so a failing one
 rolls back alone (a function alone in its batch needs none: a round trip costs more than on
 sqlite); a result is returned only after ``COMMIT``. ``synchronous_commit`` is
@@ -327,6 +328,9 @@ def schema_version(conn: PgConn) -> int:
 
 class PgDatabase(Database):
     """:class:`Database` on PostgreSQL: the same API and group commit (module docstring)."""
+
+    #: Every statement is a round trip to the server: batches run in a worker thread.
+    batches_on_loop = False
 
     def __init__(self, conn: PgConn, url: str) -> None:
         super().__init__(cast(Any, conn))

@@ -279,7 +279,7 @@ class Dashboard:
 
     async def _read_snapshot(self, seq: int, encoded_agents: bool) -> dict[str, Any]:
         hive = self.hive
-        # Queued together, the database reads share one batch of the writer (one thread hop).
+        # Queued together, the database reads share one batch of the writer.
         reads = await gather(
             {
                 "approvals": lambda: hive.approvals.list(pending_only=False),
