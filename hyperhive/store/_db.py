@@ -17,8 +17,9 @@ through the kernel, several context switches per statement) — measured, the da
 thread when it may take long: work queued with ``slow=True`` (retention's deletes, the
 ledger's aggregates), a disk in full mode, an engine whose every statement is a network
 round trip (PostgreSQL), and while batches cost more than :data:`INLINE_MAX_SECONDS` on
-average (a slow disk: the loop does not wait on it). While a batch runs in a thread, new
-work queues behind it and goes in the next batch. Checkpoints, which copy the write-ahead
+average (a slow disk: the loop does not wait on it). That thread is the writer's own, for
+the database's lifetime. While a batch runs there, new work queues behind it and goes in
+the next batch. Checkpoints, which copy the write-ahead
 log back into the file and fsync it, run beside the writer in a thread on a connection of
 their own (sqlite's automatic checkpoint inside a commit is off for the writer), every
 :data:`CHECKPOINT_BATCHES` batches.
@@ -57,7 +58,9 @@ import errno
 import functools
 import logging
 import os
+import queue
 import sqlite3
+import threading
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -197,6 +200,39 @@ def _refuse_abort(_raise_cancel: Callable[[], BaseException]) -> trio.lowlevel.A
     # A queued job runs even if its caller is cancelled: the cancel is delivered at the
     # caller's next checkpoint, once the outcome is known (a shielded wait, without a scope).
     return trio.lowlevel.Abort.FAILED
+
+
+class _WriterThread:
+    """The writer's own thread, for the batches that do not run on the event loop: one for
+    the database's lifetime, fed through a queue, each batch handed back with one
+    :meth:`~trio.lowlevel.TrioToken.run_sync_soon` (cheaper per batch than a worker of
+    trio's thread pool, which PostgreSQL uses for every batch)."""
+
+    def __init__(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="hyperhive-db-writer", daemon=True).start()
+
+    def _serve(self) -> None:
+        while (work := self._queue.get()) is not None:
+            work()
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """``fn()`` in the thread; its result (``fn`` must not raise)."""
+        task = trio.lowlevel.current_task()
+        results: list[T] = []
+
+        def work() -> None:
+            results.append(fn())
+            self._token.run_sync_soon(trio.lowlevel.reschedule, task)
+
+        self._queue.put(work)
+        await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
+        return results[0]
+
+    def stop(self) -> None:
+        """End the thread once what it was given has run."""
+        self._queue.put(None)
 
 
 @attrs.define
@@ -469,6 +505,7 @@ class Database:
         """
         checkpoints = self._checkpointer()
         failure: DatabaseFailed | None = None
+        self._thread = _WriterThread()
         try:
             async with trio.open_nursery() as nursery:
                 if checkpoints is not None:
@@ -487,6 +524,7 @@ class Database:
                 while self._pending:
                     await self._run_next(self._take())
                 await self._close()
+                self._thread.stop()
 
     async def _wait_for_work(self) -> None:
         while not self._pending:
@@ -509,6 +547,12 @@ class Database:
             if error is not None:
                 raise error  # the file itself failed: stop, do not limp on
 
+    def _close_quietly(self) -> None:
+        try:
+            self._conn.close()
+        except Exception:
+            log.exception("closing %s failed", self._path)
+
     def _take(self) -> list[_Job[Any]]:
         batch, self._pending = self._pending, []
         return batch
@@ -526,7 +570,9 @@ class Database:
             else:
                 self._off_loop += 1
                 with trio.CancelScope(shield=True):
-                    error = await trio.to_thread.run_sync(self._run_batch_guarded, batch)
+                    error = await self._thread.run(
+                        functools.partial(self._run_batch_guarded, batch)
+                    )
         finally:
             for job in batch:
                 job.finish()
@@ -563,7 +609,7 @@ class Database:
         return checkpoints
 
     async def _close(self) -> None:
-        await trio.to_thread.run_sync(self._conn.close)
+        await self._thread.run(self._close_quietly)
         if self._reader is not None:
             self._reader.close()
 

@@ -1,7 +1,7 @@
 """The broker's store on PostgreSQL: the same transactions as on sqlite, through psycopg.
 
 :class:`PgDatabase` is a :class:`~hyperhive.store.Database` whose writer runs every batch
-in a worker thread (each statement is a round trip to the server: never on the event loop)
+in its thread (each statement is a round trip to the server: never on the event loop)
 on one PostgreSQL connection (psycopg's synchronous API; no asyncio) instead of the sqlite
 file. Everything the daemon relies on is kept: :meth:`~Database.transaction` queues a plain
 synchronous function of a connection; the writer takes everything queued and runs it as one
