@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 FULL_MODE_MARGIN = 1024 * 1024
 #: sqlite's extended code for a failed write(); ENOSPC itself comes as SQLITE_FULL.
 SQLITE_IOERR_WRITE = 778
-#: Batches run in a worker thread while they cost more than this (seconds) on average:
+#: Batches run on the writer's thread while they cost more than this (seconds) on average:
 #: the disk is slow, and the event loop must not wait on it.
 INLINE_MAX_SECONDS: Final = 0.002
 #: Batches between two checkpoints of the write-ahead log (sqlite's own default is about
@@ -183,7 +183,7 @@ def _check_version(path: Path, version: int, known_versions: int) -> None:
 class _Job(Generic[T]):
     fn: Callable[[sqlite3.Connection], T]
     durable: bool = True
-    #: May take long (many rows): its batch runs in a worker thread, not on the event loop.
+    #: May take long (many rows): its batch runs on the writer's thread, not on the event loop.
     slow: bool = False
     #: The task waiting for the job (rescheduled once the batch is back on the trio side).
     task: trio.lowlevel.Task | None = None
