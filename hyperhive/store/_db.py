@@ -13,16 +13,15 @@ is quick, which is what a batch of the broker's hot path is (a few indexed state
 one fsync: ~0.1-0.3 ms on an SSD). Handing it to a thread instead costs more than the batch
 (each sqlite call releases and takes back the GIL, so the loop and the thread take turns
 through the kernel, several context switches per statement) — measured, the daemon spent
-~40 % more CPU per message and moved ~40 % fewer messages that way. A batch runs in a worker
-thread when it may take long: work queued with ``slow=True`` (retention's deletes, the
-ledger's aggregates), a disk in full mode, an engine whose every statement is a network
-round trip (PostgreSQL), and while batches cost more than :data:`INLINE_MAX_SECONDS` on
-average (a slow disk: the loop does not wait on it). That thread is the writer's own, for
-the database's lifetime. While a batch runs there, new work queues behind it and goes in
-the next batch. Checkpoints, which copy the write-ahead
-log back into the file and fsync it, run beside the writer in a thread on a connection of
-their own (sqlite's automatic checkpoint inside a commit is off for the writer), every
-:data:`CHECKPOINT_BATCHES` batches.
+~40 % more CPU per message and moved ~40 % fewer messages that way. A batch runs on the
+writer's own thread (one for the database's lifetime) when it may take long: work queued
+with ``slow=True`` (retention's deletes, the ledger's aggregates), a disk in full mode, an
+engine whose every statement is a network round trip (PostgreSQL), and while batches cost
+more than :data:`INLINE_MAX_SECONDS` on average (a slow disk: the loop does not wait on
+it). While a batch runs there, new work queues behind it and goes in the next batch.
+Checkpoints, which copy the write-ahead log back into the file and fsync it, run beside the
+writer in a worker thread on a connection of their own (sqlite's automatic checkpoint
+inside a commit is off for the writer), every :data:`CHECKPOINT_BATCHES` batches.
 
 Work that may be lost in a power cut without breaking a promise (marking a message as
 handed out: the worst case is handing it out again, which at-least-once delivery allows)
@@ -203,10 +202,10 @@ def _refuse_abort(_raise_cancel: Callable[[], BaseException]) -> trio.lowlevel.A
 
 
 class _WriterThread:
-    """The writer's own thread, for the batches that do not run on the event loop: one for
-    the database's lifetime, fed through a queue, each batch handed back with one
-    :meth:`~trio.lowlevel.TrioToken.run_sync_soon` (cheaper per batch than a worker of
-    trio's thread pool, which PostgreSQL uses for every batch)."""
+    """The writer's own thread, for the batches that do not run on the event loop (every
+    batch on PostgreSQL): one for the database's lifetime, fed through a queue, each batch
+    handed back with one :meth:`~trio.lowlevel.TrioToken.run_sync_soon` (cheaper per batch
+    than a worker of trio's thread pool)."""
 
     def __init__(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -237,8 +236,8 @@ class _WriterThread:
 
 @attrs.define
 class Placement:
-    """Whether the writer runs the next batch on the event loop or in a worker thread
-    (sans-IO: the writer says what each batch cost).
+    """Whether the writer runs the next batch on the event loop or on its thread (sans-IO:
+    the writer says what each batch cost).
 
     A moving average of what batches cost decides, so that one slow fsync (they happen)
     does not move the writer off the loop, and a disk that stays slow does: then each
@@ -267,7 +266,7 @@ class DatabaseStatistics:
     transactions: int
     batches: int
     queued: int
-    #: Batches run in a worker thread (the rest ran on the event loop).
+    #: Batches run on the writer's thread (the rest ran on the event loop).
     off_loop: int = 0
     checkpoints: int = 0
 
@@ -480,7 +479,7 @@ class Database:
 
         ``durable=False`` lets the commit skip the fsync when nothing else in its batch
         needs one (see the module docstring for what may use it). ``slow=True`` says ``fn``
-        may take long (it touches many rows): its batch runs in a worker thread.
+        may take long (it touches many rows): its batch runs on the writer's thread.
 
         Once queued, the work runs even if the caller is cancelled, so the caller waits for
         it shielded: a half-known outcome (a message marked delivered to nobody) is worse

@@ -329,7 +329,7 @@ def schema_version(conn: PgConn) -> int:
 class PgDatabase(Database):
     """:class:`Database` on PostgreSQL: the same API and group commit (module docstring)."""
 
-    #: Every statement is a round trip to the server: batches run in a worker thread.
+    #: Every statement is a round trip to the server: every batch runs on the writer's thread.
     batches_on_loop = False
 
     def __init__(self, conn: PgConn, url: str) -> None:
