@@ -1,4 +1,4 @@
-"""Where the writer runs a batch (sqlite): on the event loop while batches are quick, in a
+"""Where the writer runs a batch: on the event loop while batches are quick, in a
 worker thread when work is long (``slow=True``), the disk is slow on average, or the engine
 is PostgreSQL; and the write-ahead log checkpointed beside the writer, never in its commits.
 """
@@ -13,6 +13,7 @@ import trio
 
 from hyperhive.store import open_store
 from hyperhive.store._db import CHECKPOINT_BATCHES, INLINE_MAX_SECONDS, Placement
+from hyperhive.store._pg import PgDatabase
 from tests.conftest import wait_until
 from tests.store_writer import MIGRATIONS
 
@@ -41,11 +42,6 @@ def test_a_slow_disk_moves_the_writer_off_the_loop_and_a_fast_one_brings_it_back
         placement.ran(0.0002)  # measured in the thread: the disk is fast again
         back += 1
     assert 1 < back < 100
-
-
-def test_an_engine_over_the_network_never_runs_on_the_loop() -> None:
-    placement = Placement(loop_allowed=False)
-    assert not placement.on_loop(slow=False)
 
 
 def _thread(_conn: sqlite3.Connection) -> str:
@@ -85,6 +81,16 @@ async def test_quick_batches_run_on_the_loop_long_ones_in_a_thread(short_tmp: Pa
         # A disk that is slow on average: the next batches go to a thread too.
         db.placement.average = 10 * INLINE_MAX_SECONDS
         assert await db.transaction(_thread) != loop
+
+
+async def test_postgresql_batches_never_run_on_the_loop(pg_url: str) -> None:
+    loop = threading.current_thread().name
+    async with open_store(
+        pg_url, Path("/nonexistent"), synchronous="FULL", migrations=MIGRATIONS
+    ) as db:
+        assert isinstance(db, PgDatabase)
+        assert await db.transaction(lambda _conn: threading.current_thread().name) != loop
+        assert db.statistics().off_loop == db.statistics().batches
 
 
 async def test_checkpoints_run_beside_the_writer(short_tmp: Path) -> None:
