@@ -7,6 +7,8 @@ socket paths are limited to 107 bytes, so pytest's long tmp paths are not used f
 from __future__ import annotations
 
 import contextlib
+import http.cookiejar
+import json
 import os
 import shutil
 import signal
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -464,3 +467,26 @@ def pg_server() -> Iterator[PgServer]:
 def pg_url(pg_server: PgServer) -> str:
     """The URL of a new, empty database of :func:`pg_server`."""
     return pg_server.url(pg_server.new_database())
+
+
+def process_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` runs: it exists and is not a zombie waiting to be reaped."""
+    if pid is None:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def dashboard_state(login_url: str) -> dict[str, Any]:
+    """``/api/state`` of the dashboard behind ``login_url`` (its one-time login link), as the
+    operator's browser gets it after logging in."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    opener.open(login_url, timeout=10).read()
+    base = login_url.split("/login", 1)[0]
+    with opener.open(f"{base}/api/state", timeout=10) as response:
+        state: dict[str, Any] = json.loads(response.read())
+    return state

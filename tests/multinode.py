@@ -11,12 +11,19 @@ from pathlib import Path
 
 import trio
 
+from hyperhive.protocol import Spawn
 from tests.conftest import DaemonProcess, make_paths
 
 
 def node_name(node: DaemonProcess) -> str:
     """The ``--node`` a daemon process of :func:`node_process` runs as."""
     return node.args[node.args.index("--node") + 1]
+
+
+async def spawn_on(node: DaemonProcess, name: str) -> None:
+    """The operator spawns ``name`` on ``node``, through that node's host socket."""
+    async with await node.host() as host:
+        await host.call(Spawn(name, node=node_name(node)))
 
 
 def node_process(base: Path, name: str, url: str, *, args: Sequence[str] = ()) -> DaemonProcess:

@@ -24,7 +24,13 @@ from hyperhive.config import Config
 from hyperhive.errors import RequestRefused
 from hyperhive.registry import AgentState
 from hyperhive.supervisor import Hive, open_hive
-from tests.conftest import kill_leftovers, make_paths, require_backend, wait_until
+from tests.conftest import (
+    kill_leftovers,
+    make_paths,
+    process_alive,
+    require_backend,
+    wait_until,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE = (sys.executable, str(REPO / "tests" / "payloads" / "fake_harness.py"))
@@ -33,17 +39,6 @@ BACKENDS = ["process", "nspawn"]
 
 #: Starts nspawn containers: on a machined host these run one at a time (tests/conftest.py).
 pytestmark = pytest.mark.nspawn
-
-
-def alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def payload_pid(hive: Hive, name: str) -> int:
@@ -99,23 +94,23 @@ async def test_spawn_kill_start_restart(container_hive: Hive) -> None:
     await wait_state(hive, "alice", AgentState.RUNNING)
     await wait_harness(hive, "alice")  # the payload reached its socket from inside
     first = hive.registry.get("alice").pid
-    assert alive(first)
+    assert process_alive(first)
 
     await hive.lifecycle("kill", "alice")
     assert hive.registry.get("alice").state == AgentState.STOPPED
-    assert not alive(first)
+    assert not process_alive(first)
     with pytest.raises(RequestRefused, match="not running"):
         await hive.lifecycle("kill", "alice")
 
     await hive.lifecycle("start", "alice")
     second = hive.registry.get("alice").pid
-    assert alive(second) and second != first
+    assert process_alive(second) and second != first
     with pytest.raises(RequestRefused, match="already running"):
         await hive.lifecycle("start", "alice")
 
     await hive.lifecycle("restart", "alice")
     third = hive.registry.get("alice").pid
-    assert alive(third) and not alive(second)
+    assert process_alive(third) and not process_alive(second)
     # Each launch's start notice replaced the one not yet taken (the fake harness takes none).
     messages = [m.body for m in await hive.broker.recv("alice", limit=32)]
     assert len(messages) == 1
@@ -147,7 +142,7 @@ async def test_kill_9_is_a_crash_reported_to_the_manager_then_restarted(
     assert "fake harness alice" in str(crash[0]["stderr_tail"])
     # Back after the 1 s backoff, as a new process.
     await wait_state(hive, "alice", AgentState.RUNNING)
-    assert alive(hive.registry.get("alice").pid) and hive.registry.get("alice").pid != pid
+    assert process_alive(hive.registry.get("alice").pid) and hive.registry.get("alice").pid != pid
     assert hive.registry.get("alice").crash_streak == 1
 
 
@@ -168,7 +163,7 @@ async def test_daemon_restart_readopts_the_same_process(short_tmp: Path, backend
 
             await wait_until(connected, limit=20)
             pid = hive.registry.get("alice").pid
-        assert alive(pid), "agents must outlive the daemon"
+        assert process_alive(pid), "agents must outlive the daemon"
         async with open_hive(config(short_tmp, backend, stop=True)) as hive:
             assert hive.registry.get("alice").pid == pid
             assert hive.registry.get("alice").state == AgentState.RUNNING
@@ -178,7 +173,7 @@ async def test_daemon_restart_readopts_the_same_process(short_tmp: Path, backend
             with trio.fail_after(5):
                 while (await events.receive()).kind != "container_crash":
                     pass
-        assert not alive(pid)
+        assert not process_alive(pid)
     finally:
         kill_leftovers(short_tmp)
 
@@ -195,7 +190,7 @@ async def test_destroy_revive_purge(container_hive: Hive) -> None:
     with pytest.raises(RequestRefused, match="live"):
         await hive.destroy("alice", purge=True)
     await hive.destroy("alice", purge=False)
-    assert not alive(pid)
+    assert not process_alive(pid)
     assert hive.registry.get("alice").state == AgentState.DESTROYED
     assert [t.name for t in await hive.tombstones()] == ["alice"]
     approval = await hive.revive("alice")
@@ -230,7 +225,7 @@ async def test_backend_chosen_per_agent_at_spawn(short_tmp: Path) -> None:
         await hive.spawn("alice", backend="process")
         await hive.spawn("bob")
         await wait_state(hive, "alice", AgentState.RUNNING)
-        assert alive(hive.registry.get("alice").pid)
+        assert process_alive(hive.registry.get("alice").pid)
         assert hive.registry.get("bob").backend == "external"
         assert hive.registry.get("bob").pid is None
         with pytest.raises(RequestRefused, match="unknown backend"):

@@ -28,6 +28,7 @@ from tests.conftest import (
     git,
     kill_leftovers,
     make_paths,
+    process_alive,
     propose_config,
     wait_until,
 )
@@ -287,14 +288,6 @@ class _ProcessDaemon(_Daemon):
         return [*command, "--harness-command", f"{sys.executable} {FAKE}"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @pytest.mark.parametrize("point", ["destroy-claimed", "destroy-stopped"])
 async def test_destroy_of_a_running_agent_interrupted_is_finished_at_start(
     short_tmp: Path, nursery: trio.Nursery, point: str
@@ -320,7 +313,7 @@ async def test_destroy_of_a_running_agent_interrupted_is_finished_at_start(
         assert await _agents(daemon) == (set(), {"alice"})
         row = _status(daemon.paths, proposal_id)
         assert (row["status"], row["note"]) == ("failed", "agent destroyed")
-        assert not _alive(pid), "the destroyed agent's process still runs"
+        assert not process_alive(pid), "the destroyed agent's process still runs"
         await check_consistent(daemon)
     finally:
         if daemon.proc is not None and daemon.proc.returncode is None:

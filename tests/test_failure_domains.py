@@ -39,6 +39,7 @@ from tests.conftest import (
     git,
     kill_leftovers,
     make_paths,
+    process_alive,
     wait_until,
 )
 
@@ -97,19 +98,10 @@ def break_applied_config(d: DaemonProcess, name: str) -> None:
     git(applied, "commit", "-qam", "corrupted")
 
 
-def dead(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
 async def kill_payload(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
     with trio.fail_after(10):
-        while not dead(pid):  # noqa: ASYNC110 - another process's exit, seen through /proc
+        while process_alive(pid):  # noqa: ASYNC110 - another process's exit, seen through /proc
             await trio.sleep(0.01)
 
 
@@ -145,7 +137,7 @@ async def test_broken_applied_config_is_the_agents_error_not_the_daemons(
     carol_pid = (await agents(d))["carol"]["pid"]
     assert await d.stop() == 0
     await kill_payload(carol_pid)
-    assert not dead(bob_pid), "agents outlive the daemon"
+    assert process_alive(bob_pid), "agents outlive the daemon"
     await d.start(nursery)
     carol = await wait_agent(d, "carol", state="stopped", transient=None)
     assert "agent.toml" in (carol["warning"] or ""), carol

@@ -7,14 +7,11 @@ settings reach the agent's payload. ``status`` says when an agent has no credent
 
 from __future__ import annotations
 
-import http.cookiejar
 import json
 import os
 import shlex
 import sys
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -22,7 +19,13 @@ import trio
 from hyperhive.containers._backend import AgentSpec
 from hyperhive.containers._backends import NspawnBackend, ProcessBackend
 from hyperhive.envfile import EnvFileError, load_env_file, parse_env_file
-from tests.conftest import DaemonProcess, kill_leftovers, make_paths, wait_until
+from tests.conftest import (
+    DaemonProcess,
+    dashboard_state,
+    kill_leftovers,
+    make_paths,
+    wait_until,
+)
 
 SECRET = "sk-ant-test-0123456789-do-not-show"
 
@@ -152,16 +155,6 @@ def _daemon(root: Path, env_file: Path | None) -> DaemonProcess:
     return ProcessDaemon(make_paths(root), env)
 
 
-def _dashboard_state(login_url: str) -> dict[str, Any]:
-    jar = http.cookiejar.CookieJar()
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-    opener.open(login_url, timeout=10).read()
-    base = login_url.split("/login", 1)[0]
-    with opener.open(f"{base}/api/state", timeout=10) as response:
-        state: dict[str, Any] = json.loads(response.read())
-    return state
-
-
 async def test_env_file_reaches_the_agent_and_its_values_show_nowhere(
     short_tmp: Path, nursery: trio.Nursery
 ) -> None:
@@ -185,7 +178,7 @@ async def test_env_file_reaches_the_agent_and_its_values_show_nowhere(
         assert status["credentials_warning"] is None  # the key counts as credentials
         agents = await daemon.call({"cmd": "list"})
         assert daemon.dashboard_login is not None
-        state = await trio.to_thread.run_sync(_dashboard_state, daemon.dashboard_login)
+        state = await trio.to_thread.run_sync(dashboard_state, daemon.dashboard_login)
         assert state["agents"], state
         shown = json.dumps([status, agents, state]) + "\n".join(daemon.output)
         assert SECRET not in shown
@@ -216,7 +209,7 @@ async def test_status_says_when_agents_have_no_credentials(
         manager = next(a for a in (await daemon.call({"cmd": "list"}))["agents"])
         assert "no API credentials" in manager["warning"]
         assert daemon.dashboard_login is not None
-        state = await trio.to_thread.run_sync(_dashboard_state, daemon.dashboard_login)
+        state = await trio.to_thread.run_sync(dashboard_state, daemon.dashboard_login)
         shown = {a["name"]: a["warning"] for a in state["agents"]}
         assert "no API credentials" in shown["manager"]
         done = await trio.run_process(

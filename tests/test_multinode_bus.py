@@ -31,7 +31,6 @@ from hyperhive.protocol import (
     Send,
     SendReply,
     SetStatus,
-    Spawn,
 )
 from hyperhive.protocol.event_payloads import NodeChanged, SpaceChanged, StatusChanged
 from hyperhive.shared_events import (
@@ -54,17 +53,11 @@ from tests.dashboard.conftest import (
     http,
     open_dashboard,
 )
-from tests.multinode import node_name, running_nodes
+from tests.multinode import running_nodes, spawn_on
 
 #: A recv parked on one node must return this long after a send on another, at most (its
 #: wait is 30 s: returning at all before that is the wake).
 WAKE_LIMIT = 2.0
-
-
-async def spawn_on(node: DaemonProcess, name: str) -> None:
-    """Spawn ``name`` on ``node``, through its host socket."""
-    async with await node.host() as host:
-        await host.call(Spawn(name, node=node_name(node)))
 
 
 async def knows(node: DaemonProcess, names: Iterable[str]) -> None:

@@ -260,6 +260,14 @@ async def spawn_on(node: DaemonProcess, name: str, url: str, where: str) -> None
     assert agent_node(url, name) == where
 
 
+async def asks_and_is_reminded(bob: Client, seconds: int) -> tuple[int, int]:
+    """bob asks the operator a question that expires in ``seconds`` and sets a reminder
+    for as many seconds from now: their ids."""
+    qid = (await bob.request({"cmd": "ask", "question": "soon?", "ttl_seconds": seconds}))["id"]
+    reminded = await bob.request({"cmd": "remind", "body": "ping", "in_seconds": seconds})
+    return int(qid), int(reminded["reminder"]["id"])
+
+
 async def receive_all(agent: Client, count: int, limit: float) -> list[dict[str, Any]]:
     """The agent's messages, through its socket, until ``count`` have come (fails after
     ``limit`` seconds)."""
@@ -308,9 +316,7 @@ async def test_new_work_on_another_node_reaches_the_holder_in_time(
         assert await holds_duties(a) and not await holds_duties(b)
         await spawn_on(b, "bob", pg_url, "nb")
         async with await Client.connect(b.paths.agent_socket("bob"), hello_role="harness") as bob:
-            qid = (await bob.request({"cmd": "ask", "question": "soon?", "ttl_seconds": 2}))["id"]
-            reminded = await bob.request({"cmd": "remind", "body": "ping", "in_seconds": 2})
-            rid = reminded["reminder"]["id"]
+            qid, rid = await asks_and_is_reminded(bob, 2)
             first_at = time.time() + 2
             created = await b.call(
                 {"cmd": "add_schedule", "targets": ["bob"], "body": "tick", "first_at": first_at}
@@ -382,9 +388,7 @@ async def test_killing_the_holder_moves_the_duties_and_nothing_fires_twice(
         assert await holds_duties(a) and not await holds_duties(b)
         await spawn_on(b, "bob", pg_url, "nb")
         async with await Client.connect(b.paths.agent_socket("bob"), hello_role="harness") as bob:
-            qid = (await bob.request({"cmd": "ask", "question": "soon?", "ttl_seconds": 3}))["id"]
-            reminded = await bob.request({"cmd": "remind", "body": "ping", "in_seconds": 3})
-            rid = reminded["reminder"]["id"]
+            qid, rid = await asks_and_is_reminded(bob, 3)
             await a.kill()
             got = await receive_all(bob, 2, limit=20)
             assert kinds(got) == ["reminder", "system:question_answered"]

@@ -5,12 +5,9 @@ nodes, ``kill -9`` of a node in a burst of cross-node sends (real daemons, one P
 from __future__ import annotations
 
 import contextlib
-import http.cookiejar
-import json
 import os
 import shlex
 import signal
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,8 +28,8 @@ from hyperhive.nodes import NodeInfo
 from hyperhive.protocol import Ack, AgentInfo, Approve, Kill, Message, Recv, Send, Spawn
 from hyperhive.protocol.event_payloads import NodeChanged
 from hyperhive.registry import AgentRecord
-from tests.conftest import wait_until
-from tests.multinode import node_process, running_nodes
+from tests.conftest import dashboard_state, process_alive, wait_until
+from tests.multinode import node_process, running_nodes, spawn_on
 from tests.test_cli import cli
 from tests.test_containers import FAKE as FAKE_HARNESS
 
@@ -192,25 +189,13 @@ def _by_name(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {item["name"]: item for item in items}
 
 
-def _dashboard_state(login_url: str) -> dict[str, Any]:
-    jar = http.cookiejar.CookieJar()
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-    opener.open(login_url, timeout=10).read()
-    base = login_url.split("/login", 1)[0]
-    with opener.open(f"{base}/api/state", timeout=10) as response:
-        state: dict[str, Any] = json.loads(response.read())
-    return state
-
-
 async def test_a_down_node_shows_its_agents_unreachable_keeps_their_messages_and_returns(
     short_tmp: Path, pg_url: str, nursery: trio.Nursery
 ) -> None:
     async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
         a, b = nodes["na"], nodes["nb"]
-        async with await a.host() as host:
-            await host.call(Spawn("alice", node="na"))
-        async with await b.host() as host:
-            await host.call(Spawn("bob", node="nb"))
+        await spawn_on(a, "alice")
+        await spawn_on(b, "bob")
         # Each node and each agent's node, from either node.
         shown = await a.call({"cmd": "nodes"})
         assert shown["node"] == "na"
@@ -231,7 +216,7 @@ async def test_a_down_node_shows_its_agents_unreachable_keeps_their_messages_and
             "bob": ("nb", "up"),
         }
         assert a.dashboard_login is not None
-        state = await trio.to_thread.run_sync(_dashboard_state, a.dashboard_login)
+        state = await trio.to_thread.run_sync(dashboard_state, a.dashboard_login)
         assert state["node"] == "na"
         assert [(n["name"], n["status"]) for n in state["nodes"]] == [("na", "up"), ("nb", "up")]
         assert _by_name(state["agents"])["bob"]["node"] == "nb"
@@ -265,7 +250,7 @@ async def test_a_down_node_shows_its_agents_unreachable_keeps_their_messages_and
         rows = {line.split()[0]: line for line in lines[1:]}
         assert rows["bob"].split()[1:3] == ["nb", "(down)"]
         assert rows["alice"].split()[1:3] == ["na", "agent"]
-        state = await trio.to_thread.run_sync(_dashboard_state, a.dashboard_login)
+        state = await trio.to_thread.run_sync(dashboard_state, a.dashboard_login)
         assert _by_name(state["agents"])["bob"]["node_status"] == "down"
         assert _by_name(state["nodes"])["nb"]["status"] == "down"
 
@@ -473,15 +458,6 @@ async def test_an_approval_claimed_by_a_node_that_died_is_refused_then_taken_ove
                 await b.kill()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 async def test_a_returning_node_re_adopts_its_running_agents(
     short_tmp: Path, pg_url: str, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -492,8 +468,7 @@ async def test_a_returning_node_re_adopts_its_running_agents(
             short_tmp, pg_url, ["na", "nb"], nursery, args=["--backend", "process"]
         ) as nodes:
             b = nodes["nb"]
-            async with await b.host() as host:
-                await host.call(Spawn("bob", node="nb"))
+            await spawn_on(b, "bob")
 
             async def bob_running() -> bool:
                 bob = _by_name((await b.call({"cmd": "list"}))["agents"])["bob"]
@@ -501,19 +476,19 @@ async def test_a_returning_node_re_adopts_its_running_agents(
 
             await wait_until(bob_running, limit=30, interval=0.1)
             before = _by_name((await b.call({"cmd": "list"}))["agents"])["bob"]
-            assert before["backend"] == "process" and _alive(before["pid"])
+            assert before["backend"] == "process" and process_alive(before["pid"])
 
             await b.kill()  # the daemon dies; its agents' processes do not
-            assert _alive(before["pid"])
+            assert process_alive(before["pid"])
             await b.start(nursery)  # the node returns
 
             after = _by_name((await b.call({"cmd": "list"}))["agents"])["bob"]
             assert (after["state"], after["pid"], after["node"]) == ("running", before["pid"], "nb")
-            assert _alive(before["pid"])
+            assert process_alive(before["pid"])
             # Supervised again: stopping it through its node stops that very process.
             async with await b.host() as host:
                 await host.call(Kill("bob"))
-            assert not _alive(before["pid"])
+            assert not process_alive(before["pid"])
     finally:
         with psycopg.connect(pg_url) as conn:
             pids = [row[0] for row in conn.execute("SELECT pid FROM agents WHERE pid IS NOT NULL")]

@@ -50,9 +50,9 @@ from hyperhive.remote import (
 )
 from hyperhive.store import BROKER_MIGRATIONS, open_database
 from hyperhive.web._auth import CSRF_HEADER
-from tests.conftest import DaemonProcess, wait_until
+from tests.conftest import DaemonProcess, process_alive, wait_until
 from tests.dashboard.conftest import http
-from tests.multinode import node_name, running_nodes
+from tests.multinode import node_name, running_nodes, spawn_on
 
 FAKE = Path(__file__).resolve().parent / "payloads" / "fake_harness.py"
 #: Agents run as real processes (a stand-in harness that connects and waits).
@@ -89,15 +89,7 @@ async def running_pid(node: DaemonProcess, name: str, *, connected: bool = True)
     if connected and not info["harness_connected"]:
         return None
     pid = info["pid"]
-    return pid if isinstance(pid, int) and alive(pid) else None
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return pid if isinstance(pid, int) and process_alive(pid) else None
 
 
 async def wait_running(
@@ -129,9 +121,9 @@ async def cli(node: DaemonProcess, *args: str) -> trio.CompletedProcess[bytes]:
     )
 
 
-async def spawn_on(node: DaemonProcess, name: str, pg_url: str) -> int:
-    async with await node.host() as host:
-        await host.call(Spawn(name, node=node_name(node)))
+async def spawn_running(node: DaemonProcess, name: str, pg_url: str) -> int:
+    """``name`` spawned on ``node``, placed there in the database; its pid once running."""
+    await spawn_on(node, name)
     assert row(pg_url, "SELECT node FROM agents WHERE name = %s", name)[0] == node_name(node)
     return await wait_running(node, name)
 
@@ -200,14 +192,14 @@ async def test_lifecycle_logs_model_and_destroy_from_another_node(
 ) -> None:
     async with process_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
         a, b = nodes["na"], nodes["nb"]
-        pid = await spawn_on(b, "bob", pg_url)
+        pid = await spawn_running(b, "bob", pg_url)
         assert not a.paths.agent_socket("bob").exists()
 
         # restart from A's CLI: B stops bob's payload and starts a new one.
         done = await cli(a, "restart", "bob")
         assert done.returncode == 0, done.stderr
         new_pid = await wait_running(b, "bob", other_than=pid)
-        assert not alive(pid)
+        assert not process_alive(pid)
         # A shows what B did (B's row, announced to A).
         await wait_until(lambda: _pid_is(a, "bob", new_pid), limit=10)
 
@@ -215,7 +207,7 @@ async def test_lifecycle_logs_model_and_destroy_from_another_node(
             await host.call(Kill("bob"))
             stopped = await agent(b, "bob")
             assert stopped is not None and stopped["state"] == "stopped", stopped
-            assert not alive(new_pid)
+            assert not process_alive(new_pid)
 
             await host.call(Start("bob"))
             started = await wait_running(b, "bob", other_than=new_pid)
@@ -235,7 +227,7 @@ async def test_lifecycle_logs_model_and_destroy_from_another_node(
             await host.call(Destroy("bob"))
             assert await agent(b, "bob") is None  # listed no more: a tombstone
             assert row(pg_url, "SELECT state FROM agents WHERE name = 'bob'")[0] == "destroyed"
-            assert not alive(started)
+            assert not process_alive(started)
             assert b.paths.agent_dir("bob").exists()  # a tombstone keeps its state on B
 
             # B's own refusal comes back as it is.
@@ -262,7 +254,7 @@ async def test_lifecycle_logs_model_and_destroy_from_another_node(
         assert [r[5] for r in rows if r[5] is not None] == ["bob is destroyed; revive it first"]
 
         # A's CLI reads B's logs too (a second agent, alive).
-        carol = await spawn_on(b, "carol", pg_url)
+        carol = await spawn_running(b, "carol", pg_url)
         shown = await cli(a, "logs", "carol")
         assert shown.returncode == 0, shown.stderr
         assert f"fake harness carol pid {carol}".encode() in shown.stdout
@@ -283,7 +275,7 @@ async def test_lifecycle_logs_model_and_destroy_from_another_node(
         )
         assert restarted.status == 200, restarted
         await wait_running(b, "carol", other_than=carol)
-        assert not alive(carol)
+        assert not process_alive(carol)
 
         # The agent's UI from A's dashboard: A's agent list links it (B's does not: the
         # stand-in harness serves no UI)...
@@ -331,9 +323,9 @@ async def test_a_command_for_a_node_that_died_is_refused_and_never_carried_out_l
     args = ["--remote-command-seconds", str(TIMEOUT)]
     async with process_nodes(short_tmp, pg_url, ["na", "nb", "nc"], nursery, args) as nodes:
         a, b, c = nodes["na"], nodes["nb"], nodes["nc"]
-        pid = await spawn_on(b, "bob", pg_url)
+        pid = await spawn_running(b, "bob", pg_url)
         await b.kill()  # bob's payload outlives its node's daemon
-        assert alive(pid)
+        assert process_alive(pid)
 
         # Right away B still looks up: A's command waits for its deadline, then is refused.
         async with await a.host() as host:
@@ -405,13 +397,13 @@ async def test_a_command_for_a_node_that_died_is_refused_and_never_carried_out_l
         # bob was re-adopted, not restarted: the same process (the stand-in harness does
         # not connect again to its node's new socket).
         assert await wait_running(b, "bob", connected=False) == pid
-        assert alive(pid)
+        assert process_alive(pid)
 
         # And B, back, carries out what A asks now.
         async with await a.host() as host:
             await host.call(Restart("bob"))
         assert await wait_running(b, "bob", other_than=pid) != pid
-        assert not alive(pid)
+        assert not process_alive(pid)
 
 
 async def test_an_agent_request_never_becomes_a_command_to_another_node(

@@ -18,7 +18,7 @@ from hyperhive.names import InvalidNodeName, node_name_from_host, parse_node_nam
 from hyperhive.nodes import decode_note, encode_note, lock_key, node_status, place
 from hyperhive.protocol import Pause, Spawn
 from tests.harness.fixtures import eventually
-from tests.multinode import node_process, running_nodes
+from tests.multinode import node_process, running_nodes, spawn_on
 
 
 def test_a_node_is_down_once_silent_for_longer_than_the_limit() -> None:
@@ -104,8 +104,7 @@ async def test_a_notification_that_is_not_ours_ends_nothing(
     # node goes on and still follows the rows another node tells it about.
     async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
         na, nb = nodes["na"], nodes["nb"]
-        async with await na.host() as host:
-            await host.call(Spawn("alice", node="na"))
+        await spawn_on(na, "alice")
         garbage = (
             "not json",
             "[1, 2]",
@@ -137,8 +136,7 @@ async def test_another_nodes_agent_shows_what_its_node_knows_of_it(
     # listing shows them as nb sees them, not the defaults of files na does not have.
     async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
         na, nb = nodes["na"], nodes["nb"]
-        async with await nb.host() as host:
-            await host.call(Spawn("bob", node="nb"))
+        await spawn_on(nb, "bob")
         # bob's harness writes its model file (its own state dir, on nb).
         nb.paths.model_file("bob").write_text("opus\n")
 

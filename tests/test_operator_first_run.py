@@ -13,19 +13,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.conftest import DaemonProcess, kill_leftovers, make_paths, wait_until
+from tests.conftest import (
+    DaemonProcess,
+    kill_leftovers,
+    make_paths,
+    process_alive,
+    wait_until,
+)
 from tests.test_first_run import PAYLOAD, _daemon
 
 #: Starts nspawn containers: on a machined host these run one at a time (tests/conftest.py).
 pytestmark = pytest.mark.nspawn
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def _running(daemon: DaemonProcess, name: str) -> int:
@@ -84,7 +82,7 @@ async def test_agents_stopped_by_the_daemons_exit_start_with_the_next_daemon(
         reply = await daemon.call({"cmd": "kill", "name": "bob"})
         assert reply["ok"], reply
         assert await daemon.stop() == 0  # SIGTERM, like Ctrl-C's SIGINT
-        assert not any(_alive(pid) for pid in first.values())
+        assert not any(process_alive(pid) for pid in first.values())
 
         await daemon.start(nursery)
         again = {name: await _running(daemon, name) for name in ("manager", "alice")}

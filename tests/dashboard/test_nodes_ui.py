@@ -9,8 +9,7 @@ import trio
 from playwright.sync_api import Page, expect
 
 from hyperhive.config import NODE_DOWN_SECONDS
-from hyperhive.protocol import Spawn
-from tests.multinode import running_nodes
+from tests.multinode import running_nodes, spawn_on
 
 from .conftest import BrowserThread, open_dashboard
 
@@ -20,10 +19,8 @@ async def test_agents_show_their_node_and_a_down_nodes_agents_are_unreachable(
 ) -> None:
     async with running_nodes(short_tmp, pg_url, ["na", "nb"], nursery) as nodes:
         a, b = nodes["na"], nodes["nb"]
-        async with await a.host() as host:
-            await host.call(Spawn("alice", node="na"))
-        async with await b.host() as host:
-            await host.call(Spawn("bob", node="nb"))
+        await spawn_on(a, "alice")
+        await spawn_on(b, "bob")
         assert a.dashboard_login is not None
         problems: list[str] = []
         context, page = await chromium.run(
