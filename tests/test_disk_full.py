@@ -30,7 +30,7 @@ from hyperhive.errors import DiskFull
 from hyperhive.store import open_database
 from hyperhive.web._auth import CSRF_HEADER
 from tests.conftest import DaemonProcess, connect_agent, need, wait_until
-from tests.dashboard.conftest import http
+from tests.dashboard.conftest import http, login
 
 MIB = 1024 * 1024
 
@@ -223,10 +223,7 @@ async def _full_disk_scenario(d: DaemonProcess, nursery: trio.Nursery) -> None:
     assert status["parked_receivers"] == 1 and not parked
 
     # The dashboard reads too, and shows the same problems.
-    assert d.dashboard_login is not None
-    base, _, query = d.dashboard_login.partition("/login")
-    login = await http(base, "GET", "/login" + query)
-    cookie = (login.header("set-cookie") or "").split(";", 1)[0]
+    base, cookie = await login(d)
     state = await http(base, "GET", "/api/state", headers={"cookie": cookie})
     assert state.status == 200
     assert any(p.startswith("disk full") for p in state.json()["problems"])

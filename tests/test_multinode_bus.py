@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import h11
 import psycopg
@@ -41,7 +40,6 @@ from hyperhive.shared_events import (
     decode_payload,
 )
 from hyperhive.store import BROKER_MIGRATIONS, open_store
-from hyperhive.web._auth import SESSION_COOKIE
 from tests.conftest import DaemonProcess, wait_until
 from tests.dashboard.conftest import (
     BrowserThread,
@@ -51,6 +49,7 @@ from tests.dashboard.conftest import (
     _next_event,
     chromium,  # noqa: F401 - the fixture
     http,
+    login,
     open_dashboard,
 )
 from tests.multinode import running_nodes, spawn_on
@@ -230,17 +229,6 @@ async def test_a_question_asked_on_one_node_is_answered_on_another_nodes_dashboa
             with trio.CancelScope(shield=True):
                 await chromium.run(context.close)
         assert problems == []
-
-
-async def login(node: DaemonProcess) -> tuple[str, str]:
-    """``node``'s dashboard: its base URL and a session cookie (``name=value``)."""
-    assert node.dashboard_login is not None
-    parts = urlsplit(node.dashboard_login)
-    base = f"{parts.scheme}://{parts.netloc}"
-    response = await http(base, "GET", f"/login?{parts.query}")
-    cookie = response.header("set-cookie")
-    assert response.status == 303 and cookie is not None and cookie.startswith(SESSION_COOKIE)
-    return base, cookie.split(";", 1)[0]
 
 
 @asynccontextmanager

@@ -51,7 +51,7 @@ from hyperhive.remote import (
 from hyperhive.store import BROKER_MIGRATIONS, open_database
 from hyperhive.web._auth import CSRF_HEADER
 from tests.conftest import DaemonProcess, process_alive, wait_until
-from tests.dashboard.conftest import http
+from tests.dashboard.conftest import http, login
 from tests.multinode import node_name, running_nodes, spawn_on
 
 FAKE = Path(__file__).resolve().parent / "payloads" / "fake_harness.py"
@@ -260,7 +260,7 @@ async def test_lifecycle_logs_model_and_destroy_from_another_node(
         assert f"fake harness carol pid {carol}".encode() in shown.stdout
 
         # A's dashboard acts on B's agent the same way (its actions are host requests).
-        cookie, base = await login(a)
+        base, cookie = await login(a)
         state = await http(base, "GET", "/api/state", headers={"cookie": cookie})
         restarted = await http(
             base,
@@ -297,7 +297,7 @@ async def test_lifecycle_logs_model_and_destroy_from_another_node(
         own = await http(base, "GET", "/agent/manager/", headers={"cookie": cookie})
         assert own.status == 502 and b"manager's UI is not up" in own.body, own
         # B's dashboard serves carol's page itself, behind B's own login.
-        b_cookie, _ = await login(b)
+        _, b_cookie = await login(b)
         there = await http(b_base, "GET", "/agent/carol/", headers={"cookie": b_cookie})
         assert there.status == 502 and b"carol's UI is not up" in there.body, there
 
@@ -305,13 +305,6 @@ async def test_lifecycle_logs_model_and_destroy_from_another_node(
 async def _pid_is(node: DaemonProcess, name: str, pid: int) -> bool:
     info = await agent(node, name)
     return info is not None and info["pid"] == pid
-
-
-async def login(node: DaemonProcess) -> tuple[str, str]:
-    assert node.dashboard_login is not None
-    base, _, query = node.dashboard_login.partition("/login")
-    response = await http(base, "GET", "/login" + query)
-    return (response.header("set-cookie") or "").split(";", 1)[0], base
 
 
 TIMEOUT = 4.0
@@ -376,7 +369,7 @@ async def test_a_command_for_a_node_that_died_is_refused_and_never_carried_out_l
         assert refusal.startswith("bob runs on node nb, which is down (last seen "), refusal
 
         # A's dashboard says the same instead of sending the operator to a dead dashboard.
-        cookie, base = await login(a)
+        base, cookie = await login(a)
         page = await http(base, "GET", "/agent/bob/", headers={"cookie": cookie})
         assert page.status == 503 and b"which is down" in page.body, page
 

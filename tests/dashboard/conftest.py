@@ -23,7 +23,7 @@ import trio
 from hyperhive.config import Config
 from hyperhive.supervisor import Daemon, Hive, open_daemon
 from hyperhive.web._auth import SESSION_COOKIE
-from tests.conftest import make_paths, need
+from tests.conftest import DaemonProcess, make_paths, need
 
 CHROMIUM = os.environ.get("HYPERHIVE_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -301,3 +301,15 @@ class EventStream:
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+async def login(node: DaemonProcess) -> tuple[str, str]:
+    """The dashboard of a daemon process, logged in through its one-time link: its base URL
+    and a session cookie (``name=value``)."""
+    assert node.dashboard_login is not None
+    parts = urlsplit(node.dashboard_login)
+    base = f"{parts.scheme}://{parts.netloc}"
+    response = await http(base, "GET", f"/login?{parts.query}")
+    cookie = response.header("set-cookie")
+    assert response.status == 303 and cookie is not None and cookie.startswith(SESSION_COOKIE)
+    return base, cookie.split(";", 1)[0]
