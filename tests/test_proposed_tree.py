@@ -23,9 +23,9 @@ from hyperhive.containers import AgentSpec, NspawnBackend, ProcessBackend
 from hyperhive.errors import RequestRefused
 from hyperhive.registry import AgentState
 from hyperhive.supervisor import Hive, open_hive
-from tests.conftest import git, kill_leftovers, make_paths, need
-from tests.test_containers import alive, wait_state
+from tests.conftest import git, kill_leftovers, make_paths, need, process_alive
 from tests.test_containers import config as container_config
+from tests.test_containers import wait_state
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -215,7 +215,7 @@ async def test_an_upgrade_restarts_a_readopted_manager(short_tmp: Path) -> None:
             assert (paths.proposed_dir("alice") / ".git").is_dir()
             await wait_state(hive, "manager", AgentState.RUNNING)
             new_pid = hive.registry.get("manager").pid
-            assert new_pid != old_pid and alive(new_pid) and not alive(old_pid)
+            assert new_pid != old_pid and process_alive(new_pid) and not process_alive(old_pid)
         # Nothing left to move: the running manager is re-adopted as usual.
         async with open_hive(container_config(short_tmp, "process", stop=True)) as hive:
             assert hive.registry.get("manager").pid == new_pid
