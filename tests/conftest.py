@@ -147,13 +147,15 @@ async def _trio_deadline() -> AsyncIterator[None]:
         nursery.cancel_scope.cancel()
 
 
-#: Real idle time after which :func:`daemon_clock` jumps to the next deadline: far above
-#: one database round trip, far below a test's budget.
-AUTOJUMP_AFTER = 0.02
+#: Real idle time after which :func:`daemon_clock` jumps to the next deadline, per store:
+#: far above one database round trip (on PostgreSQL a batch is several network round
+#: trips, which a loaded machine can hold for tens of milliseconds), far below a test's
+#: budget.
+AUTOJUMP_AFTER = {"sqlite": 0.02, "postgresql": 0.1}
 
 
 @pytest.fixture
-def daemon_clock() -> trio.testing.MockClock:
+def daemon_clock(store: str) -> trio.testing.MockClock:
     """trio's MockClock for a test that runs a daemon: pytest-trio runs a test taking it on it.
 
     It autojumps after a short real idle time, not at once like pytest-trio's
@@ -163,7 +165,7 @@ def daemon_clock() -> trio.testing.MockClock:
     TrioWallClock())`` so stored times follow it. No ``fail_after`` under it: a virtual
     timeout can still fire early; the wall-clock test watchdog applies.
     """
-    return trio.testing.MockClock(autojump_threshold=AUTOJUMP_AFTER)
+    return trio.testing.MockClock(autojump_threshold=AUTOJUMP_AFTER[store])
 
 
 @pytest.fixture
