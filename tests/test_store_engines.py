@@ -149,6 +149,17 @@ async def test_group_commit_shares_one_commit_and_answers_only_after_it(engine: 
     assert after.transactions - before.transactions == 6
 
 
+async def test_insert_id_is_the_new_rows_id(engine: Engine) -> None:
+    async with engine.open(MIGRATIONS) as db:
+        ids = {name: await db.transaction(functools.partial(_insert, name)) for name in "abc"}
+        with pytest.raises(ValueError, match="RETURNING id"):
+            await db.transaction(
+                lambda conn: insert_id(conn, "INSERT INTO items (name) VALUES ('no id')")
+            )
+    assert {name: row_id for row_id, name in engine.peek("SELECT id, name FROM items")} == ids
+    assert len(set(ids.values())) == 3
+
+
 async def test_a_failing_job_rolls_back_alone(engine: Engine) -> None:
     def fails_in_python(conn: sqlite3.Connection) -> None:
         _insert("python", conn)

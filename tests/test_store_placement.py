@@ -5,13 +5,14 @@ is PostgreSQL; and the write-ahead log checkpointed beside the writer, never in 
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from pathlib import Path
 
 import trio
 
-from hyperhive.store import open_store
+from hyperhive.store import insert_id, open_store
 from hyperhive.store._db import CHECKPOINT_BATCHES, INLINE_MAX_SECONDS, Placement
 from hyperhive.store._pg import PgDatabase
 from tests.conftest import wait_until
@@ -81,6 +82,41 @@ async def test_quick_batches_run_on_the_loop_long_ones_in_a_thread(short_tmp: Pa
         # A disk that is slow on average: the next batches go to a thread too.
         db.placement.average = 10 * INLINE_MAX_SECONDS
         assert await db.transaction(_thread) != loop
+
+
+def _count_and_connection(conn: sqlite3.Connection) -> tuple[int, str]:
+    """What a read sees, and which connection ran it (only the read one is query_only)."""
+    count = conn.execute("SELECT count(*) FROM items").fetchone()[0]
+    query_only = conn.execute("PRAGMA query_only").fetchone()[0]
+    return count, "reader" if query_only else "writer"
+
+
+async def test_reads_run_on_the_idle_writer_and_on_the_reader_while_it_is_away(
+    short_tmp: Path,
+) -> None:
+    async with open_store(
+        None, short_tmp / "r.sqlite", synchronous="FULL", migrations=MIGRATIONS
+    ) as db:
+        insert = "INSERT INTO items (name) VALUES ('x') RETURNING id"
+        for expected in (1, 2):
+            await db.transaction(lambda conn: insert_id(conn, insert))
+            # Between batches the writer's connection answers, and sees every commit.
+            assert db.read(_count_and_connection) == (expected, "writer")
+        entered, release = threading.Event(), threading.Event()
+
+        def hold(conn: sqlite3.Connection) -> None:
+            insert_id(conn, insert)  # not committed until released
+            entered.set()
+            assert release.wait(30)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(db.transaction, hold, slow=True))
+            await trio.to_thread.run_sync(entered.wait)
+            # The writer's connection is busy on its thread: the read connection answers,
+            # with what is committed.
+            assert db.read(_count_and_connection) == (2, "reader")
+            release.set()
+        assert db.read(_count_and_connection) == (3, "writer")
 
 
 async def test_postgresql_batches_never_run_on_the_loop(pg_url: str) -> None:

@@ -369,6 +369,8 @@ class Database:
         self._pending: list[_Job[Any]] = []
         #: The writer task while it waits for work (None: it is busy, or not started).
         self._idle_writer: trio.lowlevel.Task | None = None
+        #: A batch (or the close) is running on the writer's thread, on its connection.
+        self._writer_away = False
         self.placement = Placement(loop_allowed=self.batches_on_loop)
         self._checkpoint_due = trio.Event()
         self._closed = False
@@ -450,14 +452,18 @@ class Database:
         return self._reader is not None and not self._closed
 
     def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run the read-only ``fn`` now, on the read connection, and return its result.
+        """Run the read-only ``fn`` now and return its result.
 
-        No writer, no thread, no checkpoint: ``fn`` sees everything committed before it
+        No queue, no thread, no checkpoint: ``fn`` sees everything committed before it
         started. Only for bounded, indexed queries that run each statement to its end.
+        Between batches the writer's connection is idle on this thread (a batch on the
+        loop runs within one call), and it runs ``fn``: its cache holds the pages it just
+        wrote, where the read connection would read them again after every commit. While
+        a batch is on the writer's thread, the read connection does.
         """
         if self._reader is None or self._closed:
             raise DatabaseClosed("the database is closed (or has no read connection)")
-        return fn(self._reader)
+        return fn(self._reader if self._writer_away else self._conn)
 
     def statistics(self) -> DatabaseStatistics:
         return DatabaseStatistics(
@@ -568,11 +574,13 @@ class Database:
                 error = self._run_batch_guarded(batch)
             else:
                 self._off_loop += 1
+                self._writer_away = True
                 with trio.CancelScope(shield=True):
                     error = await self._thread.run(
                         functools.partial(self._run_batch_guarded, batch)
                     )
         finally:
+            self._writer_away = False
             for job in batch:
                 job.finish()
         if not slow:
@@ -608,6 +616,7 @@ class Database:
         return checkpoints
 
     async def _close(self) -> None:
+        self._writer_away = True
         await self._thread.run(self._close_quietly)
         if self._reader is not None:
             self._reader.close()

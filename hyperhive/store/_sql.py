@@ -9,8 +9,8 @@ name, like ``sqlite3.Row``.
 
 The few statements that must differ ask :func:`dialect`. Everything else is written in
 the common subset: ``COALESCE`` (not ``IFNULL``), ``INSERT … ON CONFLICT … DO …`` (not
-``INSERT OR …``), ``INSERT … RETURNING id`` (not ``cursor.lastrowid``, which PostgreSQL
-lacks; see :func:`insert_id`).
+``INSERT OR …``), ``INSERT … RETURNING id`` through :func:`insert_id` (PostgreSQL has no
+``cursor.lastrowid``; sqlite uses it there).
 """
 
 from __future__ import annotations
@@ -54,13 +54,28 @@ def dialect(conn: object) -> Dialect:
 
 
 def insert_id(conn: Conn, sql: str, parameters: Sequence[Any] = ()) -> int:
-    """Run ``INSERT … RETURNING id`` and return the new row's id (what ``lastrowid`` was).
+    """Run ``INSERT … RETURNING id`` and return the new row's id.
 
-    The cursor is read to its end, so sqlite resets the statement before the savepoint
-    is released.
+    On sqlite the statement runs without its ``RETURNING`` clause and the id is the
+    cursor's ``lastrowid``: the same id, a third cheaper than stepping a returned row (a
+    message's insert is on the broker's hot path). Elsewhere the returned row is read to
+    its end, so the statement is reset before the savepoint is released.
     """
+    plain = _without_returning(sql)  # on every engine: a statement without it is refused
+    if type(conn) is sqlite3.Connection:
+        row_id = conn.execute(plain, parameters).lastrowid
+        assert row_id is not None  # an INSERT always sets it
+        return row_id
     rows = conn.execute(sql, parameters).fetchall()
     return int(rows[0][0])
+
+
+@functools.lru_cache(maxsize=128)
+def _without_returning(sql: str) -> str:
+    head, clause, tail = sql.rpartition(" RETURNING id")
+    if not clause or tail.strip():
+        raise ValueError(f"insert_id needs a statement ending in RETURNING id: {sql!r}")
+    return head
 
 
 @functools.lru_cache(maxsize=1024)
