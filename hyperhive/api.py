@@ -300,9 +300,7 @@ class Api:
 
     async def _agent(self, me: str, kind: SocketKind, request: Request) -> Reply:
         hive = self.hive
-        reply = await self._schedules(me, request)
-        if reply is not None:
-            return reply
+        # The broker's requests first: most of what agents send.
         match request:
             case Send(to=to, body=body, in_reply_to=in_reply_to):
                 sent = await hive.broker.send(me, to, body, in_reply_to)
@@ -315,10 +313,14 @@ class Api:
                 return AckReply(acked=await hive.broker.ack(me, ids))
             case Status():
                 return StatusReply(unread=await hive.broker.unread(me))
+        reply = await self._schedules(me, request)
+        if reply is not None:
+            return reply
+        match request:
             case Recent(limit=limit):
                 return RecentReply(messages=await hive.broker.recent(me, limit))
-            case Ask(question=q, options=options, multi=multi, ttl_seconds=ttl, to=to):
-                info = await hive.questions.ask(me, q, options, multi, ttl, to)
+            case Ask(question=q, options=options, multi=multi, ttl_seconds=ttl, to=asked):
+                info = await hive.questions.ask(me, q, options, multi, ttl, asked)
                 hive.ledger.note_activity(me)
                 return IdReply(id=info.id)
             case Answer(id=qid, answer=answer):

@@ -22,11 +22,12 @@ from collections.abc import (
     Collection,
     Iterable,
     Iterator,
+    KeysView,
     Mapping,
     MutableMapping,
 )
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, overload
 
 import attrs
 import trio
@@ -281,6 +282,18 @@ class AgentTable(MutableMapping[str, AgentRecord]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._records
+
+    # The mapping's own lookups, not the generic ones built on ``__getitem__`` (a send and
+    # a recv each make a few).
+    @overload
+    def get(self, name: str, /) -> AgentRecord | None: ...
+    @overload
+    def get(self, name: str, default: AgentRecord | T, /) -> AgentRecord | T: ...
+    def get(self, name: str, default: object = None, /) -> object:
+        return self._records.get(name, default)
+
+    def keys(self) -> KeysView[str]:
+        return self._records.keys()
 
 
 class Registry:
