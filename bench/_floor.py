@@ -5,6 +5,10 @@
   floor of one durable write on this disk.
 - :func:`echo_floor`: the round trip of a JSON line through a trio echo server in its own
   process over a unix socket: the floor of any request/reply on the daemon's sockets.
+- :func:`pattern_floor`: the benchmark's own traffic (pairs of a sender and a long-polling
+  receiver) through a minimal trio server in its own process: one task per connection,
+  JSON lines, an in-memory queue per receiver, no store and no checks. Its CPU per request
+  is what trio, the sockets and the JSON cost at that concurrency, without the broker.
 - :func:`prefill_history`: an old, acked message history written straight into a fresh
   ``broker.sqlite`` before the daemon starts (the state of a hive that ran for a long time).
 - :func:`cpu_seconds`: user+system CPU of a process (all its threads), from ``/proc``.
@@ -25,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import trio
 
 from hyperhive.store import BROKER_MIGRATIONS, connect, open_database
@@ -164,4 +169,109 @@ async def echo_floor(path: Path, samples: int, line: bytes) -> dict[str, Any]:
         "samples": samples,
         "p50_ms": statistics.median(times) * 1000,
         "p99_ms": times[int(len(times) * 0.99) - 1] * 1000,
+    }
+
+
+PATTERN_SERVER = """
+import collections, os, sys, orjson, trio
+queues = collections.defaultdict(collections.deque)
+parked = {}
+async def handle(stream):
+    fd = stream.socket.fileno()
+    buf = b""
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            continue
+        if not data:
+            return
+        buf += data
+        while b"\\n" in buf:
+            line, _, buf = buf.partition(b"\\n")
+            request = orjson.loads(line)
+            if request["cmd"] == "send":
+                queues[request["to"]].append({"id": 1, "from": "s", "body": request["body"]})
+                waiting = parked.pop(request["to"], None)
+                if waiting is not None:
+                    waiting.set()
+                reply = {"ok": True, "id": 1}
+            else:
+                inbox = queues[request["me"]]
+                if not inbox:
+                    parked[request["me"]] = woken = trio.Event()
+                    with trio.move_on_after(request["wait_seconds"]):
+                        await woken.wait()
+                taken = [inbox.popleft() for _ in range(min(len(inbox), request["max"]))]
+                reply = {"ok": True, "messages": taken}
+            os.write(fd, orjson.dumps(reply) + b"\\n")
+async def main(path):
+    sock = trio.socket.socket(trio.socket.AF_UNIX)
+    await sock.bind(path)
+    sock.listen(128)
+    print("ready", flush=True)
+    await trio.serve_listeners(handle, [trio.SocketListener(sock)])
+trio.run(main, sys.argv[1])
+"""
+
+
+async def _pattern_traffic(path: Path, pairs: int, per_pair: int) -> int:
+    """The sends and long-polls of ``pairs`` pairs through the server at ``path``; the
+    number of requests made."""
+    requests = 0
+
+    async def call(stream: trio.SocketStream, request: dict[str, Any], buf: list[bytes]) -> Any:
+        await stream.send_all(orjson.dumps(request) + b"\n")
+        while b"\n" not in buf[0]:
+            buf[0] += await stream.receive_some(65536)
+        line, _, buf[0] = buf[0].partition(b"\n")
+        return orjson.loads(line)
+
+    async def sender(i: int) -> None:
+        nonlocal requests
+        async with await trio.open_unix_socket(os.fspath(path)) as stream:
+            buf = [b""]
+            for k in range(per_pair):
+                await call(stream, {"cmd": "send", "to": f"r{i}", "body": f"message {k}"}, buf)
+                requests += 1
+
+    async def receiver(i: int) -> None:
+        nonlocal requests
+        async with await trio.open_unix_socket(os.fspath(path)) as stream:
+            buf, got = [b""], 0
+            while got < per_pair:
+                request = {"cmd": "recv", "me": f"r{i}", "wait_seconds": 30, "max": 32}
+                got += len((await call(stream, request, buf))["messages"])
+                requests += 1
+
+    async with trio.open_nursery() as nursery:
+        for i in range(pairs):
+            nursery.start_soon(sender, i)
+            nursery.start_soon(receiver, i)
+    return requests
+
+
+def pattern_floor(path: Path, pairs: int, messages: int) -> dict[str, float]:
+    """The minimal server's CPU per message and per request for ``messages`` messages
+    over ``pairs`` pairs, and its requests per message."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PATTERN_SERVER, os.fspath(path)], stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"ready"
+        per_pair = messages // pairs
+        before = cpu_seconds(proc.pid)
+        requests = trio.run(_pattern_traffic, path, pairs, per_pair)
+        cpu = cpu_seconds(proc.pid) - before
+    finally:
+        proc.kill()
+        proc.wait()
+    sent = pairs * per_pair
+    return {
+        "pairs": pairs,
+        "cpu_us_per_message": cpu / sent * 1e6,
+        "cpu_us_per_request": cpu / requests * 1e6,
+        "requests_per_message": requests / sent,
     }

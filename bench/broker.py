@@ -40,6 +40,7 @@ from bench._floor import (
     cpu_seconds,
     echo_floor,
     handoff_cpu,
+    pattern_floor,
     prefill_history,
     raw_commit_cpu,
     raw_commit_times,
@@ -272,10 +273,12 @@ def main() -> None:
         # What one message cannot cost less than, in this design (see bench/README.md).
         commit_cpu = raw_commit_cpu(root / "raw-cpu.sqlite", "FULL", args.raw)
         handoff = handoff_cpu(args.raw)
+        pattern = pattern_floor(root / "pattern.sock", 16, args.messages)
         results["cpu_floors"] = {
             "echo_roundtrip_us": echo_cpu * 1e6,
             "raw_commit_us": commit_cpu * 1e6,
             "writer_handoff_us": handoff * 1e6,
+            "pattern_16_pairs": pattern,
         }
         throughput: dict[str, Any] = {
             "synchronous": "FULL",
@@ -292,6 +295,10 @@ def main() -> None:
                 + handoff
                 + (commit_cpu if pairs == 1 else 0.0)
             ) * 1e6
+            # The same requests through the minimal server, at its CPU per request.
+            figure["pattern_floor_us_per_message"] = (
+                figure["requests_per_message"] * pattern["cpu_us_per_request"]
+            )
             if pairs in (1, 16):
                 target = TARGET_RATIO_1 if pairs == 1 else TARGET_RATIO_16
                 figure["target_ratio"] = target
