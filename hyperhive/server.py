@@ -343,6 +343,32 @@ class _Reader:
         self.held = 0
 
 
+class _Edge:
+    """What a fresh ``trio.Event`` per change gives (:meth:`fire` wakes the tasks waiting
+    now; a later :meth:`wait` waits for the next one), without an event and its parking lot
+    made for every request."""
+
+    __slots__ = ("_waiting",)
+
+    def __init__(self) -> None:
+        self._waiting: list[trio.lowlevel.Task] = []
+
+    def fire(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for task in waiting:
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        task = trio.lowlevel.current_task()
+        self._waiting.append(task)
+
+        def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
+            self._waiting.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+
 class _Watch:
     """What the reader task of a connection and its request loop tell each other (sans-IO).
 
@@ -367,22 +393,20 @@ class _Watch:
         self.busy = False
         #: A request the reader decoded and left to the loop; it comes before ``pending``.
         self.handoff: Request | None = None
-        self._changed = trio.Event()
-        self._room = trio.Event()
+        self._changed = _Edge()
+        self._room = _Edge()
 
     def changed(self) -> None:
         """A frame came, the client hung up, a bound was broken, or the reader left work."""
         self.parked = False
-        self._changed.set()
-        self._changed = trio.Event()
+        self._changed.fire()
 
     async def wait(self) -> None:
         await self._changed.wait()
 
     def took(self) -> None:
         """The loop took a frame: a reader paused behind a full queue may go on."""
-        self._room.set()
-        self._room = trio.Event()
+        self._room.fire()
 
     async def wait_room(self) -> None:
         await self._room.wait()

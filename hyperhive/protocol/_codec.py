@@ -433,14 +433,20 @@ def encode_request(request: Request) -> bytes:
 _UNSTRUCTURE: Final[dict[type[Any], Callable[[Any], Any]]] = {}
 
 
-def encode_reply(reply: Reply, *, protocol: int | None = None) -> bytes:
-    """A reply line; ``protocol`` (the host socket's replies) goes in as an envelope field."""
-    cls = type(reply)
+def unstructure(obj: object) -> Any:
+    """``CONVERTER.unstructure(obj)`` with the class's hook looked up once, not per call
+    (a reply per request, an event per message)."""
+    cls = type(obj)
     hook = _UNSTRUCTURE.get(cls)
     if hook is None:
         hook = _UNSTRUCTURE[cls] = CONVERTER.get_unstructure_hook(cls)
+    return hook(obj)
+
+
+def encode_reply(reply: Reply, *, protocol: int | None = None) -> bytes:
+    """A reply line; ``protocol`` (the host socket's replies) goes in as an envelope field."""
     envelope = {"ok": True} if protocol is None else {"ok": True, "protocol": protocol}
-    return _dump_safe({**envelope, **hook(reply)})
+    return _dump_safe({**envelope, **unstructure(reply)})
 
 
 def encode_error(reason: str, *, protocol: int | None = None) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Final
 import attrs
 
 from hyperhive.kinds import AgentRole, AgentState, EventKind, NodeStatus, Transient
-from hyperhive.protocol._codec import CONVERTER
+from hyperhive.protocol._codec import unstructure
 from hyperhive.protocol._messages import ApprovalInfo, QuestionInfo, ReminderInfo, ScheduleInfo
 
 
@@ -291,7 +291,7 @@ assert set(EVENT_PAYLOADS) == set(EventKind), "every event kind needs exactly on
 
 def event_data(payload: EventPayload) -> dict[str, Any]:
     """The payload as the JSON object the stream sends (enums as their strings)."""
-    data: dict[str, Any] = CONVERTER.unstructure(payload)
+    data: dict[str, Any] = unstructure(payload)
     return data
 
 
