@@ -124,7 +124,7 @@ class Client:
             raise ClientError(str(reply.get("error", "request failed")))
         reply.pop("ok")
         cls = REPLIES[type(request)]
-        if "protocol" not in attrs.fields_dict(cls):
+        if not _has_protocol_field(cls):
             reply.pop("protocol", None)  # the host socket's envelope field
         try:
             return structure(reply, cls, what=f"{request.CMD!r} reply")
@@ -159,6 +159,17 @@ class Client:
         if not isinstance(obj, dict):
             raise ConnectionLost("reply is not a JSON object")
         return obj
+
+
+_PROTOCOL_FIELD: dict[Any, bool] = {}
+
+
+def _has_protocol_field(cls: Any) -> bool:
+    """Whether the reply class has a ``protocol`` field (looked up once per class)."""
+    has = _PROTOCOL_FIELD.get(cls)
+    if has is None:
+        has = _PROTOCOL_FIELD[cls] = "protocol" in attrs.fields_dict(cls)
+    return has
 
 
 async def call_once(path: Path | str, request: Request, *, role: str = "cli") -> Reply:

@@ -425,11 +425,6 @@ def _format_exception(exc: BaseException, tp: type | None) -> str:
     return cattrs.v.format_exception(exc, tp)
 
 
-def encode_request(request: Request) -> bytes:
-    body = CONVERTER.unstructure(request)
-    return _dump({"cmd": request.CMD, **body})
-
-
 _UNSTRUCTURE: Final[dict[type[Any], Callable[[Any], Any]]] = {}
 
 
@@ -441,6 +436,10 @@ def unstructure(obj: object) -> Any:
     if hook is None:
         hook = _UNSTRUCTURE[cls] = CONVERTER.get_unstructure_hook(cls)
     return hook(obj)
+
+
+def encode_request(request: Request) -> bytes:
+    return _dump({"cmd": request.CMD, **unstructure(request)})
 
 
 def encode_reply(reply: Reply, *, protocol: int | None = None) -> bytes:
