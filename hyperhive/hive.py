@@ -16,7 +16,6 @@ import logging
 import os
 import sqlite3
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -976,7 +975,7 @@ class Hive:
         """Destroyed agents with what they keep on disk. The sizes are measured off the event
         loop, all in one thread hop, and kept for :data:`TOMBSTONE_SIZE_SECONDS` (or until the
         record changes): a listing never walks every kept directory."""
-        dead = [r for r in self.registry.all() if r.state == AgentState.DESTROYED]
+        dead = self.registry.destroyed()
         now = trio.current_time()
         sizes = self._tombstone_sizes
         stale = [
@@ -1211,8 +1210,7 @@ class Hive:
     def node_views(self) -> list[NodeView]:
         """The hive's nodes as last read (``hyperhive nodes``, the dashboard), each with
         its live agents."""
-        agents = Counter(r.node for r in self.registry.all() if r.state != AgentState.DESTROYED)
-        return self.node_watch.views(agents)
+        return self.node_watch.views(self.registry.live_per_node())
 
     def read_facts(self, name: str) -> AgentFacts:
         """What an agent's files say, for its view (blocking: :class:`AgentViews` runs it in

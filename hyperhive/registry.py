@@ -247,6 +247,9 @@ class AgentTable(MutableMapping[str, AgentRecord]):
         self.live: set[str] = set()
         #: The records in listing order, built again after a change (a listing per request).
         self._ordered: list[AgentRecord] | None = None
+        #: What :meth:`live_per_node` and :meth:`destroyed` last found, until a change.
+        self._per_node: Counter[str] | None = None
+        self._destroyed: tuple[AgentRecord, ...] | None = None
         for name, record in (records or {}).items():
             self[name] = record
 
@@ -255,7 +258,7 @@ class AgentTable(MutableMapping[str, AgentRecord]):
 
     def __setitem__(self, name: str, record: AgentRecord) -> None:
         self._records[name] = record
-        self._ordered = None
+        self._ordered = self._per_node = self._destroyed = None
         if record.state == AgentState.DESTROYED:
             self.live.discard(name)
         else:
@@ -263,7 +266,7 @@ class AgentTable(MutableMapping[str, AgentRecord]):
 
     def __delitem__(self, name: str) -> None:
         del self._records[name]
-        self._ordered = None
+        self._ordered = self._per_node = self._destroyed = None
         self.live.discard(name)
 
     def ordered(self) -> list[AgentRecord]:
@@ -273,6 +276,19 @@ class AgentTable(MutableMapping[str, AgentRecord]):
                 self._records.values(), key=lambda r: (r.name != MANAGER, r.name)
             )
         return list(self._ordered)
+
+    def live_per_node(self) -> Mapping[str, int]:
+        """How many live agents each node serves (kept until the table changes: the
+        dashboard's snapshot asks every time)."""
+        if self._per_node is None:
+            self._per_node = Counter(self._records[name].node for name in self.live)
+        return self._per_node
+
+    def destroyed(self) -> tuple[AgentRecord, ...]:
+        """The tombstones, in listing order (kept until the table changes)."""
+        if self._destroyed is None:
+            self._destroyed = tuple(r for r in self.ordered() if r.state == AgentState.DESTROYED)
+        return self._destroyed
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._records)
@@ -362,6 +378,14 @@ class Registry:
 
     def all(self) -> list[AgentRecord]:
         return self._agents.ordered()
+
+    def live_per_node(self) -> Mapping[str, int]:
+        """Live agents per node."""
+        return self._agents.live_per_node()
+
+    def destroyed(self) -> tuple[AgentRecord, ...]:
+        """Every tombstone, in listing order."""
+        return self._agents.destroyed()
 
     def known(self) -> frozenset[str]:
         """Every name a message may wait for: live agents and tombstones."""

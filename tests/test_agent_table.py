@@ -35,3 +35,25 @@ def test_live_names_follow_registration_destroy_revive_and_purge() -> None:
     assert "alice" not in known and set(table) == {"bob", "old"} and len(table) == 2
     table.pop("old")
     assert live == {"bob"}
+
+
+def test_nodes_counts_and_tombstones_follow_every_change() -> None:
+    table = AgentTable(
+        {
+            "alice": _record("alice"),
+            "bob": attrs.evolve(_record("bob"), node="n2"),
+            "old": _record("old", AgentState.DESTROYED),
+        }
+    )
+    assert dict(table.live_per_node()) == {"": 1, "n2": 1}
+    assert [r.name for r in table.destroyed()] == ["old"]
+    assert table.live_per_node() is table.live_per_node()  # kept while nothing changes
+    table["alice"] = attrs.evolve(table["alice"], state=AgentState.DESTROYED)
+    assert dict(table.live_per_node()) == {"n2": 1}
+    assert [r.name for r in table.destroyed()] == ["alice", "old"]
+    table["carol"] = attrs.evolve(_record("carol"), node="n2")
+    table["old"] = _record("old")  # revived
+    assert dict(table.live_per_node()) == {"n2": 2, "": 1}
+    assert [r.name for r in table.destroyed()] == ["alice"]
+    del table["alice"]
+    assert table.destroyed() == ()
