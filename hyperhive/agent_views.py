@@ -134,6 +134,12 @@ class AgentViews:
         self._views: dict[str, _View] = {}
         self._entries: dict[str, _Entry] = {}
         self._last_array: _Array | None = None
+        #: What :meth:`_current` last returned and the records it was made from: the same
+        #: again while those are the same object (the registry keeps its tuple until a
+        #: change) and none of the names shown is dirty or stale.
+        self._last_shown: (
+            tuple[Iterable[AgentRecord], list[tuple[_View, str]], frozenset[str]] | None
+        ) = None
         self._limiter = trio.CapacityLimiter(1)
         events.listen(self._on_event)
 
@@ -209,8 +215,17 @@ class AgentViews:
     # ------------------------------------------------------------ views
 
     async def _current(self) -> list[tuple[_View, str]]:
+        last = self._last_shown
+        if (
+            last is not None
+            and self._records() is last[0]
+            and self._dirty.isdisjoint(last[2])
+            and self._stale.isdisjoint(last[2])
+        ):
+            return last[1]  # the same records (a kept tuple), facts and views
         while True:
-            records = [r for r in self._records() if r.state != AgentState.DESTROYED]
+            listed = self._records()
+            records = [r for r in listed if r.state != AgentState.DESTROYED]
             missing = [
                 r.name for r in records if r.name in self._stale or r.name not in self._facts
             ]
@@ -235,6 +250,7 @@ class AgentViews:
             live = {name for _, name in shown}
             self._views = {n: v for n, v in self._views.items() if n in live}
             self._entries = {n: e for n, e in self._entries.items() if n in live}
+        self._last_shown = (listed, shown, frozenset(name for _, name in shown))
         return shown
 
     async def infos(

@@ -235,7 +235,7 @@ class Hive:
         #: Agent views for listings and the dashboard (no file read per request).
         self.views = AgentViews(
             self.events,
-            records=self.registry.all,
+            records=self.registry.live_records,
             read_facts=self.read_facts,
             build=self._agent_view,
         )

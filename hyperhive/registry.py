@@ -250,6 +250,7 @@ class AgentTable(MutableMapping[str, AgentRecord]):
         #: What :meth:`live_per_node` and :meth:`destroyed` last found, until a change.
         self._per_node: Counter[str] | None = None
         self._destroyed: tuple[AgentRecord, ...] | None = None
+        self._live_records: tuple[AgentRecord, ...] | None = None
         for name, record in (records or {}).items():
             self[name] = record
 
@@ -258,7 +259,7 @@ class AgentTable(MutableMapping[str, AgentRecord]):
 
     def __setitem__(self, name: str, record: AgentRecord) -> None:
         self._records[name] = record
-        self._ordered = self._per_node = self._destroyed = None
+        self._ordered = self._per_node = self._destroyed = self._live_records = None
         if record.state == AgentState.DESTROYED:
             self.live.discard(name)
         else:
@@ -266,7 +267,7 @@ class AgentTable(MutableMapping[str, AgentRecord]):
 
     def __delitem__(self, name: str) -> None:
         del self._records[name]
-        self._ordered = self._per_node = self._destroyed = None
+        self._ordered = self._per_node = self._destroyed = self._live_records = None
         self.live.discard(name)
 
     def ordered(self) -> list[AgentRecord]:
@@ -283,6 +284,13 @@ class AgentTable(MutableMapping[str, AgentRecord]):
         if self._per_node is None:
             self._per_node = Counter(self._records[name].node for name in self.live)
         return self._per_node
+
+    def live_records(self) -> tuple[AgentRecord, ...]:
+        """The live agents' records, in listing order (the same tuple until the table
+        changes: a caller may tell that nothing changed by its identity)."""
+        if self._live_records is None:
+            self._live_records = tuple(r for r in self.ordered() if r.state != AgentState.DESTROYED)
+        return self._live_records
 
     def destroyed(self) -> tuple[AgentRecord, ...]:
         """The tombstones, in listing order (kept until the table changes)."""
@@ -386,6 +394,11 @@ class Registry:
     def destroyed(self) -> tuple[AgentRecord, ...]:
         """Every tombstone, in listing order."""
         return self._agents.destroyed()
+
+    def live_records(self) -> tuple[AgentRecord, ...]:
+        """Every live agent's record, in listing order (the same tuple while nothing
+        changed)."""
+        return self._agents.live_records()
 
     def known(self) -> frozenset[str]:
         """Every name a message may wait for: live agents and tombstones."""

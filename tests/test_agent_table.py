@@ -48,6 +48,8 @@ def test_nodes_counts_and_tombstones_follow_every_change() -> None:
     assert dict(table.live_per_node()) == {"": 1, "n2": 1}
     assert [r.name for r in table.destroyed()] == ["old"]
     assert table.live_per_node() is table.live_per_node()  # kept while nothing changes
+    live = table.live_records()
+    assert [r.name for r in live] == ["alice", "bob"] and table.live_records() is live
     table["alice"] = attrs.evolve(table["alice"], state=AgentState.DESTROYED)
     assert dict(table.live_per_node()) == {"n2": 1}
     assert [r.name for r in table.destroyed()] == ["alice", "old"]
@@ -55,5 +57,6 @@ def test_nodes_counts_and_tombstones_follow_every_change() -> None:
     table["old"] = _record("old")  # revived
     assert dict(table.live_per_node()) == {"n2": 2, "": 1}
     assert [r.name for r in table.destroyed()] == ["alice"]
+    assert [r.name for r in table.live_records()] == ["bob", "carol", "old"]
     del table["alice"]
     assert table.destroyed() == ()
