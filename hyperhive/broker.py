@@ -262,21 +262,22 @@ def sql_take(conn: Conn, recipient: str, limit: int, ack: bool, now: float) -> l
     ).fetchall()
     if not rows:
         return []
-    ids = [r["id"] for r in rows]
+    ids = [r[0] for r in rows]
     marks = ",".join("?" * len(ids))
     conn.execute(
         f"UPDATE messages SET delivered_at = ?, acked_at = ? WHERE id IN ({marks})",
         (now, now if ack else None, *ids),
     )
+    # By position, in the SELECT's order (a third of the cost of looking each up by name).
     return [
         Message(
-            id=r["id"],
-            from_=r["sender"],
-            to=r["recipient"],
-            body=r["body"],
-            sent_at=r["sent_at"],
-            in_reply_to=r["in_reply_to"],
-            redelivered=bool(r["redelivered"]),
+            id=r[0],
+            from_=r[1],
+            to=r[2],
+            body=r[3],
+            sent_at=r[4],
+            in_reply_to=r[5],
+            redelivered=bool(r[6]),
         )
         for r in rows
     ]
@@ -374,16 +375,17 @@ def sql_messages(conn: Conn, limit: int, recipient: str | None = None) -> list[R
         f"acked_at FROM messages {where} ORDER BY id DESC LIMIT ?) AS newest ORDER BY id",
         (*args, limit),
     ).fetchall()
+    # By position, in the SELECT's order (the dashboard's snapshot reads 250 of them).
     return [
         RecentMessage(
-            id=r["id"],
-            from_=r["sender"],
-            to=r["recipient"],
-            body=r["body"],
-            sent_at=r["sent_at"],
-            in_reply_to=r["in_reply_to"],
-            delivered_at=r["delivered_at"],
-            acked_at=r["acked_at"],
+            id=r[0],
+            from_=r[1],
+            to=r[2],
+            body=r[3],
+            sent_at=r[4],
+            in_reply_to=r[5],
+            delivered_at=r[6],
+            acked_at=r[7],
         )
         for r in rows
     ]
