@@ -132,24 +132,34 @@ async def handle(stream):
         while b"\\n" in buf:
             line, buf = buf.split(b"\\n", 1)
             await stream.send_all(line + b"\\n")
+"""
+
+#: What both servers end with: listen at ``argv[1]``, say ``ready``, serve ``handle``.
+_SERVE = """
 async def main(path):
     sock = trio.socket.socket(trio.socket.AF_UNIX)
     await sock.bind(path)
-    sock.listen(16)
+    sock.listen(128)
     print("ready", flush=True)
     await trio.serve_listeners(handle, [trio.SocketListener(sock)])
 trio.run(main, sys.argv[1])
 """
 
 
-def start_echo(path: Path) -> subprocess.Popen[bytes]:
-    """The trio echo server, in its own process, listening at ``path``."""
+def _start_server(script: str, path: Path) -> subprocess.Popen[bytes]:
+    """``script`` (a ``handle`` for each connection) in its own process, listening at
+    ``path``, once it says it is ready."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", ECHO_SERVER, os.fspath(path)], stdout=subprocess.PIPE
+        [sys.executable, "-c", script + _SERVE, os.fspath(path)], stdout=subprocess.PIPE
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == b"ready"
     return proc
+
+
+def start_echo(path: Path) -> subprocess.Popen[bytes]:
+    """The trio echo server, in its own process, listening at ``path``."""
+    return _start_server(ECHO_SERVER, path)
 
 
 async def echo_floor(path: Path, samples: int, line: bytes) -> dict[str, Any]:
@@ -206,13 +216,6 @@ async def handle(stream):
                 taken = [inbox.popleft() for _ in range(min(len(inbox), request["max"]))]
                 reply = {"ok": True, "messages": taken}
             os.write(fd, orjson.dumps(reply) + b"\\n")
-async def main(path):
-    sock = trio.socket.socket(trio.socket.AF_UNIX)
-    await sock.bind(path)
-    sock.listen(128)
-    print("ready", flush=True)
-    await trio.serve_listeners(handle, [trio.SocketListener(sock)])
-trio.run(main, sys.argv[1])
 """
 
 
@@ -255,12 +258,8 @@ async def _pattern_traffic(path: Path, pairs: int, per_pair: int) -> int:
 def pattern_floor(path: Path, pairs: int, messages: int) -> dict[str, float]:
     """The minimal server's CPU per message and per request for ``messages`` messages
     over ``pairs`` pairs, and its requests per message."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PATTERN_SERVER, os.fspath(path)], stdout=subprocess.PIPE
-    )
+    proc = _start_server(PATTERN_SERVER, path)
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == b"ready"
         per_pair = messages // pairs
         before = cpu_seconds(proc.pid)
         requests = trio.run(_pattern_traffic, path, pairs, per_pair)
