@@ -25,7 +25,7 @@ most of a snapshot's time).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -33,7 +33,7 @@ import orjson
 import trio
 
 from hyperhive.events import Event, EventHub
-from hyperhive.kinds import AgentState, EventKind
+from hyperhive.kinds import EventKind
 from hyperhive.protocol import CONVERTER, AgentInfo
 from hyperhive.protocol import event_payloads as ev
 from hyperhive.registry import AgentRecord
@@ -115,12 +115,14 @@ class AgentViews:
         self,
         events: EventHub,
         *,
-        records: Callable[[], Iterable[AgentRecord]],
+        records: Callable[[], Sequence[AgentRecord]],
         read_facts: FactsReader,
         build: ViewBuilder,
         refresh_seconds: float = FACTS_REFRESH_SECONDS,
     ) -> None:
         self._events = events
+        #: The live agents' records in listing order; the same object while none changed
+        #: (``Registry.live_records``), which lets an unchanged listing be kept whole.
         self._records = records
         #: The one place agents' files are read (a test counts its calls).
         self.read_facts = read_facts
@@ -138,7 +140,7 @@ class AgentViews:
         #: again while those are the same object (the registry keeps its tuple until a
         #: change) and none of the names shown is dirty or stale.
         self._last_shown: (
-            tuple[Iterable[AgentRecord], list[tuple[_View, str]], frozenset[str]] | None
+            tuple[Sequence[AgentRecord], list[tuple[_View, str]], frozenset[str]] | None
         ) = None
         self._limiter = trio.CapacityLimiter(1)
         events.listen(self._on_event)
@@ -192,9 +194,7 @@ class AgentViews:
 
     async def refresh_all(self) -> None:
         """Read every agent's facts again (what the periodic refresh does)."""
-        await self._read(
-            [r.name for r in self._records() if r.state != AgentState.DESTROYED], announce=True
-        )
+        await self._read([r.name for r in self._records()], announce=True)
 
     async def refresh_loop(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -224,8 +224,7 @@ class AgentViews:
         ):
             return last[1]  # the same records (a kept tuple), facts and views
         while True:
-            listed = self._records()
-            records = [r for r in listed if r.state != AgentState.DESTROYED]
+            records = self._records()
             missing = [
                 r.name for r in records if r.name in self._stale or r.name not in self._facts
             ]
@@ -250,7 +249,7 @@ class AgentViews:
             live = {name for _, name in shown}
             self._views = {n: v for n, v in self._views.items() if n in live}
             self._entries = {n: e for n, e in self._entries.items() if n in live}
-        self._last_shown = (listed, shown, frozenset(name for _, name in shown))
+        self._last_shown = (records, shown, frozenset(name for _, name in shown))
         return shown
 
     async def infos(

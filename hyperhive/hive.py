@@ -1036,7 +1036,7 @@ class Hive:
     async def measure_disk_usage(self) -> DiskUsage:
         """The state dir's size and each agent's (a tree walk, off the event loop)."""
         paths = self.config.paths
-        names = [r.name for r in self.registry.all() if r.state != AgentState.DESTROYED]
+        names = [r.name for r in self.registry.live_records()]
 
         def measure() -> DiskUsage:
             agents = {
