@@ -24,8 +24,9 @@ with any server on that socket. So:
   never the operator's cookie or CSRF token;
 - a response passes only with a type in :data:`RESPONSE_TYPES`, keeps only the headers in
   :data:`FORWARDED_RESPONSE`, and gets a sandboxing CSP and ``nosniff``; its head must
-  come within :data:`HEAD_TIMEOUT` (and be at most 16 KiB), each body chunk within
-  :data:`IDLE_TIMEOUT` (the harness sends an SSE heartbeat every 15 s);
+  come within :data:`~hyperhive.runtime.agent_ui.HEAD_TIMEOUT` (and be at most 16 KiB), each body
+  chunk within :data:`~hyperhive.runtime.agent_ui.IDLE_TIMEOUT` (the harness sends an SSE
+  heartbeat every 15 s); the connection is :class:`hyperhive.runtime.agent_ui.Upstream`;
 - the upstream connection is closed as soon as the browser leaves.
 
 Errors: :class:`UpstreamUnavailable` (cannot connect, or a broken or refused answer) is a
@@ -44,15 +45,11 @@ from __future__ import annotations
 
 import contextlib
 import html
-import os
 import re
-import stat
 from collections.abc import Awaitable, Callable, Iterable
-from pathlib import Path
 from typing import Final
 
 import attrs
-import h11
 import trio
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -60,17 +57,12 @@ from starlette.types import Receive, Scope, Send
 
 from hyperhive.config import Paths
 from hyperhive.names import InvalidAgentName, parse_agent_name
+from hyperhive.runtime.agent_ui import AgentUiUnavailable as UpstreamUnavailable
+from hyperhive.runtime.agent_ui import Upstream
 from hyperhive_harness.page import PAGE_HEADERS, render_page
 
 #: Largest request body forwarded (the harness refuses more than this too).
 MAX_REQUEST_BODY: Final = 1024 * 1024
-CONNECT_TIMEOUT: Final = 5.0
-#: From sending the request to the end of the response head.
-HEAD_TIMEOUT: Final = 30.0
-#: Longest silence inside a response body before it is cut (SSE heartbeats are every 15 s).
-IDLE_TIMEOUT: Final = 60.0
-MAX_HEAD_BYTES: Final = 16 * 1024
-READ_CHUNK: Final = 65536
 FORWARDED_REQUEST: Final = ("accept", "content-type", "last-event-id")
 FORWARDED_RESPONSE: Final = ("content-type", "cache-control")
 RESPONSE_TYPES: Final = frozenset({"application/json", "text/event-stream", "text/plain"})
@@ -82,10 +74,6 @@ RESPONSE_SECURITY: Final = {
 }
 _PATH_RE: Final = re.compile(r"(?:api|events)(?:/[A-Za-z0-9_-]+)+")
 _QUERY_RE: Final = re.compile(rb"[A-Za-z0-9_.~%&=+,:-]*")
-
-
-class UpstreamUnavailable(Exception):
-    """The agent's UI cannot be reached or answered with something not passed on."""
 
 
 @attrs.frozen
@@ -181,88 +169,6 @@ def unavailable_page(name: str, reason: str) -> str:
 
 
 # ---------------------------------------------------------------- the connection (trio)
-
-
-class Upstream:
-    """One HTTP/1.1 exchange with an agent's UI socket."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self._stream = stream
-        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
-
-    @classmethod
-    async def open(cls, path: Path) -> Upstream:
-        # The agent writes the dir of its ui.sock: a symlink there could point the daemon
-        # (root) at any unix socket of the host. So the socket file itself is opened without
-        # following a link, and connected to through that very file (/proc/self/fd/N).
-        try:
-            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise UpstreamUnavailable(f"nothing listens at {path}") from None
-        except OSError as exc:
-            raise UpstreamUnavailable(f"cannot connect to {path}: {exc.strerror}") from None
-        try:
-            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-                raise UpstreamUnavailable(f"{path} is not a socket (a symlink?)")
-            with trio.fail_after(CONNECT_TIMEOUT):
-                stream = await trio.open_unix_socket(f"/proc/self/fd/{fd}")
-        except FileNotFoundError:
-            raise UpstreamUnavailable(f"nothing listens at {path}") from None
-        except trio.TooSlowError:
-            raise UpstreamUnavailable(f"no answer from {path} in {CONNECT_TIMEOUT:g} s") from None
-        except OSError as exc:
-            raise UpstreamUnavailable(f"cannot connect to {path}: {exc.strerror}") from None
-        finally:
-            os.close(fd)
-        return cls(stream)
-
-    async def exchange(
-        self, method: str, target: bytes, headers: list[tuple[str, str]], body: bytes | None
-    ) -> h11.Response:
-        """Send the request; the response head."""
-        try:
-            with trio.fail_after(HEAD_TIMEOUT):
-                request = h11.Request(method=method, target=target, headers=headers)
-                wire = self._conn.send(request) or b""
-                if body:
-                    wire += self._conn.send(h11.Data(data=body)) or b""
-                wire += self._conn.send(h11.EndOfMessage()) or b""
-                # In one piece: a UI may answer on the head alone and close; then its answer
-                # is still there to read.
-                with contextlib.suppress(trio.BrokenResourceError):
-                    await self._stream.send_all(wire)
-                while True:
-                    event = await self._next_event()
-                    if isinstance(event, h11.Response):
-                        return event
-                    if not isinstance(event, h11.InformationalResponse):
-                        raise UpstreamUnavailable("the agent's UI closed without an answer")
-        except trio.TooSlowError:
-            raise UpstreamUnavailable(f"no answer in {HEAD_TIMEOUT:g} s") from None
-        except (h11.ProtocolError, trio.BrokenResourceError, OSError) as exc:
-            raise UpstreamUnavailable(f"broken answer from the agent's UI: {exc}") from None
-
-    async def next_chunk(self) -> bytes | None:
-        """The next piece of the body; None at its end, after a silence of
-        :data:`IDLE_TIMEOUT` or when the upstream breaks off."""
-        with trio.move_on_after(IDLE_TIMEOUT):
-            try:
-                event = await self._next_event()
-            except (h11.ProtocolError, trio.BrokenResourceError, OSError):
-                return None
-            return bytes(event.data) if isinstance(event, h11.Data) else None
-        return None
-
-    async def _next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
-        while True:
-            event = self._conn.next_event()
-            if event is h11.NEED_DATA:
-                self._conn.receive_data(await self._stream.receive_some(READ_CHUNK))
-                continue
-            return event
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 class Relay(Response):

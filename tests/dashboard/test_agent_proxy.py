@@ -22,8 +22,8 @@ from starlette.requests import Request
 
 from hyperhive.config import Paths
 from hyperhive.names import InvalidAgentName
+from hyperhive.runtime import agent_ui
 from hyperhive.supervisor import Daemon, Hive
-from hyperhive.web import _proxy
 from hyperhive.web._proxy import (
     MAX_REQUEST_BODY,
     BodyTooLarge,
@@ -323,7 +323,7 @@ async def test_streams_pass_as_they_come_and_end_upstream_when_the_browser_leave
 async def test_an_upstream_that_does_not_answer_is_given_up(
     inproc: Daemon, fake_ui: FakeUi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_proxy, "HEAD_TIMEOUT", 0.5)
+    monkeypatch.setattr(agent_ui, "HEAD_TIMEOUT", 0.5)
     slow = await get(inproc, "/agent/alice/api/slow")
     assert slow.status == 502 and "no answer" in slow.json()["error"]
     with trio.fail_after(10):
