@@ -488,8 +488,13 @@ class Ledger:
         self._active: set[str] = set()
         #: When each agent was last resumed: its no-progress streak starts over from there.
         self._resumed: dict[str, float] = {}
-        #: Every agent's sums, replaced (never changed in place) by the writer's jobs.
+        #: Every agent's sums, replaced (never changed in place) by the writer's jobs; dropped
+        #: when the writer undoes rows (a batch runs again): read from the table next time.
         self._cache: _SpendCache | None = None
+        db.on_rollback(self._forget)
+
+    def _forget(self) -> None:
+        self._cache = None
 
     def note_resumed(self, agent: str) -> None:
         self._resumed[agent] = self._clock()
@@ -519,11 +524,7 @@ class Ledger:
                 idle_streak=sql_idle_streak(conn, agent, self._resumed.get(agent)),
             )
 
-        try:
-            result = await self._db.transaction(tx)
-        except BaseException:
-            self._cache = None  # rolled back (a full disk): read the table again
-            raise
+        result = await self._db.transaction(tx)
         self._active.discard(agent)
         return result
 

@@ -6,10 +6,14 @@ End to end with the real claude CLI: ``tests/harness/test_ledger.py`` and
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from hyperhive.config import Config
@@ -34,7 +38,7 @@ from hyperhive.names import OPERATOR
 from hyperhive.supervisor import open_daemon
 from hyperhive.web._metrics import metrics_text
 
-from .conftest import Connect, DaemonProcess, connect_agent, make_paths
+from .conftest import Connect, DaemonProcess, connect_agent, make_paths, wait_until
 from .test_cli import cli
 
 pytestmark = pytest.mark.both_stores  # the store's rules, on sqlite and on PostgreSQL
@@ -191,6 +195,64 @@ async def test_reports_are_recorded_once_as_the_socket_s_agent(
     assert refused["ok"] is False
     # stats is the operator's: not served on an agent socket.
     assert (await alice.request({"cmd": "stats"}))["ok"] is False
+
+
+async def test_a_report_in_a_batch_run_again_is_counted_once(hive: Hive, connect: Connect) -> None:
+    """The writer runs a batch again when one of its jobs failed after changing rows; the
+    ledger's sums in memory must not count the report of the first, undone, run."""
+    alice = await connect("alice")
+    db = hive.db
+    holding, release = threading.Event(), threading.Event()
+
+    def gate(conn: Any) -> None:  # holds the writer until the report is queued behind it
+        holding.set()
+        assert release.wait(30)
+
+    def fails_after_writing(conn: Any) -> None:
+        conn.execute("INSERT INTO ledger_crashes (agent, crashed_at) VALUES ('undone', 0)")
+        raise ValueError("failed after writing")
+
+    def queued(n: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return db.statistics().queued == n
+
+        return check
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(db.transaction, gate, slow=True))
+        await trio.to_thread.run_sync(holding.wait)
+        replies: list[dict[str, Any]] = []
+
+        async def report_turn() -> None:
+            replies.append(await alice.request(report()))
+
+        nursery.start_soon(report_turn)
+        await wait_until(queued(1))
+        failures: list[str] = []
+
+        async def fail() -> None:
+            try:
+                await db.transaction(fails_after_writing)
+            except ValueError as exc:
+                failures.append(str(exc))
+
+        nursery.start_soon(fail)
+        await wait_until(queued(2))
+        release.set()
+    assert failures == ["failed after writing"]
+    assert replies == [{"ok": True, "recorded": True}]
+    assert db.statistics().isolated == 1
+    assert "undone" not in await hive.ledger.crashes()
+    stats = await hive.stats(None)  # from the table
+    assert stats.hive.total.cost_usd == 0.25 and stats.hive.total.turns == 1
+    # The figures kept in memory (/metrics, the dashboard, budgets) count the turn once too.
+    exposition = (await metrics_text(hive)).decode()
+    samples = {
+        (sample.name, sample.labels.get("agent")): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+    assert samples[("hyperhive_agent_cost_usd_total", "alice")] == 0.25
 
 
 @pytest.mark.parametrize(

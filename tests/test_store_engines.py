@@ -1,7 +1,9 @@
 """The store's promises on both engines: sqlite (a file) and PostgreSQL (a real server).
 
 Each test runs the same :class:`~hyperhive.store.Database` API against both: group commit
-(one COMMIT for everything queued), a failing job rolled back alone, a result returned only
+(one COMMIT for everything queued), a failing job rolled back alone (a batch run without a
+savepoint per job, and again with them when a job failed after changing rows), a result
+returned only
 after COMMIT, nothing acknowledged lost when the process holding the writer is killed,
 migrations applied once and a newer schema refused. Then what is PostgreSQL's own: the
 broker schema is the same on both, the URL's password never shows, a lost connection
@@ -199,6 +201,78 @@ async def test_a_failing_job_rolls_back_alone(engine: Engine) -> None:
     assert isinstance(outcomes[2], ValueError)
     assert isinstance(outcomes[3], (sqlite3.IntegrityError, psycopg.errors.UniqueViolation))
     assert _names(engine) == {"first", "gate", "a", "b", "after"}
+
+
+async def test_a_batch_runs_without_savepoints_and_again_with_them_when_a_job_undoes_rows(
+    engine: Engine,
+) -> None:
+    ran: list[str] = []  # each job's name, each time its function runs
+    statements: list[str] = []
+    undone: list[int] = []
+
+    def counted(name: str, conn: sqlite3.Connection) -> int:
+        ran.append(name)
+        return _insert(name, conn)
+
+    def refused(conn: sqlite3.Connection) -> None:
+        ran.append("refused")
+        raise ValueError("refused before writing")
+
+    def fails_after_writing(conn: sqlite3.Connection) -> None:
+        ran.append("wrote")
+        _insert("wrote", conn)
+        raise ValueError("failed after writing")
+
+    class Traced(_Gate):
+        def job(self, conn: sqlite3.Connection) -> int:
+            if isinstance(conn, sqlite3.Connection):  # the statements the writer runs next
+                conn.set_trace_callback(statements.append)
+            return super().job(conn)
+
+    async def batch(*jobs: Callable[[Any], Any]) -> list[Any]:
+        ran.clear()
+        statements.clear()
+        gate = Traced()
+        async with trio.open_nursery() as nursery:
+            outcomes = await _queue_behind_gate(db, nursery, gate, jobs)
+            gate.release.set()
+        return outcomes[1:]
+
+    def ran_again_after(failing: str) -> bool:
+        """The jobs ran up to ``failing`` (in the batch's order), then all of them again."""
+        first = ran.index(failing) + 1
+        return len(ran) - first == 3 and set(ran[first:]) >= set(ran[:first])
+
+    sqlite = engine.name == "sqlite"
+    async with engine.open(MIGRATIONS) as db:
+        db.on_rollback(lambda: undone.append(1))
+        # A job refused before it changed a row fails alone: the others commit. sqlite can
+        # tell that nothing was changed: each job ran once, with no savepoint.
+        a, no, b = await batch(
+            functools.partial(counted, "a"), refused, functools.partial(counted, "b")
+        )
+        assert isinstance(a, int) and isinstance(b, int) and isinstance(no, ValueError)
+        if sqlite:
+            assert sorted(ran) == ["a", "b", "refused"]
+            assert not [s for s in statements if "SAVEPOINT" in s], statements
+            assert db.statistics().isolated == 0 and undone == []
+        else:  # PostgreSQL cannot: the batch ran again
+            assert ran_again_after("refused") and db.statistics().isolated == 1
+        # A job that changed rows and failed: the batch runs again, each job in its
+        # savepoint; its rows are undone, the others' kept, and the rollback is told.
+        before = db.statistics().isolated
+        undone.clear()
+        c, failed, d = await batch(
+            functools.partial(counted, "c"), fails_after_writing, functools.partial(counted, "d")
+        )
+        assert isinstance(c, int) and isinstance(d, int)
+        assert isinstance(failed, ValueError) and "after writing" in str(failed)
+        assert ran_again_after("wrote"), ran
+        assert db.statistics().isolated == before + 1
+        assert undone
+        if sqlite:
+            assert sum(s == "SAVEPOINT job" for s in statements) == 3, statements
+    assert _names(engine) == {"gate", "a", "b", "c", "d"}
 
 
 async def test_nothing_acknowledged_is_lost_when_the_writer_is_killed(engine: Engine) -> None:

@@ -2,11 +2,17 @@
 
 Every piece of work is a plain synchronous function of a ``sqlite3.Connection`` (the sans-IO
 side). :meth:`Database.transaction` queues it; one writer task takes everything queued so
-far and runs it in a single ``BEGIN IMMEDIATE … COMMIT`` (group commit), each function
-inside its own savepoint (one alone in its batch in the transaction itself), so a failing
-function rolls back alone and a burst of concurrent writers shares one fsync. A function's
+far and runs it in a single ``BEGIN IMMEDIATE … COMMIT`` (group commit), so a burst of
+concurrent writers shares one fsync, and a failing function rolls back alone. A function's
 result is returned only after the commit, so whatever the caller was told is durable at the
 database's ``synchronous`` level.
+
+A batch first runs without a savepoint per function (two statements less per function, on
+the hot path): a function that fails before changing a row (a refused request: most
+failures) needs no undoing. One that fails after changing rows makes the writer roll the
+transaction back and run the batch again, each function in its own savepoint. So a function
+may run more than once, and must change nothing outside the connection, or undo it in a
+hook given to :meth:`Database.on_rollback` (called whenever changed rows were undone).
 
 Where a batch runs (:class:`Placement`): on the event loop itself, as a plain call, when it
 is quick, which is what a batch of the broker's hot path is (a few indexed statements and
@@ -104,6 +110,11 @@ class LockLost(RuntimeError):
 
 class _Full(Exception):
     """A batch attempt ran out of space and sqlite rolled its transaction back."""
+
+
+class _Isolate(Exception):
+    """A function of a batch run without savepoints failed after changing rows: the
+    transaction was rolled back, and the batch runs again with a savepoint per function."""
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -269,6 +280,8 @@ class DatabaseStatistics:
     #: Batches run on the writer's thread (the rest ran on the event loop).
     off_loop: int = 0
     checkpoints: int = 0
+    #: Batches run again with a savepoint per function (one failed after changing rows).
+    isolated: int = 0
 
 
 def connect(path: Path, *, synchronous: str, migrations: Sequence[Migration]) -> sqlite3.Connection:
@@ -378,6 +391,8 @@ class Database:
         self._batches = 0
         self._off_loop = 0
         self._checkpoints = 0
+        self._isolated = 0
+        self._rollback_hooks: list[Callable[[], None]] = []
 
     @property
     def reserve_file(self) -> Path | None:
@@ -472,7 +487,14 @@ class Database:
             len(self._pending),
             off_loop=self._off_loop,
             checkpoints=self._checkpoints,
+            isolated=self._isolated,
         )
+
+    def on_rollback(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` (in the writer, possibly on its thread) whenever rows a function
+        changed were undone: that function's batch runs again, or the function failed. Who
+        keeps a copy of what functions wrote (a cache) drops it there."""
+        self._rollback_hooks.append(hook)
 
     #: Whether batches may run on the event loop (sqlite); False for an engine whose every
     #: statement is a network round trip.
@@ -654,13 +676,13 @@ class Database:
             self._try_leave_full_mode()
         try:
             try:
-                self._attempt(batch)
+                self._attempt_batch(batch)
             except _Full:
                 if self.full:
                     raise
                 # The whole transaction is gone; run it again with writes refused.
                 self._enter_full_mode()
-                self._attempt(batch)
+                self._attempt_batch(batch)
         except _Full:
             # Not even bookkeeping fits any more: every job of the batch fails alone.
             for job in batch:
@@ -672,8 +694,21 @@ class Database:
         self._transactions += len(batch)
         return None
 
-    def _attempt(self, batch: list[_Job[Any]]) -> None:
-        """One transaction over the batch; raises _Full or the error of BEGIN/COMMIT."""
+    def _attempt_batch(self, batch: list[_Job[Any]]) -> None:
+        """The batch without savepoints; again with them when a job failed after changing
+        rows (always with them in full mode, where durable writes fail by design)."""
+        if self.full or len(batch) == 1:
+            self._attempt(batch, isolate=True)
+            return
+        try:
+            self._attempt(batch, isolate=False)
+        except _Isolate:
+            self._isolated += 1
+            self._attempt(batch, isolate=True)
+
+    def _attempt(self, batch: list[_Job[Any]], *, isolate: bool) -> None:
+        """One transaction over the batch; raises _Full, _Isolate or the error of
+        BEGIN/COMMIT."""
         conn = self._conn
         level = self._synchronous
         if level in ("FULL", "EXTRA") and not any(job.durable for job in batch):
@@ -682,39 +717,80 @@ class Database:
             conn.execute(f"PRAGMA synchronous = {level}")
             self._current_sync = level
         conn.execute("BEGIN IMMEDIATE")
-        if not self._run_jobs(conn, batch):
+        if not self._run_jobs(conn, batch, isolate=isolate):
             return
+        self._commit(conn)
+
+    def _commit(self, conn: Any) -> None:
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._rolled_back()
             if self._out_of_space(exc):
                 raise _Full() from None
             raise
 
-    def _run_jobs(self, conn: Any, batch: list[_Job[Any]]) -> bool:
-        """Run the jobs of ``batch`` in the open transaction, each in its own savepoint (a job
-        alone in its batch in the transaction itself); False when that lone job failed and
-        the transaction was rolled back: there is nothing to commit. The engine's
-        :meth:`_run_job` and :meth:`_job_failed` say what a job and its failure mean."""
+    def _run_jobs(self, conn: Any, batch: list[_Job[Any]], *, isolate: bool) -> bool:
+        """Run the jobs of ``batch`` in the open transaction; False when a lone job failed
+        and the transaction was rolled back: there is nothing to commit.
+
+        ``isolate``: each job in its own savepoint (a job alone in its batch in the
+        transaction itself), so a failing one rolls back alone. Without: a job that fails
+        having changed no row fails alone, one that changed rows rolls the transaction back
+        and raises :class:`_Isolate`. The engine's :meth:`_run_job`, :meth:`_changes` and
+        :meth:`_job_failed` say what a job, its changes and its failure mean."""
+        if not isolate:
+            for job in batch:
+                job.result, job.error = None, None
+                before = self._changes(conn)
+                try:
+                    job.result = self._run_job(job)
+                except BaseException as exc:
+                    if self._failed(conn, job, exc, before):
+                        conn.execute("ROLLBACK")
+                        self._rolled_back()
+                        raise _Isolate() from None
+            return True
         alone = len(batch) == 1
         for job in batch:
             job.result, job.error = None, None
             if not alone:
                 conn.execute("SAVEPOINT job")
+            before = self._changes(conn)
             try:
                 job.result = self._run_job(job)
             except BaseException as exc:
-                job.result, job.error = None, exc
-                self._job_failed(job, exc)
+                wrote = self._failed(conn, job, exc, before)
+                conn.execute("ROLLBACK" if alone else "ROLLBACK TO SAVEPOINT job")
+                if wrote:
+                    self._rolled_back()
                 if alone:
-                    conn.execute("ROLLBACK")
                     return False
-                conn.execute("ROLLBACK TO SAVEPOINT job")
             if not alone:
                 conn.execute("RELEASE SAVEPOINT job")
         return True
+
+    def _failed(self, conn: Any, job: _Job[Any], exc: BaseException, before: int | None) -> bool:
+        """``job`` raised ``exc``: whether it had changed rows (to be undone). Raises for
+        the whole batch when its transaction is gone (:meth:`_job_failed`)."""
+        job.result, job.error = None, exc
+        wrote = before is None or self._changes(conn) != before
+        try:
+            self._job_failed(job, exc)
+        except BaseException:
+            self._rolled_back()  # everything the batch changed so far is gone
+            raise
+        return wrote
+
+    def _rolled_back(self) -> None:
+        for hook in self._rollback_hooks:
+            hook()
+
+    def _changes(self, conn: Any) -> int | None:
+        """Rows changed so far by the connection (None: the engine cannot tell)."""
+        return int(conn.total_changes)
 
     def _run_job(self, job: _Job[Any]) -> Any:
         """One job's function; in full mode a durable one may change no row."""

@@ -5,9 +5,11 @@ in its thread (each statement is a round trip to the server: never on the event 
 on one PostgreSQL connection (psycopg's synchronous API; no asyncio) instead of the sqlite
 file. Everything the daemon relies on is kept: :meth:`~Database.transaction` queues a plain
 synchronous function of a connection; the writer takes everything queued and runs it as one
-``BEGIN … COMMIT`` (group commit), each function in its own ``SAVEPOINT`` so a failing one
-rolls back alone (a function alone in its batch needs none: a round trip costs more than on
-sqlite); a result is returned only after ``COMMIT``. ``synchronous_commit`` is
+``BEGIN … COMMIT`` (group commit), first without a ``SAVEPOINT`` per function (two round
+trips less each); when one fails, the transaction is rolled back and the batch runs again
+with a savepoint per function, so the failing one rolls back alone (PostgreSQL cannot tell
+whether it changed rows, and an error aborts the whole transaction anyway); a result is
+returned only after ``COMMIT``. ``synchronous_commit`` is
 ``on`` (the commit is flushed to the server's WAL before it is acknowledged, as
 ``synchronous=FULL`` on sqlite); a batch made only of ``durable=False`` work commits with
 ``SET LOCAL synchronous_commit = off``, as it commits at ``NORMAL`` on sqlite.
@@ -348,7 +350,7 @@ class PgDatabase(Database):
 
     def _run_batch(self, batch: list[_Job[Any]]) -> DatabaseFailed | None:
         try:
-            self._attempt(batch)
+            self._attempt_batch(batch)
         except psycopg.Error as exc:
             return self._fail(batch, f" failed: {str(exc).strip()}", exc)
         self._batches += 1
@@ -530,20 +532,24 @@ class PgDatabase(Database):
         # Bounded by the connection's TCP timeouts (real time; a test's clock may be virtual).
         return await trio.to_thread.run_sync(check, abandon_on_cancel=True)
 
-    def _attempt(self, batch: list[_Job[Any]]) -> None:
+    def _attempt(self, batch: list[_Job[Any]], *, isolate: bool) -> None:
         conn = self._pg
         conn.execute("BEGIN")
         if not any(job.durable for job in batch):
             conn.execute("SET LOCAL synchronous_commit = off")
         conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
-        if not self._run_jobs(conn, batch):
+        if not self._run_jobs(conn, batch, isolate=isolate):
             return
         try:
             conn.execute("COMMIT")
         except psycopg.Error:
             if not conn.broken:
                 conn.execute("ROLLBACK")
+            self._rolled_back()
             raise
+
+    def _changes(self, conn: Any) -> int | None:
+        return None  # not known here: a job that failed is taken to have changed rows
 
     def _run_job(self, job: _Job[Any]) -> Any:
         return job.fn(cast(Any, self._pg))
