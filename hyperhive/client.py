@@ -102,13 +102,37 @@ class Client:
             await self._stream.aclose()
 
     async def raw(self, line: bytes) -> dict[str, Any]:
-        """Send raw bytes (a line or garbage) and return the next decoded reply object."""
-        async with self._lock:
-            try:
-                await self._stream.send_all(line)
-                return await self._read_reply()
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise ConnectionLost(f"the connection to the daemon broke: {exc}") from None
+        """Send raw bytes (a line or garbage) and return the next decoded reply object.
+
+        One request at a time: a second caller waits for the first one's reply. The usual
+        case costs one trip through the scheduler (waiting for the reply): the lock is taken
+        without one when it is free, and the line written at once when the socket takes it
+        all (as the daemon writes its replies)."""
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller sends nothing
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+        try:
+            await self._send(line)
+            return await self._read_reply()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ConnectionLost(f"the connection to the daemon broke: {exc}") from None
+        finally:
+            self._lock.release()
+
+    async def _send(self, line: bytes) -> None:
+        """``send_all(line)``, without its checkpoint when the socket takes it all at once
+        (the reply's wait that follows is the checkpoint)."""
+        fd = self._stream.socket.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("the connection was closed")
+        try:
+            sent = os.write(fd, line)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(line):
+            await self._stream.send_all(memoryview(line)[sent:])
 
     async def request(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Send a JSON object; return the reply object, ok or not."""

@@ -293,3 +293,29 @@ async def test_hung_up_long_poll_does_not_swallow_the_next_message(
         await c["alice"].call(Send("bob", f"after the hang-up (ack={ack})"))
         got = await c["bob"].call(Recv())
         assert [m.body for m in got.messages] == [f"after the hang-up (ack={ack})"]  # type: ignore[attr-defined]
+
+
+async def test_one_client_serves_concurrent_callers_in_turn_and_a_cancelled_one_sends_nothing(
+    hive: Hive, agents: Agents
+) -> None:
+    c = await agents("alice", "bob")
+    alice = c["alice"]
+    sent: dict[int, int] = {}
+
+    async def send(i: int) -> None:
+        sent[i] = (await alice.call(Send("bob", f"m{i}"))).id  # type: ignore[attr-defined]
+
+    # Twenty callers at once on one connection: each gets the reply to its own request.
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(send, i)
+    reply = await c["bob"].call(Recv(max=32))
+    by_id = {m.id: m.body for m in reply.messages}  # type: ignore[attr-defined]
+    assert by_id == {sent[i]: f"m{i}" for i in range(20)}
+    # A caller cancelled before its request went out sends nothing, and the connection's
+    # next request still gets its own reply.
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await alice.call(Send("bob", "never"))
+    assert (await alice.call(Status())).unread == 0  # type: ignore[attr-defined]
+    assert (await c["bob"].call(Status())).unread == 0  # type: ignore[attr-defined]
