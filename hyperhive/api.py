@@ -224,6 +224,14 @@ class Api:
     def blocks(self, request: Request) -> bool:
         return isinstance(request, Recv) and request.wait_seconds > 0
 
+    async def dispatch_now(self, conn: Connection, request: Request) -> Reply | None:
+        if not isinstance(request, Recv) or conn.principal.kind is SocketKind.HOST:
+            return None
+        messages = await self.hive.broker.recv_now(
+            conn.principal.name, limit=request.max, ack=request.ack
+        )
+        return RecvReply(messages=messages) if messages else None
+
     async def reply_lost(self, conn: Connection, request: Request, reply: Reply) -> None:
         # Messages handed out in a reply nobody read go back to the inbox, as they were.
         if isinstance(reply, RecvReply) and reply.messages:

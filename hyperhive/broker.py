@@ -661,12 +661,7 @@ class Broker:
             # A paused recipient is handed nothing: its inbox waits, in order, unacked.
             messages = []
             if not self._paused(recipient) and self._waiting(recipient):
-                messages = await self._db.transaction(
-                    functools.partial(
-                        sql_take, recipient=recipient, limit=limit, ack=ack, now=self._clock()
-                    ),
-                    durable=False,
-                )
+                messages = await self._take(recipient, limit, ack)
             if messages:
                 return self._delivered(recipient, messages, ack)
             if trio.current_time() >= deadline or self._stopping:
@@ -690,6 +685,24 @@ class Broker:
                         await self.undeliver(recipient, [m.id for m in handed])
                     return []
                 return self._delivered(recipient, handed, ack)
+
+    async def recv_now(self, recipient: str, *, limit: int = 1, ack: bool = True) -> list[Message]:
+        """What a ``recv`` hands out when it needs no wait: the messages waiting now, or []
+        (nothing waits, or ``recipient`` is paused: a ``recv`` would wait then)."""
+        if not 1 <= limit <= MAX_RECV_BATCH:
+            raise RequestRefused(f"max must be between 1 and {MAX_RECV_BATCH}")
+        if not self._db.can_read or self._paused(recipient) or not self._waiting(recipient):
+            return []  # (without a read on the loop, the recv's own look is the one take)
+        messages = await self._take(recipient, limit, ack)
+        return self._delivered(recipient, messages, ack) if messages else []
+
+    async def _take(self, recipient: str, limit: int, ack: bool) -> list[Message]:
+        return await self._db.transaction(
+            functools.partial(
+                sql_take, recipient=recipient, limit=limit, ack=ack, now=self._clock()
+            ),
+            durable=False,
+        )
 
     async def _park(self, recipient: str, slot: _Slot, deadline: float) -> list[Message] | None:
         """Wait in ``slot`` until woken, handed messages, or the deadline; return what was

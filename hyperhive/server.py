@@ -8,9 +8,10 @@ that cannot be decoded or carried out gets its reason and the connection goes on
 
 One reader task per connection reads the socket the whole time it is not answering a
 request itself: a request that cannot wait long is answered by the reader task as soon as it
-is read (one task wake-up per request); a long-poll ``recv`` and the push of a ``watch`` run
-in the connection's request loop, so that the reader notices a hang-up meanwhile and queues
-what the client pipelined behind it (requests are answered in order).
+is read (one task wake-up per request), and so is a long-poll ``recv`` that finds messages
+waiting; a long-poll that has to wait and the push of a ``watch`` run in the connection's
+request loop, so that the reader notices a hang-up meanwhile and queues what the client
+pipelined behind it (requests are answered in order).
 
 Each socket has a :class:`SocketBudget` (:class:`SocketLimits`): a cap on open connections
 (one past it gets one error line and is closed), a bound on the request bytes held for all of
@@ -121,6 +122,12 @@ class Endpoint(Protocol):
 
     def blocks(self, request: Request) -> bool:
         """True for requests that may wait long (a long-poll): the loop watches for hang-ups."""
+        ...
+
+    async def dispatch_now(self, conn: Connection, request: Request) -> Reply | None:
+        """A request that :meth:`blocks`, answered if that needs no wait (a long-poll
+        ``recv`` with messages waiting); None: it would wait, the request loop takes it.
+        Nothing is changed when it returns None or raises."""
         ...
 
     async def reply_lost(self, conn: Connection, request: Request, reply: Reply) -> None:
@@ -480,13 +487,34 @@ async def _answer_inline(loop: _Loop) -> bool:
                 break
             work = _work(conn, frame, reader)
             if not isinstance(work, bytes) and loop.endpoint.blocks(work):
-                watch.handoff = work
-                break
+                done = await _answer_now(loop, work)
+                if done is None:
+                    watch.handoff = work
+                    break
+                if not done:
+                    return False
+                continue
             if not await _carry_out(loop, work):
                 return False
     finally:
         watch.busy = False
     return True
+
+
+async def _answer_now(loop: _Loop, request: Request) -> bool | None:
+    """A long-poll answered by the reader task when it needs no wait (a ``recv`` with
+    messages waiting: no hand-over to the request loop, no watch for a hang-up); None when
+    it would wait (the loop takes it, and says what went wrong if it fails there); else
+    False when the client hung up."""
+    try:
+        reply = await loop.endpoint.dispatch_now(loop.conn, request)
+    except Exception:
+        return None
+    if reply is None:
+        return None
+    return await _send_reply(
+        loop, request, reply, encode_reply(reply, protocol=_envelope(loop.conn))
+    )
 
 
 async def handle_connection(
@@ -621,6 +649,14 @@ async def _carry_out(loop: _Loop, work: Request | bytes) -> bool:
                 with trio.CancelScope(shield=True):
                     await loop.endpoint.reply_lost(loop.conn, request, reply)
             return False
+    return await _send_reply(loop, request, reply, wire)
+
+
+async def _send_reply(
+    loop: _Loop, request: Request | None, reply: Reply | None, wire: bytes
+) -> bool:
+    """Send ``wire`` (the reply to ``request``, or an error line); False when the client
+    hung up (the reply is then lost: the endpoint hears of it)."""
     try:
         await _send(loop.stream, loop.reader.fd, wire)
     except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -319,3 +319,32 @@ async def test_one_client_serves_concurrent_callers_in_turn_and_a_cancelled_one_
         await alice.call(Send("bob", "never"))
     assert (await alice.call(Status())).unread == 0  # type: ignore[attr-defined]
     assert (await c["bob"].call(Status())).unread == 0  # type: ignore[attr-defined]
+
+
+async def test_a_long_poll_with_messages_waiting_gets_them_at_once_unless_paused(
+    hive: Hive, agents: Agents
+) -> None:
+    c = await agents("alice", "bob")
+    for body in ("m0", "m1"):
+        await c["alice"].call(Send("bob", body))
+    seq = hive.events.seq
+    with trio.fail_after(10):  # a long-poll that parked would wait its 60 s: no send follows
+        reply = await c["bob"].call(Recv(wait_seconds=60, max=32))
+    assert [m.body for m in reply.messages] == ["m0", "m1"]  # type: ignore[attr-defined]
+    delivered = [e for e in hive.events.history() if e.seq > seq and e.kind == "delivered"]
+    assert [(e.data["recipient"], e.data["acked"]) for e in delivered] == [("bob", True)] * 2
+    # Paused, bob's long-poll waits with a message in its inbox; the resume hands it over.
+    await hive.pause("bob", "over budget", "operator")
+    await c["alice"].call(Send("bob", "m2"))
+    got: list[str] = []
+
+    async def receive() -> None:
+        reply = await c["bob"].call(Recv(wait_seconds=60, max=32))
+        got.extend(m.body for m in reply.messages)  # type: ignore[attr-defined]
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receive)
+        await hive.broker.wait_parked("bob")
+        assert got == []
+        await hive.resume("bob", "operator")
+    assert got == ["m2"]

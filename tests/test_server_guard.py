@@ -47,6 +47,9 @@ class BuggyEndpoint:
     def blocks(self, request: Request) -> bool:
         return False
 
+    async def dispatch_now(self, conn: Connection, request: Request) -> Reply | None:
+        return None
+
     async def reply_lost(self, conn: Connection, request: Request, reply: Reply) -> None:
         raise AssertionError("not expected here")
 

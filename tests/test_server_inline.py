@@ -1,10 +1,10 @@
 """The reader task answers short requests itself; order, hang-ups and drain still hold.
 
 On real unix socket pairs: requests pipelined around a long-poll are carried out and
-answered in the order sent, a client that goes away while its request is being answered
-gets its reply counted as lost (and nothing it pipelined is carried out), and a drain that
-begins during a request lets its reply (and those of the requests already read) out before
-the connection is closed.
+answered in the order sent (a long-poll that needs no wait by the reader too), a client
+that goes away while its request is being answered gets its reply counted as lost (and
+nothing it pipelined is carried out), and a drain that begins during a request lets its
+reply (and those of the requests already read) out before the connection is closed.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class RecordingEndpoint:
         self.closed_calls = 0
         self.waiting = trio.Event()
         self.release = trio.Event()
+        self.ready = False
+        self.broken = False
 
     async def dispatch(self, conn: Connection, request: Request) -> Reply:
         self.dispatched.append(request.CMD)
@@ -40,6 +42,16 @@ class RecordingEndpoint:
 
     def blocks(self, request: Request) -> bool:
         return request.CMD == "recv"
+
+    async def dispatch_now(self, conn: Connection, request: Request) -> Reply | None:
+        """A ``recv`` answered without waiting while :attr:`ready` says so (messages waiting);
+        one that raises while :attr:`broken` (the loop then answers it)."""
+        if self.broken:
+            raise RuntimeError("no look now")
+        if not self.ready:
+            return None
+        self.dispatched.append("recv-now")
+        return StatusReply(unread=len(self.dispatched))
 
     async def reply_lost(self, conn: Connection, request: Request, reply: Reply) -> None:
         self.lost.append((request.CMD, reply))
@@ -84,6 +96,35 @@ async def test_requests_around_a_long_poll_are_answered_in_the_order_sent() -> N
         assert await read_line(client, buf) == {"ok": True, "unread": 6}
         await client.aclose()
     assert endpoint.dispatched == ["status", "recv", "status", "status", "status", "status"]
+    assert endpoint.lost == [] and endpoint.closed_calls == 1
+
+
+async def test_a_long_poll_that_needs_no_wait_is_answered_in_order_by_the_reader() -> None:
+    server, client = await socket_pair()
+    endpoint = RecordingEndpoint()
+    buf = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(handle_connection, server, AGENT, endpoint)
+        endpoint.ready = True
+        await client.send_all(STATUS + RECV + STATUS)
+        for position in (1, 2, 3):
+            assert await read_line(client, buf) == {"ok": True, "unread": position}
+        assert endpoint.dispatched == ["status", "recv-now", "status"]
+        # Nothing waiting: the long-poll goes to the request loop, which parks it.
+        endpoint.ready = False
+        await client.send_all(RECV + STATUS)
+        await endpoint.waiting.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert endpoint.dispatched[3:] == ["recv"] and b"\n" not in buf
+        endpoint.release.set()
+        assert await read_line(client, buf) == {"ok": True, "unread": 4}
+        assert await read_line(client, buf) == {"ok": True, "unread": 5}
+        # A look that fails: the loop carries the request out as usual.
+        endpoint.broken = True
+        await client.send_all(RECV)
+        assert await read_line(client, buf) == {"ok": True, "unread": 6}
+        assert endpoint.dispatched[5:] == ["recv"]
+        await client.aclose()
     assert endpoint.lost == [] and endpoint.closed_calls == 1
 
 
