@@ -150,6 +150,16 @@ def test_windows_percentiles_and_days() -> None:
 # ---------------------------------------------------------------- the socket surface
 
 
+async def metric_samples(hive: Hive) -> dict[tuple[str, str | None], float]:
+    """What ``/metrics`` shows: each sample's value by its name and ``agent`` label."""
+    exposition = (await metrics_text(hive)).decode()
+    return {
+        (sample.name, sample.labels.get("agent")): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+
+
 def report(**fields: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "cmd": "turn_report",
@@ -246,12 +256,7 @@ async def test_a_report_in_a_batch_run_again_is_counted_once(hive: Hive, connect
     stats = await hive.stats(None)  # from the table
     assert stats.hive.total.cost_usd == 0.25 and stats.hive.total.turns == 1
     # The figures kept in memory (/metrics, the dashboard, budgets) count the turn once too.
-    exposition = (await metrics_text(hive)).decode()
-    samples = {
-        (sample.name, sample.labels.get("agent")): sample.value
-        for family in text_string_to_metric_families(exposition)
-        for sample in family.samples
-    }
+    samples = await metric_samples(hive)
     assert samples[("hyperhive_agent_cost_usd_total", "alice")] == 0.25
 
 
@@ -318,12 +323,7 @@ async def test_a_hive_budget_pauses_and_a_daemon_started_with_a_higher_one_lifts
         assert record.paused_by == "budget"
         inbox = await hive.operator_inbox(10)
         assert any(m.body.startswith("agent_paused") and "hive total USD" in m.body for m in inbox)
-        exposition = (await metrics_text(hive)).decode()
-        samples = {
-            (sample.name, sample.labels.get("agent")): sample.value
-            for family in text_string_to_metric_families(exposition)
-            for sample in family.samples
-        }
+        samples = await metric_samples(hive)
         assert samples[("hyperhive_agent_paused", "alice")] == 1
         assert samples[("hyperhive_agent_cost_usd_total", "alice")] == 0.6
     # The same limit: still paused after a restart.

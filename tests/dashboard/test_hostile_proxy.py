@@ -22,14 +22,20 @@ from hyperhive.supervisor import Daemon
 from .test_agent_proxy import FakeUi, get
 
 
-async def test_a_symlinked_ui_socket_is_not_followed(
-    inproc: Daemon, hive: Hive, nursery: trio.Nursery, short_tmp: Path
-) -> None:
+async def planted_link(hive: Hive, nursery: trio.Nursery, short_tmp: Path) -> FakeUi:
+    """alice's ``ui.sock`` made a symlink to a server on another host socket (returned)."""
     await hive.spawn("alice")
     target = FakeUi()
     host_socket = short_tmp / "some-host-service.sock"
     await nursery.start(target.serve, host_socket)
     hive.config.paths.ui_socket("alice").symlink_to(host_socket)
+    return target
+
+
+async def test_a_symlinked_ui_socket_is_not_followed(
+    inproc: Daemon, hive: Hive, nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    target = await planted_link(hive, nursery, short_tmp)
 
     for path in ("/agent/alice/api/state", "/agent/alice/events/stream", "/agent/alice/"):
         response = await get(inproc, path)
@@ -59,11 +65,7 @@ async def operator(hive: Hive, payload: dict[str, object]) -> dict[str, Any]:
 async def test_compact_does_not_follow_a_symlinked_ui_socket(
     hive: Hive, nursery: trio.Nursery, short_tmp: Path
 ) -> None:
-    await hive.spawn("alice")
-    target = FakeUi()
-    host_socket = short_tmp / "some-host-service.sock"
-    await nursery.start(target.serve, host_socket)
-    hive.config.paths.ui_socket("alice").symlink_to(host_socket)
+    target = await planted_link(hive, nursery, short_tmp)
     reply = await operator(hive, {"cmd": "compact", "name": "alice"})
     assert not reply["ok"] and "not a socket" in reply["error"], reply
     assert target.requests == []
