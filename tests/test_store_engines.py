@@ -13,6 +13,7 @@ fails the database.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import signal
 import sqlite3
@@ -27,6 +28,8 @@ import attrs
 import psycopg
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bench._pg import PgServer
 from hyperhive.store import (
@@ -273,6 +276,75 @@ async def test_a_batch_runs_without_savepoints_and_again_with_them_when_a_job_un
         if sqlite:
             assert sum(s == "SAVEPOINT job" for s in statements) == 3, statements
     assert _names(engine) == {"gate", "a", "b", "c", "d"}
+
+
+_EXAMPLES = itertools.count()
+#: What a job of a generated batch does: insert its rows and return their ids; raise before
+#: writing; insert its rows, then raise; insert its rows, then break a constraint in SQL.
+_KINDS = ("ok", "refused", "fails_after", "fails_sql")
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    jobs=st.lists(st.tuples(st.sampled_from(_KINDS), st.integers(0, 3)), min_size=1, max_size=10)
+)
+async def test_a_batch_keeps_exactly_the_rows_of_the_jobs_that_succeeded(
+    engine: Engine, jobs: list[tuple[str, int]]
+) -> None:
+    example = next(_EXAMPLES)
+    undone: list[int] = []
+
+    def job(i: int, kind: str, rows: int, seed: int, conn: sqlite3.Connection) -> list[int]:
+        ids = [_insert(f"{example}-{i}-{k}", conn) for k in range(rows)]
+        if kind == "refused" or kind == "fails_after":
+            raise ValueError(kind)
+        if kind == "fails_sql":
+            conn.execute("INSERT INTO items (id, name) VALUES (?, 'duplicate id')", (seed,))
+        return ids
+
+    async with engine.open(MIGRATIONS) as db:
+        db.on_rollback(lambda: undone.append(1))
+        seed = await db.transaction(functools.partial(_insert, f"{example}-seed"))
+        isolated = db.statistics().isolated
+        fns = [
+            functools.partial(job, i, kind, 0 if kind == "refused" else rows, seed)
+            for i, (kind, rows) in enumerate(jobs)
+        ]
+        async with trio.open_nursery() as nursery:
+            gate = _Gate()
+            everything = await _queue_behind_gate(db, nursery, gate, fns)
+            gate.release.set()
+        outcomes = everything[1:]
+        isolated = db.statistics().isolated - isolated
+    kept = {
+        name
+        for (name,) in engine.peek("SELECT name FROM items")
+        if name.startswith(f"{example}-") and name != f"{example}-seed"
+    }
+    assert kept == {
+        f"{example}-{i}-{k}"
+        for i, (kind, rows) in enumerate(jobs)
+        if kind == "ok"
+        for k in range(rows)
+    }
+    for (kind, rows), outcome in zip(jobs, outcomes, strict=True):
+        if kind == "ok":
+            assert isinstance(outcome, list) and len(outcome) == rows
+        elif kind == "fails_sql":
+            assert isinstance(outcome, (sqlite3.IntegrityError, psycopg.errors.UniqueViolation))
+        else:
+            assert isinstance(outcome, ValueError) and str(outcome) == kind
+    # A batch runs again only when it has to: on sqlite when a job failed after changing
+    # rows, on PostgreSQL when any job failed; a lone job needs no second run.
+    failed = [(kind, rows) for kind, rows in jobs if kind != "ok"]
+    wrote_then_failed = any(kind != "refused" and rows for kind, rows in failed)
+    again = wrote_then_failed if engine.name == "sqlite" else bool(failed)
+    assert isolated == (1 if again and len(jobs) > 1 else 0)
+    assert bool(undone) == (wrote_then_failed if engine.name == "sqlite" else bool(failed))
 
 
 async def test_nothing_acknowledged_is_lost_when_the_writer_is_killed(engine: Engine) -> None:
