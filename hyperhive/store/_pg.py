@@ -6,10 +6,11 @@ on one PostgreSQL connection (psycopg's synchronous API; no asyncio) instead of 
 file. Everything the daemon relies on is kept: :meth:`~Database.transaction` queues a plain
 synchronous function of a connection; the writer takes everything queued and runs it as one
 ``BEGIN … COMMIT`` (group commit), first without a ``SAVEPOINT`` per function (two round
-trips less each); when one fails, the transaction is rolled back and the batch runs again
-with a savepoint per function, so the failing one rolls back alone (PostgreSQL cannot tell
-whether it changed rows, and an error aborts the whole transaction anyway); a result is
-returned only after ``COMMIT``. ``synchronous_commit`` is
+trips less each). A function that fails having run only plain ``SELECT`` statements (a refused
+request) fails alone; when one ran a statement that may have changed something, or its SQL
+error aborted the transaction, the transaction is rolled back and the batch runs again with
+a savepoint per function, so the failing one rolls back alone; a result is returned only
+after ``COMMIT``. ``synchronous_commit`` is
 ``on`` (the commit is flushed to the server's WAL before it is acknowledged, as
 ``synchronous=FULL`` on sqlite); a batch made only of ``durable=False`` work commits with
 ``SET LOCAL synchronous_commit = off``, as it commits at ``NORMAL`` on sqlite.
@@ -188,6 +189,10 @@ def translate(sql: str) -> str:
     return to_pyformat(_INDEXED_BY.sub("", sql))
 
 
+#: A statement that changes nothing: a plain ``SELECT`` (``pg_notify`` aside).
+_READ: Final = re.compile(r"\s*SELECT\b", re.IGNORECASE)
+
+
 class PgConn:
     """A PostgreSQL connection that runs the modules' statements (see :class:`Conn`)."""
 
@@ -195,14 +200,19 @@ class PgConn:
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.raw = conn
+        #: Statements run that may have changed something (all but plain ``SELECT`` statements).
+        self.writes = 0
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> PgCursor:
+        if _READ.match(sql) is None or "pg_notify" in sql:
+            self.writes += 1
         cursor = psycopg.ClientCursor(self.raw)
         cursor.row_factory = _row_factory
         cursor.execute(translate(sql), tuple(parameters))
         return PgCursor(cursor)
 
     def executemany(self, sql: str, seq: Any, /) -> PgCursor:
+        self.writes += 1
         cursor = psycopg.ClientCursor(self.raw)
         cursor.executemany(translate(sql), [tuple(p) for p in seq])
         return PgCursor(cursor)
@@ -549,7 +559,10 @@ class PgDatabase(Database):
             raise
 
     def _changes(self, conn: Any) -> int | None:
-        return None  # not known here: a job that failed is taken to have changed rows
+        # An SQL error aborted the whole transaction: nothing can go on in it.
+        if self._pg.raw.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            return None
+        return self._pg.writes
 
     def _run_job(self, job: _Job[Any]) -> Any:
         return job.fn(cast(Any, self._pg))
