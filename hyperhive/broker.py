@@ -323,6 +323,15 @@ def sql_undeliver(conn: Conn, recipient: str, ids: list[int]) -> int:
     return cur.rowcount
 
 
+def sql_drop_inbox(conn: Conn, recipient: str) -> int:
+    """Delete every message to ``recipient`` not acked yet (its agent is purged: they can
+    never be delivered, and an agent made later with its name must not get them)."""
+    cur = conn.execute(
+        f"DELETE FROM messages {INBOX} WHERE recipient = ? AND acked_at IS NULL", (recipient,)
+    )
+    return cur.rowcount
+
+
 def sql_requeue(conn: Conn, recipient: str) -> int:
     cur = conn.execute(
         f"UPDATE messages {INBOX} SET delivered_at = NULL, redelivered = 1 "

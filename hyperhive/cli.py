@@ -922,7 +922,9 @@ def destroy(
     name: str,
     run_dir: RunDir,
     state_dir: StateDir,
-    purge: Annotated[bool, typer.Option(help="Also wipe the kept state; no undo.")] = False,
+    purge: Annotated[
+        bool, typer.Option(help="Also wipe the kept state, unread messages and reminders; no undo.")
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Destroy an agent, keeping its state as a tombstone (or --purge it)."""

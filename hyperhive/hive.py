@@ -44,7 +44,7 @@ from hyperhive.approvals import (
     sql_set_deploy_node,
     sql_set_node,
 )
-from hyperhive.broker import Broker, Outbox, SentMessage
+from hyperhive.broker import Broker, Outbox, SentMessage, sql_drop_inbox
 from hyperhive.config import (
     BACKENDS,
     DEPLOY_WAIT_SECONDS,
@@ -129,7 +129,7 @@ from hyperhive.protocol.event_payloads import (
 )
 from hyperhive.questions import QuestionBook
 from hyperhive.registry import AgentRecord, AgentState, Registry
-from hyperhive.reminders import ReminderBook
+from hyperhive.reminders import ReminderBook, sql_drop_pending
 from hyperhive.retention import sweep_events_db
 from hyperhive.runtime import gather
 from hyperhive.schedules import ScheduleBook, Spec, local_timezone, may_touch, sql_save_request
@@ -901,8 +901,14 @@ class Hive:
         if name == MANAGER:
             raise RequestRefused("the manager cannot be destroyed or purged")
         if purge:
-            # Purge wipes state for good; it only takes a tombstone, never a live agent.
-            await self.registry.purge(name)
+            # Purge wipes state for good; it only takes a tombstone, never a live agent. What
+            # waited for it (its inbox, its pending reminders) goes with it: an agent made
+            # later with the same name starts empty.
+            def wipe(conn: Conn) -> None:
+                sql_drop_inbox(conn, name)
+                sql_drop_pending(conn, name)
+
+            await self.registry.purge(name, also=wipe)
             return
         if record.state == AgentState.DESTROYED:
             raise RequestRefused(f"{name} is already destroyed")

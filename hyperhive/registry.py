@@ -734,8 +734,9 @@ class Registry:
         self._events.emit(ev.AgentDestroyed(name=name))
         return record, result
 
-    async def purge(self, name: str) -> None:
-        """Forget a tombstone and wipe its state; refused for the manager and live agents."""
+    async def purge(self, name: str, *, also: Callable[[Conn], object] | None = None) -> None:
+        """Forget a tombstone and wipe its state; refused for the manager and live agents.
+        ``also`` runs in the transaction that deletes the row (what else goes with it)."""
         record = self.get(name)
         if name == MANAGER:
             raise RequestRefused("the manager cannot be purged")
@@ -745,6 +746,8 @@ class Registry:
 
         def tx(conn: Conn) -> int:
             conn.execute("DELETE FROM agents WHERE name = ?", (name,))
+            if also is not None:
+                also(conn)
             return sql_begin(conn, OperationKind.PURGE, name, now, node=self.node).id
 
         # The row goes with the journal entry that promises the directories go too.

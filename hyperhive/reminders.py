@@ -260,6 +260,13 @@ def sql_cancel(
     return info
 
 
+def sql_drop_pending(conn: Conn, agent: str) -> int:
+    """Delete ``agent``'s pending reminders (it is purged: they must not fire for an agent
+    made later with its name); a timer armed for one finds nothing to deliver."""
+    cur = conn.execute("DELETE FROM reminders WHERE agent = ? AND sent_at IS NULL", (agent,))
+    return cur.rowcount
+
+
 # ---------------------------------------------------------------- trio side
 
 

@@ -212,6 +212,31 @@ async def test_purge_rules(hive: Hive) -> None:
     assert "alice" not in hive.registry.known()
 
 
+async def test_a_purged_agents_inbox_and_reminders_go_with_it(hive: Hive, connect: Connect) -> None:
+    alice = await connect("alice")
+    bob = await connect("bob")
+    await bob.request({"cmd": "send", "to": "alice", "body": "read and acked"})
+    got = await alice.request({"cmd": "recv", "max": 1})
+    assert [m["body"] for m in got["messages"]] == ["read and acked"]
+    await bob.request({"cmd": "send", "to": "alice", "body": "never read"})
+    reminded = await alice.request({"cmd": "remind", "body": "later", "in_seconds": 3600})
+    assert reminded["ok"], reminded
+    await alice.aclose()
+    async with await Client.connect(hive.config.paths.host_socket, hello_role="cli") as op:
+        for purge in (False, True):
+            done = await op.request({"cmd": "destroy", "name": "alice", "purge": purge})
+            assert done["ok"], done
+        # What waited for the purged alice is gone with her; what she had read stays in
+        # the hive's history.
+        assert (await op.request({"cmd": "reminders", "include_sent": True}))["reminders"] == []
+        assert (await op.request({"cmd": "spawn", "name": "alice"}))["ok"]
+    fresh = await connect("alice", spawn=False)
+    assert (await fresh.request({"cmd": "status"}))["unread"] == 0
+    assert (await fresh.request({"cmd": "recv", "max": 32}))["messages"] == []
+    bodies = [m.body for m in await hive.broker.flow(10)]
+    assert "read and acked" in bodies and "never read" not in bodies
+
+
 def test_commit_ref_rule() -> None:
     assert check_commit_ref("0123abc") == "0123abc"
     assert check_commit_ref("f" * 40) == "f" * 40
