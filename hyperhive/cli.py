@@ -923,7 +923,10 @@ def destroy(
     run_dir: RunDir,
     state_dir: StateDir,
     purge: Annotated[
-        bool, typer.Option(help="Also wipe the kept state, unread messages and reminders; no undo.")
+        bool,
+        typer.Option(
+            help="Also wipe the kept state, unread messages, reminders and open questions; no undo."
+        ),
     ] = False,
     as_json: Json = False,
 ) -> None:

@@ -114,6 +114,7 @@ from hyperhive.protocol import (
     ApprovalInfo,
     LogsReply,
     NodeView,
+    QuestionInfo,
     RecentMessage,
     ScheduleInfo,
     StatsReply,
@@ -124,10 +125,11 @@ from hyperhive.protocol.event_payloads import (
     AgentPaused,
     AgentResumed,
     DiskUsageChanged,
+    QuestionResolved,
     ScheduleChanged,
     SpendChanged,
 )
-from hyperhive.questions import QuestionBook
+from hyperhive.questions import QuestionBook, sql_close_for_purge
 from hyperhive.registry import AgentRecord, AgentState, Registry
 from hyperhive.reminders import ReminderBook, sql_drop_pending
 from hyperhive.retention import sweep_events_db
@@ -901,14 +903,7 @@ class Hive:
         if name == MANAGER:
             raise RequestRefused("the manager cannot be destroyed or purged")
         if purge:
-            # Purge wipes state for good; it only takes a tombstone, never a live agent. What
-            # waited for it (its inbox, its pending reminders) goes with it: an agent made
-            # later with the same name starts empty.
-            def wipe(conn: Conn) -> None:
-                sql_drop_inbox(conn, name)
-                sql_drop_pending(conn, name)
-
-            await self.registry.purge(name, also=wipe)
+            await self._purge(name)
             return
         if record.state == AgentState.DESTROYED:
             raise RequestRefused(f"{name} is already destroyed")
@@ -923,6 +918,30 @@ class Hive:
             # Nothing was recorded (the container could not be destroyed): it stays live.
             await self.db.transaction(functools.partial(sql_end, operation_id=operation.id))
             raise
+
+    async def _purge(self, name: str) -> None:
+        """Purge wipes state for good; it only takes a tombstone, never a live agent. What
+        waited for it goes with it, in the transaction that deletes its row, so an agent
+        made later with the same name starts empty: the questions it asked are closed (no
+        one is left to hear the answer) and those it was asked are closed too, their askers
+        told; then the messages waiting for it and its pending reminders are deleted."""
+        now = time.time()
+
+        def tx(conn: Conn, outbox: Outbox) -> list[QuestionInfo]:
+            closed = sql_close_for_purge(conn, outbox, name, now)
+            sql_drop_inbox(conn, name)
+            sql_drop_pending(conn, name)
+            return closed
+
+        Job = Callable[[Conn], tuple[list[QuestionInfo], list[SentMessage]]]
+
+        async def with_the_row(job: Job) -> tuple[list[QuestionInfo], list[SentMessage]]:
+            result = await self.registry.purge(name, also=job)
+            assert result is not None
+            return result
+
+        for question in await self.broker.transaction(tx, now=now, run=with_the_row):
+            self.events.emit(QuestionResolved(question=question))
 
     async def _finish_destroy(self, name: str, operation_id: int) -> None:
         """Stop the container, then in one transaction: the row DESTROYED, the agent's

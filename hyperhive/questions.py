@@ -132,6 +132,29 @@ def sql_resolve(
     return info
 
 
+def sql_close_for_purge(conn: Conn, outbox: Outbox, agent: str, now: float) -> list[QuestionInfo]:
+    """Close every open question ``agent`` asked or was asked (it is purged), answered
+    ``[cancelled: <agent> was purged]`` by the operator: the askers of the ones it was asked
+    are told; the ones it asked have no one left to tell."""
+    answer = f"[cancelled: {agent} was purged]"
+    open_ones = conn.execute(
+        "SELECT id, asker FROM operator_questions "
+        "WHERE answered_at IS NULL AND (asker = ? OR target = ?) ORDER BY id",
+        (agent, agent),
+    ).fetchall()
+    closed = []
+    for question_id, asker in open_ones:
+        if asker != agent:
+            closed.append(sql_resolve(conn, outbox, question_id, answer, OPERATOR, now))
+            continue
+        conn.execute(
+            "UPDATE operator_questions SET answered_at = ?, answer = ?, answerer = ? WHERE id = ?",
+            (now, answer, OPERATOR, question_id),
+        )
+        closed.append(sql_get(conn, question_id))
+    return closed
+
+
 class DeadlineSchedule:
     """Open questions by deadline (sans-IO): what is due, and when to look next."""
 

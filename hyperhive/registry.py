@@ -734,9 +734,10 @@ class Registry:
         self._events.emit(ev.AgentDestroyed(name=name))
         return record, result
 
-    async def purge(self, name: str, *, also: Callable[[Conn], object] | None = None) -> None:
+    async def purge(self, name: str, *, also: Callable[[Conn], T] | None = None) -> T | None:
         """Forget a tombstone and wipe its state; refused for the manager and live agents.
-        ``also`` runs in the transaction that deletes the row (what else goes with it)."""
+        ``also`` runs in the transaction that deletes the row (what else goes with it; its
+        result is returned)."""
         record = self.get(name)
         if name == MANAGER:
             raise RequestRefused("the manager cannot be purged")
@@ -744,18 +745,18 @@ class Registry:
             raise RequestRefused(f"{name} is live: destroy it before purging")
         now = self._clock()
 
-        def tx(conn: Conn) -> int:
+        def tx(conn: Conn) -> tuple[int, T | None]:
             conn.execute("DELETE FROM agents WHERE name = ?", (name,))
-            if also is not None:
-                also(conn)
-            return sql_begin(conn, OperationKind.PURGE, name, now, node=self.node).id
+            result = None if also is None else also(conn)
+            return sql_begin(conn, OperationKind.PURGE, name, now, node=self.node).id, result
 
         # The row goes with the journal entry that promises the directories go too.
-        operation_id = await self._write(tx, name)
+        operation_id, result = await self._write(tx, name)
         del self._agents[name]
         self._allowed.pop(name, None)
         self._leads.discard(name)
         await self.finish_purge(name, operation_id)
+        return result
 
     async def finish_purge(self, name: str, operation_id: int) -> None:
         """Remove a purged agent's directories, then end the journal entry. Idempotent."""

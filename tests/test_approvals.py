@@ -212,7 +212,7 @@ async def test_purge_rules(hive: Hive) -> None:
     assert "alice" not in hive.registry.known()
 
 
-async def test_a_purged_agents_inbox_and_reminders_go_with_it(hive: Hive, connect: Connect) -> None:
+async def test_what_waits_for_a_purged_agent_goes_with_it(hive: Hive, connect: Connect) -> None:
     alice = await connect("alice")
     bob = await connect("bob")
     await bob.request({"cmd": "send", "to": "alice", "body": "read and acked"})
@@ -221,6 +221,10 @@ async def test_a_purged_agents_inbox_and_reminders_go_with_it(hive: Hive, connec
     await bob.request({"cmd": "send", "to": "alice", "body": "never read"})
     reminded = await alice.request({"cmd": "remind", "body": "later", "in_seconds": 3600})
     assert reminded["ok"], reminded
+    # Open questions it asked (the operator, bob) and one it was asked (by bob).
+    for asked in ({}, {"to": "bob"}):
+        assert (await alice.request({"cmd": "ask", "question": "mine?", **asked}))["ok"]
+    of_alice = await bob.request({"cmd": "ask", "question": "alice?", "to": "alice"})
     await alice.aclose()
     async with await Client.connect(hive.config.paths.host_socket, hello_role="cli") as op:
         for purge in (False, True):
@@ -229,10 +233,19 @@ async def test_a_purged_agents_inbox_and_reminders_go_with_it(hive: Hive, connec
         # What waited for the purged alice is gone with her; what she had read stays in
         # the hive's history.
         assert (await op.request({"cmd": "reminders", "include_sent": True}))["reminders"] == []
+        assert (await op.request({"cmd": "questions"}))["questions"] == []
         assert (await op.request({"cmd": "spawn", "name": "alice"}))["ok"]
     fresh = await connect("alice", spawn=False)
     assert (await fresh.request({"cmd": "status"}))["unread"] == 0
     assert (await fresh.request({"cmd": "recv", "max": 32}))["messages"] == []
+    loose = await fresh.request({"cmd": "get_loose_ends"})
+    assert loose["items"] == [] and loose["questions"] == []
+    refused = await fresh.request({"cmd": "answer", "id": of_alice["id"], "answer": "as alice"})
+    assert not refused["ok"] and "already resolved" in refused["error"]
+    # bob hears that his question to alice will not be answered.
+    told = await bob.request({"cmd": "recv", "max": 32})
+    notes = [m["body"] for m in told["messages"] if m["from"] == "system"]
+    assert any("question_answered" in n and "alice was purged" in n for n in notes), told
     bodies = [m.body for m in await hive.broker.flow(10)]
     assert "read and acked" in bodies and "never read" not in bodies
 
