@@ -925,7 +925,8 @@ def destroy(
     purge: Annotated[
         bool,
         typer.Option(
-            help="Also wipe the kept state, unread messages, reminders and open questions; no undo."
+            help="Also wipe the kept state and what waits for the agent (messages, reminders, "
+            "questions, schedules); no undo."
         ),
     ] = False,
     as_json: Json = False,

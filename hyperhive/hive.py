@@ -924,24 +924,29 @@ class Hive:
         waited for it goes with it, in the transaction that deletes its row, so an agent
         made later with the same name starts empty: the questions it asked are closed (no
         one is left to hear the answer) and those it was asked are closed too, their askers
-        told; then the messages waiting for it and its pending reminders are deleted."""
+        told; the messages waiting for it and its pending reminders are deleted; the
+        schedules it owns end, and it is taken off the others' targets."""
         now = time.time()
 
-        def tx(conn: Conn, outbox: Outbox) -> list[QuestionInfo]:
+        Ended = tuple[list[QuestionInfo], list[ScheduleInfo]]
+
+        def tx(conn: Conn, outbox: Outbox) -> Ended:
             closed = sql_close_for_purge(conn, outbox, name, now)
             sql_drop_inbox(conn, name)
             sql_drop_pending(conn, name)
-            return closed
+            return closed, self.schedules.forget(conn, name)
 
-        Job = Callable[[Conn], tuple[list[QuestionInfo], list[SentMessage]]]
+        Job = Callable[[Conn], tuple[Ended, list[SentMessage]]]
 
-        async def with_the_row(job: Job) -> tuple[list[QuestionInfo], list[SentMessage]]:
+        async def with_the_row(job: Job) -> tuple[Ended, list[SentMessage]]:
             result = await self.registry.purge(name, also=job)
             assert result is not None
             return result
 
-        for question in await self.broker.transaction(tx, now=now, run=with_the_row):
+        closed, schedules = await self.broker.transaction(tx, now=now, run=with_the_row)
+        for question in closed:
             self.events.emit(QuestionResolved(question=question))
+        self.schedules.forgotten(schedules)
 
     async def _finish_destroy(self, name: str, operation_id: int) -> None:
         """Stop the container, then in one transaction: the row DESTROYED, the agent's

@@ -446,6 +446,18 @@ def sql_cancel(
     return sql_get(conn, schedule_id)
 
 
+def sql_forget(conn: Conn, agent: str, now: float) -> list[ScheduleInfo]:
+    """``agent`` is purged: the active schedules it owns end, and it is taken off the
+    targets of the others (one left without a target ends). The changed schedules."""
+    changed = []
+    for info in sql_list(conn, include_ended=False):
+        if info.owner == agent:
+            changed.append(sql_cancel(conn, info.id, None, now, lambda _: None))
+        elif agent in info.targets:
+            changed.append(sql_cancel(conn, info.id, [agent], now, lambda _: None))
+    return changed
+
+
 @attrs.frozen
 class Changes:
     """An edit: every None field stays as it is."""
@@ -648,6 +660,15 @@ class ScheduleBook:
             return result
 
         return tx
+
+    def forget(self, conn: Conn, agent: str) -> list[ScheduleInfo]:
+        """(In the transaction that purges ``agent``) :func:`sql_forget`, announced; hand
+        the result to :meth:`forgotten` after the commit."""
+        return self._announced(lambda c: sql_forget(c, agent, self._clock()))(conn)
+
+    def forgotten(self, changed: list[ScheduleInfo]) -> None:
+        for info in changed:
+            self._rearm(info)
 
     def _rearm(self, info: ScheduleInfo | None) -> None:
         self._changed.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -225,8 +226,15 @@ async def test_what_waits_for_a_purged_agent_goes_with_it(hive: Hive, connect: C
     for asked in ({}, {"to": "bob"}):
         assert (await alice.request({"cmd": "ask", "question": "mine?", **asked}))["ok"]
     of_alice = await bob.request({"cmd": "ask", "question": "alice?", "to": "alice"})
+    # Schedules: one alice owns (requested, approved), two the operator's that target her.
+    every = {"body": "tick", "first_at": time.time() + 3600, "interval_seconds": 3600}
+    requested = await alice.request({"cmd": "request_schedule", "targets": ["bob"], **every})
     await alice.aclose()
     async with await Client.connect(hive.config.paths.host_socket, hello_role="cli") as op:
+        assert (await op.request({"cmd": "approve", "id": requested["approval"]["id"]}))["ok"]
+        for targets in (["alice", "bob"], ["alice"]):
+            added = await op.request({"cmd": "add_schedule", "targets": targets, **every})
+            assert added["ok"], added
         for purge in (False, True):
             done = await op.request({"cmd": "destroy", "name": "alice", "purge": purge})
             assert done["ok"], done
@@ -234,6 +242,13 @@ async def test_what_waits_for_a_purged_agent_goes_with_it(hive: Hive, connect: C
         # the hive's history.
         assert (await op.request({"cmd": "reminders", "include_sent": True}))["reminders"] == []
         assert (await op.request({"cmd": "questions"}))["questions"] == []
+        listed = await op.request({"cmd": "list_schedules", "include_ended": True})
+        left = [(s["owner"], s["targets"], s["ended_at"] is None) for s in listed["schedules"]]
+        assert left == [
+            ("alice", ["bob"], False),
+            ("operator", ["bob"], True),
+            ("operator", [], False),
+        ]
         assert (await op.request({"cmd": "spawn", "name": "alice"}))["ok"]
     fresh = await connect("alice", spawn=False)
     assert (await fresh.request({"cmd": "status"}))["unread"] == 0
