@@ -242,7 +242,7 @@ function makeTombstone(t0) {
       const button = e.currentTarget;
       const ok = await confirmDialog({
         title: `PURG3 ${t.name}?`,
-        text: 'This deletes its state, notes, credentials and config history for good. No undo.',
+        text: 'This deletes its state, notes, credentials and config history for good, with the messages, reminders, questions and schedules waiting for it. No undo.',
         ok: 'PURG3',
         typed: t.name,
       });
