@@ -36,6 +36,7 @@ from hyperhive.protocol import (
     encode_request,
     structure,
 )
+from hyperhive.runtime.send import send_now
 
 R = TypeVar("R", bound=Reply)
 
@@ -114,25 +115,12 @@ class Client:
         except trio.WouldBlock:
             await self._lock.acquire()
         try:
-            await self._send(line)
+            await send_now(self._stream, line)
             return await self._read_reply()
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ConnectionLost(f"the connection to the daemon broke: {exc}") from None
         finally:
             self._lock.release()
-
-    async def _send(self, line: bytes) -> None:
-        """``send_all(line)``, without its checkpoint when the socket takes it all at once
-        (the reply's wait that follows is the checkpoint)."""
-        fd = self._stream.socket.fileno()
-        if fd < 0:
-            raise trio.ClosedResourceError("the connection was closed")
-        try:
-            sent = os.write(fd, line)
-        except BlockingIOError:
-            sent = 0
-        if sent < len(line):
-            await self._stream.send_all(memoryview(line)[sent:])
 
     async def request(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Send a JSON object; return the reply object, ok or not."""

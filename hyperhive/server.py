@@ -63,6 +63,7 @@ from hyperhive.protocol import (
     encode_error,
     encode_reply,
 )
+from hyperhive.runtime.send import send_now
 
 log = logging.getLogger(__name__)
 RECEIVE_CHUNK = 64 * 1024
@@ -605,19 +606,6 @@ async def _serve(loop: _Loop) -> None:
             raise _Cut(reader.cut)
 
 
-async def _send(stream: trio.SocketStream, fd: int, wire: bytes) -> None:
-    """``stream.send_all(wire)``, without its trip through the scheduler when the socket
-    takes the whole line at once (the common case: the next read is the checkpoint)."""
-    try:
-        sent = os.write(fd, wire)  # a closed peer: EPIPE (Python ignores SIGPIPE)
-    except BlockingIOError:
-        sent = 0
-    except OSError as exc:
-        raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
-    if sent < len(wire):
-        await stream.send_all(memoryview(wire)[sent:])
-
-
 def _work(conn: Connection, frame: Frame, reader: _Reader) -> Request | bytes:
     """A frame's request, or the error line that answers it (too long, not decodable)."""
     if not isinstance(frame, bytes):
@@ -658,7 +646,7 @@ async def _send_reply(
     """Send ``wire`` (the reply to ``request``, or an error line); False when the client
     hung up (the reply is then lost: the endpoint hears of it)."""
     try:
-        await _send(loop.stream, loop.reader.fd, wire)
+        await send_now(loop.stream, wire, loop.reader.fd)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         if request is not None and reply is not None:
             with trio.CancelScope(shield=True):

@@ -11,6 +11,9 @@
   batch of the sqlite writer).
 - :mod:`~hyperhive.runtime.sse` — :func:`event_stream_response`: the one Server-Sent Events
   response (frame format, heartbeats, subscription dropped when the client leaves).
+- :mod:`~hyperhive.runtime.send` — :func:`send_now`: a line written to a socket stream
+  without a trip through the scheduler when the socket takes it whole (the daemon's
+  replies, the client's requests).
 
 The sqlite writer both use is :class:`hyperhive.store.Database`, the socket client
 :class:`hyperhive.client.Client`.
