@@ -225,7 +225,7 @@ class Api:
         return isinstance(request, Recv) and request.wait_seconds > 0
 
     async def dispatch_now(self, conn: Connection, request: Request) -> Reply | None:
-        if not isinstance(request, Recv) or conn.principal.kind is SocketKind.HOST:
+        if not isinstance(request, Recv):  # the only request that blocks
             return None
         messages = await self.hive.broker.recv_now(
             conn.principal.name, limit=request.max, ack=request.ack

@@ -268,19 +268,9 @@ def sql_take(conn: Conn, recipient: str, limit: int, ack: bool, now: float) -> l
         f"UPDATE messages SET delivered_at = ?, acked_at = ? WHERE id IN ({marks})",
         (now, now if ack else None, *ids),
     )
-    # By position, in the SELECT's order (a third of the cost of looking each up by name).
-    return [
-        Message(
-            id=r[0],
-            from_=r[1],
-            to=r[2],
-            body=r[3],
-            sent_at=r[4],
-            in_reply_to=r[5],
-            redelivered=bool(r[6]),
-        )
-        for r in rows
-    ]
+    # The SELECT's columns are Message's fields, in order (by position: a third of the cost
+    # of looking each up by name).
+    return [Message(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
 
 
 def _sql_notice(conn: Conn, recipient: str, body: str, now: float) -> SentMessage:
@@ -384,20 +374,9 @@ def sql_messages(conn: Conn, limit: int, recipient: str | None = None) -> list[R
         f"acked_at FROM messages {where} ORDER BY id DESC LIMIT ?) AS newest ORDER BY id",
         (*args, limit),
     ).fetchall()
-    # By position, in the SELECT's order (the dashboard's snapshot reads 250 of them).
-    return [
-        RecentMessage(
-            id=r[0],
-            from_=r[1],
-            to=r[2],
-            body=r[3],
-            sent_at=r[4],
-            in_reply_to=r[5],
-            delivered_at=r[6],
-            acked_at=r[7],
-        )
-        for r in rows
-    ]
+    # The SELECT's columns are RecentMessage's fields, in order (the dashboard's snapshot
+    # reads 250 of them).
+    return [RecentMessage(*r) for r in rows]
 
 
 def sql_vacuum(conn: Conn, acked_before: float) -> Reclaimed:
