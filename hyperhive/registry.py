@@ -238,6 +238,25 @@ def read_allowed_recipients(agent_toml: Path) -> frozenset[str] | None:
 SocketServer = Callable[[Path, Principal], Awaitable[None]]
 
 
+@attrs.frozen
+class _Listing:
+    """What the table's listings derive from its records, made once after a change."""
+
+    #: Every record, the manager first, then by name.
+    ordered: tuple[AgentRecord, ...]
+    live: tuple[AgentRecord, ...]
+    destroyed: tuple[AgentRecord, ...]
+    #: How many live agents each node serves.
+    per_node: Mapping[str, int]
+
+    @classmethod
+    def of(cls, records: Iterable[AgentRecord]) -> _Listing:
+        ordered = tuple(sorted(records, key=lambda r: (r.name != MANAGER, r.name)))
+        live = tuple(r for r in ordered if r.state != AgentState.DESTROYED)
+        destroyed = tuple(r for r in ordered if r.state == AgentState.DESTROYED)
+        return cls(ordered, live, destroyed, Counter(r.node for r in live))
+
+
 class AgentTable(MutableMapping[str, AgentRecord]):
     """The in-memory copy of ``agents`` by name, with the set of live names kept up to date
     on every change: a send checks its recipient in O(1), never by listing all agents."""
@@ -245,12 +264,8 @@ class AgentTable(MutableMapping[str, AgentRecord]):
     def __init__(self, records: Mapping[str, AgentRecord] | None = None) -> None:
         self._records: dict[str, AgentRecord] = {}
         self.live: set[str] = set()
-        #: The records in listing order, built again after a change (a listing per request).
-        self._ordered: list[AgentRecord] | None = None
-        #: What :meth:`live_per_node` and :meth:`destroyed` last found, until a change.
-        self._per_node: Counter[str] | None = None
-        self._destroyed: tuple[AgentRecord, ...] | None = None
-        self._live_records: tuple[AgentRecord, ...] | None = None
+        #: The listings, made again after a change (the snapshot asks for them per request).
+        self._made: _Listing | None = None
         for name, record in (records or {}).items():
             self[name] = record
 
@@ -259,7 +274,7 @@ class AgentTable(MutableMapping[str, AgentRecord]):
 
     def __setitem__(self, name: str, record: AgentRecord) -> None:
         self._records[name] = record
-        self._ordered = self._per_node = self._destroyed = self._live_records = None
+        self._made = None
         if record.state == AgentState.DESTROYED:
             self.live.discard(name)
         else:
@@ -267,36 +282,30 @@ class AgentTable(MutableMapping[str, AgentRecord]):
 
     def __delitem__(self, name: str) -> None:
         del self._records[name]
-        self._ordered = self._per_node = self._destroyed = self._live_records = None
+        self._made = None
         self.live.discard(name)
+
+    def _listing(self) -> _Listing:
+        if self._made is None:
+            self._made = _Listing.of(self._records.values())
+        return self._made
 
     def ordered(self) -> list[AgentRecord]:
         """Every record, the manager first, then by name (a new list each call)."""
-        if self._ordered is None:
-            self._ordered = sorted(
-                self._records.values(), key=lambda r: (r.name != MANAGER, r.name)
-            )
-        return list(self._ordered)
+        return list(self._listing().ordered)
 
     def live_per_node(self) -> Mapping[str, int]:
-        """How many live agents each node serves (kept until the table changes: the
-        dashboard's snapshot asks every time)."""
-        if self._per_node is None:
-            self._per_node = Counter(self._records[name].node for name in self.live)
-        return self._per_node
+        """How many live agents each node serves (kept until the table changes)."""
+        return self._listing().per_node
 
     def live_records(self) -> tuple[AgentRecord, ...]:
         """The live agents' records, in listing order (the same tuple until the table
         changes: a caller may tell that nothing changed by its identity)."""
-        if self._live_records is None:
-            self._live_records = tuple(r for r in self.ordered() if r.state != AgentState.DESTROYED)
-        return self._live_records
+        return self._listing().live
 
     def destroyed(self) -> tuple[AgentRecord, ...]:
         """The tombstones, in listing order (kept until the table changes)."""
-        if self._destroyed is None:
-            self._destroyed = tuple(r for r in self.ordered() if r.state == AgentState.DESTROYED)
-        return self._destroyed
+        return self._listing().destroyed
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._records)
