@@ -17,7 +17,7 @@ from hyperhive.supervisor import Daemon, Hive
 from hyperhive.web import Dashboard
 from tests.conftest import wait_until
 
-from .conftest import UI, EventStream
+from .conftest import UI, EventStream, SSEvent
 
 NoCookie = 401
 
@@ -26,31 +26,51 @@ async def _no_subscribers(hive: Hive) -> bool:
     return hive.events.statistics().subscribers == 0
 
 
+async def _probes(stream: EventStream, count: int, after: int | None) -> list[SSEvent]:
+    """The next ``count`` probe frames; the daemon's own events may come between them (it
+    publishes some on its own), each numbered after the one before, starting at ``after``
+    + 1 (None: wherever the stream starts): no frame is skipped and none comes twice."""
+    probes: list[SSEvent] = []
+    while len(probes) < count:
+        frame = await stream.next()
+        assert after is None or frame.id == after + 1, (frame, after)
+        after = frame.id
+        if frame.kind == "probe":
+            probes.append(frame)
+    return probes
+
+
 async def test_reconnect_replays_exactly_the_missed_events(hive: Hive, inproc: Daemon) -> None:
     refused = await EventStream.open(inproc, cookie=False)
     assert refused.status == NoCookie
     await refused.aclose()
 
     first = await EventStream.open(inproc)
-    assert first.status == 200
-    published = [hive.events.publish("probe", n=n).seq for n in range(3)]
-    seen = [await first.next() for _ in range(3)]
-    assert [e.id for e in seen] == published
-    assert [(e.kind, e.data["n"], e.data["seq"]) for e in seen] == [
-        ("probe", n, seq) for n, seq in zip(range(3), published, strict=True)
-    ]
-    await first.aclose()
+    try:
+        assert first.status == 200
+        published = [hive.events.publish("probe", n=n).seq for n in range(3)]
+        seen = await _probes(first, 3, None)
+        assert [e.id for e in seen] == published
+        assert [(e.kind, e.data["n"], e.data["seq"]) for e in seen] == [
+            ("probe", n, seq) for n, seq in zip(range(3), published, strict=True)
+        ]
+    finally:
+        await first.aclose()
 
     missed = [hive.events.publish("probe", n=n).seq for n in range(3, 13)]
     second = await EventStream.open(inproc, last_event_id=seen[-1].id)
-    got = [await second.next() for _ in range(len(missed))]
-    assert [e.id for e in got] == missed
-    assert [e.data["n"] for e in got] == list(range(3, 13))
-    # Nothing extra was replayed: the very next frame is an event published from now on.
-    fresh = hive.events.publish("probe", n=99)
-    after = await second.next()
-    assert (after.id, after.data["n"]) == (fresh.seq, 99)
-    await second.aclose()
+    try:
+        # The replay starts right after the last event seen (whatever the daemon published
+        # meanwhile comes in its place) and brings each missed one once.
+        got = await _probes(second, len(missed), seen[-1].id)
+        assert [e.id for e in got] == missed
+        assert [e.data["n"] for e in got] == list(range(3, 13))
+        # Nothing extra was replayed: the next probe is one published from now on.
+        fresh = hive.events.publish("probe", n=99)
+        [after] = await _probes(second, 1, missed[-1])
+        assert (after.id, after.data["n"]) == (fresh.seq, 99)
+    finally:
+        await second.aclose()
 
 
 async def test_a_closed_stream_drops_its_subscription(hive: Hive, inproc: Daemon) -> None:
